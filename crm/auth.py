@@ -1,0 +1,124 @@
+"""API keys (random, shown once, stored as keyed hashes), roles and the FastAPI dependencies."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from fastapi import Depends, Request
+from sqlmodel import Session, select
+
+from crm import audit
+from crm.context import Context, get_context
+from crm.db import get_session
+from crm.errors import Forbidden, NotFound, Unauthorized
+from crm.models import ApiKey, Role
+
+KEY_PREFIX = "crm"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller."""
+
+    key_id: int | None
+    name: str
+    role: Role
+
+    @property
+    def actor(self) -> str:
+        """How the caller is named in the audit log."""
+        return f"key:{self.key_id}:{self.name}" if self.key_id is not None else self.name
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A freshly created key: the secret is only available here."""
+
+    record: ApiKey
+    secret: str
+
+
+def create_key(session: Session, ctx: Context, *, name: str, role: Role, actor: str) -> IssuedKey:
+    """Create a key for a role; returns the plaintext once."""
+    token = secrets.token_urlsafe(32)
+    prefix = secrets.token_hex(4)
+    plaintext = f"{KEY_PREFIX}_{prefix}_{token}"
+    now = ctx.clock.now()
+    record = ApiKey(name=name, role=role.value, key_prefix=prefix, key_hash=ctx.cipher.hash_api_key(plaintext),
+                    created_at=now, created_by=actor)
+    session.add(record)
+    session.flush()
+    audit.record(session, actor=actor, action="api_key.create", entity="api_key", entity_id=record.id, at=now,
+                 after={"name": name, "role": role.value, "prefix": prefix})
+    return IssuedKey(record=record, secret=plaintext)
+
+
+def revoke_key(session: Session, ctx: Context, *, key_id: int, actor: str) -> ApiKey:
+    """Revoke a key; revoking twice is harmless."""
+    record = session.get(ApiKey, key_id)
+    if record is None:
+        raise NotFound(f"api key {key_id} does not exist")
+    if record.revoked_at is None:
+        now = ctx.clock.now()
+        record.revoked_at = now
+        session.add(record)
+        audit.record(session, actor=actor, action="api_key.revoke", entity="api_key", entity_id=key_id, at=now,
+                     before={"revoked_at": None}, after={"revoked_at": now})
+    return record
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    """All keys, newest first (hashes are never returned by the API)."""
+    return list(session.exec(select(ApiKey).order_by(ApiKey.id.desc())))
+
+
+def authenticate(session: Session, ctx: Context, presented: str) -> Principal:
+    """Resolve a presented key to its principal, or raise Unauthorized."""
+    record = session.exec(select(ApiKey).where(ApiKey.key_hash == ctx.cipher.hash_api_key(presented))).first()
+    if record is None or record.revoked_at is not None:
+        raise Unauthorized("invalid or revoked API key")
+    return Principal(key_id=record.id, name=record.name, role=Role(record.role))
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send 'Authorization: Bearer <api key>'")
+    return token.strip()
+
+
+def current_principal(request: Request, session: Session = Depends(get_session),
+                      ctx: Context = Depends(get_context)) -> Principal:
+    """FastAPI dependency: the caller behind the bearer key."""
+    return authenticate(session, ctx, _bearer(request))
+
+
+def require(*roles: Role):
+    """Dependency factory: only the given roles pass; the roles are kept on it for the route table."""
+
+    def dependency(principal: Principal = Depends(current_principal)) -> Principal:
+        if principal.role not in roles:
+            allowed = ", ".join(r.value for r in roles)
+            raise Forbidden(f"role '{principal.role.value}' may not do this (allowed: {allowed})")
+        return principal
+
+    dependency.allowed_roles = frozenset(roles)  # type: ignore[attr-defined]
+    return dependency
+
+
+ANY_ROLE = tuple(Role)
+ADMIN = (Role.admin,)
+STAFF = (Role.admin, Role.marketer, Role.support)
+MARKETING = (Role.admin, Role.marketer)
+
+
+def touch_last_used(session: Session, principal: Principal, at: datetime) -> None:
+    """Record when a key was last used (cheap; used by the auth dependency of writes)."""
+    if principal.key_id is not None:
+        record = session.get(ApiKey, principal.key_id)
+        if record is not None:
+            record.last_used_at = at
+            session.add(record)

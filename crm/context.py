@@ -1,0 +1,40 @@
+"""The runtime context shared by the API, the CLI and jobs: settings, engine, cipher and clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from crm.clock import Clock, SystemClock
+from crm.crypto import ContactCipher
+from crm.db import make_engine
+from crm.settings import Settings, load_secret_key
+
+
+@dataclass
+class Context:
+    """Everything a service needs besides its session."""
+
+    settings: Settings
+    engine: Engine
+    cipher: ContactCipher
+    clock: Clock = field(default_factory=SystemClock)
+
+
+def build_context(settings: Settings, *, engine: Engine | None = None, clock: Clock | None = None,
+                  create_key: bool = False) -> Context:
+    """Assemble a Context from settings (the engine and clock can be injected)."""
+    secret, _ = load_secret_key(settings, create=create_key)
+    return Context(
+        settings=settings,
+        engine=engine or make_engine(settings.resolved_database_url()),
+        cipher=ContactCipher(secret),
+        clock=clock or SystemClock(),
+    )
+
+
+def get_context(request: Request) -> Context:
+    """FastAPI dependency returning the app's Context."""
+    return request.app.state.ctx

@@ -1,0 +1,200 @@
+"""Core tables: customers, consent (current and history), orders, items, events, keys, audit, imports."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, Index, LargeBinary, Numeric, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from crm.types import JSONType, UTCDateTime
+
+MONEY = Numeric(14, 2)
+
+
+class Channel(StrEnum):
+    """Contact channels that consent is kept for."""
+
+    sms = "sms"
+    email = "email"
+    push = "push"
+    phone = "phone"
+
+
+class ConsentStatus(StrEnum):
+    """A customer's stance on one channel."""
+
+    opted_in = "opted_in"
+    opted_out = "opted_out"
+
+
+class Role(StrEnum):
+    """API key roles."""
+
+    admin = "admin"
+    marketer = "marketer"
+    support = "support"
+    scheduler = "scheduler"
+
+
+class Customer(SQLModel, table=True):
+    """A shop's customer; contact data only as ciphertext plus a keyed hash for lookup."""
+
+    __tablename__ = "customer"
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
+    email_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    email_hash: str | None = Field(default=None, sa_column=Column(String(64), index=True))
+    phone_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    phone_hash: str | None = Field(default=None, sa_column=Column(String(64), index=True))
+    push_tokens_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    push_tokens_hash: str | None = Field(default=None, sa_column=Column(String(64)))
+    time_zone: str = Field(sa_column=Column(String(64), nullable=False))
+    locale: str = Field(sa_column=Column(String(16), nullable=False))
+    birthday: date | None = None
+    signed_up_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    membership_level: str | None = Field(default=None, sa_column=Column(String(32)))
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class Consent(SQLModel, table=True):
+    """Current consent per customer and channel: a projection of the consent_change history."""
+
+    __tablename__ = "consent"
+
+    customer_id: int = Field(foreign_key="customer.id", primary_key=True)
+    channel: str = Field(sa_column=Column(String(8), primary_key=True))
+    status: str = Field(sa_column=Column(String(12), nullable=False))
+    source: str = Field(sa_column=Column(String(64), nullable=False))
+    changed_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class ConsentChange(SQLModel, table=True):
+    """Append-only consent history: every opt-in and opt-out with its source."""
+
+    __tablename__ = "consent_change"
+    __table_args__ = (Index("ix_consent_change_customer_channel_at", "customer_id", "channel", "changed_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id")
+    channel: str = Field(sa_column=Column(String(8), nullable=False))
+    status: str = Field(sa_column=Column(String(12), nullable=False))
+    source: str = Field(sa_column=Column(String(64), nullable=False))
+    changed_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    recorded_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class Order(SQLModel, table=True):
+    """A purchase; money in the shop's currency."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_customer_ordered_at", "customer_id", "ordered_at"),
+        Index("ix_orders_ordered_at", "ordered_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
+    customer_id: int = Field(foreign_key="customer.id")
+    ordered_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    amount_paid: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    discount: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    cost_of_goods: Decimal | None = Field(default=None, sa_column=Column(MONEY))
+    coupon_code: str | None = Field(default=None, sa_column=Column(String(64)))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class OrderItem(SQLModel, table=True):
+    """One line of an order; bought at list price when unit_price >= list_price."""
+
+    __tablename__ = "order_item"
+    __table_args__ = (UniqueConstraint("order_id", "line_no", name="uq_order_item_order_line"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(foreign_key="orders.id")
+    line_no: int
+    sku: str = Field(sa_column=Column(String(64), nullable=False))
+    category: str | None = Field(default=None, sa_column=Column(String(64)))
+    qty: int
+    unit_price: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    list_price: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    is_new_product: bool = False
+
+
+class Event(SQLModel, table=True):
+    """A behavioural event (login, view, cart_add, cart_abandon, search, review, share, push_open …)."""
+
+    __tablename__ = "event"
+    __table_args__ = (
+        Index("ix_event_customer_occurred_at", "customer_id", "occurred_at"),
+        Index("ix_event_occurred_at", "occurred_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    customer_id: int = Field(foreign_key="customer.id")
+    occurred_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    type: str = Field(sa_column=Column(String(32), nullable=False))
+    properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only its keyed hash is stored; the key itself is shown once."""
+
+    __tablename__ = "api_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(100), nullable=False))
+    role: str = Field(sa_column=Column(String(16), nullable=False))
+    key_prefix: str = Field(sa_column=Column(String(16), nullable=False))
+    key_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_by: str = Field(sa_column=Column(String(120), nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class AuditLog(SQLModel, table=True):
+    """Who changed what, when, with the state before and after."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_entity", "entity", "entity_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    actor: str = Field(sa_column=Column(String(120), nullable=False))
+    action: str = Field(sa_column=Column(String(64), nullable=False))
+    entity: str = Field(sa_column=Column(String(64), nullable=False))
+    entity_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+
+
+class ImportJob(SQLModel, table=True):
+    """One bulk import: counts, the first reported row errors and its outcome."""
+
+    __tablename__ = "import_job"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    source: str = Field(sa_column=Column(String(300), nullable=False))
+    format: str = Field(sa_column=Column(String(8), nullable=False))
+    status: str = Field(sa_column=Column(String(12), nullable=False))
+    created_by: str = Field(sa_column=Column(String(120), nullable=False))
+    started_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    rows_total: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
+    rows_failed: int = 0
+    batches_committed: int = 0
+    errors: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
+    message: str | None = Field(default=None, sa_column=Column(String(500)))

@@ -1,0 +1,70 @@
+"""Service configuration, read from the environment with the CRM_ prefix."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT / "var"
+
+
+class Settings(BaseSettings):
+    """All tunables of the service; every business number is a default a user can change."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str = ""
+    secret_key: str = ""
+    secret_key_file: Path | None = None
+    default_time_zone: str = "Asia/Shanghai"
+    default_locale: str = "zh-CN"
+    default_phone_region: str = "CN"
+    import_batch_rows: int = Field(default=200_000, ge=1)
+    import_max_reported_errors: int = Field(default=1_000, ge=1)
+    api_page_max: int = Field(default=500, ge=1)
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file under the data directory."""
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.data_dir / 'crm.sqlite3'}"
+
+    def key_file(self) -> Path:
+        """Where a locally generated secret key is kept (git-ignored)."""
+        return self.secret_key_file or (self.data_dir / "secret_key")
+
+
+class MissingSecretKey(RuntimeError):
+    """Raised when no secret key is configured and none may be created."""
+
+
+def load_secret_key(settings: Settings, *, create: bool = False) -> tuple[str, bool]:
+    """Return (secret key, created_now); read CRM_SECRET_KEY or the local key file, optionally creating it."""
+    if settings.secret_key:
+        return settings.secret_key, False
+    path = settings.key_file()
+    if path.exists():
+        return path.read_text().strip(), False
+    if not create:
+        raise MissingSecretKey(
+            f"no secret key: set CRM_SECRET_KEY or run `crm demo` / `crm init` to create {path}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key, True
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own Settings instead)."""
+    return Settings()

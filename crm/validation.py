@@ -1,0 +1,343 @@
+"""Pure, vectorised validation of import rows: string frames in, typed frames and row errors out."""
+
+from __future__ import annotations
+
+import json
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import phonenumbers
+import polars as pl
+from email_validator import EmailNotValidError, validate_email
+
+ROW = "_row"
+ERROR_SCHEMA = {"row": pl.Int64, "field": pl.String, "reason": pl.String}
+CONTACT_FIELDS = frozenset({"email", "phone", "push_tokens"})
+CHANNELS = ("sms", "email", "push", "phone")
+CONSENT_VALUES = {"opted_in": "opted_in", "in": "opted_in", "yes": "opted_in", "true": "opted_in", "1": "opted_in",
+                  "opted_out": "opted_out", "out": "opted_out", "no": "opted_out", "false": "opted_out",
+                  "0": "opted_out"}
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """Columns of one import kind; `key` is the column that must be unique inside a file."""
+
+    name: str
+    key: str | None
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column the kind understands."""
+        return self.required + self.optional
+
+
+SPECS = {
+    "customers": KindSpec(
+        "customers", "external_id", ("external_id",),
+        ("email", "phone", "push_tokens", "time_zone", "locale", "birthday", "signed_up_at", "membership_level",
+         "attributes", "sms_consent", "email_consent", "push_consent", "phone_consent", "consent_source",
+         "consent_at"),
+    ),
+    "orders": KindSpec(
+        "orders", "external_id", ("external_id", "customer_external_id", "ordered_at", "amount_paid"),
+        ("discount", "cost_of_goods", "coupon_code"),
+    ),
+    "order_items": KindSpec(
+        "order_items", None, ("order_external_id", "line_no", "sku", "qty", "unit_price"),
+        ("category", "list_price", "is_new_product"),
+    ),
+    "events": KindSpec(
+        "events", "external_id", ("customer_external_id", "occurred_at", "type"), ("external_id", "properties"),
+    ),
+}
+
+
+class Checks:
+    """Collects (bad-row condition, field, reason) triples and applies them in one pass."""
+
+    def __init__(self) -> None:
+        self.rules: list[tuple[pl.Expr, str, str]] = []
+
+    def add(self, bad: pl.Expr, field: str, reason: str) -> None:
+        """Register a condition that marks a row bad."""
+        self.rules.append((bad.fill_null(False), field, reason))
+
+    def split(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Return (rows passing every check, one error row per failed check)."""
+        if not self.rules or frame.is_empty():
+            return frame, pl.DataFrame(schema=ERROR_SCHEMA)
+        flags = frame.select(pl.col(ROW), *[bad.alias(f"_bad{i}") for i, (bad, _, _) in enumerate(self.rules)])
+        errors = [
+            flags.filter(pl.col(f"_bad{i}")).select(
+                pl.col(ROW).cast(pl.Int64).alias("row"), pl.lit(field).alias("field"), pl.lit(reason).alias("reason"))
+            for i, (_, field, reason) in enumerate(self.rules)
+        ]
+        any_bad = pl.any_horizontal([pl.col(f"_bad{i}") for i in range(len(self.rules))])
+        good = frame.filter(~flags.select(any_bad).to_series())
+        return good, pl.concat(errors).sort("row")
+
+
+def blank_to_null(column: str) -> pl.Expr:
+    """Trimmed text, with empty strings as null."""
+    trimmed = pl.col(column).str.strip_chars()
+    return pl.when(trimmed.str.len_chars() == 0).then(None).otherwise(trimmed)
+
+
+def parse_timestamp(column: str) -> pl.Expr:
+    """ISO 8601 text (date, date-time, with or without offset or Z; naive means UTC) to UTC datetime."""
+    text = blank_to_null(column).str.replace(" ", "T", literal=True).str.replace(r"(?i)z$", "+00:00")
+    text = pl.when(text.str.len_chars() == 10).then(text + "T00:00:00").otherwise(text)
+    text = pl.when(text.str.contains(r"[+-]\d\d:?\d\d$")).then(text).otherwise(text + "+00:00")
+    return pl.coalesce(
+        text.str.to_datetime(format="%Y-%m-%dT%H:%M:%S%.f%z", strict=False, time_zone="UTC", time_unit="us"),
+        text.str.to_datetime(format="%Y-%m-%dT%H:%M%z", strict=False, time_zone="UTC", time_unit="us"),
+    )
+
+
+def parse_date(column: str) -> pl.Expr:
+    """ISO date text to a date."""
+    return blank_to_null(column).str.to_date(format="%Y-%m-%d", strict=False)
+
+
+def parse_number(column: str) -> pl.Expr:
+    """Decimal text to float64 (null when blank or unparsable)."""
+    return blank_to_null(column).cast(pl.Float64, strict=False)
+
+
+def parse_bool(column: str) -> pl.Expr:
+    """true/false, yes/no, 1/0 to a boolean."""
+    lowered = blank_to_null(column).str.to_lowercase()
+    return (pl.when(lowered.is_in(["true", "t", "yes", "y", "1"])).then(True)
+            .when(lowered.is_in(["false", "f", "no", "n", "0"])).then(False).otherwise(None))
+
+
+def _unparsable(column: str, parsed: pl.Expr) -> pl.Expr:
+    return blank_to_null(column).is_not_null() & parsed.is_null()
+
+
+def _missing(column: str) -> pl.Expr:
+    return blank_to_null(column).is_null()
+
+
+@lru_cache(maxsize=1)
+def known_time_zones() -> frozenset[str]:
+    """IANA zone names this machine knows (zoneinfo, backed by tzdata)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def normalise_email(value: str) -> str | None:
+    """Syntax-check an address (no DNS) and return its normalised form, or None if invalid."""
+    try:
+        return validate_email(value, check_deliverability=False).normalized.lower()
+    except EmailNotValidError:
+        return None
+
+
+def normalise_phone(value: str, default_region: str) -> str | None:
+    """Parse a phone number (national numbers in the default region) to E.164, or None if invalid."""
+    try:
+        number = phonenumbers.parse(value, default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def parse_push_tokens(value: str) -> str | None:
+    """A JSON array or ';'-separated list of device tokens, returned as canonical JSON (None if invalid)."""
+    value = value.strip()
+    if value.startswith("["):
+        try:
+            tokens = json.loads(value)
+        except ValueError:
+            return None
+        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+            return None
+    else:
+        tokens = [t.strip() for t in value.split(";") if t.strip()]
+    return json.dumps(sorted(set(tokens)))
+
+
+def parse_json_object(value: str) -> str | None:
+    """A JSON object, returned canonical (sorted keys), or None when not an object."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    return json.dumps(parsed, sort_keys=True, ensure_ascii=False) if isinstance(parsed, dict) else None
+
+
+def _map_text(column: str, fn: Callable[[str], str | None]) -> pl.Expr:
+    """Apply a per-value Python normaliser to non-null text (used only where a library must judge)."""
+    return blank_to_null(column).map_elements(fn, return_dtype=pl.String, skip_nulls=True)
+
+
+def present(frame: pl.DataFrame, column: str) -> bool:
+    """Whether the file carries the column at all (absent columns leave stored values alone)."""
+    return column in frame.columns
+
+
+def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_locale: str,
+                       default_region: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Check and type customer rows; contact values come out normalised (E.164, lower-case email)."""
+    checks = Checks()
+    cols: list[pl.Expr] = [pl.col(ROW), blank_to_null("external_id").alias("external_id")]
+    checks.add(_missing("external_id"), "external_id", "missing")
+    checks.add(pl.col("external_id").str.len_chars() > 128, "external_id", "longer than 128 characters")
+    if present(frame, "email"):
+        email = _map_text("email", normalise_email)
+        checks.add(_unparsable("email", email), "email", "not a valid email address")
+        cols.append(email.alias("email"))
+    if present(frame, "phone"):
+        phone = _map_text("phone", lambda v: normalise_phone(v, default_region))
+        checks.add(_unparsable("phone", phone), "phone", "not a valid phone number")
+        cols.append(phone.alias("phone"))
+    if present(frame, "push_tokens"):
+        tokens = _map_text("push_tokens", parse_push_tokens)
+        checks.add(_unparsable("push_tokens", tokens), "push_tokens", "not a JSON array or ;-separated list")
+        cols.append(tokens.alias("push_tokens"))
+    if present(frame, "time_zone"):
+        zone = blank_to_null("time_zone")
+        checks.add(zone.is_not_null() & ~zone.is_in(sorted(known_time_zones())), "time_zone",
+                   "unknown IANA time zone")
+        cols.append(zone.fill_null(default_time_zone).alias("time_zone"))
+    if present(frame, "locale"):
+        locale = blank_to_null("locale").str.replace("_", "-", literal=True)
+        checks.add(locale.is_not_null() & ~locale.str.contains(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"),
+                   "locale", "not a BCP 47 language tag")
+        cols.append(locale.fill_null(default_locale).alias("locale"))
+    if present(frame, "birthday"):
+        birthday = parse_date("birthday")
+        checks.add(_unparsable("birthday", birthday), "birthday", "not a date (YYYY-MM-DD)")
+        cols.append(birthday.alias("birthday"))
+    if present(frame, "signed_up_at"):
+        signed_up = parse_timestamp("signed_up_at")
+        checks.add(_unparsable("signed_up_at", signed_up), "signed_up_at", "not an ISO 8601 date or time")
+        cols.append(signed_up.alias("signed_up_at"))
+    if present(frame, "membership_level"):
+        cols.append(blank_to_null("membership_level").alias("membership_level"))
+    if present(frame, "attributes"):
+        attributes = _map_text("attributes", parse_json_object)
+        checks.add(_unparsable("attributes", attributes), "attributes", "not a JSON object")
+        cols.append(attributes.fill_null("{}").alias("attributes"))
+    for channel in CHANNELS:
+        column = f"{channel}_consent"
+        if present(frame, column):
+            status = blank_to_null(column).str.to_lowercase().replace_strict(
+                CONSENT_VALUES, default=None, return_dtype=pl.String)
+            checks.add(_unparsable(column, status), column, "not opted_in / opted_out")
+            cols.append(status.alias(column))
+    if present(frame, "consent_source"):
+        cols.append(blank_to_null("consent_source").alias("consent_source"))
+    if present(frame, "consent_at"):
+        consent_at = parse_timestamp("consent_at")
+        checks.add(_unparsable("consent_at", consent_at), "consent_at", "not an ISO 8601 date or time")
+        cols.append(consent_at.alias("consent_at"))
+    good, errors = checks.split(frame)
+    return good.select(cols), errors
+
+
+def validate_orders(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Check and type order rows (amounts rounded to cents, times in UTC)."""
+    checks = Checks()
+    ordered_at = parse_timestamp("ordered_at")
+    amount = parse_number("amount_paid")
+    discount = parse_number("discount") if present(frame, "discount") else pl.lit(None, pl.Float64)
+    cost = parse_number("cost_of_goods") if present(frame, "cost_of_goods") else pl.lit(None, pl.Float64)
+    for column in ("external_id", "customer_external_id", "ordered_at", "amount_paid"):
+        checks.add(_missing(column), column, "missing")
+    checks.add(pl.col("external_id").str.len_chars() > 128, "external_id", "longer than 128 characters")
+    checks.add(_unparsable("ordered_at", ordered_at), "ordered_at", "not an ISO 8601 date or time")
+    checks.add(_unparsable("amount_paid", amount), "amount_paid", "not a number")
+    checks.add(amount < 0, "amount_paid", "negative amount")
+    if present(frame, "discount"):
+        checks.add(_unparsable("discount", discount), "discount", "not a number")
+        checks.add(discount < 0, "discount", "negative discount")
+    if present(frame, "cost_of_goods"):
+        checks.add(_unparsable("cost_of_goods", cost), "cost_of_goods", "not a number")
+        checks.add(cost < 0, "cost_of_goods", "negative cost of goods")
+    coupon = blank_to_null("coupon_code") if present(frame, "coupon_code") else pl.lit(None, pl.String)
+    good, errors = checks.split(frame)
+    return good.select(
+        pl.col(ROW), blank_to_null("external_id").alias("external_id"),
+        blank_to_null("customer_external_id").alias("customer_external_id"), ordered_at.alias("ordered_at"),
+        amount.round(2).alias("amount_paid"), discount.fill_null(0.0).round(2).alias("discount"),
+        cost.round(2).alias("cost_of_goods"), coupon.alias("coupon_code"),
+    ), errors
+
+
+def validate_order_items(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Check and type order lines; list price defaults to the unit price (a full-price line)."""
+    checks = Checks()
+    line_no = blank_to_null("line_no").cast(pl.Int32, strict=False)
+    qty = blank_to_null("qty").cast(pl.Int32, strict=False)
+    unit_price = parse_number("unit_price")
+    list_price = parse_number("list_price") if present(frame, "list_price") else pl.lit(None, pl.Float64)
+    new_product = parse_bool("is_new_product") if present(frame, "is_new_product") else pl.lit(None, pl.Boolean)
+    for column in ("order_external_id", "line_no", "sku", "qty", "unit_price"):
+        checks.add(_missing(column), column, "missing")
+    checks.add(_unparsable("line_no", line_no), "line_no", "not a whole number")
+    checks.add(line_no < 1, "line_no", "must be 1 or more")
+    checks.add(_unparsable("qty", qty), "qty", "not a whole number")
+    checks.add(qty < 1, "qty", "must be 1 or more")
+    checks.add(_unparsable("unit_price", unit_price), "unit_price", "not a number")
+    checks.add(unit_price < 0, "unit_price", "negative price")
+    if present(frame, "list_price"):
+        checks.add(_unparsable("list_price", list_price), "list_price", "not a number")
+        checks.add(list_price < 0, "list_price", "negative price")
+    if present(frame, "is_new_product"):
+        checks.add(_unparsable("is_new_product", new_product), "is_new_product", "not true/false")
+    category = blank_to_null("category") if present(frame, "category") else pl.lit(None, pl.String)
+    good, errors = checks.split(frame)
+    good = good.select(
+        pl.col(ROW), blank_to_null("order_external_id").alias("order_external_id"), line_no.alias("line_no"),
+        blank_to_null("sku").alias("sku"), category.alias("category"), qty.alias("qty"),
+        unit_price.round(2).alias("unit_price"), list_price.round(2).alias("list_price"),
+        new_product.fill_null(False).alias("is_new_product"),
+    ).with_columns(pl.col("list_price").fill_null(pl.col("unit_price")))
+    return good, errors
+
+
+def validate_events(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Check and type events; without an external id, customer + time + type identify the event."""
+    checks = Checks()
+    occurred_at = parse_timestamp("occurred_at")
+    event_type = blank_to_null("type").str.to_lowercase()
+    for column in ("customer_external_id", "occurred_at", "type"):
+        checks.add(_missing(column), column, "missing")
+    checks.add(_unparsable("occurred_at", occurred_at), "occurred_at", "not an ISO 8601 date or time")
+    checks.add(event_type.is_not_null() & ~event_type.str.contains(r"^[a-z][a-z0-9_.]{0,31}$"), "type",
+               "not a lower-case event name of at most 32 characters")
+    properties = pl.lit("{}")
+    if present(frame, "properties"):
+        properties = _map_text("properties", parse_json_object)
+        checks.add(_unparsable("properties", properties), "properties", "not a JSON object")
+        properties = properties.fill_null("{}")
+    good, errors = checks.split(frame)
+    good = good.select(
+        pl.col(ROW), blank_to_null("customer_external_id").alias("customer_external_id"),
+        occurred_at.alias("occurred_at"), event_type.alias("type"), properties.alias("properties"),
+        (blank_to_null("external_id") if present(frame, "external_id") else pl.lit(None, pl.String))
+        .alias("external_id"),
+    )
+    derived_key = pl.concat_str(
+        [pl.col("customer_external_id"), pl.col("occurred_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"), pl.col("type")],
+        separator="|")
+    good = good.with_columns(pl.col("external_id").fill_null(derived_key))
+    bad_key = good.filter(pl.col("external_id").str.len_chars() > 200).select(
+        pl.col(ROW).cast(pl.Int64).alias("row"), pl.lit("external_id").alias("field"),
+        pl.lit("longer than 200 characters").alias("reason"))
+    return good.filter(pl.col("external_id").str.len_chars() <= 200), pl.concat([errors, bad_key])
+
+
+def validate(kind: str, frame: pl.DataFrame, **defaults) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Dispatch to the kind's validator."""
+    if kind == "customers":
+        return validate_customers(frame, **defaults)
+    return {"orders": validate_orders, "order_items": validate_order_items, "events": validate_events}[kind](frame)
