@@ -2,9 +2,9 @@
 
 from logging.config import fileConfig
 
-from alembic import context
 from sqlmodel import SQLModel
 
+from alembic import context
 from crm.db import make_engine
 from crm.migrations import import_all_models
 from crm.settings import get_settings

@@ -45,10 +45,13 @@ def _sqlite_path(session: Session) -> str:
     return session.get_bind().url.database
 
 
-def read_frame(session: Session, query: str, params: dict[str, Any], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def read_frame(session: Session, query: str, params: dict[str, Any], schema: dict[str, pl.DataType], *,
+               same_connection: bool = False) -> pl.DataFrame:
     """Run a SELECT whose columns match `schema` (named :params) and return a polars frame.
 
     Datetime columns must be selected as integer microseconds since the epoch (see `epoch_us`).
+    On SQLite the fast path reads committed data through its own ADBC connection; `same_connection`
+    (for small reads inside a transaction, e.g. of temporary tables) uses the session's connection.
     """
     dialect = session.get_bind().dialect.name
     raw_schema = {name: (pl.Int64 if isinstance(dtype, pl.Datetime) else dtype) for name, dtype in schema.items()}
@@ -60,7 +63,7 @@ def read_frame(session: Session, query: str, params: dict[str, Any], schema: dic
         names = _PARAM.findall(query)
         positional = _PARAM.sub("?", query)
         values = [_sqlite_value(params[n]) for n in names]
-        if session.info.get(SAME_CONNECTION_FLAG):
+        if same_connection or session.info.get(SAME_CONNECTION_FLAG):
             rows = session.connection().exec_driver_sql(positional, tuple(values)).fetchall()
             frame = pl.DataFrame(rows, schema=raw_schema, orient="row")
         else:

@@ -36,14 +36,17 @@ class ImportRejected(InvalidInput):
 
 
 def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """Regroup arbitrary byte chunks into blocks that end on record boundaries (CSV quotes respected)."""
+    """Regroup arbitrary byte chunks into blocks of about block_bytes ending on record boundaries.
+
+    With `quoted` (CSV) a newline inside a quoted field is not a boundary.
+    """
     buffer = bytearray()
     for chunk in chunks:
         buffer += chunk
-        if len(buffer) < block_bytes:
-            continue
-        cut = _last_record_end(buffer, quoted)
-        if cut > 0:
+        while len(buffer) >= block_bytes:
+            cut = _record_end(buffer, block_bytes, quoted)
+            if cut == 0:
+                break  # one record longer than the buffer so far: wait for more bytes
             yield bytes(buffer[:cut])
             del buffer[:cut]
     if buffer.strip():
@@ -52,11 +55,15 @@ def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int = B
         yield bytes(buffer)
 
 
-def _last_record_end(buffer: bytearray, quoted: bool) -> int:
-    """Offset just past the last newline that is not inside a quoted CSV field (0 if none)."""
-    position = buffer.rfind(b"\n")
+def _record_end(buffer: bytearray, limit: int, quoted: bool) -> int:
+    """Offset just past the last record boundary before `limit` (else the first after it; 0 if none)."""
+    position = buffer.rfind(b"\n", 0, limit)
     while quoted and position >= 0 and buffer.count(b'"', 0, position) % 2:
         position = buffer.rfind(b"\n", 0, position)
+    if position < 0:
+        position = buffer.find(b"\n", limit)
+        while quoted and position >= 0 and buffer.count(b'"', 0, position) % 2:
+            position = buffer.find(b"\n", position + 1)
     return position + 1
 
 
@@ -76,11 +83,11 @@ def _csv_frame(header: list[str], block: bytes, first_row: int) -> tuple[pl.Data
         reader = csv.reader(io.StringIO(block.decode("utf-8", errors="replace")))
         for offset, record in enumerate(reader):
             number = first_row + offset
-            if len(record) != len(header):
+            if len(record) > len(header):
                 errors.append({"row": number, "field": "", "reason":
                                f"expected {len(header)} fields, found {len(record)}"})
-            else:
-                rows.append([number, *record])
+            else:  # missing trailing fields are empty, as polars reads them
+                rows.append([number, *record, *([""] * (len(header) - len(record)))])
         frame = pl.DataFrame(rows, schema={ROW: pl.Int64, **{h: pl.String for h in header}}, orient="row")
         return frame.with_columns(pl.col(h).replace("", None) for h in header), \
             pl.DataFrame(errors, schema=ERROR_SCHEMA)
@@ -151,7 +158,7 @@ def _existing_ids(session: Session, table: str, keys: pl.Series) -> pl.DataFrame
     return read_frame(
         session,
         f"SELECT t.external_id, t.id FROM {table} t JOIN stage_keys s ON s.external_id = t.external_id",
-        {}, {"external_id": pl.String, "id": pl.Int64})
+        {}, {"external_id": pl.String, "id": pl.Int64}, same_connection=True)
 
 
 def _stage(session: Session, name: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
@@ -205,10 +212,14 @@ def _upsert(session: Session, *, table: str, columns: list[str], select_sql: str
 
     `WHERE true` after the SELECT is SQLite's documented way to tell an upsert from a join clause.
     """
-    assignments = [f"{c} = excluded.{c}" for c in compare] + list(extra_assignments)
-    changed = " OR ".join(f"{table}.{c} IS DISTINCT FROM excluded.{c}" for c in compare)
+    if compare:
+        assignments = [f"{c} = excluded.{c}" for c in compare] + list(extra_assignments)
+        changed = " OR ".join(f"{table}.{c} IS DISTINCT FROM excluded.{c}" for c in compare)
+        on_conflict = f"DO UPDATE SET {', '.join(assignments)} WHERE {changed}"
+    else:  # the file carries only the key (and e.g. consent columns): nothing of the row itself to update
+        on_conflict = "DO NOTHING"
     statement = (f"INSERT INTO {table} ({', '.join(columns)}) {select_sql} WHERE true "
-                 f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {', '.join(assignments)} WHERE {changed}")
+                 f"ON CONFLICT ({', '.join(conflict)}) {on_conflict}")
     return session.connection().execute(text(statement), params).rowcount
 
 

@@ -2,15 +2,16 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 17:58:20.984541
+Create Date: 2026-11-24 18:07:36.399931
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from sqlalchemy.dialects import postgresql
 
 import crm.types
+from alembic import op
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -40,14 +41,12 @@ def upgrade() -> None:
     sa.Column('action', sa.String(length=64), nullable=False),
     sa.Column('entity', sa.String(length=64), nullable=False),
     sa.Column('entity_id', sa.String(length=128), nullable=True),
-    sa.Column('before', sa.JSON(), nullable=True),
-    sa.Column('after', sa.JSON(), nullable=True),
+    sa.Column('before', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
+    sa.Column('after', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('audit_log', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_audit_log_at'), ['at'], unique=False)
-        batch_op.create_index('ix_audit_log_entity', ['entity', 'entity_id'], unique=False)
-
+    op.create_index(op.f('ix_audit_log_at'), 'audit_log', ['at'], unique=False)
+    op.create_index('ix_audit_log_entity', 'audit_log', ['entity', 'entity_id'], unique=False)
     op.create_table('customer',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('external_id', sa.String(length=128), nullable=False),
@@ -62,16 +61,14 @@ def upgrade() -> None:
     sa.Column('birthday', sa.Date(), nullable=True),
     sa.Column('signed_up_at', crm.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('membership_level', sa.String(length=32), nullable=True),
-    sa.Column('attributes', sa.JSON(), nullable=False),
+    sa.Column('attributes', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', crm.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('external_id')
     )
-    with op.batch_alter_table('customer', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_customer_email_hash'), ['email_hash'], unique=False)
-        batch_op.create_index(batch_op.f('ix_customer_phone_hash'), ['phone_hash'], unique=False)
-
+    op.create_index(op.f('ix_customer_email_hash'), 'customer', ['email_hash'], unique=False)
+    op.create_index(op.f('ix_customer_phone_hash'), 'customer', ['phone_hash'], unique=False)
     op.create_table('import_job',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
@@ -87,7 +84,7 @@ def upgrade() -> None:
     sa.Column('rows_unchanged', sa.Integer(), nullable=False),
     sa.Column('rows_failed', sa.Integer(), nullable=False),
     sa.Column('batches_committed', sa.Integer(), nullable=False),
-    sa.Column('errors', sa.JSON(), nullable=False),
+    sa.Column('errors', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('message', sa.String(length=500), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
@@ -111,24 +108,20 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('consent_change', schema=None) as batch_op:
-        batch_op.create_index('ix_consent_change_customer_channel_at', ['customer_id', 'channel', 'changed_at'], unique=False)
-
+    op.create_index('ix_consent_change_customer_channel_at', 'consent_change', ['customer_id', 'channel', 'changed_at'], unique=False)
     op.create_table('event',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('external_id', sa.String(length=200), nullable=False),
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('occurred_at', crm.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('type', sa.String(length=32), nullable=False),
-    sa.Column('properties', sa.JSON(), nullable=False),
+    sa.Column('properties', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('external_id')
     )
-    with op.batch_alter_table('event', schema=None) as batch_op:
-        batch_op.create_index('ix_event_customer_occurred_at', ['customer_id', 'occurred_at'], unique=False)
-        batch_op.create_index('ix_event_occurred_at', ['occurred_at'], unique=False)
-
+    op.create_index('ix_event_customer_occurred_at', 'event', ['customer_id', 'occurred_at'], unique=False)
+    op.create_index('ix_event_occurred_at', 'event', ['occurred_at'], unique=False)
     op.create_table('orders',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('external_id', sa.String(length=128), nullable=False),
@@ -144,10 +137,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('external_id')
     )
-    with op.batch_alter_table('orders', schema=None) as batch_op:
-        batch_op.create_index('ix_orders_customer_ordered_at', ['customer_id', 'ordered_at'], unique=False)
-        batch_op.create_index('ix_orders_ordered_at', ['ordered_at'], unique=False)
-
+    op.create_index('ix_orders_customer_ordered_at', 'orders', ['customer_id', 'ordered_at'], unique=False)
+    op.create_index('ix_orders_ordered_at', 'orders', ['ordered_at'], unique=False)
     op.create_table('order_item',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('order_id', sa.Integer(), nullable=False),
@@ -168,31 +159,21 @@ def upgrade() -> None:
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
     op.drop_table('order_item')
-    with op.batch_alter_table('orders', schema=None) as batch_op:
-        batch_op.drop_index('ix_orders_ordered_at')
-        batch_op.drop_index('ix_orders_customer_ordered_at')
-
+    op.drop_index('ix_orders_ordered_at', table_name='orders')
+    op.drop_index('ix_orders_customer_ordered_at', table_name='orders')
     op.drop_table('orders')
-    with op.batch_alter_table('event', schema=None) as batch_op:
-        batch_op.drop_index('ix_event_occurred_at')
-        batch_op.drop_index('ix_event_customer_occurred_at')
-
+    op.drop_index('ix_event_occurred_at', table_name='event')
+    op.drop_index('ix_event_customer_occurred_at', table_name='event')
     op.drop_table('event')
-    with op.batch_alter_table('consent_change', schema=None) as batch_op:
-        batch_op.drop_index('ix_consent_change_customer_channel_at')
-
+    op.drop_index('ix_consent_change_customer_channel_at', table_name='consent_change')
     op.drop_table('consent_change')
     op.drop_table('consent')
     op.drop_table('import_job')
-    with op.batch_alter_table('customer', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_customer_phone_hash'))
-        batch_op.drop_index(batch_op.f('ix_customer_email_hash'))
-
+    op.drop_index(op.f('ix_customer_phone_hash'), table_name='customer')
+    op.drop_index(op.f('ix_customer_email_hash'), table_name='customer')
     op.drop_table('customer')
-    with op.batch_alter_table('audit_log', schema=None) as batch_op:
-        batch_op.drop_index('ix_audit_log_entity')
-        batch_op.drop_index(batch_op.f('ix_audit_log_at'))
-
+    op.drop_index('ix_audit_log_entity', table_name='audit_log')
+    op.drop_index(op.f('ix_audit_log_at'), table_name='audit_log')
     op.drop_table('audit_log')
     op.drop_table('api_key')
     # ### end Alembic commands ###

@@ -1,0 +1,204 @@
+"""HTTP routes of the core: customers, profiles, consent, imports, keys, audit, health."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from crm import auth, ingest, service
+from crm.auth import ADMIN, STAFF, Principal, require
+from crm.context import Context, get_context
+from crm.db import get_session
+from crm.errors import InvalidInput
+from crm.migrations import current_revision, head_revision
+from crm.models import AuditLog, Customer, Order, Role
+from crm.profiles import ProfileRequest
+from crm.schemas import (
+    AuditRead,
+    ConsentChangeRead,
+    ConsentUpdate,
+    ContactRead,
+    CustomerPage,
+    CustomerRead,
+    Health,
+    ImportJobRead,
+    KeyCreate,
+    KeyCreated,
+    KeyRead,
+    OrderRead,
+    ProfileRead,
+)
+from crm.validation import SPECS
+
+router = APIRouter()
+SessionDep = Annotated[Session, Depends(get_session)]
+ContextDep = Annotated[Context, Depends(get_context)]
+IMPORTERS = (Role.admin, Role.scheduler)
+IMPORT_READERS = (Role.admin, Role.scheduler, Role.marketer)
+
+
+def customer_read(ctx: Context, customer: Customer, principal: Principal) -> CustomerRead:
+    """Shape a customer for the caller: only admins see contact data unmasked."""
+    masked = principal.role != Role.admin
+    return CustomerRead(
+        id=customer.id, external_id=customer.external_id,
+        contact=ContactRead(**service.contact_of(ctx, customer, masked=masked), masked=masked),
+        time_zone=customer.time_zone, locale=customer.locale, birthday=customer.birthday,
+        signed_up_at=customer.signed_up_at, membership_level=customer.membership_level,
+        attributes=customer.attributes, created_at=customer.created_at, updated_at=customer.updated_at)
+
+
+@router.get("/health", response_model=Health, tags=["ops"])
+def health(request: Request) -> Health:
+    """Database reachable and migrations at head (no key needed)."""
+    ctx: Context = request.app.state.ctx
+    head = head_revision()
+    try:
+        with ctx.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            revision = current_revision(connection)
+        reachable = True
+    except Exception:  # noqa: BLE001 - any failure to reach the database is what this endpoint reports
+        reachable, revision = False, None
+    ok = reachable and revision == head
+    return Health(status="ok" if ok else "degraded", database=reachable, migrations_at_head=revision == head,
+                  revision=revision, head=head)
+
+
+@router.get("/customers", response_model=CustomerPage, tags=["customers"])
+def list_customers(
+    session: SessionDep, ctx: ContextDep, principal: Principal = Depends(require(*STAFF)),
+    cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    phone: Annotated[str | None, Query(max_length=40)] = None,
+    locale: Annotated[str | None, Query(max_length=16)] = None,
+    time_zone: Annotated[str | None, Query(max_length=64)] = None,
+    membership_level: Annotated[str | None, Query(max_length=32)] = None,
+) -> CustomerPage:
+    """Customers in id order with cursor pagination; email and phone are exact matches via keyed hashes."""
+    rows = service.find_customers(session, ctx, after_id=cursor, limit=limit, email=email, phone=phone,
+                                  locale=locale, time_zone=time_zone, membership_level=membership_level)
+    items = [customer_read(ctx, c, principal) for c in rows]
+    return CustomerPage(items=items, next_cursor=rows[-1].id if len(rows) == limit else None)
+
+
+@router.get("/customers/{external_id}", response_model=CustomerRead, tags=["customers"])
+def get_customer(external_id: str, session: SessionDep, ctx: ContextDep,
+                 principal: Principal = Depends(require(*STAFF))) -> CustomerRead:
+    """One customer by the shop's id."""
+    return customer_read(ctx, service.customer_by_external_id(session, external_id), principal)
+
+
+@router.get("/customers/{external_id}/profile", response_model=ProfileRead, tags=["customers"])
+def get_profile(external_id: str, request: Request, session: SessionDep, ctx: ContextDep,
+                principal: Principal = Depends(require(*STAFF))) -> ProfileRead:
+    """The profile support agents open: customer, consent and every registered section."""
+    customer = service.customer_by_external_id(session, external_id)
+    sections = request.app.state.profiles.build(
+        ProfileRequest(session=session, ctx=ctx, customer_id=customer.id, viewer_role=principal.role.value))
+    return ProfileRead(customer=customer_read(ctx, customer, principal),
+                       consent=service.consent_of(session, customer.id), sections=sections)
+
+
+@router.get("/customers/{external_id}/orders", response_model=list[OrderRead], tags=["customers"])
+def customer_orders(external_id: str, session: SessionDep, _: Principal = Depends(require(*STAFF)),
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[OrderRead]:
+    """A customer's most recent orders."""
+    customer = service.customer_by_external_id(session, external_id)
+    orders = session.exec(select(Order).where(Order.customer_id == customer.id)
+                          .order_by(Order.ordered_at.desc()).limit(limit))
+    return [OrderRead(external_id=o.external_id, ordered_at=o.ordered_at, amount_paid=float(o.amount_paid),
+                      discount=float(o.discount), coupon_code=o.coupon_code) for o in orders]
+
+
+@router.get("/customers/{external_id}/consents", response_model=list[ConsentChangeRead], tags=["customers"])
+def get_consent_history(external_id: str, session: SessionDep,
+                        _: Principal = Depends(require(*STAFF))) -> list[ConsentChangeRead]:
+    """The customer's consent history, oldest first."""
+    customer = service.customer_by_external_id(session, external_id)
+    return [ConsentChangeRead(**c.model_dump()) for c in service.consent_history(session, customer.id)]
+
+
+@router.post("/customers/{external_id}/consents", response_model=list[ConsentChangeRead], tags=["customers"])
+def post_consent(external_id: str, update: ConsentUpdate, session: SessionDep, ctx: ContextDep,
+                 principal: Principal = Depends(require(*STAFF))) -> list[ConsentChangeRead]:
+    """Record a consent statement (e.g. an opt-out taken by phone); returns the history."""
+    customer = service.customer_by_external_id(session, external_id)
+    service.record_consent(session, ctx, customer_id=customer.id, channel=update.channel, status=update.status,
+                           source=update.source, actor=principal.actor, at=update.at)
+    session.flush()
+    return [ConsentChangeRead(**c.model_dump()) for c in service.consent_history(session, customer.id)]
+
+
+@router.post("/imports/{kind}", response_model=ImportJobRead, status_code=201, tags=["imports"])
+async def post_import(kind: str, request: Request, session: SessionDep, ctx: ContextDep,
+                      principal: Principal = Depends(require(*IMPORTERS))) -> ImportJobRead:
+    """Import customers, orders, order_items or events from a CSV or NDJSON body (streamed to disk first)."""
+    if kind not in SPECS:
+        raise InvalidInput(f"unknown import kind '{kind}'",
+                           errors=[{"field": "kind", "reason": f"one of {', '.join(SPECS)}"}])
+    content_type = request.headers.get("content-type", "text/csv").split(";")[0].strip().lower()
+    fmt = "ndjson" if content_type in ("application/x-ndjson", "application/ndjson", "application/jsonl") else "csv"
+    # The body is spooled to a temporary file as it arrives, so a large upload never sits in memory.
+    with tempfile.TemporaryFile() as spool:
+        async for chunk in request.stream():
+            spool.write(chunk)
+        spool.seek(0)
+        job = await run_in_threadpool(
+            ingest.run_import, session, ctx, kind=kind, chunks=iter(lambda: spool.read(4 << 20), b""), fmt=fmt,
+            source=f"api:{request.headers.get('x-filename', 'upload')}", actor=principal.actor)
+    return ImportJobRead(**job.model_dump())
+
+
+@router.get("/imports/{job_id}", response_model=ImportJobRead, tags=["imports"])
+def get_import(job_id: int, session: SessionDep, _: Principal = Depends(require(*IMPORT_READERS))) -> ImportJobRead:
+    """An import job's counts and row errors."""
+    return ImportJobRead(**ingest.get_job(session, job_id).model_dump())
+
+
+@router.get("/keys", response_model=list[KeyRead], tags=["keys"])
+def get_keys(session: SessionDep, _: Principal = Depends(require(*ADMIN))) -> list[KeyRead]:
+    """Every API key's metadata."""
+    return [KeyRead(**k.model_dump()) for k in auth.list_keys(session)]
+
+
+@router.post("/keys", response_model=KeyCreated, status_code=201, tags=["keys"])
+def post_key(body: KeyCreate, session: SessionDep, ctx: ContextDep,
+             principal: Principal = Depends(require(*ADMIN))) -> KeyCreated:
+    """Create a key; the response carries the key itself, shown only this once."""
+    issued = auth.create_key(session, ctx, name=body.name, role=body.role, actor=principal.actor)
+    return KeyCreated(**issued.record.model_dump(), key=issued.secret)
+
+
+@router.delete("/keys/{key_id}", response_model=KeyRead, tags=["keys"])
+def delete_key(key_id: int, session: SessionDep, ctx: ContextDep,
+               principal: Principal = Depends(require(*ADMIN))) -> KeyRead:
+    """Revoke a key."""
+    return KeyRead(**auth.revoke_key(session, ctx, key_id=key_id, actor=principal.actor).model_dump())
+
+
+@router.get("/audit", response_model=list[AuditRead], tags=["audit"])
+def get_audit(session: SessionDep, _: Principal = Depends(require(*ADMIN)),
+              entity: Annotated[str | None, Query(max_length=64)] = None,
+              entity_id: Annotated[str | None, Query(max_length=128)] = None,
+              since: datetime | None = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditRead]:
+    """The audit trail, newest first."""
+    query = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)
+    if entity:
+        query = query.where(AuditLog.entity == entity)
+    if entity_id:
+        query = query.where(AuditLog.entity_id == entity_id)
+    if since:
+        query = query.where(AuditLog.at >= since)
+    return [AuditRead(**a.model_dump()) for a in session.exec(query)]
+
+
+

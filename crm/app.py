@@ -1,0 +1,66 @@
+"""The FastAPI app factory: the composition root that wires every package's routes and profile sections."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy import func
+from sqlmodel import select
+
+from crm import api
+from crm.auth import Principal, require
+from crm.context import Context, build_context
+from crm.errors import install_handlers
+from crm.models import Order, Role
+from crm.profiles import ProfileRegistry, ProfileRequest
+from crm.settings import get_settings
+
+
+def orders_section(request: ProfileRequest) -> dict[str, Any]:
+    """Core profile section: order count, spend and first/last order."""
+    row = request.session.exec(
+        select(func.count(Order.id), func.coalesce(func.sum(Order.amount_paid), 0),
+               func.coalesce(func.sum(Order.discount), 0), func.min(Order.ordered_at), func.max(Order.ordered_at))
+        .where(Order.customer_id == request.customer_id)).one()
+    count, spend, discount, first, last = row
+    return {"orders": count, "total_spend": float(spend), "total_discount": float(discount),
+            "first_order_at": first, "last_order_at": last}
+
+
+def _install_metrics(app: FastAPI) -> None:
+    registry = CollectorRegistry()
+    requests = Counter("crm_http_requests_total", "HTTP requests", ["method", "route", "status"],
+                       registry=registry)
+    latency = Histogram("crm_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        requests.labels(request.method, template, str(response.status_code)).inc()
+        latency.labels(request.method, template).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics(_: Principal = Depends(require(Role.admin, Role.scheduler))) -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(ctx: Context | None = None) -> FastAPI:
+    """Build the app around a Context (the default one reads CRM_* settings)."""
+    ctx = ctx or build_context(get_settings())
+    app = FastAPI(title="CRM retention service", version="0.1.0",
+                  description="Segmentation, churn risk and guarded retention campaigns for e-commerce shops.")
+    app.state.ctx = ctx
+    app.state.profiles = ProfileRegistry()
+    app.state.profiles.register("orders", orders_section)
+    install_handlers(app)
+    app.include_router(api.router)
+    _install_metrics(app)
+    return app

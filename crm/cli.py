@@ -1,0 +1,241 @@
+"""The `crm` command line: a composition root like crm.app (demo, serve, generate, import, keys, migrate)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.table import Table
+
+from crm import auth, ingest
+from crm.clock import SystemClock
+from crm.context import Context, build_context
+from crm.db import session_scope
+from crm.errors import DomainError
+from crm.generator import GeneratorConfig, write_dataset
+from crm.migrations import upgrade_to_head
+from crm.models import Role
+from crm.settings import MissingSecretKey, get_settings, load_secret_key
+
+app = typer.Typer(help="CRM and customer-retention automation.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+KIND_ALIASES = {"customers": "customers", "orders": "orders", "order-items": "order_items",
+                "order_items": "order_items", "items": "order_items", "events": "events"}
+IMPORT_ORDER = ("customers", "orders", "order_items", "events")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code 1."""
+
+
+def _context(create_key: bool = False) -> Context:
+    settings = get_settings()
+    if create_key:
+        _, created = load_secret_key(settings, create=True)
+        if created:
+            console.print(f"[yellow]created a local secret key in {settings.key_file()} (git-ignored); "
+                          "set CRM_SECRET_KEY in production[/yellow]")
+    return build_context(settings)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations up to head."""
+    ctx = _context()
+    upgrade_to_head(ctx.engine)
+    console.print("database at head")
+
+
+@app.command()
+def init() -> None:
+    """Create the local secret key if missing and migrate the database."""
+    ctx = _context(create_key=True)
+    upgrade_to_head(ctx.engine)
+    console.print(f"ready: {ctx.engine.url.render_as_string(hide_password=True)}")
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("var/generated"),
+    customers: Annotated[int, typer.Option(min=1)] = 20_000,
+    seed: Annotated[int, typer.Option()] = 42,
+    end: Annotated[str | None, typer.Option(help="last day of history, YYYY-MM-DD (default: today, UTC)")] = None,
+    bad_rows: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of deliberately bad rows")] = 0.0,
+) -> None:
+    """Write realistic customers, orders, order items and events as CSV (deterministic per seed and end)."""
+    config = GeneratorConfig(customers=customers, seed=seed, end=_parse_day(end), bad_rows=bad_rows)
+    started = time.perf_counter()
+    counts = write_dataset(config, out)
+    elapsed = time.perf_counter() - started
+    console.print(", ".join(f"{k}: {v:,}" for k, v in counts.items()) + f" -> {out} in {elapsed:.1f}s")
+
+
+def _parse_day(value: str | None) -> date:
+    if value is None:
+        return SystemClock().now().date()
+    try:
+        return date.fromisoformat(value)
+    except ValueError as bad:
+        raise CliError(f"--end: '{value}' is not a date (YYYY-MM-DD)") from bad
+
+
+def _import_file(ctx: Context, kind: str, path: Path, fmt: str | None, quiet: bool = False):
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    fmt = fmt or ("ndjson" if path.suffix.lower() in (".ndjson", ".jsonl") else "csv")
+    total = path.stat().st_size
+    with session_scope(ctx.engine) as session, Progress(
+        TextColumn(f"[bold]{kind}[/bold]"), BarColumn(), TextColumn("{task.fields[rows]:>12,} rows"),
+        TransferSpeedColumn(), TimeElapsedColumn(), console=console, disable=quiet, transient=quiet,
+    ) as progress:
+        task = progress.add_task(kind, total=total, rows=0)
+        job = ingest.run_import(
+            session, ctx, kind=kind, chunks=ingest.file_chunks(path), fmt=fmt, source=str(path), actor="cli",
+            progress=lambda rows, done: progress.update(task, completed=done, rows=rows))
+        return job
+
+
+def _print_job(job) -> None:
+    console.print(f"import #{job.id} {job.kind}: {job.rows_total:,} rows, {job.rows_inserted:,} inserted, "
+                  f"{job.rows_updated:,} updated, {job.rows_unchanged:,} unchanged, {job.rows_failed:,} failed")
+    for error in job.errors[:5]:
+        console.print(f"  row {error['row']}: {error['field'] or 'record'}: {error['reason']}")
+    if job.rows_failed > 5:
+        console.print(f"  … see GET /imports/{job.id} for up to {len(job.errors)} reported errors")
+
+
+@app.command("import")
+def import_(
+    kind: Annotated[str, typer.Argument(help="customers | orders | order-items | events")],
+    file: Annotated[Path, typer.Argument(help="CSV or NDJSON file")],
+    format: Annotated[str | None, typer.Option("--format", help="csv or ndjson (default: by extension)")] = None,
+) -> None:
+    """Import a file idempotently: good rows are kept, bad rows reported by number."""
+    if kind not in KIND_ALIASES:
+        raise CliError(f"unknown kind '{kind}': use customers, orders, order-items or events")
+    _print_job(_import_file(_context(), KIND_ALIASES[kind], file, format))
+
+
+@keys_app.command("create")
+def keys_create(role: Annotated[str, typer.Option(help="admin | marketer | support | scheduler")],
+                name: Annotated[str, typer.Option()]) -> None:
+    """Create an API key; the key is printed once, as the last line."""
+    try:
+        parsed = Role(role)
+    except ValueError as bad:
+        raise CliError(f"unknown role '{role}': use admin, marketer, support or scheduler") from bad
+    ctx = _context()
+    with session_scope(ctx.engine) as session:
+        issued = auth.create_key(session, ctx, name=name, role=parsed, actor="cli")
+        console.print(f"created key #{issued.record.id} '{name}' ({parsed.value}); store it now, it is not shown again:")
+    print(issued.secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    ctx = _context()
+    table = Table("id", "name", "role", "prefix", "created", "revoked")
+    with session_scope(ctx.engine) as session:
+        for key in auth.list_keys(session):
+            table.add_row(str(key.id), key.name, key.role, key.key_prefix, f"{key.created_at:%Y-%m-%d %H:%M}",
+                          f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int) -> None:
+    """Revoke a key."""
+    ctx = _context()
+    with session_scope(ctx.engine) as session:
+        auth.revoke_key(session, ctx, key_id=key_id, actor="cli")
+    console.print(f"revoked key #{key_id}")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    _context()  # fail early with a clear message when no key is configured
+    uvicorn.run("crm.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(min=100)] = 20_000,
+    seed: Annotated[int, typer.Option()] = 42,
+    bad_rows: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.002,
+) -> None:
+    """From nothing: migrate the embedded database, generate a shop, import it and summarise."""
+    ctx = _context(create_key=True)
+    console.rule("[bold]CRM retention demo")
+    console.print(f"database: {ctx.engine.url.render_as_string(hide_password=True)}")
+    upgrade_to_head(ctx.engine)
+    end = ctx.clock.now().date()
+    out = get_settings().data_dir / "demo-data"
+    started = time.perf_counter()
+    counts = write_dataset(GeneratorConfig(customers=customers, seed=seed, end=end, bad_rows=bad_rows), out)
+    console.print(f"generated {', '.join(f'{v:,} {k}' for k, v in counts.items())} up to {end} "
+                  f"in {time.perf_counter() - started:.1f}s -> {out}")
+    jobs = []
+    for kind in IMPORT_ORDER:
+        job = _import_file(ctx, kind, out / f"{kind}.csv", "csv")
+        _print_job(job)
+        jobs.append(job)
+    _summary(ctx, jobs)
+
+
+def _summary(ctx: Context, jobs) -> None:
+    from sqlalchemy import text
+
+    table = Table("table", "rows", title="What the database holds now")
+    with ctx.engine.connect() as connection:
+        for name in ("customer", "consent", "consent_change", "orders", "order_item", "event", "audit_log"):
+            table.add_row(name, f"{connection.execute(text(f'SELECT count(*) FROM {name}')).scalar_one():,}")
+    console.print(table)
+    failed = sum(j.rows_failed for j in jobs)
+    console.print(f"{failed:,} deliberately bad rows were reported by row number and skipped; "
+                  "running `make demo` again changes nothing (imports are idempotent).")
+    console.print("next: `crm keys create --role admin --name me`, then `crm serve` and open "
+                  "http://127.0.0.1:8000/docs")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except (CliError, MissingSecretKey) as failure:
+        err.print(f"error: {failure}", markup=False, highlight=False)
+        sys.exit(1)
+    except DomainError as failure:
+        err.print(f"error: {failure.detail}", markup=False, highlight=False)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as failure:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        import click
+
+        if isinstance(failure, click.exceptions.ClickException):
+            failure.show()
+            sys.exit(failure.exit_code)
+        if isinstance(failure, click.exceptions.Exit):
+            sys.exit(failure.exit_code)
+        err.print(f"error: {type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''}",
+                  markup=False, highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Queries of the core that other packages and the API use: customers, consent and columnar frames."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import phonenumbers
+import polars as pl
+from sqlmodel import Session, func, select
+
+from crm import audit
+from crm.columnar import as_float, epoch_us, read_frame
+from crm.context import Context
+from crm.errors import InvalidInput, NotFound
+from crm.models import Channel, Consent, ConsentChange, ConsentStatus, Customer
+from crm.validation import normalise_email, normalise_phone
+
+ORDER_SCHEMA = {"order_id": pl.Int64, "customer_id": pl.Int64, "ordered_at": pl.Datetime("us", "UTC"),
+                "amount_paid": pl.Float64, "discount": pl.Float64, "cost_of_goods": pl.Float64,
+                "has_coupon": pl.Boolean}
+EVENT_SCHEMA = {"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC"), "type": pl.String}
+
+
+def orders_frame(session: Session, start: datetime | None, end: datetime) -> pl.DataFrame:
+    """Orders with start <= ordered_at < end as a polars frame (one row per order)."""
+    lower = "AND o.ordered_at >= :start" if start is not None else ""
+    query = (f"SELECT o.id, o.customer_id, {epoch_us(session, 'o.ordered_at')}, {as_float(session, 'o.amount_paid')}, "
+             f"{as_float(session, 'o.discount')}, {as_float(session, 'o.cost_of_goods')}, "
+             f"o.coupon_code IS NOT NULL FROM orders o WHERE o.ordered_at < :end {lower}")
+    params = {"end": end} | ({"start": start} if start is not None else {})
+    return read_frame(session, query, params, ORDER_SCHEMA)
+
+
+def events_frame(session: Session, start: datetime | None, end: datetime) -> pl.DataFrame:
+    """Events with start <= occurred_at < end as a polars frame."""
+    lower = "AND e.occurred_at >= :start" if start is not None else ""
+    query = (f"SELECT e.customer_id, {epoch_us(session, 'e.occurred_at')}, e.type FROM event e "
+             f"WHERE e.occurred_at < :end {lower}")
+    params = {"end": end} | ({"start": start} if start is not None else {})
+    return read_frame(session, query, params, EVENT_SCHEMA)
+
+
+def customer_by_external_id(session: Session, external_id: str) -> Customer:
+    """One customer by the shop's id, or NotFound."""
+    customer = session.exec(select(Customer).where(Customer.external_id == external_id)).first()
+    if customer is None:
+        raise NotFound(f"customer '{external_id}' does not exist")
+    return customer
+
+
+def find_customers(session: Session, ctx: Context, *, after_id: int | None = None, limit: int = 100,
+                   email: str | None = None, phone: str | None = None, locale: str | None = None,
+                   time_zone: str | None = None, membership_level: str | None = None,
+                   ids: list[int] | None = None) -> list[Customer]:
+    """A page of customers ordered by id (cursor = last id seen), filtered; email/phone match exactly."""
+    query = select(Customer).order_by(Customer.id).limit(limit)
+    if after_id is not None:
+        query = query.where(Customer.id > after_id)
+    if email is not None:
+        normalised = normalise_email(email)
+        if normalised is None:
+            raise InvalidInput("not a valid email address", errors=[{"field": "email", "reason": "invalid"}])
+        query = query.where(Customer.email_hash == ctx.cipher.blind_index(normalised))
+    if phone is not None:
+        normalised = normalise_phone(phone, ctx.settings.default_phone_region)
+        if normalised is None:
+            raise InvalidInput("not a valid phone number", errors=[{"field": "phone", "reason": "invalid"}])
+        query = query.where(Customer.phone_hash == ctx.cipher.blind_index(normalised))
+    for column, value in ((Customer.locale, locale), (Customer.time_zone, time_zone),
+                          (Customer.membership_level, membership_level)):
+        if value is not None:
+            query = query.where(column == value)
+    if ids is not None:
+        query = query.where(Customer.id.in_(ids))
+    return list(session.exec(query))
+
+
+def count_customers(session: Session) -> int:
+    """How many customers there are."""
+    return session.exec(select(func.count()).select_from(Customer)).one()
+
+
+def mask_email(email: str | None) -> str | None:
+    """j***@example.com: the first character of the local part and the domain."""
+    if not email:
+        return email
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(e164: str | None) -> str | None:
+    """+86 138****5678: country code, first three and last four digits of the national number."""
+    if not e164:
+        return e164
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return "***"
+    national = str(number.national_number)
+    hidden = max(len(national) - 7, 1)
+    return f"+{number.country_code} {national[:3]}{'*' * hidden}{national[-4:]}"
+
+
+def contact_of(ctx: Context, customer: Customer, *, masked: bool) -> dict[str, Any]:
+    """Decrypted (or masked) contact data of one customer."""
+    email = ctx.cipher.decrypt(customer.email_ciphertext)
+    phone = ctx.cipher.decrypt(customer.phone_ciphertext)
+    tokens = ctx.cipher.decrypt(customer.push_tokens_ciphertext)
+    token_list = json.loads(tokens) if tokens else []
+    if masked:
+        return {"email": mask_email(email), "phone": mask_phone(phone), "push_tokens": len(token_list)}
+    return {"email": email, "phone": phone, "push_tokens": token_list}
+
+
+def consent_of(session: Session, customer_id: int) -> dict[str, dict[str, Any]]:
+    """Current consent per channel (channels never stated are absent)."""
+    rows = session.exec(select(Consent).where(Consent.customer_id == customer_id))
+    return {row.channel: {"status": row.status, "source": row.source, "changed_at": row.changed_at} for row in rows}
+
+
+def consent_history(session: Session, customer_id: int) -> list[ConsentChange]:
+    """Every consent change of a customer, oldest first."""
+    return list(session.exec(select(ConsentChange).where(ConsentChange.customer_id == customer_id)
+                             .order_by(ConsentChange.changed_at, ConsentChange.id)))
+
+
+def record_consent(session: Session, ctx: Context, *, customer_id: int, channel: Channel, status: ConsentStatus,
+                   source: str, actor: str, at: datetime | None = None) -> bool:
+    """Append a consent change and update the current state; returns False when nothing changed."""
+    now = ctx.clock.now()
+    changed_at = at or now
+    current = session.get(Consent, (customer_id, channel.value))
+    if current is not None and current.status == status.value:
+        return False
+    before = {"status": current.status} if current else None
+    session.add(ConsentChange(customer_id=customer_id, channel=channel.value, status=status.value, source=source,
+                              changed_at=changed_at, recorded_at=now))
+    if current is None:
+        current = Consent(customer_id=customer_id, channel=channel.value, status=status.value, source=source,
+                          changed_at=changed_at)
+    else:
+        current.status, current.source, current.changed_at = status.value, source, changed_at
+    session.add(current)
+    audit.record(session, actor=actor, action="consent.change", entity="customer", entity_id=customer_id, at=now,
+                 before=before, after={"channel": channel.value, "status": status.value, "source": source})
+    return True
+
+
+def has_consent(session: Session, customer_id: int, channel: Channel) -> bool:
+    """True only with an explicit, current opt-in."""
+    current = session.get(Consent, (customer_id, channel.value))
+    return current is not None and current.status == ConsentStatus.opted_in.value

@@ -1,0 +1,120 @@
+"""Shared fixtures: one migrated database per run, each test inside a transaction that is rolled back."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from crm.app import create_app
+from crm.auth import create_key
+from crm.clock import FixedClock
+from crm.columnar import SAME_CONNECTION_FLAG
+from crm.context import Context
+from crm.crypto import ContactCipher
+from crm.db import get_session, make_engine
+from crm.migrations import upgrade_to_head
+from crm.models import Role
+from crm.settings import Settings
+
+TEST_SECRET = "test-secret-key-not-for-production"
+TEST_NOW = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+
+
+def backend() -> str:
+    """Which database this run uses: sqlite (default) or postgres."""
+    return os.environ.get("CRM_TEST_BACKEND", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory) -> str:
+    """The run's database: a fresh SQLite file, or the throw-away PostgreSQL database the runner made."""
+    if backend() == "postgres":
+        url = os.environ.get("CRM_TEST_DATABASE_URL")
+        if not url:
+            pytest.fail("CRM_TEST_BACKEND=postgres needs CRM_TEST_DATABASE_URL (use `make test`)")
+        return url
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
+
+
+@pytest.fixture(scope="session")
+def engine(database_url) -> Iterator[Engine]:
+    """The schema is built once, by the migrations themselves (so they are tested too)."""
+    engine = make_engine(database_url)
+    try:
+        upgrade_to_head(engine)
+    except Exception as unreachable:  # a missing service must fail loudly, never skip
+        pytest.fail(f"cannot prepare the test database at {database_url}: {unreachable}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    """A clock standing at TEST_NOW."""
+    return FixedClock(TEST_NOW)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for tests (no environment leaks in)."""
+    return Settings(secret_key=TEST_SECRET, data_dir=tmp_path, database_url="")
+
+
+@pytest.fixture
+def ctx(settings, engine, clock) -> Context:
+    """The runtime context tests pass to services."""
+    return Context(settings=settings, engine=engine, cipher=ContactCipher(TEST_SECRET), clock=clock)
+
+
+@pytest.fixture
+def session(engine) -> Iterator[Session]:
+    """A session inside an outer transaction that is rolled back after the test (commits become savepoints)."""
+    connection = engine.connect()
+    outer = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    session.info[SAME_CONNECTION_FLAG] = True
+    try:
+        yield session
+    finally:
+        session.close()
+        outer.rollback()
+        connection.close()
+
+
+@pytest.fixture
+def app(ctx, session):
+    """The real app, its session dependency bound to the test's transaction."""
+    application = create_app(ctx)
+
+    def _session() -> Iterator[Session]:
+        yield session
+        session.flush()
+
+    application.dependency_overrides[get_session] = _session
+    return application
+
+
+@pytest.fixture
+def client(app) -> TestClient:
+    """An HTTP client for the app (exceptions become responses, as in production)."""
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def keys(session, ctx) -> dict[Role, str]:
+    """One API key per role."""
+    return {role: create_key(session, ctx, name=f"test-{role.value}", role=role, actor="test").secret
+            for role in Role}
+
+
+@pytest.fixture
+def auth_header(keys):
+    """Build an Authorization header for a role."""
+    return lambda role: {"Authorization": f"Bearer {keys[role]}"}
