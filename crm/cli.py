@@ -27,8 +27,7 @@ app = typer.Typer(help="CRM and customer-retention automation.", no_args_is_help
                   pretty_exceptions_enable=False, add_completion=False)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # result lines stay whole, so scripts can grep them
 KIND_ALIASES = {"customers": "customers", "orders": "orders", "order-items": "order_items",
                 "order_items": "order_items", "items": "order_items", "events": "events"}
 IMPORT_ORDER = ("customers", "orders", "order_items", "events")
@@ -211,30 +210,32 @@ def _summary(ctx: Context, jobs) -> None:
                   "http://127.0.0.1:8000/docs")
 
 
+def _fail(message: str, code: int = 1) -> None:
+    """Print one plain line on stderr (no wrapping, no markup) and exit."""
+    sys.stderr.write(" ".join(message.split()) + "\n")
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
     try:
         app(standalone_mode=False)
     except (CliError, MissingSecretKey) as failure:
-        err.print(f"error: {failure}", markup=False, highlight=False)
-        sys.exit(1)
+        _fail(f"error: {failure}")
     except DomainError as failure:
-        err.print(f"error: {failure.detail}", markup=False, highlight=False)
-        sys.exit(1)
+        fields = ", ".join(e["field"] for e in failure.errors if e.get("field"))
+        _fail(f"error: {failure.detail}" + (f" ({fields})" if fields and fields not in failure.detail else ""))
     except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        sys.exit(130)
+        _fail("error: aborted", 130)
     except Exception as failure:  # noqa: BLE001 - the CLI promises one line, never a traceback
         import click
 
-        if isinstance(failure, click.exceptions.ClickException):
-            failure.show()
-            sys.exit(failure.exit_code)
         if isinstance(failure, click.exceptions.Exit):
             sys.exit(failure.exit_code)
-        err.print(f"error: {type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''}",
-                  markup=False, highlight=False)
-        sys.exit(1)
+        if isinstance(failure, click.exceptions.ClickException):
+            _fail(f"error: {failure.format_message()}", failure.exit_code)
+        first_line = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+        _fail(f"error: {type(failure).__name__}: {first_line}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from crm.clock import ensure_utc
 
-_PARAM = re.compile(r":([a-z_][a-z0-9_]*)")
+_PARAM = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")  # :name, but not a ::cast
 
 # Tests run inside a transaction that is rolled back; ADBC's own connection could not see those rows,
 # so a test session sets this flag and reads go through the session's connection instead.
@@ -57,8 +57,11 @@ def read_frame(session: Session, query: str, params: dict[str, Any], schema: dic
     raw_schema = {name: (pl.Int64 if isinstance(dtype, pl.Datetime) else dtype) for name, dtype in schema.items()}
     if dialect == "postgresql":
         data = _pg_copy_csv(session, query, params)
-        frame = (pl.read_csv(data, has_header=False, new_columns=list(schema), schema=raw_schema)
-                 if data else pl.DataFrame(schema=raw_schema))
+        # COPY writes booleans as t/f: read them as text, then compare.
+        text_schema = {n: (pl.String if t == pl.Boolean else t) for n, t in raw_schema.items()}
+        frame = (pl.read_csv(data, has_header=False, new_columns=list(schema), schema=text_schema)
+                 if data else pl.DataFrame(schema=text_schema))
+        frame = frame.with_columns(pl.col(n) == "t" for n, t in raw_schema.items() if t == pl.Boolean)
     else:
         names = _PARAM.findall(query)
         positional = _PARAM.sub("?", query)
@@ -81,7 +84,7 @@ def read_frame(session: Session, query: str, params: dict[str, Any], schema: dic
 def epoch_us(session: Session, column: str) -> str:
     """SQL for a timestamp column as integer microseconds since the Unix epoch, per dialect."""
     if session.get_bind().dialect.name == "postgresql":
-        return f"(EXTRACT(EPOCH FROM {column}) * 1000000)::bigint"
+        return f"CAST(EXTRACT(EPOCH FROM {column}) * 1000000 AS bigint)"
     # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff' text: whole seconds from strftime, microseconds from the tail.
     return (f"(CAST(strftime('%s', {column}) AS INTEGER) * 1000000"
             f" + CAST(substr({column}, 21, 6) AS INTEGER))")

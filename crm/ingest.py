@@ -26,7 +26,6 @@ from crm.errors import InvalidInput, NotFound
 from crm.models import ImportJob
 from crm.validation import CHANNELS, CONTACT_FIELDS, ERROR_SCHEMA, ROW, SPECS, validate
 
-BLOCK_BYTES = 24 * 1024 * 1024
 FORMATS = ("csv", "ndjson")
 Progress = Callable[[int, int], None]
 
@@ -35,7 +34,7 @@ class ImportRejected(InvalidInput):
     """The file as a whole cannot be imported (unknown kind or format, missing columns, no header)."""
 
 
-def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int) -> Iterator[bytes]:
     """Regroup arbitrary byte chunks into blocks of about block_bytes ending on record boundaries.
 
     With `quoted` (CSV) a newline inside a quoted field is not a boundary.
@@ -403,12 +402,13 @@ def start_job(session: Session, ctx: Context, *, kind: str, fmt: str, source: st
 
 def run_import(session: Session, ctx: Context, *, kind: str, chunks: Iterable[bytes], fmt: str = "csv",
                source: str = "upload", actor: str = "system", progress: Progress | None = None,
-               block_bytes: int = BLOCK_BYTES) -> ImportJob:
+               block_bytes: int | None = None) -> ImportJob:
     """Import a stream of bytes; commits once per block (data and job counters together)."""
     job = start_job(session, ctx, kind=kind, fmt=fmt, source=source, actor=actor)
     totals = _Totals()
     try:
-        _import_blocks(session, ctx, job, kind, chunks, fmt, totals, progress, block_bytes)
+        _import_blocks(session, ctx, job, kind, chunks, fmt, totals, progress,
+                       block_bytes or ctx.settings.import_block_bytes)
     except ImportRejected as rejected:
         session.rollback()
         _finish(session, ctx, job, totals, status="rejected", message=rejected.detail)

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     default_time_zone: str = "Asia/Shanghai"
     default_locale: str = "zh-CN"
     default_phone_region: str = "CN"
-    import_batch_rows: int = Field(default=200_000, ge=1)
+    import_block_bytes: int = Field(default=24 * 1024 * 1024, ge=1024)
     import_max_reported_errors: int = Field(default=1_000, ge=1)
     api_page_max: int = Field(default=500, ge=1)
     public_base_url: str = "http://127.0.0.1:8000"

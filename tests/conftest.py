@@ -118,3 +118,31 @@ def keys(session, ctx) -> dict[Role, str]:
 def auth_header(keys):
     """Build an Authorization header for a role."""
     return lambda role: {"Authorization": f"Bearer {keys[role]}"}
+
+
+@pytest.fixture
+def scratch_url(database_url, tmp_path) -> Iterator[str]:
+    """A separate, empty database for tests that commit for real (subprocesses, crash tests)."""
+    if not database_url.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'scratch.sqlite3'}"
+        return
+    import uuid
+
+    import psycopg
+
+    server = database_url.rsplit("/", 1)[0]
+    name = f"crm_scratch_{uuid.uuid4().hex[:8]}"
+    plain = server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def cli_env(url: str, data_dir: Path) -> dict[str, str]:
+    """Environment for running the `crm` command against a scratch database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    return env | {"CRM_DATABASE_URL": url, "CRM_DATA_DIR": str(data_dir), "CRM_SECRET_KEY": TEST_SECRET}

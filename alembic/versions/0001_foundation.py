@@ -1,7 +1,7 @@
 """foundation: customers, consent, orders, items, events, keys, audit, imports
 
 Revision ID: 0001
-Revises: 
+Revises: (none)
 Create Date: 2026-11-24 18:07:36.399931
 """
 

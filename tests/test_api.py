@@ -1,0 +1,147 @@
+"""The core API: customers, masking, profile sections, consent, imports over HTTP, keys, audit, health, errors."""
+
+from __future__ import annotations
+
+import json
+
+from crm.models import Role
+from tests.factories import ORDER_HEADER, csv_text, customers, run
+
+PROBLEM = "application/problem+json"
+
+
+def test_list_customers_paginates_with_a_cursor(client, session, ctx, auth_header):
+    customers(session, ctx, 5)
+    first = client.get("/customers?limit=2", headers=auth_header(Role.support)).json()
+    assert [c["external_id"] for c in first["items"]] == ["C1", "C2"]
+    second = client.get(f"/customers?limit=2&cursor={first['next_cursor']}", headers=auth_header(Role.support)).json()
+    assert [c["external_id"] for c in second["items"]] == ["C3", "C4"]
+    third = client.get(f"/customers?limit=2&cursor={second['next_cursor']}", headers=auth_header(Role.support)).json()
+    assert [c["external_id"] for c in third["items"]] == ["C5"] and third["next_cursor"] is None
+
+
+def test_search_by_email_or_phone_is_exact_through_the_keyed_hash(client, session, ctx, auth_header):
+    customers(session, ctx, 3)
+    by_email = client.get("/customers", params={"email": "USER2@example.com"}, headers=auth_header(Role.support))
+    assert [c["external_id"] for c in by_email.json()["items"]] == ["C2"]
+    by_phone = client.get("/customers", params={"phone": "138 0010 0003"}, headers=auth_header(Role.support))
+    assert [c["external_id"] for c in by_phone.json()["items"]] == ["C3"]
+    partial = client.get("/customers", params={"email": "user2@example"}, headers=auth_header(Role.support))
+    assert partial.status_code == 422 and partial.headers["content-type"] == PROBLEM
+    assert partial.json()["errors"][0]["field"] == "email"
+
+
+def test_support_sees_masked_contact_data_and_admin_sees_it_whole(client, session, ctx, auth_header):
+    customers(session, ctx, 1)
+    masked = client.get("/customers/C1", headers=auth_header(Role.support)).json()["contact"]
+    assert masked == {"email": "u***@example.com", "phone": "+86 138****0001", "push_tokens": 0, "masked": True}
+    whole = client.get("/customers/C1", headers=auth_header(Role.admin)).json()["contact"]
+    assert whole == {"email": "user1@example.com", "phone": "+8613800100001", "push_tokens": [], "masked": False}
+
+
+def test_profile_assembles_registered_sections(app, client, session, ctx, auth_header):
+    customers(session, ctx, 1)
+    run(session, ctx, "orders", csv_text(ORDER_HEADER, [("O1", "C1", "2025-01-01", "100", "10", "", ""),
+                                                        ("O2", "C1", "2025-02-01", "50", "0", "", "")]))
+    app.state.profiles.register("extra", lambda request: {"seen_by": request.viewer_role})
+    profile = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()
+    assert profile["sections"]["orders"]["orders"] == 2
+    assert profile["sections"]["orders"]["total_spend"] == 150.0
+    assert profile["sections"]["extra"] == {"seen_by": "support"}
+    assert profile["consent"]["sms"]["status"] == "opted_in"
+    assert profile["customer"]["contact"]["masked"] is True
+
+
+def test_consent_statements_are_history_and_audited(client, session, ctx, auth_header):
+    customers(session, ctx, 1)
+    response = client.post("/customers/C1/consents", json={"channel": "sms", "status": "opted_out",
+                                                           "source": "phone-call"},
+                           headers=auth_header(Role.support))
+    assert response.status_code == 200
+    assert [(c["channel"], c["status"]) for c in response.json()] == [
+        ("sms", "opted_in"), ("email", "opted_out"), ("sms", "opted_out")]
+    audit = client.get("/audit", params={"entity": "customer"}, headers=auth_header(Role.admin)).json()
+    assert audit[0]["action"] == "consent.change" and audit[0]["actor"].endswith("test-support")
+    assert audit[0]["before"] == {"status": "opted_in"}
+
+
+def test_unknown_customer_and_bad_input_are_problem_json(client, auth_header):
+    missing = client.get("/customers/NOPE", headers=auth_header(Role.support))
+    assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
+    assert "NOPE" in missing.json()["detail"]
+    bad = client.post("/customers/NOPE/consents", json={"channel": "fax", "status": "maybe"},
+                      headers=auth_header(Role.support))
+    assert bad.status_code == 422
+    assert {e["field"] for e in bad.json()["errors"]} == {"channel", "status"}
+    bad_limit = client.get("/customers?limit=0", headers=auth_header(Role.support))
+    assert bad_limit.status_code == 422 and bad_limit.json()["errors"][0]["field"] == "limit"
+
+
+def test_import_over_http_reports_rows_and_can_be_fetched(client, session, ctx, auth_header):
+    customers(session, ctx, 1)
+    body = csv_text(ORDER_HEADER, [("O1", "C1", "2025-01-01", "10", "", "", ""),
+                                   ("O2", "C9", "2025-01-01", "10", "", "", "")])
+    created = client.post("/imports/orders", content=body, headers=auth_header(Role.admin) | {
+        "content-type": "text/csv"})
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert (job["rows_inserted"], job["rows_failed"]) == (1, 1)
+    assert job["errors"] == [{"row": 2, "field": "customer_external_id", "reason": "unknown customer"}]
+    fetched = client.get(f"/imports/{job['id']}", headers=auth_header(Role.marketer)).json()
+    assert fetched["status"] == "completed" and fetched["rows_total"] == 2
+
+
+def test_ndjson_import_over_http(client, auth_header):
+    body = "\n".join(json.dumps({"external_id": f"N{i}", "email": f"n{i}@example.com"}) for i in range(3))
+    created = client.post("/imports/customers", content=body.encode(),
+                          headers=auth_header(Role.scheduler) | {"content-type": "application/x-ndjson"})
+    assert created.status_code == 201 and created.json()["rows_inserted"] == 3
+
+
+def test_import_of_a_file_missing_columns_is_422_naming_them(client, auth_header):
+    response = client.post("/imports/orders", content=b"external_id,amount_paid\nO1,5\n",
+                           headers=auth_header(Role.admin))
+    assert response.status_code == 422
+    assert {e["field"] for e in response.json()["errors"]} == {"customer_external_id", "ordered_at"}
+    unknown = client.post("/imports/widgets", content=b"a\n1\n", headers=auth_header(Role.admin))
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "kind"
+
+
+def test_admin_creates_and_revokes_keys(client, auth_header):
+    created = client.post("/keys", json={"name": "crm-bot", "role": "marketer"}, headers=auth_header(Role.admin))
+    assert created.status_code == 201
+    secret, key_id = created.json()["key"], created.json()["id"]
+    assert client.get("/customers", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    listed = client.get("/keys", headers=auth_header(Role.admin)).json()
+    assert all("key" not in k and "key_hash" not in k for k in listed)
+    assert client.delete(f"/keys/{key_id}", headers=auth_header(Role.admin)).status_code == 200
+    revoked = client.get("/customers", headers={"Authorization": f"Bearer {secret}"})
+    assert revoked.status_code == 401 and revoked.headers["content-type"] == PROBLEM
+    actions = [a["action"] for a in client.get("/audit", params={"entity": "api_key"},
+                                               headers=auth_header(Role.admin)).json()]
+    assert actions[:2] == ["api_key.revoke", "api_key.create"]
+    bad_role = client.post("/keys", json={"name": "x", "role": "root"}, headers=auth_header(Role.admin))
+    assert bad_role.status_code == 422 and bad_role.json()["errors"][0]["field"] == "role"
+
+
+def test_missing_or_malformed_credentials_are_401(client):
+    assert client.get("/customers").status_code == 401
+    assert client.get("/customers", headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.get("/customers", headers={"Authorization": "Bearer crm_nope"}).status_code == 401
+
+
+def test_health_reports_database_and_migrations(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["database"] and body["migrations_at_head"]
+
+
+def test_metrics_are_prometheus_text(client, auth_header):
+    client.get("/health")
+    response = client.get("/metrics", headers=auth_header(Role.admin))
+    assert response.status_code == 200
+    assert 'crm_http_requests_total{method="GET",route="/health",status="200"}' in response.text
+
+
+def test_openapi_is_served(client):
+    assert client.get("/openapi.json").json()["info"]["title"] == "CRM retention service"
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,67 @@
+"""The `crm` command: real subprocesses against a scratch database; errors are one line, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from sqlalchemy import text
+
+from crm.db import make_engine
+from tests.conftest import cli_env
+
+CRM = [sys.executable, "-m", "crm.cli"]
+
+
+def _crm(args, env, **kw):
+    return subprocess.run([*CRM, *args], env=env, capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_generate_import_and_keys(scratch_url, tmp_path):
+    env = cli_env(scratch_url, tmp_path)
+    assert _crm(["migrate"], env).returncode == 0
+    generated = _crm(["generate", "--customers", "300", "--seed", "5", "--end", "2026-06-01", "--out",
+                      str(tmp_path / "data")], env)
+    assert generated.returncode == 0, generated.stderr
+    for kind, name in (("customers", "customers"), ("orders", "orders"), ("order-items", "order_items"),
+                       ("events", "events")):
+        result = _crm(["import", kind, str(tmp_path / "data" / f"{name}.csv")], env)
+        assert result.returncode == 0, result.stderr
+        assert "0 failed" in result.stdout
+    again = _crm(["import", "orders", str(tmp_path / "data" / "orders.csv")], env)
+    assert " 0 inserted, 0 updated" in again.stdout
+    created = _crm(["keys", "create", "--role", "support", "--name", "desk"], env)
+    assert created.returncode == 0
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("crm_") and len(key) > 40
+    engine = make_engine(scratch_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM customer")).scalar_one() == 300
+        assert connection.execute(text("SELECT role FROM api_key")).scalar_one() == "support"
+    engine.dispose()
+
+
+def test_user_errors_are_one_line_and_non_zero(scratch_url, tmp_path):
+    env = cli_env(scratch_url, tmp_path)
+    _crm(["migrate"], env)
+    cases = [
+        ["import", "orders", str(tmp_path / "missing.csv")],
+        ["import", "widgets", str(tmp_path / "missing.csv")],
+        ["keys", "create", "--role", "root", "--name", "x"],
+        ["generate", "--end", "yesterday", "--out", str(tmp_path / "x")],
+    ]
+    (tmp_path / "bad.csv").write_text("external_id,amount_paid\nO1,5\n")
+    cases.append(["import", "orders", str(tmp_path / "bad.csv")])
+    for args in cases:
+        result = _crm(args, env)
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr + result.stdout, args
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert result.stderr.startswith("error:"), (args, result.stderr)
+
+
+def test_missing_secret_key_is_a_clear_error(scratch_url, tmp_path):
+    env = cli_env(scratch_url, tmp_path)
+    del env["CRM_SECRET_KEY"]
+    result = _crm(["keys", "list"], env)
+    assert result.returncode == 1 and "CRM_SECRET_KEY" in result.stderr and "Traceback" not in result.stderr

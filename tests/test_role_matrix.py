@@ -1,0 +1,78 @@
+"""Every route of the app, walked from the app's own route list, against every role."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.routing import APIRoute
+from starlette.routing import Route
+
+from crm.models import Role
+
+PUBLIC = "public"
+ADMIN = {Role.admin}
+STAFF = {Role.admin, Role.marketer, Role.support}
+EXPECTED: dict[tuple[str, str], set[Role] | str] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
+    ("GET", "/metrics"): {Role.admin, Role.scheduler},
+    ("GET", "/customers"): STAFF,
+    ("GET", "/customers/{external_id}"): STAFF,
+    ("GET", "/customers/{external_id}/profile"): STAFF,
+    ("GET", "/customers/{external_id}/orders"): STAFF,
+    ("GET", "/customers/{external_id}/consents"): STAFF,
+    ("POST", "/customers/{external_id}/consents"): STAFF,
+    ("POST", "/imports/{kind}"): {Role.admin, Role.scheduler},
+    ("GET", "/imports/{job_id}"): {Role.admin, Role.scheduler, Role.marketer},
+    ("GET", "/keys"): ADMIN,
+    ("POST", "/keys"): ADMIN,
+    ("DELETE", "/keys/{key_id}"): ADMIN,
+    ("GET", "/audit"): ADMIN,
+}
+SAMPLE_PARAMS = {"external_id": "NOBODY", "kind": "customers", "job_id": "999999", "key_id": "999999"}
+
+
+def _walk(routes) -> list[tuple[str, str]]:
+    found = []
+    for route in routes:
+        if isinstance(route, APIRoute | Route):
+            found += [(m, route.path) for m in sorted((route.methods or set()) - {"HEAD", "OPTIONS"})]
+        elif hasattr(route, "original_router"):  # FastAPI keeps included routers as lazy branches
+            found += _walk(route.original_router.routes)
+    return found
+
+
+def _routes(app) -> list[tuple[str, str]]:
+    """Every (method, path): the app's route tree, plus the OpenAPI paths as a cross-check."""
+    found = set(_walk(app.routes))
+    for path, operations in app.openapi()["paths"].items():
+        found |= {(method.upper(), path) for method in operations}
+    return sorted(found)
+
+
+def test_every_route_has_an_expected_role_set(app):
+    missing = [r for r in _routes(app) if r not in EXPECTED]
+    assert not missing, f"add these routes to EXPECTED in {__file__}: {missing}"
+    stale = [r for r in EXPECTED if r not in _routes(app)]
+    assert not stale, f"routes listed but gone: {stale}"
+
+
+def test_roles_pass_exactly_where_expected(app, client, auth_header):
+    for method, path in _routes(app):
+        url = re.sub(r"\{(\w+)\}", lambda m: SAMPLE_PARAMS[m.group(1)], path)
+        expected = EXPECTED[(method, path)]
+        anonymous = client.request(method, url, content=b"x\n")
+        if expected == PUBLIC:
+            assert anonymous.status_code < 400, (method, path, anonymous.status_code)
+            continue
+        assert anonymous.status_code == 401, (method, path, anonymous.status_code)
+        for role in Role:
+            status = client.request(method, url, headers=auth_header(role), content=b"x\n").status_code
+            if role in expected:
+                assert status not in (401, 403), (method, path, role, status)
+                assert status < 500, (method, path, role, status)
+            else:
+                assert status == 403, (method, path, role, status)
