@@ -33,7 +33,8 @@ EMAIL_DOMAINS = np.array(["qq.com", "163.com", "126.com", "gmail.com", "outlook.
 CATEGORIES = np.array(["apparel", "shoes", "beauty", "skincare", "home", "kitchen", "electronics", "phone",
                        "toys", "baby", "books", "sports", "outdoor", "food", "snacks", "pets", "jewelry",
                        "bags", "health", "office"])
-BACKGROUND_TYPES = np.array(["login", "view", "search", "cart_abandon", "review", "share", "push_open"])
+BACKGROUND_TYPES = ["login", "view", "search", "cart_abandon", "review", "share", "push_open"]
+EVENT_TYPES = [*BACKGROUND_TYPES, "cart_add"]
 BACKGROUND_SHARE = np.array([0.45, 0.30, 0.12, 0.06, 0.03, 0.02, 0.02])
 SEASON_PEAK = 2.6   # highest value of _season (Double 11)
 SEASON_MEAN = 1.07  # its mean over a year, so thinning keeps the configured yearly rate
@@ -52,7 +53,7 @@ class GeneratorConfig:
     deal_seeker_share: float = 0.25
     new_product_adopter_share: float = 0.15
     purchase_rate_shape: float = 1.1
-    purchase_rate_mean_per_year: float = 9.0
+    purchase_rate_mean_per_year: float = 9.4
     dropout_shape: float = 0.9
     mean_lifetime_days: float = 900.0
 
@@ -182,7 +183,7 @@ def generate(config: GeneratorConfig) -> ShopData:
     cart_owner, cart_time = owner[cart], times[cart] - rng.integers(60_000_000, DAY_US, int(cart.sum()))
     background_span_end = np.minimum(death + 20 * DAY_US, end_us)
     background_days = np.maximum(background_span_end - signup, 0) / DAY_US
-    background = rng.poisson(background_days * (0.006 + purchase_rate * 0.9))
+    background = rng.poisson(background_days * (0.005 + purchase_rate * 0.7))
     bg_owner = np.repeat(np.arange(n), background)
     bg_time = signup[bg_owner] + (rng.random(len(bg_owner)) * (background_span_end[bg_owner] - signup[bg_owner])
                                   ).astype(np.int64)
@@ -190,11 +191,12 @@ def generate(config: GeneratorConfig) -> ShopData:
     fade = np.clip((death[bg_owner] - bg_time) / (60 * DAY_US), 0.1, 1.0)
     keep_bg = rng.random(len(bg_owner)) < fade
     bg_owner, bg_time = bg_owner[keep_bg], bg_time[keep_bg]
-    bg_type = rng.choice(BACKGROUND_TYPES, len(bg_owner), p=BACKGROUND_SHARE)
+    bg_type = rng.choice(len(BACKGROUND_TYPES), len(bg_owner), p=BACKGROUND_SHARE)
 
     event_owner = np.concatenate([pre_owner, cart_owner, bg_owner])
     event_time = np.concatenate([pre_time, cart_time, bg_time])
-    event_type = np.concatenate([np.full(len(pre_owner), "view"), np.full(len(cart_owner), "cart_add"), bg_type])
+    event_type = np.concatenate([np.full(len(pre_owner), EVENT_TYPES.index("view")),
+                                 np.full(len(cart_owner), EVENT_TYPES.index("cart_add")), bg_type])
     event_sku = np.concatenate([pre_sku, sku[np.searchsorted(item_order, np.flatnonzero(cart))],
                                 rng.integers(0, config.products, len(bg_owner))])
     in_range = (event_time >= start_us) & (event_time < end_us)
@@ -204,28 +206,33 @@ def generate(config: GeneratorConfig) -> ShopData:
     event_owner, event_time, event_type, event_sku = (a[event_sort] for a in (event_owner, event_time, event_type,
                                                                              event_sku))
 
-    customers = _customer_frame(rng, n, signup, gross, owner)
+    customer_ids = _ids("C", n, 7)
+    order_ids = _ids("O", n_orders, 9)
+    # Repeated strings are gathered as Enum codes (integers), not copied string by string.
+    customer_codes = customer_ids.cast(pl.Enum(customer_ids))
+    order_codes = order_ids.cast(pl.Enum(order_ids))
+    customers = _customer_frame(rng, n, signup, gross, owner, customer_ids)
     orders = pl.DataFrame({
-        "external_id": _ids("O", n_orders, 9),
-        "customer_external_id": _ids("C", n, 7)[owner],
+        "external_id": order_ids,
+        "customer_external_id": customer_codes.gather(owner),
         "ordered_at": _utc(times),
         "amount_paid": amount_paid, "discount": discount,
         "cost_of_goods": pl.Series(cost).fill_nan(None), "coupon_code": coupon,
     })
     items = pl.DataFrame({
-        "order_external_id": _ids("O", n_orders, 9)[item_order], "line_no": line_no.astype(np.int32),
-        "sku": pl.Series(sku).cast(pl.String).str.zfill(5).str.pad_start(6, "S"),
-        "category": CATEGORIES[sku_category[sku]], "qty": qty.astype(np.int32),
+        "order_external_id": order_codes.gather(item_order), "line_no": line_no.astype(np.int32),
+        "sku": _enum(_ids("S", config.products, 5)).gather(sku),
+        "category": _enum(pl.Series(CATEGORIES)).gather(sku_category[sku]), "qty": qty.astype(np.int32),
         "unit_price": unit_price, "list_price": list_price, "is_new_product": is_new,
     })
-    shows_sku = np.isin(event_type, ["view", "cart_add", "cart_abandon", "review"])
+    shows_sku = np.isin(event_type, [EVENT_TYPES.index(t) for t in ("view", "cart_add", "cart_abandon", "review")])
+    sku_json = pl.format('{{"sku":"{}"}}', _ids("S", config.products, 5)).alias("json")
+    sku_properties = pl.concat([pl.select(sku_json).to_series(), pl.Series(["{}"])])
     events = pl.DataFrame({
-        "external_id": _ids("E", len(event_owner), 10), "customer_external_id": _ids("C", n, 7)[event_owner],
-        "occurred_at": _utc(event_time), "type": event_type,
-        "properties": np.where(shows_sku, event_sku, -1),
-    }).with_columns(pl.when(pl.col("properties") >= 0)
-                    .then(pl.format('{{"sku":"S{}"}}', pl.col("properties").cast(pl.String).str.zfill(5)))
-                    .otherwise(pl.lit("{}")).alias("properties"))
+        "external_id": _ids("E", len(event_owner), 10), "customer_external_id": customer_codes.gather(event_owner),
+        "occurred_at": _utc(event_time), "type": _enum(pl.Series(EVENT_TYPES)).gather(event_type),
+        "properties": _enum(sku_properties).gather(np.where(shows_sku, event_sku, config.products)),
+    })
     data = ShopData(customers=customers, orders=orders, order_items=items, events=events)
     if config.bad_rows > 0:
         _inject_bad_rows(rng, data, config.bad_rows)
@@ -233,7 +240,13 @@ def generate(config: GeneratorConfig) -> ShopData:
 
 
 def _ids(prefix: str, count: int, width: int) -> pl.Series:
-    return pl.Series(np.arange(1, count + 1)).cast(pl.String).str.zfill(width).str.pad_start(width + 1, prefix[0])
+    """Prefixed, zero-padded ids 1..count (C0000001, O000000001, …)."""
+    return pl.select(pl.lit(prefix) + pl.int_range(1, count + 1, dtype=pl.Int64).cast(pl.String).str.zfill(width)
+                     ).to_series()
+
+
+def _enum(values: pl.Series) -> pl.Series:
+    return values.cast(pl.Enum(values.unique(maintain_order=True)))
 
 
 def _utc(micros: np.ndarray) -> pl.Series:
@@ -241,7 +254,7 @@ def _utc(micros: np.ndarray) -> pl.Series:
 
 
 def _customer_frame(rng: np.random.Generator, n: int, signup: np.ndarray, order_gross: np.ndarray,
-                    owner: np.ndarray) -> pl.DataFrame:
+                    owner: np.ndarray, customer_ids: pl.Series) -> pl.DataFrame:
     zone = rng.choice(ZONES, n, p=ZONE_SHARE)
     locale = np.vectorize(ZONE_LOCALE.get)(zone)
     numbers = rng.integers(0, 10**8, n)
@@ -267,7 +280,7 @@ def _customer_frame(rng: np.random.Generator, n: int, signup: np.ndarray, order_
         return pl.select(pl.when(pl.Series(u < p_in + p_out)).then(status).otherwise(None)).to_series()
 
     frame = pl.DataFrame({
-        "external_id": _ids("C", n, 7),
+        "external_id": customer_ids,
         "email": pl.select(email).to_series(), "phone": phone,
         "push_tokens": pl.Series([None] * n, dtype=pl.String), "time_zone": zone, "locale": locale,
         "birthday": pl.Series(birthday).cast(pl.Date).cast(pl.String),
@@ -287,20 +300,17 @@ def _customer_frame(rng: np.random.Generator, n: int, signup: np.ndarray, order_
 def _inject_bad_rows(rng: np.random.Generator, data: ShopData, share: float) -> None:
     """Corrupt a share of rows the way real exports go wrong (each row gets one known fault)."""
 
-    def corrupt(frame: pl.DataFrame, faults: dict[str, object]) -> pl.DataFrame:
+    def corrupt(frame: pl.DataFrame, faults: dict[str, str]) -> pl.DataFrame:
         rows = np.flatnonzero(rng.random(len(frame)) < share)
         choice = rng.integers(0, len(faults), len(rows))
         frame = frame.with_columns(pl.all().cast(pl.String))
+        row_index = pl.int_range(pl.len())
         for index, (column, value) in enumerate(faults.items()):
-            picked = rows[choice == index]
-            if len(picked) == 0:
-                continue
-            values = frame[column].to_numpy().astype(object)
-            if value == "<duplicate>":
-                values[picked] = values[np.maximum(picked - 1, 0)] if column == "external_id" else values[picked]
-            else:
-                values[picked] = value
-            frame = frame.with_columns(pl.Series(column, values, dtype=pl.String))
+            picked = pl.Series(rows[choice == index])
+            # "<duplicate>" repeats the previous row's value, the way a re-exported line does.
+            faulty = pl.col(column).shift(1) if value == "<duplicate>" else pl.lit(value)
+            frame = frame.with_columns(pl.when(row_index.is_in(picked.implode())).then(faulty)
+                                       .otherwise(pl.col(column)).alias(column))
         return frame
 
     data.customers = corrupt(data.customers, {"phone": "12345", "time_zone": "Mars/Olympus_Mons",
