@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,122 +206,128 @@ def _unknown_reference(frame: pl.DataFrame, ids: pl.DataFrame, column: str, what
     return joined.filter(pl.col(f"{column}__id").is_not_null()), errors
 
 
-def _upsert(session: Session, *, table: str, columns: list[str], select_sql: str, conflict: list[str],
-            compare: list[str], params: dict, extra_assignments: tuple[str, ...] = ()) -> int:
-    """INSERT … SELECT … ON CONFLICT DO UPDATE only where a compared column differs; returns rows written.
+def _merge(session: Session, *, table: str, stage: str, key: list[str], columns: list[str], compare: list[str],
+           params: dict, insert_extra: dict[str, str] | None = None, update_extra: dict[str, str] | None = None,
+           insert_order: str | None = None) -> tuple[int, int]:
+    """Write a staged batch: insert missing rows, update rows whose compared columns differ.
 
-    `WHERE true` after the SELECT is SQLite's documented way to tell an upsert from a join clause.
+    `update_extra` expressions name the incoming row `{new}` and the stored row `t`.
+    Returns (inserted, updated). PostgreSQL does it in one INSERT … ON CONFLICT DO UPDATE … WHERE changed
+    (one index probe per row) and tells inserts from updates with RETURNING (xmax = 0); SQLite, which
+    cannot tell them apart that way, runs an UPDATE of changed rows and then an INSERT of missing ones.
     """
+    connection = session.connection()
+    extra = insert_extra or {}
+    target = [*columns, *extra]
+    source = [*(f"s.{c}" for c in columns), *extra.values()]
+    order = f" ORDER BY s.{insert_order}" if insert_order else ""
+    if session.get_bind().dialect.name == "postgresql":
+        if compare:
+            assignments = [f"{c} = excluded.{c}" for c in compare] + [
+                f"{c} = {e.format(new='excluded')}" for c, e in (update_extra or {}).items()]
+            changed = " OR ".join(f"t.{c} IS DISTINCT FROM excluded.{c}" for c in compare)
+            on_conflict = f"DO UPDATE SET {', '.join(assignments)} WHERE {changed}"
+        else:
+            on_conflict = "DO NOTHING"
+        flags = connection.execute(text(
+            f"INSERT INTO {table} AS t ({', '.join(target)}) SELECT {', '.join(source)} FROM {stage} s{order} "
+            f"ON CONFLICT ({', '.join(key)}) {on_conflict} RETURNING (xmax = 0)"), params).scalars().all()
+        inserted = sum(flags)
+        return inserted, len(flags) - inserted
+    match = " AND ".join(f"t.{k} = s.{k}" for k in key)
+    updated = 0
     if compare:
-        assignments = [f"{c} = excluded.{c}" for c in compare] + list(extra_assignments)
-        changed = " OR ".join(f"{table}.{c} IS DISTINCT FROM excluded.{c}" for c in compare)
-        on_conflict = f"DO UPDATE SET {', '.join(assignments)} WHERE {changed}"
-    else:  # the file carries only the key (and e.g. consent columns): nothing of the row itself to update
-        on_conflict = "DO NOTHING"
-    statement = (f"INSERT INTO {table} ({', '.join(columns)}) {select_sql} WHERE true "
-                 f"ON CONFLICT ({', '.join(conflict)}) {on_conflict}")
-    return session.connection().execute(text(statement), params).rowcount
-
-
-def _count_existing(session: Session, table: str, stage: str, on: str) -> int:
-    return session.connection().exec_driver_sql(
-        f"SELECT count(*) FROM {stage} s JOIN {table} t ON {on}").scalar_one()
+        assignments = [f"{c} = s.{c}" for c in compare] + [
+            f"{c} = {e.format(new='s')}" for c, e in (update_extra or {}).items()]
+        changed = " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in compare)
+        updated = connection.execute(text(
+            f"UPDATE {table} AS t SET {', '.join(assignments)} FROM {stage} s WHERE {match} AND ({changed})"),
+            params).rowcount
+    inserted = connection.execute(text(
+        f"INSERT INTO {table} ({', '.join(target)}) SELECT {', '.join(source)} FROM {stage} s "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match}){order} "
+        f"ON CONFLICT ({', '.join(key)}) DO NOTHING"), params).rowcount
+    return inserted, updated
 
 
 def load_orders(session: Session, ctx: Context, frame: pl.DataFrame, present: set[str]) -> BatchResult:
-    """Upsert validated orders; unknown customers are row errors."""
+    """Write validated orders; unknown customers are row errors."""
     ids = _existing_ids(session, "customer", frame["customer_external_id"])
     frame, errors = _unknown_reference(frame, ids, "customer_external_id", "customer")
     frame = frame.rename({"customer_external_id__id": "customer_id"})
     types = {"external_id": "text", "customer_id": "int", "ordered_at": "timestamp", "amount_paid": "money",
              "discount": "money", "cost_of_goods": "money", "coupon_code": "text"}
     _stage(session, "stage_orders", frame, types)
-    existing = _count_existing(session, "orders", "stage_orders", "t.external_id = s.external_id")
     optional = [c for c in ("discount", "cost_of_goods", "coupon_code") if c in present]
-    compare = ["customer_id", "ordered_at", "amount_paid", *optional]
-    columns = [*types, "created_at", "updated_at"]
-    written = _upsert(
-        session, table="orders", columns=columns,
-        select_sql=f"SELECT {', '.join(types)}, :now, :now FROM stage_orders", conflict=["external_id"],
-        compare=compare, params={"now": ctx.clock.now()}, extra_assignments=("updated_at = excluded.updated_at",))
-    return _result(len(frame), existing, written, errors)
+    written = _merge(
+        session, table="orders", stage="stage_orders", key=["external_id"], columns=list(types),
+        compare=["customer_id", "ordered_at", "amount_paid", *optional], params={"now": ctx.clock.now()},
+        insert_extra={"created_at": ":now", "updated_at": ":now"}, update_extra={"updated_at": ":now"},
+        insert_order="customer_id")
+    return _result(len(frame), *written, errors)
 
 
 def load_order_items(session: Session, ctx: Context, frame: pl.DataFrame, present: set[str]) -> BatchResult:
-    """Upsert validated order lines on (order, line number); unknown orders are row errors."""
+    """Write validated order lines keyed on (order, line number); unknown orders are row errors."""
     ids = _existing_ids(session, "orders", frame["order_external_id"])
     frame, errors = _unknown_reference(frame, ids, "order_external_id", "order")
     frame = frame.rename({"order_external_id__id": "order_id"})
     types = {"order_id": "int", "line_no": "int", "sku": "text", "category": "text", "qty": "int",
              "unit_price": "money", "list_price": "money", "is_new_product": "bool"}
     _stage(session, "stage_items", frame, types)
-    existing = _count_existing(session, "order_item", "stage_items",
-                               "t.order_id = s.order_id AND t.line_no = s.line_no")
     optional = [c for c in ("category", "list_price", "is_new_product") if c in present]
-    compare = ["sku", "qty", "unit_price", *optional]
-    written = _upsert(
-        session, table="order_item", columns=list(types), select_sql=f"SELECT {', '.join(types)} FROM stage_items",
-        conflict=["order_id", "line_no"], compare=compare, params={})
-    return _result(len(frame), existing, written, errors)
+    written = _merge(session, table="order_item", stage="stage_items", key=["order_id", "line_no"],
+                     columns=list(types), compare=["sku", "qty", "unit_price", *optional], params={})
+    return _result(len(frame), *written, errors)
 
 
 def load_events(session: Session, ctx: Context, frame: pl.DataFrame, present: set[str]) -> BatchResult:
-    """Upsert validated events on their external id (or customer + time + type when none was given)."""
+    """Write validated events keyed on their external id (or customer + time + type when none was given)."""
     ids = _existing_ids(session, "customer", frame["customer_external_id"])
     frame, errors = _unknown_reference(frame, ids, "customer_external_id", "customer")
     frame = frame.rename({"customer_external_id__id": "customer_id"})
     types = {"external_id": "text", "customer_id": "int", "occurred_at": "timestamp", "type": "text",
              "properties": "json"}
     _stage(session, "stage_events", frame, types)
-    existing = _count_existing(session, "event", "stage_events", "t.external_id = s.external_id")
-    compare = ["customer_id", "occurred_at", "type", "properties"]
-    written = _upsert(
-        session, table="event", columns=list(types), select_sql=f"SELECT {', '.join(types)} FROM stage_events",
-        conflict=["external_id"], compare=compare, params={})
-    return _result(len(frame), existing, written, errors)
+    written = _merge(session, table="event", stage="stage_events", key=["external_id"], columns=list(types),
+                     compare=["customer_id", "occurred_at", "type", "properties"], params={},
+                     insert_order="customer_id")
+    return _result(len(frame), *written, errors)
 
 
 def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present: set[str]) -> BatchResult:
-    """Upsert customers (contact data encrypted, keyed hashes beside) and apply consent columns."""
+    """Write customers (contact data encrypted, keyed hashes beside) and apply consent columns."""
     cipher = ctx.cipher
     contact: dict[str, pl.Series] = {}
+    types = {"external_id": "text"}
     for name in ("email", "phone", "push_tokens"):
         if name in frame.columns:
             values = frame[name].to_list()
             contact[f"{name}_ciphertext"] = pl.Series([cipher.encrypt(v) for v in values], dtype=pl.Binary)
             contact[f"{name}_hash"] = pl.Series([cipher.blind_index(v) for v in values], dtype=pl.String)
-    staged = frame.with_columns(**contact)
-    types = {"external_id": "text"}
-    for name in ("email", "phone", "push_tokens"):
-        if name in frame.columns:
             types |= {f"{name}_ciphertext": "bytes", f"{name}_hash": "text"}
     plain = {"time_zone": "text", "locale": "text", "birthday": "date", "signed_up_at": "timestamp",
              "membership_level": "text", "attributes": "json"}
     types |= {c: t for c, t in plain.items() if c in frame.columns}
-    _stage(session, "stage_customers", staged, types)
-    existing = _count_existing(session, "customer", "stage_customers", "t.external_id = s.external_id")
+    _stage(session, "stage_customers", frame.with_columns(**contact), types)
     settings = ctx.settings
     defaults = {"time_zone": f"'{settings.default_time_zone}'", "locale": f"'{settings.default_locale}'",
                 "attributes": "'{}'"}
-    insert_columns = ["external_id", *[c for c in types if c != "external_id"]]
-    select_parts = list(insert_columns)
-    for column, default in defaults.items():
-        if column not in types:
-            insert_columns.append(column)
-            select_parts.append(default)
     compare = [c for c in types if c != "external_id" and not c.endswith("_ciphertext")]
     # Ciphertexts carry a fresh nonce each time: they change only when the keyed hash says the value did.
-    ciphertexts = tuple(
-        f"{c.removesuffix('_hash')}_ciphertext = CASE WHEN customer.{c} IS DISTINCT FROM excluded.{c} "
-        f"THEN excluded.{c.removesuffix('_hash')}_ciphertext ELSE customer.{c.removesuffix('_hash')}_ciphertext END"
-        for c in compare if c.endswith("_hash"))
-    written = _upsert(
-        session, table="customer", columns=[*insert_columns, "created_at", "updated_at"],
-        select_sql=f"SELECT {', '.join(select_parts)}, :now, :now FROM stage_customers", conflict=["external_id"],
+    ciphertexts = {
+        f"{c.removesuffix('_hash')}_ciphertext":
+            f"CASE WHEN t.{c} IS DISTINCT FROM {{new}}.{c} THEN {{new}}.{c.removesuffix('_hash')}_ciphertext "
+            f"ELSE t.{c.removesuffix('_hash')}_ciphertext END"
+        for c in compare if c.endswith("_hash")}
+    written = _merge(
+        session, table="customer", stage="stage_customers", key=["external_id"], columns=list(types),
         compare=compare, params={"now": ctx.clock.now()},
-        extra_assignments=(*ciphertexts, "updated_at = excluded.updated_at"))
+        insert_extra={**{c: d for c, d in defaults.items() if c not in types}, "created_at": ":now",
+                      "updated_at": ":now"},
+        update_extra={**ciphertexts, "updated_at": ":now"})
     _apply_consent(session, ctx, frame)
-    return _result(len(frame), existing, written, pl.DataFrame(schema=ERROR_SCHEMA))
+    return _result(len(frame), *written, pl.DataFrame(schema=ERROR_SCHEMA))
 
 
 def _apply_consent(session: Session, ctx: Context, frame: pl.DataFrame) -> None:
@@ -356,10 +363,8 @@ def _apply_consent(session: Session, ctx: Context, frame: pl.DataFrame) -> None:
         "source = excluded.source, changed_at = excluded.changed_at"))
 
 
-def _result(valid: int, existing: int, written: int, errors: pl.DataFrame) -> BatchResult:
-    inserted = valid - existing
-    updated = written - inserted
-    return BatchResult(inserted=inserted, updated=updated, unchanged=existing - updated, errors=errors)
+def _result(valid: int, inserted: int, updated: int, errors: pl.DataFrame) -> BatchResult:
+    return BatchResult(inserted=inserted, updated=updated, unchanged=valid - inserted - updated, errors=errors)
 
 
 LOADERS = {"customers": load_customers, "orders": load_orders, "order_items": load_order_items,
@@ -421,15 +426,24 @@ def run_import(session: Session, ctx: Context, *, kind: str, chunks: Iterable[by
     return job
 
 
-def _import_blocks(session: Session, ctx: Context, job: ImportJob, kind: str, chunks: Iterable[bytes], fmt: str,
-                   totals: _Totals, progress: Progress | None, block_bytes: int) -> None:
+@dataclass
+class _Prepared:
+    """One block parsed and validated, ready to load."""
+
+    good: pl.DataFrame
+    errors: pl.DataFrame
+    rows: int
+    bytes_done: int
+
+
+def _prepare_blocks(ctx: Context, job: ImportJob, kind: str, chunks: Iterable[bytes], fmt: str,
+                    block_bytes: int, present: set[str]) -> Iterator[_Prepared]:
+    """Split, parse and validate block by block (pure CPU work, run ahead of the loader)."""
     spec = SPECS[kind]
-    seen = SeenKeys()
     settings = ctx.settings
     defaults = ({"default_time_zone": settings.default_time_zone, "default_locale": settings.default_locale,
                  "default_region": settings.default_phone_region} if kind == "customers" else {})
     header: list[str] | None = None
-    present: set[str] = set()
     next_row = 1
     bytes_done = 0
     for block in split_records(chunks, quoted=fmt == "csv", block_bytes=block_bytes):
@@ -438,7 +452,7 @@ def _import_blocks(session: Session, ctx: Context, job: ImportJob, kind: str, ch
             if header is None:
                 first, _, block = block.partition(b"\n")
                 header = _normalise_header(next(csv.reader([first.decode("utf-8", errors="replace")]), []))
-                present = _check_header(spec, header, job)
+                present |= _check_header(spec, header, job)
                 if not block.strip():
                     continue
             frame, parse_errors = _csv_frame(header, block, next_row)
@@ -450,21 +464,43 @@ def _import_blocks(session: Session, ctx: Context, job: ImportJob, kind: str, ch
         frame = frame.select(ROW, *[pl.col(c) if c in frame.columns else pl.lit(None, pl.String).alias(c)
                                     for c in spec.columns if c in present or c in spec.required])
         good, errors = validate(kind, frame, **defaults)
+        yield _Prepared(good, pl.concat([parse_errors, errors]), block_rows, bytes_done)
+    if header is None and fmt == "csv":
+        raise ImportRejected("the file is empty: a CSV import needs a header line",
+                             errors=[{"field": "header", "reason": "missing"}])
+
+
+_END = object()
+
+
+def _read_ahead(iterator: Iterator[_Prepared]) -> Iterator[_Prepared]:
+    """Prepare the next block on a second thread while the caller loads the current one."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-prepare") as pool:
+        pending = pool.submit(next, iterator, _END)
+        while (item := pending.result()) is not _END:
+            pending = pool.submit(next, iterator, _END)
+            yield item
+
+
+def _import_blocks(session: Session, ctx: Context, job: ImportJob, kind: str, chunks: Iterable[bytes], fmt: str,
+                   totals: _Totals, progress: Progress | None, block_bytes: int) -> None:
+    spec = SPECS[kind]
+    seen = SeenKeys()
+    present: set[str] = set()
+    for prepared in _read_ahead(_prepare_blocks(ctx, job, kind, chunks, fmt, block_bytes, present)):
+        good = prepared.good
         duplicate = seen.duplicates(_dedupe_key(kind, good))
         dup_errors = good.filter(duplicate).select(
             pl.col(ROW).alias("row"), pl.lit(spec.key or "line_no").alias("field"),
             pl.lit("duplicate id inside the file (first occurrence kept)").alias("reason"))
         good = good.filter(~duplicate)
         result = LOADERS[kind](session, ctx, good, present) if not good.is_empty() else BatchResult()
-        block_errors = pl.concat([parse_errors, errors, dup_errors, result.errors]).sort("row")
-        _accumulate(totals, block_rows, result, block_errors, settings.import_max_reported_errors)
+        block_errors = pl.concat([prepared.errors, dup_errors, result.errors]).sort("row")
+        _accumulate(totals, prepared.rows, result, block_errors, ctx.settings.import_max_reported_errors)
         _save_counters(session, job, totals)
         session.commit()
         if progress:
-            progress(totals.rows, bytes_done)
-    if header is None and fmt == "csv":
-        raise ImportRejected("the file is empty: a CSV import needs a header line",
-                             errors=[{"field": "header", "reason": "missing"}])
+            progress(totals.rows, prepared.bytes_done)
 
 
 def _check_header(spec, header: list[str], job: ImportJob) -> set[str]:

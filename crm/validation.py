@@ -186,20 +186,24 @@ def present(frame: pl.DataFrame, column: str) -> bool:
 def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_locale: str,
                        default_region: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Check and type customer rows; contact values come out normalised (E.164, lower-case email)."""
+    # Library-judged columns are computed once, then both checked and returned.
+    judged = {"email": normalise_email, "phone": lambda v: normalise_phone(v, default_region),
+              "push_tokens": parse_push_tokens, "attributes": parse_json_object}
+    frame = frame.with_columns(_map_text(c, fn).alias(f"{c}__parsed") for c, fn in judged.items() if present(frame, c))
     checks = Checks()
     cols: list[pl.Expr] = [pl.col(ROW), blank_to_null("external_id").alias("external_id")]
     checks.add(_missing("external_id"), "external_id", "missing")
     checks.add(pl.col("external_id").str.len_chars() > 128, "external_id", "longer than 128 characters")
     if present(frame, "email"):
-        email = _map_text("email", normalise_email)
+        email = pl.col("email__parsed")
         checks.add(_unparsable("email", email), "email", "not a valid email address")
         cols.append(email.alias("email"))
     if present(frame, "phone"):
-        phone = _map_text("phone", lambda v: normalise_phone(v, default_region))
+        phone = pl.col("phone__parsed")
         checks.add(_unparsable("phone", phone), "phone", "not a valid phone number")
         cols.append(phone.alias("phone"))
     if present(frame, "push_tokens"):
-        tokens = _map_text("push_tokens", parse_push_tokens)
+        tokens = pl.col("push_tokens__parsed")
         checks.add(_unparsable("push_tokens", tokens), "push_tokens", "not a JSON array or ;-separated list")
         cols.append(tokens.alias("push_tokens"))
     if present(frame, "time_zone"):
@@ -223,7 +227,7 @@ def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_l
     if present(frame, "membership_level"):
         cols.append(blank_to_null("membership_level").alias("membership_level"))
     if present(frame, "attributes"):
-        attributes = _map_text("attributes", parse_json_object)
+        attributes = pl.col("attributes__parsed")
         checks.add(_unparsable("attributes", attributes), "attributes", "not a JSON object")
         cols.append(attributes.fill_null("{}").alias("attributes"))
     for channel in CHANNELS:
@@ -316,7 +320,8 @@ def validate_events(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
                "not a lower-case event name of at most 32 characters")
     properties = pl.lit("{}")
     if present(frame, "properties"):
-        properties = _map_text("properties", parse_json_object)
+        frame = frame.with_columns(_map_text("properties", parse_json_object).alias("properties__parsed"))
+        properties = pl.col("properties__parsed")
         checks.add(_unparsable("properties", properties), "properties", "not a JSON object")
         properties = properties.fill_null("{}")
     good, errors = checks.split(frame)

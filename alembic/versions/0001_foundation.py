@@ -2,16 +2,15 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 18:07:36.399931
+Create Date: 2026-11-24 18:25:57.803422
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-
-import crm.types
 from alembic import op
+from sqlalchemy.dialects import postgresql
+import crm.types
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -69,6 +68,17 @@ def upgrade() -> None:
     )
     op.create_index(op.f('ix_customer_email_hash'), 'customer', ['email_hash'], unique=False)
     op.create_index(op.f('ix_customer_phone_hash'), 'customer', ['phone_hash'], unique=False)
+    op.create_table('event',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('external_id', sa.String(length=200), nullable=False),
+    sa.Column('customer_id', sa.Integer(), nullable=False),
+    sa.Column('occurred_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('type', sa.String(length=32), nullable=False),
+    sa.Column('properties', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('external_id')
+    )
+    op.create_index('ix_event_customer_occurred_at', 'event', ['customer_id', 'occurred_at'], unique=False)
     op.create_table('import_job',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
@@ -88,6 +98,34 @@ def upgrade() -> None:
     sa.Column('message', sa.String(length=500), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
+    op.create_table('order_item',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_id', sa.Integer(), nullable=False),
+    sa.Column('line_no', sa.Integer(), nullable=False),
+    sa.Column('sku', sa.String(length=64), nullable=False),
+    sa.Column('category', sa.String(length=64), nullable=True),
+    sa.Column('qty', sa.Integer(), nullable=False),
+    sa.Column('unit_price', sa.Numeric(precision=14, scale=2), nullable=False),
+    sa.Column('list_price', sa.Numeric(precision=14, scale=2), nullable=False),
+    sa.Column('is_new_product', sa.Boolean(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('order_id', 'line_no', name='uq_order_item_order_line')
+    )
+    op.create_table('orders',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('external_id', sa.String(length=128), nullable=False),
+    sa.Column('customer_id', sa.Integer(), nullable=False),
+    sa.Column('ordered_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('amount_paid', sa.Numeric(precision=14, scale=2), nullable=False),
+    sa.Column('discount', sa.Numeric(precision=14, scale=2), nullable=False),
+    sa.Column('cost_of_goods', sa.Numeric(precision=14, scale=2), nullable=True),
+    sa.Column('coupon_code', sa.String(length=64), nullable=True),
+    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('external_id')
+    )
+    op.create_index('ix_orders_customer_ordered_at', 'orders', ['customer_id', 'ordered_at'], unique=False)
     op.create_table('consent',
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('channel', sa.String(length=8), nullable=False),
@@ -109,66 +147,20 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index('ix_consent_change_customer_channel_at', 'consent_change', ['customer_id', 'channel', 'changed_at'], unique=False)
-    op.create_table('event',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('external_id', sa.String(length=200), nullable=False),
-    sa.Column('customer_id', sa.Integer(), nullable=False),
-    sa.Column('occurred_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('type', sa.String(length=32), nullable=False),
-    sa.Column('properties', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('external_id')
-    )
-    op.create_index('ix_event_customer_occurred_at', 'event', ['customer_id', 'occurred_at'], unique=False)
-    op.create_index('ix_event_occurred_at', 'event', ['occurred_at'], unique=False)
-    op.create_table('orders',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('external_id', sa.String(length=128), nullable=False),
-    sa.Column('customer_id', sa.Integer(), nullable=False),
-    sa.Column('ordered_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('amount_paid', sa.Numeric(precision=14, scale=2), nullable=False),
-    sa.Column('discount', sa.Numeric(precision=14, scale=2), nullable=False),
-    sa.Column('cost_of_goods', sa.Numeric(precision=14, scale=2), nullable=True),
-    sa.Column('coupon_code', sa.String(length=64), nullable=True),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('external_id')
-    )
-    op.create_index('ix_orders_customer_ordered_at', 'orders', ['customer_id', 'ordered_at'], unique=False)
-    op.create_index('ix_orders_ordered_at', 'orders', ['ordered_at'], unique=False)
-    op.create_table('order_item',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('order_id', sa.Integer(), nullable=False),
-    sa.Column('line_no', sa.Integer(), nullable=False),
-    sa.Column('sku', sa.String(length=64), nullable=False),
-    sa.Column('category', sa.String(length=64), nullable=True),
-    sa.Column('qty', sa.Integer(), nullable=False),
-    sa.Column('unit_price', sa.Numeric(precision=14, scale=2), nullable=False),
-    sa.Column('list_price', sa.Numeric(precision=14, scale=2), nullable=False),
-    sa.Column('is_new_product', sa.Boolean(), nullable=False),
-    sa.ForeignKeyConstraint(['order_id'], ['orders.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('order_id', 'line_no', name='uq_order_item_order_line')
-    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
-    op.drop_table('order_item')
-    op.drop_index('ix_orders_ordered_at', table_name='orders')
-    op.drop_index('ix_orders_customer_ordered_at', table_name='orders')
-    op.drop_table('orders')
-    op.drop_index('ix_event_occurred_at', table_name='event')
-    op.drop_index('ix_event_customer_occurred_at', table_name='event')
-    op.drop_table('event')
     op.drop_index('ix_consent_change_customer_channel_at', table_name='consent_change')
     op.drop_table('consent_change')
     op.drop_table('consent')
+    op.drop_index('ix_orders_customer_ordered_at', table_name='orders')
+    op.drop_table('orders')
+    op.drop_table('order_item')
     op.drop_table('import_job')
+    op.drop_index('ix_event_customer_occurred_at', table_name='event')
+    op.drop_table('event')
     op.drop_index(op.f('ix_customer_phone_hash'), table_name='customer')
     op.drop_index(op.f('ix_customer_email_hash'), table_name='customer')
     op.drop_table('customer')
