@@ -1,4 +1,4 @@
-"""Fast columnar reads into polars: COPY on PostgreSQL, ADBC on SQLite (committed data)."""
+"""Fast columnar reads into polars: ADBC (binary COPY into Arrow) for committed data, or the session's own connection."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ _PARAM = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")  # :name, but not a ::cast
 # so a test session sets this flag and reads go through the session's connection instead.
 SAME_CONNECTION_FLAG = "columnar_same_connection"
 
+# How timestamps arrive as text: PostgreSQL's CSV output carries an offset, SQLite stores naive UTC.
+_TEXT_TIME_FORMAT = {"postgresql": "%Y-%m-%d %H:%M:%S%.f%#z", "sqlite": "%Y-%m-%d %H:%M:%S%.f"}
+
 
 def _sqlite_value(value: Any) -> Any:
     """Bind values the way the SQLite columns store them (UTC text for datetimes)."""
@@ -26,14 +29,19 @@ def _sqlite_value(value: Any) -> Any:
     return value
 
 
-def _pg_copy_csv(session: Session, query: str, params: dict[str, Any]) -> bytes:
-    """Run COPY (query) TO STDOUT as CSV on the session's own connection (sees its transaction)."""
+def _inline_pg(query: str, params: dict[str, Any]) -> str:
+    """Inline parameters as properly quoted PostgreSQL literals (COPY takes no bind parameters)."""
     from psycopg import sql
 
-    raw = session.connection().connection.driver_connection
-    literal = {k: sql.Literal(ensure_utc(v) if isinstance(v, datetime) else v).as_string(raw)
+    literal = {k: sql.Literal(ensure_utc(v) if isinstance(v, datetime) else v).as_string(None)
                for k, v in params.items()}
-    inlined = _PARAM.sub(lambda m: literal[m.group(1)], query)
+    return _PARAM.sub(lambda m: literal[m.group(1)], query)
+
+
+def _pg_copy_csv(session: Session, query: str, params: dict[str, Any]) -> bytes:
+    """Run COPY (query) TO STDOUT as CSV on the session's own connection (sees its transaction)."""
+    raw = session.connection().connection.driver_connection
+    inlined = _inline_pg(query, params)
     buffer = io.BytesIO()
     with raw.cursor() as cursor, cursor.copy(f"COPY ({inlined}) TO STDOUT (FORMAT csv)") as copy:
         for block in copy:
@@ -41,55 +49,76 @@ def _pg_copy_csv(session: Session, query: str, params: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _sqlite_path(session: Session) -> str:
-    return session.get_bind().url.database
+def _adbc_read(session: Session, dialect: str, query: str, params: dict[str, Any]) -> pl.DataFrame:
+    """Read through ADBC on a connection of its own (committed data only)."""
+    url = session.get_bind().url
+    names = _PARAM.findall(query)
+    if dialect == "postgresql":
+        import adbc_driver_postgresql.dbapi as adbc
+
+        target = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # Without bind parameters the driver streams the result with binary COPY (twice as fast).
+        query, values = _inline_pg(query, params), []
+    else:
+        import adbc_driver_sqlite.dbapi as adbc
+
+        target = url.database
+        query = _PARAM.sub("?", query)
+        values = [_sqlite_value(params[n]) for n in names]
+    with adbc.connect(target) as connection, connection.cursor() as cursor:
+        cursor.execute(query, values or None)
+        return pl.from_arrow(cursor.fetch_arrow_table())
+
+
+def _same_connection_read(session: Session, dialect: str, query: str, params: dict[str, Any],
+                          schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Read on the session's connection: COPY CSV on PostgreSQL, a plain fetch on SQLite."""
+    # Booleans (t/f in PostgreSQL's CSV) and timestamps arrive as text and are converted afterwards.
+    text_schema = {n: (pl.String if t == pl.Boolean or isinstance(t, pl.Datetime) else t) for n, t in schema.items()}
+    if dialect == "postgresql":
+        data = _pg_copy_csv(session, query, params)
+        frame = (pl.read_csv(data, has_header=False, new_columns=list(schema), schema=text_schema)
+                 if data else pl.DataFrame(schema=text_schema))
+        return frame.with_columns(pl.col(n) == "t" for n, t in schema.items() if t == pl.Boolean)
+    names = _PARAM.findall(query)
+    values = tuple(_sqlite_value(params[n]) for n in names)
+    rows = session.connection().exec_driver_sql(_PARAM.sub("?", query), values).fetchall()
+    sqlite_schema = {n: (pl.Int64 if t == pl.Boolean else text_schema[n]) for n, t in schema.items()}
+    frame = pl.DataFrame(rows, schema=sqlite_schema, orient="row")
+    return frame.with_columns(pl.col(n).cast(pl.Boolean) for n, t in schema.items() if t == pl.Boolean)
 
 
 def read_frame(session: Session, query: str, params: dict[str, Any], schema: dict[str, pl.DataType], *,
                same_connection: bool = False) -> pl.DataFrame:
-    """Run a SELECT whose columns match `schema` (named :params) and return a polars frame.
+    """Run a SELECT (named :params) whose columns match `schema` and return a polars frame.
 
-    Datetime columns must be selected as integer microseconds since the epoch (see `epoch_us`).
-    On SQLite the fast path reads committed data through its own ADBC connection; `same_connection`
-    (for small reads inside a transaction, e.g. of temporary tables) uses the session's connection.
+    The fast path reads committed data through ADBC on a connection of its own (binary COPY into Arrow
+    on PostgreSQL). `same_connection` — small reads inside a transaction (e.g. of temporary tables), and
+    tests inside a rolled-back transaction — uses the session's connection instead.
+    Timestamp columns come back as timezone-aware UTC whatever the path.
     """
     dialect = session.get_bind().dialect.name
-    raw_schema = {name: (pl.Int64 if isinstance(dtype, pl.Datetime) else dtype) for name, dtype in schema.items()}
-    if dialect == "postgresql":
-        data = _pg_copy_csv(session, query, params)
-        # COPY writes booleans as t/f: read them as text, then compare.
-        text_schema = {n: (pl.String if t == pl.Boolean else t) for n, t in raw_schema.items()}
-        frame = (pl.read_csv(data, has_header=False, new_columns=list(schema), schema=text_schema)
-                 if data else pl.DataFrame(schema=text_schema))
-        frame = frame.with_columns(pl.col(n) == "t" for n, t in raw_schema.items() if t == pl.Boolean)
+    if same_connection or session.info.get(SAME_CONNECTION_FLAG, False):
+        frame = _same_connection_read(session, dialect, query, params, schema)
     else:
-        names = _PARAM.findall(query)
-        positional = _PARAM.sub("?", query)
-        values = [_sqlite_value(params[n]) for n in names]
-        if same_connection or session.info.get(SAME_CONNECTION_FLAG):
-            rows = session.connection().exec_driver_sql(positional, tuple(values)).fetchall()
-            frame = pl.DataFrame(rows, schema=raw_schema, orient="row")
+        frame = _adbc_read(session, dialect, query, params)
+        frame = frame.rename(dict(zip(frame.columns, schema, strict=True)))
+    conversions = []
+    for name, dtype in schema.items():
+        if not isinstance(dtype, pl.Datetime):
+            conversions.append(pl.col(name).cast(dtype))
+        elif frame.schema[name] == pl.String:
+            parsed = pl.col(name).str.to_datetime(format=_TEXT_TIME_FORMAT[dialect], time_unit="us")
+            conversions.append(parsed.dt.replace_time_zone("UTC") if dialect == "sqlite"
+                               else parsed.dt.convert_time_zone("UTC"))
         else:
-            import adbc_driver_sqlite.dbapi as adbc_sqlite
-
-            with adbc_sqlite.connect(_sqlite_path(session)) as conn, conn.cursor() as cursor:
-                cursor.execute(positional, values)
-                frame = pl.from_arrow(cursor.fetch_arrow_table())
-            frame = frame.rename(dict(zip(frame.columns, schema, strict=True))).cast(raw_schema)
-    casts = [pl.col(n).cast(pl.Datetime("us")).dt.replace_time_zone("UTC") for n, t in schema.items()
-             if isinstance(t, pl.Datetime)]
-    return frame.with_columns(casts) if casts else frame
-
-
-def epoch_us(session: Session, column: str) -> str:
-    """SQL for a timestamp column as integer microseconds since the Unix epoch, per dialect."""
-    if session.get_bind().dialect.name == "postgresql":
-        return f"CAST(EXTRACT(EPOCH FROM {column}) * 1000000 AS bigint)"
-    # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff' text: whole seconds from strftime, microseconds from the tail.
-    return (f"(CAST(strftime('%s', {column}) AS INTEGER) * 1000000"
-            f" + CAST(substr({column}, 21, 6) AS INTEGER))")
+            arrived = frame.schema[name]
+            as_us = pl.col(name).cast(pl.Datetime("us", getattr(arrived, "time_zone", None)))
+            conversions.append(as_us.dt.convert_time_zone("UTC") if getattr(arrived, "time_zone", None)
+                               else as_us.dt.replace_time_zone("UTC"))
+    return frame.with_columns(conversions)
 
 
 def as_float(session: Session, column: str) -> str:
-    """SQL casting a NUMERIC column to a float (ADBC on SQLite needs one type per column)."""
+    """SQL casting a NUMERIC column to a float (Arrow has no cheap decimal path here)."""
     return f"CAST({column} AS {'double precision' if session.get_bind().dialect.name == 'postgresql' else 'REAL'})"

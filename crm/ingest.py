@@ -167,7 +167,8 @@ def _stage(session: Session, name: str, frame: pl.DataFrame, types: dict[str, st
     columns = ", ".join(f"{c} {_sql_type(t, pg)}" for c, t in types.items())
     connection = session.connection()
     connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
-    connection.exec_driver_sql(f"DELETE FROM {name}")
+    # TRUNCATE on PostgreSQL: DELETE would leave dead rows that every later batch scans again.
+    connection.exec_driver_sql(f"{'TRUNCATE' if pg else 'DELETE FROM'} {name}")
     frame = frame.select(list(types))
     if frame.is_empty():
         return

@@ -11,7 +11,7 @@ import polars as pl
 from sqlmodel import Session, func, select
 
 from crm import audit
-from crm.columnar import as_float, epoch_us, read_frame
+from crm.columnar import as_float, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.models import Channel, Consent, ConsentChange, ConsentStatus, Customer
@@ -26,7 +26,7 @@ EVENT_SCHEMA = {"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC")
 def orders_frame(session: Session, start: datetime | None, end: datetime) -> pl.DataFrame:
     """Orders with start <= ordered_at < end as a polars frame (one row per order)."""
     lower = "AND o.ordered_at >= :start" if start is not None else ""
-    query = (f"SELECT o.id, o.customer_id, {epoch_us(session, 'o.ordered_at')}, {as_float(session, 'o.amount_paid')}, "
+    query = (f"SELECT o.id, o.customer_id, o.ordered_at, {as_float(session, 'o.amount_paid')}, "
              f"{as_float(session, 'o.discount')}, {as_float(session, 'o.cost_of_goods')}, "
              f"o.coupon_code IS NOT NULL FROM orders o WHERE o.ordered_at < :end {lower}")
     params = {"end": end} | ({"start": start} if start is not None else {})
@@ -36,7 +36,7 @@ def orders_frame(session: Session, start: datetime | None, end: datetime) -> pl.
 def events_frame(session: Session, start: datetime | None, end: datetime) -> pl.DataFrame:
     """Events with start <= occurred_at < end as a polars frame."""
     lower = "AND e.occurred_at >= :start" if start is not None else ""
-    query = (f"SELECT e.customer_id, {epoch_us(session, 'e.occurred_at')}, e.type FROM event e "
+    query = (f"SELECT e.customer_id, e.occurred_at, e.type FROM event e "
              f"WHERE e.occurred_at < :end {lower}")
     params = {"end": end} | ({"start": start} if start is not None else {})
     return read_frame(session, query, params, EVENT_SCHEMA)

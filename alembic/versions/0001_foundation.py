@@ -8,9 +8,10 @@ Create Date: 2026-11-24 18:25:57.803422
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql
+
 import crm.types
+from alembic import op
 
 revision: str = '0001'
 down_revision: str | None = None
