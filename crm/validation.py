@@ -247,25 +247,27 @@ def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_l
     return good.select(cols), errors
 
 
+def _non_negative_number(checks: Checks, frame: pl.DataFrame, column: str, what: str) -> pl.Expr:
+    """Parse an optional-or-required money/number column, registering 'not a number' and 'negative' checks."""
+    if not present(frame, column):
+        return pl.lit(None, pl.Float64)
+    value = parse_number(column)
+    checks.add(_unparsable(column, value), column, "not a number")
+    checks.add(value < 0, column, f"negative {what}")
+    return value
+
+
 def validate_orders(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Check and type order rows (amounts rounded to cents, times in UTC)."""
     checks = Checks()
     ordered_at = parse_timestamp("ordered_at")
-    amount = parse_number("amount_paid")
-    discount = parse_number("discount") if present(frame, "discount") else pl.lit(None, pl.Float64)
-    cost = parse_number("cost_of_goods") if present(frame, "cost_of_goods") else pl.lit(None, pl.Float64)
     for column in ("external_id", "customer_external_id", "ordered_at", "amount_paid"):
         checks.add(_missing(column), column, "missing")
     checks.add(pl.col("external_id").str.len_chars() > 128, "external_id", "longer than 128 characters")
     checks.add(_unparsable("ordered_at", ordered_at), "ordered_at", "not an ISO 8601 date or time")
-    checks.add(_unparsable("amount_paid", amount), "amount_paid", "not a number")
-    checks.add(amount < 0, "amount_paid", "negative amount")
-    if present(frame, "discount"):
-        checks.add(_unparsable("discount", discount), "discount", "not a number")
-        checks.add(discount < 0, "discount", "negative discount")
-    if present(frame, "cost_of_goods"):
-        checks.add(_unparsable("cost_of_goods", cost), "cost_of_goods", "not a number")
-        checks.add(cost < 0, "cost_of_goods", "negative cost of goods")
+    amount = _non_negative_number(checks, frame, "amount_paid", "amount")
+    discount = _non_negative_number(checks, frame, "discount", "discount")
+    cost = _non_negative_number(checks, frame, "cost_of_goods", "cost of goods")
     coupon = blank_to_null("coupon_code") if present(frame, "coupon_code") else pl.lit(None, pl.String)
     good, errors = checks.split(frame)
     return good.select(
@@ -281,8 +283,6 @@ def validate_order_items(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFram
     checks = Checks()
     line_no = blank_to_null("line_no").cast(pl.Int32, strict=False)
     qty = blank_to_null("qty").cast(pl.Int32, strict=False)
-    unit_price = parse_number("unit_price")
-    list_price = parse_number("list_price") if present(frame, "list_price") else pl.lit(None, pl.Float64)
     new_product = parse_bool("is_new_product") if present(frame, "is_new_product") else pl.lit(None, pl.Boolean)
     for column in ("order_external_id", "line_no", "sku", "qty", "unit_price"):
         checks.add(_missing(column), column, "missing")
@@ -290,11 +290,8 @@ def validate_order_items(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFram
     checks.add(line_no < 1, "line_no", "must be 1 or more")
     checks.add(_unparsable("qty", qty), "qty", "not a whole number")
     checks.add(qty < 1, "qty", "must be 1 or more")
-    checks.add(_unparsable("unit_price", unit_price), "unit_price", "not a number")
-    checks.add(unit_price < 0, "unit_price", "negative price")
-    if present(frame, "list_price"):
-        checks.add(_unparsable("list_price", list_price), "list_price", "not a number")
-        checks.add(list_price < 0, "list_price", "negative price")
+    unit_price = _non_negative_number(checks, frame, "unit_price", "price")
+    list_price = _non_negative_number(checks, frame, "list_price", "price")
     if present(frame, "is_new_product"):
         checks.add(_unparsable("is_new_product", new_product), "is_new_product", "not true/false")
     category = blank_to_null("category") if present(frame, "category") else pl.lit(None, pl.String)

@@ -1,0 +1,66 @@
+"""Pure pieces, no database: timestamp parsing, normalisers, masking, the contact cipher."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crm.crypto import ContactCipher
+from crm.service import mask_email, mask_phone
+from crm.validation import normalise_email, normalise_phone, parse_push_tokens, parse_timestamp
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2025-01-02", datetime(2025, 1, 2, tzinfo=UTC)),
+    ("2025-01-02T03:04:05Z", datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)),
+    ("2025-01-02 03:04:05", datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)),
+    ("2025-01-02T11:04:05+08:00", datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)),
+    ("2025-01-01T22:04:05-0500", datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)),
+    ("2025-01-02T03:04:05.250000z", datetime(2025, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)),
+    ("2025-01-02T03:04", datetime(2025, 1, 2, 3, 4, tzinfo=UTC)),
+    ("2025-02-30", None), ("2025-13-01", None), ("yesterday", None), ("", None), (None, None),
+])
+def test_parse_timestamp(text, expected):
+    parsed = pl.DataFrame({"t": [text]}, schema={"t": pl.String}).select(parse_timestamp("t")).item()
+    assert parsed == expected
+
+
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)))
+def test_parse_timestamp_round_trips_iso_output(moment):
+    text = moment.isoformat()
+    assert pl.DataFrame({"t": [text]}).select(parse_timestamp("t")).item() == moment
+
+
+def test_normalisers():
+    assert normalise_email(" Jane.Doe@Example.COM ".strip()) == "jane.doe@example.com"
+    assert normalise_email("jane@") is None and normalise_email("a b@example.com") is None
+    assert normalise_phone("138 0013 5678", "CN") == "+8613800135678"
+    assert normalise_phone("+1 (415) 555-2671", "CN") == "+14155552671"
+    assert normalise_phone("12345", "CN") is None and normalise_phone("not a number", "CN") is None
+    assert parse_push_tokens('["b", "a", "a"]') == '["a", "b"]'
+    assert parse_push_tokens("x; y ;") == '["x", "y"]'
+    assert parse_push_tokens('[1, 2]') is None and parse_push_tokens("[oops") is None
+
+
+def test_masking():
+    assert mask_email("jane@example.com") == "j***@example.com"
+    assert mask_phone("+8613800135678") == "+86 138****5678"
+    assert mask_phone("+14155552671") == "+1 415***2671"
+    assert mask_email(None) is None and mask_phone(None) is None
+
+
+def test_cipher_round_trip_random_nonce_and_stable_blind_index():
+    cipher = ContactCipher("k1")
+    first, second = cipher.encrypt("a@example.com"), cipher.encrypt("a@example.com")
+    assert first != second and b"example" not in first
+    assert cipher.decrypt(first) == cipher.decrypt(second) == "a@example.com"
+    assert cipher.blind_index("a@example.com") == cipher.blind_index("a@example.com")
+    other = ContactCipher("k2")
+    assert other.blind_index("a@example.com") != cipher.blind_index("a@example.com")
+    with pytest.raises(Exception):  # noqa: B017 - a wrong key must not decrypt (InvalidTag)
+        other.decrypt(first)
+    assert cipher.hash_api_key("crm_x") != cipher.blind_index("crm_x")
