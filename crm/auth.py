@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
 
 from fastapi import Depends, Request
 from sqlmodel import Session, select
@@ -109,16 +108,5 @@ def require(*roles: Role):
     return dependency
 
 
-ANY_ROLE = tuple(Role)
 ADMIN = (Role.admin,)
 STAFF = (Role.admin, Role.marketer, Role.support)
-MARKETING = (Role.admin, Role.marketer)
-
-
-def touch_last_used(session: Session, principal: Principal, at: datetime) -> None:
-    """Record when a key was last used (cheap; used by the auth dependency of writes)."""
-    if principal.key_id is not None:
-        record = session.get(ApiKey, principal.key_id)
-        if record is not None:
-            record.last_used_at = at
-            session.add(record)

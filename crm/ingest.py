@@ -25,7 +25,7 @@ from crm.columnar import read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.models import ImportJob
-from crm.validation import CHANNELS, CONTACT_FIELDS, ERROR_SCHEMA, ROW, SPECS, validate
+from crm.validation import CHANNELS, ERROR_SCHEMA, ROW, SPECS, validate
 
 FORMATS = ("csv", "ndjson")
 Progress = Callable[[int, int], None]
@@ -565,5 +565,3 @@ def file_chunks(path, chunk_bytes: int = 4 * 1024 * 1024) -> Iterator[bytes]:
         while chunk := handle.read(chunk_bytes):
             yield chunk
 
-
-__all__ = ["CONTACT_FIELDS", "ImportRejected", "file_chunks", "get_job", "run_import", "split_records"]

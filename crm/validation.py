@@ -14,7 +14,6 @@ from email_validator import EmailNotValidError, validate_email
 
 ROW = "_row"
 ERROR_SCHEMA = {"row": pl.Int64, "field": pl.String, "reason": pl.String}
-CONTACT_FIELDS = frozenset({"email", "phone", "push_tokens"})
 CHANNELS = ("sms", "email", "push", "phone")
 CONSENT_VALUES = {"opted_in": "opted_in", "in": "opted_in", "yes": "opted_in", "true": "opted_in", "1": "opted_in",
                   "opted_out": "opted_out", "out": "opted_out", "no": "opted_out", "false": "opted_out",
