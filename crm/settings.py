@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     default_locale: str = "zh-CN"
     default_phone_region: str = "CN"
     import_block_bytes: int = Field(default=24 * 1024 * 1024, ge=1024)
+    # An empty fact table on PostgreSQL is filled by COPY with its indexes rebuilt at the end (see BulkLoad).
+    import_bulk_load: bool = True
     import_max_reported_errors: int = Field(default=1_000, ge=1)
     api_page_max: int = Field(default=500, ge=1)
     public_base_url: str = "http://127.0.0.1:8000"

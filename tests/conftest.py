@@ -33,6 +33,12 @@ def backend() -> str:
 
 
 @pytest.fixture(scope="session")
+def db_backend() -> str:
+    """The backend of this run, as a fixture."""
+    return backend()
+
+
+@pytest.fixture(scope="session")
 def database_url(tmp_path_factory) -> str:
     """The run's database: a fresh SQLite file, or the throw-away PostgreSQL database the runner made."""
     if backend() == "postgres":

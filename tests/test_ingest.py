@@ -6,10 +6,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from crm.ingest import ImportRejected, split_records
+from crm import ingest
+from crm.ingest import BulkLoad, ImportRejected, split_records
 from crm.models import Consent, ConsentChange, Customer, Event, ImportJob, Order, OrderItem
 from tests.factories import CUSTOMER_HEADER, ORDER_HEADER, csv_text, customers, run
 
@@ -180,14 +182,69 @@ def test_consent_opt_out_is_never_undone_by_an_older_import(session, ctx):
     assert history == ["opted_in", "opted_out", "opted_in"]
 
 
-def test_duplicates_are_found_across_blocks(session, ctx):
+@pytest.mark.parametrize("bulk_load", [True, False], ids=["bulk-allowed", "merge-only"])
+def test_duplicates_are_found_across_blocks(session, ctx, db_backend, bulk_load):
+    ctx.settings.import_bulk_load = bulk_load
     customers(session, ctx, 1)
     rows = [(f"O{i}", "C1", "2025-01-01", "1", "", "", "") for i in range(400)] + [("O7", "C1", "2025-01-02", "1",
                                                                                     "", "", "")]
     job = run(session, ctx, "orders", csv_text(ORDER_HEADER, rows), block_bytes=2048)
-    assert job.batches_committed > 3
+    # A bulk load (PostgreSQL, empty table) is one transaction however many blocks it reads.
+    assert job.batches_committed == 1 if bulk_load and db_backend == "postgres" else job.batches_committed > 3
     assert _errors(job) == {(401, "external_id")}
     assert job.rows_inserted == 400
+    assert session.exec(select(func.count()).select_from(Order)).one() == 400
+
+
+def _index_definitions(session) -> set[str]:
+    rows = session.connection().execute(text("SELECT indexdef FROM pg_indexes WHERE tablename = 'orders'"))
+    return {row[0] for row in rows}
+
+
+def test_bulk_load_fills_an_empty_table_and_rebuilds_its_indexes(session, ctx, db_backend):
+    customers(session, ctx, 2)
+    if db_backend != "postgres":
+        assert BulkLoad.begin(session, "orders") is None, "SQLite always merges"
+    indexes = _index_definitions(session) if db_backend == "postgres" else set()
+    rows = [(f"O{i}", f"C{1 + i % 2}", f"2025-01-{1 + i % 28:02d}T08:00:00+08:00", f"{i}.5", "1", "", "")
+            for i in range(300)] + [("O900", "C404", "2025-01-01", "1", "", "", "")]
+    job = run(session, ctx, "orders", csv_text(ORDER_HEADER, rows), block_bytes=1024)
+    assert (job.status, job.rows_inserted, job.rows_failed) == ("completed", 300, 1)
+    assert _errors(job) == {(301, "customer_external_id")}
+    stored = session.exec(select(Order).where(Order.external_id == "O7")).one()
+    assert stored.ordered_at == datetime(2025, 1, 8, tzinfo=UTC) and float(stored.amount_paid) == 7.5
+    if db_backend == "postgres":
+        assert _index_definitions(session) == indexes and len(indexes) == 3
+    again = run(session, ctx, "orders", csv_text(ORDER_HEADER, rows), block_bytes=1024)
+    assert (again.rows_inserted, again.rows_updated, again.rows_unchanged) == (0, 0, 300)
+    # The rebuilt unique constraint holds.
+    with pytest.raises(IntegrityError), session.begin_nested():
+        session.connection().execute(text(
+            "INSERT INTO orders (external_id, customer_id, ordered_at, amount_paid, discount, created_at, updated_at)"
+            " SELECT external_id, customer_id, ordered_at, amount_paid, discount, created_at, updated_at "
+            "FROM orders WHERE external_id = 'O7'"))
+
+
+def test_a_failed_import_keeps_only_whole_committed_batches(session, ctx, db_backend):
+    customers(session, ctx, 1)
+    indexes = _index_definitions(session) if db_backend == "postgres" else set()
+    block = csv_text(ORDER_HEADER, [(f"O{i}", "C1", "2025-01-01", "1", "", "", "") for i in range(100)])
+
+    def upload_cut_off():
+        yield block
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        ingest.run_import(session, ctx, kind="orders", chunks=upload_cut_off(), source="test", actor="test",
+                          block_bytes=1024)
+    job = session.exec(select(ImportJob).where(ImportJob.kind == "orders")).one()
+    stored = session.exec(select(func.count()).select_from(Order)).one()
+    assert job.status == "failed" and "client went away" in job.message
+    assert stored == job.rows_inserted  # the table and the job's counters agree
+    if db_backend == "postgres":  # a bulk load is all or nothing, and its dropped indexes come back
+        assert stored == 0 and _index_definitions(session) == indexes
+    else:
+        assert 0 < stored < 100
 
 
 def test_split_records_respects_quoted_newlines():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import polars as pl
 import pytest
@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from crm.crypto import ContactCipher
 from crm.service import mask_email, mask_phone
-from crm.validation import normalise_email, normalise_phone, parse_push_tokens, parse_timestamp
+from crm.validation import (
+    normalise_email,
+    normalise_phone,
+    parse_push_tokens,
+    parse_timestamp,
+    timestamp_column,
+)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -25,8 +31,23 @@ from crm.validation import normalise_email, normalise_phone, parse_push_tokens, 
     ("2025-02-30", None), ("2025-13-01", None), ("yesterday", None), ("", None), (None, None),
 ])
 def test_parse_timestamp(text, expected):
-    parsed = pl.DataFrame({"t": [text]}, schema={"t": pl.String}).select(parse_timestamp("t")).item()
-    assert parsed == expected
+    frame = pl.DataFrame({"t": [text]}, schema={"t": pl.String})
+    assert frame.select(parse_timestamp("t")).item() == expected
+    assert timestamp_column(frame, "t").item() == expected
+
+
+_ISO_FORMS = st.sampled_from(["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d",
+                              "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S.%fz", "junk"])
+
+
+@given(st.lists(st.tuples(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
+                                       timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)),
+                                                                  timezone(timedelta(hours=-5, minutes=-30))])),
+                          _ISO_FORMS), min_size=1, max_size=20))
+def test_timestamp_column_fast_path_agrees_with_the_general_parser(moments):
+    texts = [form if form == "junk" else moment.strftime(form) for moment, form in moments]
+    frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
+    assert timestamp_column(frame, "t").to_list() == frame.select(parse_timestamp("t")).to_series().to_list()
 
 
 @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)))
