@@ -71,9 +71,12 @@ def health(request: Request) -> Health:
                   revision=revision, head=head)
 
 
+CUSTOMER_LIST_PARAMS = {"cursor", "limit", "email", "phone", "locale", "time_zone", "membership_level"}
+
+
 @router.get("/customers", response_model=CustomerPage, tags=["customers"])
 def list_customers(
-    session: SessionDep, ctx: ContextDep, principal: Principal = Depends(require(*STAFF)),
+    request: Request, session: SessionDep, ctx: ContextDep, principal: Principal = Depends(require(*STAFF)),
     cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     email: Annotated[str | None, Query(max_length=320)] = None,
@@ -82,9 +85,27 @@ def list_customers(
     time_zone: Annotated[str | None, Query(max_length=64)] = None,
     membership_level: Annotated[str | None, Query(max_length=32)] = None,
 ) -> CustomerPage:
-    """Customers in id order with cursor pagination; email and phone are exact matches via keyed hashes."""
+    """Customers in id order with cursor pagination; email and phone are exact matches via keyed hashes.
+
+    Upper packages add filters (e.g. tier, layer, tag, rfm); an unknown parameter is a 422.
+    """
+    registry = request.app.state.customer_filters
+    conditions = []
+    for name, value in request.query_params.items():
+        if name in CUSTOMER_LIST_PARAMS:
+            continue
+        extra = registry.get(name)
+        if extra is None:
+            known = sorted(CUSTOMER_LIST_PARAMS | {f.name for f in registry.all()})
+            raise InvalidInput(f"unknown filter '{name}'", errors=[
+                {"field": name, "reason": f"not a filter; known: {', '.join(known)}"}])
+        if not value or len(value) > extra.max_length:
+            raise InvalidInput(f"bad value for '{name}'", errors=[
+                {"field": name, "reason": f"1 to {extra.max_length} characters"}])
+        conditions.append(extra.build(session, value))
     rows = service.find_customers(session, ctx, after_id=cursor, limit=limit, email=email, phone=phone,
-                                  locale=locale, time_zone=time_zone, membership_level=membership_level)
+                                  locale=locale, time_zone=time_zone, membership_level=membership_level,
+                                  conditions=conditions)
     items = [customer_read(ctx, c, principal) for c in rows]
     return CustomerPage(items=items, next_cursor=rows[-1].id if len(rows) == limit else None)
 

@@ -15,8 +15,9 @@ from crm.auth import Principal, require
 from crm.context import Context, build_context
 from crm.errors import install_handlers
 from crm.models import Order, Role
-from crm.profiles import ProfileRegistry, ProfileRequest
+from crm.profiles import CustomerFilterRegistry, ProfileRegistry, ProfileRequest
 from crm.settings import get_settings
+from segmentation import api as segmentation_api
 
 
 def orders_section(request: ProfileRequest) -> dict[str, Any]:
@@ -60,7 +61,27 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.profiles = ProfileRegistry()
     app.state.profiles.register("orders", orders_section)
+    app.state.customer_filters = CustomerFilterRegistry()
     install_handlers(app)
     app.include_router(api.router)
+    segmentation_api.install(app)
     _install_metrics(app)
+    _document_customer_filters(app)
     return app
+
+
+def _document_customer_filters(app: FastAPI) -> None:
+    """Show the filters upper packages registered as query parameters of GET /customers in the OpenAPI."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            operation = schema["paths"]["/customers"]["get"]
+            operation.setdefault("parameters", []).extend(
+                {"name": f.name, "in": "query", "required": False, "description": f.description,
+                 "schema": {"type": "string", "maxLength": f.max_length}}
+                for f in app.state.customer_filters.all())
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,8 @@ app = typer.Typer(help="CRM and customer-retention automation.", no_args_is_help
                   pretty_exceptions_enable=False, add_completion=False)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+segment_app = typer.Typer(help="Segmentation: RFM tiers, layers, tags.", no_args_is_help=True)
+app.add_typer(segment_app, name="segment")
 console = Console(soft_wrap=True)  # result lines stay whole, so scripts can grep them
 KIND_ALIASES = {"customers": "customers", "orders": "orders", "order-items": "order_items",
                 "order_items": "order_items", "items": "order_items", "events": "events"}
@@ -79,13 +82,13 @@ def generate(
     console.print(", ".join(f"{k}: {v:,}" for k, v in counts.items()) + f" -> {out} in {elapsed:.1f}s")
 
 
-def _parse_day(value: str | None) -> date:
+def _parse_day(value: str | None, option: str = "--end") -> date:
     if value is None:
         return SystemClock().now().date()
     try:
         return date.fromisoformat(value)
     except ValueError as bad:
-        raise CliError(f"--end: '{value}' is not a date (YYYY-MM-DD)") from bad
+        raise CliError(f"{option}: '{value}' is not a date (YYYY-MM-DD)") from bad
 
 
 def _import_file(ctx: Context, kind: str, path: Path, fmt: str | None, quiet: bool = False):
@@ -161,6 +164,59 @@ def keys_revoke(key_id: int) -> None:
     console.print(f"revoked key #{key_id}")
 
 
+def _run_segmentation(ctx: Context, as_of: str | None):
+    from segmentation import service as segmentation
+
+    moment = None
+    if as_of is not None:
+        day = _parse_day(as_of, "--as-of")
+        moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    with session_scope(ctx.engine) as session:
+        run = segmentation.run_segmentation(session, ctx, moment)
+        return segmentation.summary_of(run)
+
+
+def _print_segment_summary(summary: dict) -> None:
+    for dimension in ("tier", "layer"):
+        table = Table(dimension, "customers", "share", "expected",
+                      title=f"{dimension} distribution as of {summary['as_of']:%Y-%m-%d}")
+        for name, cell in summary["distribution"][dimension].items():
+            expected = "" if cell["expected_share"] is None else f"{cell['expected_share']:.0%}"
+            table.add_row(name, f"{cell['customers']:,}", f"{cell['share']:.1%}", expected)
+        console.print(table)
+    tags = summary["distribution"]["tags"]
+    console.print("tags: " + (", ".join(f"{k} {v:,}" for k, v in tags.items()) or "none"))
+    moves = summary["moves_since_previous_run"]
+    console.print(f"moves this run: tier {sum(moves['tier'].values()):,}, layer {sum(moves['layer'].values()):,}, "
+                  f"tags +{sum(moves['tags_added'].values()):,} -{sum(moves['tags_removed'].values()):,}; "
+                  f"state rows written {moves['state_rows_written']:,}; timings {summary['timings']}")
+
+
+@segment_app.command("run")
+def segment_run(as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD: use data strictly before it")] = None,
+                as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False) -> None:
+    """Compute tiers, layers, RFM scores and tags; write only what changed."""
+    summary = _run_segmentation(_context(), as_of)
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        _print_segment_summary(summary)
+
+
+@segment_app.command("summary")
+def segment_summary(as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False) -> None:
+    """The newest run's distribution and moves."""
+    from segmentation import service as segmentation
+
+    ctx = _context()
+    with session_scope(ctx.engine) as session:
+        summary = segmentation.summary(session)
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        _print_segment_summary(summary)
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
@@ -193,6 +249,8 @@ def demo(
         _print_job(job)
         jobs.append(job)
     _summary(ctx, jobs)
+    console.rule("[bold]Segmentation")
+    _print_segment_summary(_run_segmentation(ctx, None))
 
 
 def _summary(ctx: Context, jobs) -> None:

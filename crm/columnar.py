@@ -76,6 +76,7 @@ def _native_read(session: Session, dialect: str, query: str, params: dict[str, A
               else _sqlite_value(params[n]) for n in names]
     with duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
                                 "threads": _DUCKDB_THREADS}) as connection:
+        connection.execute("SET enable_progress_bar = false")  # it would print to stdout on long scans
         connection.execute(f"LOAD '{_extension_path(extension)}'")
         connection.execute(f"ATTACH '{target.replace(chr(39), chr(39) * 2)}' AS shop (TYPE {kind}, READ_ONLY)")
         connection.execute("USE shop")
@@ -100,7 +101,8 @@ def _same_connection_read(session: Session, dialect: str, query: str, params: di
                           schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Read on the session's connection: COPY CSV on PostgreSQL, a plain fetch on SQLite."""
     # Booleans (t/f in PostgreSQL's CSV) and timestamps arrive as text and are converted afterwards.
-    text_schema = {n: (pl.String if t == pl.Boolean or isinstance(t, pl.Datetime) else t) for n, t in schema.items()}
+    text_schema = {n: (pl.String if t in (pl.Boolean, pl.Date) or isinstance(t, pl.Datetime) else t)
+                   for n, t in schema.items()}
     if dialect == "postgresql":
         data = _pg_copy_csv(session, query, params)
         frame = (pl.read_csv(data, has_header=False, new_columns=list(schema), schema=text_schema)
@@ -130,7 +132,9 @@ def read_frame(session: Session, query: str, params: dict[str, Any], schema: dic
         frame = frame.rename(dict(zip(frame.columns, schema, strict=True)))
     conversions = []
     for name, dtype in schema.items():
-        if not isinstance(dtype, pl.Datetime):
+        if dtype == pl.Date and frame.schema[name] == pl.String:
+            conversions.append(pl.col(name).str.to_date("%Y-%m-%d"))
+        elif not isinstance(dtype, pl.Datetime):
             conversions.append(pl.col(name).cast(dtype))
         elif frame.schema[name] == pl.String:
             parsed = pl.col(name).str.to_datetime(format=_TEXT_TIME_FORMAT[dialect], time_unit="us")

@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from crm import audit
+from crm.bulkwrite import csv_payload, merge_staged, stage_frame
 from crm.columnar import read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
@@ -155,58 +156,11 @@ class BatchResult:
 
 def _existing_ids(session: Session, table: str, keys: pl.Series) -> pl.DataFrame:
     """Map external ids to row ids for the keys of one batch (staged, then joined in the database)."""
-    _stage(session, "stage_keys", pl.DataFrame({"external_id": keys.unique()}), {"external_id": "text"})
+    stage_frame(session, "stage_keys", pl.DataFrame({"external_id": keys.unique()}), {"external_id": "text"})
     return read_frame(
         session,
         f"SELECT t.external_id, t.id FROM {table} t JOIN stage_keys s ON s.external_id = t.external_id",
         {}, {"external_id": pl.String, "id": pl.Int64}, same_connection=True)
-
-
-def _stage(session: Session, name: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
-    """Create (once per connection) and fill a temporary staging table with the frame's columns."""
-    pg = session.get_bind().dialect.name == "postgresql"
-    columns = ", ".join(f"{c} {_sql_type(t, pg)}" for c, t in types.items())
-    connection = session.connection()
-    connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
-    # TRUNCATE on PostgreSQL: DELETE would leave dead rows that every later batch scans again.
-    connection.exec_driver_sql(f"{'TRUNCATE' if pg else 'DELETE FROM'} {name}")
-    frame = frame.select(list(types))
-    if frame.is_empty():
-        return
-    if pg:
-        _copy_in(session, name, frame, types)
-    else:
-        ready = frame.with_columns(
-            pl.col(c).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S.%6f")
-            for c, t in types.items() if t == "timestamp")
-        ready = ready.with_columns(pl.col(c).cast(pl.String) for c, t in types.items() if t == "date")
-        placeholders = ", ".join("?" for _ in types)
-        raw = connection.connection.driver_connection
-        raw.executemany(f"INSERT INTO {name} ({', '.join(types)}) VALUES ({placeholders})", ready.iter_rows())
-
-
-def _csv_payload(frame: pl.DataFrame, types: dict[str, str]) -> bytes:
-    """A frame's columns as CSV that PostgreSQL's COPY reads (bytes as \\x hex)."""
-    ready = frame.select(list(types)).with_columns(
-        pl.col(c).map_elements(lambda b: "\\x" + b.hex(), return_dtype=pl.String, skip_nulls=True)
-        for c, t in types.items() if t == "bytes")
-    return ready.write_csv(include_header=False, null_value="",
-                           datetime_format="%Y-%m-%dT%H:%M:%S%.6f%z").encode()
-
-
-def _copy_in(session: Session, table: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
-    """COPY a frame's columns into a PostgreSQL table (CSV through the session's connection)."""
-    raw = session.connection().connection.driver_connection
-    with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(types)}) FROM STDIN (FORMAT csv)") as copy:
-        copy.write(_csv_payload(frame, types))
-
-
-def _sql_type(kind: str, pg: bool) -> str:
-    return {
-        "text": "text", "int": "bigint" if pg else "INTEGER", "money": "numeric(14,2)" if pg else "REAL",
-        "timestamp": "timestamptz" if pg else "TEXT", "date": "date" if pg else "TEXT",
-        "bool": "boolean" if pg else "INTEGER", "json": "jsonb" if pg else "TEXT", "bytes": "bytea" if pg else "BLOB",
-    }[kind]
 
 
 def _unknown_reference(frame: pl.DataFrame, ids: pl.DataFrame, column: str, what: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -216,50 +170,6 @@ def _unknown_reference(frame: pl.DataFrame, ids: pl.DataFrame, column: str, what
     errors = missing.select(pl.col(ROW).alias("row"), pl.lit(column).alias("field"),
                             pl.lit(f"unknown {what}").alias("reason"))
     return joined.filter(pl.col(f"{column}__id").is_not_null()), errors
-
-
-def _merge(session: Session, *, table: str, stage: str, key: list[str], columns: list[str], compare: list[str],
-           params: dict, insert_extra: dict[str, str] | None = None, update_extra: dict[str, str] | None = None,
-           insert_order: str | None = None) -> tuple[int, int]:
-    """Write a staged batch: insert missing rows, update rows whose compared columns differ.
-
-    `update_extra` expressions name the incoming row `{new}` and the stored row `t`.
-    Returns (inserted, updated). PostgreSQL does it in one INSERT … ON CONFLICT DO UPDATE … WHERE changed
-    (one index probe per row) and tells inserts from updates with RETURNING (xmax = 0); SQLite, which
-    cannot tell them apart that way, runs an UPDATE of changed rows and then an INSERT of missing ones.
-    """
-    connection = session.connection()
-    extra = insert_extra or {}
-    target = [*columns, *extra]
-    source = [*(f"s.{c}" for c in columns), *extra.values()]
-    order = f" ORDER BY s.{insert_order}" if insert_order else ""
-    if session.get_bind().dialect.name == "postgresql":
-        if compare:
-            assignments = [f"{c} = excluded.{c}" for c in compare] + [
-                f"{c} = {e.format(new='excluded')}" for c, e in (update_extra or {}).items()]
-            changed = " OR ".join(f"t.{c} IS DISTINCT FROM excluded.{c}" for c in compare)
-            on_conflict = f"DO UPDATE SET {', '.join(assignments)} WHERE {changed}"
-        else:
-            on_conflict = "DO NOTHING"
-        flags = connection.execute(text(
-            f"INSERT INTO {table} AS t ({', '.join(target)}) SELECT {', '.join(source)} FROM {stage} s{order} "
-            f"ON CONFLICT ({', '.join(key)}) {on_conflict} RETURNING (xmax = 0)"), params).scalars().all()
-        inserted = sum(flags)
-        return inserted, len(flags) - inserted
-    match = " AND ".join(f"t.{k} = s.{k}" for k in key)
-    updated = 0
-    if compare:
-        assignments = [f"{c} = s.{c}" for c in compare] + [
-            f"{c} = {e.format(new='s')}" for c, e in (update_extra or {}).items()]
-        changed = " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in compare)
-        updated = connection.execute(text(
-            f"UPDATE {table} AS t SET {', '.join(assignments)} FROM {stage} s WHERE {match} AND ({changed})"),
-            params).rowcount
-    inserted = connection.execute(text(
-        f"INSERT INTO {table} ({', '.join(target)}) SELECT {', '.join(source)} FROM {stage} s "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match}){order} "
-        f"ON CONFLICT ({', '.join(key)}) DO NOTHING"), params).rowcount
-    return inserted, updated
 
 
 # The fact tables an empty database can take in bulk, and the table their rows point to.
@@ -335,7 +245,7 @@ class BulkLoad:
             cursor = self._copy.enter_context(raw.cursor())
             self._stream = self._copy.enter_context(cursor.copy(
                 f"COPY {self.table} ({', '.join(types)}) FROM STDIN (FORMAT csv)", writer=QueuedLibpqWriter(cursor)))
-        self._stream.write(_csv_payload(frame.sort(order), types))
+        self._stream.write(csv_payload(frame.sort(order), types))
         return len(frame), 0
 
     def finish(self) -> None:
@@ -368,9 +278,9 @@ def load_orders(session: Session, ctx: Context, frame: pl.DataFrame, present: se
         written = bulk.write(stamped, types | {"created_at": "timestamp", "updated_at": "timestamp"},
                              ["customer_id", "ordered_at"])
         return _result(len(frame), *written, errors)
-    _stage(session, "stage_orders", frame, types)
+    stage_frame(session, "stage_orders", frame, types)
     optional = [c for c in ("discount", "cost_of_goods", "coupon_code") if c in present]
-    written = _merge(
+    written = merge_staged(
         session, table="orders", stage="stage_orders", key=["external_id"], columns=list(types),
         compare=["customer_id", "ordered_at", "amount_paid", *optional], params={"now": ctx.clock.now()},
         insert_extra={"created_at": ":now", "updated_at": ":now"}, update_extra={"updated_at": ":now"},
@@ -389,9 +299,9 @@ def load_order_items(session: Session, ctx: Context, frame: pl.DataFrame, presen
              "unit_price": "money", "list_price": "money", "is_new_product": "bool"}
     if bulk:
         return _result(len(frame), *bulk.write(frame, types, ["order_id", "line_no"]), errors)
-    _stage(session, "stage_items", frame, types)
+    stage_frame(session, "stage_items", frame, types)
     optional = [c for c in ("category", "list_price", "is_new_product") if c in present]
-    written = _merge(session, table="order_item", stage="stage_items", key=["order_id", "line_no"],
+    written = merge_staged(session, table="order_item", stage="stage_items", key=["order_id", "line_no"],
                      columns=list(types), compare=["sku", "qty", "unit_price", *optional], params={})
     return _result(len(frame), *written, errors)
 
@@ -407,8 +317,8 @@ def load_events(session: Session, ctx: Context, frame: pl.DataFrame, present: se
              "properties": "json"}
     if bulk:
         return _result(len(frame), *bulk.write(frame, types, ["customer_id", "occurred_at"]), errors)
-    _stage(session, "stage_events", frame, types)
-    written = _merge(session, table="event", stage="stage_events", key=["external_id"], columns=list(types),
+    stage_frame(session, "stage_events", frame, types)
+    written = merge_staged(session, table="event", stage="stage_events", key=["external_id"], columns=list(types),
                      compare=["customer_id", "occurred_at", "type", "properties"], params={},
                      insert_order="customer_id")
     return _result(len(frame), *written, errors)
@@ -429,7 +339,7 @@ def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present:
     plain = {"time_zone": "text", "locale": "text", "birthday": "date", "signed_up_at": "timestamp",
              "membership_level": "text", "attributes": "json"}
     types |= {c: t for c, t in plain.items() if c in frame.columns}
-    _stage(session, "stage_customers", frame.with_columns(**contact), types)
+    stage_frame(session, "stage_customers", frame.with_columns(**contact), types)
     settings = ctx.settings
     defaults = {"time_zone": f"'{settings.default_time_zone}'", "locale": f"'{settings.default_locale}'",
                 "attributes": "'{}'"}
@@ -440,7 +350,7 @@ def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present:
             f"CASE WHEN t.{c} IS DISTINCT FROM {{new}}.{c} THEN {{new}}.{c.removesuffix('_hash')}_ciphertext "
             f"ELSE t.{c.removesuffix('_hash')}_ciphertext END"
         for c in compare if c.endswith("_hash")}
-    written = _merge(
+    written = merge_staged(
         session, table="customer", stage="stage_customers", key=["external_id"], columns=list(types),
         compare=compare, params={"now": ctx.clock.now()},
         insert_extra={**{c: d for c, d in defaults.items() if c not in types}, "created_at": ":now",
@@ -466,7 +376,7 @@ def _apply_consent(session: Session, ctx: Context, frame: pl.DataFrame) -> None:
         return
     changes = pl.concat(parts).with_columns(pl.col("stated_at").fill_null(now).alias("changed_at"),
                                             pl.col("stated_at").is_not_null().alias("explicit"))
-    _stage(session, "stage_consent", changes, {"external_id": "text", "channel": "text", "status": "text",
+    stage_frame(session, "stage_consent", changes, {"external_id": "text", "channel": "text", "status": "text",
                                                "source": "text", "changed_at": "timestamp", "explicit": "bool"})
     applies = ("FROM stage_consent s JOIN customer c ON c.external_id = s.external_id "
                "LEFT JOIN consent cur ON cur.customer_id = c.id AND cur.channel = s.channel "

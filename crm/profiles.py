@@ -41,3 +41,35 @@ class ProfileRegistry:
     def build(self, request: ProfileRequest) -> dict[str, Any]:
         """Ask every section; a section may return None to say it has nothing for this customer."""
         return {name: builder(request) for name, builder in self._sections.items()}
+
+
+FilterBuilder = Callable[[Session, str], Any]
+
+
+@dataclass(frozen=True)
+class CustomerFilter:
+    """A customer-list query parameter an upper package adds: builds a SQL condition on customer.id."""
+
+    name: str
+    description: str
+    build: FilterBuilder
+    max_length: int = 64
+
+
+class CustomerFilterRegistry:
+    """Query parameters of GET /customers contributed by upper packages (crm never imports them)."""
+
+    def __init__(self) -> None:
+        self._filters: dict[str, CustomerFilter] = {}
+
+    def register(self, customer_filter: CustomerFilter) -> None:
+        """Add (or replace) a filter."""
+        self._filters[customer_filter.name] = customer_filter
+
+    def get(self, name: str) -> CustomerFilter | None:
+        """The filter of that name, if any."""
+        return self._filters.get(name)
+
+    def all(self) -> list[CustomerFilter]:
+        """Every registered filter."""
+        return list(self._filters.values())

@@ -23,23 +23,50 @@ ORDER_SCHEMA = {"order_id": pl.Int64, "customer_id": pl.Int64, "ordered_at": pl.
 EVENT_SCHEMA = {"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC"), "type": pl.String}
 
 
-def orders_frame(session: Session, start: datetime | None, end: datetime) -> pl.DataFrame:
-    """Orders with start <= ordered_at < end as a polars frame (one row per order)."""
+def orders_frame(session: Session, start: datetime | None, end: datetime, *,
+                 customer_id: int | None = None) -> pl.DataFrame:
+    """Orders with start <= ordered_at < end as a polars frame (one row per order), optionally of one customer."""
     lower = "AND o.ordered_at >= :start" if start is not None else ""
+    one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
     query = (f"SELECT o.id, o.customer_id, o.ordered_at, {as_float(session, 'o.amount_paid')}, "
              f"{as_float(session, 'o.discount')}, {as_float(session, 'o.cost_of_goods')}, "
-             f"o.coupon_code IS NOT NULL FROM orders o WHERE o.ordered_at < :end {lower}")
-    params = {"end": end} | ({"start": start} if start is not None else {})
-    return read_frame(session, query, params, ORDER_SCHEMA)
+             f"o.coupon_code IS NOT NULL FROM orders o WHERE o.ordered_at < :end {lower} {one}")
+    params = {"end": end} | ({"start": start} if start is not None else {}) | (
+        {"customer_id": customer_id} if customer_id is not None else {})
+    return read_frame(session, query, params, ORDER_SCHEMA, same_connection=customer_id is not None)
 
 
-def events_frame(session: Session, start: datetime | None, end: datetime) -> pl.DataFrame:
-    """Events with start <= occurred_at < end as a polars frame."""
+def events_frame(session: Session, start: datetime | None, end: datetime, *,
+                 customer_id: int | None = None) -> pl.DataFrame:
+    """Events with start <= occurred_at < end as a polars frame, optionally of one customer."""
     lower = "AND e.occurred_at >= :start" if start is not None else ""
-    query = (f"SELECT e.customer_id, e.occurred_at, e.type FROM event e "
-             f"WHERE e.occurred_at < :end {lower}")
+    one = "AND e.customer_id = :customer_id" if customer_id is not None else ""
+    query = f"SELECT e.customer_id, e.occurred_at, e.type FROM event e WHERE e.occurred_at < :end {lower} {one}"
+    params = {"end": end} | ({"start": start} if start is not None else {}) | (
+        {"customer_id": customer_id} if customer_id is not None else {})
+    return read_frame(session, query, params, EVENT_SCHEMA, same_connection=customer_id is not None)
+
+
+CUSTOMER_SCHEMA = {"customer_id": pl.Int64, "signed_up_at": pl.Datetime("us", "UTC"), "birthday": pl.Date,
+                   "time_zone": pl.String}
+ORDER_FLAG_SCHEMA = {"order_id": pl.Int64, "marked_down": pl.Boolean, "new_product_lines": pl.Int64}
+
+
+def customers_frame(session: Session) -> pl.DataFrame:
+    """Every customer's row id, sign-up time, birthday and time zone (no contact data)."""
+    return read_frame(session, "SELECT c.id, c.signed_up_at, c.birthday, c.time_zone FROM customer c", {},
+                      CUSTOMER_SCHEMA)
+
+
+def order_flags_frame(session: Session, start: datetime | None, end: datetime) -> pl.DataFrame:
+    """Per order in [start, end) with items: any item sold below list price, and how many lines were new products."""
+    lower = "AND o.ordered_at >= :start" if start is not None else ""
+    query = ("SELECT i.order_id, max(CASE WHEN i.unit_price < i.list_price THEN 1 ELSE 0 END) = 1, "
+             "sum(CASE WHEN i.is_new_product THEN 1 ELSE 0 END) "
+             f"FROM order_item i JOIN orders o ON o.id = i.order_id WHERE o.ordered_at < :end {lower} "
+             "GROUP BY i.order_id")
     params = {"end": end} | ({"start": start} if start is not None else {})
-    return read_frame(session, query, params, EVENT_SCHEMA)
+    return read_frame(session, query, params, ORDER_FLAG_SCHEMA)
 
 
 def customer_by_external_id(session: Session, external_id: str) -> Customer:
@@ -53,7 +80,7 @@ def customer_by_external_id(session: Session, external_id: str) -> Customer:
 def find_customers(session: Session, ctx: Context, *, after_id: int | None = None, limit: int = 100,
                    email: str | None = None, phone: str | None = None, locale: str | None = None,
                    time_zone: str | None = None, membership_level: str | None = None,
-                   ids: list[int] | None = None) -> list[Customer]:
+                   ids: list[int] | None = None, conditions: list[Any] | None = None) -> list[Customer]:
     """A page of customers ordered by id (cursor = last id seen), filtered; email/phone match exactly."""
     query = select(Customer).order_by(Customer.id).limit(limit)
     if after_id is not None:
@@ -74,6 +101,8 @@ def find_customers(session: Session, ctx: Context, *, after_id: int | None = Non
             query = query.where(column == value)
     if ids is not None:
         query = query.where(Customer.id.in_(ids))
+    for condition in conditions or []:  # from filters upper packages registered (tier, tag, …)
+        query = query.where(condition)
     return list(session.exec(query))
 
 

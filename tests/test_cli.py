@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -30,6 +31,13 @@ def test_generate_import_and_keys(scratch_url, tmp_path):
         assert "0 failed" in result.stdout
     again = _crm(["import", "orders", str(tmp_path / "data" / "orders.csv")], env)
     assert " 0 inserted, 0 updated" in again.stdout
+    segmented = _crm(["segment", "run", "--as-of", "2026-06-01", "--json"], env)
+    assert segmented.returncode == 0, segmented.stderr
+    summary = json.loads(_crm(["segment", "summary", "--json"], env).stdout)
+    assert summary["customers"] == 300 and summary["as_of"].startswith("2026-06-01")
+    assert sum(cell["customers"] for cell in summary["distribution"]["tier"].values()) == 300
+    bad_day = _crm(["segment", "run", "--as-of", "June"], env)
+    assert bad_day.returncode != 0 and bad_day.stderr.strip() == "error: --as-of: 'June' is not a date (YYYY-MM-DD)"
     created = _crm(["keys", "create", "--role", "support", "--name", "desk"], env)
     assert created.returncode == 0
     key = created.stdout.strip().splitlines()[-1]

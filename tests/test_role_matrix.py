@@ -31,8 +31,14 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/keys"): ADMIN,
     ("DELETE", "/keys/{key_id}"): ADMIN,
     ("GET", "/audit"): ADMIN,
+    ("GET", "/segmentation/rule-sets/{name}"): {Role.admin, Role.marketer},
+    ("PUT", "/segmentation/rule-sets/{name}"): {Role.admin, Role.marketer},
+    ("POST", "/segmentation/runs"): {Role.admin, Role.scheduler},
+    ("GET", "/segmentation/summary"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/segmentation/history"): {Role.admin, Role.marketer, Role.scheduler},
 }
-SAMPLE_PARAMS = {"external_id": "NOBODY", "kind": "customers", "job_id": "999999", "key_id": "999999"}
+SAMPLE_PARAMS = {"external_id": "NOBODY", "kind": "customers", "job_id": "999999", "key_id": "999999",
+                 "name": "tier"}
 
 
 def _walk(routes) -> list[tuple[str, str]]:

@@ -1,0 +1,101 @@
+"""Set-based writes of polars frames: staging tables (COPY / executemany) and merge (upsert) statements.
+
+Shared by the import and by every package that writes many rows at once (segment states, churn scores).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from sqlalchemy import text
+from sqlmodel import Session
+
+
+def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
+    """Create (once per connection) and fill a temporary staging table with the frame's columns."""
+    pg = session.get_bind().dialect.name == "postgresql"
+    columns = ", ".join(f"{c} {sql_type(t, pg)}" for c, t in types.items())
+    connection = session.connection()
+    connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
+    # TRUNCATE on PostgreSQL: DELETE would leave dead rows that every later batch scans again.
+    connection.exec_driver_sql(f"{'TRUNCATE' if pg else 'DELETE FROM'} {name}")
+    frame = frame.select(list(types))
+    if frame.is_empty():
+        return
+    if pg:
+        copy_in(session, name, frame, types)
+    else:
+        ready = frame.with_columns(
+            pl.col(c).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S.%6f")
+            for c, t in types.items() if t == "timestamp")
+        ready = ready.with_columns(pl.col(c).cast(pl.String) for c, t in types.items() if t == "date")
+        placeholders = ", ".join("?" for _ in types)
+        raw = connection.connection.driver_connection
+        raw.executemany(f"INSERT INTO {name} ({', '.join(types)}) VALUES ({placeholders})", ready.iter_rows())
+
+
+def csv_payload(frame: pl.DataFrame, types: dict[str, str]) -> bytes:
+    """A frame's columns as CSV that PostgreSQL's COPY reads (bytes as \\x hex)."""
+    ready = frame.select(list(types)).with_columns(
+        pl.col(c).map_elements(lambda b: "\\x" + b.hex(), return_dtype=pl.String, skip_nulls=True)
+        for c, t in types.items() if t == "bytes")
+    return ready.write_csv(include_header=False, null_value="",
+                           datetime_format="%Y-%m-%dT%H:%M:%S%.6f%z").encode()
+
+
+def copy_in(session: Session, table: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
+    """COPY a frame's columns into a PostgreSQL table (CSV through the session's connection)."""
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(types)}) FROM STDIN (FORMAT csv)") as copy:
+        copy.write(csv_payload(frame, types))
+
+
+def sql_type(kind: str, pg: bool) -> str:
+    return {
+        "text": "text", "int": "bigint" if pg else "INTEGER", "money": "numeric(14,2)" if pg else "REAL",
+        "timestamp": "timestamptz" if pg else "TEXT", "date": "date" if pg else "TEXT",
+        "bool": "boolean" if pg else "INTEGER", "json": "jsonb" if pg else "TEXT", "bytes": "bytea" if pg else "BLOB",
+    }[kind]
+
+
+def merge_staged(session: Session, *, table: str, stage: str, key: list[str], columns: list[str], compare: list[str],
+           params: dict, insert_extra: dict[str, str] | None = None, update_extra: dict[str, str] | None = None,
+           insert_order: str | None = None) -> tuple[int, int]:
+    """Write a staged batch: insert missing rows, update rows whose compared columns differ.
+
+    `update_extra` expressions name the incoming row `{new}` and the stored row `t`.
+    Returns (inserted, updated). PostgreSQL does it in one INSERT … ON CONFLICT DO UPDATE … WHERE changed
+    (one index probe per row) and tells inserts from updates with RETURNING (xmax = 0); SQLite, which
+    cannot tell them apart that way, runs an UPDATE of changed rows and then an INSERT of missing ones.
+    """
+    connection = session.connection()
+    extra = insert_extra or {}
+    target = [*columns, *extra]
+    source = [*(f"s.{c}" for c in columns), *extra.values()]
+    order = f" ORDER BY s.{insert_order}" if insert_order else ""
+    if session.get_bind().dialect.name == "postgresql":
+        if compare:
+            assignments = [f"{c} = excluded.{c}" for c in compare] + [
+                f"{c} = {e.format(new='excluded')}" for c, e in (update_extra or {}).items()]
+            changed = " OR ".join(f"t.{c} IS DISTINCT FROM excluded.{c}" for c in compare)
+            on_conflict = f"DO UPDATE SET {', '.join(assignments)} WHERE {changed}"
+        else:
+            on_conflict = "DO NOTHING"
+        flags = connection.execute(text(
+            f"INSERT INTO {table} AS t ({', '.join(target)}) SELECT {', '.join(source)} FROM {stage} s{order} "
+            f"ON CONFLICT ({', '.join(key)}) {on_conflict} RETURNING (xmax = 0)"), params).scalars().all()
+        inserted = sum(flags)
+        return inserted, len(flags) - inserted
+    match = " AND ".join(f"t.{k} = s.{k}" for k in key)
+    updated = 0
+    if compare:
+        assignments = [f"{c} = s.{c}" for c in compare] + [
+            f"{c} = {e.format(new='s')}" for c, e in (update_extra or {}).items()]
+        changed = " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in compare)
+        updated = connection.execute(text(
+            f"UPDATE {table} AS t SET {', '.join(assignments)} FROM {stage} s WHERE {match} AND ({changed})"),
+            params).rowcount
+    inserted = connection.execute(text(
+        f"INSERT INTO {table} ({', '.join(target)}) SELECT {', '.join(source)} FROM {stage} s "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match}){order} "
+        f"ON CONFLICT ({', '.join(key)}) DO NOTHING"), params).rowcount
+    return inserted, updated

@@ -1,0 +1,173 @@
+"""Per-customer metrics for rules and tags, vectorised with polars, strictly from data before `as_of`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import polars as pl
+
+DAY_US = 86_400_000_000
+
+# name -> (kind, description); rule sets may use exactly these.
+METRICS: dict[str, tuple[str, str]] = {
+    "recency_days": ("number", "whole days since the last order (null: never ordered)"),
+    "frequency": ("number", "orders in the window"),
+    "monetary": ("number", "amount paid in the window"),
+    "orders_total": ("number", "orders ever"),
+    "monetary_total": ("number", "amount paid ever"),
+    "customer_age_days": ("number", "days since sign-up (or the first order)"),
+    "r_score": ("number", "recency quintile, 5 = most recent (buyers only)"),
+    "f_score": ("number", "frequency quintile, 5 = most orders in the window"),
+    "m_score": ("number", "monetary quintile, 5 = highest spend in the window"),
+    "value_percentile": ("number", "percentile of spend in the window among buyers in it (0-100)"),
+    "orders_30d": ("number", "orders in the last 30 days"),
+    "discounted_share": ("number", "share of the window's orders with a discount, coupon or marked-down item"),
+    "full_price_streak": ("number", "consecutive most recent orders bought at full price"),
+    "new_product_orders": ("number", "orders in the window containing a new product"),
+    "days_since_last_login": ("number", "days since the last login event (capped at the event look-back)"),
+    "days_since_last_activity": ("number", "days since the last event or order (capped at the look-back)"),
+    "logins_30d": ("number", "login events in the last 30 days"),
+    "views_30d": ("number", "product views in the last 30 days"),
+    "cart_abandons_30d": ("number", "cart abandons in the last 30 days"),
+    "abandoned_since_last_order": ("number", "1 when the last cart abandon is newer than the last order"),
+    "low_activity_months": ("number", "consecutive complete months with activity below the threshold"),
+    "birthday_this_month": ("number", "1 when the birthday falls in the as-of month"),
+    "days_since_left_vip": ("number", "days since the customer last left the VIP tier (null: never)"),
+    "tier": ("text", "the tier after this run (tags only)"),
+}
+
+
+@dataclass(frozen=True)
+class MetricParams:
+    """Tunables of the metric computation (each a default a marketer can change)."""
+
+    window_days: int = 365
+    event_lookback_days: int = 180
+    recent_days: int = 30
+    low_activity_threshold: int = 2
+    low_activity_months_max: int = 12
+
+
+def _days(delta: pl.Expr) -> pl.Expr:
+    """Whole days in a duration expression."""
+    return (delta.dt.total_microseconds() // DAY_US).cast(pl.Int32)
+
+
+def quintile(values: pl.Expr, *, higher_is_better: bool = True) -> pl.Expr:
+    """Score 1..5 by rank (ties share a score); null stays null."""
+    ranked = (values if higher_is_better else -values).rank(method="average")
+    count = values.is_not_null().sum()
+    return (((ranked - 0.5) / count * 5).floor() + 1).clip(1, 5).cast(pl.Int8)
+
+
+def _percentile(values: pl.Expr) -> pl.Expr:
+    """Share (0-100) of non-null values at or below each value."""
+    return (values.rank(method="max") / values.is_not_null().sum() * 100).round(2)
+
+
+def compute_metrics(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.DataFrame, as_of: datetime,
+                    params: MetricParams = MetricParams(), left_vip: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per customer with every metric in METRICS except `tier`.
+
+    customers: customer_id, signed_up_at, birthday. orders: customer_id, ordered_at, amount_paid, discount,
+    has_coupon, and optionally marked_down and new_product_lines. events: customer_id, occurred_at, type.
+    left_vip: customer_id, left_at. Rows on or after `as_of` are ignored whatever the caller passes.
+    """
+    now = pl.lit(as_of).cast(pl.Datetime("us", "UTC"))
+    window_start = as_of - timedelta(days=params.window_days)
+    recent_start = as_of - timedelta(days=params.recent_days)
+    orders = orders.filter(pl.col("ordered_at") < as_of)
+    events = events.filter((pl.col("occurred_at") < as_of)
+                           & (pl.col("occurred_at") >= as_of - timedelta(days=params.event_lookback_days)))
+    discounted = (pl.col("discount") > 0) | pl.col("has_coupon").fill_null(False)
+    if "marked_down" in orders.columns:
+        discounted = discounted | pl.col("marked_down").fill_null(False)
+    new_product = (pl.col("new_product_lines").fill_null(0) > 0) if "new_product_lines" in orders.columns \
+        else pl.lit(False)
+    in_window = pl.col("ordered_at") >= window_start
+    last_discounted = pl.col("ordered_at").filter(discounted).max()
+    per_order = orders.lazy().group_by("customer_id").agg(
+        pl.col("ordered_at").max().alias("last_order_at"),
+        pl.col("ordered_at").min().alias("first_order_at"),
+        pl.len().alias("orders_total"),
+        pl.col("amount_paid").sum().alias("monetary_total"),
+        in_window.sum().alias("frequency"),
+        pl.col("amount_paid").filter(in_window).sum().alias("monetary"),
+        (pl.col("ordered_at") >= recent_start).sum().alias("orders_30d"),
+        (discounted & in_window).sum().alias("_discounted_in_window"),
+        (new_product & in_window).sum().alias("new_product_orders"),
+        # Full-price orders newer than the newest discounted one: the current full-price streak.
+        pl.when(last_discounted.is_null()).then(pl.len())
+        .otherwise((pl.col("ordered_at") > last_discounted).sum()).alias("full_price_streak"),
+    )
+    months_back = params.low_activity_months_max
+    month_start = datetime(as_of.year, as_of.month, 1, tzinfo=as_of.tzinfo)
+    month_index = ((as_of.year * 12 + as_of.month - 1)
+                   - (pl.col("at").dt.year().cast(pl.Int32) * 12 + pl.col("at").dt.month().cast(pl.Int32) - 1))
+    activity = pl.concat([
+        events.select("customer_id", pl.col("occurred_at").alias("at"), pl.col("type")),
+        orders.filter(pl.col("ordered_at") >= as_of - timedelta(days=params.event_lookback_days))
+        .select("customer_id", pl.col("ordered_at").alias("at"), pl.lit("order").alias("type")),
+    ])
+    recent = pl.col("at") >= recent_start
+    per_event = activity.lazy().group_by("customer_id").agg(
+        pl.col("at").filter(pl.col("type") == "login").max().alias("_last_login"),
+        pl.col("at").max().alias("_last_activity"),
+        ((pl.col("type") == "login") & recent).sum().alias("logins_30d"),
+        ((pl.col("type") == "view") & recent).sum().alias("views_30d"),
+        ((pl.col("type") == "cart_abandon") & recent).sum().alias("cart_abandons_30d"),
+        pl.col("at").filter(pl.col("type") == "cart_abandon").max().alias("_last_abandon"),
+        # Actions per complete month before the as-of month, newest first (index 1 = last month).
+        *[((month_index == k) & (pl.col("at") < month_start)).sum().alias(f"_m{k}")
+          for k in range(1, months_back + 1)],
+    )
+    low = [pl.col(f"_m{k}").fill_null(0) < params.low_activity_threshold for k in range(1, months_back + 1)]
+    streak, running = pl.lit(0, pl.Int32), pl.lit(True)
+    for month_is_low in low:  # the leading run of low months, newest first
+        running = running & month_is_low
+        streak = streak + running.cast(pl.Int32)
+    lookback = params.event_lookback_days
+    has_events = not events.is_empty()
+    frame = (customers.lazy().select("customer_id", "signed_up_at", "birthday")
+             .join(per_order, on="customer_id", how="left")
+             .join(per_event, on="customer_id", how="left"))
+    if left_vip is not None and not left_vip.is_empty():
+        frame = frame.join(left_vip.lazy().filter(pl.col("left_at") < as_of).group_by("customer_id")
+                           .agg(pl.col("left_at").max()), on="customer_id", how="left")
+    else:
+        frame = frame.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias("left_at"))
+    counts = ["orders_total", "frequency", "orders_30d", "_discounted_in_window", "new_product_orders",
+              "full_price_streak", "logins_30d", "views_30d", "cart_abandons_30d"]
+    frame = frame.with_columns(
+        *[pl.col(c).fill_null(0).cast(pl.Int32) for c in counts],
+        pl.col("monetary").fill_null(0.0).round(2), pl.col("monetary_total").fill_null(0.0).round(2),
+    ).with_columns(
+        _days(now - pl.col("last_order_at")).alias("recency_days"),
+        _days(now - pl.coalesce("signed_up_at", "first_order_at")).alias("customer_age_days"),
+        pl.when(pl.col("frequency") > 0).then(pl.col("_discounted_in_window") / pl.col("frequency"))
+        .otherwise(0.0).alias("discounted_share"),
+        (_days(now - pl.col("_last_login")).fill_null(lookback) if has_events
+         else pl.lit(None, pl.Int32)).alias("days_since_last_login"),
+        _days(now - pl.col("_last_activity")).fill_null(lookback).alias("days_since_last_activity"),
+        (pl.col("_last_abandon").is_not_null()
+         & (pl.col("last_order_at").is_null() | (pl.col("_last_abandon") > pl.col("last_order_at"))))
+        .cast(pl.Int8).alias("abandoned_since_last_order"),
+        streak.alias("low_activity_months"),
+        (pl.col("birthday").dt.month() == as_of.month).fill_null(False).cast(pl.Int8).alias("birthday_this_month"),
+        _days(now - pl.col("left_at")).alias("days_since_left_vip"),
+    ).with_columns(
+        quintile(pl.col("recency_days"), higher_is_better=False).alias("r_score"),
+        quintile(pl.when(pl.col("orders_total") > 0).then(pl.col("frequency"))).alias("f_score"),
+        quintile(pl.when(pl.col("orders_total") > 0).then(pl.col("monetary"))).alias("m_score"),
+        _percentile(pl.when(pl.col("frequency") > 0).then(pl.col("monetary"))).fill_null(0.0)
+        .alias("value_percentile"),
+    )
+    names = [m for m in METRICS if m != "tier"]
+    return frame.select("customer_id", *names).sort("customer_id").collect()
+
+
+def rfm_cell(frame: pl.DataFrame) -> pl.Series:
+    """The 'RFM' cell such as '545' (null for customers who never ordered)."""
+    return frame.select(pl.concat_str([pl.col("r_score").cast(pl.String), pl.col("f_score").cast(pl.String),
+                                       pl.col("m_score").cast(pl.String)]).alias("rfm")).to_series()

@@ -1,0 +1,423 @@
+"""Segmentation service: rule sets (versioned), runs that write only what changed, summary, history, profile."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from crm import audit
+from crm.bulkwrite import merge_staged, stage_frame
+from crm.columnar import read_frame
+from crm.context import Context
+from crm.errors import InvalidInput, NotFound
+from crm.profiles import ProfileRequest
+from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame
+from segmentation.defaults import DEFAULTS
+from segmentation.hysteresis import STATE_SCHEMA, settle
+from segmentation.metrics import METRICS, MetricParams, compute_metrics, rfm_cell
+from segmentation.models import CustomerSegment, CustomerTag, SegmentRuleSet, SegmentRun, SegmentTransition
+from segmentation.rules import RuleProblem, RuleSet, check_rule_set, evaluate, explain
+from segmentation.tags import TagSet, evaluate_tags
+
+RULE_SET_NAMES = ("tier", "layer", "tags")
+DEFAULT_VERSION = 1  # the built-in defaults count as version 1; the first stored change is version 2
+SEGMENT_TYPES = {
+    "customer_id": "int", "tier": "text", "tier_since": "timestamp", "tier_matched": "bool", "tier_version": "int",
+    "tier_pending": "text", "tier_pending_runs": "int", "tier_pending_as_of": "timestamp",
+    "layer": "text", "layer_since": "timestamp", "layer_matched": "bool", "layer_version": "int",
+    "layer_pending": "text", "layer_pending_runs": "int", "layer_pending_as_of": "timestamp",
+    "r_score": "int", "f_score": "int", "m_score": "int", "rfm": "text", "first_seen_at": "timestamp",
+}
+_POLARS = {"int": pl.Int64, "text": pl.String, "timestamp": pl.Datetime("us", "UTC"), "bool": pl.Boolean}
+SEGMENT_SCHEMA = {c: _POLARS[t] for c, t in SEGMENT_TYPES.items()}
+TRANSITION_TYPES = {"run_id": "int", "customer_id": "int", "dimension": "text", "tag": "text", "from_value": "text",
+                    "to_value": "text", "at": "timestamp", "version": "int", "why": "json"}
+
+
+# ---------------------------------------------------------------- rule sets
+
+
+def _parse(name: str, body: dict[str, Any]) -> RuleSet | TagSet:
+    return TagSet.model_validate(body) if name == "tags" else RuleSet.model_validate(body)
+
+
+def current_rule_set(session: Session, name: str) -> tuple[int, RuleSet | TagSet]:
+    """The rule set in force and its version (the built-in default until one is stored)."""
+    if name not in RULE_SET_NAMES:
+        raise NotFound(f"no rule set '{name}'; there are {', '.join(RULE_SET_NAMES)}")
+    stored = session.exec(select(SegmentRuleSet).where(SegmentRuleSet.name == name)
+                          .order_by(SegmentRuleSet.version.desc()).limit(1)).first()
+    if stored is None:
+        return DEFAULT_VERSION, DEFAULTS[name]
+    return stored.version, _parse(name, stored.body)
+
+
+def rule_set_at(session: Session, name: str, version: int) -> RuleSet | TagSet:
+    """A given version of a rule set (the one an assignment was made with)."""
+    if version == DEFAULT_VERSION:
+        return DEFAULTS[name]
+    stored = session.exec(select(SegmentRuleSet).where(SegmentRuleSet.name == name,
+                                                       SegmentRuleSet.version == version)).first()
+    if stored is None:
+        raise NotFound(f"rule set '{name}' has no version {version}")
+    return _parse(name, stored.body)
+
+
+def _metric_kinds() -> dict[str, str]:
+    return {name: kind for name, (kind, _) in METRICS.items()}
+
+
+def validate_rule_set(name: str, body: dict[str, Any]) -> RuleSet | TagSet:
+    """Parse and check a rule set; InvalidInput names the offending rule and field."""
+    try:
+        parsed = _parse(name, body)
+    except ValidationError as invalid:
+        raise InvalidInput(f"rule set '{name}' is not valid", errors=[
+            {"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in invalid.errors()]) from None
+    kinds = _metric_kinds()
+    if isinstance(parsed, RuleSet):
+        if name == "tier":
+            kinds.pop("tier")  # the tier cannot depend on itself
+        _check(parsed, kinds, "rules[{rule}].{field}")
+    else:
+        for index, tag in enumerate(parsed.tags):
+            for part in ("add", "remove"):
+                conditions = getattr(tag, part) or {}
+                _check(RuleSet(rules=[{"name": tag.name, "when": conditions}]), kinds,
+                       f"tags[{index}].{part}" + ".{field}")
+    return parsed
+
+
+def _check(rule_set: RuleSet, kinds: dict[str, str], where: str) -> None:
+    try:
+        check_rule_set(rule_set, kinds)
+    except RuleProblem as problem:
+        field = where.format(rule=problem.rule, field=problem.field)
+        if field.startswith("tags["):  # a tag's add/remove maps metrics directly, without a `when`
+            field = field.replace(".when.", ".").replace(".when", "")
+        raise InvalidInput("the rule set is not usable", errors=[{"field": field, "reason": problem.reason}]) from None
+
+
+def put_rule_set(session: Session, ctx: Context, name: str, body: dict[str, Any], actor: str) -> tuple[int, Any]:
+    """Store a new version of a rule set after validating it; audited with the previous version."""
+    version, before = current_rule_set(session, name)
+    parsed = validate_rule_set(name, body)
+    stored = SegmentRuleSet(name=name, version=version + 1, body=parsed.model_dump(mode="json", by_alias=True,
+                                                                                    exclude_none=True),
+                            created_at=ctx.clock.now(), created_by=actor)
+    session.add(stored)
+    audit.record(session, actor=actor, action="segmentation.rule_set.put", entity="segment_rule_set",
+                 entity_id=f"{name}@{stored.version}", at=stored.created_at,
+                 before={"version": version, **before.model_dump(mode="json", by_alias=True, exclude_none=True)},
+                 after={"version": stored.version, **stored.body})
+    session.flush()
+    return stored.version, parsed
+
+
+# ---------------------------------------------------------------- runs
+
+
+def default_as_of(now: datetime) -> datetime:
+    """Midnight UTC of the clock's day: a daily run sees every order of the days before."""
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+def _previous_state(session: Session) -> pl.DataFrame:
+    columns = ", ".join(f"s.{c}" for c in SEGMENT_TYPES)
+    return read_frame(session, f"SELECT {columns} FROM customer_segment s", {}, SEGMENT_SCHEMA)
+
+
+def _dimension_state(previous: pl.DataFrame, dimension: str) -> pl.DataFrame:
+    return previous.select(
+        "customer_id", pl.col(dimension).alias("value"), pl.col(f"{dimension}_since").alias("since"),
+        pl.col(f"{dimension}_pending").alias("pending"),
+        pl.col(f"{dimension}_pending_runs").cast(pl.Int32).alias("pending_runs"),
+        pl.col(f"{dimension}_pending_as_of").alias("pending_as_of")).cast(STATE_SCHEMA)
+
+
+def _assign(metrics: pl.DataFrame, previous: pl.DataFrame, dimension: str, rule_set: RuleSet, version: int,
+            as_of: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Candidate values, settled through hysteresis: (state columns of this dimension, changes)."""
+    candidate = evaluate(metrics, rule_set)
+    settled = settle(_dimension_state(previous, dimension), candidate.select("customer_id", "value", "deep"),
+                     as_of, confirm_runs=rule_set.confirm_runs)
+    old_version = previous.select("customer_id", pl.col(f"{dimension}_version").alias("_old_version"),
+                                  pl.col(f"{dimension}_matched").alias("_old_matched"))
+    settled = settled.join(candidate.select("customer_id", "value", "matched").rename({"value": "_candidate"}),
+                           on="customer_id").join(old_version, on="customer_id", how="left")
+    adopted = pl.col("changed") | pl.col("previous_value").is_null()
+    state = settled.select(
+        "customer_id", pl.col("value").alias(dimension), pl.col("since").alias(f"{dimension}_since"),
+        # Whether the assigned value came from a matching rule, and under which rule-set version.
+        pl.when(adopted | (pl.col("value") == pl.col("_candidate"))).then(pl.col("matched"))
+        .otherwise(pl.col("_old_matched")).alias(f"{dimension}_matched"),
+        pl.when(adopted | (pl.col("value") == pl.col("_candidate"))).then(pl.lit(version, pl.Int64))
+        .otherwise(pl.col("_old_version")).alias(f"{dimension}_version"),
+        pl.col("pending").alias(f"{dimension}_pending"), pl.col("pending_runs").alias(f"{dimension}_pending_runs"),
+        pl.col("pending_as_of").alias(f"{dimension}_pending_as_of"))
+    changes = settled.filter("changed").select("customer_id", pl.lit(dimension).alias("dimension"),
+                                               pl.lit(None, pl.String).alias("tag"),
+                                               pl.col("previous_value").alias("from_value"),
+                                               pl.col("value").alias("to_value"))
+    return state, changes
+
+
+def _read_inputs(session: Session, as_of: datetime, window_days: int, params: MetricParams,
+                 top_tier: str) -> dict[str, pl.DataFrame]:
+    window_start = as_of - timedelta(days=window_days)
+    orders = orders_frame(session, None, as_of)
+    flags = order_flags_frame(session, window_start, as_of)
+    orders = orders.join(flags, on="order_id", how="left")
+    events = events_frame(session, as_of - timedelta(days=params.event_lookback_days), as_of)
+    left = read_frame(session, "SELECT t.customer_id, t.at FROM segment_transition t WHERE t.dimension = 'tier' "
+                      "AND t.from_value = :top AND t.at < :as_of", {"top": top_tier, "as_of": as_of},
+                      {"customer_id": pl.Int64, "left_at": pl.Datetime("us", "UTC")})
+    return {"customers": customers_frame(session), "orders": orders, "events": events, "left_vip": left}
+
+
+def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = None) -> SegmentRun:
+    """Compute tiers, layers, RFM scores and tags as of a moment and write only what changed."""
+    started = ctx.clock.now()
+    as_of = as_of or default_as_of(started)
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+    tier_version, tier_rules = current_rule_set(session, "tier")
+    layer_version, layer_rules = current_rule_set(session, "layer")
+    tags_version, tag_set = current_rule_set(session, "tags")
+    params = MetricParams(window_days=tier_rules.window_days)
+    inputs = _read_inputs(session, as_of, tier_rules.window_days, params, tier_rules.rules[0].name)
+    previous = _previous_state(session)
+    current_tags = read_frame(session, "SELECT t.customer_id, t.tag, t.since FROM customer_tag t", {},
+                              {"customer_id": pl.Int64, "tag": pl.String, "since": pl.Datetime("us", "UTC")})
+    timings["read_s"] = round(time.perf_counter() - tick, 3)
+
+    tick = time.perf_counter()
+    metrics = compute_metrics(inputs["customers"], inputs["orders"], inputs["events"], as_of, params,
+                              inputs["left_vip"])
+    timings["metrics_s"] = round(time.perf_counter() - tick, 3)
+    tick = time.perf_counter()
+    tier_state, tier_changes = _assign(metrics, previous, "tier", tier_rules, tier_version, as_of)
+    layer_state, layer_changes = _assign(metrics, previous, "layer", layer_rules, layer_version, as_of)
+    scores = metrics.select("customer_id", pl.col("r_score").cast(pl.Int64), pl.col("f_score").cast(pl.Int64),
+                            pl.col("m_score").cast(pl.Int64), rfm_cell(metrics).alias("rfm"))
+    state = (tier_state.join(layer_state, on="customer_id").join(scores, on="customer_id")
+             .join(previous.select("customer_id", "first_seen_at"), on="customer_id", how="left")
+             .with_columns(pl.col("first_seen_at").fill_null(as_of))).select(list(SEGMENT_TYPES)).cast(SEGMENT_SCHEMA)
+    changed_state = state.join(previous, on=list(SEGMENT_TYPES), how="anti", nulls_equal=True)
+    with_tier = metrics.join(state.select("customer_id", "tier"), on="customer_id")
+    added, removed = evaluate_tags(with_tier, current_tags, as_of, tag_set)
+    timings["rules_s"] = round(time.perf_counter() - tick, 3)
+
+    tick = time.perf_counter()
+    run = SegmentRun(as_of=as_of, started_at=started, customers=len(state), versions={
+        "tier": tier_version, "layer": layer_version, "tags": tags_version})
+    session.add(run)
+    session.flush()
+    why = metrics.select("customer_id", pl.struct("recency_days", "frequency", "monetary", "value_percentile",
+                                                  "days_since_last_login", "low_activity_months")
+                         .struct.json_encode().alias("why"))
+    moves = pl.concat([
+        pl.concat([tier_changes.with_columns(version=pl.lit(tier_version)),
+                   layer_changes.with_columns(version=pl.lit(layer_version))]).join(why, on="customer_id", how="left"),
+        added.select("customer_id", pl.lit("tag").alias("dimension"), "tag", pl.lit(None, pl.String).alias("from_value"),
+                     pl.col("tag").alias("to_value"), pl.lit(tags_version).alias("version"), "why"),
+        removed.select("customer_id", pl.lit("tag").alias("dimension"), "tag", pl.col("tag").alias("from_value"),
+                       pl.lit(None, pl.String).alias("to_value"), pl.lit(tags_version).alias("version"), "why"),
+    ], how="diagonal_relaxed").with_columns(run_id=pl.lit(run.id), at=pl.lit(as_of))
+    _write_changes(session, changed_state, moves, added, removed, as_of, tags_version)
+    timings["write_s"] = round(time.perf_counter() - tick, 3)
+
+    tags_after = (current_tags.select("customer_id", "tag")
+                  .join(removed.select("customer_id", "tag"), on=["customer_id", "tag"], how="anti")
+                  .vstack(added.select("customer_id", "tag")))
+    run.distribution = {
+        "tier": _shares(state["tier"], tier_rules), "layer": _shares(state["layer"], layer_rules),
+        "tags": dict(tags_after.group_by("tag").len().sort("tag").iter_rows()),
+        "rfm_cells": state["rfm"].drop_nulls().n_unique(),
+        "fallback": {"tier": int((~state["tier_matched"]).sum()), "layer": int((~state["layer_matched"]).sum())},
+    }
+    run.changes = {
+        "tier": _move_counts(tier_changes), "layer": _move_counts(layer_changes),
+        "tags_added": dict(added.group_by("tag").len().sort("tag").iter_rows()),
+        "tags_removed": dict(removed.group_by("tag").len().sort("tag").iter_rows()),
+        "state_rows_written": len(changed_state),
+    }
+    run.timings = timings
+    run.finished_at = ctx.clock.now()
+    session.add(run)
+    session.flush()
+    return run
+
+
+def _shares(values: pl.Series, rule_set: RuleSet) -> dict[str, Any]:
+    counts = dict(values.value_counts().iter_rows())
+    total = max(len(values), 1)
+    expected = {r.name: r.expected_share for r in rule_set.rules}
+    return {name: {"customers": counts.get(name, 0), "share": round(counts.get(name, 0) / total, 4),
+                   "expected_share": expected.get(name)} for name in rule_set.values()}
+
+
+def _move_counts(changes: pl.DataFrame) -> dict[str, int]:
+    grouped = changes.group_by("from_value", "to_value").len().sort("from_value", "to_value")
+    return {f"{a}->{b}": n for a, b, n in grouped.iter_rows()}
+
+
+def _write_changes(session: Session, changed_state: pl.DataFrame, moves: pl.DataFrame, added: pl.DataFrame,
+                   removed: pl.DataFrame, as_of: datetime, tags_version: int) -> None:
+    """Write changed state rows, the transitions and the tag changes (set-based)."""
+    if not changed_state.is_empty():
+        stage_frame(session, "stage_segment", changed_state, SEGMENT_TYPES)
+        merge_staged(session, table="customer_segment", stage="stage_segment", key=["customer_id"],
+                     columns=list(SEGMENT_TYPES), compare=[c for c in SEGMENT_TYPES if c != "customer_id"],
+                     params={})
+    connection = session.connection()
+    if not moves.is_empty():
+        stage_frame(session, "stage_transition", moves, TRANSITION_TYPES)
+        columns = ", ".join(TRANSITION_TYPES)
+        connection.execute(text(f"INSERT INTO segment_transition ({columns}) SELECT {columns} FROM stage_transition"))
+    if not removed.is_empty():
+        stage_frame(session, "stage_tag_removed", removed, {"customer_id": "int", "tag": "text"})
+        connection.execute(text(
+            "DELETE FROM customer_tag WHERE EXISTS (SELECT 1 FROM stage_tag_removed s "
+            "WHERE s.customer_id = customer_tag.customer_id AND s.tag = customer_tag.tag)"))
+    if not added.is_empty():
+        stage_frame(session, "stage_tag_added", added.with_columns(since=pl.lit(as_of), version=pl.lit(tags_version)),
+                    {"customer_id": "int", "tag": "text", "since": "timestamp", "why": "json", "version": "int"})
+        connection.execute(text("INSERT INTO customer_tag (customer_id, tag, since, why, version) "
+                                "SELECT customer_id, tag, since, why, version FROM stage_tag_added"))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def latest_run(session: Session) -> SegmentRun | None:
+    """The newest finished run."""
+    return session.exec(select(SegmentRun).where(SegmentRun.finished_at.is_not(None))
+                        .order_by(SegmentRun.id.desc()).limit(1)).first()
+
+
+def summary(session: Session) -> dict[str, Any]:
+    """Distribution per tier, layer and tag of the newest run, against expected shares, and its moves."""
+    run = latest_run(session)
+    if run is None:
+        raise NotFound("no segmentation run yet: run `crm segment run` (or wait for the daily job)")
+    return summary_of(run)
+
+
+def summary_of(run: SegmentRun) -> dict[str, Any]:
+    """A run as the summary shows it."""
+    return {"run_id": run.id, "as_of": run.as_of, "finished_at": run.finished_at, "customers": run.customers,
+            "versions": run.versions, "distribution": run.distribution, "moves_since_previous_run": run.changes,
+            "timings": run.timings}
+
+
+def history(session: Session, start: datetime | None, end: datetime | None) -> list[dict[str, Any]]:
+    """Tier and layer distribution of every run with start <= as_of < end, oldest first."""
+    query = select(SegmentRun).where(SegmentRun.finished_at.is_not(None)).order_by(SegmentRun.as_of, SegmentRun.id)
+    if start is not None:
+        query = query.where(SegmentRun.as_of >= start)
+    if end is not None:
+        query = query.where(SegmentRun.as_of < end)
+    return [{"run_id": r.id, "as_of": r.as_of, "customers": r.customers,
+             "tier": {k: v["customers"] for k, v in r.distribution.get("tier", {}).items()},
+             "layer": {k: v["customers"] for k, v in r.distribution.get("layer", {}).items()},
+             "tags": r.distribution.get("tags", {})} for r in session.exec(query)]
+
+
+def customer_ids_where(session: Session, *, tier: str | None = None, layer: str | None = None,
+                       tag: str | None = None, rfm: str | None = None) -> Any:
+    """A SQL condition on customer.id for the customer-list filters (None when no filter is given)."""
+    from sqlalchemy import and_, exists
+
+    from crm.models import Customer
+
+    parts = []
+    segment = [getattr(CustomerSegment, name) == value for name, value in
+               (("tier", tier), ("layer", layer), ("rfm", rfm)) if value is not None]
+    if segment:
+        parts.append(exists().where(CustomerSegment.customer_id == Customer.id, *segment))
+    if tag is not None:
+        parts.append(exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.tag == tag))
+    return and_(*parts) if parts else None
+
+
+def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
+    """The profile's segment section: tier and why, R/F/M against thresholds, scores, layer, tags, history."""
+    session = request.session
+    row = session.get(CustomerSegment, request.customer_id)
+    if row is None:
+        return None
+    run = latest_run(session)
+    as_of = run.as_of if run else row.tier_since
+    tier_rules = rule_set_at(session, "tier", row.tier_version)
+    layer_rules = rule_set_at(session, "layer", row.layer_version)
+    values = _one_customer_metrics(session, request.customer_id, as_of, tier_rules)
+    tags = session.exec(select(CustomerTag).where(CustomerTag.customer_id == request.customer_id)
+                        .order_by(CustomerTag.tag)).all()
+    moves = session.exec(select(SegmentTransition).where(SegmentTransition.customer_id == request.customer_id)
+                         .order_by(SegmentTransition.at.desc(), SegmentTransition.id.desc()).limit(50)).all()
+    tier_why = explain(values, tier_rules)
+    if not row.tier_matched and tier_why.get("matched") is None:
+        tier_why["note"] = (f"no rule matched; the fallback '{tier_rules.fallback}' gave '{row.tier}'"
+                            + (" (the rule with the most conditions met)" if tier_rules.fallback == "nearest" else ""))
+    return {
+        "as_of": as_of,
+        "tier": row.tier, "tier_since": row.tier_since, "tier_rule_version": row.tier_version,
+        "tier_matched_a_rule": row.tier_matched, "tier_pending": row.tier_pending,
+        "tier_pending_runs": row.tier_pending_runs,
+        "recency_days": values.get("recency_days"), "frequency": values.get("frequency"),
+        "monetary": values.get("monetary"), "window_days": tier_rules.window_days,
+        "why": tier_why,
+        "scores": {"r": row.r_score, "f": row.f_score, "m": row.m_score, "rfm": row.rfm},
+        "layer": row.layer, "layer_since": row.layer_since, "layer_rule_version": row.layer_version,
+        "layer_why": explain(values, layer_rules),
+        "tags": [{"tag": t.tag, "since": t.since, "why": t.why, "rule_version": t.version} for t in tags],
+        "history": _history_of(row, moves),
+    }
+
+
+def _one_customer_metrics(session: Session, customer_id: int, as_of: datetime, rules: RuleSet) -> dict[str, Any]:
+    params = MetricParams(window_days=rules.window_days)
+    customers = read_frame(session, "SELECT c.id, c.signed_up_at, c.birthday, c.time_zone FROM customer c "
+                           "WHERE c.id = :id", {"id": customer_id},
+                           {"customer_id": pl.Int64, "signed_up_at": pl.Datetime("us", "UTC"), "birthday": pl.Date,
+                            "time_zone": pl.String}, same_connection=True)
+    orders = orders_frame(session, None, as_of, customer_id=customer_id)
+    events = events_frame(session, as_of - timedelta(days=params.event_lookback_days), as_of, customer_id=customer_id)
+    metrics = compute_metrics(customers, orders, events, as_of, params)
+    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.row(0, named=True).items()}
+
+
+def _history_of(row: CustomerSegment, moves: list[SegmentTransition]) -> list[dict[str, Any]]:
+    """Tier spells, newest first: value, entered, left (null while current), previous value."""
+    tier_moves = sorted((m for m in moves if m.dimension == "tier"), key=lambda m: (m.at, m.id))
+    spells, entered = [], row.first_seen_at
+    value = tier_moves[0].from_value if tier_moves else row.tier
+    previous = None
+    for move in tier_moves:
+        spells.append({"tier": value, "entered": entered, "left": move.at, "previous": previous})
+        previous, value, entered = value, move.to_value, move.at
+    spells.append({"tier": value, "entered": entered, "left": None, "previous": previous})
+    return list(reversed(spells))
+
+
+def transitions_since(session: Session, run_id: int, dimension: str | None = None) -> pl.DataFrame:
+    """Transitions written by runs after `run_id` (what campaigns react to, e.g. entered lapsed_vip)."""
+    condition = "AND t.dimension = :dimension" if dimension else ""
+    return read_frame(session, "SELECT t.run_id, t.customer_id, t.dimension, t.tag, t.from_value, t.to_value, t.at "
+                      f"FROM segment_transition t WHERE t.run_id > :run_id {condition}",
+                      {"run_id": run_id} | ({"dimension": dimension} if dimension else {}),
+                      {"run_id": pl.Int64, "customer_id": pl.Int64, "dimension": pl.String, "tag": pl.String,
+                       "from_value": pl.String, "to_value": pl.String, "at": pl.Datetime("us", "UTC")})
+
+
+def why_json(value: str | None) -> dict[str, Any]:
+    """Decode a stored why (JSON text on SQLite)."""
+    return json.loads(value) if isinstance(value, str) else (value or {})
