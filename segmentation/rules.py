@@ -97,6 +97,15 @@ class Rule(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+def require_unique_names(items: list[Any], what: str) -> list[Any]:
+    """Raise ValueError naming the duplicates when two items share a `name`."""
+    names = [item.name for item in items]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"{what} names must be unique: {', '.join(duplicated)}")
+    return items
+
+
 class RuleSet(BaseModel):
     """An ordered rule list over named metrics, with its fallback and its anti-flapping settings."""
 
@@ -111,11 +120,7 @@ class RuleSet(BaseModel):
     @field_validator("rules")
     @classmethod
     def _unique_names(cls, rules: list[Rule]) -> list[Rule]:
-        names = [r.name for r in rules]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"rule names must be unique: {', '.join(duplicated)}")
-        return rules
+        return require_unique_names(rules, "rule")
 
     def values(self) -> list[str]:
         """Every value this rule set can assign."""

@@ -7,7 +7,7 @@ from datetime import datetime
 import polars as pl
 from pydantic import BaseModel, Field, field_validator
 
-from segmentation.rules import Condition
+from segmentation.rules import Condition, require_unique_names
 
 DAY_US = 86_400_000_000
 
@@ -39,11 +39,7 @@ class TagSet(BaseModel):
     @field_validator("tags")
     @classmethod
     def _unique(cls, tags: list[TagRule]) -> list[TagRule]:
-        names = [t.name for t in tags]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"tag names must be unique: {', '.join(duplicated)}")
-        return tags
+        return require_unique_names(tags, "tag")
 
 
 def _all(conditions: dict[str, Condition]) -> pl.Expr:

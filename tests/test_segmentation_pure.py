@@ -201,3 +201,12 @@ def test_hysteresis_moves_on_the_second_run_or_at_once_past_the_margin():
     assert moved["value"].item() == "potential" and moved["pending"].item() is None
     assert _step(_state("regular"), "VIP", 0, deep=True)["value"].item() == "VIP"
     assert _step(_state(None), "VIP", 0)["value"].item() == "VIP", "new customers take the candidate at once"
+
+
+def test_duplicate_names_are_rejected():
+    with pytest.raises(ValueError, match="rule names must be unique: a"):
+        RuleSet.model_validate({"rules": [{"name": "a", "when": {"frequency": {"min": 1}}},
+                                          {"name": "a", "when": {"frequency": {"min": 2}}}]})
+    with pytest.raises(ValueError, match="tag names must be unique: t"):
+        TAGS.model_validate({"tags": [{"name": "t", "add": {"frequency": {"min": 1}}},
+                                      {"name": "t", "add": {"frequency": {"min": 2}}}]})
