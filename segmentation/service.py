@@ -188,9 +188,12 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
     as_of = as_of or default_as_of(started)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    tier_version, tier_rules = current_rule_set(session, "tier")
-    layer_version, layer_rules = current_rule_set(session, "layer")
-    tags_version, tag_set = current_rule_set(session, "tags")
+    # Rule sets come through a short session of their own so that this session starts its transaction
+    # only after the bulk reads: on SQLite a read snapshot older than the DuckDB scan could not write.
+    with Session(session.get_bind()) as reader:
+        tier_version, tier_rules = current_rule_set(reader, "tier")
+        layer_version, layer_rules = current_rule_set(reader, "layer")
+        tags_version, tag_set = current_rule_set(reader, "tags")
     params = MetricParams(window_days=tier_rules.window_days)
     inputs = _read_inputs(session, as_of, tier_rules.window_days, params, tier_rules.rules[0].name)
     previous = _previous_state(session)
