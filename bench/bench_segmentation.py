@@ -56,6 +56,7 @@ import pandas as pd
 from sqlalchemy import text
 from sqlmodel import Session
 from crm.db import make_engine
+import crm.models  # noqa: F401 - registers the customer table the foreign key points to
 from segmentation.models import CustomerSegment
 url, limit, as_of = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 engine = make_engine(url)
