@@ -151,6 +151,7 @@ def main() -> None:
         print(f"{backend}: {json.dumps(section, default=str)}", flush=True)
         results[backend] = section
     out = ROOT / "bench" / "results" / "segmentation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.read_text()) if out.exists() else {}
     out.write_text(json.dumps(previous | results, indent=2, default=str))
     print(f"wrote {out}")
