@@ -6,19 +6,15 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query
-from sqlmodel import Session
 
+from crm.api import ContextDep, SessionDep
 from crm.auth import ADMIN, Principal, require
-from crm.context import Context, get_context
-from crm.db import get_session
 from crm.errors import InvalidInput
 from crm.models import Role
 from crm.profiles import CustomerFilter
 from segmentation import service
 
 router = APIRouter(prefix="/segmentation", tags=["segmentation"])
-SessionDep = Annotated[Session, Depends(get_session)]
-ContextDep = Annotated[Context, Depends(get_context)]
 EDITORS = (Role.admin, Role.marketer)
 READERS = (Role.admin, Role.marketer, Role.scheduler)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -419,8 +418,3 @@ def transitions_since(session: Session, run_id: int, dimension: str | None = Non
                       {"run_id": run_id} | ({"dimension": dimension} if dimension else {}),
                       {"run_id": pl.Int64, "customer_id": pl.Int64, "dimension": pl.String, "tag": pl.String,
                        "from_value": pl.String, "to_value": pl.String, "at": pl.Datetime("us", "UTC")})
-
-
-def why_json(value: str | None) -> dict[str, Any]:
-    """Decode a stored why (JSON text on SQLite)."""
-    return json.loads(value) if isinstance(value, str) else (value or {})
