@@ -18,19 +18,24 @@ def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[st
     connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
     # TRUNCATE on PostgreSQL: DELETE would leave dead rows that every later batch scans again.
     connection.exec_driver_sql(f"{'TRUNCATE' if pg else 'DELETE FROM'} {name}")
+    insert_frame(session, name, frame, types)
+
+
+def insert_frame(session: Session, table: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
+    """Append a frame's columns to a table: COPY on PostgreSQL, one executemany on SQLite."""
     frame = frame.select(list(types))
     if frame.is_empty():
         return
-    if pg:
-        copy_in(session, name, frame, types)
-    else:
-        ready = frame.with_columns(
-            pl.col(c).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S.%6f")
-            for c, t in types.items() if t == "timestamp")
-        ready = ready.with_columns(pl.col(c).cast(pl.String) for c, t in types.items() if t == "date")
-        placeholders = ", ".join("?" for _ in types)
-        raw = connection.connection.driver_connection
-        raw.executemany(f"INSERT INTO {name} ({', '.join(types)}) VALUES ({placeholders})", ready.iter_rows())
+    if session.get_bind().dialect.name == "postgresql":
+        copy_in(session, table, frame, types)
+        return
+    ready = frame.with_columns(
+        pl.col(c).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S.%6f")
+        for c, t in types.items() if t == "timestamp")
+    ready = ready.with_columns(pl.col(c).cast(pl.String) for c, t in types.items() if t == "date")
+    placeholders = ", ".join("?" for _ in types)
+    raw = session.connection().connection.driver_connection
+    raw.executemany(f"INSERT INTO {table} ({', '.join(types)}) VALUES ({placeholders})", ready.iter_rows())
 
 
 def csv_payload(frame: pl.DataFrame, types: dict[str, str]) -> bytes:

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from crm import audit
-from crm.bulkwrite import merge_staged, stage_frame
-from crm.columnar import read_frame
+from crm.bulkwrite import insert_frame, merge_staged, stage_frame
+from crm.columnar import ColumnarReader, columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
@@ -128,9 +128,9 @@ def default_as_of(now: datetime) -> datetime:
     return datetime(now.year, now.month, now.day, tzinfo=UTC)
 
 
-def _previous_state(session: Session) -> pl.DataFrame:
+def _previous_state(reader: ColumnarReader) -> pl.DataFrame:
     columns = ", ".join(f"s.{c}" for c in SEGMENT_TYPES)
-    return read_frame(session, f"SELECT {columns} FROM customer_segment s", {}, SEGMENT_SCHEMA)
+    return reader.read(f"SELECT {columns} FROM customer_segment s", {}, SEGMENT_SCHEMA)
 
 
 def _dimension_state(previous: pl.DataFrame, dimension: str) -> pl.DataFrame:
@@ -168,17 +168,24 @@ def _assign(metrics: pl.DataFrame, previous: pl.DataFrame, dimension: str, rule_
     return state, changes
 
 
-def _read_inputs(session: Session, as_of: datetime, window_days: int, params: MetricParams,
-                 top_tier: str) -> dict[str, pl.DataFrame]:
-    window_start = as_of - timedelta(days=window_days)
-    orders = orders_frame(session, None, as_of)
-    flags = order_flags_frame(session, window_start, as_of)
-    orders = orders.join(flags, on="order_id", how="left")
-    events = events_frame(session, as_of - timedelta(days=params.event_lookback_days), as_of)
-    left = read_frame(session, "SELECT t.customer_id, t.at FROM segment_transition t WHERE t.dimension = 'tier' "
-                      "AND t.from_value = :top AND t.at < :as_of", {"top": top_tier, "as_of": as_of},
-                      {"customer_id": pl.Int64, "left_at": pl.Datetime("us", "UTC")})
-    return {"customers": customers_frame(session), "orders": orders, "events": events, "left_vip": left}
+def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_tier: str) -> dict[str, pl.DataFrame]:
+    """Everything a run reads, through one columnar attachment."""
+    with columnar_reader(session) as reader:
+        orders = orders_frame(session, None, as_of, reader=reader)
+        flags = order_flags_frame(session, reader=reader)
+        return {
+            "customers": customers_frame(session, reader=reader),
+            "orders": orders.join(flags, on="order_id", how="left"),
+            "events": events_frame(session, as_of - timedelta(days=params.event_lookback_days), as_of, reader=reader),
+            "left_vip": reader.read(
+                "SELECT t.customer_id, t.at FROM segment_transition t WHERE t.dimension = 'tier' "
+                "AND t.from_value = :top AND t.at < :as_of", {"top": top_tier, "as_of": as_of},
+                {"customer_id": pl.Int64, "left_at": pl.Datetime("us", "UTC")}),
+            "previous": _previous_state(reader),
+            "current_tags": reader.read("SELECT t.customer_id, t.tag, t.since FROM customer_tag t", {},
+                                        {"customer_id": pl.Int64, "tag": pl.String,
+                                         "since": pl.Datetime("us", "UTC")}),
+        }
 
 
 def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = None) -> SegmentRun:
@@ -194,10 +201,8 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
         layer_version, layer_rules = current_rule_set(reader, "layer")
         tags_version, tag_set = current_rule_set(reader, "tags")
     params = MetricParams(window_days=tier_rules.window_days)
-    inputs = _read_inputs(session, as_of, tier_rules.window_days, params, tier_rules.rules[0].name)
-    previous = _previous_state(session)
-    current_tags = read_frame(session, "SELECT t.customer_id, t.tag, t.since FROM customer_tag t", {},
-                              {"customer_id": pl.Int64, "tag": pl.String, "since": pl.Datetime("us", "UTC")})
+    inputs = _read_inputs(session, as_of, params, tier_rules.rules[0].name)
+    previous, current_tags = inputs["previous"], inputs["current_tags"]
     timings["read_s"] = round(time.perf_counter() - tick, 3)
 
     tick = time.perf_counter()
@@ -233,7 +238,7 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
         removed.select("customer_id", pl.lit("tag").alias("dimension"), "tag", pl.col("tag").alias("from_value"),
                        pl.lit(None, pl.String).alias("to_value"), pl.lit(tags_version).alias("version"), "why"),
     ], how="diagonal_relaxed").with_columns(run_id=pl.lit(run.id), at=pl.lit(as_of))
-    _write_changes(session, changed_state, moves, added, removed, as_of, tags_version)
+    _write_changes(session, changed_state, previous, moves, added, removed, as_of, tags_version)
     timings["write_s"] = round(time.perf_counter() - tick, 3)
 
     tags_after = (current_tags.select("customer_id", "tag")
@@ -271,29 +276,29 @@ def _move_counts(changes: pl.DataFrame) -> dict[str, int]:
     return {f"{a}->{b}": n for a, b, n in grouped.iter_rows()}
 
 
-def _write_changes(session: Session, changed_state: pl.DataFrame, moves: pl.DataFrame, added: pl.DataFrame,
-                   removed: pl.DataFrame, as_of: datetime, tags_version: int) -> None:
-    """Write changed state rows, the transitions and the tag changes (set-based)."""
-    if not changed_state.is_empty():
-        stage_frame(session, "stage_segment", changed_state, SEGMENT_TYPES)
+def _write_changes(session: Session, changed_state: pl.DataFrame, previous: pl.DataFrame, moves: pl.DataFrame,
+                   added: pl.DataFrame, removed: pl.DataFrame, as_of: datetime, tags_version: int) -> None:
+    """Write changed state rows, the transitions and the tag changes (set-based).
+
+    Rows that are new to their table go straight in (COPY on PostgreSQL); only state rows of customers
+    seen before pass through a staging table to be merged, which keeps a first run on 1M customers cheap.
+    """
+    known = changed_state.join(previous.select("customer_id"), on="customer_id", how="semi")
+    insert_frame(session, "customer_segment",
+                 changed_state.join(previous.select("customer_id"), on="customer_id", how="anti"), SEGMENT_TYPES)
+    if not known.is_empty():
+        stage_frame(session, "stage_segment", known, SEGMENT_TYPES)
         merge_staged(session, table="customer_segment", stage="stage_segment", key=["customer_id"],
                      columns=list(SEGMENT_TYPES), compare=[c for c in SEGMENT_TYPES if c != "customer_id"],
                      params={})
-    connection = session.connection()
-    if not moves.is_empty():
-        stage_frame(session, "stage_transition", moves, TRANSITION_TYPES)
-        columns = ", ".join(TRANSITION_TYPES)
-        connection.execute(text(f"INSERT INTO segment_transition ({columns}) SELECT {columns} FROM stage_transition"))
+    insert_frame(session, "segment_transition", moves, TRANSITION_TYPES)
     if not removed.is_empty():
         stage_frame(session, "stage_tag_removed", removed, {"customer_id": "int", "tag": "text"})
-        connection.execute(text(
+        session.connection().execute(text(
             "DELETE FROM customer_tag WHERE EXISTS (SELECT 1 FROM stage_tag_removed s "
             "WHERE s.customer_id = customer_tag.customer_id AND s.tag = customer_tag.tag)"))
-    if not added.is_empty():
-        stage_frame(session, "stage_tag_added", added.with_columns(since=pl.lit(as_of), version=pl.lit(tags_version)),
-                    {"customer_id": "int", "tag": "text", "since": "timestamp", "why": "json", "version": "int"})
-        connection.execute(text("INSERT INTO customer_tag (customer_id, tag, since, why, version) "
-                                "SELECT customer_id, tag, since, why, version FROM stage_tag_added"))
+    insert_frame(session, "customer_tag", added.with_columns(since=pl.lit(as_of), version=pl.lit(tags_version)),
+                 {"customer_id": "int", "tag": "text", "since": "timestamp", "why": "json", "version": "int"})
 
 
 # ---------------------------------------------------------------- reading
@@ -391,7 +396,8 @@ def _one_customer_metrics(session: Session, customer_id: int, as_of: datetime, r
                            "WHERE c.id = :id", {"id": customer_id},
                            {"customer_id": pl.Int64, "signed_up_at": pl.Datetime("us", "UTC"), "birthday": pl.Date,
                             "time_zone": pl.String}, same_connection=True)
-    orders = orders_frame(session, None, as_of, customer_id=customer_id)
+    flags = order_flags_frame(session, customer_id=customer_id)
+    orders = orders_frame(session, None, as_of, customer_id=customer_id).join(flags, on="order_id", how="left")
     events = events_frame(session, as_of - timedelta(days=params.event_lookback_days), as_of, customer_id=customer_id)
     metrics = compute_metrics(customers, orders, events, as_of, params)
     return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.row(0, named=True).items()}

@@ -189,3 +189,28 @@ def test_summary_and_history(client, auth_header, session, ctx):
     assert [h["as_of"][:10] for h in history] == ["2026-06-02", "2026-06-03"]
     assert sum(history[0]["tier"].values()) == 5
     assert client.get("/segmentation/history?from=2026-06-04&to=2026-06-01", headers=headers).status_code == 422
+
+
+def test_the_profile_reads_the_same_metrics_as_the_batch_run(session, ctx):
+    """Item-based metrics (marked-down lines, new products) agree between a run and one customer's profile."""
+    from segmentation.metrics import MetricParams, compute_metrics
+    from segmentation.service import _one_customer_metrics, _read_inputs
+
+    _shop(session, ctx)
+    items = csv_text(("order_external_id", "line_no", "sku", "category", "qty", "unit_price", "list_price",
+                      "is_new_product"),
+                     [("A0", 1, "S1", "shoes", 1, "500", "600", "false"), ("A0", 2, "S2", "bags", 1, "100", "", "no"),
+                      ("A1", 1, "S3", "shoes", 1, "600", "", "true"), ("A2", 1, "S4", "shoes", 1, "600", "600", "")])
+    assert run(session, ctx, "order_items", items).rows_failed == 0
+    c1 = session.exec(select(Customer.id).where(Customer.external_id == "C1")).one()
+    _, tier = current_rule_set(session, "tier")
+    params = MetricParams(window_days=tier.window_days)
+    inputs = _read_inputs(session, AS_OF, params, "VIP")
+    batch = compute_metrics(inputs["customers"], inputs["orders"], inputs["events"], AS_OF, params)
+    row = batch.filter(customer_id=c1).row(0, named=True)
+    assert row["discounted_share"] == 0.25 and row["new_product_orders"] == 1
+    # A0 (5 days old) is the newest order and it was marked down: no full-price streak.
+    assert row["full_price_streak"] == 0
+    single = _one_customer_metrics(session, c1, AS_OF, tier)
+    assert single["discounted_share"] == 0.25 and single["new_product_orders"] == 1
+    assert single["full_price_streak"] == 0

@@ -210,3 +210,39 @@ def test_duplicate_names_are_rejected():
     with pytest.raises(ValueError, match="tag names must be unique: t"):
         TAGS.model_validate({"tags": [{"name": "t", "add": {"frequency": {"min": 1}}},
                                       {"name": "t", "add": {"frequency": {"min": 2}}}]})
+
+
+def _low_months_by_hand(actions: list[datetime], as_of: datetime, lookback_days: int, threshold: int,
+                        months_max: int) -> int:
+    """The definition, written plainly: leading complete months (newest first) with fewer actions than asked."""
+    since = as_of - timedelta(days=lookback_days)
+    counts = {}
+    for at in actions:
+        if since <= at < as_of:
+            back = (as_of.year * 12 + as_of.month) - (at.year * 12 + at.month)
+            counts[back] = counts.get(back, 0) + 1
+    streak = 0
+    for k in range(1, months_max + 1):
+        if counts.get(k, 0) >= threshold:
+            break
+        streak += 1
+    return streak
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 400), st.booleans()), max_size=60),
+       st.integers(0, 27))
+def test_low_activity_months_and_last_activity_follow_their_definition(actions, as_of_day):
+    as_of = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=as_of_day, hours=5)
+    rows = [(c, as_of - timedelta(days=d, minutes=1), is_order) for c, d, is_order in actions]
+    orders = _orders([(c, at, 10.0, 0.0) for c, at, is_order in rows if is_order])
+    events = pl.DataFrame([(c, at, "view") for c, at, is_order in rows if not is_order], schema=EVENT_SCHEMA,
+                          orient="row")
+    metrics = compute_metrics(_customers(3), orders, events, as_of).rows_by_key("customer_id", named=True,
+                                                                                unique=True)
+    for customer in (1, 2, 3):
+        mine = [at for c, at, _ in rows if c == customer]
+        expected = _low_months_by_hand(mine, as_of, lookback_days=180, threshold=2, months_max=12)
+        assert metrics[customer]["low_activity_months"] == expected
+        recent = [(as_of - at).days for at in mine if (as_of - at).days <= 180]
+        assert metrics[customer]["days_since_last_activity"] == min(recent, default=180)
