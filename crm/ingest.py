@@ -22,7 +22,13 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from crm import audit
-from crm.bulkwrite import csv_payload, merge_staged, stage_frame
+from crm.bulkwrite import (
+    csv_payload,
+    drop_secondary_structures,
+    merge_staged,
+    restore_structures,
+    stage_frame,
+)
 from crm.columnar import read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
@@ -185,6 +191,9 @@ class BulkLoad:
     block. The price: the whole file is one transaction (a crash leaves the table empty, as it was) and
     the table is locked against other writers and readers until the import ends. Conflicts cannot arise:
     the table was empty under that lock and duplicates inside the file are already rejected by `SeenKeys`.
+    The foreign key to the referenced table is re-added (validated in one join) at the end too: every
+    reference was resolved through `ids`, so it only fails if a referenced row was deleted meanwhile,
+    and then the whole load rolls back.
     """
 
     def __init__(self, session: Session, table: str, rebuild: list[str]) -> None:
@@ -206,21 +215,7 @@ class BulkLoad:
         connection.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
         if connection.exec_driver_sql(f"SELECT EXISTS (SELECT 1 FROM {table})").scalar():
             return None  # rows arrived between the look and the lock
-        # Non-primary indexes that no foreign key leans on; constraints are re-added as constraints.
-        indexes = connection.exec_driver_sql(
-            "SELECT i.relname, pg_get_indexdef(x.indexrelid), c.conname, pg_get_constraintdef(c.oid) "
-            "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-            "LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid "
-            f"WHERE x.indrelid = '{table}'::regclass AND NOT x.indisprimary AND NOT EXISTS "
-            "(SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = x.indexrelid)").all()
-        rebuild = []
-        for index, index_sql, constraint, constraint_sql in indexes:
-            if constraint:
-                connection.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"')
-                rebuild.append(f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" {constraint_sql}')
-            else:
-                connection.exec_driver_sql(f'DROP INDEX "{index}"')
-                rebuild.append(index_sql)
+        rebuild = drop_secondary_structures(session, table)
         return cls(session, table, rebuild)
 
     def ids(self, keys: pl.Series) -> pl.DataFrame:
@@ -252,10 +247,7 @@ class BulkLoad:
         """End the COPY, rebuild the dropped indexes and refresh the planner's statistics."""
         if self._copy is not None:
             self._copy.close()
-        connection = self._session.connection()
-        for statement in self._rebuild:
-            connection.exec_driver_sql(statement)
-        connection.exec_driver_sql(f"ANALYZE {self.table}")
+        restore_structures(self._session, self.table, self._rebuild)
 
     def abort(self, failure: BaseException) -> None:
         """Cancel the COPY so the transaction can be rolled back."""

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from crm import audit
-from crm.bulkwrite import insert_frame, merge_staged, stage_frame
+from crm.bulkwrite import fill_empty_table, merge_staged, stage_frame
 from crm.columnar import ColumnarReader, columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
@@ -284,20 +284,20 @@ def _write_changes(session: Session, changed_state: pl.DataFrame, previous: pl.D
     seen before pass through a staging table to be merged, which keeps a first run on 1M customers cheap.
     """
     known = changed_state.join(previous.select("customer_id"), on="customer_id", how="semi")
-    insert_frame(session, "customer_segment",
-                 changed_state.join(previous.select("customer_id"), on="customer_id", how="anti"), SEGMENT_TYPES)
+    fill_empty_table(session, "customer_segment",
+                     changed_state.join(previous.select("customer_id"), on="customer_id", how="anti"), SEGMENT_TYPES)
     if not known.is_empty():
         stage_frame(session, "stage_segment", known, SEGMENT_TYPES)
         merge_staged(session, table="customer_segment", stage="stage_segment", key=["customer_id"],
                      columns=list(SEGMENT_TYPES), compare=[c for c in SEGMENT_TYPES if c != "customer_id"],
                      params={})
-    insert_frame(session, "segment_transition", moves, TRANSITION_TYPES)
+    fill_empty_table(session, "segment_transition", moves, TRANSITION_TYPES)
     if not removed.is_empty():
         stage_frame(session, "stage_tag_removed", removed, {"customer_id": "int", "tag": "text"})
         session.connection().execute(text(
             "DELETE FROM customer_tag WHERE EXISTS (SELECT 1 FROM stage_tag_removed s "
             "WHERE s.customer_id = customer_tag.customer_id AND s.tag = customer_tag.tag)"))
-    insert_frame(session, "customer_tag", added.with_columns(since=pl.lit(as_of), version=pl.lit(tags_version)),
+    fill_empty_table(session, "customer_tag", added.with_columns(since=pl.lit(as_of), version=pl.lit(tags_version)),
                  {"customer_id": "int", "tag": "text", "since": "timestamp", "why": "json", "version": "int"})
 
 
