@@ -1,0 +1,154 @@
+"""Point-in-time churn features and labels (pure, polars): nothing on or after the cut-off may leak in.
+
+Orders alone give the core features, so a plain transaction log is enough; order flags (discounts,
+marked-down or new-product lines), events and segment tiers add features when they exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import polars as pl
+
+DAY_US = 86_400_000_000
+WEEK_DAYS = 7.0
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Tunables of the feature builder and the label (defaults from DOMAIN §4)."""
+
+    horizon_days: int = 90
+    lookback_days: int = 365
+    windows: tuple[int, ...] = (30, 90, 180, 365)
+    event_windows: tuple[int, ...] = (7, 30, 90)
+    event_types: tuple[str, ...] = ("login", "view", "cart_add", "cart_abandon")
+    extra: dict = field(default_factory=dict)
+
+
+def _days_before(cutoff: datetime, column: str) -> pl.Expr:
+    """Days (fractional) from a timestamp column to the cut-off."""
+    return (pl.lit(cutoff).cast(pl.Datetime("us", "UTC")) - pl.col(column)).dt.total_microseconds() / DAY_US
+
+
+def population(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig) -> pl.DataFrame:
+    """Customers with at least one order in the look-back window before the cut-off."""
+    start = cutoff - timedelta(days=config.lookback_days)
+    return (orders.filter((pl.col("ordered_at") >= start) & (pl.col("ordered_at") < cutoff))
+            .select("customer_id").unique().sort("customer_id"))
+
+
+def labels(orders: pl.DataFrame, customers: pl.DataFrame, cutoff: datetime, horizon_days: int) -> pl.DataFrame:
+    """churned = 1 when the customer places no order in (cutoff, cutoff + horizon]."""
+    end = cutoff + timedelta(days=horizon_days)
+    bought = (orders.filter((pl.col("ordered_at") > cutoff) & (pl.col("ordered_at") <= end))
+              .select("customer_id").unique().with_columns(pl.lit(True).alias("_bought")))
+    return (customers.select("customer_id").join(bought, on="customer_id", how="left")
+            .select("customer_id", pl.col("_bought").is_null().cast(pl.Int8).alias("churned")))
+
+
+def order_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig) -> pl.DataFrame:
+    """Features from orders alone (customer_id, ordered_at, amount_paid), for the population at the cut-off."""
+    past = orders.filter(pl.col("ordered_at") < cutoff)
+    who = population(past, cutoff, config)
+    past = past.join(who, on="customer_id", how="semi")
+    age = _days_before(cutoff, "ordered_at")
+    # Several orders on one day count as one purchase occasion for gaps (real logs split baskets).
+    days = past.select("customer_id", age.floor().alias("days_ago"), "amount_paid").lazy()
+    occasions = days.group_by("customer_id", "days_ago").agg(pl.col("amount_paid").sum())
+    gaps = (occasions.sort("customer_id", "days_ago", descending=[False, True])
+            .with_columns(pl.col("days_ago").diff().over("customer_id").mul(-1).alias("gap"))
+            .group_by("customer_id").agg(pl.col("gap").mean().alias("gap_mean"), pl.col("gap").std().alias("gap_std"),
+                                         pl.len().alias("purchase_days"),
+                                         pl.col("gap").drop_nulls().last().alias("last_gap")))
+    windows = [pl.when(age < w).then(1).otherwise(0).sum().alias(f"orders_{w}d") for w in config.windows]
+    spend = [pl.when(age < w).then(pl.col("amount_paid")).otherwise(0.0).sum().alias(f"spend_{w}d")
+             for w in config.windows]
+    base = past.lazy().group_by("customer_id").agg(
+        age.min().alias("recency_days"),
+        age.max().alias("tenure_days"),
+        pl.len().alias("orders_total"),
+        pl.col("amount_paid").sum().alias("spend_total"),
+        pl.col("amount_paid").mean().alias("order_value_mean"),
+        (pl.col("amount_paid") <= 0).mean().alias("zero_amount_share"),
+        pl.col("amount_paid").sort_by("ordered_at").last().alias("last_order_value"),
+        pl.when((age >= 90) & (age < 180)).then(1).otherwise(0).sum().alias("_orders_prev_90d"),
+        *windows, *spend,
+    )
+    frame = base.join(gaps, on="customer_id", how="left").with_columns(
+        (pl.col("recency_days") / pl.col("gap_mean")).alias("recency_over_gap"),
+        (pl.col("gap_std") / pl.col("gap_mean")).alias("gap_cv"),
+        (pl.col("orders_90d") - pl.col("_orders_prev_90d")).alias("trend_90d"),
+        (pl.col("last_order_value") / pl.col("order_value_mean")).alias("last_value_ratio"),
+        (pl.col("purchase_days") / (pl.col("tenure_days") / 30.4375 + 1)).alias("purchase_days_per_month"),
+        # BG/NBD summary in weeks: repeat purchase days, time of the last since the first, age since the first.
+        (pl.col("purchase_days") - 1).alias("bgnbd_x"),
+        ((pl.col("tenure_days").floor() - pl.col("recency_days").floor()) / WEEK_DAYS).alias("bgnbd_t_x"),
+        (pl.col("tenure_days").floor() / WEEK_DAYS).alias("bgnbd_T"),
+    ).drop("_orders_prev_90d")
+    return frame.sort("customer_id").collect()
+
+
+def flag_features(orders: pl.DataFrame, cutoff: datetime, who: pl.DataFrame) -> pl.DataFrame | None:
+    """Discount behaviour and new products, when the orders carry those columns."""
+    if "discount" not in orders.columns:
+        return None
+    past = orders.filter(pl.col("ordered_at") < cutoff).join(who, on="customer_id", how="semi")
+    discounted = (pl.col("discount").fill_null(0) > 0) | pl.col("has_coupon").fill_null(False)
+    if "marked_down" in past.columns:
+        discounted = discounted | pl.col("marked_down").fill_null(False)
+    new_lines = pl.col("new_product_lines").fill_null(0) if "new_product_lines" in past.columns else pl.lit(0)
+    grouped = past.lazy().group_by("customer_id").agg(
+        discounted.mean().alias("discount_share"),
+        pl.when(discounted).then(pl.col("ordered_at")).max().alias("_last_discounted"),
+        (new_lines > 0).sum().alias("new_product_orders"),
+        pl.len().alias("_orders"),
+    )
+    streak = (past.lazy().select("customer_id", "ordered_at")
+              .join(grouped.select("customer_id", "_last_discounted"), on="customer_id")
+              .filter(pl.col("_last_discounted").is_null() | (pl.col("ordered_at") > pl.col("_last_discounted")))
+              .group_by("customer_id").agg(pl.len().alias("full_price_streak")))
+    return (grouped.join(streak, on="customer_id", how="left")
+            .select("customer_id", "discount_share", "new_product_orders",
+                    pl.col("full_price_streak").fill_null(0)).collect())
+
+
+def event_features(events: pl.DataFrame, cutoff: datetime, who: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
+    """Counts of each event type over the event windows, and days since the last event."""
+    longest = max(config.event_windows)
+    recent = events.filter((pl.col("occurred_at") < cutoff)
+                           & (pl.col("occurred_at") >= cutoff - timedelta(days=longest)))
+    age = _days_before(cutoff, "occurred_at")
+    counts = [((pl.col("type") == kind) & (age < w)).sum().alias(f"{kind}_{w}d")
+              for kind in config.event_types for w in config.event_windows]
+    grouped = recent.lazy().join(who.lazy(), on="customer_id", how="semi").group_by("customer_id").agg(
+        age.min().alias("days_since_event"), *counts)
+    frame = who.lazy().join(grouped, on="customer_id", how="left")
+    names = [f"{kind}_{w}d" for kind in config.event_types for w in config.event_windows]
+    return frame.with_columns(*[pl.col(n).fill_null(0) for n in names],
+                              pl.col("days_since_event").fill_null(float(longest))).collect()
+
+
+def build_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig = FeatureConfig(), *,
+                   events: pl.DataFrame | None = None, segments: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per customer of the cut-off's population; every column computed from rows before the cut-off.
+
+    segments (optional): customer_id, tier_code, layer_code as of the cut-off (computed by the caller
+    from the same point-in-time data).
+    """
+    frame = order_features(orders, cutoff, config)
+    who = frame.select("customer_id")
+    flags = flag_features(orders, cutoff, who)
+    if flags is not None:
+        frame = frame.join(flags, on="customer_id", how="left")
+    if events is not None:  # even when empty: the columns depend on what the shop sends, not on the day
+        frame = frame.join(event_features(events, cutoff, who, config), on="customer_id", how="left")
+    if segments is not None:
+        frame = frame.join(segments, on="customer_id", how="left")
+    return frame.sort("customer_id")
+
+
+def feature_names(frame: pl.DataFrame) -> list[str]:
+    """The model's inputs: every column but the id, the label and the BG/NBD summary's raw inputs."""
+    return [c for c in frame.columns if c not in ("customer_id", "churned", "cutoff")]

@@ -1,0 +1,129 @@
+"""Churn's pure modules: point-in-time features, labels at the horizon, BG/NBD recovery, threshold, model I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from churn.bgnbd import BetaGeometricNBD, simulate
+from churn.features import FeatureConfig, build_features, labels
+from churn.training import TrainingConfig, choose_threshold, train_churn, training_cutoffs
+
+CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
+ORDERS = {"customer_id": pl.Int64, "ordered_at": pl.Datetime("us", "UTC"), "amount_paid": pl.Float64,
+          "discount": pl.Float64, "has_coupon": pl.Boolean}
+EVENTS = {"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC"), "type": pl.String}
+
+
+def _orders(rows) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=ORDERS, orient="row")
+
+
+history = st.lists(st.tuples(st.integers(1, 4), st.integers(-400, -1), st.integers(0, 1439),
+                             st.floats(0, 500), st.sampled_from([0.0, 5.0]), st.booleans()), min_size=1, max_size=40)
+late = st.lists(st.tuples(st.integers(1, 6), st.integers(0, 200), st.integers(0, 1439),
+                          st.floats(0, 500), st.sampled_from([0.0, 5.0]), st.booleans()), max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(history, late, st.lists(st.tuples(st.integers(1, 4), st.integers(-100, 100),
+                                         st.sampled_from(["login", "view", "cart_add", "cart_abandon"])),
+                               max_size=30))
+def test_rows_on_or_after_the_cutoff_never_change_a_feature(past, future, events):
+    def frames(with_future: bool):
+        rows = [(c, CUTOFF + timedelta(days=d, minutes=m), a, disc, coupon) for c, d, m, a, disc, coupon in past]
+        if with_future:  # added rows, and past rows edited to land on or after the cut-off
+            rows += [(c, CUTOFF + timedelta(days=d, minutes=m), a, disc, coupon) for c, d, m, a, disc, coupon in future]
+        event_rows = [(c, CUTOFF + timedelta(days=d, hours=1), t) for c, d, t in events if with_future or d < 0]
+        return _orders(rows), pl.DataFrame(event_rows, schema=EVENTS, orient="row")
+
+    clean = build_features(*frames(False)[:1], CUTOFF, events=frames(False)[1])
+    noisy = build_features(*frames(True)[:1], CUTOFF, events=frames(True)[1])
+    assert_frame_equal(clean, noisy)
+
+
+def test_label_counts_orders_in_the_half_open_horizon():
+    horizon = 90
+    rows = [(1, CUTOFF - timedelta(days=3), 10.0, 0.0, False),
+            (2, CUTOFF - timedelta(days=3), 10.0, 0.0, False), (2, CUTOFF + timedelta(days=horizon), 10.0, 0.0, False),
+            (3, CUTOFF - timedelta(days=3), 10.0, 0.0, False),
+            (3, CUTOFF + timedelta(days=horizon, microseconds=1), 10.0, 0.0, False),
+            (4, CUTOFF - timedelta(days=3), 10.0, 0.0, False), (4, CUTOFF, 10.0, 0.0, False)]
+    orders = _orders(rows)
+    who = build_features(orders, CUTOFF).select("customer_id")
+    result = dict(labels(orders, who, CUTOFF, horizon).iter_rows())
+    # 2: an order exactly at cut-off + H still counts; 3: one microsecond later does not;
+    # 4: an order exactly at the cut-off is neither a feature nor a label purchase.
+    assert result == {1: 1, 2: 0, 3: 1, 4: 1}
+
+
+def test_population_is_customers_with_an_order_in_the_lookback():
+    orders = _orders([(1, CUTOFF - timedelta(days=10), 5.0, 0.0, False),
+                      (2, CUTOFF - timedelta(days=400), 5.0, 0.0, False)])
+    assert build_features(orders, CUTOFF, FeatureConfig(lookback_days=365))["customer_id"].to_list() == [1]
+
+
+def test_gap_features_merge_same_day_orders_and_handle_single_orders():
+    orders = _orders([(1, CUTOFF - timedelta(days=40, hours=2), 0.0, 0.0, False),
+                      (1, CUTOFF - timedelta(days=40, hours=1), 30.0, 0.0, False),
+                      (1, CUTOFF - timedelta(days=10), 20.0, 0.0, False),
+                      (2, CUTOFF - timedelta(days=5), 0.0, 0.0, False)])
+    rows = build_features(orders, CUTOFF).rows_by_key("customer_id", named=True, unique=True)
+    assert rows[1]["purchase_days"] == 2 and rows[1]["gap_mean"] == 30 and rows[1]["orders_total"] == 3
+    assert rows[1]["zero_amount_share"] == 1 / 3 and abs(rows[1]["recency_over_gap"] - 1 / 3) < 1e-9
+    assert rows[2]["gap_mean"] is None and rows[2]["bgnbd_x"] == 0
+
+
+def test_bgnbd_recovers_the_parameters_it_was_simulated_with():
+    truth = {"r": 0.8, "alpha": 4.0, "a": 0.6, "b": 2.5}
+    x, t_x, big_t = simulate(6000, *truth.values(), big_t=52.0, rng=np.random.default_rng(11))
+    fitted = BetaGeometricNBD().fit(x, t_x, big_t).params_
+    for name, value in truth.items():
+        assert abs(fitted[name] - value) / value < 0.2, (name, fitted)
+
+
+def test_bgnbd_alive_probability_falls_with_silence():
+    model = BetaGeometricNBD().fit(*simulate(3000, 0.8, 4.0, 0.6, 2.5, big_t=52.0, rng=np.random.default_rng(1)))
+    alive = model.probability_alive(np.array([5, 5, 0]), np.array([50, 10, 0]), np.array([52, 52, 52]))
+    assert alive[0] > alive[1] and alive[2] == 1.0
+
+
+def test_threshold_reaches_the_target_precision_with_the_most_recall():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 2, 5000)
+    score = target * 0.3 + rng.random(5000)
+    threshold, met = choose_threshold(target, score, TrainingConfig(target_precision=0.75))
+    flagged = score >= threshold
+    assert met and target[flagged].mean() >= 0.75
+    looser = score >= np.max(score[score < threshold])
+    assert target[looser].mean() < 0.75
+
+
+def test_training_snapshots_never_see_the_validation_window():
+    config = TrainingConfig(step_days=30, snapshots=3)
+    validation, cutoffs = training_cutoffs(CUTOFF, config)
+    assert validation == CUTOFF - config.horizon
+    assert all(c + config.horizon <= validation for c in cutoffs)
+
+
+def test_model_trains_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = []
+    for customer in range(1, 1201):
+        rate = rng.choice([7.0, 30.0, 120.0])  # days between orders
+        day = -700.0 + rng.random() * 30
+        while day < 0:
+            rows.append((customer, CUTOFF + timedelta(days=day), float(rng.integers(10, 200)), 0.0, False))
+            day += rng.exponential(rate)
+    orders = _orders(rows)
+    result = train_churn(orders, CUTOFF, TrainingConfig(snapshots=3))
+    assert result.metrics["roc_auc"] > 0.6
+    result.model.save(tmp_path / "m.txt")
+    from churn.model import ChurnModel
+    again = ChurnModel.load(tmp_path / "m.txt")
+    assert np.allclose(again.predict_proba(result.validation), result.validation["probability"].to_numpy())
