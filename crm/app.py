@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from sqlalchemy import func
 from sqlmodel import select
 
+from churn import api as churn_api
 from crm import api
 from crm.auth import Principal, require
 from crm.context import Context, build_context
@@ -65,6 +66,7 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(api.router)
     segmentation_api.install(app)
+    churn_api.install(app)
     _install_metrics(app)
     _document_customer_filters(app)
     return app

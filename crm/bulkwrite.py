@@ -56,7 +56,7 @@ def copy_in(session: Session, table: str, frame: pl.DataFrame, types: dict[str, 
 
 def sql_type(kind: str, pg: bool) -> str:
     return {
-        "text": "text", "int": "bigint" if pg else "INTEGER", "money": "numeric(14,2)" if pg else "REAL",
+        "text": "text", "int": "bigint" if pg else "INTEGER", "float": "double precision" if pg else "REAL", "money": "numeric(14,2)" if pg else "REAL",
         "timestamp": "timestamptz" if pg else "TEXT", "date": "date" if pg else "TEXT",
         "bool": "boolean" if pg else "INTEGER", "json": "jsonb" if pg else "TEXT", "bytes": "bytea" if pg else "BLOB",
     }[kind]

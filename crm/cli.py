@@ -30,6 +30,8 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 segment_app = typer.Typer(help="Segmentation: RFM tiers, layers, tags.", no_args_is_help=True)
 app.add_typer(segment_app, name="segment")
+churn_app = typer.Typer(help="Churn: train, score, evaluate.", no_args_is_help=True)
+app.add_typer(churn_app, name="churn")
 console = Console(soft_wrap=True)  # result lines stay whole, so scripts can grep them
 KIND_ALIASES = {"customers": "customers", "orders": "orders", "order-items": "order_items",
                 "order_items": "order_items", "items": "order_items", "events": "events"}
@@ -217,6 +219,88 @@ def segment_summary(as_json: Annotated[bool, typer.Option("--json", help="print 
         _print_segment_summary(summary)
 
 
+def _print_churn_model(row) -> None:
+    metrics, baselines = row.metrics, row.metrics.get("baselines", {})
+    table = Table("", "ROC AUC", "PR AUC", "Brier", title=f"churn model {row.id} on the validation window "
+                  f"{row.training['validation_cutoff'][:10]} ({metrics['customers']:,} customers, "
+                  f"churn rate {metrics['churn_rate']:.1%})")
+    table.add_row("model", *(f"{metrics[k]:.4f}" for k in ("roc_auc", "pr_auc", "brier")))
+    for name, cells in baselines.items():
+        table.add_row(f"baseline: {name}", *(f"{cells[k]:.4f}" for k in ("roc_auc", "pr_auc", "brier")))
+    console.print(table)
+    console.print(f"threshold {metrics['threshold']:.3f}: precision {metrics['precision']:.1%}, recall "
+                  f"{metrics['recall']:.1%}, F1 {metrics['f1']:.3f}, top-decile lift {metrics['lift_top_decile']:.2f}; "
+                  f"{row.status}: {row.decision}")
+
+
+def _train_churn(ctx: Context, as_of: str | None):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from churn import service as churn
+
+    moment = None
+    if as_of is not None:
+        day = _parse_day(as_of, "--as-of")
+        moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar, session_scope(ctx.engine) as session:
+        task = bar.add_task("reading orders and events", total=None)
+        row = churn.train_model(session, ctx, as_of=moment, progress=lambda text: bar.update(task, description=text))
+        session.expunge(row)
+    return row
+
+
+def _score_churn(ctx: Context) -> dict:
+    from churn import service as churn
+
+    with session_scope(ctx.engine) as session:
+        return churn.score_customers(session, ctx)
+
+
+@churn_app.command("train")
+def churn_train(as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD: labels end here (default today)")] = None,
+                as_json: Annotated[bool, typer.Option("--json", help="print the model row as JSON")] = False) -> None:
+    """Train a candidate on rolling snapshots; promote it when it beats the current model on the same window."""
+    row = _train_churn(_context(), as_of)
+    if as_json:
+        print(json.dumps(row.model_dump(), default=str))
+    else:
+        _print_churn_model(row)
+
+
+@churn_app.command("score")
+def churn_score(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Score every active customer with the current model; flag the at-risk ones with reasons."""
+    summary = _score_churn(_context())
+    print(json.dumps(summary, default=str)) if as_json else console.print(summary)
+
+
+@churn_app.command("evaluate")
+def churn_evaluate(
+    transactions: Annotated[Path, typer.Option(help="CSV, one row per order")],
+    cutoff: Annotated[str, typer.Option(help="YYYY-MM-DD")],
+    horizon: Annotated[int, typer.Option(min=1, max=730)] = 90,
+    customer_col: Annotated[str, typer.Option()] = "customer_id",
+    time_col: Annotated[str, typer.Option()] = "ordered_at",
+    amount_col: Annotated[str, typer.Option(help="empty: no amounts")] = "amount",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Train and test the whole method on a plain transactions CSV (no database needed)."""
+    from churn.evaluation import TransactionsError, evaluate_transactions, read_transactions
+
+    if not transactions.is_file():
+        raise CliError(f"no such file: {transactions}")
+    day = _parse_day(cutoff, "--cutoff")
+    try:
+        orders, skipped = read_transactions(transactions, customer_col=customer_col, time_col=time_col,
+                                            amount_col=amount_col or None)
+        result = evaluate_transactions(orders, datetime(day.year, day.month, day.day, tzinfo=UTC), horizon)
+    except TransactionsError as problem:
+        raise CliError(str(problem)) from problem
+    result["rows_skipped"] = skipped
+    print(json.dumps(result)) if as_json else console.print(result)
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
@@ -251,6 +335,21 @@ def demo(
     _summary(ctx, jobs)
     console.rule("[bold]Segmentation")
     _print_segment_summary(_run_segmentation(ctx, None))
+    console.rule("[bold]Churn")
+    _print_churn_model(_train_churn(ctx, None))
+    scored = _score_churn(ctx)
+    console.print(f"scored {scored['scored']:,} active customers with model {scored['model_id']}: "
+                  f"{scored['at_risk']:,} at risk (threshold {scored['threshold']:.3f})")
+    _print_at_risk_examples(ctx)
+
+
+def _print_at_risk_examples(ctx: Context, count: int = 5) -> None:
+    from churn import service as churn
+
+    with session_scope(ctx.engine) as session:
+        flagged = sorted(churn.at_risk_customers(session, limit=200), key=lambda r: -r["probability"])[:count]
+    for row in flagged:
+        console.print(f"  {row['external_id']}  p={row['probability']:.2f}  " + "; ".join(row["reasons"] or []))
 
 
 def _summary(ctx: Context, jobs) -> None:

@@ -36,9 +36,13 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/segmentation/runs"): {Role.admin, Role.scheduler},
     ("GET", "/segmentation/summary"): {Role.admin, Role.marketer, Role.scheduler},
     ("GET", "/segmentation/history"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/churn/models"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/churn/models/{model_id}/promote"): {Role.admin},
+    ("POST", "/churn/models/rollback"): {Role.admin},
+    ("GET", "/churn/at-risk"): {Role.admin, Role.marketer, Role.support, Role.scheduler},
 }
 SAMPLE_PARAMS = {"external_id": "NOBODY", "kind": "customers", "job_id": "999999", "key_id": "999999",
-                 "name": "tier"}
+                 "name": "tier", "model_id": "999999"}
 
 
 def _walk(routes) -> list[tuple[str, str]]:

@@ -1,0 +1,55 @@
+"""HTTP for churn: the model registry (list, promote, roll back) and the at-risk list; plus the profile section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query
+
+from churn import service
+from crm.api import ContextDep, SessionDep
+from crm.auth import Principal, require
+from crm.models import Role
+
+router = APIRouter(prefix="/churn", tags=["churn"])
+READERS = (Role.admin, Role.marketer, Role.scheduler)
+
+
+def _model(row: service.ChurnModelVersion) -> dict[str, Any]:
+    return row.model_dump(exclude={"artifact"})
+
+
+@router.get("/models")
+def get_models(session: SessionDep, _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+    """Every trained model with its metrics, baselines, training window and promotion decision."""
+    return [_model(row) for row in service.list_models(session)]
+
+
+@router.post("/models/{model_id}/promote")
+def post_promote(model_id: int, session: SessionDep, ctx: ContextDep,
+                 principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
+    """Make a stored model current (admin, audited); it must clear the ROC AUC floor."""
+    return _model(service.promote(session, ctx, model_id, principal.actor))
+
+
+@router.post("/models/rollback")
+def post_rollback(session: SessionDep, ctx: ContextDep,
+                  principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
+    """Bring back the model that was current before this one (admin, audited)."""
+    return _model(service.rollback(session, ctx, principal.actor))
+
+
+@router.get("/at-risk")
+def get_at_risk(session: SessionDep, tier: str | None = None, after: int | None = Query(default=None, ge=0),
+                limit: int = Query(default=100, ge=1, le=1000),
+                _: Principal = Depends(require(Role.admin, Role.marketer, Role.support, Role.scheduler))
+                ) -> dict[str, Any]:
+    """Flagged customers with probability and reasons; `tier` filters, `after` is the paging cursor."""
+    items = service.at_risk_customers(session, tier=tier, after=after, limit=limit)
+    return {"items": items, "next": items[-1]["customer_id"] if len(items) == limit else None}
+
+
+def install(app: FastAPI) -> None:
+    """Wire churn into the app: routes and the profile section."""
+    app.include_router(router)
+    app.state.profiles.register("churn", service.churn_section)

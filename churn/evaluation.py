@@ -1,0 +1,59 @@
+"""`crm churn evaluate`: the whole method on a plain transactions file (no events, no items, no database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from churn.features import FeatureConfig
+from churn.training import TrainingConfig, evaluate_at, train_churn
+
+
+class TransactionsError(ValueError):
+    """The file cannot be used (missing column, no parsable rows)."""
+
+
+def read_transactions(path: Path, *, customer_col: str, time_col: str, amount_col: str | None) -> tuple[pl.DataFrame, int]:
+    """Orders as customer_id, ordered_at (UTC), amount_paid; returns the frame and how many rows were unusable."""
+    header = pl.read_csv(path, n_rows=0).columns
+    for column in (customer_col, time_col) + ((amount_col,) if amount_col else ()):
+        if column not in header:
+            raise TransactionsError(f"column {column!r} not in {path.name} (has {', '.join(header)})")
+    raw = pl.read_csv(path, columns=[c for c in (customer_col, time_col, amount_col) if c], infer_schema=False)
+    text = pl.col(time_col).str.strip_chars()
+    moment = pl.coalesce(text.str.to_datetime(format=f, strict=False, time_unit="us", time_zone="UTC")
+                         for f in ("%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%d %H:%M:%S%#z", "%Y-%m-%dT%H:%M:%S",
+                                   "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%m/%d/%Y %H:%M", "%m/%d/%Y"))
+    amount = (pl.col(amount_col).str.replace_all(",", "").cast(pl.Float64, strict=False).fill_null(0.0)
+              if amount_col else pl.lit(0.0))
+    frame = raw.select(pl.col(customer_col).alias("_customer"), moment.alias("ordered_at"), amount.alias("amount_paid"))
+    usable = frame.filter(pl.col("_customer").is_not_null() & pl.col("ordered_at").is_not_null())
+    if usable.is_empty():
+        raise TransactionsError(f"no row of {path.name} has a customer and a parsable {time_col}")
+    codes = usable.select(pl.col("_customer").unique(maintain_order=True)).with_row_index("customer_id", 1)
+    usable = usable.join(codes, on="_customer").select(pl.col("customer_id").cast(pl.Int64), "ordered_at",
+                                                        "amount_paid")
+    return usable, len(frame) - len(usable)
+
+
+def evaluate_transactions(orders: pl.DataFrame, cutoff: datetime, horizon_days: int = 90,
+                          step_days: int = 30, snapshots: int = 6) -> dict[str, Any]:
+    """Train on snapshots labelled on or before the cut-off, test on the cut-off labelled by (cutoff, cutoff + H]."""
+    cutoff = cutoff.astimezone(UTC)
+    if orders["ordered_at"].max() <= cutoff:
+        raise TransactionsError("no transactions after the cut-off: nothing to test against")
+    config = TrainingConfig(features=FeatureConfig(horizon_days=horizon_days), step_days=step_days,
+                            snapshots=snapshots)
+    try:
+        result = train_churn(orders.filter(pl.col("ordered_at") <= cutoff), cutoff, config)  # nothing after it
+    except ValueError as problem:
+        raise TransactionsError(str(problem)) from problem
+    test = evaluate_at(result, orders, cutoff, config)
+    keys = ("customers", "churn_rate", "roc_auc", "pr_auc", "brier", "precision", "recall", "threshold")
+    out = {("n_customers" if k == "customers" else k): test[k] for k in keys}
+    out["baselines"] = {name: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"]} for name, m in test["baselines"].items()}
+    out["validation"] = {k: result.metrics[k] for k in ("roc_auc", "pr_auc", "precision", "recall")}
+    return out

@@ -1,0 +1,45 @@
+"""Churn tables: model versions (the registry) and each customer's latest score with its reasons."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Float, Index, Integer, String
+from sqlmodel import Field, SQLModel
+
+from crm.types import JSONType, UTCDateTime
+
+
+class ChurnModelVersion(SQLModel, table=True):
+    """One trained model: its artifact file, what it was trained on and how well it did."""
+
+    __tablename__ = "churn_model"
+
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(sa_column=Column(String(16), nullable=False, index=True))  # candidate|current|retired|rejected
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    promoted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    artifact: str = Field(sa_column=Column(String(500), nullable=False))
+    params: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    features: list[str] = Field(sa_column=Column(JSONType, nullable=False))
+    training: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))
+    threshold: float = Field(sa_column=Column(Float, nullable=False))
+    metrics: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    decision: str | None = Field(default=None, sa_column=Column(String(500)))
+
+
+class ChurnScore(SQLModel, table=True):
+    """A customer's latest churn probability, flag and reasons, with a short trend of earlier scores."""
+
+    __tablename__ = "churn_score"
+    __table_args__ = (Index("ix_churn_score_at_risk", "at_risk", "probability"),)
+
+    customer_id: int = Field(foreign_key="customer.id", primary_key=True)
+    model_id: int = Field(sa_column=Column(Integer, nullable=False))
+    scored_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    probability: float = Field(sa_column=Column(Float, nullable=False))
+    at_risk: bool = Field(nullable=False)
+    reasons: list[str] | None = Field(default=None, sa_column=Column(JSONType))
+    trend: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))  # {"points": [{at, p}]}

@@ -1,0 +1,254 @@
+"""Churn service: train and register models, promote or roll back, score every active customer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from churn.bgnbd import BetaGeometricNBD
+from churn.model import ChurnModel
+from churn.models import ChurnModelVersion, ChurnScore
+from churn.reasons import top_reasons
+from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
+from crm import audit
+from crm.bulkwrite import fill_empty_table
+from crm.columnar import columnar_reader, read_frame
+from crm.context import Context
+from crm.errors import InvalidInput, NotFound
+from crm.profiles import ProfileRequest
+from crm.service import events_frame, order_flags_frame, orders_frame
+
+AUC_FLOOR = 0.70
+PROMOTION_TOLERANCE = 0.005
+TREND_POINTS = 8
+def _invalid(message: str, field: str) -> InvalidInput:
+    return InvalidInput(message, errors=[{"field": field, "reason": message}])
+
+
+SCORE_TYPES = {"customer_id": "int", "model_id": "int", "scored_at": "timestamp", "probability": "float",
+               "at_risk": "bool", "reasons": "json", "trend": "json"}
+
+
+def default_as_of(now: datetime) -> datetime:
+    """Midnight UTC of the clock's day."""
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+def read_history(session: Session, as_of: datetime, since: datetime | None, event_since: datetime) -> dict[str, pl.DataFrame]:
+    """Orders (with item flags) before `as_of` and events since `event_since`, through one columnar attachment."""
+    with columnar_reader(session) as reader:
+        orders = orders_frame(session, since, as_of, reader=reader)
+        flags = order_flags_frame(session, reader=reader)
+        events = events_frame(session, event_since, as_of, reader=reader)
+    return {"orders": orders.join(flags, on="order_id", how="left").drop("order_id", "cost_of_goods"),
+            "events": events}
+
+
+def _fingerprint(orders: pl.DataFrame, events: pl.DataFrame) -> str:
+    """A short hash of what the model saw (row counts, time span, money total)."""
+    facts = [len(orders), str(orders["ordered_at"].min()), str(orders["ordered_at"].max()),
+             round(float(orders["amount_paid"].sum() or 0), 2), len(events)]
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
+
+
+def current_model(session: Session) -> ChurnModelVersion | None:
+    """The model in force, if any."""
+    return session.exec(select(ChurnModelVersion).where(ChurnModelVersion.status == "current")).first()
+
+
+def _load(row: ChurnModelVersion) -> tuple[ChurnModel, BetaGeometricNBD]:
+    from pathlib import Path
+
+    model = ChurnModel.load(Path(row.artifact))
+    bgnbd = BetaGeometricNBD()
+    bgnbd.r_, bgnbd.alpha_, bgnbd.a_, bgnbd.b_ = (row.training["bgnbd"][k] for k in ("r", "alpha", "a", "b"))
+    return model, bgnbd
+
+
+def _auc_on(row: ChurnModelVersion, result: TrainingResult, horizon_days: int) -> float | None:
+    """The stored model's ROC AUC on the candidate's validation window (same rows, its own BG/NBD)."""
+    model, bgnbd = _load(row)
+    frame = add_bgnbd(result.validation.drop("bgnbd_p_alive", "bgnbd_expected"), bgnbd, horizon_days)
+    if any(name not in frame.columns for name in model.feature_names_):
+        return None  # trained on features this data no longer has: it cannot be compared, so it cannot win
+    target = frame["churned"].to_numpy()
+    return score_metrics(target, model.predict_proba(frame), row.threshold)["roc_auc"]
+
+
+def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None,
+                config: TrainingConfig = TrainingConfig(), floor: float = AUC_FLOOR,
+                tolerance: float = PROMOTION_TOLERANCE, progress=None) -> ChurnModelVersion:
+    """Train a candidate, store it as a version and promote it when it is at least as good as the current one."""
+    now = ctx.clock.now()
+    as_of = as_of or default_as_of(now)
+    longest = config.features.horizon_days * 2 + config.step_days * config.snapshots + config.features.lookback_days
+    data = read_history(session, as_of, as_of - timedelta(days=longest + 1),
+                        as_of - timedelta(days=longest - config.features.lookback_days
+                                          + max(config.features.event_windows)))
+    if data["orders"].is_empty():
+        raise _invalid("no orders to train on", "as_of")
+    try:
+        result = train_churn(data["orders"], as_of, config, events=data["events"], progress=progress)
+    except ValueError as problem:
+        raise _invalid(str(problem), "as_of") from problem
+    row = ChurnModelVersion(status="candidate", created_at=now, artifact="", params=config.params or {},
+                            features=result.model.feature_names_, training=result.training,
+                            fingerprint=_fingerprint(data["orders"], data["events"]), threshold=result.threshold,
+                            metrics=result.metrics | {"baselines": result.baselines})
+    session.add(row)
+    session.flush()
+    path = ctx.settings.data_dir / "models" / f"churn-{row.id}.txt"
+    result.model.save(path)
+    row.artifact = str(path)
+    auc = result.metrics["roc_auc"] or 0.0
+    incumbent = current_model(session)
+    incumbent_auc = _auc_on(incumbent, result, config.features.horizon_days) if incumbent else None
+    row.metrics = row.metrics | {"incumbent_roc_auc_same_window": incumbent_auc}
+    if auc < floor:
+        row.status, row.decision = "rejected", f"ROC AUC {auc:.3f} below the floor {floor:.2f}"
+    elif incumbent is not None and incumbent_auc is not None and auc < incumbent_auc - tolerance:
+        row.status = "rejected"
+        row.decision = f"ROC AUC {auc:.3f} worse than model {incumbent.id}'s {incumbent_auc:.3f} on the same window"
+    else:
+        _make_current(session, row, now)
+        row.decision = (f"promoted: ROC AUC {auc:.3f}" + (f" vs model {incumbent.id}'s {incumbent_auc:.3f}"
+                                                         if incumbent is not None and incumbent_auc is not None else ""))
+    session.add(row)
+    audit.record(session, actor="scheduler", action="churn.train", entity="churn_model", entity_id=row.id, at=now,
+                 before=None, after={"status": row.status, "decision": row.decision})
+    session.flush()
+    return row
+
+
+def _make_current(session: Session, row: ChurnModelVersion, now: datetime) -> None:
+    for other in session.exec(select(ChurnModelVersion).where(ChurnModelVersion.status == "current")):
+        if other.id != row.id:
+            other.status = "retired"
+            session.add(other)
+    row.status, row.promoted_at = "current", now
+    session.add(row)
+
+
+def list_models(session: Session) -> list[ChurnModelVersion]:
+    """Every model version, newest first."""
+    return list(session.exec(select(ChurnModelVersion).order_by(ChurnModelVersion.id.desc())))
+
+
+def promote(session: Session, ctx: Context, model_id: int, actor: str, floor: float = AUC_FLOOR) -> ChurnModelVersion:
+    """Make a stored model current by hand (it must still clear the floor)."""
+    row = session.get(ChurnModelVersion, model_id)
+    if row is None:
+        raise NotFound(f"no churn model {model_id}")
+    if (row.metrics.get("roc_auc") or 0) < floor:
+        raise _invalid(f"model {model_id} has ROC AUC {row.metrics.get('roc_auc')} below the floor {floor}",
+                       "model_id")
+    before = current_model(session)
+    _make_current(session, row, ctx.clock.now())
+    audit.record(session, actor=actor, action="churn.promote", entity="churn_model", entity_id=model_id,
+                 at=ctx.clock.now(), before={"current": before.id if before else None}, after={"current": model_id})
+    session.flush()
+    return row
+
+
+def rollback(session: Session, ctx: Context, actor: str) -> ChurnModelVersion:
+    """Retire the current model and bring back the one that was current before it."""
+    now_current = current_model(session)
+    previous = session.exec(select(ChurnModelVersion).where(ChurnModelVersion.status == "retired",
+                                                            ChurnModelVersion.promoted_at.is_not(None))
+                            .order_by(ChurnModelVersion.promoted_at.desc())).first()
+    if now_current is None or previous is None:
+        raise _invalid("there is no earlier model to roll back to", "model_id")
+    now_current.status = "rolled_back"
+    session.add(now_current)
+    _make_current(session, previous, ctx.clock.now())
+    audit.record(session, actor=actor, action="churn.rollback", entity="churn_model", entity_id=previous.id,
+                 at=ctx.clock.now(), before={"current": now_current.id}, after={"current": previous.id})
+    session.flush()
+    return previous
+
+
+def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = None) -> dict[str, Any]:
+    """Score every active customer with the current model; write probability, flag, reasons and trend."""
+    # A short session of its own, so this session's transaction starts after the columnar reads
+    # (SQLite cannot write from a read snapshot older than a scan made on another connection).
+    with Session(session.get_bind()) as lookup:
+        row = current_model(lookup)
+        if row is None:
+            raise _invalid("no current churn model: train one first (crm churn train)", "model")
+        lookup.expunge(row)
+    now = ctx.clock.now()
+    as_of = as_of or default_as_of(now)
+    model, bgnbd = _load(row)
+    config = TrainingConfig()
+    data = read_history(session, as_of, as_of - timedelta(days=config.features.lookback_days + 1),
+                        as_of - timedelta(days=max(config.features.event_windows)))
+    frame = add_bgnbd(snapshot(data["orders"], as_of, config, events=data["events"], labelled=False), bgnbd,
+                      row.training["horizon_days"])
+    probability = model.predict_proba(frame) if len(frame) else np.array([])
+    at_risk = probability >= row.threshold
+    flagged = frame.filter(pl.Series(at_risk))
+    names = model.feature_names_
+    reasons = top_reasons(model.contributions(flagged), names, flagged.select(names).to_dicts()) if len(flagged) else []
+    reasons_json = [json.dumps(r, ensure_ascii=False) for r in reasons]
+    previous = read_frame(session, "SELECT s.customer_id, s.trend FROM churn_score s", {},
+                          {"customer_id": pl.Int64, "trend": pl.String})
+    point = pl.struct(pl.lit(as_of.date().isoformat()).alias("at"), pl.col("probability").round(4).alias("p"))
+    trend_type = pl.List(pl.Struct({"at": pl.String, "p": pl.Float64}))
+    scores = (frame.select("customer_id").with_columns(pl.Series("probability", probability),
+                                                        pl.Series("at_risk", at_risk))
+              .join(flagged.select("customer_id").with_columns(pl.Series("reasons", reasons_json, dtype=pl.String)),
+                    on="customer_id", how="left")
+              .join(previous, on="customer_id", how="left")
+              .with_columns(pl.col("trend").str.json_decode(pl.Struct({"points": trend_type}))
+                            .struct.field("points").fill_null(pl.lit([], dtype=trend_type)).alias("_old"))
+              .with_columns(pl.concat_list(pl.col("_old").list.eval(pl.element().filter(
+                  pl.element().struct.field("at") != as_of.date().isoformat())), point)  # a rerun replaces its day
+                  .list.tail(TREND_POINTS).alias("_points"))
+              .with_columns(pl.struct(pl.col("_points").alias("points")).struct.json_encode().alias("trend"),
+                            model_id=pl.lit(row.id), scored_at=pl.lit(now)))
+    session.connection().execute(text("DELETE FROM churn_score"))
+    fill_empty_table(session, "churn_score", scores, SCORE_TYPES)
+    session.expire_all()  # rows were rewritten in SQL: ORM objects loaded before are stale
+    summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
+               "threshold": row.threshold, "mean_probability": round(float(probability.mean()), 4) if len(frame) else None}
+    audit.record(session, actor="scheduler", action="churn.score", entity="churn_model", entity_id=row.id, at=now,
+                 before=None, after=summary)
+    session.flush()
+    return summary
+
+
+def at_risk_customers(session: Session, *, tier: str | None = None, after: int | None = None,
+                      limit: int = 100) -> list[dict[str, Any]]:
+    """Flagged customers, riskiest first within id order for stable paging (cursor = customer row id)."""
+    from crm.models import Customer
+
+    query = (select(ChurnScore, Customer.external_id).join(Customer, Customer.id == ChurnScore.customer_id)
+             .where(ChurnScore.at_risk))
+    if tier is not None:
+        from segmentation.models import CustomerSegment
+
+        query = query.join(CustomerSegment, CustomerSegment.customer_id == ChurnScore.customer_id).where(
+            CustomerSegment.tier == tier)
+    if after is not None:
+        query = query.where(ChurnScore.customer_id > after)
+    rows = session.exec(query.order_by(ChurnScore.customer_id).limit(limit)).all()
+    return [{"customer_id": score.customer_id, "external_id": external_id, "probability": round(score.probability, 4),
+             "reasons": score.reasons, "model_id": score.model_id, "scored_at": score.scored_at}
+            for score, external_id in rows]
+
+
+def churn_section(request: ProfileRequest) -> dict[str, Any] | None:
+    """The customer profile's churn section: probability, flag, reasons, model version and trend."""
+    score = request.session.get(ChurnScore, request.customer_id)
+    if score is None:
+        return None
+    return {"probability": round(score.probability, 4), "at_risk": score.at_risk, "reasons": score.reasons or [],
+            "model_id": score.model_id, "scored_at": score.scored_at,
+            "trend": (score.trend or {}).get("points", [])}
