@@ -21,6 +21,9 @@ class FeatureConfig:
 
     horizon_days: int = 90
     lookback_days: int = 365
+    # Features see at most this much history before the cut-off, so that every training snapshot and
+    # the daily scoring see the same depth (else tenure and totals would drift between them).
+    history_days: int = 730
     windows: tuple[int, ...] = (30, 90, 180, 365)
     event_windows: tuple[int, ...] = (7, 30, 90)
     event_types: tuple[str, ...] = ("login", "view", "cart_add", "cart_abandon")
@@ -50,7 +53,7 @@ def labels(orders: pl.DataFrame, customers: pl.DataFrame, cutoff: datetime, hori
 
 def order_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig) -> pl.DataFrame:
     """Features from orders alone (customer_id, ordered_at, amount_paid), for the population at the cut-off."""
-    past = orders.filter(pl.col("ordered_at") < cutoff)
+    past = _history(orders, cutoff, config)
     who = population(past, cutoff, config)
     past = past.join(who, on="customer_id", how="semi")
     age = _days_before(cutoff, "ordered_at")
@@ -90,11 +93,18 @@ def order_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig
     return frame.sort("customer_id").collect()
 
 
-def flag_features(orders: pl.DataFrame, cutoff: datetime, who: pl.DataFrame) -> pl.DataFrame | None:
+def _history(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig) -> pl.DataFrame:
+    """The orders features may see: before the cut-off and within the history depth."""
+    return orders.filter((pl.col("ordered_at") < cutoff)
+                         & (pl.col("ordered_at") >= cutoff - timedelta(days=config.history_days)))
+
+
+def flag_features(orders: pl.DataFrame, cutoff: datetime, who: pl.DataFrame,
+                  config: FeatureConfig) -> pl.DataFrame | None:
     """Discount behaviour and new products, when the orders carry those columns."""
     if "discount" not in orders.columns:
         return None
-    past = orders.filter(pl.col("ordered_at") < cutoff).join(who, on="customer_id", how="semi")
+    past = _history(orders, cutoff, config).join(who, on="customer_id", how="semi")
     discounted = (pl.col("discount").fill_null(0) > 0) | pl.col("has_coupon").fill_null(False)
     if "marked_down" in past.columns:
         discounted = discounted | pl.col("marked_down").fill_null(False)
@@ -139,7 +149,7 @@ def build_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig
     """
     frame = order_features(orders, cutoff, config)
     who = frame.select("customer_id")
-    flags = flag_features(orders, cutoff, who)
+    flags = flag_features(orders, cutoff, who, config)
     if flags is not None:
         frame = frame.join(flags, on="customer_id", how="left")
     if events is not None:  # even when empty: the columns depend on what the shop sends, not on the day

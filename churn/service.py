@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,16 +89,19 @@ def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None
     """Train a candidate, store it as a version and promote it when it is at least as good as the current one."""
     now = ctx.clock.now()
     as_of = as_of or default_as_of(now)
-    longest = config.features.horizon_days * 2 + config.step_days * config.snapshots + config.features.lookback_days
-    data = read_history(session, as_of, as_of - timedelta(days=longest + 1),
-                        as_of - timedelta(days=longest - config.features.lookback_days
-                                          + max(config.features.event_windows)))
+    started = time.perf_counter()
+    features = config.features
+    earliest_cutoff = as_of - timedelta(days=2 * features.horizon_days + config.step_days * (config.snapshots - 1))
+    data = read_history(session, as_of, earliest_cutoff - timedelta(days=features.history_days + 1),
+                        earliest_cutoff - timedelta(days=max(features.event_windows) + 1))
     if data["orders"].is_empty():
         raise _invalid("no orders to train on", "as_of")
+    read_s = round(time.perf_counter() - started, 3)
     try:
         result = train_churn(data["orders"], as_of, config, events=data["events"], progress=progress)
     except ValueError as problem:
         raise _invalid(str(problem), "as_of") from problem
+    result.training["timings"] = {"read_s": read_s} | result.training["timings"]
     row = ChurnModelVersion(status="candidate", created_at=now, artifact="", params=config.params or {},
                             features=result.model.feature_names_, training=result.training,
                             fingerprint=_fingerprint(data["orders"], data["events"]), threshold=result.threshold,
@@ -187,16 +191,21 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     as_of = as_of or default_as_of(now)
     model, bgnbd = _load(row)
     config = TrainingConfig()
-    data = read_history(session, as_of, as_of - timedelta(days=config.features.lookback_days + 1),
-                        as_of - timedelta(days=max(config.features.event_windows)))
+    timings, tick = {}, time.perf_counter()
+    data = read_history(session, as_of, as_of - timedelta(days=config.features.history_days + 1),
+                        as_of - timedelta(days=max(config.features.event_windows) + 1))
     frame = add_bgnbd(snapshot(data["orders"], as_of, config, events=data["events"], labelled=False), bgnbd,
                       row.training["horizon_days"])
+    timings["read_and_features_s"] = round(time.perf_counter() - tick, 3)
+    tick = time.perf_counter()
     probability = model.predict_proba(frame) if len(frame) else np.array([])
     at_risk = probability >= row.threshold
     flagged = frame.filter(pl.Series(at_risk))
     names = model.feature_names_
     reasons = top_reasons(model.contributions(flagged), names, flagged.select(names).to_dicts()) if len(flagged) else []
     reasons_json = [json.dumps(r, ensure_ascii=False) for r in reasons]
+    timings["predict_and_reasons_s"] = round(time.perf_counter() - tick, 3)
+    tick = time.perf_counter()
     previous = read_frame(session, "SELECT s.customer_id, s.trend FROM churn_score s", {},
                           {"customer_id": pl.Int64, "trend": pl.String})
     point = pl.struct(pl.lit(as_of.date().isoformat()).alias("at"), pl.col("probability").round(4).alias("p"))
@@ -216,8 +225,10 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     session.connection().execute(text("DELETE FROM churn_score"))
     fill_empty_table(session, "churn_score", scores, SCORE_TYPES)
     session.expire_all()  # rows were rewritten in SQL: ORM objects loaded before are stale
+    timings["write_s"] = round(time.perf_counter() - tick, 3)
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
-               "threshold": row.threshold, "mean_probability": round(float(probability.mean()), 4) if len(frame) else None}
+               "threshold": row.threshold, "timings": timings,
+               "mean_probability": round(float(probability.mean()), 4) if len(frame) else None}
     audit.record(session, actor="scheduler", action="churn.score", entity="churn_model", entity_id=row.id, at=now,
                  before=None, after=summary)
     session.flush()

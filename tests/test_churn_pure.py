@@ -127,3 +127,24 @@ def test_model_trains_saves_and_loads(tmp_path):
     from churn.model import ChurnModel
     again = ChurnModel.load(tmp_path / "m.txt")
     assert np.allclose(again.predict_proba(result.validation), result.validation["probability"].to_numpy())
+
+
+def test_reasons_read_as_sentences_and_only_for_features_that_raised_the_risk():
+    from churn.reasons import sentence, top_reasons
+
+    row = {"recency_days": 97.2, "gap_mean": 30.0, "recency_over_gap": 3.2, "spend_90d": 0.0, "login_30d": 0}
+    assert sentence("recency_days", row) == "no order for 97 days; usually orders every 30"
+    names = ["recency_days", "recency_over_gap", "spend_90d", "login_30d"]
+    contributions = np.array([[0.9, 0.8, -0.2, 0.1, 0.0], [-0.5, -0.1, -0.3, -0.2, 0.0]])
+    reasons = top_reasons(contributions, names, [row, row])
+    # recency and recency-over-gap say the same thing once; negative contributions never become reasons
+    assert reasons[0] == ["no order for 97 days; usually orders every 30", "0 login events in the last 30 days"]
+    assert reasons[1] == []
+
+
+def test_features_see_a_fixed_history_depth_so_snapshots_and_scoring_agree():
+    config = FeatureConfig(history_days=200)
+    recent = [(1, CUTOFF - timedelta(days=20), 10.0, 0.0, False), (1, CUTOFF - timedelta(days=150), 10.0, 0.0, False)]
+    ancient = [(1, CUTOFF - timedelta(days=201), 99.0, 0.0, False)]
+    assert_frame_equal(build_features(_orders(recent), CUTOFF, config),
+                       build_features(_orders(recent + ancient), CUTOFF, config))

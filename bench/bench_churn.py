@@ -1,0 +1,89 @@
+"""Churn benchmark: `crm churn train` and `crm churn score` on 1M generator customers (PostgreSQL by default).
+
+    .venv/bin/python bench/bench_churn.py --customers 1000000 --backends postgres
+
+Uses the database bench/bench_segmentation.py loads and keeps (run that first); each step runs in a
+subprocess so its peak memory is its own. Also evaluates the orders-only method on the generator's
+orders.csv through `crm churn evaluate`, as a shop with nothing but a transaction log would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PG_SERVER = os.environ.get("CRM_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+STEP = """
+import json, resource, sys, time
+from datetime import datetime, UTC
+from crm.context import build_context
+from crm.db import session_scope
+from crm.settings import Settings
+from churn import service
+url, data_dir, step, day = sys.argv[1:5]
+ctx = build_context(Settings(database_url=url, secret_key="bench-secret", data_dir=data_dir))
+as_of = datetime.fromisoformat(day).replace(tzinfo=UTC)
+started = time.perf_counter()
+with session_scope(ctx.engine) as session:
+    if step == "train":
+        row = service.train_model(session, ctx, as_of=as_of)
+        out = {"model_id": row.id, "status": row.status, "decision": row.decision, "training": row.training,
+               "metrics": {k: v for k, v in row.metrics.items() if k != "calibration"}}
+    else:
+        out = service.score_customers(session, ctx, as_of=as_of)
+out["seconds"] = round(time.perf_counter() - started, 2)
+out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(json.dumps(out, default=str))
+"""
+
+
+def _subprocess(*args: str) -> dict:
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Run the benchmark and write bench/results/churn.json."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=ROOT / "var" / "bench-data")
+    parser.add_argument("--backends", default="postgres")
+    parser.add_argument("--as-of", default="2026-11-01")
+    args = parser.parse_args()
+    results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}, "customers": args.customers}
+    for backend in args.backends.split(","):
+        url = (f"sqlite:///{args.data / f'seg-{args.customers}.sqlite3'}" if backend == "sqlite"
+               else f"{PG_SERVER}/crm_bench_seg_{args.customers}")
+        from crm.db import make_engine
+        from crm.migrations import upgrade_to_head
+
+        upgrade_to_head(make_engine(url))  # the bench database may predate the churn tables
+        section = {"train": _subprocess("-c", STEP, url, str(args.data), "train", args.as_of)}
+        print(f"{backend} train: {json.dumps(section['train'], default=str)}", flush=True)
+        section["score"] = _subprocess("-c", STEP, url, str(args.data), "score", args.as_of)
+        print(f"{backend} score: {json.dumps(section['score'], default=str)}", flush=True)
+        results[backend] = section
+    orders = args.data / f"{args.customers}-{args.seed}" / "orders.csv"
+    if orders.exists():
+        results["orders_only_evaluate"] = _subprocess(
+            "-m", "crm.cli", "churn", "evaluate", "--transactions", str(orders), "--cutoff", "2026-08-01",
+            "--customer-col", "customer_external_id", "--amount-col", "amount_paid", "--json")
+        print(f"orders only: {results['orders_only_evaluate']}", flush=True)
+    out = ROOT / "bench" / "results" / "churn.json"
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps(previous | results, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
