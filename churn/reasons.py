@@ -12,7 +12,7 @@ def _num(value: Any, digits: int = 0) -> str:
     return "unknown" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def sentence(feature: str, row: dict[str, Any]) -> str:
+def sentence(feature: str, row: Any) -> str:
     """One customer-facing sentence for a feature that pushed the risk up."""
     value = row.get(feature)
     if feature in ("recency_days", "recency_over_gap"):
@@ -44,15 +44,36 @@ def sentence(feature: str, row: dict[str, Any]) -> str:
     return f"{feature.replace('_', ' ')} is {_num(value, 2)}"
 
 
-def top_reasons(contributions: np.ndarray, names: list[str], rows: list[dict[str, Any]], count: int = 3) -> list[list[str]]:
-    """Per row, sentences for the `count` features that raised the risk most (positive contributions only)."""
+class _Row:
+    """One row of a feature matrix, read by name (cheaper than a dict per customer)."""
+
+    __slots__ = ("_values", "_index")
+
+    def __init__(self, values: np.ndarray, index: dict[str, int]) -> None:
+        self._values, self._index = values, index
+
+    def get(self, name: str) -> Any:
+        position = self._index.get(name)
+        if position is None:
+            return None
+        value = float(self._values[position])
+        return None if math.isnan(value) else value
+
+
+def top_reasons(contributions: np.ndarray, names: list[str], features: np.ndarray, count: int = 3) -> list[list[str]]:
+    """Per row, sentences for the `count` features that raised the risk most (positive contributions only).
+
+    features: the rows' feature values, columns in the order of `names`.
+    """
     values = contributions[:, : len(names)]
     top = np.argsort(-values, axis=1)[:, :count]
+    index = {name: i for i, name in enumerate(names)}
     result = []
-    for index, row in enumerate(rows):
+    for position in range(len(values)):
+        row = _Row(features[position], index)
         seen: list[str] = []
-        for column in top[index]:
-            if values[index, column] <= 0:
+        for column in top[position]:
+            if values[position, column] <= 0:
                 break
             text = sentence(names[column], row)
             if text not in seen:  # recency and recency-over-gap read the same: say it once

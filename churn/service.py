@@ -202,7 +202,8 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     at_risk = probability >= row.threshold
     flagged = frame.filter(pl.Series(at_risk))
     names = model.feature_names_
-    reasons = top_reasons(model.contributions(flagged), names, flagged.select(names).to_dicts()) if len(flagged) else []
+    reasons = (top_reasons(model.contributions(flagged), names, flagged.select(names).to_numpy().astype(np.float64))
+               if len(flagged) else [])
     reasons_json = [json.dumps(r, ensure_ascii=False) for r in reasons]
     timings["predict_and_reasons_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
@@ -222,7 +223,9 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
                   .list.tail(TREND_POINTS).alias("_points"))
               .with_columns(pl.struct(pl.col("_points").alias("points")).struct.json_encode().alias("trend"),
                             model_id=pl.lit(row.id), scored_at=pl.lit(now)))
-    session.connection().execute(text("DELETE FROM churn_score"))
+    pg = session.get_bind().dialect.name == "postgresql"
+    # Every row is replaced; TRUNCATE (transactional in PostgreSQL) leaves no dead rows behind.
+    session.connection().execute(text("TRUNCATE churn_score" if pg else "DELETE FROM churn_score"))
     fill_empty_table(session, "churn_score", scores, SCORE_TYPES)
     session.expire_all()  # rows were rewritten in SQL: ORM objects loaded before are stale
     timings["write_s"] = round(time.perf_counter() - tick, 3)
