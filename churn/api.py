@@ -10,6 +10,7 @@ from churn import service
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
+from crm.profiles import CustomerFilter
 
 router = APIRouter(prefix="/churn", tags=["churn"])
 READERS = (Role.admin, Role.marketer, Role.scheduler)
@@ -53,3 +54,6 @@ def install(app: FastAPI) -> None:
     """Wire churn into the app: routes and the profile section."""
     app.include_router(router)
     app.state.profiles.register("churn", service.churn_section)
+    app.state.customer_filters.register(CustomerFilter(
+        name="at_risk", description="flagged by the current churn model (true/false)",
+        build=service.at_risk_condition, max_length=5))

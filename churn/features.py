@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from segmentation.rules import RuleSet
+
 DAY_US = 86_400_000_000
 WEEK_DAYS = 7.0
 
@@ -140,12 +142,39 @@ def event_features(events: pl.DataFrame, cutoff: datetime, who: pl.DataFrame, co
                               pl.col("days_since_event").fill_null(float(longest))).collect()
 
 
+def segment_features(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.DataFrame | None, cutoff: datetime,
+                     who: pl.DataFrame, rule_sets: tuple[RuleSet, RuleSet]) -> pl.DataFrame:
+    """Tier and layer as of the cut-off (rank of the assigned value in its rule set, 0 = the first rule).
+
+    Recomputed from the same point-in-time data with the segmentation rules in force (no hysteresis: a
+    snapshot has no previous run), so they can never leak what the stored state learned later.
+    """
+    from segmentation.metrics import MetricParams, compute_metrics
+    from segmentation.rules import evaluate
+
+    tier_rules, layer_rules = rule_sets
+    mine = customers.join(who, on="customer_id", how="semi")
+    no_events = pl.DataFrame(schema={"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC"),
+                                     "type": pl.String})
+    metrics = compute_metrics(mine, orders.join(who, on="customer_id", how="semi"),
+                              no_events if events is None else events.join(who, on="customer_id", how="semi"),
+                              cutoff, MetricParams(window_days=tier_rules.window_days))
+    columns = [who]
+    for name, rules in (("tier_rank", tier_rules), ("layer_rank", layer_rules)):
+        ranks = {value: index for index, value in enumerate(rules.values())}
+        assigned = evaluate(metrics, rules)
+        columns.append(assigned.select("customer_id", pl.col("value").replace_strict(ranks, return_dtype=pl.Int8)
+                                       .alias(name)))
+    return columns[0].join(columns[1], on="customer_id", how="left").join(columns[2], on="customer_id", how="left")
+
+
 def build_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig = FeatureConfig(), *,
-                   events: pl.DataFrame | None = None, segments: pl.DataFrame | None = None) -> pl.DataFrame:
+                   events: pl.DataFrame | None = None, customers: pl.DataFrame | None = None,
+                   rule_sets: tuple[RuleSet, RuleSet] | None = None) -> pl.DataFrame:
     """One row per customer of the cut-off's population; every column computed from rows before the cut-off.
 
-    segments (optional): customer_id, tier_code, layer_code as of the cut-off (computed by the caller
-    from the same point-in-time data).
+    customers (customer_id, signed_up_at, birthday) and the tier and layer rule sets, when given, add the
+    tier and layer each customer had at the cut-off.
     """
     frame = order_features(orders, cutoff, config)
     who = frame.select("customer_id")
@@ -154,8 +183,9 @@ def build_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig
         frame = frame.join(flags, on="customer_id", how="left")
     if events is not None:  # even when empty: the columns depend on what the shop sends, not on the day
         frame = frame.join(event_features(events, cutoff, who, config), on="customer_id", how="left")
-    if segments is not None:
-        frame = frame.join(segments, on="customer_id", how="left")
+    if customers is not None and rule_sets is not None:
+        frame = frame.join(segment_features(customers, _history(orders, cutoff, config), events, cutoff, who,
+                                            rule_sets), on="customer_id", how="left")
     return frame.sort("customer_id")
 
 

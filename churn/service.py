@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,9 @@ from crm.columnar import columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
-from crm.service import events_frame, order_flags_frame, orders_frame
+from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame
+from segmentation.rules import RuleSet
+from segmentation.service import current_rule_set
 
 AUC_FLOOR = 0.70
 PROMOTION_TOLERANCE = 0.005
@@ -48,8 +51,16 @@ def read_history(session: Session, as_of: datetime, since: datetime | None, even
         orders = orders_frame(session, since, as_of, reader=reader)
         flags = order_flags_frame(session, reader=reader)
         events = events_frame(session, event_since, as_of, reader=reader)
+        customers = customers_frame(session, reader=reader)
     return {"orders": orders.join(flags, on="order_id", how="left").drop("order_id", "cost_of_goods"),
-            "events": events}
+            "events": events, "customers": customers.drop("time_zone")}
+
+
+def _rule_sets(session: Session) -> tuple[tuple[RuleSet, RuleSet], dict[str, int]]:
+    """The tier and layer rule sets in force (the churn features include each customer's tier and layer)."""
+    tier_version, tier = current_rule_set(session, "tier")
+    layer_version, layer = current_rule_set(session, "layer")
+    return (tier, layer), {"tier": tier_version, "layer": layer_version}
 
 
 def _fingerprint(orders: pl.DataFrame, events: pl.DataFrame) -> str:
@@ -96,12 +107,17 @@ def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None
                         earliest_cutoff - timedelta(days=max(features.event_windows) + 1))
     if data["orders"].is_empty():
         raise _invalid("no orders to train on", "as_of")
+    with Session(session.get_bind()) as lookup:
+        rule_sets, versions = _rule_sets(lookup)
+    config = replace(config, rule_sets=rule_sets)
     read_s = round(time.perf_counter() - started, 3)
     try:
-        result = train_churn(data["orders"], as_of, config, events=data["events"], progress=progress)
+        result = train_churn(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
+                             progress=progress)
     except ValueError as problem:
         raise _invalid(str(problem), "as_of") from problem
     result.training["timings"] = {"read_s": read_s} | result.training["timings"]
+    result.training["rule_set_versions"] = versions
     row = ChurnModelVersion(status="candidate", created_at=now, artifact="", params=config.params or {},
                             features=result.model.feature_names_, training=result.training,
                             fingerprint=_fingerprint(data["orders"], data["events"]), threshold=result.threshold,
@@ -187,14 +203,16 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
         if row is None:
             raise _invalid("no current churn model: train one first (crm churn train)", "model")
         lookup.expunge(row)
+        rule_sets, _ = _rule_sets(lookup)
     now = ctx.clock.now()
     as_of = as_of or default_as_of(now)
     model, bgnbd = _load(row)
-    config = TrainingConfig()
+    config = TrainingConfig(rule_sets=rule_sets)
     timings, tick = {}, time.perf_counter()
     data = read_history(session, as_of, as_of - timedelta(days=config.features.history_days + 1),
                         as_of - timedelta(days=max(config.features.event_windows) + 1))
-    frame = add_bgnbd(snapshot(data["orders"], as_of, config, events=data["events"], labelled=False), bgnbd,
+    frame = add_bgnbd(snapshot(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
+                               labelled=False), bgnbd,
                       row.training["horizon_days"])
     timings["read_and_features_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
@@ -266,3 +284,16 @@ def churn_section(request: ProfileRequest) -> dict[str, Any] | None:
     return {"probability": round(score.probability, 4), "at_risk": score.at_risk, "reasons": score.reasons or [],
             "model_id": score.model_id, "scored_at": score.scored_at,
             "trend": (score.trend or {}).get("points", [])}
+
+
+def at_risk_condition(session: Session, value: str) -> Any:
+    """A SQL condition on customer.id for `GET /customers?at_risk=true|false`."""
+    from sqlalchemy import exists
+
+    from crm.models import Customer
+
+    wanted = value.strip().lower()
+    if wanted not in ("true", "false"):
+        raise _invalid("at_risk must be true or false", "at_risk")
+    flagged = exists().where(ChurnScore.customer_id == Customer.id, ChurnScore.at_risk)
+    return flagged if wanted == "true" else ~flagged

@@ -16,6 +16,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 from churn.bgnbd import BetaGeometricNBD
 from churn.features import WEEK_DAYS, FeatureConfig, build_features, feature_names, labels, population
 from churn.model import ChurnModel
+from segmentation.rules import RuleSet
 
 Progress = Callable[[str], None]
 
@@ -46,6 +47,7 @@ class TrainingConfig:
     bgnbd_fit_rows: int = 100_000
     seed: int = 7
     params: dict[str, Any] | None = None
+    rule_sets: tuple[RuleSet, RuleSet] | None = None  # tier and layer rules: adds tier/layer at each cut-off
 
     @property
     def horizon(self) -> timedelta:
@@ -77,9 +79,10 @@ def training_cutoffs(as_of: datetime, config: TrainingConfig) -> tuple[datetime,
 
 
 def snapshot(orders: pl.DataFrame, cutoff: datetime, config: TrainingConfig, *, events: pl.DataFrame | None = None,
-             labelled: bool = True) -> pl.DataFrame:
+             customers: pl.DataFrame | None = None, labelled: bool = True) -> pl.DataFrame:
     """Features at a cut-off, with the label when the horizon is observable."""
-    frame = build_features(orders, cutoff, config.features, events=events)
+    frame = build_features(orders, cutoff, config.features, events=events, customers=customers,
+                           rule_sets=config.rule_sets)
     if labelled:
         frame = frame.join(labels(orders, frame, cutoff, config.features.horizon_days), on="customer_id")
     return frame.with_columns(pl.lit(cutoff).cast(pl.Datetime("us", "UTC")).alias("cutoff"))
@@ -163,7 +166,8 @@ def baseline_metrics(train: pl.DataFrame, test: pl.DataFrame) -> dict[str, dict[
 
 
 def train_churn(orders: pl.DataFrame, as_of: datetime, config: TrainingConfig = TrainingConfig(), *,
-                events: pl.DataFrame | None = None, progress: Progress | None = None) -> TrainingResult:
+                events: pl.DataFrame | None = None, customers: pl.DataFrame | None = None,
+                progress: Progress | None = None) -> TrainingResult:
     """Build the snapshots, fit BG/NBD and LightGBM, choose the threshold and measure on validation."""
     say = progress or (lambda _: None)
     clock = _Stopwatch()
@@ -182,11 +186,12 @@ def train_churn(orders: pl.DataFrame, as_of: datetime, config: TrainingConfig = 
         if len(who) > quota:
             who = who.sample(quota, seed=config.seed + index)
             frames.append(snapshot(orders.join(who, on="customer_id", how="semi"), cutoff, config,
-                                   events=None if events is None else events.join(who, on="customer_id", how="semi")))
+                                   events=None if events is None else events.join(who, on="customer_id", how="semi"),
+                                   customers=customers))
         else:
-            frames.append(snapshot(orders, cutoff, config, events=events))
+            frames.append(snapshot(orders, cutoff, config, events=events, customers=customers))
     say(f"validation features at {validation_cutoff:%Y-%m-%d}")
-    valid = snapshot(orders, validation_cutoff, config, events=events)
+    valid = snapshot(orders, validation_cutoff, config, events=events, customers=customers)
     clock.lap("features_s")
     say("fitting BG/NBD")
     bgnbd = fit_bgnbd(frames[0], config)
@@ -215,9 +220,10 @@ def train_churn(orders: pl.DataFrame, as_of: datetime, config: TrainingConfig = 
 
 
 def evaluate_at(result: TrainingResult, orders: pl.DataFrame, cutoff: datetime, config: TrainingConfig, *,
-                events: pl.DataFrame | None = None) -> dict[str, Any]:
+                events: pl.DataFrame | None = None, customers: pl.DataFrame | None = None) -> dict[str, Any]:
     """Metrics of a trained model and the baselines on the snapshot at `cutoff`, labelled by what came after."""
-    test = add_bgnbd(snapshot(orders, cutoff, config, events=events), result.bgnbd, config.features.horizon_days)
+    test = add_bgnbd(snapshot(orders, cutoff, config, events=events, customers=customers), result.bgnbd,
+                     config.features.horizon_days)
     probability = result.model.predict_proba(test)
     metrics = score_metrics(test["churned"].to_numpy(), probability, result.threshold)
     train_like = result.validation  # the baselines' calibration is fitted on data before the test window

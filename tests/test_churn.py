@@ -41,6 +41,8 @@ def shop(session, ctx, shop_files):
 def test_training_registers_a_model_that_beats_the_baselines(session, ctx, shop):
     row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
     assert row.status == "current" and row.artifact.endswith(f"churn-{row.id}.txt")
+    assert {"tier_rank", "layer_rank", "bgnbd_p_alive", "login_30d", "discount_share"} <= set(row.features)
+    assert row.training["rule_set_versions"] == {"tier": 1, "layer": 1}
     metrics = row.metrics
     assert metrics["roc_auc"] > max(b["roc_auc"] for b in metrics["baselines"].values())
     assert metrics["precision"] >= 0.70 and 0 < metrics["recall"] <= 1
@@ -92,6 +94,15 @@ def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, s
     external = page["items"][0]["external_id"]
     section = client.get(f"/customers/{external}/profile", headers=auth_header(Role.support)).json()["sections"]["churn"]
     assert section["at_risk"] is True and section["reasons"] and section["model_id"] == row.id
+    listed = client.get("/customers?at_risk=true&limit=3", headers=auth_header(Role.marketer))
+    assert listed.status_code == 200 and len(listed.json()["items"]) == 3
+    flagged_ids = {s.customer_id for s in session.exec(select(ChurnScore).where(ChurnScore.at_risk))}
+    from crm.models import Customer
+    listed_ids = {session.exec(select(Customer.id).where(Customer.external_id == c["external_id"])).one()
+                  for c in listed.json()["items"]}
+    assert listed_ids <= flagged_ids
+    wrong = client.get("/customers?at_risk=maybe", headers=auth_header(Role.marketer))
+    assert wrong.status_code == 422 and "at_risk" in wrong.text
     missing = client.post("/churn/models/999999/promote", headers=auth_header(Role.admin))
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
     nothing_before = client.post("/churn/models/rollback", headers=auth_header(Role.admin))

@@ -13,6 +13,7 @@ from polars.testing import assert_frame_equal
 from churn.bgnbd import BetaGeometricNBD, simulate
 from churn.features import FeatureConfig, build_features, labels
 from churn.training import TrainingConfig, choose_threshold, train_churn, training_cutoffs
+from segmentation.defaults import LAYER, TIER
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
 ORDERS = {"customer_id": pl.Int64, "ordered_at": pl.Datetime("us", "UTC"), "amount_paid": pl.Float64,
@@ -42,9 +43,17 @@ def test_rows_on_or_after_the_cutoff_never_change_a_feature(past, future, events
         event_rows = [(c, CUTOFF + timedelta(days=d, hours=1), t) for c, d, t in events if with_future or d < 0]
         return _orders(rows), pl.DataFrame(event_rows, schema=EVENTS, orient="row")
 
-    clean = build_features(*frames(False)[:1], CUTOFF, events=frames(False)[1])
-    noisy = build_features(*frames(True)[:1], CUTOFF, events=frames(True)[1])
+    customers = pl.DataFrame({"customer_id": [1, 2, 3, 4, 5, 6],
+                              "signed_up_at": [CUTOFF - timedelta(days=900)] * 5 + [CUTOFF + timedelta(days=3)],
+                              "birthday": [None] * 6},
+                             schema={"customer_id": pl.Int64, "signed_up_at": pl.Datetime("us", "UTC"),
+                                     "birthday": pl.Date})
+    clean = build_features(frames(False)[0], CUTOFF, events=frames(False)[1], customers=customers,
+                           rule_sets=(TIER, LAYER))
+    noisy = build_features(frames(True)[0], CUTOFF, events=frames(True)[1], customers=customers,
+                           rule_sets=(TIER, LAYER))
     assert_frame_equal(clean, noisy)
+    assert {"tier_rank", "layer_rank"} <= set(clean.columns)
 
 
 def test_label_counts_orders_in_the_half_open_horizon():
