@@ -9,16 +9,14 @@ orders.csv through `crm churn evaluate`, as a shop with nothing but a transactio
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-PG_SERVER = os.environ.get("CRM_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import PG_SERVER, machine, parser, run_json, save  # noqa: E402
+
 STEP = """
 import json, resource, sys, time
 from datetime import datetime, UTC
@@ -43,24 +41,12 @@ print(json.dumps(out, default=str))
 """
 
 
-def _subprocess(*args: str) -> dict:
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     """Run the benchmark and write bench/results/churn.json."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data", type=Path, default=ROOT / "var" / "bench-data")
-    parser.add_argument("--backends", default="postgres")
-    parser.add_argument("--as-of", default="2026-11-01")
-    args = parser.parse_args()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(
-        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}, "customers": args.customers}
+    options = parser("postgres")
+    options.add_argument("--as-of", default="2026-11-01")
+    args = options.parse_args()
+    results: dict = {"machine": machine(), "customers": args.customers}
     for backend in args.backends.split(","):
         url = (f"sqlite:///{args.data / f'seg-{args.customers}.sqlite3'}" if backend == "sqlite"
                else f"{PG_SERVER}/crm_bench_seg_{args.customers}")
@@ -68,21 +54,18 @@ def main() -> None:
         from crm.migrations import upgrade_to_head
 
         upgrade_to_head(make_engine(url))  # the bench database may predate the churn tables
-        section = {"train": _subprocess("-c", STEP, url, str(args.data), "train", args.as_of)}
+        section = {"train": run_json("-c", STEP, url, str(args.data), "train", args.as_of)}
         print(f"{backend} train: {json.dumps(section['train'], default=str)}", flush=True)
-        section["score"] = _subprocess("-c", STEP, url, str(args.data), "score", args.as_of)
+        section["score"] = run_json("-c", STEP, url, str(args.data), "score", args.as_of)
         print(f"{backend} score: {json.dumps(section['score'], default=str)}", flush=True)
         results[backend] = section
     orders = args.data / f"{args.customers}-{args.seed}" / "orders.csv"
     if orders.exists():
-        results["orders_only_evaluate"] = _subprocess(
+        results["orders_only_evaluate"] = run_json(
             "-m", "crm.cli", "churn", "evaluate", "--transactions", str(orders), "--cutoff", "2026-08-01",
             "--customer-col", "customer_external_id", "--amount-col", "amount_paid", "--json")
         print(f"orders only: {results['orders_only_evaluate']}", flush=True)
-    out = ROOT / "bench" / "results" / "churn.json"
-    previous = json.loads(out.read_text()) if out.exists() else {}
-    out.write_text(json.dumps(previous | results, indent=2, default=str))
-    print(f"wrote {out}")
+    print(f"wrote {save('churn', results)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ subprocesses so their peak memory is measured on its own. Results go to bench/re
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine, parser  # noqa: E402
 from crm.context import build_context  # noqa: E402
 from crm.db import make_engine, session_scope  # noqa: E402
 from crm.generator import GeneratorConfig, write_dataset  # noqa: E402
@@ -95,19 +95,14 @@ def timed_read(url: str, how: str) -> dict:
 
 def main() -> None:
     """Run the benchmark and write bench/results/foundation.json."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data", type=Path, default=ROOT / "var" / "bench-data")
-    parser.add_argument("--backends", default="postgres,sqlite")
-    parser.add_argument("--kinds", default="customers,orders", help="also: order_items,events")
-    parser.add_argument("--skip-pandas", action="store_true")
-    args = parser.parse_args()
+    options = parser("postgres,sqlite")
+    options.add_argument("--kinds", default="customers,orders", help="also: order_items,events")
+    options.add_argument("--skip-pandas", action="store_true")
+    args = options.parse_args()
 
     data = args.data / f"{args.customers}-{args.seed}"
     manifest = data / "manifest.json"
-    results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(
-        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30), "python": platform.python_version()},
+    results: dict = {"machine": machine() | {"python": platform.python_version()},
         "customers": args.customers, "seed": args.seed}
     if not manifest.exists():
         started = time.perf_counter()

@@ -10,10 +10,7 @@ ORM object per customer) runs on a 100k-customer sample and is extrapolated line
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from datetime import date
@@ -24,6 +21,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import PG_SERVER, machine, parser, run_json, save  # noqa: E402
 from crm.context import build_context  # noqa: E402
 from crm.db import make_engine, session_scope  # noqa: E402
 from crm.generator import GeneratorConfig, write_dataset  # noqa: E402
@@ -31,7 +29,6 @@ from crm.ingest import file_chunks, run_import  # noqa: E402
 from crm.migrations import upgrade_to_head  # noqa: E402
 from crm.settings import Settings  # noqa: E402
 
-PG_SERVER = os.environ.get("CRM_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 END = date(2026, 11, 1)
 RUN_SCRIPT = """
 import json, resource, sys, time
@@ -101,27 +98,15 @@ def _database(backend: str, customers: int, data_dir: Path) -> tuple[str, bool]:
     return f"{PG_SERVER}/{name}", not exists
 
 
-def _subprocess(script: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     """Run the benchmark and write bench/results/segmentation.json."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data", type=Path, default=ROOT / "var" / "bench-data")
-    parser.add_argument("--backends", default="postgres,sqlite")
-    parser.add_argument("--naive-sample", type=int, default=100_000)
-    args = parser.parse_args()
+    options = parser("postgres,sqlite")
+    options.add_argument("--naive-sample", type=int, default=100_000)
+    args = options.parse_args()
     data = args.data / f"{args.customers}-{args.seed}"
     if not (data / "manifest.json").exists():
         write_dataset(GeneratorConfig(customers=args.customers, seed=args.seed, end=END), data)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(
-        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)},
+    results: dict = {"machine": machine(),
         "rows": json.loads((data / "manifest.json").read_text())["rows"]}
     for backend in args.backends.split(","):
         url, load = _database(backend, args.customers, args.data)
@@ -139,22 +124,18 @@ def main() -> None:
             for table in ("customer_segment", "customer_tag", "segment_transition", "segment_run"):
                 connection.execute(text(f"DELETE FROM {table}"))
         section = {
-            "first_run": _subprocess(RUN_SCRIPT, url, "2026-10-01"),
-            "rerun_same_day": _subprocess(RUN_SCRIPT, url, "2026-10-01"),
-            "next_day": _subprocess(RUN_SCRIPT, url, "2026-10-02"),
+            "first_run": run_json("-c", RUN_SCRIPT, url, "2026-10-01"),
+            "rerun_same_day": run_json("-c", RUN_SCRIPT, url, "2026-10-01"),
+            "next_day": run_json("-c", RUN_SCRIPT, url, "2026-10-02"),
         }
-        naive = _subprocess(NAIVE_SCRIPT, url, str(args.naive_sample), "2026-10-02")
+        naive = run_json("-c", NAIVE_SCRIPT, url, str(args.naive_sample), "2026-10-02")
         factor = args.customers / max(naive["customers"], 1)
         naive["extrapolated_seconds"] = round(naive["seconds"] * factor, 1)
         section["naive_sample"] = naive
         section["naive_over_ours"] = round(naive["extrapolated_seconds"] / section["first_run"]["seconds"], 1)
         print(f"{backend}: {json.dumps(section, default=str)}", flush=True)
         results[backend] = section
-    out = ROOT / "bench" / "results" / "segmentation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(out.read_text()) if out.exists() else {}
-    out.write_text(json.dumps(previous | results, indent=2, default=str))
-    print(f"wrote {out}")
+    print(f"wrote {save('segmentation', results)}")
 
 
 if __name__ == "__main__":
