@@ -142,6 +142,13 @@ def event_features(events: pl.DataFrame, cutoff: datetime, who: pl.DataFrame, co
                               pl.col("days_since_event").fill_null(float(longest))).collect()
 
 
+def category_features(categories: pl.DataFrame, cutoff: datetime, who: pl.DataFrame) -> pl.DataFrame:
+    """Category breadth: product categories bought from before the cut-off (first purchase before it)."""
+    bought = (categories.filter(pl.col("first_bought_at") < cutoff).join(who, on="customer_id", how="semi")
+              .group_by("customer_id").agg(pl.len().cast(pl.Int32).alias("category_breadth")))
+    return who.join(bought, on="customer_id", how="left").with_columns(pl.col("category_breadth").fill_null(0))
+
+
 def segment_features(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.DataFrame | None, cutoff: datetime,
                      who: pl.DataFrame, rule_sets: tuple[RuleSet, RuleSet]) -> pl.DataFrame:
     """Tier and layer as of the cut-off (rank of the assigned value in its rule set, 0 = the first rule).
@@ -170,11 +177,13 @@ def segment_features(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.D
 
 def build_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig = FeatureConfig(), *,
                    events: pl.DataFrame | None = None, customers: pl.DataFrame | None = None,
-                   rule_sets: tuple[RuleSet, RuleSet] | None = None) -> pl.DataFrame:
+                   rule_sets: tuple[RuleSet, RuleSet] | None = None,
+                   categories: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per customer of the cut-off's population; every column computed from rows before the cut-off.
 
     customers (customer_id, signed_up_at, birthday) and the tier and layer rule sets, when given, add the
-    tier and layer each customer had at the cut-off.
+    tier and layer each customer had at the cut-off; categories (customer_id, category, first_bought_at) the
+    category breadth.
     """
     frame = order_features(orders, cutoff, config)
     who = frame.select("customer_id")
@@ -183,6 +192,8 @@ def build_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig
         frame = frame.join(flags, on="customer_id", how="left")
     if events is not None:  # even when empty: the columns depend on what the shop sends, not on the day
         frame = frame.join(event_features(events, cutoff, who, config), on="customer_id", how="left")
+    if categories is not None:
+        frame = frame.join(category_features(categories, cutoff, who), on="customer_id", how="left")
     if customers is not None and rule_sets is not None:
         frame = frame.join(segment_features(customers, _history(orders, cutoff, config), events, cutoff, who,
                                             rule_sets), on="customer_id", how="left")

@@ -36,6 +36,8 @@ def sentence(feature: str, row: Any) -> str:
         return f"only {_num(value)} orders so far"
     if feature == "purchase_days_per_month":
         return f"buys on only {_num(value, 2)} days a month"
+    if feature == "category_breadth":
+        return f"has bought from only {_num(value)} product categories"
     if feature == "tenure_days":
         return f"first order {_num(value)} days ago"
     if feature.split("_")[0] in ("login", "view", "cart") and feature.endswith("d"):

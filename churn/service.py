@@ -25,7 +25,13 @@ from crm.columnar import columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
-from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame
+from crm.service import (
+    customer_categories_frame,
+    customers_frame,
+    events_frame,
+    order_flags_frame,
+    orders_frame,
+)
 from segmentation.rules import RuleSet
 from segmentation.service import current_rule_set
 
@@ -52,8 +58,9 @@ def read_history(session: Session, as_of: datetime, since: datetime | None, even
         flags = order_flags_frame(session, reader=reader)
         events = events_frame(session, event_since, as_of, reader=reader)
         customers = customers_frame(session, reader=reader)
+        categories = customer_categories_frame(session, reader=reader)
     return {"orders": orders.join(flags, on="order_id", how="left").drop("order_id", "cost_of_goods"),
-            "events": events, "customers": customers.drop("time_zone")}
+            "events": events, "customers": customers.drop("time_zone"), "categories": categories}
 
 
 def _rule_sets(session: Session) -> tuple[tuple[RuleSet, RuleSet], dict[str, int]]:
@@ -113,7 +120,7 @@ def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None
     read_s = round(time.perf_counter() - started, 3)
     try:
         result = train_churn(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
-                             progress=progress)
+                             categories=data["categories"], progress=progress)
     except ValueError as problem:
         raise _invalid(str(problem), "as_of") from problem
     result.training["timings"] = {"read_s": read_s} | result.training["timings"]
@@ -212,7 +219,7 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     data = read_history(session, as_of, as_of - timedelta(days=config.features.history_days + 1),
                         as_of - timedelta(days=max(config.features.event_windows) + 1))
     frame = add_bgnbd(snapshot(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
-                               labelled=False), bgnbd,
+                               categories=data["categories"], labelled=False), bgnbd,
                       row.training["horizon_days"])
     timings["read_and_features_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()

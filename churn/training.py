@@ -79,10 +79,11 @@ def training_cutoffs(as_of: datetime, config: TrainingConfig) -> tuple[datetime,
 
 
 def snapshot(orders: pl.DataFrame, cutoff: datetime, config: TrainingConfig, *, events: pl.DataFrame | None = None,
-             customers: pl.DataFrame | None = None, labelled: bool = True) -> pl.DataFrame:
+             customers: pl.DataFrame | None = None, categories: pl.DataFrame | None = None,
+             labelled: bool = True) -> pl.DataFrame:
     """Features at a cut-off, with the label when the horizon is observable."""
     frame = build_features(orders, cutoff, config.features, events=events, customers=customers,
-                           rule_sets=config.rule_sets)
+                           rule_sets=config.rule_sets, categories=categories)
     if labelled:
         frame = frame.join(labels(orders, frame, cutoff, config.features.horizon_days), on="customer_id")
     return frame.with_columns(pl.lit(cutoff).cast(pl.Datetime("us", "UTC")).alias("cutoff"))
@@ -167,7 +168,7 @@ def baseline_metrics(train: pl.DataFrame, test: pl.DataFrame) -> dict[str, dict[
 
 def train_churn(orders: pl.DataFrame, as_of: datetime, config: TrainingConfig = TrainingConfig(), *,
                 events: pl.DataFrame | None = None, customers: pl.DataFrame | None = None,
-                progress: Progress | None = None) -> TrainingResult:
+                categories: pl.DataFrame | None = None, progress: Progress | None = None) -> TrainingResult:
     """Build the snapshots, fit BG/NBD and LightGBM, choose the threshold and measure on validation."""
     say = progress or (lambda _: None)
     clock = _Stopwatch()
@@ -187,11 +188,12 @@ def train_churn(orders: pl.DataFrame, as_of: datetime, config: TrainingConfig = 
             who = who.sample(quota, seed=config.seed + index)
             frames.append(snapshot(orders.join(who, on="customer_id", how="semi"), cutoff, config,
                                    events=None if events is None else events.join(who, on="customer_id", how="semi"),
-                                   customers=customers))
+                                   customers=customers, categories=categories))
         else:
-            frames.append(snapshot(orders, cutoff, config, events=events, customers=customers))
+            frames.append(snapshot(orders, cutoff, config, events=events, customers=customers,
+                                   categories=categories))
     say(f"validation features at {validation_cutoff:%Y-%m-%d}")
-    valid = snapshot(orders, validation_cutoff, config, events=events, customers=customers)
+    valid = snapshot(orders, validation_cutoff, config, events=events, customers=customers, categories=categories)
     clock.lap("features_s")
     say("fitting BG/NBD")
     bgnbd = fit_bgnbd(frames[0], config)

@@ -82,6 +82,16 @@ def order_flags_frame(session: Session, *, customer_id: int | None = None,
     return _read(session, reader, query, params, ORDER_FLAG_SCHEMA, one_customer=customer_id is not None)
 
 
+CATEGORY_SCHEMA = {"customer_id": pl.Int64, "category": pl.String, "first_bought_at": pl.Datetime("us", "UTC")}
+
+
+def customer_categories_frame(session: Session, *, reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """When each customer first bought from each product category (one row per customer and category)."""
+    query = ("SELECT o.customer_id, i.category, min(o.ordered_at) FROM order_item i JOIN orders o ON o.id = i.order_id "
+             "WHERE i.category IS NOT NULL GROUP BY o.customer_id, i.category")
+    return _read(session, reader, query, {}, CATEGORY_SCHEMA, one_customer=False)
+
+
 def customer_by_external_id(session: Session, external_id: str) -> Customer:
     """One customer by the shop's id, or NotFound."""
     customer = session.exec(select(Customer).where(Customer.external_id == external_id)).first()

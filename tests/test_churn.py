@@ -41,7 +41,8 @@ def shop(session, ctx, shop_files):
 def test_training_registers_a_model_that_beats_the_baselines(session, ctx, shop):
     row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
     assert row.status == "current" and row.artifact.endswith(f"churn-{row.id}.txt")
-    assert {"tier_rank", "layer_rank", "bgnbd_p_alive", "login_30d", "discount_share"} <= set(row.features)
+    assert {"tier_rank", "layer_rank", "bgnbd_p_alive", "login_30d", "discount_share",
+            "category_breadth"} <= set(row.features)
     assert row.training["rule_set_versions"] == {"tier": 1, "layer": 1}
     metrics = row.metrics
     assert metrics["roc_auc"] > max(b["roc_auc"] for b in metrics["baselines"].values())

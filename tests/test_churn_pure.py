@@ -48,12 +48,20 @@ def test_rows_on_or_after_the_cutoff_never_change_a_feature(past, future, events
                               "birthday": [None] * 6},
                              schema={"customer_id": pl.Int64, "signed_up_at": pl.Datetime("us", "UTC"),
                                      "birthday": pl.Date})
+    def categories(with_future: bool) -> pl.DataFrame:
+        # The first purchase per category, from the same rows the orders frame holds.
+        rows = [(c, "shoes" if a > 250 else "bags", CUTOFF + timedelta(days=d, minutes=m))
+                for c, d, m, a, _, _ in past + (future if with_future else [])]
+        frame = pl.DataFrame(rows, schema={"customer_id": pl.Int64, "category": pl.String,
+                                           "first_bought_at": pl.Datetime("us", "UTC")}, orient="row")
+        return frame.group_by("customer_id", "category").agg(pl.col("first_bought_at").min())
+
     clean = build_features(frames(False)[0], CUTOFF, events=frames(False)[1], customers=customers,
-                           rule_sets=(TIER, LAYER))
+                           rule_sets=(TIER, LAYER), categories=categories(False))
     noisy = build_features(frames(True)[0], CUTOFF, events=frames(True)[1], customers=customers,
-                           rule_sets=(TIER, LAYER))
+                           rule_sets=(TIER, LAYER), categories=categories(True))
     assert_frame_equal(clean, noisy)
-    assert {"tier_rank", "layer_rank"} <= set(clean.columns)
+    assert {"tier_rank", "layer_rank", "category_breadth"} <= set(clean.columns)
 
 
 def test_label_counts_orders_in_the_half_open_horizon():
