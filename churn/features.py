@@ -26,6 +26,9 @@ class FeatureConfig:
     # Features see at most this much history before the cut-off, so that every training snapshot and
     # the daily scoring see the same depth (else tenure and totals would drift between them).
     history_days: int = 730
+    # Category breadth needs every item joined to its order: 11 s and ~0.5 GB more per run at 1M customers
+    # (16M items), for no measurable gain on generator data, so a shop turns it on when its catalogue matters.
+    category_breadth: bool = False
     windows: tuple[int, ...] = (30, 90, 180, 365)
     event_windows: tuple[int, ...] = (7, 30, 90)
     event_types: tuple[str, ...] = ("login", "view", "cart_add", "cart_abandon")

@@ -51,16 +51,19 @@ def default_as_of(now: datetime) -> datetime:
     return datetime(now.year, now.month, now.day, tzinfo=UTC)
 
 
-def read_history(session: Session, as_of: datetime, since: datetime | None, event_since: datetime) -> dict[str, pl.DataFrame]:
-    """Orders (with item flags) before `as_of` and events since `event_since`, through one columnar attachment."""
+def read_history(session: Session, as_of: datetime, since: datetime | None, event_since: datetime, *,
+                 categories: bool = False) -> dict[str, pl.DataFrame | None]:
+    """Orders (with item flags) before `as_of`, events since `event_since`, customers, and optionally each
+    customer's first purchase per category, through one columnar attachment."""
     with columnar_reader(session) as reader:
         orders = orders_frame(session, since, as_of, reader=reader)
         flags = order_flags_frame(session, reader=reader)
         events = events_frame(session, event_since, as_of, reader=reader)
         customers = customers_frame(session, reader=reader)
-        categories = customer_categories_frame(session, reader=reader)
+        first_by_category = customer_categories_frame(session, reader=reader) if categories else None
     return {"orders": orders.join(flags, on="order_id", how="left").drop("order_id", "cost_of_goods"),
-            "events": events, "customers": customers.drop("time_zone"), "categories": categories}
+            "events": events, "customers": customers.drop("time_zone"),
+            "categories": first_by_category}
 
 
 def _rule_sets(session: Session) -> tuple[tuple[RuleSet, RuleSet], dict[str, int]]:
@@ -111,7 +114,8 @@ def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None
     features = config.features
     earliest_cutoff = as_of - timedelta(days=2 * features.horizon_days + config.step_days * (config.snapshots - 1))
     data = read_history(session, as_of, earliest_cutoff - timedelta(days=features.history_days + 1),
-                        earliest_cutoff - timedelta(days=max(features.event_windows) + 1))
+                        earliest_cutoff - timedelta(days=max(features.event_windows) + 1),
+                        categories=features.category_breadth)
     if data["orders"].is_empty():
         raise _invalid("no orders to train on", "as_of")
     with Session(session.get_bind()) as lookup:
@@ -217,7 +221,8 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     config = TrainingConfig(rule_sets=rule_sets)
     timings, tick = {}, time.perf_counter()
     data = read_history(session, as_of, as_of - timedelta(days=config.features.history_days + 1),
-                        as_of - timedelta(days=max(config.features.event_windows) + 1))
+                        as_of - timedelta(days=max(config.features.event_windows) + 1),
+                        categories="category_breadth" in model.feature_names_)
     frame = add_bgnbd(snapshot(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
                                categories=data["categories"], labelled=False), bgnbd,
                       row.training["horizon_days"])

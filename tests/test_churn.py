@@ -41,8 +41,7 @@ def shop(session, ctx, shop_files):
 def test_training_registers_a_model_that_beats_the_baselines(session, ctx, shop):
     row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
     assert row.status == "current" and row.artifact.endswith(f"churn-{row.id}.txt")
-    assert {"tier_rank", "layer_rank", "bgnbd_p_alive", "login_30d", "discount_share",
-            "category_breadth"} <= set(row.features)
+    assert {"tier_rank", "layer_rank", "bgnbd_p_alive", "login_30d", "discount_share"} <= set(row.features)
     assert row.training["rule_set_versions"] == {"tier": 1, "layer": 1}
     metrics = row.metrics
     assert metrics["roc_auc"] > max(b["roc_auc"] for b in metrics["baselines"].values())
@@ -108,6 +107,13 @@ def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, s
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
     nothing_before = client.post("/churn/models/rollback", headers=auth_header(Role.admin))
     assert nothing_before.status_code == 422
+
+
+def test_category_breadth_when_turned_on_is_trained_and_scored(session, ctx, shop):
+    config = TrainingConfig(snapshots=2, features=FeatureConfig(category_breadth=True))
+    row = service.train_model(session, ctx, as_of=AS_OF, config=config)
+    assert "category_breadth" in row.features
+    assert service.score_customers(session, ctx, as_of=AS_OF)["scored"] > 1000
 
 
 def test_scoring_without_a_model_is_a_clear_error(session, ctx):
