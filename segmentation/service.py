@@ -295,8 +295,9 @@ def _write_changes(session: Session, changed_state: pl.DataFrame, previous: pl.D
     if not removed.is_empty():
         stage_frame(session, "stage_tag_removed", removed, {"customer_id": "int", "tag": "text"})
         session.connection().execute(text(
-            "DELETE FROM customer_tag WHERE EXISTS (SELECT 1 FROM stage_tag_removed s "
-            "WHERE s.customer_id = customer_tag.customer_id AND s.tag = customer_tag.tag)"))
+            # A row-value IN lets SQLite probe the primary key per staged row; a correlated EXISTS made it
+            # scan the staging table once per stored tag (18 s for 1.1k removals among 565k tags).
+            "DELETE FROM customer_tag WHERE (customer_id, tag) IN (SELECT customer_id, tag FROM stage_tag_removed)"))
     fill_empty_table(session, "customer_tag", added.with_columns(since=pl.lit(as_of), version=pl.lit(tags_version)),
                  {"customer_id": "int", "tag": "text", "since": "timestamp", "why": "json", "version": "int"})
 

@@ -214,3 +214,18 @@ def test_the_profile_reads_the_same_metrics_as_the_batch_run(session, ctx):
     single = _one_customer_metrics(session, c1, AS_OF, tier)
     assert single["discounted_share"] == 0.25 and single["new_product_orders"] == 1
     assert single["full_price_streak"] == 0
+
+
+def test_a_tag_whose_remove_rule_holds_is_deleted_and_recorded(session, ctx):
+    _shop(session, ctx)
+    run_segmentation(session, ctx, AS_OF)
+    c2 = session.exec(select(Customer.id).where(Customer.external_id == "C2")).one()
+    assert session.get(CustomerTag, (c2, "price_sensitive")) is not None
+    _orders(session, ctx, [(f"P{i}", "C2", -1 - i, 300, 0) for i in range(3)])  # three full-price orders after
+    later = run_segmentation(session, ctx, AS_OF + timedelta(days=5))
+    session.expire_all()
+    assert later.changes["tags_removed"].get("price_sensitive") == 1
+    assert session.get(CustomerTag, (c2, "price_sensitive")) is None
+    removal = session.exec(select(SegmentTransition).where(SegmentTransition.tag == "price_sensitive",
+                                                           SegmentTransition.to_value.is_(None))).one()
+    assert removal.customer_id == c2 and removal.from_value == "price_sensitive"
