@@ -50,10 +50,20 @@ def main() -> None:
     for backend in args.backends.split(","):
         url = (f"sqlite:///{args.data / f'seg-{args.customers}.sqlite3'}" if backend == "sqlite"
                else f"{PG_SERVER}/crm_bench_seg_{args.customers}")
+        from sqlalchemy import text
+
         from crm.db import make_engine
         from crm.migrations import upgrade_to_head
 
-        upgrade_to_head(make_engine(url))  # the bench database may predate the churn tables
+        engine = make_engine(url)
+        try:
+            with engine.connect() as connection:
+                loaded = connection.execute(text("SELECT count(*) FROM customer")).scalar_one()
+        except Exception:  # noqa: BLE001 - any failure here means the database is not there yet
+            loaded = 0
+        if not loaded:
+            raise SystemExit(f"{backend}: no loaded bench database at {url}: run bench/bench_segmentation.py first")
+        upgrade_to_head(engine)  # the bench database may predate the churn tables
         section = {"train": run_json("-c", STEP, url, str(args.data), "train", args.as_of)}
         print(f"{backend} train: {json.dumps(section['train'], default=str)}", flush=True)
         section["score"] = run_json("-c", STEP, url, str(args.data), "score", args.as_of)

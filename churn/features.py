@@ -12,6 +12,9 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from segmentation.rules import RuleSet
+from segmentation.tags import TagSet
+
+SegmentRules = tuple[RuleSet, RuleSet, TagSet]  # tier, layer and tag rules in force
 
 DAY_US = 86_400_000_000
 WEEK_DAYS = 7.0
@@ -153,8 +156,9 @@ def category_features(categories: pl.DataFrame, cutoff: datetime, who: pl.DataFr
 
 
 def segment_features(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.DataFrame | None, cutoff: datetime,
-                     who: pl.DataFrame, rule_sets: tuple[RuleSet, RuleSet]) -> pl.DataFrame:
-    """Tier and layer as of the cut-off (rank of the assigned value in its rule set, 0 = the first rule).
+                     who: pl.DataFrame, rule_sets: SegmentRules) -> pl.DataFrame:
+    """Tier and layer as of the cut-off (rank of the assigned value in its rule set, 0 = the first rule), and
+    one 0/1 column per tag whose add rule holds at the cut-off.
 
     Recomputed from the same point-in-time data with the segmentation rules in force (no hysteresis: a
     snapshot has no previous run), so they can never leak what the stored state learned later.
@@ -162,30 +166,36 @@ def segment_features(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.D
     from segmentation.metrics import MetricParams, compute_metrics
     from segmentation.rules import evaluate
 
-    tier_rules, layer_rules = rule_sets
+    tier_rules, layer_rules, tag_set = rule_sets
     mine = customers.join(who, on="customer_id", how="semi")
     no_events = pl.DataFrame(schema={"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC"),
                                      "type": pl.String})
     metrics = compute_metrics(mine, orders.join(who, on="customer_id", how="semi"),
                               no_events if events is None else events.join(who, on="customer_id", how="semi"),
                               cutoff, MetricParams(window_days=tier_rules.window_days))
-    columns = [who]
-    for name, rules in (("tier_rank", tier_rules), ("layer_rank", layer_rules)):
+    frame = metrics.select("customer_id")
+    for name, rules in (("tier", tier_rules), ("layer", layer_rules)):
         ranks = {value: index for index, value in enumerate(rules.values())}
-        assigned = evaluate(metrics, rules)
-        columns.append(assigned.select("customer_id", pl.col("value").replace_strict(ranks, return_dtype=pl.Int8)
-                                       .alias(name)))
-    return columns[0].join(columns[1], on="customer_id", how="left").join(columns[2], on="customer_id", how="left")
+        assigned = evaluate(metrics, rules).select("customer_id", pl.col("value").alias(name))
+        frame = frame.join(assigned, on="customer_id").with_columns(
+            pl.col(name).replace_strict(ranks, return_dtype=pl.Int8).alias(f"{name}_rank"))
+    # Tags from their add rules alone: a snapshot has no tag history (freshness, lapsed VIP) to lean on.
+    with_tier = metrics.join(frame.select("customer_id", "tier"), on="customer_id")
+    tags = with_tier.select("customer_id", *[
+        pl.all_horizontal([c.expression(m) for m, c in rule.add.items()]).fill_null(False).cast(pl.Int8)
+        .alias(f"tag_{rule.name}") for rule in tag_set.tags])
+    return (who.join(frame.drop("tier", "layer"), on="customer_id", how="left")
+            .join(tags, on="customer_id", how="left"))
 
 
 def build_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig = FeatureConfig(), *,
                    events: pl.DataFrame | None = None, customers: pl.DataFrame | None = None,
-                   rule_sets: tuple[RuleSet, RuleSet] | None = None,
+                   rule_sets: SegmentRules | None = None,
                    categories: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per customer of the cut-off's population; every column computed from rows before the cut-off.
 
-    customers (customer_id, signed_up_at, birthday) and the tier and layer rule sets, when given, add the
-    tier and layer each customer had at the cut-off; categories (customer_id, category, first_bought_at) the
+    customers (customer_id, signed_up_at, birthday) and the tier, layer and tag rules, when given, add the
+    tier, layer and tags each customer had at the cut-off; categories (customer_id, category, first_bought_at) the
     category breadth.
     """
     frame = order_features(orders, cutoff, config)

@@ -38,6 +38,10 @@ def sentence(feature: str, row: Any) -> str:
         return f"buys on only {_num(value, 2)} days a month"
     if feature == "category_breadth":
         return f"has bought from only {_num(value)} product categories"
+    if feature.startswith("tag_"):
+        return f"{'tagged' if value else 'not tagged'} {feature[4:].replace('_', ' ')}"
+    if feature == "tier_rank" or feature == "layer_rank":
+        return f"{feature[:-5]} rank {_num(value)} (0 is the top)"
     if feature == "tenure_days":
         return f"first order {_num(value)} days ago"
     if feature.split("_")[0] in ("login", "view", "cart") and feature.endswith("d"):

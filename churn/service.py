@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from churn.bgnbd import BetaGeometricNBD
+from churn.features import SegmentRules
 from churn.model import ChurnModel
 from churn.models import ChurnModelVersion, ChurnScore
 from churn.reasons import top_reasons
@@ -32,7 +33,6 @@ from crm.service import (
     order_flags_frame,
     orders_frame,
 )
-from segmentation.rules import RuleSet
 from segmentation.service import current_rule_set
 
 AUC_FLOOR = 0.70
@@ -66,11 +66,12 @@ def read_history(session: Session, as_of: datetime, since: datetime | None, even
             "categories": first_by_category}
 
 
-def _rule_sets(session: Session) -> tuple[tuple[RuleSet, RuleSet], dict[str, int]]:
-    """The tier and layer rule sets in force (the churn features include each customer's tier and layer)."""
+def _rule_sets(session: Session) -> tuple[SegmentRules, dict[str, int]]:
+    """The tier, layer and tag rules in force (churn features include each customer's tier, layer and tags)."""
     tier_version, tier = current_rule_set(session, "tier")
     layer_version, layer = current_rule_set(session, "layer")
-    return (tier, layer), {"tier": tier_version, "layer": layer_version}
+    tags_version, tags = current_rule_set(session, "tags")
+    return (tier, layer, tags), {"tier": tier_version, "layer": layer_version, "tags": tags_version}
 
 
 def _fingerprint(orders: pl.DataFrame, events: pl.DataFrame) -> str:

@@ -14,9 +14,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from churn.bgnbd import BetaGeometricNBD
-from churn.features import WEEK_DAYS, FeatureConfig, build_features, feature_names, labels, population
+from churn.features import (
+    WEEK_DAYS,
+    FeatureConfig,
+    SegmentRules,
+    build_features,
+    feature_names,
+    labels,
+    population,
+)
 from churn.model import ChurnModel
-from segmentation.rules import RuleSet
 
 Progress = Callable[[str], None]
 
@@ -47,7 +54,7 @@ class TrainingConfig:
     bgnbd_fit_rows: int = 100_000
     seed: int = 7
     params: dict[str, Any] | None = None
-    rule_sets: tuple[RuleSet, RuleSet] | None = None  # tier and layer rules: adds tier/layer at each cut-off
+    rule_sets: SegmentRules | None = None  # tier, layer and tag rules: adds them as of each cut-off
 
     @property
     def horizon(self) -> timedelta:

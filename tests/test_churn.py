@@ -42,7 +42,8 @@ def test_training_registers_a_model_that_beats_the_baselines(session, ctx, shop)
     row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
     assert row.status == "current" and row.artifact.endswith(f"churn-{row.id}.txt")
     assert {"tier_rank", "layer_rank", "bgnbd_p_alive", "login_30d", "discount_share"} <= set(row.features)
-    assert row.training["rule_set_versions"] == {"tier": 1, "layer": 1}
+    assert row.training["rule_set_versions"] == {"tier": 1, "layer": 1, "tags": 1}
+    assert "tag_price_sensitive" in row.features
     metrics = row.metrics
     assert metrics["roc_auc"] > max(b["roc_auc"] for b in metrics["baselines"].values())
     assert metrics["precision"] >= 0.70 and 0 < metrics["recall"] <= 1

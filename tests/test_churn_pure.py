@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 from churn.bgnbd import BetaGeometricNBD, simulate
 from churn.features import FeatureConfig, build_features, labels
 from churn.training import TrainingConfig, choose_threshold, train_churn, training_cutoffs
-from segmentation.defaults import LAYER, TIER
+from segmentation.defaults import LAYER, TAGS, TIER
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
 ORDERS = {"customer_id": pl.Int64, "ordered_at": pl.Datetime("us", "UTC"), "amount_paid": pl.Float64,
@@ -57,11 +57,11 @@ def test_rows_on_or_after_the_cutoff_never_change_a_feature(past, future, events
         return frame.group_by("customer_id", "category").agg(pl.col("first_bought_at").min())
 
     clean = build_features(frames(False)[0], CUTOFF, events=frames(False)[1], customers=customers,
-                           rule_sets=(TIER, LAYER), categories=categories(False))
+                           rule_sets=(TIER, LAYER, TAGS), categories=categories(False))
     noisy = build_features(frames(True)[0], CUTOFF, events=frames(True)[1], customers=customers,
-                           rule_sets=(TIER, LAYER), categories=categories(True))
+                           rule_sets=(TIER, LAYER, TAGS), categories=categories(True))
     assert_frame_equal(clean, noisy)
-    assert {"tier_rank", "layer_rank", "category_breadth"} <= set(clean.columns)
+    assert {"tier_rank", "layer_rank", "category_breadth", "tag_price_sensitive"} <= set(clean.columns)
 
 
 def test_label_counts_orders_in_the_half_open_horizon():
