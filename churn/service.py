@@ -61,8 +61,11 @@ def read_history(session: Session, as_of: datetime, since: datetime | None, even
         events = events_frame(session, event_since, as_of, reader=reader)
         customers = customers_frame(session, reader=reader)
         first_by_category = customer_categories_frame(session, reader=reader) if categories else None
-    return {"orders": orders.join(flags, on="order_id", how="left").drop("order_id", "cost_of_goods"),
-            "events": events, "customers": customers.drop("time_zone"),
+    # Narrow types: ~10M orders and ~9M events stay in memory through training (≤ 3 GB at 1M customers).
+    orders = (orders.join(flags, on="order_id", how="left").drop("order_id", "cost_of_goods")
+              .with_columns(pl.col("new_product_lines").cast(pl.Int16)))
+    return {"orders": orders, "events": events.with_columns(pl.col("type").cast(pl.Categorical)),
+            "customers": customers.drop("time_zone"),
             "categories": first_by_category}
 
 
