@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from churn.features import FeatureConfig
+
+EVENT_LOOKBACK = max(FeatureConfig().event_windows)
+
 
 def _num(value: Any, digits: int = 0) -> str:
     return "unknown" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
@@ -29,6 +33,8 @@ def sentence(feature: str, row: Any) -> str:
     if feature == "bgnbd_expected":
         return f"expected to place only {_num(value, 1)} orders in the coming horizon"
     if feature == "days_since_event":
+        if value is not None and value >= EVENT_LOOKBACK:  # the feature is capped at the longest event window
+            return f"no visit or app activity in the last {EVENT_LOOKBACK} days"
         return f"no visit or app activity for {_num(value)} days"
     if feature == "discount_share":
         return f"{_num(100 * value if value is not None else None)}% of orders were discounted"

@@ -151,6 +151,8 @@ def test_reasons_read_as_sentences_and_only_for_features_that_raised_the_risk():
 
     row = {"recency_days": 97.2, "gap_mean": 30.0, "recency_over_gap": 3.2, "spend_90d": 0.0, "login_30d": 0}
     assert sentence("recency_days", row) == "no order for 97 days; usually orders every 30"
+    assert sentence("days_since_event", {"days_since_event": 90.0}) == "no visit or app activity in the last 90 days"
+    assert sentence("days_since_event", {"days_since_event": 12.4}) == "no visit or app activity for 12 days"
     names = ["recency_days", "recency_over_gap", "spend_90d", "login_30d", "gap_mean"]
     contributions = np.array([[0.9, 0.8, -0.2, 0.1, 0.0, 0.0], [-0.5, -0.1, -0.3, -0.2, 0.0, 0.0]])
     matrix = np.array([[row[n] for n in names]] * 2, dtype=float)
