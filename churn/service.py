@@ -92,6 +92,9 @@ def current_model(session: Session) -> ChurnModelVersion | None:
 def _load(row: ChurnModelVersion) -> tuple[ChurnModel, BetaGeometricNBD]:
     from pathlib import Path
 
+    if not Path(row.artifact).is_file():
+        raise _invalid(f"the artifact of churn model {row.id} is missing ({row.artifact}): promote another model "
+                       "or train again", "model")
     model = ChurnModel.load(Path(row.artifact))
     bgnbd = BetaGeometricNBD()
     bgnbd.r_, bgnbd.alpha_, bgnbd.a_, bgnbd.b_ = (row.training["bgnbd"][k] for k in ("r", "alpha", "a", "b"))
@@ -99,8 +102,15 @@ def _load(row: ChurnModelVersion) -> tuple[ChurnModel, BetaGeometricNBD]:
 
 
 def _auc_on(row: ChurnModelVersion, result: TrainingResult, horizon_days: int) -> float | None:
-    """The stored model's ROC AUC on the candidate's validation window (same rows, its own BG/NBD)."""
-    model, bgnbd = _load(row)
+    """The stored model's ROC AUC on the candidate's validation window (same rows, its own BG/NBD).
+
+    Without its artifact file it cannot be re-scored: its own recorded ROC AUC stands in (a different window,
+    so the candidate must beat the number the incumbent was promoted with).
+    """
+    try:
+        model, bgnbd = _load(row)
+    except InvalidInput:
+        return row.metrics.get("roc_auc")
     frame = add_bgnbd(result.validation.drop("bgnbd_p_alive", "bgnbd_expected"), bgnbd, horizon_days)
     if any(name not in frame.columns for name in model.feature_names_):
         return None  # trained on features this data no longer has: it cannot be compared, so it cannot win
@@ -110,7 +120,7 @@ def _auc_on(row: ChurnModelVersion, result: TrainingResult, horizon_days: int) -
 
 def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None,
                 config: TrainingConfig = TrainingConfig(), floor: float = AUC_FLOOR,
-                tolerance: float = PROMOTION_TOLERANCE, progress=None) -> ChurnModelVersion:
+                tolerance: float = PROMOTION_TOLERANCE, progress=None, actor: str = "scheduler") -> ChurnModelVersion:
     """Train a candidate, store it as a version and promote it when it is at least as good as the current one."""
     now = ctx.clock.now()
     as_of = as_of or default_as_of(now)
@@ -156,7 +166,7 @@ def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None
         row.decision = (f"promoted: ROC AUC {auc:.3f}" + (f" vs model {incumbent.id}'s {incumbent_auc:.3f}"
                                                          if incumbent is not None and incumbent_auc is not None else ""))
     session.add(row)
-    audit.record(session, actor="scheduler", action="churn.train", entity="churn_model", entity_id=row.id, at=now,
+    audit.record(session, actor=actor, action="churn.train", entity="churn_model", entity_id=row.id, at=now,
                  before=None, after={"status": row.status, "decision": row.decision})
     session.flush()
     return row
@@ -209,7 +219,8 @@ def rollback(session: Session, ctx: Context, actor: str) -> ChurnModelVersion:
     return previous
 
 
-def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = None) -> dict[str, Any]:
+def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = None,
+                    actor: str = "scheduler") -> dict[str, Any]:
     """Score every active customer with the current model; write probability, flag, reasons and trend."""
     # A short session of its own, so this session's transaction starts after the columnar reads
     # (SQLite cannot write from a read snapshot older than a scan made on another connection).
@@ -266,7 +277,7 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
                "threshold": row.threshold, "timings": timings,
                "mean_probability": round(float(probability.mean()), 4) if len(frame) else None}
-    audit.record(session, actor="scheduler", action="churn.score", entity="churn_model", entity_id=row.id, at=now,
+    audit.record(session, actor=actor, action="churn.score", entity="churn_model", entity_id=row.id, at=now,
                  before=None, after=summary)
     session.flush()
     return summary

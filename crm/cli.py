@@ -245,7 +245,8 @@ def _train_churn(ctx: Context, as_of: str | None):
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as bar, session_scope(ctx.engine) as session:
         task = bar.add_task("reading orders and events", total=None)
-        row = churn.train_model(session, ctx, as_of=moment, progress=lambda text: bar.update(task, description=text))
+        row = churn.train_model(session, ctx, as_of=moment, actor="cli",
+                                progress=lambda text: bar.update(task, description=text))
         session.expunge(row)
     return row
 
@@ -254,7 +255,7 @@ def _score_churn(ctx: Context) -> dict:
     from churn import service as churn
 
     with session_scope(ctx.engine) as session:
-        return churn.score_customers(session, ctx)
+        return churn.score_customers(session, ctx, actor="cli")
 
 
 @churn_app.command("train")

@@ -63,6 +63,14 @@ def test_a_worse_candidate_is_never_promoted_and_rollback_restores(session, ctx,
     assert second.status == "current" and session.get(ChurnModelVersion, first.id).status == "retired"
     assert service.rollback(session, ctx, "test").id == first.id
     assert service.current_model(session).id == first.id
+    # An incumbent whose artifact file is gone is judged by its recorded ROC AUC; scoring with it is a clear error.
+    from pathlib import Path
+    Path(first.artifact).unlink()
+    from crm.errors import InvalidInput
+    with pytest.raises(InvalidInput, match="artifact of churn model"):
+        service.score_customers(session, ctx, as_of=AS_OF)
+    third = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
+    assert third.metrics["incumbent_roc_auc_same_window"] == first.metrics["roc_auc"]
 
 
 def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, shop):
