@@ -56,7 +56,7 @@ def read_history(session: Session, as_of: datetime, since: datetime | None, even
     """Orders (with item flags) before `as_of`, events since `event_since`, customers, and optionally each
     customer's first purchase per category, through one columnar attachment."""
     with columnar_reader(session) as reader:
-        orders = orders_frame(session, since, as_of, reader=reader)
+        orders = orders_frame(session, since, as_of, reader=reader, costs=False)
         flags = order_flags_frame(session, reader=reader)
         events = events_frame(session, event_since, as_of, reader=reader)
         customers = customers_frame(session, reader=reader)

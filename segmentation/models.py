@@ -72,7 +72,9 @@ class SegmentTransition(SQLModel, table=True):
 
     __tablename__ = "segment_transition"
     __table_args__ = (Index("ix_segment_transition_customer", "customer_id", "at"),
-                      Index("ix_segment_transition_run", "run_id"))
+                      Index("ix_segment_transition_run", "run_id"),
+                      # Who left a tier (e.g. lapsed VIPs) without scanning every transition ever made.
+                      Index("ix_segment_transition_from", "dimension", "from_value", "at"))
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(nullable=False)
