@@ -119,6 +119,7 @@ def main() -> None:
                     run_import(session, ctx, kind=kind, chunks=file_chunks(data / f"{kind}.csv"), actor="bench")
                 print(f"{backend}: loaded {kind} in {time.perf_counter() - started:.0f}s", flush=True)
             ctx.engine.dispose()
+        upgrade_to_head(make_engine(url))  # a kept database may predate the newest migrations
         with make_engine(url).begin() as connection:  # every measurement starts from no segmentation state
             from sqlalchemy import text
             for table in ("customer_segment", "customer_tag", "segment_transition", "segment_run"):
