@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from crm.service import (
     order_flags_frame,
     orders_frame,
 )
-from segmentation.service import current_rule_set
+from segmentation.service import current_rule_set, default_as_of
 
 AUC_FLOOR = 0.70
 PROMOTION_TOLERANCE = 0.005
@@ -44,11 +44,6 @@ def _invalid(message: str, field: str) -> InvalidInput:
 
 SCORE_TYPES = {"customer_id": "int", "model_id": "int", "scored_at": "timestamp", "probability": "float",
                "at_risk": "bool", "reasons": "json", "trend": "json"}
-
-
-def default_as_of(now: datetime) -> datetime:
-    """Midnight UTC of the clock's day."""
-    return datetime(now.year, now.month, now.day, tzinfo=UTC)
 
 
 def read_history(session: Session, as_of: datetime, since: datetime | None, event_since: datetime, *,
