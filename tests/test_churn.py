@@ -112,6 +112,14 @@ def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, s
     assert listed_ids <= flagged_ids
     wrong = client.get("/customers?at_risk=maybe", headers=auth_header(Role.marketer))
     assert wrong.status_code == 422 and "at_risk" in wrong.text
+    from segmentation.service import run_segmentation
+    run_segmentation(session, ctx, AS_OF)
+    lost = client.get("/churn/at-risk?tier=lost&limit=1000", headers=auth_header(Role.marketer)).json()["items"]
+    everyone = client.get("/churn/at-risk?limit=1000", headers=auth_header(Role.marketer)).json()["items"]
+    from segmentation.models import CustomerSegment
+    tiers = {c.customer_id: c.tier for c in session.exec(select(CustomerSegment))}
+    assert lost and all(tiers[row["customer_id"]] == "lost" for row in lost)
+    assert len(lost) < len(everyone)
     missing = client.post("/churn/models/999999/promote", headers=auth_header(Role.admin))
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
     nothing_before = client.post("/churn/models/rollback", headers=auth_header(Role.admin))
@@ -154,6 +162,11 @@ def test_evaluate_cli_on_a_plain_transactions_csv(tmp_path, shop_files):
     bad = subprocess.run([sys.executable, "-m", "crm.cli", "churn", "evaluate", "--transactions", str(path),
                           "--cutoff", "2026-08-01", "--json"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "customer_id" in bad.stderr
+    too_early = subprocess.run([sys.executable, "-m", "crm.cli", "churn", "evaluate", "--transactions", str(path),
+                                "--cutoff", "2024-01-15", "--customer-col", "user", "--time-col", "day",
+                                "--amount-col", "total", "--json"], capture_output=True, text=True)
+    assert too_early.returncode != 0 and "not enough history" in too_early.stderr
+    assert too_early.stderr.count("\n") == 1
 
 
 def test_feature_config_horizon_reaches_the_label():
