@@ -41,5 +41,6 @@ class ChurnScore(SQLModel, table=True):
     scored_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     probability: float = Field(sa_column=Column(Float, nullable=False))
     at_risk: bool = Field(nullable=False)
-    reasons: list[str] | None = Field(default=None, sa_column=Column(JSONType))
+    # {"drivers": [{"feature", "value", "contribution"}], "gap_mean"}: rendered as sentences when read.
+    reasons: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     trend: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))  # {"points": [{at, p}]}

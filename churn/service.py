@@ -18,7 +18,7 @@ from churn.bgnbd import BetaGeometricNBD
 from churn.features import SegmentRules
 from churn.model import ChurnModel
 from churn.models import ChurnModelVersion, ChurnScore
-from churn.reasons import top_reasons
+from churn.reasons import drivers_frame, sentences
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
 from crm import audit
 from crm.bulkwrite import fill_empty_table
@@ -242,9 +242,8 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     at_risk = probability >= row.threshold
     flagged = frame.filter(pl.Series(at_risk))
     names = model.feature_names_
-    reasons = (top_reasons(model.contributions(flagged), names, flagged.select(names).to_numpy().astype(np.float64))
-               if len(flagged) else [])
-    reasons_json = [json.dumps(r, ensure_ascii=False) for r in reasons]
+    reasons = (drivers_frame(model.contributions(flagged), names, flagged.select(names).to_numpy().astype(np.float64))
+               if len(flagged) else pl.Series("reasons", [], dtype=pl.String))
     timings["predict_and_reasons_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
     previous = read_frame(session, "SELECT s.customer_id, s.trend FROM churn_score s", {},
@@ -253,7 +252,7 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     trend_type = pl.List(pl.Struct({"at": pl.String, "p": pl.Float64}))
     scores = (frame.select("customer_id").with_columns(pl.Series("probability", probability),
                                                         pl.Series("at_risk", at_risk))
-              .join(flagged.select("customer_id").with_columns(pl.Series("reasons", reasons_json, dtype=pl.String)),
+              .join(flagged.select("customer_id").with_columns(reasons.alias("reasons")),
                     on="customer_id", how="left")
               .join(previous, on="customer_id", how="left")
               .with_columns(pl.col("trend").str.json_decode(pl.Struct({"points": trend_type}))
@@ -294,7 +293,8 @@ def at_risk_customers(session: Session, *, tier: str | None = None, after: int |
         query = query.where(ChurnScore.customer_id > after)
     rows = session.exec(query.order_by(ChurnScore.customer_id).limit(limit)).all()
     return [{"customer_id": score.customer_id, "external_id": external_id, "probability": round(score.probability, 4),
-             "reasons": score.reasons, "model_id": score.model_id, "scored_at": score.scored_at}
+             "reasons": sentences(score.reasons), "drivers": (score.reasons or {}).get("drivers", []),
+             "model_id": score.model_id, "scored_at": score.scored_at}
             for score, external_id in rows]
 
 
@@ -303,7 +303,8 @@ def churn_section(request: ProfileRequest) -> dict[str, Any] | None:
     score = request.session.get(ChurnScore, request.customer_id)
     if score is None:
         return None
-    return {"probability": round(score.probability, 4), "at_risk": score.at_risk, "reasons": score.reasons or [],
+    return {"probability": round(score.probability, 4), "at_risk": score.at_risk, "reasons": sentences(score.reasons),
+            "drivers": (score.reasons or {}).get("drivers", []),
             "model_id": score.model_id, "scored_at": score.scored_at,
             "trend": (score.trend or {}).get("points", [])}
 

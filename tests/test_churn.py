@@ -79,7 +79,11 @@ def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, sh
     assert summary["scored"] > 1000 and 0 < summary["at_risk"] < summary["scored"]
     flagged = session.exec(select(ChurnScore).where(ChurnScore.at_risk)).all()
     assert len(flagged) == summary["at_risk"]
-    assert all(1 <= len(s.reasons) <= 3 and all(isinstance(r, str) and r for r in s.reasons) for s in flagged)
+    from churn.reasons import sentences
+    assert all(1 <= len(s.reasons["drivers"]) <= 3 and all(d["contribution"] > 0 for d in s.reasons["drivers"])
+               for s in flagged)
+    assert all(1 <= len(sentences(s.reasons)) <= 3 and all(isinstance(r, str) and r for r in sentences(s.reasons))
+               for s in flagged)
     calm = session.exec(select(ChurnScore).where(ChurnScore.at_risk.is_(False))).first()
     assert calm.reasons is None
     service.score_customers(session, ctx, as_of=AS_OF)  # the same day again replaces that day's point

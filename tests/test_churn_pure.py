@@ -147,7 +147,9 @@ def test_model_trains_saves_and_loads(tmp_path):
 
 
 def test_reasons_read_as_sentences_and_only_for_features_that_raised_the_risk():
-    from churn.reasons import sentence, top_reasons
+    import json
+
+    from churn.reasons import drivers_frame, sentence, sentences
 
     row = {"recency_days": 97.2, "gap_mean": 30.0, "recency_over_gap": 3.2, "spend_90d": 0.0, "login_30d": 0}
     assert sentence("recency_days", row) == "no order for 97 days; usually orders every 30"
@@ -156,10 +158,11 @@ def test_reasons_read_as_sentences_and_only_for_features_that_raised_the_risk():
     names = ["recency_days", "recency_over_gap", "spend_90d", "login_30d", "gap_mean"]
     contributions = np.array([[0.9, 0.8, -0.2, 0.1, 0.0, 0.0], [-0.5, -0.1, -0.3, -0.2, 0.0, 0.0]])
     matrix = np.array([[row[n] for n in names]] * 2, dtype=float)
-    reasons = top_reasons(contributions, names, matrix)
+    stored = [json.loads(text) for text in drivers_frame(contributions, names, matrix)]
+    assert [d["feature"] for d in stored[0]["drivers"]] == ["recency_days", "recency_over_gap", "login_30d"]
     # recency and recency-over-gap say the same thing once; negative contributions never become reasons
-    assert reasons[0] == ["no order for 97 days; usually orders every 30", "0 login events in the last 30 days"]
-    assert reasons[1] == []
+    assert sentences(stored[0]) == ["no order for 97 days; usually orders every 30", "0 login events in the last 30 days"]
+    assert stored[1]["drivers"] == [] and sentences(stored[1]) == []
 
 
 def test_features_see_a_fixed_history_depth_so_snapshots_and_scoring_agree():
