@@ -22,7 +22,7 @@ from churn.reasons import drivers_frame, sentences
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
 from crm import audit
 from crm.bulkwrite import fill_empty_table
-from crm.columnar import columnar_reader, read_frame
+from crm.columnar import ColumnarReader, columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
@@ -320,3 +320,17 @@ def at_risk_condition(session: Session, value: str) -> Any:
         raise _invalid("at_risk must be true or false", "at_risk")
     flagged = exists().where(ChurnScore.customer_id == Customer.id, ChurnScore.at_risk)
     return flagged if wanted == "true" else ~flagged
+
+
+SCORE_READ_SCHEMA = {"customer_id": pl.Int64, "probability": pl.Float64, "at_risk": pl.Boolean}
+
+
+def scores_frame(session: Session, *, customer_id: int | None = None,
+                 reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Each scored customer's churn probability and flag from the latest scoring."""
+    one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
+    query = f"SELECT s.customer_id, s.probability, s.at_risk FROM churn_score s {one}"
+    params = {"customer_id": customer_id} if customer_id is not None else {}
+    if reader is not None and customer_id is None:
+        return reader.read(query, params, SCORE_READ_SCHEMA)
+    return read_frame(session, query, params, SCORE_READ_SCHEMA, same_connection=customer_id is not None)

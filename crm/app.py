@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from sqlalchemy import func
 from sqlmodel import select
 
+from campaigns import api as campaigns_api
 from churn import api as churn_api
 from crm import api
 from crm.auth import Principal, require
@@ -67,6 +68,7 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     app.include_router(api.router)
     segmentation_api.install(app)
     churn_api.install(app)
+    campaigns_api.install(app)
     _install_metrics(app)
     _document_customer_filters(app)
     return app

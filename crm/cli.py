@@ -32,6 +32,8 @@ segment_app = typer.Typer(help="Segmentation: RFM tiers, layers, tags.", no_args
 app.add_typer(segment_app, name="segment")
 churn_app = typer.Typer(help="Churn: train, score, evaluate.", no_args_is_help=True)
 app.add_typer(churn_app, name="churn")
+campaigns_app = typer.Typer(help="Campaigns: default plans, dry-runs, planning.", no_args_is_help=True)
+app.add_typer(campaigns_app, name="campaigns")
 console = Console(soft_wrap=True)  # result lines stay whole, so scripts can grep them
 KIND_ALIASES = {"customers": "customers", "orders": "orders", "order-items": "order_items",
                 "order_items": "order_items", "items": "order_items", "events": "events"}
@@ -302,6 +304,98 @@ def churn_evaluate(
     print(json.dumps(result)) if as_json else console.print(result)
 
 
+def _optional_day(value: str | None) -> date | None:
+    return _parse_day(value, "--date") if value is not None else None
+
+
+@campaigns_app.command("install-defaults")
+def campaigns_install_defaults(
+        draft: Annotated[bool, typer.Option("--draft", help="leave them in draft instead of activating")] = False,
+) -> None:
+    """Create the default touch plans (VIP call, potential coupon, lost win-back, at-risk, birthday, first order)."""
+    for row in _install_defaults(_context(), activate=not draft):
+        _print_installed(row)
+
+
+def _install_defaults(ctx: Context, activate: bool = True) -> list[dict]:
+    from campaigns import service as campaigns
+
+    with session_scope(ctx.engine) as session:
+        return campaigns.install_defaults(session, ctx, "cli", activate=activate)
+
+
+def _print_installed(row: dict) -> None:
+    state = "created" if row["created"] else "exists"
+    console.print(f"campaign {row['id']}: {row['name']} ({row['status']}, {state})")
+    if row["warnings"]:
+        first = row["warnings"][0]
+        console.print(f"  [yellow]fairness warning[/yellow] at {len(row['warnings'])} price points, e.g. "
+                      f"{first['tier']} pays {first['loyal_price']} for a basket of {first['basket']:g}, "
+                      f"new customers {first['new_customer_price']}")
+
+
+@campaigns_app.command("list")
+def campaigns_list() -> None:
+    """Campaigns, highest priority first."""
+    from campaigns import service as campaigns
+
+    ctx = _context()
+    with session_scope(ctx.engine) as session:
+        for c in campaigns.list_campaigns(session):
+            console.print(f"{c.id}\t{c.status}\tpriority {c.priority}\t{c.name}")
+
+
+@campaigns_app.command("dry-run")
+def campaigns_dry_run(campaign_id: int,
+                      on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD local occurrence date")] = None,
+                      as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What the campaign's occurrence would do — writes nothing."""
+    result = _dry_run(_context(), campaign_id, _optional_day(on))
+    if as_json:
+        print(json.dumps(result, default=str, ensure_ascii=False))
+    else:
+        _print_dry_run(result)
+
+
+def _dry_run(ctx: Context, campaign_id: int, day: date | None) -> dict:
+    from campaigns import service as campaigns
+
+    with session_scope(ctx.engine) as session:
+        return campaigns.dry_run(session, ctx, campaign_id, day)
+
+
+def _print_dry_run(result: dict) -> None:
+    channels = ", ".join(f"{k} {v:,}" for k, v in result["per_channel"].items() if v)
+    excluded = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in result["excluded"].items() if v)
+    adjusted = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in result["adjusted"].items() if v)
+    cost = result["estimated_cost"]
+    console.print(f"[bold]{result['campaign']}[/bold] on {result['occurrence']}: audience {result['audience']:,}, "
+                  f"recipients {result['recipients']:,} ({channels or 'none'})")
+    console.print(f"  excluded: {excluded or 'nobody'}; adjusted: {adjusted or 'nothing'}")
+    console.print(f"  estimated cost: messages {cost['messages']:,.2f}, discount {cost['discount_expected']:,.2f} "
+                  f"expected ({cost['discount_if_all_redeemed']:,.2f} if every offer is redeemed)")
+    for sample in result["samples"][:1]:
+        text = sample["rendered"].get("body") or sample["rendered"].get("subject") or ""
+        console.print(f"  sample {sample['channel']} to {sample['customer']} ({sample['locale']}): {text}")
+
+
+@campaigns_app.command("plan")
+def campaigns_plan(campaign_id: int,
+                   on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD local occurrence date")] = None,
+                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Plan an occurrence into the outbox (a second run adds nothing)."""
+    from campaigns import service as campaigns
+
+    ctx = _context()
+    with session_scope(ctx.engine) as session:
+        result = campaigns.plan_campaign(session, ctx, campaign_id, _optional_day(on))
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        console.print(f"campaign {campaign_id} occurrence {result['occurrence']}: {result['added']:,} outbox rows added"
+                      + (" (already planned)" if result["already_planned"] else ""))
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
@@ -342,6 +436,12 @@ def demo(
     console.print(f"scored {scored['scored']:,} active customers with model {scored['model_id']}: "
                   f"{scored['at_risk']:,} at risk (threshold {scored['threshold']:.3f})")
     _print_at_risk_examples(ctx)
+    console.rule("[bold]Campaigns")
+    installed = _install_defaults(ctx)
+    for row in installed:
+        _print_installed(row)
+    for row in installed:
+        _print_dry_run(_dry_run(ctx, row["id"], None))
 
 
 def _print_at_risk_examples(ctx: Context, count: int = 5) -> None:

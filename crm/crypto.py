@@ -24,6 +24,7 @@ class ContactCipher:
         self._aead = AESGCM(_derive(secret_key, b"contact-encryption"))
         self._index_key = _derive(secret_key, b"contact-index")
         self._api_key_key = _derive(secret_key, b"api-key-hash")
+        self._link_key = _derive(secret_key, b"signed-links")
 
     def encrypt(self, plaintext: str | None) -> bytes | None:
         """Encrypt with a fresh nonce; None stays None."""
@@ -49,3 +50,15 @@ class ContactCipher:
         """Keyed hash of an API key (keys are random, so a fast keyed hash suffices)."""
         digest = hmac.new(self._api_key_key, api_key.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def sign_link(self, purpose: str, subject: str) -> str:
+        """A token naming `subject` for one purpose (e.g. an unsubscribe link) that only this key can make."""
+        digest = hmac.new(self._link_key, f"{purpose}:{subject}".encode(), hashlib.sha256).digest()
+        return f"{subject}.{base64.urlsafe_b64encode(digest[:18]).decode()}"
+
+    def verify_link(self, purpose: str, token: str) -> str | None:
+        """The subject of a token made by sign_link for this purpose, or None when it is forged or altered."""
+        subject, _, _ = token.rpartition(".")
+        if not subject or not hmac.compare_digest(self.sign_link(purpose, subject), token):
+            return None
+        return subject

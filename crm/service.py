@@ -208,3 +208,53 @@ def has_consent(session: Session, customer_id: int, channel: Channel) -> bool:
     """True only with an explicit, current opt-in."""
     current = session.get(Consent, (customer_id, channel.value))
     return current is not None and current.status == ConsentStatus.opted_in.value
+
+
+CONTACT_SCHEMA = {"customer_id": pl.Int64, "external_id": pl.String, "time_zone": pl.String, "locale": pl.String,
+                  "birthday": pl.Date, "has_email": pl.Boolean, "has_phone": pl.Boolean, "has_push": pl.Boolean}
+CONSENT_SCHEMA = {"customer_id": pl.Int64, "channel": pl.String, "status": pl.String}
+MONEY_SCHEMA = {"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Float64, "orders": pl.Int64,
+                "cost_known_value": pl.Float64, "cost": pl.Float64}
+
+
+def contactability_frame(session: Session, *, customer_id: int | None = None,
+                         reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Per customer: ids, zone, locale, birthday and which contact data exist (never the data itself)."""
+    one = "WHERE c.id = :customer_id" if customer_id is not None else ""
+    query = ("SELECT c.id, c.external_id, c.time_zone, c.locale, c.birthday, c.email_hash IS NOT NULL, "
+             f"c.phone_hash IS NOT NULL, c.push_tokens_hash IS NOT NULL FROM customer c {one}")
+    params = {"customer_id": customer_id} if customer_id is not None else {}
+    return _read(session, reader, query, params, CONTACT_SCHEMA, one_customer=customer_id is not None)
+
+
+def consent_frame(session: Session, *, customer_id: int | None = None,
+                  reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Current consent rows (customer, channel, status)."""
+    one = "WHERE c.customer_id = :customer_id" if customer_id is not None else ""
+    params = {"customer_id": customer_id} if customer_id is not None else {}
+    return _read(session, reader, f"SELECT c.customer_id, c.channel, c.status FROM consent c {one}", params,
+                 CONSENT_SCHEMA, one_customer=customer_id is not None)
+
+
+def order_money_frame(session: Session, start: datetime, end: datetime, *, customer_id: int | None = None,
+                      reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Per customer over [start, end): spend, discount, order count, and list value and cost where cost is known."""
+    one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
+    paid, discount, cost = (as_float(session, f"o.{c}") for c in ("amount_paid", "discount", "cost_of_goods"))
+    query = (f"SELECT o.customer_id, SUM({paid}), SUM({discount}), COUNT(*), "
+             f"SUM(CASE WHEN o.cost_of_goods IS NOT NULL THEN {paid} + {discount} END), SUM({cost}) "
+             f"FROM orders o WHERE o.ordered_at >= :start AND o.ordered_at < :end {one} GROUP BY o.customer_id")
+    params = {"start": start, "end": end} | ({"customer_id": customer_id} if customer_id is not None else {})
+    return _read(session, reader, query, params, MONEY_SCHEMA, one_customer=customer_id is not None)
+
+
+FIRST_ORDER_SCHEMA = {"customer_id": pl.Int64, "first_order_at": pl.Datetime("us", "UTC")}
+
+
+def first_orders_frame(session: Session, end: datetime, *, customer_id: int | None = None,
+                       reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Each customer's first order time before `end`."""
+    one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
+    params = {"end": end} | ({"customer_id": customer_id} if customer_id is not None else {})
+    return _read(session, reader, f"SELECT o.customer_id, MIN(o.ordered_at) FROM orders o WHERE o.ordered_at < :end "
+                 f"{one} GROUP BY o.customer_id", params, FIRST_ORDER_SCHEMA, one_customer=customer_id is not None)

@@ -31,6 +31,23 @@ class Settings(BaseSettings):
     import_max_reported_errors: int = Field(default=1_000, ge=1)
     api_page_max: int = Field(default=500, ge=1)
     public_base_url: str = "http://127.0.0.1:8000"
+    shop_name: str = "Demo Shop"
+    # Campaign guard rails (DOMAIN.md §6); JSON in the environment, e.g. CRM_CAPS='{"sms": [2, 30]}'.
+    caps: dict[str, tuple[int, int]] = Field(default_factory=lambda: {
+        "sms": (2, 30), "phone": (1, 90), "email": (4, 30), "push": (8, 30)})
+    global_cap: tuple[int, int] | None = None
+    quiet_hours: tuple[str, str] = ("21:00", "09:00")
+    quiet_hours_channels: tuple[str, ...] = ("sms", "push")
+    discount_budget_share: float = Field(default=0.15, ge=0, le=1)
+    tier_max_discount_percent: dict[str, float] = Field(default_factory=lambda: {
+        "VIP": 30.0, "potential": 20.0, "regular": 20.0, "lost": 25.0})
+    default_max_discount_percent: float = 20.0
+    shipping_value: float = 10.0
+    min_offer_value: float = 5.0
+    loyal_tiers: tuple[str, ...] = ("VIP", "potential")
+    message_unit_cost: dict[str, float] = Field(default_factory=lambda: {
+        "sms": 0.05, "email": 0.001, "push": 0.0, "phone": 2.0})
+    offer_redemption_rate: float = Field(default=0.1, ge=0, le=1)
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under the data directory."""

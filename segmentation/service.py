@@ -428,3 +428,42 @@ def transitions_since(session: Session, run_id: int, dimension: str | None = Non
                       {"run_id": run_id} | ({"dimension": dimension} if dimension else {}),
                       {"run_id": pl.Int64, "customer_id": pl.Int64, "dimension": pl.String, "tag": pl.String,
                        "from_value": pl.String, "to_value": pl.String, "at": pl.Datetime("us", "UTC")})
+
+
+SEGMENT_READ_SCHEMA = {"customer_id": pl.Int64, "tier": pl.String, "layer": pl.String, "r_score": pl.Int64,
+                       "f_score": pl.Int64, "m_score": pl.Int64}
+
+
+def segments_frame(session: Session, *, customer_id: int | None = None,
+                   reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Current tier, layer and R/F/M scores per customer."""
+    one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
+    query = f"SELECT s.customer_id, s.tier, s.layer, s.r_score, s.f_score, s.m_score FROM customer_segment s {one}"
+    params = {"customer_id": customer_id} if customer_id is not None else {}
+    if reader is not None and customer_id is None:
+        return reader.read(query, params, SEGMENT_READ_SCHEMA)
+    return read_frame(session, query, params, SEGMENT_READ_SCHEMA, same_connection=customer_id is not None)
+
+
+def tags_frame(session: Session, *, customer_id: int | None = None,
+               reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Tags customers carry now (customer_id, tag)."""
+    one = "WHERE t.customer_id = :customer_id" if customer_id is not None else ""
+    schema = {"customer_id": pl.Int64, "tag": pl.String}
+    params = {"customer_id": customer_id} if customer_id is not None else {}
+    query = f"SELECT t.customer_id, t.tag FROM customer_tag t {one}"
+    if reader is not None and customer_id is None:
+        return reader.read(query, params, schema)
+    return read_frame(session, query, params, schema, same_connection=customer_id is not None)
+
+
+def entered_between(session: Session, dimension: str, value: str, start: datetime, end: datetime, *,
+                    customer_id: int | None = None) -> pl.DataFrame:
+    """Customers who entered a tier, layer or tag (dimension) with start <= at < end."""
+    column = "t.tag" if dimension == "tag" else "t.to_value"
+    one = "AND t.customer_id = :customer_id" if customer_id is not None else ""
+    query = (f"SELECT DISTINCT t.customer_id FROM segment_transition t WHERE t.dimension = :dimension "
+             f"AND {column} = :value AND t.to_value IS NOT NULL AND t.at >= :start AND t.at < :end {one}")
+    params = {"dimension": dimension, "value": value, "start": start, "end": end} | (
+        {"customer_id": customer_id} if customer_id is not None else {})
+    return read_frame(session, query, params, {"customer_id": pl.Int64}, same_connection=True)

@@ -40,9 +40,24 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/churn/models/{model_id}/promote"): {Role.admin},
     ("POST", "/churn/models/rollback"): {Role.admin},
     ("GET", "/churn/at-risk"): {Role.admin, Role.marketer, Role.support, Role.scheduler},
+    ("POST", "/campaigns"): {Role.admin, Role.marketer},
+    ("GET", "/campaigns"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/campaigns/{campaign_id}"): {Role.admin, Role.marketer, Role.scheduler},
+    ("PUT", "/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
+    ("POST", "/campaigns/{campaign_id}/status"): {Role.admin, Role.marketer},
+    ("GET", "/campaigns/{campaign_id}/versions"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/campaigns/{campaign_id}/dry-run"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/campaigns/{campaign_id}/plan"): {Role.admin, Role.scheduler},
+    ("GET", "/campaigns/{campaign_id}/eligibility/{external_id}"): {Role.admin, Role.marketer, Role.support},
+    ("GET", "/templates"): {Role.admin, Role.marketer},
+    ("POST", "/templates"): {Role.admin, Role.marketer},
+    ("GET", "/templates/{template_id}"): {Role.admin, Role.marketer},
+    ("POST", "/templates/{template_id}/preview"): {Role.admin, Role.marketer},
+    ("GET", "/messages"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
 }
 SAMPLE_PARAMS = {"external_id": "NOBODY", "kind": "customers", "job_id": "999999", "key_id": "999999",
-                 "name": "tier", "model_id": "999999"}
+                 "name": "tier", "model_id": "999999",
+                 "campaign_id": "999999", "template_id": "999999"}
 
 
 def _walk(routes) -> list[tuple[str, str]]:

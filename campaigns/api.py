@@ -1,0 +1,145 @@
+"""HTTP for campaigns: campaigns (versioned, audited), templates, dry-runs, planning, eligibility, the outbox."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Query
+from sqlmodel import select
+
+from campaigns import service
+from campaigns.models import Message
+from crm.api import ContextDep, SessionDep
+from crm.auth import Principal, require
+from crm.models import Role
+from crm.service import customer_by_external_id
+
+router = APIRouter(tags=["campaigns"])
+EDITORS = (Role.admin, Role.marketer)
+READERS = (Role.admin, Role.marketer, Role.scheduler)
+PLANNERS = (Role.admin, Role.scheduler)
+CampaignBody = Annotated[dict[str, Any], Body(description="a campaign specification (see CampaignSpec)")]
+
+
+@router.post("/campaigns", status_code=201)
+def post_campaign(body: CampaignBody, session: SessionDep, ctx: ContextDep,
+                  principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Create a campaign in draft (validated: errors name the field; audited)."""
+    return service.describe(service.create_campaign(session, ctx, body, principal.actor))
+
+
+@router.get("/campaigns")
+def get_campaigns(session: SessionDep, status: str | None = None,
+                  _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+    """Campaigns, highest priority first; `status` filters."""
+    return [service.describe(c) for c in service.list_campaigns(session, status)]
+
+
+@router.get("/campaigns/{campaign_id}")
+def get_campaign(campaign_id: int, session: SessionDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """One campaign as it stands."""
+    return service.describe(service.get_campaign(session, campaign_id))
+
+
+@router.put("/campaigns/{campaign_id}")
+def put_campaign(campaign_id: int, body: CampaignBody, session: SessionDep, ctx: ContextDep,
+                 principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Replace a campaign's specification (a new version; audited; active ones pass the fairness gate)."""
+    campaign, warnings = service.update_campaign(session, ctx, campaign_id, body, principal.actor)
+    return service.describe(campaign) | {"fairness_warnings": warnings}
+
+
+@router.post("/campaigns/{campaign_id}/status")
+def post_status(campaign_id: int, session: SessionDep, ctx: ContextDep,
+                status: Annotated[str, Body(embed=True, description="draft, active, paused or archived")],
+                principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Activate, pause, resume or archive a campaign."""
+    campaign, warnings = service.set_status(session, ctx, campaign_id, status, principal.actor)
+    return service.describe(campaign) | {"fairness_warnings": warnings}
+
+
+@router.get("/campaigns/{campaign_id}/versions")
+def get_versions(campaign_id: int, session: SessionDep,
+                 _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+    """Every saved state of the campaign."""
+    return [v.model_dump() for v in service.campaign_versions(session, campaign_id)]
+
+
+@router.post("/campaigns/{campaign_id}/dry-run")
+def post_dry_run(campaign_id: int, session: SessionDep, ctx: ContextDep, on: Annotated[date | None, Query(
+                 alias="date", description="the occurrence's local date (default: the next one)")] = None,
+                 _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """Audience, recipients per channel, exclusions per reason, rendered samples and costs — nothing written."""
+    return service.dry_run(session, ctx, campaign_id, on)
+
+
+@router.post("/campaigns/{campaign_id}/plan")
+def post_plan(campaign_id: int, session: SessionDep, ctx: ContextDep,
+              on: Annotated[date | None, Query(alias="date")] = None,
+              _: Principal = Depends(require(*PLANNERS))) -> dict[str, Any]:
+    """Plan an occurrence into the outbox (idempotent: a second call adds nothing)."""
+    return service.plan_campaign(session, ctx, campaign_id, on)
+
+
+@router.get("/campaigns/{campaign_id}/eligibility/{external_id}")
+def get_eligibility(campaign_id: int, external_id: str, session: SessionDep, ctx: ContextDep,
+                    on: Annotated[date | None, Query(alias="date")] = None,
+                    _: Principal = Depends(require(*EDITORS, Role.support))) -> dict[str, Any]:
+    """Whether one customer would get the occurrence, and why (audience, consent, caps, quiet hours, offer)."""
+    return service.eligibility(session, ctx, campaign_id, external_id, on)
+
+
+@router.get("/templates")
+def get_templates(session: SessionDep, _: Principal = Depends(require(*EDITORS))) -> list[dict[str, Any]]:
+    """Stored templates (newest versions) and the file templates shipped with the service."""
+    return service.list_templates(session)
+
+
+@router.post("/templates", status_code=201)
+def post_template(session: SessionDep, ctx: ContextDep,
+                  body: Annotated[dict[str, Any], Body(description="{name, channel, locale, parts: {part: text}}")],
+                  principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Save a template version; refused with 422 when it does not render against a sample context."""
+    row, checked = service.save_template(session, ctx, body, principal.actor)
+    return row.model_dump() | {"sample": checked}
+
+
+@router.get("/templates/{template_id}")
+def get_template(template_id: int, session: SessionDep, _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """One stored template version."""
+    return service.get_template(session, template_id).model_dump()
+
+
+@router.post("/templates/{template_id}/preview")
+def post_preview(template_id: int, session: SessionDep, ctx: ContextDep,
+                 customer: Annotated[str, Query(description="the customer's external id", max_length=128)],
+                 _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Render a stored template for one customer."""
+    return service.preview_template(session, ctx, template_id, customer)
+
+
+@router.get("/messages")
+def get_messages(session: SessionDep, status: str | None = None, campaign_id: int | None = None,
+                 customer: str | None = Query(default=None, max_length=128), after: int | None = Query(None, ge=0),
+                 limit: int = Query(default=100, ge=1, le=1000),
+                 _: Principal = Depends(require(*READERS, Role.support))) -> dict[str, Any]:
+    """The outbox and ledger, filtered by status, campaign or customer; `after` is the id cursor."""
+    query = select(Message).order_by(Message.id).limit(limit)
+    if status is not None:
+        query = query.where(Message.status == status)
+    if campaign_id is not None:
+        query = query.where(Message.campaign_id == campaign_id)
+    if customer is not None:
+        query = query.where(Message.customer_id == customer_by_external_id(session, customer).id)
+    if after is not None:
+        query = query.where(Message.id > after)
+    rows = list(session.exec(query))
+    return {"items": service.messages_json(rows), "next": rows[-1].id if len(rows) == limit else None}
+
+
+def install(app: FastAPI) -> None:
+    """Wire campaigns into the app: routes and the contact-history and discount-budget profile sections."""
+    app.include_router(router)
+    app.state.profiles.register("contact_history", service.contact_history_section)
+    app.state.profiles.register("discount_budget", service.discount_budget_section)

@@ -1,0 +1,54 @@
+"""Fairness: for the same basket, loyal tiers must never be offered a worse price than new customers.
+
+Offers differ in form (50 off 300, 20% off), so they are compared at price points: every offer's minimum spend
+and a few reference prices. At each point, the lowest price any active campaign offers a loyal tier must not be
+above the lowest price offered to new customers (first-order-only customers, or N days after a first order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REFERENCE_PRICES = (50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
+
+
+@dataclass(frozen=True)
+class OfferReach:
+    """One campaign's offer and whom it reaches: tiers (empty = every tier) and whether it targets new customers."""
+
+    campaign: str
+    tiers: tuple[str, ...]
+    new_customers: bool
+    amount_off: float | None = None
+    percent_off: float | None = None
+    min_spend: float = 0.0
+
+
+def price_after(offer: OfferReach | None, price: float) -> float:
+    """What a basket of `price` costs under the offer (its minimum spend respected)."""
+    if offer is None or price < offer.min_spend:
+        return price
+    if offer.percent_off is not None:
+        return price * (1.0 - offer.percent_off / 100.0)
+    if offer.amount_off is not None:
+        return max(price - offer.amount_off, 0.0)
+    return price
+
+
+def violations(offers: list[OfferReach], loyal_tiers: tuple[str, ...],
+               prices: tuple[float, ...] = REFERENCE_PRICES) -> list[dict]:
+    """Every (loyal tier, price point) where new customers are offered a lower price than that tier."""
+    points = sorted({*prices, *(o.min_spend for o in offers if o.min_spend > 0)})
+    newcomer_offers = [o for o in offers if o.new_customers]
+    found = []
+    for tier in loyal_tiers:
+        tier_offers = [o for o in offers if not o.new_customers and (not o.tiers or tier in o.tiers)]
+        for price in points:
+            best_new = min((price_after(o, price), o.campaign) for o in newcomer_offers) if newcomer_offers else None
+            if best_new is None:
+                continue
+            best_loyal = min([price_after(o, price) for o in tier_offers] + [price])
+            if best_loyal > best_new[0] + 1e-9:
+                found.append({"tier": tier, "basket": price, "loyal_price": round(best_loyal, 2),
+                              "new_customer_price": round(best_new[0], 2), "new_customer_campaign": best_new[1]})
+    return found

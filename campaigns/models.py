@@ -1,0 +1,111 @@
+"""Campaign tables: campaigns and their versions, stored templates, planned occurrences and the message ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Column, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from crm.types import JSONType, UTCDateTime
+
+
+class Campaign(SQLModel, table=True):
+    """A campaign as it stands now: its status and the newest version of its specification."""
+
+    __tablename__ = "campaign"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(120), nullable=False, unique=True))
+    status: str = Field(sa_column=Column(String(12), nullable=False, index=True))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    priority: int = Field(sa_column=Column(Integer, nullable=False))
+    spec: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_by: str = Field(sa_column=Column(String(120), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_by: str = Field(sa_column=Column(String(120), nullable=False))
+
+
+class CampaignVersion(SQLModel, table=True):
+    """Every saved state of a campaign (specification and status), never overwritten."""
+
+    __tablename__ = "campaign_version"
+    __table_args__ = (UniqueConstraint("campaign_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    status: str = Field(sa_column=Column(String(12), nullable=False))
+    spec: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_by: str = Field(sa_column=Column(String(120), nullable=False))
+
+
+class MessageTemplate(SQLModel, table=True):
+    """A template written through the API; each save is a new version, the newest is used."""
+
+    __tablename__ = "message_template"
+    __table_args__ = (UniqueConstraint("name", "channel", "locale", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(80), nullable=False))
+    channel: str = Field(sa_column=Column(String(8), nullable=False))
+    locale: str = Field(sa_column=Column(String(16), nullable=False))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    parts: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_by: str = Field(sa_column=Column(String(120), nullable=False))
+
+
+class CampaignOccurrence(SQLModel, table=True):
+    """One planned occurrence of a campaign: planned once, with its exclusions counted per reason."""
+
+    __tablename__ = "campaign_occurrence"
+    __table_args__ = (UniqueConstraint("campaign_id", "occurrence"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    occurrence: str = Field(sa_column=Column(String(32), nullable=False))
+    campaign_version: int = Field(sa_column=Column(Integer, nullable=False))
+    planned_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    counts: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+
+
+class Message(SQLModel, table=True):
+    """The outbox and ledger: one row per (campaign, occurrence, customer, channel), whatever retries happen.
+
+    Planned messages count against frequency caps before they are sent; holdout rows and guard-rail skips are
+    kept too, so reports know who was held out and why a customer got nothing.
+    """
+
+    __tablename__ = "message"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "occurrence", "customer_id", "channel", name="uq_message_outbox_key"),
+        Index("ix_message_customer_send_at", "customer_id", "send_at"),
+        Index("ix_message_status_send_at", "status", "send_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(nullable=False)
+    occurrence: str = Field(sa_column=Column(String(32), nullable=False))
+    customer_id: int = Field(nullable=False, description="customer.id (no FK: bulk planned, see crm.models)")
+    channel: str = Field(sa_column=Column(String(8), nullable=False))
+    status: str = Field(sa_column=Column(String(12), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(String(40)))
+    priority: int = Field(sa_column=Column(Integer, nullable=False))
+    transactional: bool = Field(sa_column=Column(Boolean, nullable=False))
+    send_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    template: str = Field(sa_column=Column(String(80), nullable=False))
+    locale: str = Field(sa_column=Column(String(16), nullable=False))
+    offer: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    discount_value: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    coupon_code: str | None = Field(default=None, sa_column=Column(String(40)))
+    valid_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    provider_id: str | None = Field(default=None, sa_column=Column(String(80)))
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -1,0 +1,719 @@
+"""Campaign service: campaigns and templates (versioned, audited), planning into the outbox, dry-runs, explanations."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import polars as pl
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from campaigns import rendering
+from campaigns.caps import LEDGER_SCHEMA, Cap
+from campaigns.discounts import DiscountRules, budget_left
+from campaigns.fairness import OfferReach, violations
+from campaigns.models import Campaign, CampaignOccurrence, CampaignVersion, Message, MessageTemplate
+from campaigns.planner import (
+    GuardRails,
+    Plan,
+    PlanInputs,
+    occurrence_key,
+    offer_description,
+    plan_occurrence,
+    utc_midnight,
+)
+from campaigns.quiet_hours import QuietHours
+from campaigns.spec import STATUSES, CampaignSpec
+from churn.service import scores_frame
+from crm import audit
+from crm.bulkwrite import stage_frame
+from crm.columnar import ColumnarReader, columnar_reader, read_frame
+from crm.context import Context
+from crm.errors import Conflict, InvalidInput, NotFound
+from crm.profiles import ProfileRequest
+from crm.service import (
+    consent_frame,
+    contactability_frame,
+    customer_by_external_id,
+    first_orders_frame,
+    order_money_frame,
+)
+from segmentation.service import current_rule_set, entered_between, segments_frame, tags_frame
+
+LIVE_STATUSES = ("planned", "sending", "sent", "delivered", "unknown")  # count against caps
+STATUS_MOVES = {"draft": {"active", "archived"}, "active": {"paused", "archived"},
+                "paused": {"active", "archived"}, "archived": set()}
+MESSAGE_TYPES = {"campaign_id": "int", "occurrence": "text", "customer_id": "int", "channel": "text", "status": "text",
+                 "reason": "text", "priority": "int", "transactional": "bool", "send_at": "timestamp",
+                 "expires_at": "timestamp", "template": "text", "locale": "text", "offer": "json",
+                 "discount_value": "float", "coupon_code": "text", "valid_until": "timestamp", "attempts": "int",
+                 "created_at": "timestamp", "updated_at": "timestamp"}
+
+
+# ---------------------------------------------------------------- settings → guard rails
+
+
+def guard_rails(ctx: Context) -> GuardRails:
+    """The guard rails as configured in settings."""
+    s = ctx.settings
+    caps = [Cap(limit, days, channel) for channel, (limit, days) in s.caps.items()]
+    if s.global_cap:
+        caps.append(Cap(s.global_cap[0], s.global_cap[1], None))
+
+    def minutes(clock: str) -> int:
+        hours, _, mins = clock.partition(":")
+        return int(hours) * 60 + int(mins or 0)
+
+    return GuardRails(
+        caps=tuple(caps),
+        quiet=QuietHours(minutes(s.quiet_hours[0]), minutes(s.quiet_hours[1]), tuple(s.quiet_hours_channels)),
+        discounts=DiscountRules(budget_share=s.discount_budget_share, tier_max_percent=dict(s.tier_max_discount_percent),
+                                default_max_percent=s.default_max_discount_percent, shipping_value=s.shipping_value,
+                                min_offer_value=s.min_offer_value))
+
+
+def _invalid(field: str, reason: str) -> InvalidInput:
+    return InvalidInput(f"{field}: {reason}", errors=[{"field": field, "reason": reason}])
+
+
+# ---------------------------------------------------------------- templates
+
+
+def _stored(session: Session, name: str, channel: str, locale: str) -> MessageTemplate | None:
+    return session.exec(select(MessageTemplate).where(
+        MessageTemplate.name == name, MessageTemplate.channel == channel, MessageTemplate.locale == locale)
+        .order_by(MessageTemplate.version.desc()).limit(1)).first()
+
+
+def _source_of(row: MessageTemplate) -> rendering.TemplateSource:
+    return rendering.TemplateSource(name=row.name, channel=row.channel, locale=row.locale, parts=dict(row.parts),
+                                    origin=f"stored:{row.id}")
+
+
+def find_template(session: Session, ctx: Context, name: str, channel: str, locale: str) -> rendering.TemplateSource | None:
+    """A template for a customer's locale: stored through the API first, then files, with locale fallback."""
+    files = rendering.file_templates()
+
+    def lookup(n: str, c: str, loc: str) -> rendering.TemplateSource | None:
+        row = _stored(session, n, c, loc)
+        return _source_of(row) if row is not None else files.get((n, c, loc))
+
+    def locales(n: str, c: str) -> list[str]:
+        stored = session.exec(select(MessageTemplate.locale).where(
+            MessageTemplate.name == n, MessageTemplate.channel == c).distinct()).all()
+        return sorted({*stored, *(k[2] for k in files if k[0] == n and k[1] == c)})
+
+    return rendering.resolve(lookup, name, channel, locale, ctx.settings.default_locale, locales)
+
+
+def _unsubscribe_url(ctx: Context, customer_id: int | str) -> str:
+    return f"{ctx.settings.public_base_url}/unsubscribe/{ctx.cipher.sign_link('unsubscribe', str(customer_id))}"
+
+
+def _sample(ctx: Context, locale: str, with_offer: bool = True) -> dict[str, Any]:
+    context = rendering.sample_context(locale, with_offer=with_offer, unsubscribe_url=_unsubscribe_url(ctx, "sample"))
+    context["shop"]["name"] = ctx.settings.shop_name
+    return context
+
+
+def save_template(session: Session, ctx: Context, body: dict[str, Any], actor: str) -> tuple[MessageTemplate, dict]:
+    """Store a new version of a template after it renders against a sample context (else 422 naming the part)."""
+    for field in ("name", "channel", "locale"):
+        if not isinstance(body.get(field), str) or not body[field].strip():
+            raise _invalid(field, "is required")
+    parts = body.get("parts")
+    if not isinstance(parts, dict) or not all(isinstance(v, str) for v in parts.values()):
+        raise _invalid("parts", "must map part names to template text")
+    source = rendering.TemplateSource(name=body["name"], channel=body["channel"], locale=body["locale"],
+                                      parts=parts, origin="candidate")
+    try:
+        checked = rendering.validate(source, _sample(ctx, body["locale"]))
+    except rendering.TemplateProblem as problem:
+        raise _invalid(f"parts.{problem.part}" if problem.part in rendering.PARTS.get(body["channel"], ())
+                       else problem.part, problem.reason) from problem
+    previous = _stored(session, body["name"], body["channel"], body["locale"])
+    row = MessageTemplate(name=body["name"], channel=body["channel"], locale=body["locale"],
+                          version=(previous.version + 1) if previous else 1, parts=parts,
+                          created_at=ctx.clock.now(), created_by=actor)
+    session.add(row)
+    session.flush()
+    audit.record(session, actor=actor, action="template.save", entity="message_template", entity_id=row.id,
+                 at=row.created_at, before={"version": previous.version, "parts": previous.parts} if previous else None,
+                 after={"name": row.name, "channel": row.channel, "locale": row.locale, "version": row.version,
+                        "parts": parts})
+    return row, checked
+
+
+def list_templates(session: Session) -> list[dict[str, Any]]:
+    """Stored templates (newest version of each) and the file templates shipped in templates/."""
+    rows = session.exec(select(MessageTemplate).order_by(MessageTemplate.name, MessageTemplate.channel,
+                                                         MessageTemplate.locale, MessageTemplate.version)).all()
+    newest = {(r.name, r.channel, r.locale): r for r in rows}
+    out = [{"id": r.id, "name": r.name, "channel": r.channel, "locale": r.locale, "version": r.version,
+            "origin": "stored", "parts": r.parts} for r in newest.values()]
+    out += [{"id": None, "name": s.name, "channel": s.channel, "locale": s.locale, "version": None, "origin": "file",
+             "parts": s.parts} for key, s in sorted(rendering.file_templates().items()) if key not in newest]
+    return out
+
+
+def get_template(session: Session, template_id: int) -> MessageTemplate:
+    """One stored template version."""
+    row = session.get(MessageTemplate, template_id)
+    if row is None:
+        raise NotFound(f"template {template_id} does not exist")
+    return row
+
+
+def preview_template(session: Session, ctx: Context, template_id: int, external_id: str) -> dict[str, Any]:
+    """Render a stored template for one real customer (their tier, locale and unsubscribe link)."""
+    row = get_template(session, template_id)
+    customer = customer_by_external_id(session, external_id)
+    segment = segments_frame(session, customer_id=customer.id)
+    context = _context_for(ctx, customer.id, external_id, row.locale, customer.time_zone,
+                           segment["tier"][0] if segment.height else None, sample_offer=True)
+    try:
+        rendered = rendering.render(_source_of(row), context)
+        facts = rendering.check_rendered(row.channel, rendered, context)
+    except rendering.TemplateProblem as problem:
+        raise _invalid(f"parts.{problem.part}", problem.reason) from problem
+    return {"template_id": row.id, "customer": external_id, "rendered": rendered, **facts}
+
+
+def _context_for(ctx: Context, customer_id: int, external_id: str, locale: str, time_zone: str, tier: str | None,
+                 *, offer: dict | None = None, sample_offer: bool = False, campaign: str = "") -> dict[str, Any]:
+    context = _sample(ctx, locale, with_offer=sample_offer)
+    context["customer"] = {"external_id": external_id, "locale": locale, "tier": tier, "time_zone": time_zone}
+    context["unsubscribe_url"] = _unsubscribe_url(ctx, customer_id)
+    context["campaign"] = {"name": campaign or "preview"}
+    if offer is not None:
+        context["offer"] = offer
+    return context
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+def parse_spec(body: dict[str, Any]) -> CampaignSpec:
+    """Validate a campaign body; every error names its field."""
+    try:
+        return CampaignSpec.model_validate(body)
+    except ValidationError as error:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "reason": e["msg"]} for e in error.errors()]
+        raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors) from error
+
+
+def _check_semantics(session: Session, ctx: Context, spec: CampaignSpec) -> None:
+    """Names the spec refers to exist: tiers, layers, tags, and a renderable template per channel."""
+    errors = []
+    _, tiers = current_rule_set(session, "tier")
+    _, layers = current_rule_set(session, "layer")
+    _, tags = current_rule_set(session, "tags")
+    known = {"tiers": {r.name for r in tiers.rules} | {tiers.fallback},
+             "layers": {r.name for r in layers.rules} | {layers.fallback},
+             "tags": {t.name for t in tags.tags}}
+    for field, kind in (("tiers", "tiers"), ("exclude_tiers", "tiers"), ("layers", "layers"),
+                        ("exclude_layers", "layers"), ("tags", "tags"), ("exclude_tags", "tags")):
+        for index, value in enumerate(getattr(spec.audience, field)):
+            if value not in known[kind]:
+                errors.append({"field": f"audience.{field}.{index}",
+                               "reason": f"unknown {kind[:-1]} '{value}' (known: {', '.join(sorted(known[kind]))})"})
+    schedule = spec.schedule
+    if schedule.trigger == "entered_tier" and schedule.value not in known["tiers"]:
+        errors.append({"field": "schedule.value", "reason": f"unknown tier '{schedule.value}'"})
+    if schedule.trigger == "entered_tag" and schedule.value not in known["tags"]:
+        errors.append({"field": "schedule.value", "reason": f"unknown tag '{schedule.value}'"})
+    for index, step in enumerate(spec.channels):
+        field = f"channels.{index}.template"
+        source = find_template(session, ctx, step.template, step.channel, ctx.settings.default_locale)
+        if source is None:
+            errors.append({"field": field, "reason": f"no {step.channel} template named '{step.template}'"})
+            continue
+        sample = _sample(ctx, source.locale, with_offer=spec.offer is not None)
+        if spec.offer is not None:
+            sample["offer"]["description"] = offer_description(spec.offer.model_dump(), source.locale)
+        try:
+            rendering.validate(source, sample)
+        except rendering.TemplateProblem as problem:
+            errors.append({"field": field, "reason": f"does not render ({problem.part}): {problem.reason}"})
+    if errors:
+        raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors)
+
+
+def _reach(name: str, spec: CampaignSpec) -> OfferReach | None:
+    if spec.offer is None:
+        return None
+    newcomers = "first_order_only" in spec.audience.tags or spec.schedule.trigger == "days_after_first_order"
+    return OfferReach(campaign=name, tiers=tuple(spec.audience.tiers), new_customers=newcomers,
+                      amount_off=spec.offer.amount_off, percent_off=spec.offer.percent_off,
+                      min_spend=spec.offer.min_spend)
+
+
+def fairness_check(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec) -> list[dict]:
+    """Violations the campaign would cause together with every other active campaign."""
+    others = session.exec(select(Campaign).where(Campaign.status == "active", Campaign.id != campaign.id)).all()
+    reaches = [r for r in (_reach(o.name, CampaignSpec.model_validate(o.spec)) for o in others) if r]
+    mine = _reach(campaign.name, spec)
+    if mine is None:
+        return []
+    found = violations([*reaches, mine], tuple(ctx.settings.loyal_tiers))
+    return [v for v in found if mine.new_customers == (v["new_customer_campaign"] == campaign.name)
+            or not mine.new_customers]
+
+
+def _snapshot(session: Session, campaign: Campaign, actor: str, at: datetime) -> None:
+    session.add(CampaignVersion(campaign_id=campaign.id, version=campaign.version, status=campaign.status,
+                                spec=campaign.spec, created_at=at, created_by=actor))
+
+
+def create_campaign(session: Session, ctx: Context, body: dict[str, Any], actor: str) -> Campaign:
+    """A new campaign in draft, version 1 (validated, audited)."""
+    spec = parse_spec(body)
+    _check_semantics(session, ctx, spec)
+    if session.exec(select(Campaign).where(Campaign.name == spec.name)).first() is not None:
+        raise Conflict(f"a campaign named '{spec.name}' exists", errors=[{"field": "name", "reason": "taken"}])
+    now = ctx.clock.now()
+    campaign = Campaign(name=spec.name, status="draft", version=1, priority=spec.priority,
+                        spec=spec.model_dump(mode="json"), created_at=now, created_by=actor, updated_at=now,
+                        updated_by=actor)
+    session.add(campaign)
+    session.flush()
+    _snapshot(session, campaign, actor, now)
+    audit.record(session, actor=actor, action="campaign.create", entity="campaign", entity_id=campaign.id, at=now,
+                 after={"status": campaign.status, "spec": campaign.spec})
+    return campaign
+
+
+def get_campaign(session: Session, campaign_id: int) -> Campaign:
+    """One campaign, or NotFound."""
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return campaign
+
+
+def list_campaigns(session: Session, status: str | None = None) -> list[Campaign]:
+    """Campaigns, highest priority first."""
+    query = select(Campaign).order_by(Campaign.priority.desc(), Campaign.id)
+    if status is not None:
+        query = query.where(Campaign.status == status)
+    return list(session.exec(query))
+
+
+def campaign_versions(session: Session, campaign_id: int) -> list[CampaignVersion]:
+    """Every saved state of a campaign, oldest first."""
+    get_campaign(session, campaign_id)
+    return list(session.exec(select(CampaignVersion).where(CampaignVersion.campaign_id == campaign_id)
+                             .order_by(CampaignVersion.version)))
+
+
+def update_campaign(session: Session, ctx: Context, campaign_id: int, body: dict[str, Any], actor: str
+                    ) -> tuple[Campaign, list[dict]]:
+    """Replace the specification (a new version); an active campaign is checked for fairness again."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status == "archived":
+        raise Conflict("an archived campaign cannot change")
+    spec = parse_spec(body)
+    _check_semantics(session, ctx, spec)
+    clash = session.exec(select(Campaign).where(Campaign.name == spec.name, Campaign.id != campaign_id)).first()
+    if clash is not None:
+        raise Conflict(f"a campaign named '{spec.name}' exists", errors=[{"field": "name", "reason": "taken"}])
+    warnings = _fairness_gate(session, ctx, campaign, spec) if campaign.status == "active" else []
+    return _save(session, ctx, campaign, spec, campaign.status, actor, "campaign.update"), warnings
+
+
+def _fairness_gate(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec) -> list[dict]:
+    found = fairness_check(session, ctx, campaign, spec)
+    if found and spec.fairness == "refuse":
+        raise InvalidInput("the offer would leave a loyal tier paying more than new customers for the same basket",
+                           errors=[{"field": "offer", "reason": f"{v['tier']} pays {v['loyal_price']} for a basket of "
+                                    f"{v['basket']}, new customers {v['new_customer_price']} "
+                                    f"({v['new_customer_campaign']})"} for v in found])
+    return found
+
+
+def _save(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec, status: str, actor: str,
+          action: str) -> Campaign:
+    now = ctx.clock.now()
+    before = {"status": campaign.status, "version": campaign.version, "spec": campaign.spec}
+    campaign.spec, campaign.status, campaign.priority = spec.model_dump(mode="json"), status, spec.priority
+    campaign.name, campaign.version = spec.name, campaign.version + 1
+    campaign.updated_at, campaign.updated_by = now, actor
+    session.add(campaign)
+    session.flush()
+    _snapshot(session, campaign, actor, now)
+    audit.record(session, actor=actor, action=action, entity="campaign", entity_id=campaign.id, at=now,
+                 before=before, after={"status": status, "version": campaign.version, "spec": campaign.spec})
+    return campaign
+
+
+def set_status(session: Session, ctx: Context, campaign_id: int, status: str, actor: str
+               ) -> tuple[Campaign, list[dict]]:
+    """Move a campaign draft → active ⇄ paused → archived; activation passes the fairness gate."""
+    campaign = get_campaign(session, campaign_id)
+    if status not in STATUSES:
+        raise _invalid("status", f"must be one of {', '.join(STATUSES)}")
+    if status == campaign.status:
+        return campaign, []
+    if status not in STATUS_MOVES[campaign.status]:
+        raise Conflict(f"a {campaign.status} campaign cannot become {status}",
+                       errors=[{"field": "status", "reason": f"allowed: {sorted(STATUS_MOVES[campaign.status])}"}])
+    spec = CampaignSpec.model_validate(campaign.spec)
+    warnings = _fairness_gate(session, ctx, campaign, spec) if status == "active" else []
+    return _save(session, ctx, campaign, spec, status, actor, f"campaign.{status}"), warnings
+
+
+# ---------------------------------------------------------------- planning
+
+
+def next_occurrence(spec: CampaignSpec, today: date) -> date | None:
+    """The first local date on or after today on which the schedule fires (within a year)."""
+    for offset in range(367):
+        day = today + timedelta(days=offset)
+        if spec.schedule.fires_on(day):
+            return day
+    return None
+
+
+def shop_today(ctx: Context) -> date:
+    """Today in the shop's default zone, by the injected clock."""
+    from campaigns.localtime import local_date_of
+
+    return local_date_of(ctx.clock.now(), ctx.settings.default_time_zone)
+
+
+def _ledger(session: Session, reader: ColumnarReader | None, now: datetime, horizon_days: int,
+            customer_id: int | None) -> pl.DataFrame:
+    """Live marketing messages near now (they count against caps) and offers still open."""
+    statuses = ", ".join(f"'{s}'" for s in LIVE_STATUSES)
+    one = "AND m.customer_id = :customer_id" if customer_id is not None else ""
+    query = (f"SELECT m.customer_id, m.channel, m.send_at, m.priority, m.campaign_id, "
+             f"CASE WHEN m.valid_until > :now THEN m.discount_value ELSE 0 END "
+             f"FROM message m WHERE m.status IN ({statuses}) AND m.transactional = :no "
+             f"AND m.send_at >= :start AND m.send_at < :end {one}")
+    params = {"now": now, "no": False, "start": now - timedelta(days=horizon_days),
+              "end": now + timedelta(days=horizon_days)} | ({"customer_id": customer_id} if customer_id else {})
+    schema = LEDGER_SCHEMA | {"campaign_id": pl.Int64, "open_offer": pl.Float64}
+    if reader is not None and customer_id is None:
+        return reader.read(query, params, schema)
+    return read_frame(session, query, params, schema, same_connection=True)
+
+
+def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *,
+                customer_id: int | None = None) -> tuple[PlanInputs, dict[str, float]]:
+    """Everything planning reads, through one columnar reader; with customer_id only that customer's rows."""
+    now = ctx.clock.now()
+    rails = guard_rails(ctx)
+    horizon = max([c.window_days for c in rails.caps] + [400]) + spec.defer_days
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with columnar_reader(session) as reader:
+        use = None if customer_id is not None else reader
+        one = {"customer_id": customer_id} if customer_id is not None else {}
+        customers = contactability_frame(session, reader=use, **one)
+        segments = segments_frame(session, reader=use, **one)
+        tags = tags_frame(session, reader=use, **one) if (spec.audience.tags or spec.audience.exclude_tags) else \
+            pl.DataFrame(schema={"customer_id": pl.Int64, "tag": pl.String})
+        scores = scores_frame(session, reader=use, **one)
+        consent = consent_frame(session, reader=use, **one)
+        ledger = _ledger(session, use, now, horizon, customer_id)
+        money = (order_money_frame(session, now - timedelta(days=365), now, reader=use, **one) if spec.offer else
+                 pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Float64,
+                                      "orders": pl.Int64, "cost_known_value": pl.Float64, "cost": pl.Float64}))
+        needs_first = spec.schedule.trigger == "days_after_first_order"
+        first_orders = first_orders_frame(session, now, reader=use, **one) if needs_first else \
+            pl.DataFrame(schema={"customer_id": pl.Int64, "first_order_at": pl.Datetime("us", "UTC")})
+    timings["read_s"] = round(time.perf_counter() - started, 3)
+    entered = None
+    if spec.schedule.trigger in ("entered_tier", "entered_tag"):
+        dimension = "tier" if spec.schedule.trigger == "entered_tier" else "tag"
+        entered = entered_between(session, dimension, spec.schedule.value or "", utc_midnight(day),
+                                  utc_midnight(day) + timedelta(days=1), customer_id=customer_id)
+    return PlanInputs(customers=customers, segments=segments, tags=tags, scores=scores, consent=consent,
+                      ledger=ledger, money=money, first_orders=first_orders, entered=entered), timings
+
+
+def _compute(session: Session, ctx: Context, campaign: Campaign, day: date, *, customer_id: int | None = None
+             ) -> tuple[Plan, dict[str, float]]:
+    spec = CampaignSpec.model_validate(campaign.spec)
+    inputs, timings = load_inputs(session, ctx, spec, day, customer_id=customer_id)
+    started = time.perf_counter()
+    plan = plan_occurrence(spec, campaign.id, occurrence_key(day), day, inputs, guard_rails(ctx), ctx.clock.now())
+    timings["plan_s"] = round(time.perf_counter() - started, 3)
+    return plan, timings
+
+
+def _resolve_day(ctx: Context, spec: CampaignSpec, day: date | None) -> date:
+    if day is not None:
+        return day
+    found = next_occurrence(spec, shop_today(ctx))
+    if found is None:
+        raise _invalid("date", "the schedule has no occurrence in the coming year")
+    return found
+
+
+def _offer_json(rows: pl.DataFrame) -> pl.Expr:
+    if "offer_decision" not in rows.columns:
+        return pl.lit(None, dtype=pl.String)
+    return pl.when(pl.col("offer_decision").is_not_null()).then(pl.struct(
+        decision=pl.col("offer_decision"), reasons=pl.col("offer_reasons"), amount_off=pl.col("offer_amount_off"),
+        percent_off=pl.col("offer_percent_off"), min_spend=pl.col("min_spend"),
+        free_shipping=pl.col("offer_free_shipping")).struct.json_encode())
+
+
+def plan_campaign(session: Session, ctx: Context, campaign_id: int, day: date | None = None) -> dict[str, Any]:
+    """Plan one occurrence into the outbox; planning the same occurrence again adds nothing."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.status != "active":
+        raise Conflict(f"campaign {campaign_id} is {campaign.status}; only active campaigns are planned")
+    spec = CampaignSpec.model_validate(campaign.spec)
+    day = _resolve_day(ctx, spec, day)
+    if not spec.schedule.fires_on(day):
+        raise _invalid("date", f"the schedule does not fire on {day.isoformat()}")
+    key = occurrence_key(day)
+    now = ctx.clock.now()
+    # Claim the occurrence first: a concurrent planner of the same occurrence waits here, then finds it taken.
+    claimed = session.connection().execute(text(
+        "INSERT INTO campaign_occurrence (campaign_id, occurrence, campaign_version, planned_at, counts) "
+        "VALUES (:campaign_id, :occurrence, :version, :now, :counts) ON CONFLICT (campaign_id, occurrence) DO NOTHING"),
+        {"campaign_id": campaign.id, "occurrence": key, "version": campaign.version, "now": now.replace(tzinfo=None)
+         if session.get_bind().dialect.name == "sqlite" else now, "counts": "{}"}).rowcount
+    existing = session.exec(select(CampaignOccurrence).where(CampaignOccurrence.campaign_id == campaign.id,
+                                                            CampaignOccurrence.occurrence == key)).one()
+    if not claimed:
+        return {"campaign_id": campaign.id, "occurrence": key, "already_planned": True, "added": 0,
+                "counts": existing.counts}
+    plan, timings = _compute(session, ctx, campaign, day)
+    started = time.perf_counter()
+    added = _write(session, campaign, spec, key, day, plan, now)
+    timings["write_s"] = round(time.perf_counter() - started, 3)
+    existing.counts = plan.counts | {"audience": plan.audience_size, "added": added}
+    session.add(existing)
+    session.flush()
+    return {"campaign_id": campaign.id, "occurrence": key, "already_planned": False, "added": added,
+            "counts": existing.counts, "timings": timings}
+
+
+def _write(session: Session, campaign: Campaign, spec: CampaignSpec, key: str, day: date, plan: Plan,
+           now: datetime) -> int:
+    rows = plan.rows
+    if rows.is_empty():
+        return 0
+    for column, dtype in (("discount_value", pl.Float64), ("coupon_code", pl.String),
+                          ("valid_until", pl.Datetime("us", "UTC"))):
+        if column not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, dtype=dtype).alias(column))
+    frame = rows.select(
+        campaign_id=pl.lit(campaign.id, dtype=pl.Int64), occurrence=pl.lit(key), customer_id="customer_id",
+        channel="channel", status="status", reason="reason", priority=pl.lit(spec.priority, dtype=pl.Int64),
+        transactional=pl.lit(spec.transactional), send_at="send_at",
+        expires_at=pl.lit(utc_midnight(day) + timedelta(days=spec.defer_days + 2)), template="template",
+        locale="locale", offer=_offer_json(rows), discount_value=pl.col("discount_value").fill_null(0.0),
+        coupon_code="coupon_code", valid_until="valid_until", attempts=pl.lit(0, dtype=pl.Int64),
+        created_at=pl.lit(now), updated_at=pl.lit(now))
+    stage_frame(session, "message_stage", frame, MESSAGE_TYPES)
+    columns = ", ".join(MESSAGE_TYPES)
+    pg = session.get_bind().dialect.name == "postgresql"
+    cast = {"offer": "CAST(s.offer AS jsonb)" if pg else "s.offer"}
+    select_list = ", ".join(cast.get(c, f"s.{c}") for c in MESSAGE_TYPES)
+    return session.connection().execute(text(
+        f"INSERT INTO message ({columns}) SELECT {select_list} FROM message_stage s WHERE true "
+        "ON CONFLICT (campaign_id, occurrence, customer_id, channel) DO NOTHING")).rowcount
+
+
+def dry_run(session: Session, ctx: Context, campaign_id: int, day: date | None = None, sample_size: int = 5
+            ) -> dict[str, Any]:
+    """What planning would do now — audience, recipients per channel, exclusions per reason, samples, costs —
+    writing nothing."""
+    campaign = get_campaign(session, campaign_id)
+    spec = CampaignSpec.model_validate(campaign.spec)
+    day = _resolve_day(ctx, spec, day)
+    plan, timings = _compute(session, ctx, campaign, day)
+    planned = plan.rows.filter(pl.col("status") == "planned")
+    units = ctx.settings.message_unit_cost
+    samples, segments = _samples(session, ctx, campaign, spec, planned, sample_size)
+    message_cost = sum(plan.counts.get(f"channel_{c}", 0) * units.get(c, 0.0) * (segments if c == "sms" else 1)
+                       for c in ("sms", "email", "push", "phone"))
+    discount_max = float(planned["discount_value"].sum()) if "discount_value" in planned.columns else 0.0
+    excluded = {r: plan.counts.get(r, 0) for r in
+                ("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout")}
+    adjusted = {r: plan.counts.get(r, 0) for r in ("deferred_quiet_hours", "deferred_cap", "offer_reduced")}
+    return {"campaign_id": campaign.id, "campaign": campaign.name, "status": campaign.status,
+            "occurrence": occurrence_key(day), "audience": plan.audience_size,
+            "recipients": plan.counts.get("recipients", 0), "messages": plan.counts.get("messages", 0),
+            "per_channel": {c: plan.counts.get(f"channel_{c}", 0) for c in ("sms", "email", "push", "phone")},
+            "excluded": excluded, "adjusted": adjusted, "samples": samples,
+            "estimated_cost": {"messages": round(message_cost, 2), "sms_segments_per_message": segments,
+                               "discount_if_all_redeemed": round(discount_max, 2),
+                               "discount_expected": round(discount_max * ctx.settings.offer_redemption_rate, 2),
+                               "redemption_rate": ctx.settings.offer_redemption_rate},
+            "timings": timings}
+
+
+def _samples(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec, planned: pl.DataFrame,
+             size: int) -> tuple[list[dict[str, Any]], int]:
+    """Rendered messages for the first few recipients, and the SMS segment count seen in them."""
+    out, segments = [], 1
+    pick = planned.sort("customer_id").head(size)
+    if pick.is_empty():
+        return out, segments
+    segment = segments_frame(session, customer_id=None).filter(pl.col("customer_id").is_in(pick["customer_id"]))
+    tiers = dict(zip(segment["customer_id"], segment["tier"], strict=True))
+    externals = contactability_frame(session).filter(pl.col("customer_id").is_in(pick["customer_id"]))
+    external = dict(zip(externals["customer_id"], externals["external_id"], strict=True))
+    for row in pick.iter_rows(named=True):
+        source = find_template(session, ctx, row["template"], row["channel"], row["locale"])
+        # The offer is described in the language of the template that will carry it.
+        offer = _offer_for_template(row | {"locale": source.locale if source else row["locale"]}) \
+            if spec.offer else None
+        context = _context_for(ctx, row["customer_id"], external.get(row["customer_id"], ""), row["locale"],
+                               row["time_zone"], tiers.get(row["customer_id"]), offer=offer, campaign=campaign.name)
+        try:
+            rendered = rendering.render(source, context) if source else {}
+            facts = rendering.check_rendered(row["channel"], rendered, context) if source else {}
+        except rendering.TemplateProblem as problem:
+            rendered, facts = {"error": str(problem)}, {}
+        segments = max(segments, facts.get("segments", 1))
+        out.append({"customer": external.get(row["customer_id"]), "channel": row["channel"],
+                    "send_at": row["send_at"], "locale": source.locale if source else row["locale"],
+                    "rendered": rendered, **facts})
+    return out, segments
+
+
+def _offer_for_template(row: dict[str, Any]) -> dict[str, Any] | None:
+    if row.get("offer_decision") in (None, "withheld"):
+        return None
+    offer = {"amount_off": row.get("offer_amount_off"), "percent_off": row.get("offer_percent_off"),
+             "min_spend": row.get("min_spend") or 0, "free_shipping": bool(row.get("offer_free_shipping")),
+             "code": row.get("coupon_code"),
+             "valid_until": row["valid_until"].date().isoformat() if row.get("valid_until") else None}
+    offer["description"] = offer_description(offer, row["locale"])
+    return offer
+
+
+def eligibility(session: Session, ctx: Context, campaign_id: int, external_id: str, day: date | None = None
+                ) -> dict[str, Any]:
+    """Whether and why one customer would get this campaign's next (or given) occurrence."""
+    campaign = get_campaign(session, campaign_id)
+    spec = CampaignSpec.model_validate(campaign.spec)
+    customer = customer_by_external_id(session, external_id)
+    day = _resolve_day(ctx, spec, day)
+    plan, _ = _compute(session, ctx, campaign, day, customer_id=customer.id)
+    inputs, _ = load_inputs(session, ctx, spec, day, customer_id=customer.id)
+    facts = _audience_facts(spec, inputs)
+    rows = plan.rows.filter(pl.col("customer_id") == customer.id)
+    reasons = [r for r in (*("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout"),)
+               if plan.counts.get(r)]
+    decisions = [{"channel": r["channel"], "status": r["status"], "reason": r["reason"], "send_at": r["send_at"],
+                  "offer": _offer_for_template(r) if spec.offer else None,
+                  "offer_decision": r.get("offer_decision"), "offer_reasons": r.get("offer_reasons")}
+                 for r in rows.iter_rows(named=True)]
+    would_receive = any(d["status"] == "planned" for d in decisions)
+    consent = consent_frame(session, customer_id=customer.id)
+    return {"campaign_id": campaign.id, "customer": external_id, "occurrence": occurrence_key(day),
+            "in_audience": plan.audience_size > 0, "audience_checks": facts, "would_receive": would_receive,
+            "reasons": reasons if not would_receive else [], "decisions": decisions,
+            "consent": {c: s for _, c, s in consent.iter_rows()}}
+
+
+def _audience_facts(spec: CampaignSpec, inputs: PlanInputs) -> list[dict[str, Any]]:
+    """Each audience condition with the customer's value and whether it holds (one customer)."""
+    seg = inputs.segments.row(0, named=True) if inputs.segments.height else {}
+    score = inputs.scores.row(0, named=True) if inputs.scores.height else {}
+    tags = set(inputs.tags["tag"]) if inputs.tags.height else set()
+    rules, checks = spec.audience, []
+
+    def add(condition: str, value: Any, holds: bool) -> None:
+        checks.append({"condition": condition, "value": value, "holds": bool(holds)})
+
+    if rules.tiers:
+        add(f"tier in {rules.tiers}", seg.get("tier"), seg.get("tier") in rules.tiers)
+    if rules.exclude_tiers:
+        add(f"tier not in {rules.exclude_tiers}", seg.get("tier"), seg.get("tier") not in rules.exclude_tiers)
+    if rules.layers:
+        add(f"layer in {rules.layers}", seg.get("layer"), seg.get("layer") in rules.layers)
+    if rules.tags:
+        add(f"has a tag of {rules.tags}", sorted(tags), bool(tags & set(rules.tags)))
+    if rules.exclude_tags:
+        add(f"has no tag of {rules.exclude_tags}", sorted(tags), not tags & set(rules.exclude_tags))
+    if rules.churn_risk_above is not None:
+        p = score.get("probability")
+        add(f"churn risk > {rules.churn_risk_above}", p, p is not None and p > rules.churn_risk_above)
+    if rules.at_risk is not None or spec.schedule.trigger == "at_risk":
+        wanted = True if rules.at_risk is None else rules.at_risk
+        add(f"at risk = {wanted}", score.get("at_risk"), bool(score.get("at_risk")) == wanted)
+    return checks
+
+
+def plan_due(session: Session, ctx: Context, day: date | None = None) -> list[dict[str, Any]]:
+    """Plan every active campaign that fires on the day, highest priority first (so it wins capped slots)."""
+    day = day or shop_today(ctx)
+    results = []
+    for campaign in list_campaigns(session, "active"):
+        spec = CampaignSpec.model_validate(campaign.spec)
+        if spec.schedule.fires_on(day):
+            results.append(plan_campaign(session, ctx, campaign.id, day) | {"campaign": campaign.name})
+    return results
+
+
+# ---------------------------------------------------------------- profile sections
+
+
+def contact_history_section(request: ProfileRequest) -> dict[str, Any] | None:
+    """The profile's contact history: the newest messages with status, channel and campaign."""
+    rows = request.session.exec(
+        select(Message, Campaign.name).join(Campaign, Campaign.id == Message.campaign_id)
+        .where(Message.customer_id == request.customer_id).order_by(Message.send_at.desc()).limit(50)).all()
+    return {"messages": [{"campaign": name, "occurrence": m.occurrence, "channel": m.channel, "status": m.status,
+                          "reason": m.reason, "send_at": m.send_at, "coupon_code": m.coupon_code,
+                          "discount_value": m.discount_value} for m, name in rows]}
+
+
+def discount_budget_section(request: ProfileRequest) -> dict[str, Any] | None:
+    """The profile's discount budget: spend and discount in the trailing 365 days, open offers, what is left."""
+    now = request.ctx.clock.now()
+    money = order_money_frame(request.session, now - timedelta(days=365), now, customer_id=request.customer_id)
+    spend = float(money["spend"][0]) if money.height else 0.0
+    discount = float(money["discount"][0]) if money.height else 0.0
+    open_offers = _ledger(request.session, None, now, 400, request.customer_id)["open_offer"].sum() or 0.0
+    rules = guard_rails(request.ctx).discounts
+    return {"window_days": 365, "spend": round(spend, 2), "discount_granted": round(discount, 2),
+            "open_offers": round(float(open_offers), 2), "budget_share": rules.budget_share,
+            "budget": round(rules.budget_share * spend, 2),
+            "left": round(budget_left(spend, discount, float(open_offers), rules), 2)}
+
+
+def describe(campaign: Campaign) -> dict[str, Any]:
+    """A campaign as the API shows it."""
+    return {"id": campaign.id, "name": campaign.name, "status": campaign.status, "version": campaign.version,
+            "priority": campaign.priority, "spec": campaign.spec, "created_at": campaign.created_at,
+            "created_by": campaign.created_by, "updated_at": campaign.updated_at, "updated_by": campaign.updated_by}
+
+
+def messages_json(rows: list[Message]) -> list[dict[str, Any]]:
+    """Outbox rows for the API."""
+    return [m.model_dump() | {"offer": m.offer if not isinstance(m.offer, str) else json.loads(m.offer)} for m in rows]
+
+
+
+def install_defaults(session: Session, ctx: Context, actor: str, *, activate: bool = True) -> list[dict[str, Any]]:
+    """Create the default touch plans that do not exist yet (by name); activate them unless told not to."""
+    from campaigns.defaults import DEFAULT_CAMPAIGNS
+
+    out = []
+    for body in DEFAULT_CAMPAIGNS:
+        existing = session.exec(select(Campaign).where(Campaign.name == body["name"])).first()
+        if existing is not None:
+            out.append({"id": existing.id, "name": existing.name, "status": existing.status, "created": False,
+                        "warnings": []})
+            continue
+        campaign = create_campaign(session, ctx, body, actor)
+        warnings: list[dict] = []
+        if activate:
+            campaign, warnings = set_status(session, ctx, campaign.id, "active", actor)
+        out.append({"id": campaign.id, "name": campaign.name, "status": campaign.status, "created": True,
+                    "warnings": warnings})
+    return out
