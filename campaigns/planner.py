@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -66,8 +67,8 @@ def holdout_draw(campaign_id: int, customer_ids: pl.Series) -> pl.Series:
 
 def coupon_codes(prefix: str, campaign_id: int, occurrence: str, customer_ids: pl.Series) -> pl.Series:
     """A unique, unguessable-enough code per customer and occurrence (60 hash bits, 12 characters)."""
-    salt = int.from_bytes(occurrence.encode()[:8].ljust(8, b"\0"), "little") ^ (campaign_id * 0x100000001B3)
-    keys = customer_ids.to_numpy().astype(np.uint64) ^ _mix64(np.array([salt % 2**64], dtype=np.uint64))[0]
+    salt = int.from_bytes(hashlib.blake2b(f"{campaign_id}:{occurrence}".encode(), digest_size=8).digest(), "little")
+    keys = customer_ids.to_numpy().astype(np.uint64) ^ np.uint64(salt)
     mixed = _mix64(keys)
     digits = np.stack([(mixed >> np.uint64(5 * i)) & np.uint64(31) for i in range(12)], axis=1).astype(np.intp)
     body = np.ascontiguousarray(COUPON_ALPHABET[digits]).view(f"<U{12}").ravel()

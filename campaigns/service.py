@@ -560,9 +560,9 @@ def _samples(session: Session, ctx: Context, campaign: Campaign, spec: CampaignS
     pick = planned.sort("customer_id").head(size)
     if pick.is_empty():
         return out, segments
-    segment = segments_frame(session, customer_id=None).filter(pl.col("customer_id").is_in(pick["customer_id"]))
+    segment = segments_frame(session, customer_id=None).filter(pl.col("customer_id").is_in(pick["customer_id"].to_list()))
     tiers = dict(zip(segment["customer_id"], segment["tier"], strict=True))
-    externals = contactability_frame(session).filter(pl.col("customer_id").is_in(pick["customer_id"]))
+    externals = contactability_frame(session).filter(pl.col("customer_id").is_in(pick["customer_id"].to_list()))
     external = dict(zip(externals["customer_id"], externals["external_id"], strict=True))
     for row in pick.iter_rows(named=True):
         source = find_template(session, ctx, row["template"], row["channel"], row["locale"])
