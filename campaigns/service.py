@@ -30,7 +30,7 @@ from campaigns.quiet_hours import QuietHours
 from campaigns.spec import STATUSES, CampaignSpec
 from churn.service import scores_frame
 from crm import audit
-from crm.bulkwrite import stage_frame
+from crm.bulkwrite import insert_frame
 from crm.columnar import ColumnarReader, columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import Conflict, InvalidInput, NotFound
@@ -514,14 +514,10 @@ def _write(session: Session, campaign: Campaign, spec: CampaignSpec, key: str, d
         locale="locale", offer=_offer_json(rows), discount_value=pl.col("discount_value").fill_null(0.0),
         coupon_code="coupon_code", valid_until="valid_until", attempts=pl.lit(0, dtype=pl.Int64),
         created_at=pl.lit(now), updated_at=pl.lit(now))
-    stage_frame(session, "message_stage", frame, MESSAGE_TYPES)
-    columns = ", ".join(MESSAGE_TYPES)
-    pg = session.get_bind().dialect.name == "postgresql"
-    cast = {"offer": "CAST(s.offer AS jsonb)" if pg else "s.offer"}
-    select_list = ", ".join(cast.get(c, f"s.{c}") for c in MESSAGE_TYPES)
-    return session.connection().execute(text(
-        f"INSERT INTO message ({columns}) SELECT {select_list} FROM message_stage s WHERE true "
-        "ON CONFLICT (campaign_id, occurrence, customer_id, channel) DO NOTHING")).rowcount
+    # Straight into the outbox (COPY on PostgreSQL): this transaction holds the occurrence's claim, so no other
+    # planner can have written rows for it; the unique outbox key still guards against any duplicate.
+    insert_frame(session, "message", frame, MESSAGE_TYPES)
+    return frame.height
 
 
 def dry_run(session: Session, ctx: Context, campaign_id: int, day: date | None = None, sample_size: int = 5
