@@ -32,6 +32,7 @@ from crm.service import (
     events_frame,
     order_flags_frame,
     orders_frame,
+    read_columns,
 )
 from segmentation.service import current_rule_set, default_as_of
 
@@ -331,6 +332,4 @@ def scores_frame(session: Session, *, customer_id: int | None = None,
     one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
     query = f"SELECT s.customer_id, s.probability, s.at_risk FROM churn_score s {one}"
     params = {"customer_id": customer_id} if customer_id is not None else {}
-    if reader is not None and customer_id is None:
-        return reader.read(query, params, SCORE_READ_SCHEMA)
-    return read_frame(session, query, params, SCORE_READ_SCHEMA, same_connection=customer_id is not None)
+    return read_columns(session, reader, query, params, SCORE_READ_SCHEMA, one_customer=customer_id is not None)

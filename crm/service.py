@@ -23,8 +23,8 @@ ORDER_SCHEMA = {"order_id": pl.Int64, "customer_id": pl.Int64, "ordered_at": pl.
 EVENT_SCHEMA = {"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC"), "type": pl.String}
 
 
-def _read(session: Session, reader: ColumnarReader | None, query: str, params: dict[str, Any],
-          schema: dict[str, pl.DataType], *, one_customer: bool) -> pl.DataFrame:
+def read_columns(session: Session, reader: ColumnarReader | None, query: str, params: dict[str, Any],
+                 schema: dict[str, pl.DataType], *, one_customer: bool) -> pl.DataFrame:
     """Through the caller's open reader when given; a single customer's rows on the session's connection."""
     if reader is not None and not one_customer:
         return reader.read(query, params, schema)
@@ -45,7 +45,7 @@ def orders_frame(session: Session, start: datetime | None, end: datetime, *, cus
              f"o.coupon_code IS NOT NULL FROM orders o WHERE o.ordered_at < :end {lower} {one}")
     params = {"end": end} | ({"start": start} if start is not None else {}) | (
         {"customer_id": customer_id} if customer_id is not None else {})
-    return _read(session, reader, query, params, ORDER_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, ORDER_SCHEMA, one_customer=customer_id is not None)
 
 
 def events_frame(session: Session, start: datetime | None, end: datetime, *, customer_id: int | None = None,
@@ -56,7 +56,7 @@ def events_frame(session: Session, start: datetime | None, end: datetime, *, cus
     query = f"SELECT e.customer_id, e.occurred_at, e.type FROM event e WHERE e.occurred_at < :end {lower} {one}"
     params = {"end": end} | ({"start": start} if start is not None else {}) | (
         {"customer_id": customer_id} if customer_id is not None else {})
-    return _read(session, reader, query, params, EVENT_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, EVENT_SCHEMA, one_customer=customer_id is not None)
 
 
 CUSTOMER_SCHEMA = {"customer_id": pl.Int64, "signed_up_at": pl.Datetime("us", "UTC"), "birthday": pl.Date,
@@ -66,7 +66,7 @@ ORDER_FLAG_SCHEMA = {"order_id": pl.Int64, "marked_down": pl.Boolean, "new_produ
 
 def customers_frame(session: Session, *, reader: ColumnarReader | None = None) -> pl.DataFrame:
     """Every customer's row id, sign-up time, birthday and time zone (no contact data)."""
-    return _read(session, reader, "SELECT c.id, c.signed_up_at, c.birthday, c.time_zone FROM customer c", {},
+    return read_columns(session, reader, "SELECT c.id, c.signed_up_at, c.birthday, c.time_zone FROM customer c", {},
                  CUSTOMER_SCHEMA, one_customer=False)
 
 
@@ -83,7 +83,7 @@ def order_flags_frame(session: Session, *, customer_id: int | None = None,
              "sum(CASE WHEN i.is_new_product THEN 1 ELSE 0 END) FROM order_item i "
              f"WHERE (i.unit_price < i.list_price OR i.is_new_product) {one} GROUP BY i.order_id")
     params = {"customer_id": customer_id} if customer_id is not None else {}
-    return _read(session, reader, query, params, ORDER_FLAG_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, ORDER_FLAG_SCHEMA, one_customer=customer_id is not None)
 
 
 CATEGORY_SCHEMA = {"customer_id": pl.Int64, "category": pl.String, "first_bought_at": pl.Datetime("us", "UTC")}
@@ -93,7 +93,7 @@ def customer_categories_frame(session: Session, *, reader: ColumnarReader | None
     """When each customer first bought from each product category (one row per customer and category)."""
     query = ("SELECT o.customer_id, i.category, min(o.ordered_at) FROM order_item i JOIN orders o ON o.id = i.order_id "
              "WHERE i.category IS NOT NULL GROUP BY o.customer_id, i.category")
-    return _read(session, reader, query, {}, CATEGORY_SCHEMA, one_customer=False)
+    return read_columns(session, reader, query, {}, CATEGORY_SCHEMA, one_customer=False)
 
 
 def customer_by_external_id(session: Session, external_id: str) -> Customer:
@@ -224,7 +224,7 @@ def contactability_frame(session: Session, *, customer_id: int | None = None,
     query = ("SELECT c.id, c.external_id, c.time_zone, c.locale, c.birthday, c.email_hash IS NOT NULL, "
              f"c.phone_hash IS NOT NULL, c.push_tokens_hash IS NOT NULL FROM customer c {one}")
     params = {"customer_id": customer_id} if customer_id is not None else {}
-    return _read(session, reader, query, params, CONTACT_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, CONTACT_SCHEMA, one_customer=customer_id is not None)
 
 
 def consent_frame(session: Session, *, customer_id: int | None = None,
@@ -232,7 +232,7 @@ def consent_frame(session: Session, *, customer_id: int | None = None,
     """Current consent rows (customer, channel, status)."""
     one = "WHERE c.customer_id = :customer_id" if customer_id is not None else ""
     params = {"customer_id": customer_id} if customer_id is not None else {}
-    return _read(session, reader, f"SELECT c.customer_id, c.channel, c.status FROM consent c {one}", params,
+    return read_columns(session, reader, f"SELECT c.customer_id, c.channel, c.status FROM consent c {one}", params,
                  CONSENT_SCHEMA, one_customer=customer_id is not None)
 
 
@@ -245,7 +245,7 @@ def order_money_frame(session: Session, start: datetime, end: datetime, *, custo
              f"SUM(CASE WHEN o.cost_of_goods IS NOT NULL THEN {paid} + {discount} END), SUM({cost}) "
              f"FROM orders o WHERE o.ordered_at >= :start AND o.ordered_at < :end {one} GROUP BY o.customer_id")
     params = {"start": start, "end": end} | ({"customer_id": customer_id} if customer_id is not None else {})
-    return _read(session, reader, query, params, MONEY_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, MONEY_SCHEMA, one_customer=customer_id is not None)
 
 
 FIRST_ORDER_SCHEMA = {"customer_id": pl.Int64, "first_order_at": pl.Datetime("us", "UTC")}
@@ -256,5 +256,5 @@ def first_orders_frame(session: Session, end: datetime, *, customer_id: int | No
     """Each customer's first order time before `end`."""
     one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
     params = {"end": end} | ({"customer_id": customer_id} if customer_id is not None else {})
-    return _read(session, reader, f"SELECT o.customer_id, MIN(o.ordered_at) FROM orders o WHERE o.ordered_at < :end "
+    return read_columns(session, reader, f"SELECT o.customer_id, MIN(o.ordered_at) FROM orders o WHERE o.ordered_at < :end "
                  f"{one} GROUP BY o.customer_id", params, FIRST_ORDER_SCHEMA, one_customer=customer_id is not None)

@@ -17,7 +17,7 @@ from crm.columnar import ColumnarReader, columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
-from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame
+from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame, read_columns
 from segmentation.defaults import DEFAULTS
 from segmentation.hysteresis import STATE_SCHEMA, settle
 from segmentation.metrics import METRICS, MetricParams, compute_metrics, rfm_cell
@@ -440,9 +440,7 @@ def segments_frame(session: Session, *, customer_id: int | None = None,
     one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
     query = f"SELECT s.customer_id, s.tier, s.layer, s.r_score, s.f_score, s.m_score FROM customer_segment s {one}"
     params = {"customer_id": customer_id} if customer_id is not None else {}
-    if reader is not None and customer_id is None:
-        return reader.read(query, params, SEGMENT_READ_SCHEMA)
-    return read_frame(session, query, params, SEGMENT_READ_SCHEMA, same_connection=customer_id is not None)
+    return read_columns(session, reader, query, params, SEGMENT_READ_SCHEMA, one_customer=customer_id is not None)
 
 
 def tags_frame(session: Session, *, customer_id: int | None = None,
@@ -452,9 +450,7 @@ def tags_frame(session: Session, *, customer_id: int | None = None,
     schema = {"customer_id": pl.Int64, "tag": pl.String}
     params = {"customer_id": customer_id} if customer_id is not None else {}
     query = f"SELECT t.customer_id, t.tag FROM customer_tag t {one}"
-    if reader is not None and customer_id is None:
-        return reader.read(query, params, schema)
-    return read_frame(session, query, params, schema, same_connection=customer_id is not None)
+    return read_columns(session, reader, query, params, schema, one_customer=customer_id is not None)
 
 
 def entered_between(session: Session, dimension: str, value: str, start: datetime, end: datetime, *,
