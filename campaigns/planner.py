@@ -47,6 +47,7 @@ class PlanInputs:
     money: pl.DataFrame
     first_orders: pl.DataFrame
     entered: pl.DataFrame | None = None
+    shop_cost_ratio: float | None = None  # given when `money` holds one customer only (explanations)
 
 
 def _mix64(values: np.ndarray) -> np.ndarray:
@@ -185,8 +186,9 @@ def _eligible(step_channel: str, frame: pl.DataFrame, consent: pl.DataFrame, tra
 
 def _money(frame: pl.DataFrame, inputs: PlanInputs) -> pl.DataFrame:
     money = inputs.money
-    shop_ratio = (money["cost"].sum() / money["cost_known_value"].sum()
-                  if money.height and (money["cost_known_value"].sum() or 0) > 0 else None)
+    shop_ratio = inputs.shop_cost_ratio
+    if shop_ratio is None and money.height and (money["cost_known_value"].sum() or 0) > 0:
+        shop_ratio = money["cost"].sum() / money["cost_known_value"].sum()
     enriched = frame.join(money, on="customer_id", how="left").with_columns(
         spend_365=pl.col("spend").fill_null(0.0), discount_365=pl.col("discount").fill_null(0.0),
         basket=((pl.col("spend") + pl.col("discount")) / pl.col("orders")),
@@ -222,7 +224,7 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
     out_rows = [held.select("customer_id", "send_at", "locale", "time_zone",
                             channel=pl.lit(spec.channels[0].channel), template=pl.lit(spec.channels[0].template),
                             status=pl.lit("holdout"), reason=pl.lit("holdout"))]
-    treated, offer_rows = _apply_offer(spec, treated, inputs, rails, campaign_id, occurrence, now)
+    treated, offer_rows = _apply_offer(spec, treated, inputs, rails, campaign_id, occurrence)
     withheld = treated.filter(pl.col("offer_decision") == WITHHELD) if spec.offer and not \
         spec.offer.send_without_offer else treated.clear()
     counts["offer_withheld"] = withheld.height
@@ -303,17 +305,18 @@ def _capped(frame: pl.DataFrame, ledger: pl.DataFrame, rails: GuardRails, spec: 
 
 
 def _apply_offer(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs, rails: GuardRails,
-                 campaign_id: int, occurrence: str, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+                 campaign_id: int, occurrence: str) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Ceilings per customer; returns the frame with offer_decision and the per-customer offer columns."""
     if spec.offer is None or treated.is_empty():
         return treated.with_columns(offer_decision=pl.lit(None, dtype=pl.String)), None
     offer = spec.offer
     terms = OfferTerms(amount_off=offer.amount_off, percent_off=offer.percent_off, min_spend=offer.min_spend,
                        free_shipping=offer.free_shipping)
-    decided = apply_ceilings(_money(treated.select("customer_id", "tier"), inputs), terms, rails.discounts)
+    decided = apply_ceilings(_money(treated.select("customer_id", "tier", "send_at"), inputs), terms, rails.discounts)
+    # Valid for N days from when the customer receives it (not from when it was planned).
     decided = decided.with_columns(
         coupon_code=coupon_codes(offer.coupon_prefix, campaign_id, occurrence, decided["customer_id"]),
-        valid_until=pl.lit(now + timedelta(days=offer.valid_days), dtype=UTC_TYPE))
+        valid_until=(pl.col("send_at") + timedelta(days=offer.valid_days)).cast(UTC_TYPE))
     decided = decided.with_columns(coupon_code=pl.when(pl.col("offer_decision") == WITHHELD).then(None)
                                    .otherwise(pl.col("coupon_code")))
     offer_rows = decided.select("customer_id", "offer_decision", "offer_reasons", "offer_amount_off",

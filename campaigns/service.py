@@ -41,6 +41,7 @@ from crm.service import (
     customer_by_external_id,
     first_orders_frame,
     order_money_frame,
+    shop_cost_ratio,
 )
 from segmentation.service import current_rule_set, entered_between, segments_frame, tags_frame
 
@@ -426,6 +427,9 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
         needs_first = spec.schedule.trigger == "days_after_first_order"
         first_orders = first_orders_frame(session, now, reader=use, **one) if needs_first else \
             pl.DataFrame(schema={"customer_id": pl.Int64, "first_order_at": pl.Datetime("us", "UTC")})
+        # One customer's money says nothing about the shop's margins: ask for the shop-wide ratio separately.
+        shop_ratio = shop_cost_ratio(session, now - timedelta(days=365), now) \
+            if spec.offer and customer_id is not None else None
     timings["read_s"] = round(time.perf_counter() - started, 3)
     entered = None
     if spec.schedule.trigger in ("entered_tier", "entered_tag"):
@@ -433,7 +437,9 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
         entered = entered_between(session, dimension, spec.schedule.value or "", utc_midnight(day),
                                   utc_midnight(day) + timedelta(days=1), customer_id=customer_id)
     return PlanInputs(customers=customers, segments=segments, tags=tags, scores=scores, consent=consent,
-                      ledger=ledger, money=money, first_orders=first_orders, entered=entered), timings
+                      ledger=ledger, money=money, first_orders=first_orders, entered=entered,
+                      shop_cost_ratio=shop_ratio), timings
+
 
 
 def _compute(session: Session, ctx: Context, campaign: Campaign, day: date, *, customer_id: int | None = None
@@ -556,10 +562,11 @@ def _samples(session: Session, ctx: Context, campaign: Campaign, spec: CampaignS
     pick = planned.sort("customer_id").head(size)
     if pick.is_empty():
         return out, segments
-    segment = segments_frame(session, customer_id=None).filter(pl.col("customer_id").is_in(pick["customer_id"].to_list()))
-    tiers = dict(zip(segment["customer_id"], segment["tier"], strict=True))
-    externals = contactability_frame(session).filter(pl.col("customer_id").is_in(pick["customer_id"].to_list()))
-    external = dict(zip(externals["customer_id"], externals["external_id"], strict=True))
+    tiers, external = {}, {}
+    for customer_id in pick["customer_id"]:  # a handful of samples: one indexed lookup each
+        segment = segments_frame(session, customer_id=customer_id)
+        tiers[customer_id] = segment["tier"][0] if segment.height else None
+        external[customer_id] = contactability_frame(session, customer_id=customer_id)["external_id"][0]
     for row in pick.iter_rows(named=True):
         source = find_template(session, ctx, row["template"], row["channel"], row["locale"])
         # The offer is described in the language of the template that will carry it.

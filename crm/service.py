@@ -258,3 +258,14 @@ def first_orders_frame(session: Session, end: datetime, *, customer_id: int | No
     params = {"end": end} | ({"customer_id": customer_id} if customer_id is not None else {})
     return read_columns(session, reader, f"SELECT o.customer_id, MIN(o.ordered_at) FROM orders o WHERE o.ordered_at < :end "
                  f"{one} GROUP BY o.customer_id", params, FIRST_ORDER_SCHEMA, one_customer=customer_id is not None)
+
+
+def shop_cost_ratio(session: Session, start: datetime, end: datetime) -> float | None:
+    """Cost of goods over list value (paid + discount) of orders with a known cost in [start, end), or None."""
+    from crm.models import Order
+
+    known = Order.cost_of_goods.is_not(None)
+    cost, value = session.exec(select(func.sum(Order.cost_of_goods),
+                                      func.sum(Order.amount_paid + Order.discount)).where(
+        known, Order.ordered_at >= start, Order.ordered_at < end)).one()
+    return float(cost) / float(value) if cost is not None and value else None

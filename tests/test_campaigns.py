@@ -157,6 +157,7 @@ def test_planning_writes_each_message_once_with_guard_rails(session, ctx, people
     offer = by_customer[(p2, "sms")].offer
     assert offer["decision"] == "reduced" and offer["amount_off"] == 47 and offer["reasons"] == "budget"
     assert by_customer[(p1, "sms")].offer["decision"] == "as_requested"
+    assert by_customer[(p2, "sms")].valid_until == datetime(2026, 11, 10, 15, 0, tzinfo=UTC)  # 7 days from sending
     codes = {m.coupon_code for m in planned if m.customer_id == p1}
     assert len(codes) == 1 and codes.pop().startswith("CRM")
     occurrence = session.exec(select(CampaignOccurrence)).one()
