@@ -6,7 +6,7 @@ is resolved once with zoneinfo and joined back; polars converts instants per zon
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -58,8 +58,3 @@ def local_parts(instants: pl.Series, zones: pl.Series) -> pl.DataFrame:
 def local_date_of(instant: datetime, zone_name: str) -> date:
     """The customer's local calendar date at a UTC instant."""
     return instant.astimezone(zone(zone_name)).date()
-
-
-def next_day(day: date) -> date:
-    """The following calendar day."""
-    return day + timedelta(days=1)

@@ -43,7 +43,7 @@ class PlanInputs:
     tags: pl.DataFrame
     scores: pl.DataFrame
     consent: pl.DataFrame
-    ledger: pl.DataFrame
+    ledger: pl.DataFrame  # live messages: LEDGER_SCHEMA columns plus campaign_id and open_offer (value still open)
     money: pl.DataFrame
     first_orders: pl.DataFrame
     entered: pl.DataFrame | None = None
@@ -195,22 +195,18 @@ def _money(frame: pl.DataFrame, inputs: PlanInputs) -> pl.DataFrame:
         cost_ratio=pl.when(pl.col("cost_known_value") > 0).then(pl.col("cost") / pl.col("cost_known_value"))
         .otherwise(pl.lit(shop_ratio, dtype=pl.Float64)))
     open_offers = inputs.ledger.filter(pl.col("open_offer") > 0).group_by("customer_id").agg(
-        open_offers=pl.col("open_offer").sum()) if "open_offer" in inputs.ledger.columns else None
-    if open_offers is not None:
-        enriched = enriched.join(open_offers, on="customer_id", how="left")
-    else:
-        enriched = enriched.with_columns(open_offers=pl.lit(None, dtype=pl.Float64))
-    return enriched.with_columns(pl.col("open_offers").fill_null(0.0)).drop(
+        open_offers=pl.col("open_offer").sum())
+    return enriched.join(open_offers, on="customer_id", how="left").with_columns(pl.col("open_offers").fill_null(0.0)).drop(
         "spend", "discount", "orders", "cost", "cost_known_value")
 
 
 def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: date, inputs: PlanInputs,
-                    rails: GuardRails, now: datetime, *, extra_ledger: pl.DataFrame | None = None) -> Plan:
+                    rails: GuardRails, now: datetime) -> Plan:
     """Decide who gets what, when and on which channel for one occurrence (pure: nothing is written)."""
     members = audience(spec, inputs, day)
     counts: dict[str, int] = {reason: 0 for reason in (*EXCLUSION_REASONS, *ADJUSTMENT_REASONS)}
     size = members.height
-    if spec.cooldown_days and "campaign_id" in inputs.ledger.columns:
+    if spec.cooldown_days:
         recent = inputs.ledger.filter((pl.col("campaign_id") == campaign_id)
                                       & (pl.col("send_at") > pl.lit(now - timedelta(days=spec.cooldown_days))))
         before = members.height
@@ -234,8 +230,6 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
                                     status=pl.lit("skipped"), reason=pl.lit("offer_withheld")))
     pending = treated.join(withheld.select("customer_id"), on="customer_id", how="anti")
     ledger = inputs.ledger.select(list(LEDGER_SCHEMA))
-    if extra_ledger is not None:
-        ledger = pl.concat([ledger, extra_ledger.select(list(LEDGER_SCHEMA))])
     last_block: pl.DataFrame | None = None
     accepted_parts = []
     for step in spec.channels:

@@ -9,7 +9,8 @@ from typing import Any
 
 import polars as pl
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
 from campaigns import rendering
@@ -31,7 +32,7 @@ from campaigns.spec import STATUSES, CampaignSpec
 from churn.service import scores_frame
 from crm import audit
 from crm.bulkwrite import insert_frame
-from crm.columnar import ColumnarReader, columnar_reader, read_frame
+from crm.columnar import ColumnarReader, columnar_reader
 from crm.context import Context
 from crm.errors import Conflict, InvalidInput, NotFound
 from crm.profiles import ProfileRequest
@@ -41,6 +42,7 @@ from crm.service import (
     customer_by_external_id,
     first_orders_frame,
     order_money_frame,
+    read_columns,
     shop_cost_ratio,
 )
 from segmentation.service import current_rule_set, entered_between, segments_frame, tags_frame
@@ -398,9 +400,7 @@ def _ledger(session: Session, reader: ColumnarReader | None, now: datetime, hori
     params = {"now": now, "no": False, "start": now - timedelta(days=horizon_days),
               "end": now + timedelta(days=horizon_days)} | ({"customer_id": customer_id} if customer_id else {})
     schema = LEDGER_SCHEMA | {"campaign_id": pl.Int64, "open_offer": pl.Float64}
-    if reader is not None and customer_id is None:
-        return reader.read(query, params, schema)
-    return read_frame(session, query, params, schema, same_connection=True)
+    return read_columns(session, reader, query, params, schema, one_customer=customer_id is not None)
 
 
 def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *,
@@ -443,13 +443,13 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
 
 
 def _compute(session: Session, ctx: Context, campaign: Campaign, day: date, *, customer_id: int | None = None
-             ) -> tuple[Plan, dict[str, float]]:
+             ) -> tuple[Plan, PlanInputs, dict[str, float]]:
     spec = CampaignSpec.model_validate(campaign.spec)
     inputs, timings = load_inputs(session, ctx, spec, day, customer_id=customer_id)
     started = time.perf_counter()
     plan = plan_occurrence(spec, campaign.id, occurrence_key(day), day, inputs, guard_rails(ctx), ctx.clock.now())
     timings["plan_s"] = round(time.perf_counter() - started, 3)
-    return plan, timings
+    return plan, inputs, timings
 
 
 def _resolve_day(ctx: Context, spec: CampaignSpec, day: date | None) -> date:
@@ -482,17 +482,17 @@ def plan_campaign(session: Session, ctx: Context, campaign_id: int, day: date | 
     key = occurrence_key(day)
     now = ctx.clock.now()
     # Claim the occurrence first: a concurrent planner of the same occurrence waits here, then finds it taken.
-    claimed = session.connection().execute(text(
-        "INSERT INTO campaign_occurrence (campaign_id, occurrence, campaign_version, planned_at, counts) "
-        "VALUES (:campaign_id, :occurrence, :version, :now, :counts) ON CONFLICT (campaign_id, occurrence) DO NOTHING"),
-        {"campaign_id": campaign.id, "occurrence": key, "version": campaign.version, "now": now.replace(tzinfo=None)
-         if session.get_bind().dialect.name == "sqlite" else now, "counts": "{}"}).rowcount
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    claimed = session.connection().execute(insert(CampaignOccurrence).values(
+        campaign_id=campaign.id, occurrence=key, campaign_version=campaign.version, planned_at=now, counts={})
+        .on_conflict_do_nothing(index_elements=["campaign_id", "occurrence"])
+        .returning(CampaignOccurrence.id)).first() is not None
     existing = session.exec(select(CampaignOccurrence).where(CampaignOccurrence.campaign_id == campaign.id,
                                                             CampaignOccurrence.occurrence == key)).one()
     if not claimed:
         return {"campaign_id": campaign.id, "occurrence": key, "already_planned": True, "added": 0,
                 "counts": existing.counts}
-    plan, timings = _compute(session, ctx, campaign, day)
+    plan, _, timings = _compute(session, ctx, campaign, day)
     started = time.perf_counter()
     added = _write(session, campaign, spec, key, day, plan, now)
     timings["write_s"] = round(time.perf_counter() - started, 3)
@@ -533,7 +533,7 @@ def dry_run(session: Session, ctx: Context, campaign_id: int, day: date | None =
     campaign = get_campaign(session, campaign_id)
     spec = CampaignSpec.model_validate(campaign.spec)
     day = _resolve_day(ctx, spec, day)
-    plan, timings = _compute(session, ctx, campaign, day)
+    plan, _, timings = _compute(session, ctx, campaign, day)
     planned = plan.rows.filter(pl.col("status") == "planned")
     units = ctx.settings.message_unit_cost
     samples, segments = _samples(session, ctx, campaign, spec, planned, sample_size)
@@ -604,8 +604,7 @@ def eligibility(session: Session, ctx: Context, campaign_id: int, external_id: s
     spec = CampaignSpec.model_validate(campaign.spec)
     customer = customer_by_external_id(session, external_id)
     day = _resolve_day(ctx, spec, day)
-    plan, _ = _compute(session, ctx, campaign, day, customer_id=customer.id)
-    inputs, _ = load_inputs(session, ctx, spec, day, customer_id=customer.id)
+    plan, inputs, _ = _compute(session, ctx, campaign, day, customer_id=customer.id)
     facts = _audience_facts(spec, inputs)
     rows = plan.rows.filter(pl.col("customer_id") == customer.id)
     reasons = [r for r in (*("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout"),)
