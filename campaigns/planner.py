@@ -270,7 +270,11 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
             reason=pl.when(pl.col("deferred_cap")).then(pl.lit("deferred_cap"))
             .when(pl.col("deferred_quiet")).then(pl.lit("deferred_quiet_hours")).otherwise(None)))
     rows = pl.concat([r for r in out_rows if not r.is_empty()] or [out_rows[0]], how="diagonal_relaxed")
-    rows = rows.join(offer_rows, on="customer_id", how="left") if offer_rows is not None else rows
+    if offer_rows is not None:
+        # Valid for N days from each message's final send time, after quiet hours and cap deferrals moved it.
+        rows = rows.join(offer_rows, on="customer_id", how="left").with_columns(
+            valid_until=pl.when(pl.col("coupon_code").is_not_null())
+            .then(pl.col("send_at") + timedelta(days=spec.offer.valid_days)).cast(UTC_TYPE))
     counts["recipients"] = recipients.select("customer_id").n_unique() if not recipients.is_empty() else 0
     counts["messages"] = recipients.height
     for channel in ("sms", "email", "push", "phone"):
@@ -307,15 +311,13 @@ def _apply_offer(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs, 
     terms = OfferTerms(amount_off=offer.amount_off, percent_off=offer.percent_off, min_spend=offer.min_spend,
                        free_shipping=offer.free_shipping)
     decided = apply_ceilings(_money(treated.select("customer_id", "tier", "send_at"), inputs), terms, rails.discounts)
-    # Valid for N days from when the customer receives it (not from when it was planned).
     decided = decided.with_columns(
-        coupon_code=coupon_codes(offer.coupon_prefix, campaign_id, occurrence, decided["customer_id"]),
-        valid_until=(pl.col("send_at") + timedelta(days=offer.valid_days)).cast(UTC_TYPE))
+        coupon_code=coupon_codes(offer.coupon_prefix, campaign_id, occurrence, decided["customer_id"]))
     decided = decided.with_columns(coupon_code=pl.when(pl.col("offer_decision") == WITHHELD).then(None)
                                    .otherwise(pl.col("coupon_code")))
     offer_rows = decided.select("customer_id", "offer_decision", "offer_reasons", "offer_amount_off",
                                 "offer_percent_off", "offer_free_shipping", "discount_value", "coupon_code",
-                                "valid_until", min_spend=pl.lit(offer.min_spend))
+                                min_spend=pl.lit(offer.min_spend))
     return treated.join(decided.select("customer_id", "offer_decision"), on="customer_id", how="left"), offer_rows
 
 

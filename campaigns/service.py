@@ -256,15 +256,16 @@ def _reach(name: str, spec: CampaignSpec) -> OfferReach | None:
 
 
 def fairness_check(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec) -> list[dict]:
-    """Violations the campaign would cause together with every other active campaign."""
+    """Violations this campaign adds to those of the other active campaigns (what is already there is not its doing:
+    e.g. a newcomer offer accepted with `warn` must not block every later change to a loyal-tier campaign)."""
     others = session.exec(select(Campaign).where(Campaign.status == "active", Campaign.id != campaign.id)).all()
     reaches = [r for r in (_reach(o.name, CampaignSpec.model_validate(o.spec)) for o in others) if r]
     mine = _reach(campaign.name, spec)
     if mine is None:
         return []
-    found = violations([*reaches, mine], tuple(ctx.settings.loyal_tiers))
-    return [v for v in found if mine.new_customers == (v["new_customer_campaign"] == campaign.name)
-            or not mine.new_customers]
+    loyal = tuple(ctx.settings.loyal_tiers)
+    existing = violations(reaches, loyal)
+    return [v for v in violations([*reaches, mine], loyal) if v not in existing]
 
 
 def _snapshot(session: Session, campaign: Campaign, actor: str, at: datetime) -> None:

@@ -189,7 +189,8 @@ def test_a_capped_campaign_with_defer_days_moves_to_when_the_cap_frees(session, 
     for name in ("First", "Second"):
         _active(session, ctx, _potential(name=name, offer=None, channels=[
             {"channel": "sms", "template": "birthday_greeting"}], schedule={"kind": "daily", "local_hour": 10}))
-    patient = _active(session, ctx, _potential(name="Patient", offer=None, defer_days=30, channels=[
+    patient = _active(session, ctx, _potential(name="Patient", offer={"amount_off": 20, "min_spend": 300,
+                                                                      "valid_days": 7}, defer_days=30, channels=[
         {"channel": "sms", "template": "birthday_greeting"}], schedule={"kind": "daily", "local_hour": 10}))
     service.plan_due(session, ctx, TUESDAY)
     deferred = session.exec(select(Message).where(Message.campaign_id == patient.id,
@@ -197,10 +198,11 @@ def test_a_capped_campaign_with_defer_days_moves_to_when_the_cap_frees(session, 
     assert deferred and {m.reason for m in deferred} == {"deferred_cap"}
     for message in deferred:
         assert message.send_at >= datetime(2026, 12, 3, tzinfo=UTC) - timedelta(days=1)  # 30 days after the others
+        assert message.valid_until == message.send_at + timedelta(days=7)  # valid from when it really goes out
 
 
 def test_fairness_refuses_newcomers_getting_a_better_price(session, ctx, client, auth_header, people):
-    _active(session, ctx, _potential())
+    loyal = _active(session, ctx, _potential())
     newcomer = {"name": "First repeat", "audience": {"tags": ["first_order_only"]},
                 "channels": [{"channel": "email", "template": "first_repeat"}],
                 "offer": {"amount_off": 50}, "schedule": {"kind": "triggered", "trigger": "days_after_first_order",
@@ -217,6 +219,9 @@ def test_fairness_refuses_newcomers_getting_a_better_price(session, ctx, client,
     active = client.post(f"/campaigns/{created['id']}/status", json={"status": "active"},
                          headers=auth_header(Role.marketer))
     assert active.status_code == 200 and active.json()["fairness_warnings"]
+    # The accepted newcomer offer is not the loyal campaign's doing: changing that campaign is not refused.
+    changed = client.put(f"/campaigns/{loyal.id}", json=_potential(priority=65), headers=auth_header(Role.marketer))
+    assert changed.status_code == 200 and changed.json()["fairness_warnings"] == []
 
 
 def test_triggered_first_order_and_quiet_hours(session, ctx, people):
