@@ -105,7 +105,46 @@ class Message(SQLModel, table=True):
     coupon_code: str | None = Field(default=None, sa_column=Column(String(40)))
     valid_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
-    provider_id: str | None = Field(default=None, sa_column=Column(String(80)))
+    provider_id: str | None = Field(default=None, sa_column=Column(String(80), index=True))
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    # Dispatch: who holds a claimed message and until when; when the provider took it and what came back.
+    provider: str | None = Field(default=None, sa_column=Column(String(16)))
+    worker: str | None = Field(default=None, sa_column=Column(String(64)))
+    lease_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    opened_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    clicked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class CallTask(SQLModel, table=True):
+    """A VIP phone call for a support agent: created when a phone message is dispatched; its outcome is the delivery."""
+
+    __tablename__ = "call_task"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(sa_column=Column(Integer, nullable=False, unique=True))
+    customer_id: int = Field(sa_column=Column(Integer, nullable=False, index=True))
+    campaign_id: int = Field(sa_column=Column(Integer, nullable=False))
+    status: str = Field(sa_column=Column(String(12), nullable=False, index=True))  # open, claimed, done
+    script: str = Field(sa_column=Column(Text, nullable=False))
+    claimed_by: str | None = Field(default=None, sa_column=Column(String(120)))
+    claimed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    outcome: str | None = Field(default=None, sa_column=Column(String(20)))
+    notes: str | None = Field(default=None, sa_column=Column(Text))
+    done_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class WebhookReceipt(SQLModel, table=True):
+    """Provider events already handled (by the provider's event id): a repeated delivery changes nothing."""
+
+    __tablename__ = "webhook_receipt"
+    __table_args__ = (UniqueConstraint("provider", "event_id", name="uq_webhook_receipt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(sa_column=Column(String(16), nullable=False))
+    event_id: str = Field(sa_column=Column(String(120), nullable=False))
+    received_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

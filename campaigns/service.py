@@ -11,7 +11,7 @@ import polars as pl
 from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from campaigns import rendering
 from campaigns.caps import LEDGER_SCHEMA, Cap
@@ -32,6 +32,7 @@ from campaigns.spec import STATUSES, CampaignSpec
 from churn.service import scores_frame
 from crm import audit
 from crm.bulkwrite import insert_frame
+from crm.clock import ensure_utc
 from crm.columnar import ColumnarReader, columnar_reader
 from crm.context import Context
 from crm.errors import Conflict, InvalidInput, NotFound
@@ -113,12 +114,13 @@ def find_template(session: Session, ctx: Context, name: str, channel: str, local
     return rendering.resolve(lookup, name, channel, locale, ctx.settings.default_locale, locales)
 
 
-def _unsubscribe_url(ctx: Context, customer_id: int | str) -> str:
+def unsubscribe_url(ctx: Context, customer_id: int | str) -> str:
+    """The customer's signed one-click email unsubscribe link."""
     return f"{ctx.settings.public_base_url}/unsubscribe/{ctx.cipher.sign_link('unsubscribe', str(customer_id))}"
 
 
 def _sample(ctx: Context, locale: str, with_offer: bool = True) -> dict[str, Any]:
-    context = rendering.sample_context(locale, with_offer=with_offer, unsubscribe_url=_unsubscribe_url(ctx, "sample"))
+    context = rendering.sample_context(locale, with_offer=with_offer, unsubscribe_url=unsubscribe_url(ctx, "sample"))
     context["shop"]["name"] = ctx.settings.shop_name
     return context
 
@@ -176,7 +178,7 @@ def preview_template(session: Session, ctx: Context, template_id: int, external_
     row = get_template(session, template_id)
     customer = customer_by_external_id(session, external_id)
     segment = segments_frame(session, customer_id=customer.id)
-    context = _context_for(ctx, customer.id, external_id, row.locale, customer.time_zone,
+    context = message_context(ctx, customer.id, external_id, row.locale, customer.time_zone,
                            segment["tier"][0] if segment.height else None, sample_offer=True)
     try:
         rendered = rendering.render(_source_of(row), context)
@@ -186,11 +188,13 @@ def preview_template(session: Session, ctx: Context, template_id: int, external_
     return {"template_id": row.id, "customer": external_id, "rendered": rendered, **facts}
 
 
-def _context_for(ctx: Context, customer_id: int, external_id: str, locale: str, time_zone: str, tier: str | None,
-                 *, offer: dict | None = None, sample_offer: bool = False, campaign: str = "") -> dict[str, Any]:
+def message_context(ctx: Context, customer_id: int, external_id: str, locale: str, time_zone: str,
+                    tier: str | None, *, offer: dict | None = None, sample_offer: bool = False,
+                    campaign: str = "") -> dict[str, Any]:
+    """What a template sees for one customer: their facts, the offer, the shop and their unsubscribe link."""
     context = _sample(ctx, locale, with_offer=sample_offer)
     context["customer"] = {"external_id": external_id, "locale": locale, "tier": tier, "time_zone": time_zone}
-    context["unsubscribe_url"] = _unsubscribe_url(ctx, customer_id)
+    context["unsubscribe_url"] = unsubscribe_url(ctx, customer_id)
     context["campaign"] = {"name": campaign or "preview"}
     if offer is not None:
         context["offer"] = offer
@@ -571,9 +575,9 @@ def _samples(session: Session, ctx: Context, campaign: Campaign, spec: CampaignS
     for row in pick.iter_rows(named=True):
         source = find_template(session, ctx, row["template"], row["channel"], row["locale"])
         # The offer is described in the language of the template that will carry it.
-        offer = _offer_for_template(row | {"locale": source.locale if source else row["locale"]}) \
+        offer = offer_for_template(row | {"locale": source.locale if source else row["locale"]}) \
             if spec.offer else None
-        context = _context_for(ctx, row["customer_id"], external.get(row["customer_id"], ""), row["locale"],
+        context = message_context(ctx, row["customer_id"], external.get(row["customer_id"], ""), row["locale"],
                                row["time_zone"], tiers.get(row["customer_id"]), offer=offer, campaign=campaign.name)
         try:
             rendered = rendering.render(source, context) if source else {}
@@ -587,7 +591,8 @@ def _samples(session: Session, ctx: Context, campaign: Campaign, spec: CampaignS
     return out, segments
 
 
-def _offer_for_template(row: dict[str, Any]) -> dict[str, Any] | None:
+def offer_for_template(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The offer as templates see it, from a planned row (None when withheld or absent)."""
     if row.get("offer_decision") in (None, "withheld"):
         return None
     offer = {"amount_off": row.get("offer_amount_off"), "percent_off": row.get("offer_percent_off"),
@@ -611,7 +616,7 @@ def eligibility(session: Session, ctx: Context, campaign_id: int, external_id: s
     reasons = [r for r in (*("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout"),)
                if plan.counts.get(r)]
     decisions = [{"channel": r["channel"], "status": r["status"], "reason": r["reason"], "send_at": r["send_at"],
-                  "offer": _offer_for_template(r) if spec.offer else None,
+                  "offer": offer_for_template(r) if spec.offer else None,
                   "offer_decision": r.get("offer_decision"), "offer_reasons": r.get("offer_reasons")}
                  for r in rows.iter_rows(named=True)]
     would_receive = any(d["status"] == "planned" for d in decisions)
@@ -687,6 +692,12 @@ def discount_budget_section(request: ProfileRequest) -> dict[str, Any] | None:
             "open_offers": round(float(open_offers), 2), "budget_share": rules.budget_share,
             "budget": round(rules.budget_share * spend, 2),
             "left": round(budget_left(spend, discount, float(open_offers), rules), 2)}
+
+
+def latest_planned_send(session: Session) -> datetime | None:
+    """When the last message still planned in the outbox is due (None when nothing is planned)."""
+    newest = session.exec(select(func.max(Message.send_at)).where(Message.status == "planned")).one()
+    return ensure_utc(newest) if newest is not None else None
 
 
 def describe(campaign: Campaign) -> dict[str, Any]:

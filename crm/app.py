@@ -11,6 +11,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from campaigns import api as campaigns_api
+from campaigns import delivery_api
 from churn import api as churn_api
 from crm import api
 from crm.auth import Principal, require
@@ -69,6 +70,7 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     segmentation_api.install(app)
     churn_api.install(app)
     campaigns_api.install(app)
+    delivery_api.install(app)
     _install_metrics(app)
     _document_customer_filters(app)
     return app

@@ -34,6 +34,8 @@ churn_app = typer.Typer(help="Churn: train, score, evaluate.", no_args_is_help=T
 app.add_typer(churn_app, name="churn")
 campaigns_app = typer.Typer(help="Campaigns: default plans, dry-runs, planning.", no_args_is_help=True)
 app.add_typer(campaigns_app, name="campaigns")
+dispatch_app = typer.Typer(help="Dispatch: send due outbox messages through the channels.", no_args_is_help=True)
+app.add_typer(dispatch_app, name="dispatch")
 console = Console(soft_wrap=True)  # result lines stay whole, so scripts can grep them
 KIND_ALIASES = {"customers": "customers", "orders": "orders", "order-items": "order_items",
                 "order_items": "order_items", "items": "order_items", "events": "events"}
@@ -396,6 +398,65 @@ def campaigns_plan(campaign_id: int,
                       + (" (already planned)" if result["already_planned"] else ""))
 
 
+def _dispatch_worker(share: float, once: bool, max_batches: int | None, now: str | None) -> dict:
+    """One dispatcher process (also the target of --workers' child processes)."""
+    import signal
+    import threading
+
+    from campaigns.channels import build_senders
+    from campaigns.dispatch import serve as serve_dispatch
+    from crm.clock import FixedClock
+
+    ctx = _context()
+    if now is not None:
+        ctx.clock = FixedClock(_parse_instant(now))
+    stop = threading.Event()
+    # SIGTERM finishes the batch in hand and exits: its claimed messages are sent and recorded, none stranded.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    report = serve_dispatch(ctx, build_senders(ctx.settings), once=once, stop=stop, max_batches=max_batches,
+                            share=share)
+    return dict(report.counts)
+
+
+def _parse_instant(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(f"--now must be an ISO date-time, got {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dispatch_app.command("run")
+def dispatch_run(
+    once: Annotated[bool, typer.Option("--once", help="send what is due, then exit")] = False,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes (PostgreSQL; SQLite has one writer)")] = 1,
+    max_batches: Annotated[int | None, typer.Option(min=1, help="stop after this many batches per pass")] = None,
+    now: Annotated[str | None, typer.Option(help="ISO instant to dispatch as of (replays, tests)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send due messages: claim, check caps/consent/quiet hours again, send, record; SIGTERM stops cleanly."""
+    ctx = _context()
+    if workers > 1 and ctx.engine.dialect.name != "postgresql":
+        raise CliError("SQLite has a single writer: run one dispatcher (use PostgreSQL for --workers)")
+    if workers == 1:
+        counts = _dispatch_worker(1.0, once, max_batches, now)
+    else:
+        import multiprocessing
+        from collections import Counter
+
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        try:
+            parts = pool.starmap(_dispatch_worker, [(1.0 / workers, once, max_batches, now)] * workers)
+        finally:
+            pool.close()
+            pool.join()
+        counts = dict(sum((Counter(p) for p in parts), Counter()))
+    if as_json:
+        print(json.dumps(counts))
+    else:
+        console.print("dispatched: " + (", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "nothing due"))
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
@@ -442,6 +503,36 @@ def demo(
         _print_installed(row)
     for row in installed:
         _print_dry_run(_dry_run(ctx, row["id"], None))
+    console.rule("[bold]Dispatch")
+    _demo_dispatch(ctx, installed)
+
+
+def _demo_dispatch(ctx: Context, installed: list[dict]) -> None:
+    """Plan each default plan's next occurrence and send it to the console, the clock jumping to each send time."""
+    from campaigns import service as campaigns
+    from campaigns.channels import build_senders
+    from campaigns.dispatch import replay_until
+    from campaigns.webhooks import delivery_counts
+
+    latest = ctx.clock.now()
+    with session_scope(ctx.engine) as session:
+        for row in installed:
+            result = campaigns.plan_campaign(session, ctx, row["id"])
+            console.print(f"planned {row['name']} {result['occurrence']}: {result['added']:,} outbox rows"
+                          + (" (already planned)" if result["already_planned"] else ""))
+        newest = campaigns.latest_planned_send(session)
+    if newest is not None:
+        latest = newest
+    console.print(f"dispatching to the console sender as the clock runs to {latest:%Y-%m-%d %H:%M} UTC "
+                  "(first lines per channel shown):")
+    report = replay_until(ctx, build_senders(ctx.settings, console_show=2), latest)
+    console.print("dispatch: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.counts.items())))
+    table = Table("channel", "status", "messages", title="Messages per channel and status")
+    with session_scope(ctx.engine) as session:
+        for channel, statuses in delivery_counts(session).items():
+            for status, count in statuses.items():
+                table.add_row(channel, status, f"{count:,}")
+    console.print(table)
 
 
 def _print_at_risk_examples(ctx: Context, count: int = 5) -> None:

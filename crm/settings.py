@@ -48,6 +48,34 @@ class Settings(BaseSettings):
     message_unit_cost: dict[str, float] = Field(default_factory=lambda: {
         "sms": 0.05, "email": 0.001, "push": 0.0, "phone": 2.0})
     offer_redemption_rate: float = Field(default=0.1, ge=0, le=1)
+    # Channels and dispatch (issue 7). Provider per channel: console (prints) or the real provider.
+    sms_provider: str = Field(default="console", pattern="^(console|twilio)$")
+    email_provider: str = Field(default="console", pattern="^(console|sendgrid)$")
+    push_provider: str = Field(default="console", pattern="^(console|fcm)$")
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: str = ""
+    twilio_messaging_service_sid: str = ""
+    twilio_from: str = ""
+    twilio_base_url: str = ""  # empty: Twilio's own; tests and benchmarks point it at a local fake
+    sendgrid_api_key: str = ""
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    sendgrid_from_email: str = "shop@example.com"
+    sendgrid_unsubscribe_group_id: int | None = None
+    sendgrid_webhook_public_key: str = ""  # base64 DER or PEM of the signed event webhook's ECDSA key
+    fcm_project_id: str = "demo-shop"
+    fcm_service_account_file: Path | None = None
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    provider_timeout_seconds: float = Field(default=10.0, gt=0)
+    provider_rate_per_second: dict[str, float] = Field(default_factory=lambda: {
+        "twilio": 100.0, "sendgrid": 500.0, "fcm": 500.0, "console": 10_000.0, "tasks": 10_000.0})
+    dispatch_batch_size: int = Field(default=200, ge=1)
+    dispatch_concurrency: int = Field(default=16, ge=1)
+    dispatch_max_attempts: int = Field(default=5, ge=1)
+    dispatch_backoff_seconds: float = Field(default=30.0, gt=0)
+    dispatch_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    dispatch_lease_seconds: float = Field(default=120.0, gt=0)
+    dispatch_poll_seconds: float = Field(default=5.0, gt=0)
+    webhook_max_age_seconds: int = Field(default=300, ge=1)
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under the data directory."""

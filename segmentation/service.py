@@ -434,13 +434,16 @@ SEGMENT_READ_SCHEMA = {"customer_id": pl.Int64, "tier": pl.String, "layer": pl.S
                        "f_score": pl.Int64, "m_score": pl.Int64}
 
 
-def segments_frame(session: Session, *, customer_id: int | None = None,
+def segments_frame(session: Session, *, customer_id: int | None = None, customer_ids: list[int] | None = None,
                    reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Current tier, layer and R/F/M scores per customer."""
+    """Current tier, layer and R/F/M scores per customer (all, one, or a few named by id)."""
     one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
+    if customer_ids is not None:  # integers only, so inlining them is safe
+        one = f"WHERE s.customer_id IN ({', '.join(str(int(i)) for i in customer_ids) or 'NULL'})"
     query = f"SELECT s.customer_id, s.tier, s.layer, s.r_score, s.f_score, s.m_score FROM customer_segment s {one}"
     params = {"customer_id": customer_id} if customer_id is not None else {}
-    return read_columns(session, reader, query, params, SEGMENT_READ_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, SEGMENT_READ_SCHEMA,
+                        one_customer=customer_id is not None or customer_ids is not None)
 
 
 def tags_frame(session: Session, *, customer_id: int | None = None,

@@ -152,3 +152,23 @@ def cli_env(url: str, data_dir: Path) -> dict[str, str]:
     """Environment for running the `crm` command against a scratch database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
     return env | {"CRM_DATABASE_URL": url, "CRM_DATA_DIR": str(data_dir), "CRM_SECRET_KEY": TEST_SECRET}
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    """The fake Twilio / SendGrid / FCM server (tests/fake_providers.py) in a thread of this process."""
+    from tests.fake_providers import serve
+
+    server = serve()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def providers(fake_server):
+    """The fake providers, reset for this test."""
+    from tests.dispatch_support import FakeProviders
+
+    fake = FakeProviders(fake_server)
+    fake.reset()
+    return fake

@@ -1,0 +1,524 @@
+"""The outbox dispatcher: claim due messages, check them again at send time, send, record — never twice.
+
+A message moves planned → sending → sent → delivered / failed, or to dead (attempts used up), unknown (the
+provider may have it and cannot be asked), skipped (opted out, capped or no contact at send time) or expired.
+
+No duplicates, by construction:
+- the claim (`FOR UPDATE SKIP LOCKED` on PostgreSQL; one writer on SQLite) commits `sending` before any
+  provider call, so two workers never hold one message;
+- a worker killed between the provider call and recording its answer leaves `sending` rows whose lease runs
+  out; they become `unknown`, and are resent only when the provider can tell us it never took them (Twilio's
+  message list; our own call tasks). Otherwise they wait for an admin: a duplicate is worse than a miss.
+- caps are checked again at claim time against what was really sent, under a per-customer advisory lock on
+  PostgreSQL, so concurrent workers cannot both take a customer's last slot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+from sqlalchemy import bindparam, func, select, text, update
+from sqlmodel import Session
+
+from campaigns import rendering
+from campaigns.channels.base import (
+    AMBIGUOUS,
+    FAILED,
+    OPTED_OUT,
+    RETRY,
+    SENT,
+    Outgoing,
+    RateLimiter,
+    Sender,
+    SendResult,
+)
+from campaigns.models import CallTask, Message
+from campaigns.quiet_hours import defer_out_of_quiet_hours
+from campaigns.service import find_template, guard_rails, message_context, offer_for_template
+from crm.clock import ensure_utc
+from crm.context import Context
+from crm.db import is_postgres, session_scope
+from crm.models import Channel, ConsentStatus
+from crm.service import record_consent
+from segmentation.service import segments_frame
+
+log = logging.getLogger(__name__)
+REALLY_OUT = ("sending", "sent", "delivered", "unknown")  # what counts as sent when caps are checked again
+CONSENT_CHANNEL = {"sms": "sms", "email": "email", "push": "push", "phone": "phone"}
+ADVISORY_NAMESPACE = 7007  # pg_advisory_xact_lock(namespace, customer_id): customers being admitted
+M = Message.__table__
+CLAIMED = tuple(M.c[name] for name in (
+    "id", "campaign_id", "occurrence", "customer_id", "channel", "priority", "transactional", "send_at", "expires_at",
+    "template", "locale", "offer", "coupon_code", "valid_until", "attempts"))
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random, retry_after: float | None = None
+                    ) -> float:
+    """Exponential backoff with equal jitter; a provider's Retry-After is a floor, never shortened."""
+    exponential = min(cap, base * 2 ** max(0, attempt - 1))
+    delay = exponential / 2 + rng.uniform(0, exponential / 2)
+    return max(delay, retry_after or 0.0)
+
+
+@dataclass
+class BatchReport:
+    """What one pass of the dispatcher did, counted by outcome."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, key: str, value: int = 1) -> None:
+        """Count one outcome."""
+        if value:
+            self.counts[key] += value
+
+
+def worker_name() -> str:
+    """A name for this worker process (host and pid), stored on the messages it holds."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:64]
+
+
+# ---------------------------------------------------------------- claim and admit (one transaction)
+
+
+def _rows(result) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in result]
+
+
+def _set(session: Session, message_id: int, **values: Any) -> None:
+    session.connection().execute(update(M).where(M.c.id == message_id).values(**values))
+
+
+def recover_orphans(session: Session, now: datetime) -> int:
+    """Messages held by a worker whose lease ran out: their fate is unknown (the worker may have sent them)."""
+    result = session.connection().execute(update(M).where(M.c.status == "sending", M.c.lease_until < now).values(
+        status="unknown", reason="worker_lost", lease_until=None, updated_at=now))
+    return result.rowcount or 0
+
+
+def claim(session: Session, now: datetime, worker: str, lease: timedelta, limit: int) -> list[dict[str, Any]]:
+    """Take up to `limit` due planned messages for this worker (skipping rows other workers hold)."""
+    picked = select(M.c.id).where(M.c.status == "planned", M.c.send_at <= now).order_by(
+        M.c.priority.desc(), M.c.send_at, M.c.id).limit(limit)
+    if is_postgres(session):
+        picked = picked.with_for_update(skip_locked=True)
+    result = session.connection().execute(update(M).where(M.c.id.in_(picked)).values(
+        status="sending", worker=worker, lease_until=now + lease, attempts=M.c.attempts + 1, updated_at=now
+    ).returning(*CLAIMED))
+    return sorted(_rows(result), key=lambda r: (-r["priority"], r["id"]))
+
+
+def _lock_customers(session: Session, customer_ids: list[int]) -> None:
+    """Serialise admission per customer across workers (sorted, so two workers never wait on each other)."""
+    if is_postgres(session) and customer_ids:
+        session.connection().execute(text(
+            "SELECT pg_advisory_xact_lock(:ns, k) FROM (SELECT unnest(CAST(:ids AS int[])) AS k ORDER BY 1) s"),
+            {"ns": ADVISORY_NAMESPACE, "ids": sorted(set(customer_ids))})
+
+
+def _sent_counts(session: Session, customer_ids: list[int], exclude: list[int], start: datetime) -> pl.DataFrame:
+    """Marketing messages really out per customer and channel since `start` (the claimed batch excluded)."""
+    query = select(M.c.customer_id, M.c.channel, func.count()).where(
+        M.c.customer_id.in_(customer_ids), M.c.status.in_(REALLY_OUT), M.c.transactional.is_(False),
+        func.coalesce(M.c.sent_at, M.c.send_at) > start, M.c.id.not_in(exclude)).group_by(M.c.customer_id, M.c.channel)
+    rows = session.connection().execute(query).all()
+    return pl.DataFrame(rows, schema={"customer_id": pl.Int64, "channel": pl.String, "n": pl.Int64}, orient="row")
+
+
+def _consents(session: Session, customer_ids: list[int]) -> set[tuple[int, str]]:
+    query = text("SELECT customer_id, channel FROM consent WHERE customer_id IN :ids AND status = 'opted_in'"
+                 ).bindparams(bindparam("ids", expanding=True))
+    return {(r[0], r[1]) for r in session.connection().execute(query, {"ids": customer_ids})}
+
+
+def _zones(session: Session, customer_ids: list[int]) -> dict[int, str]:
+    query = text("SELECT id, time_zone FROM customer WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
+    return dict(session.connection().execute(query, {"ids": customer_ids}).all())
+
+
+def admit(session: Session, ctx: Context, claimed: list[dict[str, Any]], now: datetime
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Check claimed messages again at send time; returns (to send, decided now: expired/skipped/deferred).
+
+    Consent (an opt-out since planning wins), expiry, quiet hours in the customer's zone (a late dispatcher must
+    not text at night: the message is deferred, not dropped) and the frequency caps against what was really
+    sent, highest priority first within the batch.
+    """
+    if not claimed:
+        return [], []
+    customer_ids = sorted({r["customer_id"] for r in claimed})
+    _lock_customers(session, customer_ids)
+    consents, zones = _consents(session, customer_ids), _zones(session, customer_ids)
+    rails = guard_rails(ctx)
+    frame = pl.DataFrame({"id": [r["id"] for r in claimed], "customer_id": [r["customer_id"] for r in claimed],
+                          "channel": [r["channel"] for r in claimed],
+                          "time_zone": [zones.get(r["customer_id"], ctx.settings.default_time_zone) for r in claimed],
+                          "send_at": [now] * len(claimed)},
+                         schema_overrides={"send_at": pl.Datetime("us", "UTC")})
+    marketing = frame.filter(~pl.Series([bool(r["transactional"]) for r in claimed]))
+    deferred = defer_out_of_quiet_hours(marketing, rails.quiet).filter(pl.col("deferred_quiet"))
+    defer_to = dict(zip(deferred["id"].to_list(), deferred["send_at"].to_list(), strict=True))
+    windows = {days: _sent_counts(session, customer_ids, [r["id"] for r in claimed], now - timedelta(days=days))
+               for days in {c.window_days for c in rails.caps}}
+    out: dict[tuple[int, str | None, int], int] = {}  # (customer, channel or None, window) -> already out
+    for cap in rails.caps:
+        for customer_id, channel, n in windows[cap.window_days].iter_rows():
+            if cap.channel is None or cap.channel == channel:
+                key = (customer_id, cap.channel, cap.window_days)
+                out[key] = out.get(key, 0) + n
+    to_send, decided = [], []
+    for row in claimed:  # highest priority first: it takes the slot when campaigns compete at send time
+        reason = None
+        if row["expires_at"] is not None and row["expires_at"] <= now:
+            reason = "expired"
+        elif not row["transactional"] and (row["customer_id"], CONSENT_CHANNEL[row["channel"]]) not in consents:
+            reason = "no_consent"
+        elif row["id"] in defer_to:
+            decided.append(row | {"decision": "deferred", "new_send_at": defer_to[row["id"]]})
+            continue
+        elif not row["transactional"]:
+            for cap in rails.caps:
+                if cap.channel not in (None, row["channel"]):
+                    continue
+                key = (row["customer_id"], cap.channel, cap.window_days)
+                if out.get(key, 0) >= cap.limit:
+                    reason = f"capped_at_send ({cap.label})"
+                    break
+            if reason is None:
+                for cap in rails.caps:
+                    if cap.channel in (None, row["channel"]):
+                        key = (row["customer_id"], cap.channel, cap.window_days)
+                        out[key] = out.get(key, 0) + 1
+        if reason is None:
+            to_send.append(row)
+        else:
+            decided.append(row | {"decision": "expired" if reason == "expired" else "skipped", "reason": reason})
+    _write_decisions(session, decided, now)
+    return to_send, decided
+
+
+def _write_decisions(session: Session, decided: list[dict[str, Any]], now: datetime) -> None:
+    """Record what was decided without a provider: deferred back to planned, or skipped/expired/failed."""
+    for row in decided:
+        if row["decision"] == "deferred":  # not an attempt: give it back
+            _set(session, row["id"], status="planned", send_at=row["new_send_at"], attempts=M.c.attempts - 1,
+                 worker=None, lease_until=None, reason="deferred_quiet_hours", updated_at=now)
+        else:
+            _set(session, row["id"], status=row["decision"], reason=row["reason"][:40], last_error=row.get("error"),
+                 worker=None, lease_until=None, updated_at=now)
+
+
+# ---------------------------------------------------------------- render
+
+
+class Renderer:
+    """Renders claimed messages with the customer's contact data, tier and offer (templates cached per batch)."""
+
+    def __init__(self, session: Session, ctx: Context) -> None:
+        self.session, self.ctx = session, ctx
+        self._templates: dict[tuple[str, str, str], rendering.TemplateSource | None] = {}
+        self._campaigns: dict[int, str] = {}
+
+    def _template(self, name: str, channel: str, locale: str) -> rendering.TemplateSource | None:
+        key = (name, channel, locale)
+        if key not in self._templates:
+            self._templates[key] = find_template(self.session, self.ctx, name, channel, locale)
+        return self._templates[key]
+
+    def _campaign_name(self, campaign_id: int) -> str:
+        if campaign_id not in self._campaigns:
+            self._campaigns[campaign_id] = self.session.connection().execute(
+                text("SELECT name FROM campaign WHERE id = :id"), {"id": campaign_id}).scalar_one()
+        return self._campaigns[campaign_id]
+
+    def contacts(self, customer_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Decrypted contact data and facts of a few customers (only for the send, never logged)."""
+        query = text("SELECT id, external_id, time_zone, email_ciphertext, phone_ciphertext, push_tokens_ciphertext "
+                     "FROM customer WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
+        cipher = self.ctx.cipher
+        out = {}
+        for row in self.session.connection().execute(query, {"ids": customer_ids}):
+            tokens = cipher.decrypt(row.push_tokens_ciphertext)
+            out[row.id] = {"external_id": row.external_id, "time_zone": row.time_zone,
+                           "email": cipher.decrypt(row.email_ciphertext), "phone": cipher.decrypt(row.phone_ciphertext),
+                           "push": tuple(json.loads(tokens)) if tokens else ()}
+        return out
+
+    def render(self, rows: list[dict[str, Any]]) -> tuple[list[tuple[dict, Outgoing]], list[dict[str, Any]]]:
+        """(row, outgoing) pairs ready to send, and rows that cannot go (no contact data, no template)."""
+        if not rows:
+            return [], []
+        ids = sorted({r["customer_id"] for r in rows})
+        contacts = self.contacts(ids)
+        tiers = dict(segments_frame(self.session, customer_ids=ids).select("customer_id", "tier").iter_rows())
+        ready, unsendable = [], []
+        for row in rows:
+            contact = contacts.get(row["customer_id"])
+            to = _recipients(row["channel"], contact)
+            if not to:
+                unsendable.append(row | {"decision": "skipped", "reason": "no_contact"})
+                continue
+            source = self._template(row["template"], row["channel"], row["locale"])
+            if source is None:
+                unsendable.append(row | {"decision": "failed", "reason": "no_template"})
+                continue
+            context = message_context(self.ctx, row["customer_id"], contact["external_id"], row["locale"],
+                                      contact["time_zone"], tiers.get(row["customer_id"]),
+                                      offer=_offer(row, source.locale), campaign=self._campaign_name(row["campaign_id"]))
+            try:
+                parts = rendering.render(source, context)
+            except rendering.TemplateProblem as problem:
+                unsendable.append(row | {"decision": "failed", "reason": "render_failed", "error": str(problem)})
+                continue
+            ready.append((row, Outgoing(message_id=row["id"], customer_id=row["customer_id"],
+                                        campaign=context["campaign"]["name"], channel=row["channel"], to=to,
+                                        parts=parts, unsubscribe_url=context["unsubscribe_url"])))
+        return ready, unsendable
+
+
+def _recipients(channel: str, contact: dict[str, Any] | None) -> tuple[str, ...]:
+    if contact is None:
+        return ()
+    if channel in ("sms", "phone"):
+        return (contact["phone"],) if contact["phone"] else ()
+    if channel == "email":
+        return (contact["email"],) if contact["email"] else ()
+    return contact["push"]
+
+
+def _offer(row: dict[str, Any], locale: str) -> dict[str, Any] | None:
+    stored = row.get("offer")
+    offer = json.loads(stored) if isinstance(stored, str) else stored
+    if not offer:
+        return None
+    return offer_for_template({"offer_decision": offer.get("decision"), "offer_amount_off": offer.get("amount_off"),
+                               "offer_percent_off": offer.get("percent_off"), "min_spend": offer.get("min_spend"),
+                               "offer_free_shipping": offer.get("free_shipping"), "coupon_code": row["coupon_code"],
+                               "valid_until": row["valid_until"], "locale": locale})
+
+
+# ---------------------------------------------------------------- record
+
+
+def record_results(session: Session, ctx: Context, results: list[tuple[dict, Outgoing | None, SendResult]],
+                   senders: dict[str, Sender], now: datetime, rng: random.Random, report: BatchReport) -> None:
+    """Write each answer: sent (and the call task), retry with backoff, dead, failed, opted out, unknown."""
+    s = ctx.settings
+    for row, outgoing, result in results:
+        sender = senders[row["channel"]]
+        common = {"provider": sender.provider, "worker": None, "lease_until": None, "updated_at": now}
+        if result.outcome == SENT:
+            _set(session, row["id"], status="sent", provider_id=result.provider_id, sent_at=now, last_error=None,
+                 reason=None, **common)
+            if row["channel"] == "phone" and outgoing is not None:
+                _call_task(session, row, outgoing, now)
+            report.add(f"sent_{row['channel']}")
+            continue
+        if result.outcome == RETRY and row["attempts"] < s.dispatch_max_attempts:
+            delay = backoff_seconds(row["attempts"], s.dispatch_backoff_seconds, s.dispatch_backoff_max_seconds, rng,
+                                    result.retry_after)
+            _set(session, row["id"], status="planned", send_at=now + timedelta(seconds=delay),
+                 last_error=(result.error or "")[:2000], reason="retry", **common)
+            report.add("retry")
+            continue
+        status, reason = {RETRY: ("dead", "attempts_exhausted"), FAILED: ("failed", "provider_refused"),
+                          OPTED_OUT: ("failed", "opted_out"),
+                          AMBIGUOUS: ("unknown", "ambiguous")}[result.outcome]
+        _set(session, row["id"], status=status, reason=reason, last_error=(result.error or "")[:2000], **common)
+        if result.outcome == OPTED_OUT:
+            record_consent(session, ctx, customer_id=row["customer_id"], channel=Channel(row["channel"]),
+                           status=ConsentStatus.opted_out, source=f"{sender.provider}:opted_out", actor="dispatcher")
+        report.add(status)
+
+
+def _call_task(session: Session, row: dict[str, Any], outgoing: Outgoing, now: datetime) -> None:
+    session.add(CallTask(message_id=row["id"], customer_id=row["customer_id"], campaign_id=row["campaign_id"],
+                         status="open", script=outgoing.parts.get("body", ""), created_at=now))
+    session.flush()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class Dispatcher:
+    """One worker: claims batches, sends them through the channel senders with a thread pool, records answers."""
+
+    ctx: Context
+    senders: dict[str, Sender]
+    worker: str = field(default_factory=worker_name)
+    rng: random.Random = field(default_factory=random.Random)
+    limiters: dict[str, RateLimiter] = field(default_factory=dict)
+    share: float = 1.0  # this worker's share of each provider's rate (several workers split it)
+
+    def __post_init__(self) -> None:
+        rates = self.ctx.settings.provider_rate_per_second
+        for sender in self.senders.values():
+            if sender.provider not in self.limiters:
+                self.limiters[sender.provider] = RateLimiter(max(0.1, rates.get(sender.provider, 100.0) * self.share))
+        self._pool = ThreadPoolExecutor(max_workers=self.ctx.settings.dispatch_concurrency)
+
+    def close(self) -> None:
+        """Stop the sending threads."""
+        self._pool.shutdown(wait=True)
+
+    def _send(self, outgoing: Outgoing) -> SendResult:
+        sender = self.senders[outgoing.channel]
+        self.limiters[sender.provider].acquire()
+        try:
+            return sender.send(outgoing)
+        except Exception as error:  # noqa: BLE001 - an SDK bug must not lose the batch: the fate is unknown
+            log.exception("sender %s raised", sender.provider)
+            return SendResult(AMBIGUOUS, error=f"{type(error).__name__}: {error}"[:500])
+
+    def reconcile(self, limit: int = 500) -> BatchReport:
+        """Resolve unknown messages with providers that can be asked: found → sent; not found → planned again."""
+        report = BatchReport()
+        channels = [c for c, s in self.senders.items() if s.can_reconcile]
+        if not channels:
+            return report
+        now = self.ctx.clock.now()
+        with session_scope(self.ctx.engine) as session:
+            query = select(*CLAIMED).where(M.c.status == "unknown", M.c.reason.in_(("ambiguous", "worker_lost")),
+                                           M.c.channel.in_(channels)).order_by(M.c.id).limit(limit)
+            rows = _rows(session.connection().execute(query))
+            ready, _ = Renderer(session, self.ctx).render(rows)
+            for row, outgoing in ready:
+                found = self.senders[row["channel"]].reconcile(outgoing, row["send_at"])
+                if found.found:
+                    _set(session, row["id"], status="sent", provider_id=found.provider_id, sent_at=now,
+                         reason="reconciled", updated_at=now)
+                    if row["channel"] == "phone":
+                        _call_task(session, row, outgoing, now)
+                    report.add("reconciled_sent")
+                elif row["attempts"] >= self.ctx.settings.dispatch_max_attempts:
+                    _set(session, row["id"], status="dead", reason="attempts_exhausted", updated_at=now)
+                    report.add("dead")
+                else:  # never taken: safe to send again, after the usual backoff
+                    s = self.ctx.settings
+                    delay = backoff_seconds(row["attempts"], s.dispatch_backoff_seconds,
+                                            s.dispatch_backoff_max_seconds, self.rng)
+                    _set(session, row["id"], status="planned", reason="reconciled_not_found", updated_at=now,
+                         send_at=now + timedelta(seconds=delay))
+                    report.add("reconciled_not_found")
+        return report
+
+    def run_batch(self) -> BatchReport:
+        """Claim one batch, admit, render, send concurrently and record; returns what happened."""
+        s, report = self.ctx.settings, BatchReport()
+        now = self.ctx.clock.now()
+        with session_scope(self.ctx.engine) as session:
+            report.add("orphans_unknown", recover_orphans(session, now))
+            claimed = claim(session, now, self.worker, timedelta(seconds=s.dispatch_lease_seconds),
+                            s.dispatch_batch_size)
+            report.add("claimed", len(claimed))
+            to_send, decided = admit(session, ctx=self.ctx, claimed=claimed, now=now)
+            for row in decided:
+                report.add(row["decision"] if row["decision"] != "skipped" else f"skipped_{row['reason'].split()[0]}")
+        if not to_send:
+            return report
+        with session_scope(self.ctx.engine) as session:
+            ready, unsendable = Renderer(session, self.ctx).render(to_send)
+        # The provider calls happen outside any transaction: the claim is committed, the answers come after.
+        answers = list(self._pool.map(self._send, [o for _, o in ready]))
+        results = [(row, outgoing, answer) for (row, outgoing), answer in zip(ready, answers, strict=True)]
+        with session_scope(self.ctx.engine) as session:
+            record_results(session, self.ctx, results, self.senders, self.ctx.clock.now(), self.rng, report)
+            _write_decisions(session, unsendable, self.ctx.clock.now())
+        for row in unsendable:
+            report.add(f"{row['decision']}_{row['reason']}")
+        return report
+
+    def run_until_idle(self, max_batches: int | None = None) -> BatchReport:
+        """Reconcile, then send batches until nothing is due (or max_batches)."""
+        total = self.reconcile()
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            report = self.run_batch()
+            total.counts.update(report.counts)
+            batches += 1
+            if not report.counts.get("claimed"):
+                break
+        return total
+
+
+def replay_until(ctx: Context, senders: dict[str, Sender], until: datetime, **options: Any) -> BatchReport:
+    """Dispatch as time passes up to `until`: the clock jumps to each next due moment (demo and catch-up)."""
+    from crm.clock import FixedClock
+
+    total = BatchReport()
+    while True:
+        with session_scope(ctx.engine) as session:
+            due = session.connection().execute(select(func.min(M.c.send_at)).where(
+                M.c.status == "planned", M.c.send_at <= until)).scalar_one()
+        if due is None:
+            return total
+        moment = ensure_utc(due)
+        dispatcher = Dispatcher(replace(ctx, clock=FixedClock(moment)), senders, **options)
+        try:
+            report = dispatcher.run_until_idle()
+        finally:
+            dispatcher.close()
+        total.counts.update(report.counts)
+        if not report.counts.get("claimed"):  # due yet not claimable (held by another worker): do not spin
+            return total
+
+
+class SingleWriter:
+    """On SQLite only one dispatcher may write: an exclusive lock on a file beside the database."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._handle = None
+        if not is_postgres(ctx.engine):
+            import fcntl
+
+            path = ctx.settings.data_dir / "dispatch.lock"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = path.open("w")
+            try:
+                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._handle.close()
+                raise RuntimeError("another dispatcher is running on this SQLite database (it has one writer)") \
+                    from None
+
+    def release(self) -> None:
+        """Let another dispatcher in."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def serve(ctx: Context, senders: dict[str, Sender], *, once: bool, stop: threading.Event,
+          max_batches: int | None = None, share: float = 1.0) -> BatchReport:
+    """The dispatcher process: run until idle (once) or poll until `stop` is set; a stop finishes the batch."""
+    writer = SingleWriter(ctx)
+    dispatcher = Dispatcher(ctx, senders, share=share)
+    total = BatchReport()
+    try:
+        while not stop.is_set():
+            total.counts.update(dispatcher.reconcile().counts)
+            batches = 0
+            while not stop.is_set() and (max_batches is None or batches < max_batches):
+                report = dispatcher.run_batch()
+                total.counts.update(report.counts)
+                batches += 1
+                if not report.counts.get("claimed"):
+                    break
+            if once:
+                break
+            stop.wait(ctx.settings.dispatch_poll_seconds)
+    finally:
+        dispatcher.close()
+        writer.release()
+    return total

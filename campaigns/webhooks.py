@@ -1,0 +1,250 @@
+"""Provider webhooks, each verified and idempotent: Twilio status and inbound SMS, SendGrid events; the unsubscribe link.
+
+A repeated event changes nothing: each is recorded once by the provider's own id (`webhook_receipt`), and a
+message's status only ever moves forward (a late `sent` never undoes `delivered`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from campaigns.models import Message, WebhookReceipt
+from crm.context import Context
+from crm.errors import DomainError
+from crm.models import Channel, ConsentStatus, Customer
+from crm.service import record_consent
+from crm.validation import normalise_email, normalise_phone
+
+log = logging.getLogger(__name__)
+# Keywords carriers and Twilio treat as opt-out / opt-in / help, plus the Chinese 退订 ("unsubscribe") and TD.
+STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "退订", "TD"}
+START_WORDS = {"START", "UNSTOP", "YES"}
+HELP_WORDS = {"HELP", "INFO"}
+# How far along a message is; a status only replaces one of lower rank.
+RANK = {"planned": 0, "sending": 1, "unknown": 1, "sent": 2, "delivered": 3, "failed": 3}
+TWILIO_STATUS = {"sent": "sent", "delivered": "delivered", "undelivered": "failed", "failed": "failed"}
+
+
+class Rejected(DomainError):
+    """A webhook whose signature or timestamp does not check out (403, logged)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+def first_time(session: Session, provider: str, event_id: str, now: datetime) -> bool:
+    """Record an event id; False when it was seen before (the event is then ignored)."""
+    try:
+        with session.begin_nested():
+            session.add(WebhookReceipt(provider=provider, event_id=event_id[:120], received_at=now))
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
+def advance(session: Session, message: Message, status: str, now: datetime, reason: str | None = None) -> bool:
+    """Move a message forward to `status` (never back); returns whether it moved."""
+    if RANK.get(status, 0) <= RANK.get(message.status, 0):
+        return False
+    message.status, message.updated_at = status, now
+    if status == "delivered":
+        message.delivered_at = message.delivered_at or now
+    if reason:
+        message.reason = reason[:40]
+    session.add(message)
+    return True
+
+
+# ---------------------------------------------------------------- Twilio
+
+
+def verify_twilio(ctx: Context, url: str, params: dict[str, str], signature: str | None) -> None:
+    """Check X-Twilio-Signature with the SDK's validator over the public URL Twilio called."""
+    from twilio.request_validator import RequestValidator
+
+    if not ctx.settings.twilio_auth_token or not signature or \
+            not RequestValidator(ctx.settings.twilio_auth_token).validate(url, params, signature):
+        log.warning("twilio webhook rejected: bad signature for %s", url.split("?")[0])
+        raise Rejected("the Twilio signature does not match")
+
+
+def twilio_status(session: Session, ctx: Context, params: dict[str, str]) -> dict[str, Any]:
+    """A status callback: sent / delivered / undelivered / failed for the message Twilio names."""
+    now = ctx.clock.now()
+    sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
+    if not first_time(session, "twilio", f"{sid}:{status}", now):
+        return {"duplicate": True}
+    message = session.exec(select(Message).where(Message.provider_id == sid)).first()
+    target = TWILIO_STATUS.get(status)
+    if message is None or target is None:
+        return {"ignored": True}
+    code = params.get("ErrorCode")
+    moved = advance(session, message, target, now, f"twilio_{status}" + (f"_{code}" if code else ""))
+    if target == "failed" and code == "21610":
+        record_consent(session, ctx, customer_id=message.customer_id, channel=Channel.sms,
+                       status=ConsentStatus.opted_out, source="twilio:21610", actor="twilio")
+    return {"message_id": message.id, "status": message.status, "changed": moved}
+
+
+def sms_keyword(body: str) -> str | None:
+    """'stop', 'start' or 'help' for a reply made of one keyword (case and spacing ignored), else None."""
+    word = " ".join(body.split()).upper().rstrip(".!。！")
+    if word in STOP_WORDS:
+        return "stop"
+    if word in START_WORDS:
+        return "start"
+    if word in HELP_WORDS:
+        return "help"
+    return None
+
+
+REPLIES = {
+    ("stop", "zh"): "您已退订{shop}的短信，回复START可重新订阅。",
+    ("stop", "en"): "You have been unsubscribed from {shop} texts. Reply START to subscribe again.",
+    ("start", "zh"): "您已重新订阅{shop}的短信，回复TD退订。",
+    ("start", "en"): "You are subscribed to {shop} texts again. Reply STOP to unsubscribe.",
+    ("help", "zh"): "{shop}客服：回复TD退订，回复START重新订阅。",
+    ("help", "en"): "{shop} help: reply STOP to unsubscribe, START to subscribe again.",
+}
+
+
+def twilio_inbound(session: Session, ctx: Context, params: dict[str, str]) -> str | None:
+    """An SMS reply: STOP and its synonyms opt out at once, START/UNSTOP/YES opt back in, HELP/INFO answers.
+
+    Returns the text to answer with (None: say nothing).
+    """
+    now = ctx.clock.now()
+    if not first_time(session, "twilio", f"inbound:{params.get('MessageSid', '')}", now):
+        return None
+    keyword = sms_keyword(params.get("Body", ""))
+    phone = normalise_phone(params.get("From", ""), ctx.settings.default_phone_region)
+    customer = session.exec(select(Customer).where(Customer.phone_hash == ctx.cipher.blind_index(phone))).first() \
+        if phone else None
+    locale = customer.locale if customer is not None else ctx.settings.default_locale
+    language = "zh" if locale.startswith("zh") else "en"
+    if keyword is None:
+        return None
+    if customer is not None and keyword in ("stop", "start"):
+        status = ConsentStatus.opted_out if keyword == "stop" else ConsentStatus.opted_in
+        word = " ".join(params.get("Body", "").split()).upper()[:20]
+        record_consent(session, ctx, customer_id=customer.id, channel=Channel.sms, status=status,
+                       source=f"sms_reply:{word}", actor="twilio")
+    elif customer is None:
+        log.info("inbound SMS keyword %s from a number no customer has", keyword)
+    return REPLIES[(keyword, language)].format(shop=ctx.settings.shop_name)
+
+
+# ---------------------------------------------------------------- SendGrid
+
+
+def verify_sendgrid(ctx: Context, payload: bytes, signature: str | None, timestamp: str | None) -> None:
+    """Check the signed event webhook's ECDSA signature over timestamp + body, and that the timestamp is fresh."""
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    key = ctx.settings.sendgrid_webhook_public_key.strip()
+    if not key or not signature or not timestamp:
+        raise _reject("missing SendGrid signature headers or no verification key configured")
+    try:
+        age = ctx.clock.now().timestamp() - int(timestamp)
+    except ValueError:
+        raise _reject("the SendGrid timestamp is not a number") from None
+    if abs(age) > ctx.settings.webhook_max_age_seconds:
+        raise _reject(f"stale SendGrid event batch ({int(age)} s old)")
+    pem_body = "".join(line for line in key.splitlines() if "PUBLIC KEY" not in line)
+    try:
+        valid = EventWebhook(pem_body).verify_signature(payload.decode(), signature, timestamp)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        valid = False
+    if not valid:
+        raise _reject("the SendGrid signature does not match")
+
+
+def _reject(reason: str) -> Rejected:
+    log.warning("sendgrid webhook rejected: %s", reason)
+    return Rejected(reason)
+
+
+def sendgrid_events(session: Session, ctx: Context, events: list[dict[str, Any]]) -> dict[str, int]:
+    """Apply a batch of SendGrid events: delivery, engagement, bounces and the opt-outs they carry."""
+    now = ctx.clock.now()
+    counts = {"applied": 0, "duplicate": 0, "ignored": 0}
+    for event in events:
+        if not isinstance(event, dict) or not first_time(session, "sendgrid", str(event.get("sg_event_id", "")), now):
+            counts["duplicate" if isinstance(event, dict) else "ignored"] += 1
+            continue
+        kind = event.get("event")
+        message = _sendgrid_message(session, event)
+        at = datetime.fromtimestamp(int(event.get("timestamp") or now.timestamp()), UTC)
+        customer_id = message.customer_id if message is not None else _customer_by_email(session, ctx, event)
+        if kind in ("spamreport", "unsubscribe", "group_unsubscribe") and customer_id is not None:
+            record_consent(session, ctx, customer_id=customer_id, channel=Channel.email,
+                           status=ConsentStatus.opted_out, source=f"sendgrid:{kind}", actor="sendgrid", at=at)
+        elif kind == "group_resubscribe" and customer_id is not None:
+            record_consent(session, ctx, customer_id=customer_id, channel=Channel.email,
+                           status=ConsentStatus.opted_in, source=f"sendgrid:{kind}", actor="sendgrid", at=at)
+        if message is None:
+            counts["ignored" if customer_id is None else "applied"] += 1
+            continue
+        if kind == "delivered":
+            advance(session, message, "delivered", now)
+        elif kind in ("open", "click"):
+            advance(session, message, "delivered", now)  # an open implies delivery, whatever order events come in
+            if kind == "open":
+                message.opened_at = message.opened_at or at
+            else:
+                message.clicked_at = message.clicked_at or at
+                message.opened_at = message.opened_at or at
+            session.add(message)
+        elif kind in ("bounce", "dropped"):
+            advance(session, message, "failed", now, f"sendgrid_{kind}")
+        counts["applied"] += 1
+    return counts
+
+
+def _sendgrid_message(session: Session, event: dict[str, Any]) -> Message | None:
+    message_id = event.get("message_id")
+    if message_id is not None and str(message_id).isdigit():
+        return session.get(Message, int(message_id))
+    return None
+
+
+def _customer_by_email(session: Session, ctx: Context, event: dict[str, Any]) -> int | None:
+    email = normalise_email(str(event.get("email", "")))
+    if email is None:
+        return None
+    return session.exec(select(Customer.id).where(Customer.email_hash == ctx.cipher.blind_index(email))).first()
+
+
+# ---------------------------------------------------------------- unsubscribe link
+
+
+def unsubscribe(session: Session, ctx: Context, token: str, *, apply: bool) -> Customer | None:
+    """The customer a signed unsubscribe token names (None when forged); with apply, opt them out of email."""
+    subject = ctx.cipher.verify_link("unsubscribe", token)
+    if subject is None or not subject.isdigit():
+        log.warning("unsubscribe link rejected: bad signature")
+        return None
+    customer = session.get(Customer, int(subject))
+    if customer is not None and apply:
+        record_consent(session, ctx, customer_id=customer.id, channel=Channel.email, status=ConsentStatus.opted_out,
+                       source="unsubscribe_link", actor="customer")
+    return customer
+
+
+def delivery_counts(session: Session, campaign_id: int | None = None) -> dict[str, dict[str, int]]:
+    """Messages per channel and status (optionally of one campaign)."""
+    where = "WHERE campaign_id = :campaign_id" if campaign_id is not None else ""
+    rows = session.connection().execute(text(
+        f"SELECT channel, status, count(*) FROM message {where} GROUP BY channel, status ORDER BY channel, status"),
+        {"campaign_id": campaign_id} if campaign_id is not None else {}).all()
+    out: dict[str, dict[str, int]] = {}
+    for channel, status, n in rows:
+        out.setdefault(channel, {})[status] = n
+    return out
