@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+from urllib.parse import parse_qsl
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
@@ -27,7 +28,8 @@ def _public_url(request: Request, ctx) -> str:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    return {k: str(v) for k, v in (await request.form()).items()}
+    """Twilio posts application/x-www-form-urlencoded; every field counts for the signature."""
+    return dict(parse_qsl((await request.body()).decode(errors="replace"), keep_blank_values=True))
 
 
 @router.post("/webhooks/twilio/status", tags=["webhooks"])

@@ -22,7 +22,7 @@ from crm.settings import Settings
 from tests import factories
 from tests.conftest import TEST_NOW, TEST_SECRET
 
-PHONES = {i: f"+86138001{i:05d}" for i in range(1, 41)}
+PHONES = {i: f"+86138001{i:05d}" for i in range(1, 1000)}
 
 
 def fake_settings(tmp_path: Path, base_url: str, url: str = "", **overrides) -> Settings:

@@ -10,6 +10,8 @@ from starlette.routing import Route
 from crm.models import Role
 
 PUBLIC = "public"
+SIGNED = "signed"  # no key: the provider's signature is the credential; unsigned requests get 403
+LINK = "link"  # no key: a signed link is the credential; a bad one gets a 4xx page
 ADMIN = {Role.admin}
 STAFF = {Role.admin, Role.marketer, Role.support}
 EXPECTED: dict[tuple[str, str], set[Role] | str] = {
@@ -54,10 +56,21 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/templates/{template_id}"): {Role.admin, Role.marketer},
     ("POST", "/templates/{template_id}/preview"): {Role.admin, Role.marketer},
     ("GET", "/messages"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
+    ("GET", "/messages/counts"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
+    ("POST", "/messages/{message_id}/retry"): ADMIN,
+    ("GET", "/tasks"): {Role.admin, Role.support},
+    ("POST", "/tasks/{task_id}/claim"): {Role.admin, Role.support},
+    ("POST", "/tasks/{task_id}/outcome"): {Role.admin, Role.support},
+    ("POST", "/webhooks/twilio/status"): SIGNED,
+    ("POST", "/webhooks/twilio/inbound"): SIGNED,
+    ("POST", "/webhooks/sendgrid/events"): SIGNED,
+    ("GET", "/unsubscribe/{token}"): LINK,
+    ("POST", "/unsubscribe/{token}"): LINK,
 }
 SAMPLE_PARAMS = {"external_id": "NOBODY", "kind": "customers", "job_id": "999999", "key_id": "999999",
                  "name": "tier", "model_id": "999999",
-                 "campaign_id": "999999", "template_id": "999999"}
+                 "campaign_id": "999999", "template_id": "999999", "message_id": "999999", "task_id": "999999",
+                 "token": "1.forged"}
 
 
 def _walk(routes) -> list[tuple[str, str]]:
@@ -92,6 +105,12 @@ def test_roles_pass_exactly_where_expected(app, client, auth_header):
         anonymous = client.request(method, url, content=b"x\n")
         if expected == PUBLIC:
             assert anonymous.status_code < 400, (method, path, anonymous.status_code)
+            continue
+        if expected == SIGNED:
+            assert anonymous.status_code == 403, (method, path, anonymous.status_code)
+            continue
+        if expected == LINK:
+            assert 400 <= anonymous.status_code < 500, (method, path, anonymous.status_code)
             continue
         assert anonymous.status_code == 401, (method, path, anonymous.status_code)
         for role in Role:
