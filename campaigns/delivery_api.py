@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 import json
-from urllib.parse import parse_qsl
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
