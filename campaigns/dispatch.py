@@ -21,6 +21,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -76,11 +77,17 @@ class BatchReport:
     """What one pass of the dispatcher did, counted by outcome."""
 
     counts: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)  # where the time went, per phase
 
     def add(self, key: str, value: int = 1) -> None:
         """Count one outcome."""
         if value:
             self.counts[key] += value
+
+    def merge(self, other: BatchReport) -> None:
+        """Add another report's counts and times to this one."""
+        self.counts.update(other.counts)
+        self.seconds.update(other.seconds)
 
 
 def worker_name() -> str:
@@ -314,15 +321,22 @@ def record_results(session: Session, ctx: Context, results: list[tuple[dict, Out
                    senders: dict[str, Sender], now: datetime, rng: random.Random, report: BatchReport) -> None:
     """Write each answer: sent (and the call task), retry with backoff, dead, failed, opted out, unknown."""
     s = ctx.settings
-    for row, outgoing, result in results:
+    sent = [(row, outgoing, result) for row, outgoing, result in results if result.outcome == SENT]
+    if sent:  # the common case, in one pipelined executemany
+        session.connection().execute(
+            update(M).where(M.c.id == bindparam("message_id")).values(
+                status="sent", provider=bindparam("provider_name"), provider_id=bindparam("pid"), sent_at=now,
+                last_error=None, reason=None, worker=None, lease_until=None, updated_at=now),
+            [{"message_id": row["id"], "provider_name": senders[row["channel"]].provider, "pid": result.provider_id}
+             for row, _, result in sent])
+    for row, outgoing, _ in sent:
+        if row["channel"] == "phone" and outgoing is not None:
+            _call_task(session, row, outgoing, now)
+        report.add(f"sent_{row['channel']}")
+    for row, _, result in results:
         sender = senders[row["channel"]]
         common = {"provider": sender.provider, "worker": None, "lease_until": None, "updated_at": now}
         if result.outcome == SENT:
-            _set(session, row["id"], status="sent", provider_id=result.provider_id, sent_at=now, last_error=None,
-                 reason=None, **common)
-            if row["channel"] == "phone" and outgoing is not None:
-                _call_task(session, row, outgoing, now)
-            report.add(f"sent_{row['channel']}")
             continue
         if result.outcome == RETRY and row["attempts"] < s.dispatch_max_attempts:
             delay = backoff_seconds(row["attempts"], s.dispatch_backoff_seconds, s.dispatch_backoff_max_seconds, rng,
@@ -417,6 +431,7 @@ class Dispatcher:
         """Claim one batch, admit, render, send concurrently and record; returns what happened."""
         s, report = self.ctx.settings, BatchReport()
         now = self.ctx.clock.now()
+        started = time.perf_counter()
         with session_scope(self.ctx.engine) as session:
             report.add("orphans_unknown", recover_orphans(session, now))
             claimed = claim(session, now, self.worker, timedelta(seconds=s.dispatch_lease_seconds),
@@ -425,16 +440,23 @@ class Dispatcher:
             to_send, decided = admit(session, ctx=self.ctx, claimed=claimed, now=now)
             for row in decided:
                 report.add(row["decision"] if row["decision"] != "skipped" else f"skipped_{row['reason'].split()[0]}")
+        report.seconds["claim_and_admit"] += time.perf_counter() - started
         if not to_send:
             return report
+        started = time.perf_counter()
         with session_scope(self.ctx.engine) as session:
             ready, unsendable = Renderer(session, self.ctx).render(to_send)
+        report.seconds["render"] += time.perf_counter() - started
+        started = time.perf_counter()
         # The provider calls happen outside any transaction: the claim is committed, the answers come after.
         answers = list(self._pool.map(self._send, [o for _, o in ready]))
+        report.seconds["provider_calls"] += time.perf_counter() - started
+        started = time.perf_counter()
         results = [(row, outgoing, answer) for (row, outgoing), answer in zip(ready, answers, strict=True)]
         with session_scope(self.ctx.engine) as session:
             record_results(session, self.ctx, results, self.senders, self.ctx.clock.now(), self.rng, report)
             _write_decisions(session, unsendable, self.ctx.clock.now())
+        report.seconds["record"] += time.perf_counter() - started
         for row in unsendable:
             report.add(f"{row['decision']}_{row['reason']}")
         return report
@@ -445,7 +467,7 @@ class Dispatcher:
         batches = 0
         while max_batches is None or batches < max_batches:
             report = self.run_batch()
-            total.counts.update(report.counts)
+            total.merge(report)
             batches += 1
             if not report.counts.get("claimed"):
                 break
@@ -469,7 +491,7 @@ def replay_until(ctx: Context, senders: dict[str, Sender], until: datetime, **op
             report = dispatcher.run_until_idle()
         finally:
             dispatcher.close()
-        total.counts.update(report.counts)
+        total.merge(report)
         if not report.counts.get("claimed"):  # due yet not claimable (held by another worker): do not spin
             return total
 
@@ -507,11 +529,11 @@ def serve(ctx: Context, senders: dict[str, Sender], *, once: bool, stop: threadi
     total = BatchReport()
     try:
         while not stop.is_set():
-            total.counts.update(dispatcher.reconcile().counts)
+            total.merge(dispatcher.reconcile())
             batches = 0
             while not stop.is_set() and (max_batches is None or batches < max_batches):
                 report = dispatcher.run_batch()
-                total.counts.update(report.counts)
+                total.merge(report)
                 batches += 1
                 if not report.counts.get("claimed"):
                     break

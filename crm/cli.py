@@ -415,7 +415,7 @@ def _dispatch_worker(share: float, once: bool, max_batches: int | None, now: str
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     report = serve_dispatch(ctx, build_senders(ctx.settings), once=once, stop=stop, max_batches=max_batches,
                             share=share)
-    return dict(report.counts)
+    return dict(report.counts) | {f"seconds_{k}": round(v, 3) for k, v in report.seconds.items()}
 
 
 def _parse_instant(value: str) -> datetime:
@@ -450,7 +450,8 @@ def dispatch_run(
         finally:
             pool.close()
             pool.join()
-        counts = dict(sum((Counter(p) for p in parts), Counter()))
+        counts = {k: round(v, 3) if isinstance(v, float) else v
+                  for k, v in sum((Counter(p) for p in parts), Counter()).items()}
     if as_json:
         print(json.dumps(counts))
     else:
