@@ -44,7 +44,7 @@ from campaigns.channels.base import (
     Sender,
     SendResult,
 )
-from campaigns.models import CallTask, Message
+from campaigns.models import CallTask, Campaign, Message
 from campaigns.quiet_hours import defer_out_of_quiet_hours
 from campaigns.service import find_template, guard_rails, message_context, offer_for_template
 from crm.clock import ensure_utc
@@ -115,7 +115,9 @@ def recover_orphans(session: Session, now: datetime) -> int:
 
 def claim(session: Session, now: datetime, worker: str, lease: timedelta, limit: int) -> list[dict[str, Any]]:
     """Take up to `limit` due planned messages for this worker (skipping rows other workers hold)."""
-    picked = select(M.c.id).where(M.c.status == "planned", M.c.send_at <= now).order_by(
+    live = select(Campaign.__table__.c.id).where(Campaign.__table__.c.status == "active")
+    # A paused or archived campaign's messages wait (paused) or lapse (archived): never sent behind its back.
+    picked = select(M.c.id).where(M.c.status == "planned", M.c.send_at <= now, M.c.campaign_id.in_(live)).order_by(
         M.c.priority.desc(), M.c.send_at, M.c.id).limit(limit)
     if is_postgres(session):
         picked = picked.with_for_update(skip_locked=True)

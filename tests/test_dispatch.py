@@ -216,3 +216,16 @@ def test_rate_limiter_holds_the_configured_rate():
         limiter.acquire()
     elapsed = time.monotonic() - started
     assert 0.45 <= elapsed < 2.0, elapsed  # 25 waits of 20 ms after the first token
+
+
+def test_a_paused_campaign_sends_nothing_until_resumed(shop, providers):
+    (message,) = shop.add_messages([{"customer_id": shop.customers["C1"]}])
+    with session_scope(shop.ctx.engine) as session:
+        session.connection().execute(text("UPDATE campaign SET status = 'paused' WHERE id = :c"),
+                                     {"c": shop.campaign_id})
+    assert _dispatch(shop).get("claimed", 0) == 0
+    assert shop.messages()[message]["status"] == "planned" and not providers.accepted()
+    with session_scope(shop.ctx.engine) as session:
+        session.connection().execute(text("UPDATE campaign SET status = 'active' WHERE id = :c"),
+                                     {"c": shop.campaign_id})
+    assert _dispatch(shop)["sent_sms"] == 1
