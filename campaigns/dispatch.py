@@ -56,7 +56,6 @@ from segmentation.service import segments_frame
 
 log = logging.getLogger(__name__)
 REALLY_OUT = ("sending", "sent", "delivered", "unknown")  # what counts as sent when caps are checked again
-CONSENT_CHANNEL = {"sms": "sms", "email": "email", "push": "push", "phone": "phone"}
 ADVISORY_NAMESPACE = 7007  # pg_advisory_xact_lock(namespace, customer_id): customers being admitted
 M = Message.__table__
 CLAIMED = tuple(M.c[name] for name in (
@@ -190,7 +189,7 @@ def admit(session: Session, ctx: Context, claimed: list[dict[str, Any]], now: da
         reason = None
         if row["expires_at"] is not None and row["expires_at"] <= now:
             reason = "expired"
-        elif not row["transactional"] and (row["customer_id"], CONSENT_CHANNEL[row["channel"]]) not in consents:
+        elif not row["transactional"] and (row["customer_id"], row["channel"]) not in consents:
             reason = "no_consent"
         elif row["id"] in defer_to:
             decided.append(row | {"decision": "deferred", "new_send_at": defer_to[row["id"]]})

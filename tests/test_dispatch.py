@@ -89,7 +89,6 @@ def test_server_errors_back_off_then_dead_letter_and_admin_retry(shop, providers
     assert len(waits) == 2 and 30 <= waits[0] <= 60 and 60 <= waits[1] <= 120  # 60 s base, doubling, jittered
     providers.reset()
     from campaigns.tasks import retry_message
-    from tests.dispatch_support import FakeProviders  # noqa: F401 - the fault queue is now empty
 
     with session_scope(shop.ctx.engine) as session:
         retry_message(session, shop.ctx, message, "key:1:admin")

@@ -147,7 +147,6 @@ def test_sendgrid_events_update_status_engagement_and_consent(client, session, c
               {"event": "click", "sg_event_id": "e3", "message_id": str(first.id), "timestamp": at + 90},
               {"event": "bounce", "sg_event_id": "e4", "message_id": str(second.id), "timestamp": at},
               {"event": "unsubscribe", "sg_event_id": "e5", "message_id": str(third.id), "timestamp": at}]
-    session.exec(select(Message)).all()
     # C3 opted in to email first, so the unsubscribe is a real change.
     from crm.models import Channel, ConsentStatus
     from crm.service import record_consent
