@@ -6,31 +6,11 @@ is resolved once with zoneinfo and joined back; polars converts instants per zon
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
-from functools import lru_cache
-from zoneinfo import ZoneInfo
-
 import polars as pl
 
+from crm.timezones import local_date_of, local_to_utc, zone  # noqa: F401 - re-exported for the planner
+
 UTC_TYPE = pl.Datetime("us", "UTC")
-
-
-@lru_cache(maxsize=512)
-def zone(name: str) -> ZoneInfo:
-    """The zoneinfo rules of a zone name (cached)."""
-    return ZoneInfo(name)
-
-
-def local_to_utc(day: date, minute_of_day: int, zone_name: str) -> datetime:
-    """The UTC instant of a local wall-clock time.
-
-    A time that does not exist (the spring-forward gap) moves forward by the gap, as clocks do; a time that occurs
-    twice (fall back) means its first occurrence.
-    """
-    hour, minute = divmod(minute_of_day, 60)
-    # fold=0 (PEP 495): an ambiguous time takes its first occurrence; a time in a gap takes the offset from
-    # before the change, which lands the instant after the gap, shifted forward by the gap's length.
-    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone(zone_name)).astimezone(UTC)
 
 
 def wall_times_to_utc(frame: pl.DataFrame, *, zone_column: str, date_column: str, minute_column: str) -> pl.Series:
@@ -53,8 +33,3 @@ def local_parts(instants: pl.Series, zones: pl.Series) -> pl.DataFrame:
     if not parts:
         return pl.DataFrame(schema={"local_date": pl.Date, "minute_of_day": pl.Int32})
     return pl.concat(parts).sort("__row").drop("__row")
-
-
-def local_date_of(instant: datetime, zone_name: str) -> date:
-    """The customer's local calendar date at a UTC instant."""
-    return instant.astimezone(zone(zone_name)).date()

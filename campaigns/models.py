@@ -148,3 +148,21 @@ class WebhookReceipt(SQLModel, table=True):
     provider: str = Field(sa_column=Column(String(16), nullable=False))
     event_id: str = Field(sa_column=Column(String(120), nullable=False))
     received_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class Conversion(SQLModel, table=True):
+    """An order attributed to a message it followed within the attribution window (one touch per order)."""
+
+    __tablename__ = "conversion"
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: int = Field(sa_column=Column(Integer, nullable=False, unique=True))
+    message_id: int = Field(sa_column=Column(Integer, nullable=False, index=True))
+    campaign_id: int = Field(sa_column=Column(Integer, nullable=False, index=True))
+    customer_id: int = Field(sa_column=Column(Integer, nullable=False))
+    channel: str = Field(sa_column=Column(String(8), nullable=False))
+    touch: str = Field(sa_column=Column(String(8), nullable=False))
+    ordered_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    revenue: float = Field(sa_column=Column(Float, nullable=False))
+    discount: float = Field(sa_column=Column(Float, nullable=False))
+    attributed_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

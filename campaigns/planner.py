@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -325,7 +325,3 @@ def occurrence_key(day: date) -> str:
     """The outbox key's occurrence part for a local day."""
     return day.isoformat()
 
-
-def utc_midnight(day: date) -> datetime:
-    """Midnight UTC at the start of a date."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)

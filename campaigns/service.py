@@ -25,7 +25,6 @@ from campaigns.planner import (
     occurrence_key,
     offer_description,
     plan_occurrence,
-    utc_midnight,
 )
 from campaigns.quiet_hours import QuietHours
 from campaigns.spec import STATUSES, CampaignSpec
@@ -35,7 +34,7 @@ from crm.bulkwrite import insert_frame
 from crm.clock import ensure_utc
 from crm.columnar import ColumnarReader, columnar_reader
 from crm.context import Context
-from crm.errors import Conflict, InvalidInput, NotFound
+from crm.errors import Conflict, DomainError, InvalidInput, NotFound
 from crm.profiles import ProfileRequest
 from crm.service import (
     consent_frame,
@@ -46,6 +45,7 @@ from crm.service import (
     read_columns,
     shop_cost_ratio,
 )
+from crm.timezones import utc_midnight
 from segmentation.service import current_rule_set, entered_between, segments_frame, tags_frame
 
 LIVE_STATUSES = ("planned", "sending", "sent", "delivered", "unknown")  # count against caps
@@ -657,13 +657,21 @@ def _audience_facts(spec: CampaignSpec, inputs: PlanInputs) -> list[dict[str, An
 
 
 def plan_due(session: Session, ctx: Context, day: date | None = None) -> list[dict[str, Any]]:
-    """Plan every active campaign that fires on the day, highest priority first (so it wins capped slots)."""
+    """Plan every active campaign that fires on the day, highest priority first (so it wins capped slots); a
+    campaign that cannot be planned is reported with its error and the others go on."""
     day = day or shop_today(ctx)
     results = []
     for campaign in list_campaigns(session, "active"):
         spec = CampaignSpec.model_validate(campaign.spec)
-        if spec.schedule.fires_on(day):
-            results.append(plan_campaign(session, ctx, campaign.id, day) | {"campaign": campaign.name})
+        if not spec.schedule.fires_on(day):
+            continue
+        try:
+            with session.begin_nested():  # one broken campaign rolls back alone and does not stop the others
+                result = plan_campaign(session, ctx, campaign.id, day)
+        except DomainError as failure:
+            result = {"campaign_id": campaign.id, "occurrence": occurrence_key(day), "added": 0,
+                      "error": failure.detail}
+        results.append(result | {"campaign": campaign.name})
     return results
 
 

@@ -16,6 +16,7 @@ from crm.auth import ADMIN, STAFF, Principal, require
 from crm.context import Context, get_context
 from crm.db import get_session
 from crm.errors import InvalidInput
+from crm.jobs import scheduler_health
 from crm.migrations import current_revision, head_revision
 from crm.models import AuditLog, Customer, Order, Role
 from crm.profiles import ProfileRequest
@@ -56,7 +57,7 @@ def customer_read(ctx: Context, customer: Customer, principal: Principal) -> Cus
 
 @router.get("/health", response_model=Health, tags=["ops"])
 def health(request: Request) -> Health:
-    """Database reachable and migrations at head (no key needed)."""
+    """Database reachable, migrations at head, and the scheduler's leader and heartbeat (no key needed)."""
     ctx: Context = request.app.state.ctx
     head = head_revision()
     try:
@@ -67,8 +68,12 @@ def health(request: Request) -> Health:
     except Exception:  # noqa: BLE001 - any failure to reach the database is what this endpoint reports
         reachable, revision = False, None
     ok = reachable and revision == head
+    scheduler = None
+    if ok:
+        with Session(ctx.engine) as session:
+            scheduler = scheduler_health(session, ctx)
     return Health(status="ok" if ok else "degraded", database=reachable, migrations_at_head=revision == head,
-                  revision=revision, head=head)
+                  revision=revision, head=head, scheduler=scheduler)
 
 
 CUSTOMER_LIST_PARAMS = {"cursor", "limit", "email", "phone", "locale", "time_zone", "membership_level"}

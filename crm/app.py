@@ -1,4 +1,4 @@
-"""The FastAPI app factory: the composition root that wires every package's routes and profile sections."""
+"""The FastAPI app factory: the composition root that wires every package's routes, profile sections and jobs."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from sqlmodel import select
 from campaigns import api as campaigns_api
 from campaigns import delivery_api
 from churn import api as churn_api
-from crm import api
+from crm import api, jobs_api
 from crm.auth import Principal, require
 from crm.context import Context, build_context
 from crm.errors import install_handlers
+from crm.jobs import JobRegistry
 from crm.models import Order, Role
 from crm.profiles import CustomerFilterRegistry, ProfileRegistry, ProfileRequest
-from crm.settings import get_settings
+from crm.settings import Settings, get_settings
 from segmentation import api as segmentation_api
 
 
@@ -32,6 +33,15 @@ def orders_section(request: ProfileRequest) -> dict[str, Any]:
     count, spend, discount, first, last = row
     return {"orders": count, "total_spend": float(spend), "total_discount": float(discount),
             "first_order_at": first, "last_order_at": last}
+
+
+def job_registry(settings: Settings) -> JobRegistry:
+    """Every package's scheduled jobs (the scheduler process, the jobs API and the CLI share this)."""
+    from campaigns import jobs as campaign_jobs
+    from churn import jobs as churn_jobs
+    from segmentation import jobs as segmentation_jobs
+
+    return JobRegistry([*campaign_jobs.jobs(settings), *churn_jobs.jobs(settings), *segmentation_jobs.jobs(settings)])
 
 
 def _install_metrics(app: FastAPI) -> None:
@@ -71,6 +81,7 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     churn_api.install(app)
     campaigns_api.install(app)
     delivery_api.install(app)
+    jobs_api.install(app, job_registry(ctx.settings))
     _install_metrics(app)
     _document_customer_filters(app)
     return app

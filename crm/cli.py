@@ -36,6 +36,11 @@ campaigns_app = typer.Typer(help="Campaigns: default plans, dry-runs, planning."
 app.add_typer(campaigns_app, name="campaigns")
 dispatch_app = typer.Typer(help="Dispatch: send due outbox messages through the channels.", no_args_is_help=True)
 app.add_typer(dispatch_app, name="dispatch")
+pipeline_app = typer.Typer(help="The daily retention pipeline: segment, score, plan, dispatch, attribute.",
+                            no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+jobs_app = typer.Typer(help="Scheduled jobs: list, runs, run one now.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 console = Console(soft_wrap=True)  # result lines stay whole, so scripts can grep them
 KIND_ALIASES = {"customers": "customers", "orders": "orders", "order-items": "order_items",
                 "order_items": "order_items", "items": "order_items", "events": "events"}
@@ -458,6 +463,144 @@ def dispatch_run(
         console.print("dispatched: " + (", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "nothing due"))
 
 
+# ---------------------------------------------------------------- scheduler, pipeline, jobs
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the scheduler: the leader runs the jobs, others stand by to take over; SIGTERM finishes the running
+    job and exits."""
+    import logging
+    import signal
+    import threading
+
+    from crm.app import job_registry
+    from crm.scheduler import SchedulerService, instance_name
+
+    ctx = _context()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = job_registry(ctx.settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    for job in registry:
+        console.print(f"{job.name}: {job.schedule.describe()} — {job.description}")
+    console.print(f"scheduler {instance_name()} starting (leader or standby; takeover within "
+                  f"{ctx.settings.scheduler_takeover_seconds:g}s)")
+    SchedulerService(ctx, registry, stop=stop).run()
+    console.print("scheduler stopped")
+
+
+def _run_job(ctx: Context, name: str, occurrence: str | None, force: bool, options: dict | None = None):
+    from rich.progress import SpinnerColumn
+
+    from crm.app import job_registry
+    from crm.jobs import occurrence_for, run_job
+
+    job = job_registry(ctx.settings).get(name)
+    chosen = occurrence_for(job, ctx.clock.now(), occurrence)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task(f"{name} {chosen.key}", total=None)
+        outcome = run_job(ctx, job, chosen, trigger="cli", force=force, options=options,
+                          progress=lambda text: bar.update(task, description=text))
+    return outcome
+
+
+def _print_steps(outcome) -> None:
+    table = Table("step", "status", "seconds", "counts", title=f"{outcome.job} {outcome.occurrence}: {outcome.status}")
+    for step in outcome.steps:
+        counts = step.get("counts") or {}
+        brief = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in counts.items()
+                          if isinstance(v, (int, float, str)) and k != "timings")
+        table.add_row(step["step"], step["status"], f"{step.get('seconds', 0):.1f}",
+                      step.get("error") or step.get("reason") or brief)
+    console.print(table)
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD occurrence (default today)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="rerun steps that already succeeded")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run the daily pipeline once in the foreground: segment, score, plan, dispatch, attribute."""
+    ctx = _context()
+    if on is not None:
+        _parse_day(on, "--date")
+    outcome = _run_job(ctx, "pipeline", on, force)
+    if as_json:
+        print(json.dumps(outcome.as_dict(), default=str, ensure_ascii=False))
+    else:
+        _print_pipeline_summary(ctx, outcome)
+    if outcome.status != "succeeded":
+        raise CliError(f"pipeline {outcome.occurrence} failed at {outcome.error}")
+
+
+def _print_pipeline_summary(ctx: Context, outcome) -> None:
+    """Tiers and moves, at-risk customers with top reasons, each campaign's recipients and exclusions, sends."""
+    from collections import Counter
+
+    from campaigns.webhooks import delivery_counts
+    from churn import service as churn
+
+    _print_steps(outcome)
+    steps = {s["step"]: s.get("counts") or {} for s in outcome.steps}
+    segment = steps.get("segment", {})
+    if segment.get("tiers"):
+        console.print("tiers: " + ", ".join(f"{k} {v:,}" for k, v in segment["tiers"].items()) + "; moves: "
+                      + (", ".join(f"{k} {v:,}" for k, v in segment.get("tier_moves", {}).items()) or "none"))
+    score = steps.get("score", {})
+    with session_scope(ctx.engine) as session:
+        flagged = churn.at_risk_customers(session, limit=500)
+        counts = delivery_counts(session)
+    if score:
+        reasons = Counter(r for row in flagged for r in (row["reasons"] or [])[:1])
+        console.print(f"at risk: {score.get('at_risk', 0):,} of {score.get('scored', 0):,}; most common first "
+                      "reasons: " + "; ".join(f"{why} ({n})" for why, n in reasons.most_common(3)))
+        for row in sorted(flagged, key=lambda r: -r["probability"])[:3]:
+            console.print(f"  {row['external_id']}  p={row['probability']:.2f}  " + "; ".join(row["reasons"] or []))
+    for campaign in steps.get("plan", {}).get("campaigns", []):
+        excluded = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in campaign["excluded"].items()) or "nobody"
+        line = (f"  {campaign['campaign']} {campaign['occurrence']}: error {campaign['error']}" if campaign["error"]
+                else f"  {campaign['campaign']} {campaign['occurrence']}: {campaign['recipients']:,} recipients "
+                     f"({', '.join(f'{k} {v:,}' for k, v in campaign['channels'].items()) or 'none'}); "
+                     f"excluded {excluded}" + (" (planned before)" if campaign["already_planned"] else ""))
+        console.print(line)
+    console.print("messages per channel: " + "; ".join(
+        f"{channel} " + ", ".join(f"{status} {n:,}" for status, n in statuses.items())
+        for channel, statuses in counts.items()))
+
+
+@jobs_app.command("list")
+def jobs_list() -> None:
+    """Jobs with their schedules, next run times and newest runs."""
+    from crm.app import job_registry
+    from crm.jobs import overview
+
+    ctx = _context()
+    with session_scope(ctx.engine) as session:
+        rows = overview(session, ctx, job_registry(ctx.settings))
+    table = Table("job", "schedule", "next run (UTC)", "last run")
+    for row in rows:
+        last = row["last_run"]
+        table.add_row(row["name"], row["schedule"], f"{row['next_run_at']:%Y-%m-%d %H:%M}",
+                      f"{last['occurrence']} {last['status']}" if last else "never")
+    console.print(table)
+
+
+@jobs_app.command("run")
+def jobs_run(name: str,
+             occurrence: Annotated[str | None, typer.Option(help="default: the current occurrence")] = None,
+             force: Annotated[bool, typer.Option("--force", help="rerun steps that already succeeded")] = False,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Run one job now, in the foreground (finished steps of the occurrence are skipped)."""
+    outcome = _run_job(_context(), name, occurrence, force)
+    print(json.dumps(outcome.as_dict(), default=str, ensure_ascii=False)) if as_json else _print_steps(outcome)
+    if outcome.status != "succeeded":
+        raise CliError(f"{name} {outcome.occurrence} failed at {outcome.error}")
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
@@ -490,59 +633,33 @@ def demo(
         _print_job(job)
         jobs.append(job)
     _summary(ctx, jobs)
-    console.rule("[bold]Segmentation")
-    _print_segment_summary(_run_segmentation(ctx, None))
-    console.rule("[bold]Churn")
+    console.rule("[bold]Churn model")
     _print_churn_model(_train_churn(ctx, None))
-    scored = _score_churn(ctx)
-    console.print(f"scored {scored['scored']:,} active customers with model {scored['model_id']}: "
-                  f"{scored['at_risk']:,} at risk (threshold {scored['threshold']:.3f})")
-    _print_at_risk_examples(ctx)
     console.rule("[bold]Campaigns")
-    installed = _install_defaults(ctx)
-    for row in installed:
+    for row in _install_defaults(ctx):
         _print_installed(row)
-    for row in installed:
-        _print_dry_run(_dry_run(ctx, row["id"], None))
-    console.rule("[bold]Dispatch")
-    _demo_dispatch(ctx, installed)
+    console.rule("[bold]Daily pipeline")
+    console.print("segment → score churn → plan today's campaigns → dispatch to the console sender (the clock jumps "
+                  "to each customer's local send time; first lines per channel shown) → attribute")
+    outcome = _run_job(ctx, "pipeline", None, False, {"dispatch": "replay", "console_show": 2})
+    _print_pipeline_summary(ctx, outcome)
+    _print_next_occurrences(ctx)
+    console.print("next: `crm keys create --role admin --name me`, `crm serve`, then http://127.0.0.1:8000/docs; "
+                  "`crm scheduler` runs the daily jobs; `crm jobs list` shows them")
 
 
-def _demo_dispatch(ctx: Context, installed: list[dict]) -> None:
-    """Plan each default plan's next occurrence and send it to the console, the clock jumping to each send time."""
+def _print_next_occurrences(ctx: Context) -> None:
+    """Active campaigns that did not fire today, with their next occurrence."""
     from campaigns import service as campaigns
-    from campaigns.channels import build_senders
-    from campaigns.dispatch import replay_until
-    from campaigns.webhooks import delivery_counts
+    from campaigns.spec import CampaignSpec
 
-    latest = ctx.clock.now()
+    today = campaigns.shop_today(ctx)
     with session_scope(ctx.engine) as session:
-        for row in installed:
-            result = campaigns.plan_campaign(session, ctx, row["id"])
-            console.print(f"planned {row['name']} {result['occurrence']}: {result['added']:,} outbox rows"
-                          + (" (already planned)" if result["already_planned"] else ""))
-        newest = campaigns.latest_planned_send(session)
-    if newest is not None:
-        latest = newest
-    console.print(f"dispatching to the console sender as the clock runs to {latest:%Y-%m-%d %H:%M} UTC "
-                  "(first lines per channel shown):")
-    report = replay_until(ctx, build_senders(ctx.settings, console_show=2), latest)
-    console.print("dispatch: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.counts.items())))
-    table = Table("channel", "status", "messages", title="Messages per channel and status")
-    with session_scope(ctx.engine) as session:
-        for channel, statuses in delivery_counts(session).items():
-            for status, count in statuses.items():
-                table.add_row(channel, status, f"{count:,}")
-    console.print(table)
-
-
-def _print_at_risk_examples(ctx: Context, count: int = 5) -> None:
-    from churn import service as churn
-
-    with session_scope(ctx.engine) as session:
-        flagged = sorted(churn.at_risk_customers(session, limit=200), key=lambda r: -r["probability"])[:count]
-    for row in flagged:
-        console.print(f"  {row['external_id']}  p={row['probability']:.2f}  " + "; ".join(row["reasons"] or []))
+        for campaign in campaigns.list_campaigns(session, "active"):
+            spec = CampaignSpec.model_validate(campaign.spec)
+            if not spec.schedule.fires_on(today):
+                upcoming = campaigns.next_occurrence(spec, today)
+                console.print(f"  {campaign.name}: next on {upcoming or 'no date within a year'}")
 
 
 def _summary(ctx: Context, jobs) -> None:
@@ -556,8 +673,6 @@ def _summary(ctx: Context, jobs) -> None:
     failed = sum(j.rows_failed for j in jobs)
     console.print(f"{failed:,} deliberately bad rows were reported by row number and skipped; "
                   "running `make demo` again changes nothing (imports are idempotent).")
-    console.print("next: `crm keys create --role admin --name me`, then `crm serve` and open "
-                  "http://127.0.0.1:8000/docs")
 
 
 def _fail(message: str, code: int = 1) -> None:

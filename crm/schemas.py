@@ -145,6 +145,16 @@ class AuditRead(BaseModel):
     after: dict[str, Any] | None
 
 
+class SchedulerHealth(BaseModel):
+    """The scheduler's leader and heartbeat (a leader counts when its heartbeat is within the takeover time)."""
+
+    running: bool
+    leader: str | None
+    leader_since: datetime | None
+    heartbeat_at: datetime | None
+    standbys: list[str]
+
+
 class Health(BaseModel):
     """Liveness and readiness of the service."""
 
@@ -153,3 +163,5 @@ class Health(BaseModel):
     migrations_at_head: bool
     revision: str | None
     head: str
+    scheduler: SchedulerHealth | None = None
+

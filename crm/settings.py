@@ -76,6 +76,27 @@ class Settings(BaseSettings):
     dispatch_lease_seconds: float = Field(default=120.0, gt=0)
     dispatch_poll_seconds: float = Field(default=5.0, gt=0)
     webhook_max_age_seconds: int = Field(default=300, ge=1)
+    # Scheduler: local times are in scheduler_time_zone (empty: default_time_zone); see crm/schedules.py.
+    scheduler_time_zone: str = ""
+    pipeline_local_time: str = "02:00"
+    retrain_weekday: str = "sun"
+    retrain_local_time: str = "03:00"
+    tags_every_hours: int = Field(default=6, ge=1, le=24)
+    cleanup_local_time: str = "04:30"
+    scheduler_catch_up: str = Field(default="latest", pattern="^(latest|all)$")
+    scheduler_takeover_seconds: float = Field(default=30.0, gt=0)
+    scheduler_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # Retention of expired data (the clean-up job): raw events, job run records, webhook receipts.
+    event_retention_days: int = Field(default=730, ge=30)
+    job_run_retention_days: int = Field(default=180, ge=1)
+    webhook_receipt_retention_days: int = Field(default=90, ge=1)
+    # Attribution: an order within the window after a sent/delivered message converts for it.
+    attribution_window_days: int = Field(default=7, ge=1, le=90)
+    attribution_touch: str = Field(default="last", pattern="^(last|first)$")
+
+    def scheduler_zone(self) -> str:
+        """The zone the scheduler's local times are in."""
+        return self.scheduler_time_zone or self.default_time_zone
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under the data directory."""

@@ -1,0 +1,99 @@
+"""The scheduled work of the whole service, composed here at the top layer: the daily retention pipeline
+(segment → score churn → plan due campaigns → dispatch → attribute conversions) and the clean-up job."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlmodel import Session
+
+from campaigns.channels import build_senders
+from campaigns.conversions import attribute_conversions
+from campaigns.dispatch import replay_until
+from campaigns.dispatch import serve as serve_dispatch
+from campaigns.models import Message, WebhookReceipt
+from campaigns.service import latest_planned_send, plan_due
+from churn.jobs import SCORE
+from crm.context import Context
+from crm.db import session_scope
+from crm.jobs import CLEAN_CORE, JobDefinition, Step, StepRun
+from crm.schedules import JobSchedule, parse_local_time
+from crm.settings import Settings
+from segmentation.jobs import SEGMENT
+
+EXCLUSION_REASONS = ("holdout", "no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "cooldown")
+
+
+def plan_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
+    """Plan every active campaign firing on the occurrence's day: scheduled ones (each customer's local send time)
+    and triggered ones (at risk, birthday, first order + N days, tier or tag entered); one broken campaign is
+    reported and does not stop the others."""
+    campaigns = []
+    for result in plan_due(session, ctx, run.occurrence.day):
+        counts = result.get("counts") or {}
+        campaigns.append({
+            "campaign_id": result["campaign_id"], "campaign": result["campaign"], "occurrence": result.get("occurrence"),
+            "already_planned": result.get("already_planned", False), "error": result.get("error"),
+            "added": result.get("added", 0), "recipients": counts.get("recipients", 0),
+            "excluded": {reason: counts[reason] for reason in EXCLUSION_REASONS if counts.get(reason)},
+            "channels": {k.removeprefix("channel_"): v for k, v in counts.items() if k.startswith("channel_") and v}})
+    return {"campaigns": campaigns, "planned": sum(c["added"] for c in campaigns),
+            "failed": sum(1 for c in campaigns if c["error"])}
+
+
+def dispatch_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
+    """Send what is due now (option dispatch=replay: everything planned, the clock jumping to each send time)."""
+    senders = build_senders(ctx.settings, console_show=run.options.get("console_show"))
+    if run.options.get("dispatch") == "replay":
+        with session_scope(ctx.engine) as lookup:  # not this step's session: dispatch commits on its own
+            until = latest_planned_send(lookup)
+        report = replay_until(ctx, senders, until) if until is not None else None
+        return dict(report.counts) if report else {}
+    try:
+        report = serve_dispatch(ctx, senders, once=True, stop=threading.Event())
+    except RuntimeError as busy:  # SQLite: the running `crm dispatch run` sends them instead
+        return {"skipped": str(busy)}
+    return dict(report.counts)
+
+
+def attribute_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
+    """Orders placed within the attribution window after a sent or delivered message."""
+    return attribute_conversions(session, ctx)
+
+
+def clean_campaign_data(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
+    """Expire planned messages past their expiry; forget webhook receipts past their retention."""
+    now = ctx.clock.now()
+    expired = session.exec(update(Message).where(  # type: ignore[call-overload]
+        Message.status == "planned", Message.expires_at < now).values(
+        status="expired", reason="expired before it could be sent", updated_at=now)).rowcount
+    receipts = session.exec(delete(WebhookReceipt).where(  # type: ignore[call-overload]
+        WebhookReceipt.received_at < now - timedelta(days=ctx.settings.webhook_receipt_retention_days))).rowcount
+    return {"messages_expired": expired, "webhook_receipts_deleted": receipts}
+
+
+PIPELINE_STEPS = (
+    SEGMENT,
+    SCORE,
+    Step("plan", plan_step, "plan due campaigns into the outbox under the guard rails"),
+    Step("dispatch", dispatch_step, "send due messages through the channels"),
+    Step("attribute", attribute_step, "attribute orders to the messages they followed"),
+)
+
+
+def jobs(settings: Settings) -> list[JobDefinition]:
+    """The daily retention pipeline and the daily clean-up."""
+    zone = settings.scheduler_zone()
+    hour, minute = parse_local_time(settings.pipeline_local_time, "pipeline_local_time")
+    clean_hour, clean_minute = parse_local_time(settings.cleanup_local_time, "cleanup_local_time")
+    return [
+        JobDefinition("pipeline", "daily retention pipeline: segment, score, plan, dispatch, attribute",
+                      JobSchedule("daily", zone, hour, minute), PIPELINE_STEPS, catch_up=settings.scheduler_catch_up),
+        JobDefinition("cleanup", "expire old data per the retention settings",
+                      JobSchedule("daily", zone, clean_hour, clean_minute),
+                      (CLEAN_CORE, Step("campaign-data", clean_campaign_data, "expired messages, webhook receipts")),
+                      catch_up="latest"),
+    ]
