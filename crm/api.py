@@ -56,7 +56,7 @@ def customer_read(ctx: Context, customer: Customer, principal: Principal) -> Cus
 
 
 @router.get("/health", response_model=Health, tags=["ops"])
-def health(request: Request) -> Health:
+def health(request: Request, session: SessionDep) -> Health:
     """Database reachable, migrations at head, and the scheduler's leader and heartbeat (no key needed)."""
     ctx: Context = request.app.state.ctx
     head = head_revision()
@@ -70,8 +70,7 @@ def health(request: Request) -> Health:
     ok = reachable and revision == head
     scheduler = None
     if ok:
-        with Session(ctx.engine) as session:
-            scheduler = scheduler_health(session, ctx)
+        scheduler = scheduler_health(session, ctx)
     return Health(status="ok" if ok else "degraded", database=reachable, migrations_at_head=revision == head,
                   revision=revision, head=head, scheduler=scheduler)
 

@@ -483,11 +483,12 @@ def scheduler() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    for job in registry:
+    service = SchedulerService(ctx, registry, stop=stop)
+    for job in service.jobs:
         console.print(f"{job.name}: {job.schedule.describe()} — {job.description}")
     console.print(f"scheduler {instance_name()} starting (leader or standby; takeover within "
                   f"{ctx.settings.scheduler_takeover_seconds:g}s)")
-    SchedulerService(ctx, registry, stop=stop).run()
+    service.run()
     console.print("scheduler stopped")
 
 

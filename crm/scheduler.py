@@ -72,6 +72,10 @@ class SchedulerService:
     def __init__(self, ctx: Context, registry: JobRegistry, *, stop: threading.Event,
                  instance: str | None = None) -> None:
         self.ctx, self.registry, self.stop = ctx, registry, stop
+        wanted = ctx.settings.scheduler_jobs
+        for name in wanted:
+            registry.get(name)  # an unknown name in CRM_SCHEDULER_JOBS fails at start, naming the known ones
+        self.jobs = [job for job in registry if not wanted or job.name in wanted]
         self.instance = instance or instance_name()
         self.started_at = ctx.clock.now()
         settings = ctx.settings
@@ -108,7 +112,7 @@ class SchedulerService:
         _RUNTIME.update(ctx=self.ctx, registry=self.registry, instance=self.instance)
         scheduler = self._scheduler()
         scheduler.start()
-        for job in self.registry:
+        for job in self.jobs:
             scheduler.add_job(fire, LocalTimeTrigger(job.schedule), args=[job.name], id=job.name,
                               name=job.description, replace_existing=True)
             # Whatever the previous leader missed (or downtime skipped) is due now: once, per the catch-up policy.

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     scheduler_catch_up: str = Field(default="latest", pattern="^(latest|all)$")
     scheduler_takeover_seconds: float = Field(default=30.0, gt=0)
     scheduler_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    scheduler_jobs: list[str] = Field(default_factory=list)  # which jobs `crm scheduler` runs; empty: all
     # Retention of expired data (the clean-up job): raw events, job run records, webhook receipts.
     event_retention_days: int = Field(default=730, ge=30)
     job_run_retention_days: int = Field(default=180, ge=1)

@@ -64,6 +64,9 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/webhooks/twilio/status"): SIGNED,
     ("POST", "/webhooks/twilio/inbound"): SIGNED,
     ("POST", "/webhooks/sendgrid/events"): SIGNED,
+    ("GET", "/jobs"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/jobs/runs"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/jobs/{name}/run"): {Role.admin, Role.scheduler},
     ("GET", "/unsubscribe/{token}"): LINK,
     ("POST", "/unsubscribe/{token}"): LINK,
 }

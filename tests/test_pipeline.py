@@ -1,0 +1,118 @@
+"""The daily pipeline on a generated shop, end to end: every step, local-time sends, reruns, attribution."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import text
+from sqlmodel import select
+
+from campaigns.conversions import attribute_conversions
+from campaigns.models import Message
+from campaigns.service import install_defaults
+from crm.app import job_registry
+from crm.clock import FixedClock, ensure_utc
+from crm.context import Context
+from crm.crypto import ContactCipher
+from crm.db import make_engine, session_scope
+from crm.generator import GeneratorConfig, write_dataset
+from crm.ingest import file_chunks, run_import
+from crm.jobs import run_job
+from crm.migrations import upgrade_to_head
+from crm.models import Order
+from crm.settings import Settings
+from tests.conftest import TEST_SECRET
+
+# 02:00 on Sunday 15 November in Shanghai: the lost-tier win-back fires (monthly on the 15th, 10:00 local).
+FIRE_AT = datetime(2026, 11, 14, 18, 0, tzinfo=UTC)
+
+
+def generated_shop(url: str, tmp_path, customers: int = 400, now: datetime = FIRE_AT) -> Context:
+    """A scratch database holding a generated shop (orders up to the day before `now`), defaults installed."""
+    settings = Settings(secret_key=TEST_SECRET, data_dir=tmp_path, database_url=url)
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    ctx = Context(settings=settings, engine=engine, cipher=ContactCipher(TEST_SECRET), clock=FixedClock(now))
+    out = tmp_path / "data"
+    write_dataset(GeneratorConfig(customers=customers, seed=11, end=now.date()), out)
+    for kind in ("customers", "orders", "order_items", "events"):
+        with session_scope(engine) as session:
+            run_import(session, ctx, kind=kind, chunks=file_chunks(out / f"{kind}.csv"), actor="test")
+    with session_scope(engine) as session:
+        install_defaults(session, ctx, "test")
+    return ctx
+
+
+def scalar(ctx: Context, query: str, **params) -> int:
+    with ctx.engine.connect() as connection:
+        return connection.execute(text(query), params).scalar_one()
+
+
+def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_changes_nothing(scratch_url, tmp_path):
+    ctx = generated_shop(scratch_url, tmp_path)
+    pipeline = job_registry(ctx.settings).get("pipeline")
+    occurrence = pipeline.schedule.latest(ctx.clock.now())
+    assert occurrence.key == "2026-11-15"
+
+    outcome = run_job(ctx, pipeline, occurrence, trigger="schedule", options={"dispatch": "replay"})
+    assert outcome.status == "succeeded", outcome.error
+    steps = {s["step"]: s for s in outcome.steps}
+    assert list(steps) == ["segment", "score", "plan", "dispatch", "attribute"]
+    assert all(s["status"] == "succeeded" for s in outcome.steps)
+    assert steps["segment"]["counts"]["customers"] == scalar(ctx, "SELECT count(*) FROM customer")
+    assert steps["score"]["counts"]["first_model"]["model_id"] == steps["score"]["counts"]["model_id"]
+    assert steps["score"]["counts"]["scored"] == scalar(ctx, "SELECT count(*) FROM churn_score")
+
+    # Which campaigns fire on Sunday the 15th: the monthly win-back and the triggered ones, not the VIP call (5th)
+    # nor the Tuesday coupon.
+    planned = {c["campaign"]: c for c in steps["plan"]["counts"]["campaigns"]}
+    assert set(planned) == {"Lost win-back", "At-risk retention", "Birthday greeting", "First repeat order"}
+    assert planned["Lost win-back"]["recipients"] > 0 and planned["At-risk retention"]["recipients"] > 0
+    assert steps["plan"]["counts"]["planned"] == scalar(ctx, "SELECT count(*) FROM message")
+
+    # "Monthly on the 15th at 10:00" is 10:00 on the 15th in each customer's own zone.
+    with ctx.engine.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT m.send_at, c.time_zone FROM message m JOIN customer c ON c.id = m.customer_id "
+            "JOIN campaign k ON k.id = m.campaign_id WHERE k.name = 'Lost win-back' AND m.status = 'sent'")).all()
+    zones = {zone for _, zone in rows}
+    assert len(zones) >= 3, zones
+    for send_at, zone in rows:
+        moment = send_at if isinstance(send_at, datetime) else datetime.fromisoformat(send_at)
+        local = moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(ZoneInfo(zone))
+        assert (local.date().isoformat(), local.hour, local.minute) == ("2026-11-15", 10, 0), (zone, moment)
+
+    # Dispatch sent everything planned and due (the replay ran the clock to the last send time).
+    sent = scalar(ctx, "SELECT count(*) FROM message WHERE status = 'sent'")
+    assert sent > 0 and sent == sum(v for k, v in steps["dispatch"]["counts"].items() if k.startswith("sent_"))
+    assert scalar(ctx, "SELECT count(*) FROM message WHERE status IN ('planned', 'sending')") == 0
+
+    # The same occurrence again: every step is skipped, nothing is planned or sent twice.
+    messages = scalar(ctx, "SELECT count(*) FROM message")
+    again = run_job(ctx, pipeline, occurrence, trigger="manual")
+    assert [s["status"] for s in again.steps] == ["skipped"] * 5 and again.status == "succeeded"
+    forced = run_job(ctx, pipeline, occurrence, trigger="manual", force=True)
+    assert forced.status == "succeeded"
+    assert all(c["already_planned"] for c in {s["step"]: s for s in forced.steps}["plan"]["counts"]["campaigns"])
+    assert scalar(ctx, "SELECT count(*) FROM message") == messages
+    assert scalar(ctx, "SELECT attempts FROM job_run WHERE job = 'pipeline' AND occurrence = '2026-11-15'") == 3
+
+    # Attribution: an order two days after a sent message converts for that message's campaign, once.
+    with session_scope(ctx.engine) as session:
+        message = session.exec(select(Message).where(Message.status == "sent").order_by(Message.id)).first()
+        ordered_at = ensure_utc(message.sent_at) + timedelta(days=2)
+        session.add(Order(external_id="ATTRIB-1", customer_id=message.customer_id, ordered_at=ordered_at,
+                          amount_paid=Decimal("123.45"), created_at=ordered_at, updated_at=ordered_at))
+    ctx.clock = FixedClock(ordered_at + timedelta(hours=1))
+    with session_scope(ctx.engine) as session:
+        first = attribute_conversions(session, ctx)
+    with session_scope(ctx.engine) as session:
+        second = attribute_conversions(session, ctx)
+    assert first["conversions"] >= 1 and second["conversions"] == 0
+    with ctx.engine.connect() as connection:
+        conversion = connection.execute(text(
+            "SELECT c.message_id, c.campaign_id, c.revenue FROM conversion c JOIN orders o ON o.id = c.order_id "
+            "WHERE o.external_id = 'ATTRIB-1'")).one()
+    assert conversion.campaign_id == message.campaign_id and abs(conversion.revenue - 123.45) < 1e-6
