@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from campaigns.models import Campaign, Message, WebhookReceipt
 from crm import audit
-from crm.app import create_app
+from crm.app import create_app, job_registry
 from crm.auth import create_key
 from crm.clock import FixedClock
 from crm.context import Context
@@ -21,7 +22,7 @@ from crm.db import make_engine, session_scope
 from crm.jobs import JobBusy, JobDefinition, JobRegistry, Step, run_due, run_job
 from crm.locks import try_lock
 from crm.migrations import upgrade_to_head
-from crm.models import Role, SchedulerInstance
+from crm.models import Event, JobRun, Role, SchedulerInstance
 from crm.schedules import JobSchedule
 from crm.settings import Settings
 from tests.conftest import TEST_SECRET, cli_env
@@ -179,3 +180,36 @@ def test_pipeline_cli_refuses_bad_dates_in_one_line(scratch_url, tmp_path):
                                 env=cli_env(scratch_url, tmp_path), capture_output=True, text=True, timeout=120)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cleanup_removes_only_what_is_past_its_retention(scratch_url, tmp_path):
+    now = datetime(2026, 11, 1, 21, tzinfo=UTC)  # 05:00 on the 2nd in Shanghai, after the 04:30 clean-up
+    ctx = scratch_context(scratch_url, tmp_path, now, event_retention_days=365, job_run_retention_days=30,
+                          webhook_receipt_retention_days=10)
+    old, recent = now - timedelta(days=400), now - timedelta(days=5)
+    with session_scope(ctx.engine) as session:
+        for key, at in (("old", old), ("recent", recent)):
+            session.add(Event(external_id=f"e-{key}", customer_id=1, occurred_at=at, type="visit"))
+            session.add(WebhookReceipt(provider="twilio", event_id=f"w-{key}", received_at=at))
+            session.add(JobRun(job="probe", occurrence=key, status="succeeded", trigger="schedule", started_at=at,
+                               finished_at=at))
+        session.add(Campaign(name="c", status="active", version=1, priority=0, spec={}, created_at=old,
+                             created_by="t", updated_at=old, updated_by="t"))
+        session.flush()
+        for key, expires in (("lapsed", now - timedelta(hours=1)), ("open", now + timedelta(hours=1))):
+            session.add(Message(campaign_id=1, occurrence=key, customer_id=1, channel="sms", status="planned",
+                                priority=0, transactional=False, send_at=now - timedelta(days=1), expires_at=expires,
+                                template="t", locale="en-US", created_at=old, updated_at=old, attempts=0,
+                                discount_value=0.0))
+    cleanup = job_registry(ctx.settings).get("cleanup")
+    [outcome] = run_due(ctx, cleanup)
+    assert outcome.status == "succeeded" and outcome.occurrence == "2026-11-02"
+    counts = {s["step"]: s["counts"] for s in outcome.steps}
+    assert counts == {"core-data": {"events_deleted": 1, "job_runs_deleted": 1},
+                      "campaign-data": {"messages_expired": 1, "webhook_receipts_deleted": 1}}
+    with ctx.engine.connect() as connection:
+        assert [r[0] for r in connection.execute(text("SELECT external_id FROM event"))] == ["e-recent"]
+        assert [r[0] for r in connection.execute(text("SELECT event_id FROM webhook_receipt"))] == ["w-recent"]
+        statuses = dict(connection.execute(text("SELECT occurrence, status FROM message")).all())
+        runs = {r[0] for r in connection.execute(text("SELECT occurrence FROM job_run WHERE job = 'probe'"))}
+    assert statuses == {"lapsed": "expired", "open": "planned"} and runs == {"recent"}

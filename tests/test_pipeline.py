@@ -99,6 +99,14 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     assert scalar(ctx, "SELECT count(*) FROM message") == messages
     assert scalar(ctx, "SELECT attempts FROM job_run WHERE job = 'pipeline' AND occurrence = '2026-11-15'") == 3
 
+    # The weekly retraining trains a candidate behind the promotion gate: promoted or rejected, with the reason.
+    retrain = job_registry(ctx.settings).get("retrain")
+    trained = run_job(ctx, retrain, retrain.schedule.of_key("2026-11-15"), trigger="schedule")
+    counts = trained.steps[0]["counts"]
+    assert trained.status == "succeeded" and counts["status"] in ("current", "rejected") and counts["decision"]
+    assert scalar(ctx, "SELECT count(*) FROM churn_model") == 2
+    assert scalar(ctx, "SELECT count(*) FROM churn_model WHERE status = 'current'") == 1
+
     # Attribution: an order two days after a sent message converts for that message's campaign, once.
     with session_scope(ctx.engine) as session:
         message = session.exec(select(Message).where(Message.status == "sent").order_by(Message.id)).first()
