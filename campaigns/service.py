@@ -32,7 +32,7 @@ from churn.service import scores_frame
 from crm import audit
 from crm.bulkwrite import insert_frame
 from crm.clock import ensure_utc
-from crm.columnar import ColumnarReader, columnar_reader
+from crm.columnar import columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import Conflict, DomainError, InvalidInput, NotFound
 from crm.profiles import ProfileRequest
@@ -42,7 +42,6 @@ from crm.service import (
     customer_by_external_id,
     first_orders_frame,
     order_money_frame,
-    read_columns,
     shop_cost_ratio,
 )
 from crm.timezones import utc_midnight
@@ -393,8 +392,7 @@ def shop_today(ctx: Context) -> date:
     return local_date_of(ctx.clock.now(), ctx.settings.default_time_zone)
 
 
-def _ledger(session: Session, reader: ColumnarReader | None, now: datetime, horizon_days: int,
-            customer_id: int | None) -> pl.DataFrame:
+def _ledger(session: Session, now: datetime, horizon_days: int, customer_id: int | None) -> pl.DataFrame:
     """Live marketing messages near now (they count against caps) and offers still open."""
     statuses = ", ".join(f"'{s}'" for s in LIVE_STATUSES)
     one = "AND m.customer_id = :customer_id" if customer_id is not None else ""
@@ -405,7 +403,9 @@ def _ledger(session: Session, reader: ColumnarReader | None, now: datetime, hori
     params = {"now": now, "no": False, "start": now - timedelta(days=horizon_days),
               "end": now + timedelta(days=horizon_days)} | ({"customer_id": customer_id} if customer_id else {})
     schema = LEDGER_SCHEMA | {"campaign_id": pl.Int64, "open_offer": pl.Float64}
-    return read_columns(session, reader, query, params, schema, one_customer=customer_id is not None)
+    # On the session's own connection, never the columnar fast path (which reads committed data only): the
+    # campaigns of one day are planned in one transaction, and each must count what the previous ones planned.
+    return read_frame(session, query, params, schema, same_connection=True)
 
 
 def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *,
@@ -425,7 +425,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
             pl.DataFrame(schema={"customer_id": pl.Int64, "tag": pl.String})
         scores = scores_frame(session, reader=use, **one)
         consent = consent_frame(session, reader=use, **one)
-        ledger = _ledger(session, use, now, horizon, customer_id)
+        ledger = _ledger(session, now, horizon, customer_id)
         money = (order_money_frame(session, now - timedelta(days=365), now, reader=use, **one) if spec.offer else
                  pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Float64,
                                       "orders": pl.Int64, "cost_known_value": pl.Float64, "cost": pl.Float64}))
@@ -694,7 +694,7 @@ def discount_budget_section(request: ProfileRequest) -> dict[str, Any] | None:
     money = order_money_frame(request.session, now - timedelta(days=365), now, customer_id=request.customer_id)
     spend = float(money["spend"][0]) if money.height else 0.0
     discount = float(money["discount"][0]) if money.height else 0.0
-    open_offers = _ledger(request.session, None, now, 400, request.customer_id)["open_offer"].sum() or 0.0
+    open_offers = _ledger(request.session, now, 400, request.customer_id)["open_offer"].sum() or 0.0
     rules = guard_rails(request.ctx).discounts
     return {"window_days": 365, "spend": round(spend, 2), "discount_granted": round(discount, 2),
             "open_offers": round(float(open_offers), 2), "budget_share": rules.budget_share,

@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from campaigns.conversions import attribute_conversions
 from campaigns.models import Message
-from campaigns.service import install_defaults
+from campaigns.service import create_campaign, install_defaults, set_status
 from crm.app import job_registry
 from crm.clock import FixedClock, ensure_utc
 from crm.context import Context
@@ -45,6 +45,18 @@ def generated_shop(url: str, tmp_path, customers: int = 400, now: datetime = FIR
     return ctx
 
 
+def add_competing_sms_campaigns(ctx: Context, count: int = 3) -> None:
+    """Daily SMS campaigns for everyone: together they would exceed the SMS cap (2 per 30 days) on one day."""
+    with session_scope(ctx.engine) as session:
+        for index in range(count):
+            campaign = create_campaign(session, ctx, {
+                "name": f"Flash {index}", "audience": {"tiers": ["VIP", "potential", "regular", "lost"]},
+                "channels": [{"channel": "sms", "template": "birthday_greeting"}], "delivery": "first_eligible",
+                "schedule": {"kind": "daily", "local_hour": 12}, "holdout_share": 0.0, "priority": 40 - index},
+                "test")
+            set_status(session, ctx, campaign.id, "active", "test")
+
+
 def scalar(ctx: Context, query: str, **params) -> int:
     with ctx.engine.connect() as connection:
         return connection.execute(text(query), params).scalar_one()
@@ -52,6 +64,7 @@ def scalar(ctx: Context, query: str, **params) -> int:
 
 def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_changes_nothing(scratch_url, tmp_path):
     ctx = generated_shop(scratch_url, tmp_path)
+    add_competing_sms_campaigns(ctx)
     pipeline = job_registry(ctx.settings).get("pipeline")
     occurrence = pipeline.schedule.latest(ctx.clock.now())
     assert occurrence.key == "2026-11-15"
@@ -68,9 +81,16 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     # Which campaigns fire on Sunday the 15th: the monthly win-back and the triggered ones, not the VIP call (5th)
     # nor the Tuesday coupon.
     planned = {c["campaign"]: c for c in steps["plan"]["counts"]["campaigns"]}
-    assert set(planned) == {"Lost win-back", "At-risk retention", "Birthday greeting", "First repeat order"}
+    assert set(planned) == {"Lost win-back", "At-risk retention", "Birthday greeting", "First repeat order",
+                            "Flash 0", "Flash 1", "Flash 2"}
     assert planned["Lost win-back"]["recipients"] > 0 and planned["At-risk retention"]["recipients"] > 0
     assert steps["plan"]["counts"]["planned"] == scalar(ctx, "SELECT count(*) FROM message")
+    # The campaigns of one day are planned in one transaction: each sees the SMS the others planned before it,
+    # so the cap holds across them (the lowest-priority flash campaign loses its slots).
+    most_sms = scalar(ctx, "SELECT max(n) FROM (SELECT customer_id, count(*) AS n FROM message WHERE channel = 'sms' "
+                           "AND status NOT IN ('skipped', 'holdout') GROUP BY customer_id) AS per_customer")
+    assert most_sms == 2
+    assert planned["Flash 2"]["excluded"].get("capped", 0) + planned["Flash 2"]["excluded"].get("lower_priority", 0) > 0
 
     # "Monthly on the 15th at 10:00" is 10:00 on the 15th in each customer's own zone.
     with ctx.engine.connect() as connection:
@@ -123,4 +143,10 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
         conversion = connection.execute(text(
             "SELECT c.message_id, c.campaign_id, c.revenue FROM conversion c JOIN orders o ON o.id = c.order_id "
             "WHERE o.external_id = 'ATTRIB-1'")).one()
-    assert conversion.campaign_id == message.campaign_id and abs(conversion.revenue - 123.45) < 1e-6
+    with session_scope(ctx.engine) as session:  # last touch: the customer's latest message sent before the order
+        touches = session.exec(select(Message).where(Message.customer_id == message.customer_id,
+                                                     Message.status == "sent")).all()
+        last = max((m for m in touches if ensure_utc(m.sent_at) <= ordered_at),
+                   key=lambda m: (ensure_utc(m.sent_at), m.id))
+    assert (conversion.message_id, conversion.campaign_id) == (last.id, last.campaign_id)
+    assert abs(conversion.revenue - 123.45) < 1e-6
