@@ -7,8 +7,9 @@ segment state and the churn model bench_churn.py trained). Each run forgets earl
 occurrences, conversions, job runs), installs the default touch plans, starts the fake Twilio / SendGrid / FCM server
 (tests/fake_providers.py) and runs the pipeline job for a Tuesday (the heaviest day of the defaults: the weekly
 coupon plus the daily triggered plans) in its own process, at its scheduled moment (02:00 in Shanghai), reporting
-each step's time. Then the day's messages are sent: `crm dispatch run --workers 4` with the clock at the end of the
-day, bounded by --max-batches, to measure the sending rate through the SDKs to the fake.
+each step's time. Then the day's messages are sent: `crm dispatch run --workers 4` with the clock at the
+day's busiest send moment (10:00 in Shanghai), bounded by --max-batches, to measure the sending rate through the
+SDKs to the fake.
 """
 
 from __future__ import annotations
@@ -89,7 +90,12 @@ def main() -> None:
         with psycopg.connect(f"{plain}/{name}") as connection:
             planned = dict(connection.execute(
                 "SELECT channel, count(*) FROM message WHERE status = 'planned' GROUP BY channel").fetchall())
-            end_of_day = connection.execute("SELECT max(send_at) FROM message WHERE status = 'planned'").fetchone()[0]
+            # The busiest send moment (10:00 in Shanghai): a single instant at which the most messages are due and
+            # none of them is in its recipient's quiet hours (the end of the day would defer most of them).
+            busiest = connection.execute(
+                "SELECT send_at FROM message WHERE status = 'planned' GROUP BY send_at ORDER BY count(*) DESC "
+                "LIMIT 1").fetchone()
+        end_of_day = busiest[0] if busiest else None
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")} | {
             "CRM_DATABASE_URL": url, "CRM_SECRET_KEY": "bench-secret", "CRM_DATA_DIR": str(data_dir),
             "CRM_SMS_PROVIDER": "twilio", "CRM_TWILIO_AUTH_TOKEN": "bench", "CRM_TWILIO_FROM": "+15005550006",

@@ -15,7 +15,7 @@ from campaigns.conversions import attribute_conversions
 from campaigns.dispatch import replay_until
 from campaigns.dispatch import serve as serve_dispatch
 from campaigns.models import Message, WebhookReceipt
-from campaigns.service import latest_planned_send, plan_due
+from campaigns.service import latest_planned_send, plan_ahead, plan_due
 from churn.jobs import SCORE
 from crm.context import Context
 from crm.db import session_scope
@@ -30,9 +30,14 @@ EXCLUSION_REASONS = ("holdout", "no_consent", "no_contact", "capped", "lower_pri
 def plan_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
     """Plan every active campaign firing on the occurrence's day: scheduled ones (each customer's local send time)
     and triggered ones (at risk, birthday, first order + N days, tier or tag entered); one broken campaign is
-    reported and does not stop the others."""
+    reported and does not stop the others. A scheduled campaign of the next day is planned now when customers in
+    zones ahead of the scheduler's would reach its local send time before the next pipeline run."""
+    day = run.occurrence.day
+    results = plan_due(session, ctx, day)
+    if run.next_fire_at is not None:  # tomorrow's scheduled campaigns, if some zone's send time precedes our next run
+        results += plan_ahead(session, ctx, day + timedelta(days=1), run.next_fire_at)
     campaigns = []
-    for result in plan_due(session, ctx, run.occurrence.day):
+    for result in results:
         counts = result.get("counts") or {}
         campaigns.append({
             "campaign_id": result["campaign_id"], "campaign": result["campaign"], "occurrence": result.get("occurrence"),

@@ -40,11 +40,12 @@ from crm.service import (
     consent_frame,
     contactability_frame,
     customer_by_external_id,
+    customer_time_zones,
     first_orders_frame,
     order_money_frame,
     shop_cost_ratio,
 )
-from crm.timezones import utc_midnight
+from crm.timezones import local_to_utc, utc_midnight
 from segmentation.service import current_rule_set, entered_between, segments_frame, tags_frame
 
 LIVE_STATUSES = ("planned", "sending", "sent", "delivered", "unknown")  # count against caps
@@ -656,22 +657,36 @@ def _audience_facts(spec: CampaignSpec, inputs: PlanInputs) -> list[dict[str, An
     return checks
 
 
+def _plan_isolated(session: Session, ctx: Context, campaign: Campaign, day: date) -> dict[str, Any]:
+    """Plan one occurrence in a savepoint: a campaign that cannot be planned rolls back alone, with its error."""
+    try:
+        with session.begin_nested():
+            result = plan_campaign(session, ctx, campaign.id, day)
+    except DomainError as failure:
+        result = {"campaign_id": campaign.id, "occurrence": occurrence_key(day), "added": 0, "error": failure.detail}
+    return result | {"campaign": campaign.name}
+
+
 def plan_due(session: Session, ctx: Context, day: date | None = None) -> list[dict[str, Any]]:
     """Plan every active campaign that fires on the day, highest priority first (so it wins capped slots); a
     campaign that cannot be planned is reported with its error and the others go on."""
     day = day or shop_today(ctx)
+    return [_plan_isolated(session, ctx, campaign, day) for campaign in list_campaigns(session, "active")
+            if CampaignSpec.model_validate(campaign.spec).schedule.fires_on(day)]
+
+
+def plan_ahead(session: Session, ctx: Context, day: date, before: datetime) -> list[dict[str, Any]]:
+    """Plan the scheduled campaigns of `day` already when some customer's local send time on it comes before
+    `before` (the next pipeline run): customers in zones far ahead of the scheduler's still get their local time."""
+    zones = customer_time_zones(session)
     results = []
     for campaign in list_campaigns(session, "active"):
-        spec = CampaignSpec.model_validate(campaign.spec)
-        if not spec.schedule.fires_on(day):
+        schedule = CampaignSpec.model_validate(campaign.spec).schedule
+        if schedule.kind == "triggered" or not schedule.fires_on(day) or not zones:
             continue
-        try:
-            with session.begin_nested():  # one broken campaign rolls back alone and does not stop the others
-                result = plan_campaign(session, ctx, campaign.id, day)
-        except DomainError as failure:
-            result = {"campaign_id": campaign.id, "occurrence": occurrence_key(day), "added": 0,
-                      "error": failure.detail}
-        results.append(result | {"campaign": campaign.name})
+        earliest = min(local_to_utc(day, schedule.local_minute_of_day, zone) for zone in zones)
+        if earliest < before:
+            results.append(_plan_isolated(session, ctx, campaign, day))
     return results
 
 

@@ -37,6 +37,7 @@ class StepRun:
     occurrence: Occurrence
     options: Mapping[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda _text: None
+    next_fire_at: datetime | None = None  # when the job's following occurrence is due
 
 
 StepFunction = Callable[[Session, Context, StepRun], dict[str, Any]]
@@ -160,7 +161,8 @@ def run_job(ctx: Context, job: JobDefinition, occurrence: Occurrence, *, trigger
     with lock:
         run_id = _open_run(ctx, job, occurrence, trigger, instance)
         done = {} if force else _succeeded_steps(ctx, run_id)
-        step_run = StepRun(job.name, occurrence, options or {}, progress or (lambda _text: None))
+        step_run = StepRun(job.name, occurrence, options or {}, progress or (lambda _text: None),
+                           job.schedule.next_after(occurrence.fire_at).fire_at)
         outcomes: list[dict[str, Any]] = []
         for position, step in enumerate(job.steps):
             if step.name in done:

@@ -227,6 +227,11 @@ def contactability_frame(session: Session, *, customer_id: int | None = None,
     return read_columns(session, reader, query, params, CONTACT_SCHEMA, one_customer=customer_id is not None)
 
 
+def customer_time_zones(session: Session) -> list[str]:
+    """The distinct time zones customers live in."""
+    return sorted(z for z in session.exec(select(Customer.time_zone).distinct()).all() if z)
+
+
 def consent_frame(session: Session, *, customer_id: int | None = None,
                   reader: ColumnarReader | None = None) -> pl.DataFrame:
     """Current consent rows (customer, channel, status)."""

@@ -29,9 +29,9 @@ from tests.conftest import TEST_SECRET
 FIRE_AT = datetime(2026, 11, 14, 18, 0, tzinfo=UTC)
 
 
-def generated_shop(url: str, tmp_path, customers: int = 400, now: datetime = FIRE_AT) -> Context:
+def generated_shop(url: str, tmp_path, customers: int = 400, now: datetime = FIRE_AT, **settings) -> Context:
     """A scratch database holding a generated shop (orders up to the day before `now`), defaults installed."""
-    settings = Settings(secret_key=TEST_SECRET, data_dir=tmp_path, database_url=url)
+    settings = Settings(secret_key=TEST_SECRET, data_dir=tmp_path, database_url=url, **settings)
     engine = make_engine(url)
     upgrade_to_head(engine)
     ctx = Context(settings=settings, engine=engine, cipher=ContactCipher(TEST_SECRET), clock=FixedClock(now))
@@ -55,6 +55,20 @@ def add_competing_sms_campaigns(ctx: Context, count: int = 3) -> None:
                 "schedule": {"kind": "daily", "local_hour": 12}, "holdout_share": 0.0, "priority": 40 - index},
                 "test")
             set_status(session, ctx, campaign.id, "active", "test")
+
+
+def local_sends(ctx: Context, campaign: str) -> list[tuple[datetime, datetime]]:
+    """(send_at in UTC, the same moment in the customer's zone) of a campaign's messages that will be or were sent."""
+    with ctx.engine.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT m.send_at, c.time_zone FROM message m JOIN customer c ON c.id = m.customer_id "
+            "JOIN campaign k ON k.id = m.campaign_id WHERE k.name = :name AND m.status IN ('planned', 'sent')"),
+            {"name": campaign}).all()
+    result = []
+    for send_at, zone in rows:
+        moment = ensure_utc(send_at if isinstance(send_at, datetime) else datetime.fromisoformat(send_at))
+        result.append((moment, moment.astimezone(ZoneInfo(zone))))
+    return result
 
 
 def scalar(ctx: Context, query: str, **params) -> int:
@@ -93,16 +107,9 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     assert planned["Flash 2"]["excluded"].get("capped", 0) + planned["Flash 2"]["excluded"].get("lower_priority", 0) > 0
 
     # "Monthly on the 15th at 10:00" is 10:00 on the 15th in each customer's own zone.
-    with ctx.engine.connect() as connection:
-        rows = connection.execute(text(
-            "SELECT m.send_at, c.time_zone FROM message m JOIN customer c ON c.id = m.customer_id "
-            "JOIN campaign k ON k.id = m.campaign_id WHERE k.name = 'Lost win-back' AND m.status = 'sent'")).all()
-    zones = {zone for _, zone in rows}
-    assert len(zones) >= 3, zones
-    for send_at, zone in rows:
-        moment = send_at if isinstance(send_at, datetime) else datetime.fromisoformat(send_at)
-        local = moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(ZoneInfo(zone))
-        assert (local.date().isoformat(), local.hour, local.minute) == ("2026-11-15", 10, 0), (zone, moment)
+    sends = local_sends(ctx, "Lost win-back")
+    assert len({local.tzinfo for _, local in sends}) >= 3
+    assert {(local.date().isoformat(), local.hour, local.minute) for _, local in sends} == {("2026-11-15", 10, 0)}
 
     # Dispatch sent everything planned and due (the replay ran the clock to the last send time).
     sent = scalar(ctx, "SELECT count(*) FROM message WHERE status = 'sent'")
@@ -150,3 +157,22 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
                    key=lambda m: (ensure_utc(m.sent_at), m.id))
     assert (conversion.message_id, conversion.campaign_id) == (last.id, last.campaign_id)
     assert abs(conversion.revenue - 123.45) < 1e-6
+
+
+def test_a_scheduler_behind_its_customers_zones_plans_tomorrows_campaigns_in_time(scratch_url, tmp_path):
+    """Scheduler in Los Angeles, customers as far ahead as Shanghai: 10:00 on the 15th in Shanghai comes before the
+    pipeline of the 15th (02:00 in Los Angeles), so the pipeline of the 14th plans the 15th's win-back already."""
+    now = datetime(2026, 11, 14, 10, 0, tzinfo=UTC)  # 02:00 on the 14th in Los Angeles
+    ctx = generated_shop(scratch_url, tmp_path, now=now, scheduler_time_zone="America/Los_Angeles")
+    pipeline = job_registry(ctx.settings).get("pipeline")
+    occurrence = pipeline.schedule.latest(now)
+    assert (occurrence.key, occurrence.fire_at) == ("2026-11-14", now)
+    outcome = run_job(ctx, pipeline, occurrence, trigger="schedule")
+    assert outcome.status == "succeeded", outcome.error
+    planned = {(c["campaign"], c["occurrence"]) for c in outcome.steps[2]["counts"]["campaigns"]}
+    assert ("Lost win-back", "2026-11-15") in planned
+    assert not {name for name, _ in planned} & {"VIP presale call", "Potential coupon"}  # the 5th, Tuesdays
+    sends = local_sends(ctx, "Lost win-back")
+    assert sends and all(at > now for at, _ in sends)  # nobody's 10:00 had passed: none clamped to "now"
+    assert {(local.date().isoformat(), local.hour) for _, local in sends} == {("2026-11-15", 10)}
+    assert "Asia/Shanghai" in {str(local.tzinfo) for _, local in sends}
