@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -409,9 +410,13 @@ def _ledger(session: Session, now: datetime, horizon_days: int, customer_id: int
     return read_frame(session, query, params, schema, same_connection=True)
 
 
-def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *,
-                customer_id: int | None = None) -> tuple[PlanInputs, dict[str, float]]:
-    """Everything planning reads, through one columnar reader; with customer_id only that customer's rows."""
+def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *, customer_id: int | None = None,
+                shared: dict[str, pl.DataFrame] | None = None) -> tuple[PlanInputs, dict[str, float]]:
+    """Everything planning reads, through one columnar reader; with customer_id only that customer's rows.
+
+    `shared` carries the frames planning does not change (customers, segments, tags, scores, consent, money,
+    first orders) from one campaign of a day to the next; the ledger is always read again.
+    """
     now = ctx.clock.now()
     rails = guard_rails(ctx)
     horizon = max([c.window_days for c in rails.caps] + [400]) + spec.defer_days
@@ -420,19 +425,29 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
     with columnar_reader(session) as reader:
         use = None if customer_id is not None else reader
         one = {"customer_id": customer_id} if customer_id is not None else {}
-        customers = contactability_frame(session, reader=use, **one)
-        segments = segments_frame(session, reader=use, **one)
-        tags = tags_frame(session, reader=use, **one) if (spec.audience.tags or spec.audience.exclude_tags) else \
+        cache = shared if shared is not None and customer_id is None else {}
+
+        def once(name: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+            if name not in cache:
+                cache[name] = read()
+            return cache[name]
+
+        customers = once("customers", lambda: contactability_frame(session, reader=use, **one))
+        segments = once("segments", lambda: segments_frame(session, reader=use, **one))
+        tags = once("tags", lambda: tags_frame(session, reader=use, **one)) \
+            if (spec.audience.tags or spec.audience.exclude_tags) else \
             pl.DataFrame(schema={"customer_id": pl.Int64, "tag": pl.String})
-        scores = scores_frame(session, reader=use, **one)
-        consent = consent_frame(session, reader=use, **one)
+        scores = once("scores", lambda: scores_frame(session, reader=use, **one))
+        consent = once("consent", lambda: consent_frame(session, reader=use, **one))
         ledger = _ledger(session, now, horizon, customer_id)
-        money = (order_money_frame(session, now - timedelta(days=365), now, reader=use, **one) if spec.offer else
-                 pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Float64,
-                                      "orders": pl.Int64, "cost_known_value": pl.Float64, "cost": pl.Float64}))
+        money = once("money", lambda: order_money_frame(session, now - timedelta(days=365), now, reader=use, **one)) \
+            if spec.offer else pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64,
+                                                    "discount": pl.Float64, "orders": pl.Int64,
+                                                    "cost_known_value": pl.Float64, "cost": pl.Float64})
         needs_first = spec.schedule.trigger == "days_after_first_order"
-        first_orders = first_orders_frame(session, now, reader=use, **one) if needs_first else \
-            pl.DataFrame(schema={"customer_id": pl.Int64, "first_order_at": pl.Datetime("us", "UTC")})
+        first_orders = once("first_orders", lambda: first_orders_frame(session, now, reader=use, **one)) \
+            if needs_first else pl.DataFrame(schema={"customer_id": pl.Int64,
+                                                     "first_order_at": pl.Datetime("us", "UTC")})
         # One customer's money says nothing about the shop's margins: ask for the shop-wide ratio separately.
         shop_ratio = shop_cost_ratio(session, now - timedelta(days=365), now) \
             if spec.offer and customer_id is not None else None
@@ -448,10 +463,10 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
 
 
 
-def _compute(session: Session, ctx: Context, campaign: Campaign, day: date, *, customer_id: int | None = None
-             ) -> tuple[Plan, PlanInputs, dict[str, float]]:
+def _compute(session: Session, ctx: Context, campaign: Campaign, day: date, *, customer_id: int | None = None,
+             shared: dict[str, pl.DataFrame] | None = None) -> tuple[Plan, PlanInputs, dict[str, float]]:
     spec = CampaignSpec.model_validate(campaign.spec)
-    inputs, timings = load_inputs(session, ctx, spec, day, customer_id=customer_id)
+    inputs, timings = load_inputs(session, ctx, spec, day, customer_id=customer_id, shared=shared)
     started = time.perf_counter()
     plan = plan_occurrence(spec, campaign.id, occurrence_key(day), day, inputs, guard_rails(ctx), ctx.clock.now())
     timings["plan_s"] = round(time.perf_counter() - started, 3)
@@ -476,8 +491,10 @@ def _offer_json(rows: pl.DataFrame) -> pl.Expr:
         free_shipping=pl.col("offer_free_shipping")).struct.json_encode())
 
 
-def plan_campaign(session: Session, ctx: Context, campaign_id: int, day: date | None = None) -> dict[str, Any]:
-    """Plan one occurrence into the outbox; planning the same occurrence again adds nothing."""
+def plan_campaign(session: Session, ctx: Context, campaign_id: int, day: date | None = None, *,
+                  shared: dict[str, pl.DataFrame] | None = None) -> dict[str, Any]:
+    """Plan one occurrence into the outbox; planning the same occurrence again adds nothing (`shared`: frames
+    read by an earlier campaign of the same planning pass, see load_inputs)."""
     campaign = get_campaign(session, campaign_id)
     if campaign.status != "active":
         raise Conflict(f"campaign {campaign_id} is {campaign.status}; only active campaigns are planned")
@@ -498,7 +515,7 @@ def plan_campaign(session: Session, ctx: Context, campaign_id: int, day: date | 
     if not claimed:
         return {"campaign_id": campaign.id, "occurrence": key, "already_planned": True, "added": 0,
                 "counts": existing.counts}
-    plan, _, timings = _compute(session, ctx, campaign, day)
+    plan, _, timings = _compute(session, ctx, campaign, day, shared=shared)
     started = time.perf_counter()
     added = _write(session, campaign, spec, key, day, plan, now)
     timings["write_s"] = round(time.perf_counter() - started, 3)
@@ -657,11 +674,12 @@ def _audience_facts(spec: CampaignSpec, inputs: PlanInputs) -> list[dict[str, An
     return checks
 
 
-def _plan_isolated(session: Session, ctx: Context, campaign: Campaign, day: date) -> dict[str, Any]:
+def _plan_isolated(session: Session, ctx: Context, campaign: Campaign, day: date,
+                   shared: dict[str, pl.DataFrame]) -> dict[str, Any]:
     """Plan one occurrence in a savepoint: a campaign that cannot be planned rolls back alone, with its error."""
     try:
         with session.begin_nested():
-            result = plan_campaign(session, ctx, campaign.id, day)
+            result = plan_campaign(session, ctx, campaign.id, day, shared=shared)
     except DomainError as failure:
         result = {"campaign_id": campaign.id, "occurrence": occurrence_key(day), "added": 0, "error": failure.detail}
     return result | {"campaign": campaign.name}
@@ -671,7 +689,8 @@ def plan_due(session: Session, ctx: Context, day: date | None = None) -> list[di
     """Plan every active campaign that fires on the day, highest priority first (so it wins capped slots); a
     campaign that cannot be planned is reported with its error and the others go on."""
     day = day or shop_today(ctx)
-    return [_plan_isolated(session, ctx, campaign, day) for campaign in list_campaigns(session, "active")
+    shared: dict[str, pl.DataFrame] = {}  # what planning does not change is read once for all of the day's campaigns
+    return [_plan_isolated(session, ctx, campaign, day, shared) for campaign in list_campaigns(session, "active")
             if CampaignSpec.model_validate(campaign.spec).schedule.fires_on(day)]
 
 
@@ -679,14 +698,15 @@ def plan_ahead(session: Session, ctx: Context, day: date, before: datetime) -> l
     """Plan the scheduled campaigns of `day` already when some customer's local send time on it comes before
     `before` (the next pipeline run): customers in zones far ahead of the scheduler's still get their local time."""
     zones = customer_time_zones(session)
-    results = []
+    results: list[dict[str, Any]] = []
+    shared: dict[str, pl.DataFrame] = {}
     for campaign in list_campaigns(session, "active"):
         schedule = CampaignSpec.model_validate(campaign.spec).schedule
         if schedule.kind == "triggered" or not schedule.fires_on(day) or not zones:
             continue
         earliest = min(local_to_utc(day, schedule.local_minute_of_day, zone) for zone in zones)
         if earliest < before:
-            results.append(_plan_isolated(session, ctx, campaign, day))
+            results.append(_plan_isolated(session, ctx, campaign, day, shared))
     return results
 
 
