@@ -26,7 +26,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PG_SERVER, machine, parser, save  # noqa: E402
+from bench.common import PG_SERVER, fake_provider, machine, parser, save  # noqa: E402
 from crm.generator import GeneratorConfig, write_dataset  # noqa: E402
 
 NOW = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # noon in Shanghai: outside quiet hours
@@ -57,13 +57,6 @@ WHERE c.phone_hash IS NOT NULL
 """
 
 
-def _fake_provider() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_providers.py"), "--port", "0"],
-                               stdout=subprocess.PIPE, text=True)
-    port = process.stdout.readline().split()[-1]
-    return process, f"http://127.0.0.1:{port}"
-
-
 def main() -> None:
     """Run the benchmark and write bench/results/dispatch.json."""
     options = parser("postgres")
@@ -89,7 +82,7 @@ def main() -> None:
             connection.execute(RESET, {"occurrence": f"bench{run}", "now": NOW})
             connection.execute("VACUUM ANALYZE message")
             messages = connection.execute("SELECT count(*) FROM message").fetchone()[0]
-        fake, base = _fake_provider()
+        fake, base = fake_provider()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")} | {
             "CRM_DATABASE_URL": url, "CRM_SECRET_KEY": "bench-secret", "CRM_SMS_PROVIDER": "twilio",
             "CRM_TWILIO_AUTH_TOKEN": "bench", "CRM_TWILIO_FROM": "+15005550006", "CRM_TWILIO_BASE_URL": base,

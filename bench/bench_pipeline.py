@@ -28,7 +28,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PG_SERVER, machine, parser, run_json, save  # noqa: E402
+from bench.common import PG_SERVER, fake_provider, machine, parser, run_json, save  # noqa: E402
 
 RUN_SCRIPT = """
 import json, resource, sys, time
@@ -58,13 +58,6 @@ print(json.dumps(out, default=str))
 FORGET = ("message", "campaign_occurrence", "conversion", "call_task", "webhook_receipt", "job_step", "job_run")
 
 
-def _fake_provider() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_providers.py"), "--port", "0"],
-                               stdout=subprocess.PIPE, text=True)
-    port = process.stdout.readline().split()[-1]
-    return process, f"http://127.0.0.1:{port}"
-
-
 def main() -> None:
     """Run the benchmark and write bench/results/pipeline.json."""
     options = parser("postgres")
@@ -83,7 +76,7 @@ def main() -> None:
         connection.execute("VACUUM ANALYZE message")
     data_dir = args.data / "pipeline"
     data_dir.mkdir(parents=True, exist_ok=True)
-    fake, base = _fake_provider()
+    fake, base = fake_provider()
     try:
         run = run_json("-c", RUN_SCRIPT, url, base, str(data_dir), args.day)
         print(json.dumps({s["step"]: s.get("seconds") for s in run["steps"]} | {"total": run["seconds"]}), flush=True)

@@ -27,6 +27,14 @@ def run_json(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def fake_provider() -> tuple[subprocess.Popen, str]:
+    """Start tests/fake_providers.py (Twilio, SendGrid, FCM) in its own process; returns it and its base URL."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_providers.py"), "--port", "0"],
+                               stdout=subprocess.PIPE, text=True)
+    port = process.stdout.readline().split()[-1]
+    return process, f"http://127.0.0.1:{port}"
+
+
 def parser(backends: str) -> argparse.ArgumentParser:
     """The options every benchmark takes."""
     result = argparse.ArgumentParser()
