@@ -120,6 +120,9 @@ def _open_run(ctx: Context, job: JobDefinition, occurrence: Occurrence, trigger:
         if run is None:
             run = JobRun(job=job.name, occurrence=occurrence.key, status="running", trigger=trigger, attempts=0,
                          started_at=now)
+        elif run.status == "running":  # we hold the job's lock, so whoever was running it died mid-run
+            log.warning("job %s %s: attempt %d was interrupted; resuming after its finished steps", job.name,
+                        occurrence.key, run.attempts)
         run.status, run.trigger, run.instance = "running", trigger, instance
         run.attempts += 1
         run.started_at, run.finished_at, run.error = now, None, None

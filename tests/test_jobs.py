@@ -213,3 +213,23 @@ def test_cleanup_removes_only_what_is_past_its_retention(scratch_url, tmp_path):
         statuses = dict(connection.execute(text("SELECT occurrence, status FROM message")).all())
         runs = {r[0] for r in connection.execute(text("SELECT occurrence FROM job_run WHERE job = 'probe'"))}
     assert statuses == {"lapsed": "expired", "open": "planned"} and runs == {"recent"}
+
+
+def test_a_run_that_died_mid_step_resumes_at_that_step(scratch_url, tmp_path, caplog):
+    ctx = scratch_context(scratch_url, tmp_path, datetime(2026, 11, 1, 19, tzinfo=UTC))
+    recorder = Recorder()
+    occurrence = DAILY.of_key("2026-11-02")
+
+    def dies(session, ctx, run):
+        raise SystemExit("killed")  # not an Exception: nothing records the failure, as with a SIGKILL
+
+    dying = JobDefinition("probe", "test job", DAILY, (Step("first", recorder.first), Step("second", dies)))
+    with pytest.raises(SystemExit):
+        run_job(ctx, dying, occurrence)
+    with ctx.engine.connect() as connection:
+        assert connection.execute(text("SELECT status FROM job_run")).scalar_one() == "running"
+        assert dict(connection.execute(text("SELECT step, status FROM job_step")).all()) == {
+            "first": "succeeded", "second": "running"}
+    resumed = run_job(ctx, recorder.job(), occurrence, trigger="schedule")
+    assert [s["status"] for s in resumed.steps] == ["skipped", "succeeded"] and resumed.status == "succeeded"
+    assert "was interrupted" in caplog.text
