@@ -27,6 +27,7 @@ from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
 from crm.service import (
+    SharedFrames,
     customer_categories_frame,
     customers_frame,
     events_frame,
@@ -48,14 +49,17 @@ SCORE_TYPES = {"customer_id": "int", "model_id": "int", "scored_at": "timestamp"
 
 
 def read_history(session: Session, as_of: datetime, since: datetime | None, event_since: datetime, *,
-                 categories: bool = False) -> dict[str, pl.DataFrame | None]:
+                 categories: bool = False, shared: SharedFrames | None = None) -> dict[str, pl.DataFrame | None]:
     """Orders (with item flags) before `as_of`, events since `event_since`, customers, and optionally each
-    customer's first purchase per category, through one columnar attachment."""
+    customer's first purchase per category, through one columnar attachment (or a job run's shared frames)."""
+    shared = shared or SharedFrames()
     with columnar_reader(session) as reader:
-        orders = orders_frame(session, since, as_of, reader=reader, costs=False)
-        flags = order_flags_frame(session, reader=reader)
-        events = events_frame(session, event_since, as_of, reader=reader)
-        customers = customers_frame(session, reader=reader)
+        orders = shared.window("orders", since, as_of, "ordered_at",
+                               lambda: orders_frame(session, since, as_of, reader=reader, costs=False))
+        flags = shared.whole("order_flags", lambda: order_flags_frame(session, reader=reader))
+        events = shared.window("events", event_since, as_of, "occurred_at",
+                               lambda: events_frame(session, event_since, as_of, reader=reader))
+        customers = shared.whole("customers", lambda: customers_frame(session, reader=reader))
         first_by_category = customer_categories_frame(session, reader=reader) if categories else None
     # Narrow types: ~10M orders and ~9M events stay in memory through training (≤ 3 GB at 1M customers).
     orders = (orders.join(flags, on="order_id", how="left").drop("order_id", "cost_of_goods")
@@ -215,9 +219,10 @@ def rollback(session: Session, ctx: Context, actor: str) -> ChurnModelVersion:
     return previous
 
 
-def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = None,
-                    actor: str = "scheduler") -> dict[str, Any]:
-    """Score every active customer with the current model; write probability, flag, reasons and trend."""
+def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = None, actor: str = "scheduler",
+                    shared: SharedFrames | None = None) -> dict[str, Any]:
+    """Score every active customer with the current model; write probability, flag, reasons and trend (`shared`:
+    the bulk frames an earlier step of the same job run read)."""
     # A short session of its own, so this session's transaction starts after the columnar reads
     # (SQLite cannot write from a read snapshot older than a scan made on another connection).
     with Session(session.get_bind()) as lookup:
@@ -233,7 +238,7 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     timings, tick = {}, time.perf_counter()
     data = read_history(session, as_of, as_of - timedelta(days=config.features.history_days + 1),
                         as_of - timedelta(days=max(config.features.event_windows) + 1),
-                        categories="category_breadth" in model.feature_names_)
+                        categories="category_breadth" in model.feature_names_, shared=shared)
     frame = add_bgnbd(snapshot(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
                                categories=data["categories"], labelled=False), bgnbd,
                       row.training["horizon_days"])

@@ -24,6 +24,7 @@ from crm.errors import Conflict, InvalidInput, NotFound
 from crm.locks import try_lock
 from crm.models import Event, JobRun, JobStep, SchedulerInstance
 from crm.schedules import JobSchedule, Occurrence, due_occurrences
+from crm.service import SharedFrames
 
 log = logging.getLogger("crm.jobs")
 TRIGGERS = ("schedule", "catch_up", "manual", "cli")
@@ -38,6 +39,7 @@ class StepRun:
     options: Mapping[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda _text: None
     next_fire_at: datetime | None = None  # when the job's following occurrence is due
+    shared: SharedFrames = field(default_factory=SharedFrames)  # bulk frames one step reads and a later one reuses
 
 
 StepFunction = Callable[[Session, Context, StepRun], dict[str, Any]]

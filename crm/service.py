@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -94,6 +95,35 @@ def customer_categories_frame(session: Session, *, reader: ColumnarReader | None
     query = ("SELECT o.customer_id, i.category, min(o.ordered_at) FROM order_item i JOIN orders o ON o.id = i.order_id "
              "WHERE i.category IS NOT NULL GROUP BY o.customer_id, i.category")
     return read_columns(session, reader, query, {}, CATEGORY_SCHEMA, one_customer=False)
+
+
+class SharedFrames:
+    """Bulk frames one step of a job read and a later step of the same run reuses (the daily pipeline's segment
+    and score steps both read the order history, its item flags, recent events and the customers).
+
+    A window is served from a cached read with the same end and an earlier (or no) start, filtered; anything else
+    is read and cached. Kept by the job run, so it lives as long as the run.
+    """
+
+    def __init__(self) -> None:
+        self._frames: dict[str, tuple[datetime | None, datetime | None, pl.DataFrame]] = {}
+
+    def window(self, name: str, start: datetime | None, end: datetime, time_column: str,
+               read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        """Rows with start <= time < end, from a wider cached read with the same end when there is one."""
+        hit = self._frames.get(name)
+        if hit is not None and hit[1] == end and (hit[0] is None or (start is not None and hit[0] <= start)):
+            cached_start, _, frame = hit
+            return frame if start == cached_start else frame.filter(pl.col(time_column) >= start)
+        frame = read()
+        self._frames[name] = (start, end, frame)
+        return frame
+
+    def whole(self, name: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        """A frame without a time window (customers, item flags), read once."""
+        if name not in self._frames:
+            self._frames[name] = (None, None, read())
+        return self._frames[name][2]
 
 
 def customer_by_external_id(session: Session, external_id: str) -> Customer:

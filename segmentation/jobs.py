@@ -16,7 +16,7 @@ from segmentation.service import run_segmentation, summary_of
 
 def segment_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
     """Tiers, layers and tags as of the occurrence's day (midnight UTC, as triggered campaigns read transitions)."""
-    summary = summary_of(run_segmentation(session, ctx, utc_midnight(run.occurrence.day)))
+    summary = summary_of(run_segmentation(session, ctx, utc_midnight(run.occurrence.day), shared=run.shared))
     moves = summary["moves_since_previous_run"]
     return {"run_id": summary["run_id"], "customers": summary["customers"],
             "tiers": {name: cell["customers"] for name, cell in summary["distribution"]["tier"].items()},

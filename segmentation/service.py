@@ -17,7 +17,14 @@ from crm.columnar import ColumnarReader, columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
-from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame, read_columns
+from crm.service import (
+    SharedFrames,
+    customers_frame,
+    events_frame,
+    order_flags_frame,
+    orders_frame,
+    read_columns,
+)
 from segmentation.defaults import DEFAULTS
 from segmentation.hysteresis import STATE_SCHEMA, settle
 from segmentation.metrics import METRICS, MetricParams, compute_metrics, rfm_cell
@@ -168,15 +175,21 @@ def _assign(metrics: pl.DataFrame, previous: pl.DataFrame, dimension: str, rule_
     return state, changes
 
 
-def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_tier: str) -> dict[str, pl.DataFrame]:
-    """Everything a run reads: the bulk through one columnar attachment, then one small indexed read."""
+def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_tier: str,
+                 shared: SharedFrames | None = None) -> dict[str, pl.DataFrame]:
+    """Everything a run reads: the bulk through one columnar attachment (or a job run's shared frames), then one
+    small indexed read."""
+    shared = shared or SharedFrames()
+    since = as_of - timedelta(days=params.event_lookback_days)
     with columnar_reader(session) as reader:
-        orders = orders_frame(session, None, as_of, reader=reader, costs=False)
-        flags = order_flags_frame(session, reader=reader)
+        orders = shared.window("orders", None, as_of, "ordered_at",
+                               lambda: orders_frame(session, None, as_of, reader=reader, costs=False))
+        flags = shared.whole("order_flags", lambda: order_flags_frame(session, reader=reader))
         inputs = {
-            "customers": customers_frame(session, reader=reader),
+            "customers": shared.whole("customers", lambda: customers_frame(session, reader=reader)),
             "orders": orders.join(flags, on="order_id", how="left"),
-            "events": events_frame(session, as_of - timedelta(days=params.event_lookback_days), as_of, reader=reader),
+            "events": shared.window("events", since, as_of, "occurred_at",
+                                    lambda: events_frame(session, since, as_of, reader=reader)),
             "previous": _previous_state(reader),
             "current_tags": reader.read("SELECT t.customer_id, t.tag, t.since FROM customer_tag t", {},
                                         {"customer_id": pl.Int64, "tag": pl.String,
@@ -191,8 +204,10 @@ def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_ti
     return inputs
 
 
-def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = None) -> SegmentRun:
-    """Compute tiers, layers, RFM scores and tags as of a moment and write only what changed."""
+def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = None, *,
+                     shared: SharedFrames | None = None) -> SegmentRun:
+    """Compute tiers, layers, RFM scores and tags as of a moment and write only what changed (`shared`: bulk
+    frames a job run keeps for its later steps)."""
     started = ctx.clock.now()
     as_of = as_of or default_as_of(started)
     timings: dict[str, float] = {}
@@ -204,7 +219,7 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
         layer_version, layer_rules = current_rule_set(reader, "layer")
         tags_version, tag_set = current_rule_set(reader, "tags")
     params = MetricParams(window_days=tier_rules.window_days)
-    inputs = _read_inputs(session, as_of, params, tier_rules.rules[0].name)
+    inputs = _read_inputs(session, as_of, params, tier_rules.rules[0].name, shared)
     previous, current_tags = inputs["previous"], inputs["current_tags"]
     timings["read_s"] = round(time.perf_counter() - tick, 3)
 

@@ -12,6 +12,7 @@ from sqlmodel import select
 from campaigns.conversions import attribute_conversions
 from campaigns.models import Message
 from campaigns.service import create_campaign, install_defaults, set_status
+from churn.service import score_customers
 from crm.app import job_registry
 from crm.clock import FixedClock, ensure_utc
 from crm.context import Context
@@ -23,6 +24,7 @@ from crm.jobs import run_job
 from crm.migrations import upgrade_to_head
 from crm.models import Order
 from crm.settings import Settings
+from crm.timezones import utc_midnight
 from tests.conftest import TEST_SECRET
 
 # 02:00 on Sunday 15 November in Shanghai: the lost-tier win-back fires (monthly on the 15th, 10:00 local).
@@ -105,6 +107,12 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
                            "AND status NOT IN ('skipped', 'holdout') GROUP BY customer_id) AS per_customer")
     assert most_sms == 2
     assert planned["Flash 2"]["excluded"].get("capped", 0) + planned["Flash 2"]["excluded"].get("lower_priority", 0) > 0
+
+    # Scoring on the frames the segment step read gives what scoring on its own reads gives.
+    with session_scope(ctx.engine) as session:
+        alone = score_customers(session, ctx, as_of=utc_midnight(occurrence.day), actor="test")
+    for key in ("scored", "at_risk", "mean_probability", "model_id"):
+        assert alone[key] == steps["score"]["counts"][key], key
 
     # "Monthly on the 15th at 10:00" is 10:00 on the 15th in each customer's own zone.
     sends = local_sends(ctx, "Lost win-back")

@@ -85,3 +85,32 @@ def test_cipher_round_trip_random_nonce_and_stable_blind_index():
     with pytest.raises(Exception):  # noqa: B017 - a wrong key must not decrypt (InvalidTag)
         other.decrypt(first)
     assert cipher.hash_api_key("crm_x") != cipher.blind_index("crm_x")
+
+
+def test_shared_frames_serve_narrower_windows_with_the_same_end_and_read_anything_else():
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from crm.service import SharedFrames
+
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    days = [end - timedelta(days=d) for d in (1, 50, 100, 200)]
+    reads: list[str] = []
+
+    def reader(label: str, start):
+        def read():
+            reads.append(label)
+            return pl.DataFrame({"at": [d for d in days if start is None or d >= start]})
+        return read
+
+    shared = SharedFrames()
+    whole = shared.window("orders", None, end, "at", reader("all", None))
+    recent = shared.window("orders", end - timedelta(days=60), end, "at", reader("60", end - timedelta(days=60)))
+    assert len(whole) == 4 and recent["at"].to_list() == days[:2] and reads == ["all"]
+    shared.window("orders", None, end + timedelta(days=1), "at", reader("other end", None))
+    assert reads == ["all", "other end"]  # a different end is a different read
+    shared.window("events", end - timedelta(days=30), end, "at", reader("30", end - timedelta(days=30)))
+    shared.window("events", end - timedelta(days=90), end, "at", reader("90", end - timedelta(days=90)))
+    assert reads[-2:] == ["30", "90"]  # a wider window than the cached one is read, not guessed
+    assert shared.whole("customers", lambda: pl.DataFrame({"id": [1]})) is shared.whole("customers", lambda: None)
