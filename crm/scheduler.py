@@ -103,7 +103,8 @@ class SchedulerService:
                        "volatile": MemoryJobStore()},
             # One job at a time: the pipeline and the tag job both write segments, and the machine has 2 cores.
             executors={"default": ThreadPoolExecutor(1)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            job_defaults={"coalesce": True, "max_instances": 1,
+                          "misfire_grace_time": self.ctx.settings.scheduler_misfire_grace_seconds},
             timezone=UTC)
 
     def _lead(self, lock: NamedLock) -> None:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     scheduler_takeover_seconds: float = Field(default=30.0, gt=0)
     scheduler_heartbeat_seconds: float = Field(default=5.0, gt=0)
     scheduler_jobs: list[str] = Field(default_factory=list)  # which jobs `crm scheduler` runs; empty: all
+    # A firing later than this (the process was busy or paused) is skipped by APScheduler; the job's next firing,
+    # or a new leader's start, still catches the occurrence up from the recorded runs.
+    scheduler_misfire_grace_seconds: int = Field(default=3600, ge=1)
     # Retention of expired data (the clean-up job): raw events, job run records, webhook receipts.
     event_retention_days: int = Field(default=730, ge=30)
     job_run_retention_days: int = Field(default=180, ge=1)
