@@ -35,7 +35,17 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN")
+        # See writer_engine: a unit of work that reads before it writes takes the write lock up front.
+        immediate = connection.get_execution_options().get("sqlite_immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def writer_engine(engine: Engine) -> Engine:
+    """The engine for units of work that read, then write, while other processes write too (job steps, the
+    scheduler's heartbeat). On SQLite their transactions begin IMMEDIATE, taking the write lock at their first
+    statement: a deferred transaction whose read snapshot predates another connection's commit cannot become a
+    writer (SQLITE_BUSY_SNAPSHOT, no busy wait helps), while an immediate one waits its turn. PostgreSQL: as is."""
+    return engine.execution_options(sqlite_immediate=True) if engine.dialect.name == "sqlite" else engine
 
 
 def is_postgres(engine_or_session) -> bool:

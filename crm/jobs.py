@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, update
 from sqlmodel import Session, select
 
 from crm.context import Context
-from crm.db import session_scope
+from crm.db import session_scope, writer_engine
 from crm.errors import Conflict, InvalidInput, NotFound
 from crm.locks import try_lock
 from crm.models import Event, JobRun, JobStep, SchedulerInstance
@@ -117,7 +117,7 @@ def _short(failure: BaseException) -> str:
 
 def _open_run(ctx: Context, job: JobDefinition, occurrence: Occurrence, trigger: str, instance: str | None) -> int:
     now = ctx.clock.now()
-    with session_scope(ctx.engine) as session:
+    with session_scope(writer_engine(ctx.engine)) as session:
         run = session.exec(select(JobRun).where(JobRun.job == job.name, JobRun.occurrence == occurrence.key)).first()
         if run is None:
             run = JobRun(job=job.name, occurrence=occurrence.key, status="running", trigger=trigger, attempts=0,
@@ -149,7 +149,7 @@ def _put_step(session: Session, run_id: int, position: int, step: str, **values:
 
 
 def _close_run(ctx: Context, run_id: int, status: str, error: str | None) -> None:
-    with session_scope(ctx.engine) as session:
+    with session_scope(writer_engine(ctx.engine)) as session:
         session.exec(update(JobRun).where(JobRun.id == run_id).values(  # type: ignore[call-overload]
             status=status, finished_at=ctx.clock.now(), error=error))
 
@@ -163,6 +163,7 @@ def run_job(ctx: Context, job: JobDefinition, occurrence: Occurrence, *, trigger
     lock = try_lock(ctx.engine, ctx.settings.data_dir, f"job:{job.name}")
     if lock is None:
         raise JobBusy(f"job {job.name} is running already; try again when it has finished")
+    writes = writer_engine(ctx.engine)
     with lock:
         run_id = _open_run(ctx, job, occurrence, trigger, instance)
         done = {} if force else _succeeded_steps(ctx, run_id)
@@ -176,11 +177,13 @@ def run_job(ctx: Context, job: JobDefinition, occurrence: Occurrence, *, trigger
                 continue
             step_run.progress(f"{job.name}: {step.name}")
             started, tick = ctx.clock.now(), time.perf_counter()
-            with session_scope(ctx.engine) as session:
+            with session_scope(writes) as session:
                 _put_step(session, run_id, position, step.name, status="running", started_at=started,
                           finished_at=None, error=None)
             try:
-                with session_scope(ctx.engine) as session:
+                # The step's session takes the SQLite write lock at its first statement (see writer_engine); a
+                # step that works through sessions of its own (dispatch) touches this one only at the end.
+                with session_scope(writes) as session:
                     counts = step.run(session, ctx, step_run) or {}
                     seconds = round(time.perf_counter() - tick, 3)
                     _put_step(session, run_id, position, step.name, status="succeeded", started_at=started,
@@ -188,7 +191,7 @@ def run_job(ctx: Context, job: JobDefinition, occurrence: Occurrence, *, trigger
             except Exception as failure:  # noqa: BLE001 - recorded on the run; later steps need this one
                 error = _short(failure)
                 log.exception("job %s %s: step %s failed", job.name, occurrence.key, step.name)
-                with session_scope(ctx.engine) as session:
+                with session_scope(writes) as session:
                     _put_step(session, run_id, position, step.name, status="failed", started_at=started,
                               finished_at=ctx.clock.now(), seconds=round(time.perf_counter() - tick, 3), error=error)
                 _close_run(ctx, run_id, "failed", f"{step.name}: {error}")

@@ -24,7 +24,7 @@ from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy import delete
 
 from crm.context import Context
-from crm.db import session_scope
+from crm.db import session_scope, writer_engine
 from crm.jobs import JobBusy, JobRegistry, run_due
 from crm.locks import NamedLock, try_lock
 from crm.models import SchedulerInstance
@@ -131,7 +131,7 @@ class SchedulerService:
 
     def _beat(self, role: str, leader_since: datetime | None) -> None:
         try:
-            with session_scope(self.ctx.engine) as session:
+            with session_scope(writer_engine(self.ctx.engine)) as session:
                 row = session.get(SchedulerInstance, self.instance) or SchedulerInstance(
                     instance=self.instance, role=role, started_at=self.started_at, beat_at=self.ctx.clock.now())
                 row.role, row.beat_at, row.leader_since = role, self.ctx.clock.now(), leader_since

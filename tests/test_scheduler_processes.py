@@ -79,3 +79,53 @@ def test_one_leader_takeover_after_sigkill_and_one_run_per_occurrence(scratch_ur
             if process is not None and process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def test_a_leader_killed_mid_pipeline_is_replaced_and_the_pipeline_resumes_where_it_died(scratch_url, tmp_path):
+    """The real daily pipeline under `crm scheduler` on a generated shop: SIGKILL the leader after its segment step,
+    the standby takes over, reruns the occurrence from the step that died, and nothing is planned or sent twice."""
+    from datetime import UTC, datetime
+
+    from tests.test_pipeline import generated_shop
+
+    ctx = generated_shop(scratch_url, tmp_path, customers=2500, now=datetime.now(UTC))  # the scheduler's clock is real
+    engine = ctx.engine
+    env = cli_env(scratch_url, tmp_path) | {
+        "CRM_SCHEDULER_JOBS": json.dumps(["pipeline"]), "CRM_SCHEDULER_HEARTBEAT_SECONDS": "0.3",
+        "CRM_SCHEDULER_TAKEOVER_SECONDS": str(TAKEOVER_SECONDS)}
+
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "crm.cli", "scheduler"], env=env,
+                                stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
+
+    def query(sql: str) -> list[tuple]:
+        with engine.connect() as connection:
+            return [tuple(r) for r in connection.execute(text(sql))]
+
+    first = start("first")
+    second = None
+    try:
+        wait_for(lambda: query("SELECT 1 FROM job_step WHERE step = 'segment' AND status = 'succeeded'"), 90,
+                 "the first leader to finish the segment step")
+        assert query("SELECT status FROM job_run WHERE job = 'pipeline'") == [("running",)], "finished too soon"
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        segment_done_at = query("SELECT finished_at FROM job_step WHERE step = 'segment'")
+        second = start("second")
+        wait_for(lambda: query("SELECT 1 FROM job_run WHERE job = 'pipeline' AND status = 'succeeded'"), 180,
+                 "the new leader to finish the pipeline")
+        [(attempts,)] = query("SELECT attempts FROM job_run WHERE job = 'pipeline'")
+        assert attempts == 2
+        steps = dict(query("SELECT step, status FROM job_step"))
+        assert steps == {s: "succeeded" for s in ("segment", "score", "plan", "dispatch", "attribute")}
+        assert query("SELECT finished_at FROM job_step WHERE step = 'segment'") == segment_done_at  # not rerun
+        assert query("SELECT count(*) FROM segment_run") == [(1,)]
+        assert query("SELECT count(*) FROM message")[0][0] > 0
+        assert query("SELECT campaign_id, occurrence, customer_id, channel FROM message "
+                     "GROUP BY campaign_id, occurrence, customer_id, channel HAVING count(*) > 1") == []
+        assert "was interrupted" in (tmp_path / "second.log").read_text()
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
