@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -101,6 +102,14 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         return problem(exc.status_code, _title(exc.status_code), str(exc.detail),
                        headers=getattr(exc, "headers", None), instance=request.url.path)
+
+    @app.exception_handler(OperationalError)
+    async def _database_busy(request: Request, exc: OperationalError):
+        # The database is down, or (SQLite) another process held the write lock past the busy timeout or
+        # committed under a reader that then tried to write: the request changed nothing, retrying can succeed.
+        log.warning("database unavailable on %s: %s", request.url.path, str(exc.orig).splitlines()[0][:200])
+        return problem(503, "Service Unavailable", "the database is busy or unreachable; nothing was changed, "
+                       "retry shortly", headers={"Retry-After": "2"}, instance=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

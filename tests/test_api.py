@@ -145,3 +145,19 @@ def test_metrics_are_prometheus_text(client, auth_header):
 def test_openapi_is_served(client):
     assert client.get("/openapi.json").json()["info"]["title"] == "CRM retention service"
     assert client.get("/docs").status_code == 200
+
+
+def test_a_busy_or_unreachable_database_is_a_503_to_retry_not_a_500(app):
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy.exc import OperationalError
+
+    @app.get("/_busy")
+    def busy():
+        raise OperationalError("INSERT INTO segment_run ...", {}, sqlite3.OperationalError("database is locked"))
+
+    response = TestClient(app, raise_server_exceptions=False).get("/_busy")
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "retry" in response.json()["detail"] and "INSERT" not in response.text
