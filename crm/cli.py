@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from datetime import UTC, date, datetime
@@ -512,7 +513,8 @@ def _print_steps(outcome) -> None:
     table = Table("step", "status", "seconds", "counts", title=f"{outcome.job} {outcome.occurrence}: {outcome.status}")
     for step in outcome.steps:
         counts = step.get("counts") or {}
-        brief = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in counts.items()
+        brief = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4g}" if isinstance(v, float)
+                          else f"{k} {v}" for k, v in counts.items()
                           if isinstance(v, (int, float, str)) and k != "timings")
         table.add_row(step["step"], step["status"], f"{step.get('seconds', 0):.1f}",
                       step.get("error") or step.get("reason") or brief)
@@ -556,7 +558,8 @@ def _print_pipeline_summary(ctx: Context, outcome) -> None:
         flagged = churn.at_risk_customers(session, limit=500)
         counts = delivery_counts(session)
     if score:
-        reasons = Counter(r for row in flagged for r in (row["reasons"] or [])[:1])
+        # Grouped by the sentence with its numbers blanked: "only 0.3 orders" and "only 0.5 orders" are one reason.
+        reasons = Counter(re.sub(r"\d+(\.\d+)?%?", "N", r) for row in flagged for r in (row["reasons"] or [])[:1])
         console.print(f"at risk: {score.get('at_risk', 0):,} of {score.get('scored', 0):,}; most common first "
                       "reasons: " + "; ".join(f"{why} ({n})" for why, n in reasons.most_common(3)))
         for row in sorted(flagged, key=lambda r: -r["probability"])[:3]:
