@@ -50,6 +50,7 @@ from campaigns.service import find_template, guard_rails, message_context, offer
 from crm.clock import ensure_utc
 from crm.context import Context
 from crm.db import is_postgres, session_scope
+from crm.locks import try_lock
 from crm.models import Channel, ConsentStatus
 from crm.service import record_consent
 from segmentation.service import segments_frame
@@ -498,28 +499,20 @@ def replay_until(ctx: Context, senders: dict[str, Sender], until: datetime, **op
 
 
 class SingleWriter:
-    """On SQLite only one dispatcher may write: an exclusive lock on a file beside the database."""
+    """On SQLite only one dispatcher may write: the named `dispatch` lock (a file lock beside the database)."""
 
     def __init__(self, ctx: Context) -> None:
-        self._handle = None
+        self._lock = None
         if not is_postgres(ctx.engine):
-            import fcntl
-
-            path = ctx.settings.data_dir / "dispatch.lock"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = path.open("w")
-            try:
-                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._handle.close()
-                raise RuntimeError("another dispatcher is running on this SQLite database (it has one writer)") \
-                    from None
+            self._lock = try_lock(ctx.engine, ctx.settings.data_dir, "dispatch")
+            if self._lock is None:
+                raise RuntimeError("another dispatcher is running on this SQLite database (it has one writer)")
 
     def release(self) -> None:
         """Let another dispatcher in."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def serve(ctx: Context, senders: dict[str, Sender], *, once: bool, stop: threading.Event,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from crm.timezones import local_date_of, local_to_utc, zone  # noqa: F401 - re-exported for the planner
+from crm.timezones import local_to_utc
 
 UTC_TYPE = pl.Datetime("us", "UTC")
 

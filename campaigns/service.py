@@ -38,6 +38,7 @@ from crm.context import Context
 from crm.errors import Conflict, DomainError, InvalidInput, NotFound
 from crm.profiles import ProfileRequest
 from crm.service import (
+    SharedFrames,
     consent_frame,
     contactability_frame,
     customer_by_external_id,
@@ -46,7 +47,7 @@ from crm.service import (
     order_money_frame,
     shop_cost_ratio,
 )
-from crm.timezones import local_to_utc, utc_midnight
+from crm.timezones import local_date_of, local_to_utc, utc_midnight
 from segmentation.service import current_rule_set, entered_between, segments_frame, tags_frame
 
 LIVE_STATUSES = ("planned", "sending", "sent", "delivered", "unknown")  # count against caps
@@ -389,8 +390,6 @@ def next_occurrence(spec: CampaignSpec, today: date) -> date | None:
 
 def shop_today(ctx: Context) -> date:
     """Today in the shop's default zone, by the injected clock."""
-    from campaigns.localtime import local_date_of
-
     return local_date_of(ctx.clock.now(), ctx.settings.default_time_zone)
 
 
@@ -411,7 +410,7 @@ def _ledger(session: Session, now: datetime, horizon_days: int, customer_id: int
 
 
 def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *, customer_id: int | None = None,
-                shared: dict[str, pl.DataFrame] | None = None) -> tuple[PlanInputs, dict[str, float]]:
+                shared: SharedFrames | None = None) -> tuple[PlanInputs, dict[str, float]]:
     """Everything planning reads, through one columnar reader; with customer_id only that customer's rows.
 
     `shared` carries the frames planning does not change (customers, segments, tags, scores, consent, money,
@@ -425,12 +424,10 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
     with columnar_reader(session) as reader:
         use = None if customer_id is not None else reader
         one = {"customer_id": customer_id} if customer_id is not None else {}
-        cache = shared if shared is not None and customer_id is None else {}
+        frames = shared if shared is not None and customer_id is None else SharedFrames()
 
         def once(name: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
-            if name not in cache:
-                cache[name] = read()
-            return cache[name]
+            return frames.whole(f"plan:{name}", read)  # prefixed: other steps cache other `customers` frames
 
         customers = once("customers", lambda: contactability_frame(session, reader=use, **one))
         segments = once("segments", lambda: segments_frame(session, reader=use, **one))
@@ -464,7 +461,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
 
 
 def _compute(session: Session, ctx: Context, campaign: Campaign, day: date, *, customer_id: int | None = None,
-             shared: dict[str, pl.DataFrame] | None = None) -> tuple[Plan, PlanInputs, dict[str, float]]:
+             shared: SharedFrames | None = None) -> tuple[Plan, PlanInputs, dict[str, float]]:
     spec = CampaignSpec.model_validate(campaign.spec)
     inputs, timings = load_inputs(session, ctx, spec, day, customer_id=customer_id, shared=shared)
     started = time.perf_counter()
@@ -492,7 +489,7 @@ def _offer_json(rows: pl.DataFrame) -> pl.Expr:
 
 
 def plan_campaign(session: Session, ctx: Context, campaign_id: int, day: date | None = None, *,
-                  shared: dict[str, pl.DataFrame] | None = None) -> dict[str, Any]:
+                  shared: SharedFrames | None = None) -> dict[str, Any]:
     """Plan one occurrence into the outbox; planning the same occurrence again adds nothing (`shared`: frames
     read by an earlier campaign of the same planning pass, see load_inputs)."""
     campaign = get_campaign(session, campaign_id)
@@ -675,7 +672,7 @@ def _audience_facts(spec: CampaignSpec, inputs: PlanInputs) -> list[dict[str, An
 
 
 def _plan_isolated(session: Session, ctx: Context, campaign: Campaign, day: date,
-                   shared: dict[str, pl.DataFrame]) -> dict[str, Any]:
+                   shared: SharedFrames) -> dict[str, Any]:
     """Plan one occurrence in a savepoint: a campaign that cannot be planned rolls back alone, with its error."""
     try:
         with session.begin_nested():
@@ -689,7 +686,7 @@ def plan_due(session: Session, ctx: Context, day: date | None = None) -> list[di
     """Plan every active campaign that fires on the day, highest priority first (so it wins capped slots); a
     campaign that cannot be planned is reported with its error and the others go on."""
     day = day or shop_today(ctx)
-    shared: dict[str, pl.DataFrame] = {}  # what planning does not change is read once for all of the day's campaigns
+    shared = SharedFrames()  # what planning does not change is read once for all of the day's campaigns
     return [_plan_isolated(session, ctx, campaign, day, shared) for campaign in list_campaigns(session, "active")
             if CampaignSpec.model_validate(campaign.spec).schedule.fires_on(day)]
 
@@ -699,7 +696,7 @@ def plan_ahead(session: Session, ctx: Context, day: date, before: datetime) -> l
     `before` (the next pipeline run): customers in zones far ahead of the scheduler's still get their local time."""
     zones = customer_time_zones(session)
     results: list[dict[str, Any]] = []
-    shared: dict[str, pl.DataFrame] = {}
+    shared = SharedFrames()
     for campaign in list_campaigns(session, "active"):
         schedule = CampaignSpec.model_validate(campaign.spec).schedule
         if schedule.kind == "triggered" or not schedule.fires_on(day) or not zones:

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from campaigns.caps import LEDGER_SCHEMA, Cap, check_caps, exceeded
 from campaigns.discounts import WITHHELD, DiscountRules, OfferTerms, apply_ceilings
 from campaigns.fairness import OfferReach, violations
-from campaigns.localtime import local_to_utc
 from campaigns.planner import coupon_codes, holdout_draw, send_times
 from campaigns.quiet_hours import QuietHours, defer_out_of_quiet_hours
 from campaigns.rendering import TemplateProblem, TemplateSource, render, validate
@@ -21,6 +20,7 @@ from campaigns.service import parse_spec
 from campaigns.sms import sms_length
 from campaigns.spec import CampaignSpec, Schedule
 from crm.errors import InvalidInput
+from crm.timezones import local_to_utc
 
 ZONES = ("Asia/Shanghai", "America/New_York", "Europe/London", "Australia/Lord_Howe")
 UTC_TYPE = pl.Datetime("us", "UTC")

@@ -30,6 +30,14 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def kill_all(*processes: subprocess.Popen | None) -> None:
+    """Whatever a failed test left running."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def test_one_leader_takeover_after_sigkill_and_one_run_per_occurrence(scratch_url, tmp_path):
     engine = make_engine(scratch_url)
     upgrade_to_head(engine)
@@ -75,10 +83,7 @@ def test_one_leader_takeover_after_sigkill_and_one_run_per_occurrence(scratch_ur
         assert role(second) is None  # a clean stop removes its heartbeat row
         assert "is the scheduler leader" in (tmp_path / "second.log").read_text()
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        kill_all(first, second)
 
 
 def test_a_leader_killed_mid_pipeline_is_replaced_and_the_pipeline_resumes_where_it_died(scratch_url, tmp_path):
@@ -125,7 +130,4 @@ def test_a_leader_killed_mid_pipeline_is_replaced_and_the_pipeline_resumes_where
                      "GROUP BY campaign_id, occurrence, customer_id, channel HAVING count(*) > 1") == []
         assert "was interrupted" in (tmp_path / "second.log").read_text()
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        kill_all(first, second)
