@@ -49,7 +49,7 @@ from campaigns.quiet_hours import defer_out_of_quiet_hours
 from campaigns.service import find_template, guard_rails, message_context, offer_for_template
 from crm.clock import ensure_utc
 from crm.context import Context
-from crm.db import is_postgres, session_scope
+from crm.db import is_postgres, session_scope, writer_engine
 from crm.locks import try_lock
 from crm.models import Channel, ConsentStatus
 from crm.service import record_consent
@@ -404,7 +404,8 @@ class Dispatcher:
         if not channels:
             return report
         now = self.ctx.clock.now()
-        with session_scope(self.ctx.engine) as session:
+        # Reads, asks the provider, then writes: on SQLite it holds the write lock from the start (writer_engine).
+        with session_scope(writer_engine(self.ctx.engine)) as session:
             query = select(*CLAIMED).where(M.c.status == "unknown", M.c.reason.in_(("ambiguous", "worker_lost")),
                                            M.c.channel.in_(channels)).order_by(M.c.id).limit(limit)
             rows = _rows(session.connection().execute(query))
@@ -434,7 +435,7 @@ class Dispatcher:
         s, report = self.ctx.settings, BatchReport()
         now = self.ctx.clock.now()
         started = time.perf_counter()
-        with session_scope(self.ctx.engine) as session:
+        with session_scope(writer_engine(self.ctx.engine)) as session:
             report.add("orphans_unknown", recover_orphans(session, now))
             claimed = claim(session, now, self.worker, timedelta(seconds=s.dispatch_lease_seconds),
                             s.dispatch_batch_size)
@@ -455,7 +456,7 @@ class Dispatcher:
         report.seconds["provider_calls"] += time.perf_counter() - started
         started = time.perf_counter()
         results = [(row, outgoing, answer) for (row, outgoing), answer in zip(ready, answers, strict=True)]
-        with session_scope(self.ctx.engine) as session:
+        with session_scope(writer_engine(self.ctx.engine)) as session:
             record_results(session, self.ctx, results, self.senders, self.ctx.clock.now(), self.rng, report)
             _write_decisions(session, unsendable, self.ctx.clock.now())
         report.seconds["record"] += time.perf_counter() - started
