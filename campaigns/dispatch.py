@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlmodel import Session
 
 from campaigns import rendering
@@ -136,9 +136,12 @@ def _lock_customers(session: Session, customer_ids: list[int]) -> None:
 
 
 def _sent_counts(session: Session, customer_ids: list[int], exclude: list[int], start: datetime) -> pl.DataFrame:
-    """Marketing messages really out per customer and channel since `start` (the claimed batch excluded)."""
+    """Marketing messages really out per customer and channel since `start` (the claimed batch excluded), and those
+    waiting out a retry's backoff: an attempted message keeps its slot, so a lower priority cannot take it."""
+    waiting_to_retry = and_(M.c.status == "planned", M.c.attempts > 0)
     query = select(M.c.customer_id, M.c.channel, func.count()).where(
-        M.c.customer_id.in_(customer_ids), M.c.status.in_(REALLY_OUT), M.c.transactional.is_(False),
+        M.c.customer_id.in_(customer_ids), or_(M.c.status.in_(REALLY_OUT), waiting_to_retry),
+        M.c.transactional.is_(False),
         func.coalesce(M.c.sent_at, M.c.send_at) > start, M.c.id.not_in(exclude)).group_by(M.c.customer_id, M.c.channel)
     rows = session.connection().execute(query).all()
     return pl.DataFrame(rows, schema={"customer_id": pl.Int64, "channel": pl.String, "n": pl.Int64}, orient="row")

@@ -238,10 +238,17 @@ class Handler(BaseHTTPRequestHandler):
         return self._reply(200, {"name": f"projects/fake/messages/{record['sid']}"})
 
 
+class FakeServer(ThreadingHTTPServer):
+    """A thread per connection, and a listen backlog a burst of 64 concurrent senders fits in (the default is 5),
+    as a real provider's would."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+
 def serve(port: int = 0) -> ThreadingHTTPServer:
     """Start the fake in a background thread; returns the server (its port in server_address)."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
+    server = FakeServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -251,8 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
+    server = FakeServer(("127.0.0.1", args.port), Handler)
     print(f"listening on {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

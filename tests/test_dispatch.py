@@ -12,6 +12,7 @@ from sqlalchemy import text
 from campaigns.channels import build_senders
 from campaigns.channels.base import RateLimiter, parse_retry_after
 from campaigns.dispatch import Dispatcher, backoff_seconds
+from crm.clock import FixedClock
 from crm.db import session_scope
 from tests.dispatch_support import build_shop, fake_settings
 
@@ -228,3 +229,24 @@ def test_a_paused_campaign_sends_nothing_until_resumed(shop, providers):
         session.connection().execute(text("UPDATE campaign SET status = 'active' WHERE id = :c"),
                                      {"c": shop.campaign_id})
     assert _dispatch(shop)["sent_sms"] == 1
+
+
+def test_a_message_waiting_to_retry_keeps_its_cap_slot_against_lower_priorities(shop, providers):
+    """C1 has one SMS out and a priority-9 message waiting out its backoff (a 503 an hour ago); a priority-1 message
+    due now would take the last slot of the cap (2 per 30 days) and make the retry fail its cap: it is skipped."""
+    now = shop.ctx.clock.now()
+    c1 = shop.customers["C1"]
+    sent, retrying, low = shop.add_messages([
+        {"customer_id": c1, "status": "sent", "sent_at": now - timedelta(days=2), "send_at": now - timedelta(days=2),
+         "occurrence": "earlier"},
+        {"customer_id": c1, "priority": 9, "attempts": 1, "reason": "retry", "send_at": now + timedelta(minutes=5),
+         "occurrence": "high"},
+        {"customer_id": c1, "priority": 1, "occurrence": "low"}])
+    _dispatch(shop)
+    rows = shop.messages()
+    assert (rows[low]["status"], rows[low]["reason"]) == ("skipped", "capped_at_send (sms 2/30d)")
+    assert rows[retrying]["status"] == "planned" and not providers.accepted()
+    shop.ctx.clock = FixedClock(now + timedelta(minutes=10))  # the retry's turn: it is not capped by itself
+    _dispatch(shop)
+    assert shop.messages()[retrying]["status"] == "sent" and rows[sent]["status"] == "sent"
+    assert [m["message_id"] for m in providers.accepted("twilio")] == [str(retrying)]
