@@ -15,6 +15,7 @@ from campaigns.conversions import attribute_conversions
 from campaigns.dispatch import replay_until
 from campaigns.dispatch import serve as serve_dispatch
 from campaigns.models import Message, WebhookReceipt
+from campaigns.planner import EXCLUSION_REASONS
 from campaigns.service import latest_planned_send, plan_ahead, plan_due
 from churn.jobs import SCORE
 from crm.context import Context
@@ -23,8 +24,6 @@ from crm.jobs import CLEAN_CORE, JobDefinition, Step, StepRun
 from crm.schedules import JobSchedule, parse_local_time
 from crm.settings import Settings
 from segmentation.jobs import SEGMENT
-
-EXCLUSION_REASONS = ("holdout", "no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "cooldown")
 
 
 def plan_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:

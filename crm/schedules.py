@@ -57,6 +57,9 @@ class JobSchedule:
     def _on_day(self, day: date) -> Occurrence | None:
         if self.kind == "weekly" and day.weekday() != self.weekday:
             return None
+        return self._local(day)
+
+    def _local(self, day: date) -> Occurrence:
         return Occurrence(day.isoformat(), day, local_to_utc(day, self.hour * 60 + self.minute, self.time_zone))
 
     def occurrences(self, after: datetime, until: datetime) -> list[Occurrence]:
@@ -97,18 +100,16 @@ class JobSchedule:
 
     def current(self, now: datetime) -> Occurrence:
         """The occurrence a manual run at `now` belongs to: today's local date (or the current hourly slot)."""
-        if self.kind == "hourly":
-            slot = self._hourly(ensure_utc(now) - timedelta(hours=self.every_hours), ensure_utc(now))
-            return slot[-1] if slot else self.latest(now)  # type: ignore[return-value]
-        return self.of_key(local_date_of(now, self.time_zone).isoformat())
+        if self.kind == "hourly":  # a window of one period holds exactly one slot
+            return self._hourly(ensure_utc(now) - timedelta(hours=self.every_hours), ensure_utc(now))[-1]
+        return self._local(local_date_of(now, self.time_zone))
 
     def of_key(self, key: str) -> Occurrence:
         """The occurrence an occurrence name stands for (a weekly job run by hand may name any date)."""
         if self.kind == "hourly":
             moment = datetime.strptime(key, "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC)
             return Occurrence(key, local_date_of(moment, self.time_zone), moment)
-        day = date.fromisoformat(key)
-        return Occurrence(key, day, local_to_utc(day, self.hour * 60 + self.minute, self.time_zone))
+        return self._local(date.fromisoformat(key))
 
 
 def due_occurrences(schedule: JobSchedule, now: datetime, *, last_done: datetime | None, done_keys: set[str],
