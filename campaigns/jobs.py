@@ -18,6 +18,7 @@ from campaigns.models import Message, WebhookReceipt
 from campaigns.planner import EXCLUSION_REASONS
 from campaigns.service import latest_planned_send, plan_ahead, plan_due
 from churn.jobs import SCORE
+from churn.service import prune_predictions
 from crm.context import Context
 from crm.db import session_scope
 from crm.jobs import CLEAN_CORE, JobDefinition, Step, StepRun
@@ -69,14 +70,16 @@ def attribute_step(session: Session, ctx: Context, run: StepRun) -> dict[str, An
 
 
 def clean_campaign_data(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
-    """Expire planned messages past their expiry; forget webhook receipts past their retention."""
+    """Expire planned messages past their expiry; forget webhook receipts and kept churn predictions past their
+    retention."""
     now = ctx.clock.now()
     expired = session.exec(update(Message).where(  # type: ignore[call-overload]
         Message.status == "planned", Message.expires_at < now).values(
         status="expired", reason="expired before it could be sent", updated_at=now)).rowcount
     receipts = session.exec(delete(WebhookReceipt).where(  # type: ignore[call-overload]
         WebhookReceipt.received_at < now - timedelta(days=ctx.settings.webhook_receipt_retention_days))).rowcount
-    return {"messages_expired": expired, "webhook_receipts_deleted": receipts}
+    return {"messages_expired": expired, "webhook_receipts_deleted": receipts,
+            "churn_predictions_deleted": prune_predictions(session, ctx)}
 
 
 PIPELINE_STEPS = (
@@ -98,6 +101,7 @@ def jobs(settings: Settings) -> list[JobDefinition]:
                       JobSchedule("daily", zone, hour, minute), PIPELINE_STEPS, catch_up=settings.scheduler_catch_up),
         JobDefinition("cleanup", "expire old data per the retention settings",
                       JobSchedule("daily", zone, clean_hour, clean_minute),
-                      (CLEAN_CORE, Step("campaign-data", clean_campaign_data, "expired messages, webhook receipts")),
+                      (CLEAN_CORE, Step("campaign-data", clean_campaign_data,
+                                                   "expired messages, webhook receipts, churn predictions")),
                       catch_up="latest"),
     ]

@@ -100,6 +100,7 @@ class Message(SQLModel, table=True):
     expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     template: str = Field(sa_column=Column(String(80), nullable=False))
     locale: str = Field(sa_column=Column(String(16), nullable=False))
+    variant: str | None = Field(default=None, sa_column=Column(String(40)))  # A/B arm; null: no test
     offer: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     discount_value: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
     coupon_code: str | None = Field(default=None, sa_column=Column(String(40)))

@@ -15,12 +15,12 @@ from campaigns.caps import LEDGER_SCHEMA, Cap, check_caps
 from campaigns.discounts import WITHHELD, DiscountRules, OfferTerms, apply_ceilings
 from campaigns.localtime import wall_times_to_utc
 from campaigns.quiet_hours import QuietHours, defer_out_of_quiet_hours
-from campaigns.spec import CampaignSpec
+from campaigns.spec import CampaignSpec, Experiment
 
 UTC_TYPE = pl.Datetime("us", "UTC")
 CONTACT_COLUMN = {"sms": "has_phone", "phone": "has_phone", "email": "has_email", "push": "has_push"}
 # Reasons a customer in the audience gets no message (or a changed one), as dry-runs and reports count them.
-EXCLUSION_REASONS = ("cooldown", "holdout", "no_consent", "no_contact", "capped", "lower_priority", "offer_withheld")
+EXCLUSION_REASONS = ("cooldown", "global_control", "holdout", "no_consent", "no_contact", "capped", "lower_priority", "offer_withheld")
 ADJUSTMENT_REASONS = ("deferred_quiet_hours", "deferred_cap", "offer_reduced")
 COUPON_ALPHABET = np.array(list("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"))
 
@@ -32,6 +32,8 @@ class GuardRails:
     caps: tuple[Cap, ...] = (Cap(2, 30, "sms"), Cap(1, 90, "phone"), Cap(4, 30, "email"), Cap(8, 30, "push"))
     quiet: QuietHours = QuietHours()
     discounts: DiscountRules = field(default_factory=DiscountRules)
+    global_control_share: float = 0.0
+    global_control_salt: int = 0
 
 
 @dataclass
@@ -64,6 +66,28 @@ def holdout_draw(campaign_id: int, customer_ids: pl.Series) -> pl.Series:
     """A uniform number in [0, 1) per customer from a hash of (campaign, customer): reruns split identically."""
     keys = customer_ids.to_numpy().astype(np.uint64) ^ (np.uint64(campaign_id) << np.uint64(40))
     return pl.Series("draw", (_mix64(keys) >> np.uint64(11)).astype(np.float64) / float(2**53))
+
+
+def control_draw(salt: int, customer_ids: pl.Series) -> pl.Series:
+    """A uniform number in [0, 1) per customer for the global control group (independent of every campaign's)."""
+    keys = _mix64(customer_ids.to_numpy().astype(np.uint64)) ^ _mix64(np.array([salt], dtype=np.uint64))
+    return pl.Series("control_draw", (_mix64(keys) >> np.uint64(11)).astype(np.float64) / float(2**53))
+
+
+def in_global_control(share: float, salt: int, customer_ids: pl.Series) -> pl.Series:
+    """Whether each customer is in the global control group."""
+    return (control_draw(salt, customer_ids) < share).alias("global_control")
+
+
+def assign_variants(campaign_id: int, customer_ids: pl.Series, experiment: Experiment) -> pl.Series:
+    """Each treated customer's A/B arm, by weight, from a hash of (campaign, customer): the same on every run."""
+    keys = _mix64(customer_ids.to_numpy().astype(np.uint64) ^ (np.uint64(campaign_id) << np.uint64(40)))
+    draw = (_mix64(keys ^ np.uint64(0xA5A5A5A5)) >> np.uint64(11)).astype(np.float64) / float(2**53)
+    weights = np.array([v.weight for v in experiment.variants], dtype=float)
+    edges = np.cumsum(weights / weights.sum())
+    index = np.minimum(np.searchsorted(edges, draw, side="right"), len(edges) - 1)
+    names = np.array([v.name for v in experiment.variants], dtype=object)
+    return pl.Series("variant", names[index], dtype=pl.String)
 
 
 def coupon_codes(prefix: str, campaign_id: int, occurrence: str, customer_ids: pl.Series) -> pl.Series:
@@ -214,22 +238,76 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
         counts["cooldown"] = before - members.height
     members = members.with_columns(holdout_draw(campaign_id, members["customer_id"]))
     members = members.with_columns(send_at=send_times(members, spec, day, now))
-    held = members.filter(pl.col("draw") < spec.holdout_share)
-    treated = members.filter(pl.col("draw") >= spec.holdout_share)
+    out_rows: list[pl.DataFrame] = []
+    if not spec.transactional and rails.global_control_share > 0:
+        # The global control group gets no marketing from any campaign: recorded per campaign, like a holdout.
+        in_control = control_draw(rails.global_control_salt, members["customer_id"]) < rails.global_control_share
+        control = members.filter(in_control)
+        members = members.filter(~in_control)
+        counts["global_control"] = control.height
+        out_rows.append(_decided(control, spec, "holdout", "global_control"))
+    # Only members some channel could reach are held out, so both arms hold reachable customers alike; an
+    # unreachable member drawn for the holdout goes on with the treated, where the channel checks count them.
+    reachable = _reachable(spec, members, inputs.consent)
+    in_holdout = (members["draw"] < spec.holdout_share) & reachable
+    held, treated = members.filter(in_holdout), members.filter(~in_holdout)
     counts["holdout"] = held.height
-    out_rows = [held.select("customer_id", "send_at", "locale", "time_zone",
-                            channel=pl.lit(spec.channels[0].channel), template=pl.lit(spec.channels[0].template),
-                            status=pl.lit("holdout"), reason=pl.lit("holdout"))]
+    out_rows.append(_decided(held, spec, "holdout", "holdout"))
+    arms = [(None, spec, treated)]
+    if spec.experiment is not None and not treated.is_empty():
+        assigned = treated.with_columns(variant=assign_variants(campaign_id, treated["customer_id"],
+                                                                spec.experiment))
+        arms = [(v.name, spec.for_variant(v), assigned.filter(pl.col("variant") == v.name).drop("variant"))
+                for v in spec.experiment.variants]
+    ledger = inputs.ledger.select(list(LEDGER_SCHEMA))
+    recipients_parts: list[pl.DataFrame] = []
+    for variant, arm_spec, arm in arms:
+        rows, recipients, ledger = _plan_treated(arm_spec, arm, inputs, rails, campaign_id, occurrence, ledger,
+                                                 counts, now)
+        out_rows.append(rows.with_columns(variant=pl.lit(variant, dtype=pl.String)))
+        recipients_parts.append(recipients)
+    recipients = pl.concat(recipients_parts, how="diagonal_relaxed")
+    non_empty = [r for r in out_rows if not r.is_empty()]
+    rows = pl.concat(non_empty, how="diagonal_relaxed") if non_empty else out_rows[-1]
+    if "variant" not in rows.columns:
+        rows = rows.with_columns(variant=pl.lit(None, dtype=pl.String))
+    counts["recipients"] = recipients.select("customer_id").n_unique() if not recipients.is_empty() else 0
+    counts["messages"] = recipients.height
+    for channel in ("sms", "email", "push", "phone"):
+        counts[f"channel_{channel}"] = recipients.filter(pl.col("channel") == channel).height \
+            if not recipients.is_empty() else 0
+    return Plan(rows=rows, counts={k: int(v) for k, v in counts.items()}, audience_size=size)
+
+
+def _decided(frame: pl.DataFrame, spec: CampaignSpec, status: str, reason: str) -> pl.DataFrame:
+    """Outbox rows for members decided before any channel check (holdouts), on the first channel's template."""
+    return frame.select("customer_id", "send_at", "locale", "time_zone", channel=pl.lit(spec.channels[0].channel),
+                        template=pl.lit(spec.channels[0].template), status=pl.lit(status), reason=pl.lit(reason))
+
+
+def _reachable(spec: CampaignSpec, members: pl.DataFrame, consent: pl.DataFrame) -> pl.Series:
+    """Whether any of the campaign's channels (or any arm's) has contact data and consent for each member."""
+    steps = {step.channel for step in spec.channels}
+    if spec.experiment is not None:
+        steps |= {step.channel for v in spec.experiment.variants for step in (v.channels or [])}
+    frame = members.select("customer_id", *{CONTACT_COLUMN[c] for c in steps})
+    flags = [_eligible(channel, frame, consent, spec.transactional)["block"].is_null() for channel in sorted(steps)]
+    return pl.select(pl.any_horizontal(flags)).to_series() if flags else pl.Series([False] * members.height)
+
+
+def _plan_treated(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs, rails: GuardRails,
+                  campaign_id: int, occurrence: str, ledger: pl.DataFrame, counts: dict[str, int],
+                  now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Offer ceilings, channels, consent, quiet hours and caps for the treated members (of one A/B arm).
+
+    Returns the arm's outbox rows, its recipients and the ledger with them added; adds to `counts`."""
     treated, offer_rows = _apply_offer(spec, treated, inputs, rails, campaign_id, occurrence)
     withheld = treated.filter(pl.col("offer_decision") == WITHHELD) if spec.offer and not \
         spec.offer.send_without_offer else treated.clear()
-    counts["offer_withheld"] = withheld.height
-    counts["offer_reduced"] = treated.filter(pl.col("offer_decision") == "reduced").height if spec.offer else 0
-    out_rows.append(withheld.select("customer_id", "send_at", "locale", "time_zone",
-                                    channel=pl.lit(spec.channels[0].channel), template=pl.lit(spec.channels[0].template),
-                                    status=pl.lit("skipped"), reason=pl.lit("offer_withheld")))
+    counts["offer_withheld"] += withheld.height
+    counts["offer_reduced"] += treated.filter(pl.col("offer_decision") == "reduced").height if spec.offer else 0
+    out_rows = [_decided(withheld, spec, "skipped", "offer_withheld")]
     pending = treated.join(withheld.select("customer_id"), on="customer_id", how="anti")
-    ledger = inputs.ledger.select(list(LEDGER_SCHEMA))
     last_block: pl.DataFrame | None = None
     accepted_parts = []
     for step in spec.channels:
@@ -263,8 +341,8 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
             "customer_id", "send_at", "locale", "time_zone", "channel", "template", status=pl.lit("skipped"),
             reason=pl.col("block")))
     if not recipients.is_empty():
-        counts["deferred_quiet_hours"] = recipients["deferred_quiet"].sum()
-        counts["deferred_cap"] = recipients["deferred_cap"].sum()
+        counts["deferred_quiet_hours"] += recipients["deferred_quiet"].sum()
+        counts["deferred_cap"] += recipients["deferred_cap"].sum()
         out_rows.append(recipients.select(
             "customer_id", "send_at", "locale", "time_zone", "channel", "template", status=pl.lit("planned"),
             reason=pl.when(pl.col("deferred_cap")).then(pl.lit("deferred_cap"))
@@ -275,12 +353,7 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
         rows = rows.join(offer_rows, on="customer_id", how="left").with_columns(
             valid_until=pl.when(pl.col("coupon_code").is_not_null())
             .then(pl.col("send_at") + timedelta(days=spec.offer.valid_days)).cast(UTC_TYPE))
-    counts["recipients"] = recipients.select("customer_id").n_unique() if not recipients.is_empty() else 0
-    counts["messages"] = recipients.height
-    for channel in ("sms", "email", "push", "phone"):
-        counts[f"channel_{channel}"] = recipients.filter(pl.col("channel") == channel).height \
-            if not recipients.is_empty() else 0
-    return Plan(rows=rows, counts={k: int(v) for k, v in counts.items()}, audience_size=size)
+    return rows, recipients, ledger
 
 
 def _capped(frame: pl.DataFrame, ledger: pl.DataFrame, rails: GuardRails, spec: CampaignSpec,

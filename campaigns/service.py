@@ -55,7 +55,7 @@ STATUS_MOVES = {"draft": {"active", "archived"}, "active": {"paused", "archived"
                 "paused": {"active", "archived"}, "archived": set()}
 MESSAGE_TYPES = {"campaign_id": "int", "occurrence": "text", "customer_id": "int", "channel": "text", "status": "text",
                  "reason": "text", "priority": "int", "transactional": "bool", "send_at": "timestamp",
-                 "expires_at": "timestamp", "template": "text", "locale": "text", "offer": "json",
+                 "expires_at": "timestamp", "template": "text", "locale": "text", "variant": "text", "offer": "json",
                  "discount_value": "float", "coupon_code": "text", "valid_until": "timestamp", "attempts": "int",
                  "created_at": "timestamp", "updated_at": "timestamp"}
 
@@ -79,7 +79,8 @@ def guard_rails(ctx: Context) -> GuardRails:
         quiet=QuietHours(minutes(s.quiet_hours[0]), minutes(s.quiet_hours[1]), tuple(s.quiet_hours_channels)),
         discounts=DiscountRules(budget_share=s.discount_budget_share, tier_max_percent=dict(s.tier_max_discount_percent),
                                 default_max_percent=s.default_max_discount_percent, shipping_value=s.shipping_value,
-                                min_offer_value=s.min_offer_value))
+                                min_offer_value=s.min_offer_value),
+        global_control_share=s.global_control_share, global_control_salt=s.global_control_salt)
 
 
 def _invalid(field: str, reason: str) -> InvalidInput:
@@ -235,8 +236,19 @@ def _check_semantics(session: Session, ctx: Context, spec: CampaignSpec) -> None
         errors.append({"field": "schedule.value", "reason": f"unknown tier '{schedule.value}'"})
     if schedule.trigger == "entered_tag" and schedule.value not in known["tags"]:
         errors.append({"field": "schedule.value", "reason": f"unknown tag '{schedule.value}'"})
+    arms = [("", spec)] + ([(f"experiment.variants.{i}.", spec.for_variant(v))
+                            for i, v in enumerate(spec.experiment.variants)] if spec.experiment else [])
+    for prefix, arm in arms:
+        errors += _template_errors(session, ctx, arm, prefix)
+    if errors:
+        raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors)
+
+
+def _template_errors(session: Session, ctx: Context, spec: CampaignSpec, prefix: str) -> list[dict[str, str]]:
+    """A renderable template per channel step of the spec (an A/B arm's steps named under its variant)."""
+    errors = []
     for index, step in enumerate(spec.channels):
-        field = f"channels.{index}.template"
+        field = f"{prefix}channels.{index}.template"
         source = find_template(session, ctx, step.template, step.channel, ctx.settings.default_locale)
         if source is None:
             errors.append({"field": field, "reason": f"no {step.channel} template named '{step.template}'"})
@@ -248,30 +260,29 @@ def _check_semantics(session: Session, ctx: Context, spec: CampaignSpec) -> None
             rendering.validate(source, sample)
         except rendering.TemplateProblem as problem:
             errors.append({"field": field, "reason": f"does not render ({problem.part}): {problem.reason}"})
-    if errors:
-        raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors)
+    return errors
 
 
-def _reach(name: str, spec: CampaignSpec) -> OfferReach | None:
-    if spec.offer is None:
-        return None
+def _reaches(name: str, spec: CampaignSpec) -> list[OfferReach]:
+    """Whom the campaign's offers reach: its own and each A/B arm's."""
+    arms = [spec] + ([spec.for_variant(v) for v in spec.experiment.variants] if spec.experiment else [])
     newcomers = "first_order_only" in spec.audience.tags or spec.schedule.trigger == "days_after_first_order"
-    return OfferReach(campaign=name, tiers=tuple(spec.audience.tiers), new_customers=newcomers,
-                      amount_off=spec.offer.amount_off, percent_off=spec.offer.percent_off,
-                      min_spend=spec.offer.min_spend)
+    return [OfferReach(campaign=name, tiers=tuple(spec.audience.tiers), new_customers=newcomers,
+                       amount_off=arm.offer.amount_off, percent_off=arm.offer.percent_off,
+                       min_spend=arm.offer.min_spend) for arm in arms if arm.offer is not None]
 
 
 def fairness_check(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec) -> list[dict]:
     """Violations this campaign adds to those of the other active campaigns (what is already there is not its doing:
     e.g. a newcomer offer accepted with `warn` must not block every later change to a loyal-tier campaign)."""
     others = session.exec(select(Campaign).where(Campaign.status == "active", Campaign.id != campaign.id)).all()
-    reaches = [r for r in (_reach(o.name, CampaignSpec.model_validate(o.spec)) for o in others) if r]
-    mine = _reach(campaign.name, spec)
-    if mine is None:
+    reaches = [r for o in others for r in _reaches(o.name, CampaignSpec.model_validate(o.spec))]
+    mine = _reaches(campaign.name, spec)
+    if not mine:
         return []
     loyal = tuple(ctx.settings.loyal_tiers)
     existing = violations(reaches, loyal)
-    return [v for v in violations([*reaches, mine], loyal) if v not in existing]
+    return [v for v in violations([*reaches, *mine], loyal) if v not in existing]
 
 
 def _snapshot(session: Session, campaign: Campaign, actor: str, at: datetime) -> None:
@@ -537,7 +548,7 @@ def _write(session: Session, campaign: Campaign, spec: CampaignSpec, key: str, d
         channel="channel", status="status", reason="reason", priority=pl.lit(spec.priority, dtype=pl.Int64),
         transactional=pl.lit(spec.transactional), send_at="send_at",
         expires_at=pl.lit(utc_midnight(day) + timedelta(days=spec.defer_days + 2)), template="template",
-        locale="locale", offer=_offer_json(rows), discount_value=pl.col("discount_value").fill_null(0.0),
+        locale="locale", variant="variant", offer=_offer_json(rows), discount_value=pl.col("discount_value").fill_null(0.0),
         coupon_code="coupon_code", valid_until="valid_until", attempts=pl.lit(0, dtype=pl.Int64),
         created_at=pl.lit(now), updated_at=pl.lit(now))
     # Straight into the outbox (COPY on PostgreSQL): this transaction holds the occurrence's claim, so no other
@@ -561,7 +572,8 @@ def dry_run(session: Session, ctx: Context, campaign_id: int, day: date | None =
                        for c in ("sms", "email", "push", "phone"))
     discount_max = float(planned["discount_value"].sum()) if "discount_value" in planned.columns else 0.0
     excluded = {r: plan.counts.get(r, 0) for r in
-                ("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout")}
+                ("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout",
+                 "global_control")}
     adjusted = {r: plan.counts.get(r, 0) for r in ("deferred_quiet_hours", "deferred_cap", "offer_reduced")}
     return {"campaign_id": campaign.id, "campaign": campaign.name, "status": campaign.status,
             "occurrence": occurrence_key(day), "audience": plan.audience_size,
@@ -628,7 +640,8 @@ def eligibility(session: Session, ctx: Context, campaign_id: int, external_id: s
     plan, inputs, _ = _compute(session, ctx, campaign, day, customer_id=customer.id)
     facts = _audience_facts(spec, inputs)
     rows = plan.rows.filter(pl.col("customer_id") == customer.id)
-    reasons = [r for r in (*("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout"),)
+    reasons = [r for r in ("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout",
+                                   "global_control")
                if plan.counts.get(r)]
     decisions = [{"channel": r["channel"], "status": r["status"], "reason": r["reason"], "send_at": r["send_at"],
                   "offer": offer_for_template(r) if spec.offer else None,

@@ -79,6 +79,53 @@ class Offer(_Strict):
         return self
 
 
+EXPERIMENT_VARIABLES = ("template", "channels", "offer")
+
+
+class Variant(_Strict):
+    """One arm of an A/B test: the campaign as written, except for the one variable this arm changes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    weight: float = Field(default=1.0, gt=0, le=100, description="share of the treated audience, relative")
+    template: str | None = Field(default=None, min_length=1, max_length=80,
+                                 description="replaces the template of every channel step")
+    channels: list[ChannelStep] | None = Field(default=None, min_length=1, max_length=4)
+    offer: Offer | None = None
+
+    def changes(self) -> list[str]:
+        """Which variables this arm sets (none: the campaign's own, the control arm)."""
+        return [name for name in EXPERIMENT_VARIABLES if getattr(self, name) is not None]
+
+
+class Experiment(_Strict):
+    """An A/B test of one variable; each arm needs n = z²·p(1−p)/E² members before a winner can be declared."""
+
+    variants: list[Variant] = Field(min_length=2, max_length=5)
+    baseline_conversion: float = Field(default=0.05, gt=0, lt=1, description="p: the expected conversion rate")
+    tolerated_error: float = Field(default=0.01, gt=0, lt=0.5, description="E: the error tolerated on a rate")
+
+    @model_validator(mode="after")
+    def _one_variable(self) -> Experiment:
+        names = [v.name for v in self.variants]
+        if len(names) != len(set(names)):
+            raise ValueError("variant names must be unique")
+        for variant in self.variants:
+            if len(variant.changes()) > 1:
+                raise ValueError(f"variant '{variant.name}' changes {', '.join(variant.changes())}: "
+                                 "test one variable at a time")
+        changed = {name for variant in self.variants for name in variant.changes()}
+        if not changed:
+            raise ValueError("no variant changes anything: set template, channels or offer in at least one")
+        if len(changed) > 1:
+            raise ValueError(f"variants change {', '.join(sorted(changed))}: test one variable at a time")
+        return self
+
+    @property
+    def variable(self) -> str:
+        """The one variable under test."""
+        return next(name for v in self.variants for name in v.changes())
+
+
 class Schedule(_Strict):
     """When: once, monthly on a day, weekly on a weekday, daily — at a local hour in each customer's zone — or
     triggered (evaluated daily)."""
@@ -146,6 +193,7 @@ class CampaignSpec(_Strict):
                                description="skip customers this campaign messaged in the last N days")
     defer_days: int = Field(default=0, ge=0, le=30, description="when capped, defer up to N days instead of skipping")
     fairness: Literal["refuse", "warn"] = "refuse"
+    experiment: Experiment | None = Field(default=None, description="an A/B test of one variable")
 
     @model_validator(mode="after")
     def _channels_unique(self) -> CampaignSpec:
@@ -153,3 +201,14 @@ class CampaignSpec(_Strict):
         if len(seen) != len(set(seen)):
             raise ValueError("each channel may appear once")
         return self
+
+    def for_variant(self, variant: Variant) -> CampaignSpec:
+        """This campaign as one arm of its experiment sends it (the arm's variable replaced; no experiment)."""
+        update: dict = {"experiment": None}
+        if variant.template is not None:
+            update["channels"] = [step.model_copy(update={"template": variant.template}) for step in self.channels]
+        if variant.channels is not None:
+            update["channels"] = variant.channels
+        if variant.offer is not None:
+            update["offer"] = variant.offer
+        return self.model_copy(update=update)

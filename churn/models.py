@@ -44,3 +44,16 @@ class ChurnScore(SQLModel, table=True):
     # {"drivers": [{"feature", "value", "contribution"}], "gap_mean"}: rendered as sentences when read.
     reasons: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     trend: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))  # {"points": [{at, p}]}
+
+
+class ChurnPrediction(SQLModel, table=True):
+    """A sample of one scoring run's predictions, kept to compare with what then happened (quality over time)."""
+
+    __tablename__ = "churn_prediction"
+    __table_args__ = (Index("ix_churn_prediction_scored_on", "scored_on"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    scored_on: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    customer_id: int = Field(nullable=False)
+    model_id: int = Field(sa_column=Column(Integer, nullable=False))
+    probability: float = Field(sa_column=Column(Float, nullable=False))

@@ -11,17 +11,17 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from sqlalchemy import text
-from sqlmodel import Session, select
+from sqlalchemy import delete, text
+from sqlmodel import Session, func, select
 
 from churn.bgnbd import BetaGeometricNBD
 from churn.features import SegmentRules
 from churn.model import ChurnModel
-from churn.models import ChurnModelVersion, ChurnScore
+from churn.models import ChurnModelVersion, ChurnPrediction, ChurnScore
 from churn.reasons import drivers_frame, sentences
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
 from crm import audit
-from crm.bulkwrite import fill_empty_table
+from crm.bulkwrite import fill_empty_table, insert_frame
 from crm.columnar import ColumnarReader, columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
@@ -40,6 +40,7 @@ from segmentation.service import current_rule_set, default_as_of
 AUC_FLOOR = 0.70
 PROMOTION_TOLERANCE = 0.005
 TREND_POINTS = 8
+PREDICTION_TYPES = {"scored_on": "timestamp", "customer_id": "int", "model_id": "int", "probability": "float"}
 def _invalid(message: str, field: str) -> InvalidInput:
     return InvalidInput(message, errors=[{"field": field, "reason": message}])
 
@@ -273,14 +274,39 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     session.connection().execute(text("TRUNCATE churn_score" if pg else "DELETE FROM churn_score"))
     fill_empty_table(session, "churn_score", scores, SCORE_TYPES)
     session.expire_all()  # rows were rewritten in SQL: ORM objects loaded before are stale
+    kept = keep_predictions(session, ctx, scores.select("customer_id", "probability"), as_of, row.id)
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
+               "predictions_kept": kept,
                "threshold": row.threshold, "timings": timings,
                "mean_probability": round(float(probability.mean()), 4) if len(frame) else None}
     audit.record(session, actor=actor, action="churn.score", entity="churn_model", entity_id=row.id, at=now,
                  before=None, after=summary)
     session.flush()
     return summary
+
+
+def keep_predictions(session: Session, ctx: Context, scores: pl.DataFrame, as_of: datetime, model_id: int) -> int:
+    """Keep a fixed sample of this run's predictions when the newest kept run is `churn_quality_every_days` old
+    (to compare with what then happened); returns how many rows were kept."""
+    settings = ctx.settings
+    newest = session.exec(select(func.max(ChurnPrediction.scored_on))).one()
+    if newest is not None and newest > as_of - timedelta(days=settings.churn_quality_every_days):
+        return 0
+    # The same customers every time (a hash of the id), so runs compare like with like.
+    draw = ((scores["customer_id"].cast(pl.UInt64) * 2654435761) % (2**32)).cast(pl.Float64) / 2**32
+    sample = scores.filter(draw < settings.churn_quality_sample_share).with_columns(
+        scored_on=pl.lit(as_of, dtype=pl.Datetime("us", "UTC")), model_id=pl.lit(model_id, dtype=pl.Int64))
+    insert_frame(session, "churn_prediction", sample.select("scored_on", "customer_id", "model_id", "probability"),
+                 PREDICTION_TYPES)
+    return sample.height
+
+
+def prune_predictions(session: Session, ctx: Context) -> int:
+    """Delete kept predictions older than `churn_quality_retention_days`."""
+    cutoff = ctx.clock.now() - timedelta(days=ctx.settings.churn_quality_retention_days)
+    result = session.connection().execute(delete(ChurnPrediction).where(ChurnPrediction.scored_on < cutoff))
+    return result.rowcount or 0
 
 
 def at_risk_customers(session: Session, *, tier: str | None = None, after: int | None = None,

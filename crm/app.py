@@ -11,7 +11,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from campaigns import api as campaigns_api
-from campaigns import delivery_api
+from campaigns import delivery_api, reports_api
 from churn import api as churn_api
 from crm import api, jobs_api
 from crm.auth import Principal, require
@@ -81,6 +81,7 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     churn_api.install(app)
     campaigns_api.install(app)
     delivery_api.install(app)
+    reports_api.install(app)
     jobs_api.install(app, job_registry(ctx.settings))
     _install_metrics(app)
     _document_customer_filters(app)

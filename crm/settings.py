@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     # Attribution: an order within the window after a sent/delivered message converts for it.
     attribution_window_days: int = Field(default=7, ge=1, le=90)
     attribution_touch: str = Field(default="last", pattern="^(last|first)$")
+    # Measurement (DOMAIN.md §8): a global control group gets no marketing at all (transactional still goes);
+    # the salt fixes who is in it, so changing it reshuffles the group (do that rarely, and on purpose).
+    global_control_share: float = Field(default=0.05, ge=0, le=0.5)
+    global_control_salt: int = Field(default=20261125, ge=0)
+    # Churn model quality over time: a sample of each scoring run's predictions kept every N days.
+    churn_quality_every_days: int = Field(default=7, ge=1, le=90)
+    churn_quality_sample_share: float = Field(default=0.2, gt=0, le=1)
+    churn_quality_retention_days: int = Field(default=730, ge=90)
+    # Predicted lifetime value: horizon of the BG/NBD + Gamma-Gamma forecast.
+    clv_horizon_days: int = Field(default=365, ge=30, le=1825)
 
     def scheduler_zone(self) -> str:
         """The zone the scheduler's local times are in."""

@@ -67,6 +67,11 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/jobs"): {Role.admin, Role.marketer, Role.scheduler},
     ("GET", "/jobs/runs"): {Role.admin, Role.marketer, Role.scheduler},
     ("POST", "/jobs/{name}/run"): {Role.admin, Role.scheduler},
+    ("GET", "/reports"): {Role.admin, Role.marketer},
+    ("GET", "/reports/sample-size"): {Role.admin, Role.marketer},
+    ("GET", "/reports/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
+    ("GET", "/reports/{name}"): {Role.admin, Role.marketer},
+    ("POST", "/campaigns/{campaign_id}/experiment/promote"): {Role.admin, Role.marketer},
     ("GET", "/unsubscribe/{token}"): LINK,
     ("POST", "/unsubscribe/{token}"): LINK,
 }

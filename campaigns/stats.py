@@ -1,0 +1,118 @@
+"""Statistics for measurement, pure: differences of rates and of means with intervals and tests, sample sizes.
+
+Rates: the difference treated − control with a Wald interval (unpooled standard error) and a two-sided z-test
+with the pooled standard error — the textbook pair that statsmodels' `confint_proportions_2indep(method="wald")`
+and `proportions_ztest` compute. Means (revenue per recipient): Welch's t-test and its interval (`scipy.stats`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+
+def z_value(confidence: float) -> float:
+    """The two-sided normal quantile for a confidence level (1.96 for 95%)."""
+    return float(stats.norm.ppf(0.5 + confidence / 2))
+
+
+@dataclass(frozen=True)
+class RateDifference:
+    """Conversion rates of two groups and their difference with an interval and a test."""
+
+    treated_n: int
+    treated_conversions: int
+    control_n: int
+    control_conversions: int
+    treated_rate: float | None
+    control_rate: float | None
+    difference: float | None
+    low: float | None
+    high: float | None
+    p_value: float | None
+    significant: bool
+    confidence: float
+
+    def as_dict(self) -> dict:
+        """JSON-friendly fields."""
+        return asdict(self)
+
+
+def rate_difference(treated_conversions: int, treated_n: int, control_conversions: int, control_n: int,
+                    confidence: float = 0.95) -> RateDifference:
+    """Treated rate − control rate: Wald interval, pooled two-sided z-test; None where a group is empty."""
+    p1 = treated_conversions / treated_n if treated_n else None
+    p0 = control_conversions / control_n if control_n else None
+    if p1 is None or p0 is None:
+        return RateDifference(treated_n, treated_conversions, control_n, control_conversions, p1, p0, None, None,
+                              None, None, False, confidence)
+    difference = p1 - p0
+    half = z_value(confidence) * math.sqrt(p1 * (1 - p1) / treated_n + p0 * (1 - p0) / control_n)
+    pooled = (treated_conversions + control_conversions) / (treated_n + control_n)
+    pooled_se = math.sqrt(pooled * (1 - pooled) * (1 / treated_n + 1 / control_n))
+    p_value = float(2 * stats.norm.sf(abs(difference) / pooled_se)) if pooled_se > 0 else None
+    significant = p_value is not None and p_value < 1 - confidence
+    return RateDifference(treated_n, treated_conversions, control_n, control_conversions, p1, p0, difference,
+                          difference - half, difference + half, p_value, significant, confidence)
+
+
+@dataclass(frozen=True)
+class MeanDifference:
+    """Means of two groups (e.g. revenue per recipient) and their difference, Welch interval and test."""
+
+    treated_mean: float | None
+    control_mean: float | None
+    difference: float | None
+    low: float | None
+    high: float | None
+    p_value: float | None
+    significant: bool
+    confidence: float
+
+    def as_dict(self) -> dict:
+        """JSON-friendly fields."""
+        return asdict(self)
+
+
+def mean_difference(treated: np.ndarray, control: np.ndarray, confidence: float = 0.95) -> MeanDifference:
+    """Welch's t-test and interval for mean(treated) − mean(control); None where a group has < 2 values."""
+    treated, control = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
+    mean1 = float(treated.mean()) if treated.size else None
+    mean0 = float(control.mean()) if control.size else None
+    if treated.size < 2 or control.size < 2:
+        difference = mean1 - mean0 if mean1 is not None and mean0 is not None else None
+        return MeanDifference(mean1, mean0, difference, None, None, None, False, confidence)
+    difference = mean1 - mean0
+    if treated.var() == 0 and control.var() == 0:  # no spread: the difference is exact, no test to run
+        return MeanDifference(mean1, mean0, difference, difference, difference, None, False, confidence)
+    result = stats.ttest_ind(treated, control, equal_var=False)
+    interval = result.confidence_interval(confidence)
+    p_value = float(result.pvalue)
+    return MeanDifference(mean1, mean0, difference, float(interval.low), float(interval.high), p_value,
+                          p_value < 1 - confidence, confidence)
+
+
+def sample_size_per_arm(baseline: float, tolerated_error: float, confidence: float = 0.95) -> int:
+    """The seed's rule: n = z²·p(1−p)/E² members per arm, rounded up."""
+    if not 0 < baseline < 1 or tolerated_error <= 0:
+        raise ValueError("baseline must be in (0, 1) and the tolerated error above 0")
+    z = z_value(confidence)
+    return math.ceil(z * z * baseline * (1 - baseline) / (tolerated_error * tolerated_error) - 1e-9)
+
+
+def sample_still_needed(result: RateDifference, power: float = 0.8) -> dict[str, int] | None:
+    """While a difference is not significant: how many more members each arm needs (same split between arms)
+    for the observed difference, if it is real, to be significant with `power`. None when nothing was seen."""
+    if result.difference is None or result.significant:
+        return None if result.difference is None else {"treated": 0, "control": 0}
+    p1, p0 = result.treated_rate, result.control_rate
+    variance = p1 * (1 - p1) / result.treated_n + p0 * (1 - p0) / result.control_n
+    if result.difference == 0 or variance == 0:
+        return None
+    z = z_value(result.confidence) + float(stats.norm.ppf(power))
+    factor = (z * math.sqrt(variance) / abs(result.difference)) ** 2  # standard errors shrink as 1/sqrt(factor)
+    return {"treated": max(0, math.ceil(result.treated_n * factor) - result.treated_n),
+            "control": max(0, math.ceil(result.control_n * factor) - result.control_n)}
