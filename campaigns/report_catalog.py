@@ -103,9 +103,14 @@ def _flat(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def flat_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows with nested fields as dotted columns, lists as JSON and times as ISO 8601."""
+    return [_flat(r) for r in rows]
+
+
 def to_csv(name: str, report: dict[str, Any]) -> str:
     """The report's table as CSV: nested fields become dotted columns, lists JSON."""
-    rows = [_flat(r) for r in REPORTS[name].table(report)]
+    rows = flat_rows(REPORTS[name].table(report))
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]

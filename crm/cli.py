@@ -605,6 +605,90 @@ def jobs_run(name: str,
         raise CliError(f"{name} {outcome.occurrence} failed at {outcome.error}")
 
 
+def _parse_moment(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as bad:
+        raise CliError(f"{option}: '{value}' is not a date or time (ISO 8601)") from bad
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def report(name: Annotated[str, typer.Argument(help="campaigns, global-control, winback, tiers, retention, clv, "
+                                                    "churn-quality or fairness")],
+           since: Annotated[str | None, typer.Option(help="period start, ISO 8601 (where the report has one)")] = None,
+           until: Annotated[str | None, typer.Option(help="period end, ISO 8601; default now")] = None,
+           campaign: Annotated[int | None, typer.Option(help="campaigns: only this campaign id")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="the whole report as JSON")] = False,
+           csv_path: Annotated[Path | None, typer.Option("--csv", help="write the report's table as CSV")] = None,
+           ) -> None:
+    """Print a report (the same as GET /reports/{name}): a table, the full JSON, or CSV to a file."""
+    from campaigns.report_catalog import build, to_csv
+
+    ctx = _context()
+    with session_scope(ctx.engine) as session:
+        result = build(name, session, ctx, since=_parse_moment(since, "--since"),
+                       until=_parse_moment(until, "--until"), campaign_id=campaign)
+    if csv_path is not None:
+        csv_path.write_text(to_csv(name, result), encoding="utf-8")
+        console.print(f"{name} -> {csv_path}")
+    elif as_json:
+        print(json.dumps(result, default=str, ensure_ascii=False))
+    elif name == "campaigns":
+        _print_campaign_reports(result["campaigns"])
+    else:
+        _print_report_table(name, result)
+
+
+def _print_report_table(name: str, result: dict) -> None:
+    from campaigns.report_catalog import REPORTS, flat_rows
+
+    rows = flat_rows(REPORTS[name].table(result))
+    if not rows:
+        console.print(f"{name}: nothing to report yet")
+        return
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    table = Table(*columns, title=name)
+    for row in rows:
+        table.add_row(*(f"{v:,.4g}" if isinstance(v, float) else str(v if v is not None else "–")
+                        for v in (row.get(c) for c in columns)))
+    console.print(table)
+
+
+def _print_campaign_reports(rows: list[dict]) -> None:
+    """Per campaign: arms, conversion treated vs holdout, uplift with its interval, revenue, costs and ROI."""
+    if not rows:
+        console.print("no campaign messages in the period")
+        return
+    table = Table("campaign", "treated / holdout", "conversion T vs H", "uplift [95% CI]", "p", "incr. revenue",
+                  "attributed revenue", "cost", "ROI", title="Campaigns")
+    for row in rows:
+        conv = row["uplift"]["conversion"]
+        incremental = row["uplift"]["incremental_revenue"]
+        rates = ("–" if conv["difference"] is None else
+                 f"{conv['treated_rate']:.1%} vs {conv['control_rate']:.1%}")
+        lift = ("–" if conv["difference"] is None else
+                f"{conv['difference']:+.2%} [{conv['low']:+.2%}, {conv['high']:+.2%}]"
+                + (" *" if conv["significant"] else ""))
+        money = ("–" if incremental["difference"] is None or incremental["low"] is None else
+                 f"{incremental['difference']:,.0f} [{incremental['low']:,.0f}, {incremental['high']:,.0f}]")
+        table.add_row(row["campaign"], f"{row['members']['treated']:,} / {row['members']['holdout']:,}", rates, lift,
+                      "–" if conv["p_value"] is None else f"{conv['p_value']:.3g}", money, f"{row['revenue']:,.0f}",
+                      f"{row['cost']:,.0f}", "–" if row["roi"] is None else f"{row['roi']:.1f}")
+        still = row["uplift"]["sample_still_needed"]
+        if still and (still["treated"] or still["control"]):
+            console.print(f"  {row['campaign']}: not significant yet; about {still['treated']:,} more treated and "
+                          f"{still['control']:,} more holdout members would settle it (80% power)")
+        if "experiment" in row:
+            verdict = row["experiment"]
+            console.print(f"  {row['campaign']}: A/B on {verdict['variable']}: {verdict['status']}"
+                          + (f", winner {verdict['winner']}" if verdict["winner"] else ""))
+    console.print(table)
+    console.print("* significant at 95%; uplift = conversion within the attribution window, treated − holdout")
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
