@@ -118,6 +118,19 @@ def _campaign_report(campaign: Campaign, arms: pl.DataFrame, measured: pl.DataFr
     return report
 
 
+def customers_reached(session: Session, since: datetime, until: datetime) -> pl.DataFrame:
+    """Per customer in any campaign of the period: the earliest (would-be) send time and how many campaigns sent
+    them a message (`messaged`), global control members included with 0 — e.g. to simulate responses."""
+    rows = _rows(session, since, until, None)
+    sent = (rows.group_by("campaign_id", "customer_id")
+            .agg(sent=pl.col("sent_at").is_not_null().any()))
+    arms = member_arms(rows).join(sent, on=["campaign_id", "customer_id"], how="left")
+    return (arms.group_by("customer_id")
+            .agg(send_at=pl.col("send_at").min(),
+                 messaged=((pl.col("arm") == "treated") & pl.col("sent").fill_null(False)).sum())
+            .sort("customer_id"))
+
+
 def experiment_verdict(spec: CampaignSpec, measured: pl.DataFrame) -> dict[str, Any]:
     """The A/B verdict from the measured treated members of each arm."""
     treated = measured.filter(pl.col("arm") == "treated")

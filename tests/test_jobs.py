@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from campaigns.models import Campaign, Message, WebhookReceipt
+from churn.models import ChurnPrediction
 from crm import audit
 from crm.app import create_app, job_registry
 from crm.auth import create_key
@@ -185,12 +186,13 @@ def test_pipeline_cli_refuses_bad_dates_in_one_line(scratch_url, tmp_path):
 def test_cleanup_removes_only_what_is_past_its_retention(scratch_url, tmp_path):
     now = datetime(2026, 11, 1, 21, tzinfo=UTC)  # 05:00 on the 2nd in Shanghai, after the 04:30 clean-up
     ctx = scratch_context(scratch_url, tmp_path, now, event_retention_days=365, job_run_retention_days=30,
-                          webhook_receipt_retention_days=10)
+                          webhook_receipt_retention_days=10, churn_quality_retention_days=365)
     old, recent = now - timedelta(days=400), now - timedelta(days=5)
     with session_scope(ctx.engine) as session:
         for key, at in (("old", old), ("recent", recent)):
             session.add(Event(external_id=f"e-{key}", customer_id=1, occurred_at=at, type="visit"))
             session.add(WebhookReceipt(provider="twilio", event_id=f"w-{key}", received_at=at))
+            session.add(ChurnPrediction(scored_on=at, customer_id=1, model_id=1, probability=0.5))
             session.add(JobRun(job="probe", occurrence=key, status="succeeded", trigger="schedule", started_at=at,
                                finished_at=at))
         session.add(Campaign(name="c", status="active", version=1, priority=0, spec={}, created_at=old,
@@ -206,13 +208,15 @@ def test_cleanup_removes_only_what_is_past_its_retention(scratch_url, tmp_path):
     assert outcome.status == "succeeded" and outcome.occurrence == "2026-11-02"
     counts = {s["step"]: s["counts"] for s in outcome.steps}
     assert counts == {"core-data": {"events_deleted": 1, "job_runs_deleted": 1},
-                      "campaign-data": {"messages_expired": 1, "webhook_receipts_deleted": 1}}
+                      "campaign-data": {"messages_expired": 1, "webhook_receipts_deleted": 1,
+                                        "churn_predictions_deleted": 1}}
     with ctx.engine.connect() as connection:
         assert [r[0] for r in connection.execute(text("SELECT external_id FROM event"))] == ["e-recent"]
         assert [r[0] for r in connection.execute(text("SELECT event_id FROM webhook_receipt"))] == ["w-recent"]
         statuses = dict(connection.execute(text("SELECT occurrence, status FROM message")).all())
         runs = {r[0] for r in connection.execute(text("SELECT occurrence FROM job_run WHERE job = 'probe'"))}
-    assert statuses == {"lapsed": "expired", "open": "planned"} and runs == {"recent"}
+        kept = [r[0] for r in connection.execute(text("SELECT probability FROM churn_prediction"))]
+    assert statuses == {"lapsed": "expired", "open": "planned"} and runs == {"recent"} and len(kept) == 1
 
 
 def test_a_run_that_died_mid_step_resumes_at_that_step(scratch_url, tmp_path, caplog):
