@@ -21,6 +21,7 @@ from segmentation.service import segments_frame
 
 WEEK_DAYS = 7.0
 FIT_ROWS = 100_000
+MIN_REPEATERS = 10
 UTC_TYPE = pl.Datetime("us", "UTC")
 
 
@@ -60,7 +61,13 @@ def clv_report(session: Session, ctx: Context) -> dict[str, Any]:
     orders = orders_frame(session, None, now, costs=False)
     if orders.is_empty():
         return {"as_of": now, "horizon_days": horizon, "customers": 0, "tiers": [], "models": None}
-    predicted, models = predict_value(customer_summaries(orders, now), horizon)
+    summaries = customer_summaries(orders, now)
+    repeaters = summaries.filter((pl.col("x") > 0) & (pl.col("repeat_mean") > 0)).height
+    if repeaters < MIN_REPEATERS:  # too few to fit the spend model: historical value only, and say why
+        predicted, models = summaries.with_columns(predicted=pl.lit(None, dtype=pl.Float64),
+                                                   p_alive=pl.lit(None, dtype=pl.Float64)), None
+    else:
+        predicted, models = predict_value(summaries, horizon)
     tiers = segments_frame(session).select("customer_id", "tier")
     by_tier = (predicted.join(tiers, on="customer_id", how="left").with_columns(pl.col("tier").fill_null("unsegmented"))
                .group_by("tier")
@@ -68,10 +75,13 @@ def clv_report(session: Session, ctx: Context) -> dict[str, Any]:
                     historical_total=pl.col("historical").sum(), predicted_mean=pl.col("predicted").mean(),
                     predicted_total=pl.col("predicted").sum(), p_alive_mean=pl.col("p_alive").mean())
                .with_columns(pl.exclude("tier", "customers").round(2)).sort("predicted_mean", descending=True))
+    predicted_mean = predicted["predicted"].mean()
     return {"as_of": now, "horizon_days": horizon, "customers": predicted.height,
             "historical_mean": round(float(predicted["historical"].mean()), 2),
-            "predicted_mean": round(float(predicted["predicted"].mean()), 2),
-            "tiers": by_tier.to_dicts(), "models": models}
+            "predicted_mean": None if predicted_mean is None else round(float(predicted_mean), 2),
+            "tiers": by_tier.to_dicts(), "models": models,
+            "note": None if models else f"{repeaters} customers with repeat orders: predicted value needs "
+                                        f"at least {MIN_REPEATERS}"}
 
 
 def churn_quality_report(session: Session, ctx: Context) -> dict[str, Any]:

@@ -663,8 +663,10 @@ def _print_campaign_reports(rows: list[dict]) -> None:
     if not rows:
         console.print("no campaign messages in the period")
         return
-    table = Table("campaign", "treated / holdout", "conversion T vs H", "uplift [95% CI]", "p", "incr. revenue",
-                  "attributed revenue", "cost", "ROI", title="Campaigns")
+    table = Table("campaign", "treated / holdout", "conversion T vs H", "uplift [95% CI]", "p",
+                  "incremental revenue [95% CI]", "attributed revenue / cost / incremental ROI",
+                  title="Campaigns")
+    notes = []
     for row in rows:
         conv = row["uplift"]["conversion"]
         incremental = row["uplift"]["incremental_revenue"]
@@ -675,18 +677,22 @@ def _print_campaign_reports(rows: list[dict]) -> None:
                 + (" *" if conv["significant"] else ""))
         money = ("–" if incremental["difference"] is None or incremental["low"] is None else
                  f"{incremental['difference']:,.0f} [{incremental['low']:,.0f}, {incremental['high']:,.0f}]")
+        roi = "–" if row["incremental_roi"] is None else f"{row['incremental_roi']:.1f}"
         table.add_row(row["campaign"], f"{row['members']['treated']:,} / {row['members']['holdout']:,}", rates, lift,
-                      "–" if conv["p_value"] is None else f"{conv['p_value']:.3g}", money, f"{row['revenue']:,.0f}",
-                      f"{row['cost']:,.0f}", "–" if row["roi"] is None else f"{row['roi']:.1f}")
+                      "–" if conv["p_value"] is None else f"{conv['p_value']:.3g}", money,
+                      f"{row['revenue']:,.0f} / {row['cost']:,.0f} / {roi}")
         still = row["uplift"]["sample_still_needed"]
         if still and (still["treated"] or still["control"]):
-            console.print(f"  {row['campaign']}: not significant yet; about {still['treated']:,} more treated and "
-                          f"{still['control']:,} more holdout members would settle it (80% power)")
+            notes.append(f"  {row['campaign']}: not significant yet; about {still['treated']:,} more treated and "
+                         f"{still['control']:,} more holdout members would settle it (80% power)")
         if "experiment" in row:
             verdict = row["experiment"]
-            console.print(f"  {row['campaign']}: A/B on {verdict['variable']}: {verdict['status']}"
-                          + (f", winner {verdict['winner']}" if verdict["winner"] else ""))
-    console.print(table)
+            notes.append(f"  {row['campaign']}: A/B on {verdict['variable']}: {verdict['status']}"
+                         + (f", winner {verdict['winner']}" if verdict["winner"] else ""))
+    # Wide enough for the intervals even when piped (rich assumes 80 columns there).
+    Console(soft_wrap=True, width=max(console.width, 150)).print(table)
+    for note in notes:
+        console.print(note)
     console.print("* significant at 95%; uplift = conversion within the attribution window, treated − holdout")
 
 
@@ -775,14 +781,17 @@ def _simulate_week_after(ctx: Context, out: Path, seed: int, baseline: float, tr
     later = replace(ctx, clock=FixedClock(ctx.clock.now() + timedelta(days=window + 2)))
     with session_scope(ctx.engine) as session:
         attribute_conversions(session, later)
+    with session_scope(ctx.engine) as session:  # reports read committed data: the conversions are in
         rows = campaign_reports(session, later, since=today - timedelta(days=1), until=today + timedelta(days=2))
     _print_campaign_reports(rows)
     for row in rows:
         treated = row["members"]["treated"]
         if treated and row["members"]["holdout"]:
             expected = true_uplift * row["reach"] / treated  # intention to treat: only the messaged respond
-            console.print(f"  {row['campaign']}: true uplift {expected:+.2%} (× {row['reach']:,} of {treated:,} "
-                          "treated members messaged)")
+            conversion = row["uplift"]["conversion"]
+            verdict = "contains" if conversion["low"] <= expected <= conversion["high"] else "misses"
+            console.print(f"  {row['campaign']}: true uplift {expected:+.2%} ({true_uplift:.1%} × {row['reach']:,} of "
+                          f"{treated:,} treated members messaged); the 95% interval {verdict} it")
 
 
 def _print_next_occurrences(ctx: Context) -> None:

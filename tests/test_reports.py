@@ -240,8 +240,10 @@ def test_retention_clv_global_control_and_churn_quality_reports(session, ctx, sh
         for k in range(n % 4):
             orders.append((f"r{n}-{k}", external[cid], f"2026-10-{10 + 5 * k:02d}T10:00:00Z", str(50 + 10 * k), "0",
                            "", ""))
-    assert run(session, ctx, "orders", csv_text(ORDER_HEADER, orders)).rows_failed == 0
     marketer = auth_header(Role.marketer)
+    too_few = client.get("/reports/clv", headers=marketer).json()  # only first orders so far: nothing to fit
+    assert too_few["models"] is None and too_few["predicted_mean"] is None and "at least 10" in too_few["note"]
+    assert run(session, ctx, "orders", csv_text(ORDER_HEADER, orders)).rows_failed == 0
     retention = client.get("/reports/retention", headers=marketer).json()
     october = next(c for c in retention["cohorts"] if c["cohort"] == "2026-10")
     assert october["customers"] == COUNT
