@@ -449,7 +449,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
         consent = once("consent", lambda: consent_frame(session, reader=use, **one))
         ledger = _ledger(session, now, horizon, customer_id)
         money = once("money", lambda: order_money_frame(session, now - timedelta(days=365), now, reader=use, **one)) \
-            if spec.offer else pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64,
+            if spec.makes_offers else pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64,
                                                     "discount": pl.Float64, "orders": pl.Int64,
                                                     "cost_known_value": pl.Float64, "cost": pl.Float64})
         needs_first = spec.schedule.trigger == "days_after_first_order"
@@ -458,7 +458,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
                                                      "first_order_at": pl.Datetime("us", "UTC")})
         # One customer's money says nothing about the shop's margins: ask for the shop-wide ratio separately.
         shop_ratio = shop_cost_ratio(session, now - timedelta(days=365), now) \
-            if spec.offer and customer_id is not None else None
+            if spec.makes_offers and customer_id is not None else None
     timings["read_s"] = round(time.perf_counter() - started, 3)
     entered = None
     if spec.schedule.trigger in ("entered_tier", "entered_tag"):
@@ -603,7 +603,7 @@ def _samples(session: Session, ctx: Context, campaign: Campaign, spec: CampaignS
         source = find_template(session, ctx, row["template"], row["channel"], row["locale"])
         # The offer is described in the language of the template that will carry it.
         offer = offer_for_template(row | {"locale": source.locale if source else row["locale"]}) \
-            if spec.offer else None
+            if spec.makes_offers else None
         context = message_context(ctx, row["customer_id"], external.get(row["customer_id"], ""), row["locale"],
                                row["time_zone"], tiers.get(row["customer_id"]), offer=offer, campaign=campaign.name)
         try:

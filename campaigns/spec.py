@@ -202,6 +202,12 @@ class CampaignSpec(_Strict):
             raise ValueError("each channel may appear once")
         return self
 
+    @property
+    def makes_offers(self) -> bool:
+        """Whether any message of the campaign (or of one of its A/B arms) can carry an offer."""
+        return self.offer is not None or (self.experiment is not None and
+                                          any(v.offer is not None for v in self.experiment.variants))
+
     def for_variant(self, variant: Variant) -> CampaignSpec:
         """This campaign as one arm of its experiment sends it (the arm's variable replaced; no experiment)."""
         update: dict = {"experiment": None}

@@ -20,15 +20,9 @@ def z_value(confidence: float) -> float:
 
 
 @dataclass(frozen=True)
-class RateDifference:
-    """Conversion rates of two groups and their difference with an interval and a test."""
+class Comparison:
+    """A difference treated − control with its interval and test (None where it cannot be computed)."""
 
-    treated_n: int
-    treated_conversions: int
-    control_n: int
-    control_conversions: int
-    treated_rate: float | None
-    control_rate: float | None
     difference: float | None
     low: float | None
     high: float | None
@@ -39,6 +33,18 @@ class RateDifference:
     def as_dict(self) -> dict:
         """JSON-friendly fields."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RateDifference(Comparison):
+    """Conversion rates of two groups and their difference (Wald interval, pooled z-test)."""
+
+    treated_n: int = 0
+    treated_conversions: int = 0
+    control_n: int = 0
+    control_conversions: int = 0
+    treated_rate: float | None = None
+    control_rate: float | None = None
 
 
 def rate_difference(treated_conversions: int, treated_n: int, control_conversions: int, control_n: int,
@@ -46,53 +52,44 @@ def rate_difference(treated_conversions: int, treated_n: int, control_conversion
     """Treated rate − control rate: Wald interval, pooled two-sided z-test; None where a group is empty."""
     p1 = treated_conversions / treated_n if treated_n else None
     p0 = control_conversions / control_n if control_n else None
+    groups = {"treated_n": treated_n, "treated_conversions": treated_conversions, "control_n": control_n,
+              "control_conversions": control_conversions, "treated_rate": p1, "control_rate": p0}
     if p1 is None or p0 is None:
-        return RateDifference(treated_n, treated_conversions, control_n, control_conversions, p1, p0, None, None,
-                              None, None, False, confidence)
+        return RateDifference(None, None, None, None, False, confidence, **groups)
     difference = p1 - p0
     half = z_value(confidence) * math.sqrt(p1 * (1 - p1) / treated_n + p0 * (1 - p0) / control_n)
     pooled = (treated_conversions + control_conversions) / (treated_n + control_n)
     pooled_se = math.sqrt(pooled * (1 - pooled) * (1 / treated_n + 1 / control_n))
     p_value = float(2 * stats.norm.sf(abs(difference) / pooled_se)) if pooled_se > 0 else None
     significant = p_value is not None and p_value < 1 - confidence
-    return RateDifference(treated_n, treated_conversions, control_n, control_conversions, p1, p0, difference,
-                          difference - half, difference + half, p_value, significant, confidence)
+    return RateDifference(difference, difference - half, difference + half, p_value, significant, confidence,
+                          **groups)
 
 
 @dataclass(frozen=True)
-class MeanDifference:
-    """Means of two groups (e.g. revenue per recipient) and their difference, Welch interval and test."""
+class MeanDifference(Comparison):
+    """Means of two groups (e.g. revenue per recipient) and their difference (Welch interval and test)."""
 
-    treated_mean: float | None
-    control_mean: float | None
-    difference: float | None
-    low: float | None
-    high: float | None
-    p_value: float | None
-    significant: bool
-    confidence: float
-
-    def as_dict(self) -> dict:
-        """JSON-friendly fields."""
-        return asdict(self)
+    treated_mean: float | None = None
+    control_mean: float | None = None
 
 
 def mean_difference(treated: np.ndarray, control: np.ndarray, confidence: float = 0.95) -> MeanDifference:
     """Welch's t-test and interval for mean(treated) − mean(control); None where a group has < 2 values."""
     treated, control = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
-    mean1 = float(treated.mean()) if treated.size else None
-    mean0 = float(control.mean()) if control.size else None
+    means = {"treated_mean": float(treated.mean()) if treated.size else None,
+             "control_mean": float(control.mean()) if control.size else None}
+    mean1, mean0 = means["treated_mean"], means["control_mean"]
+    difference = mean1 - mean0 if mean1 is not None and mean0 is not None else None
     if treated.size < 2 or control.size < 2:
-        difference = mean1 - mean0 if mean1 is not None and mean0 is not None else None
-        return MeanDifference(mean1, mean0, difference, None, None, None, False, confidence)
-    difference = mean1 - mean0
+        return MeanDifference(difference, None, None, None, False, confidence, **means)
     if treated.var() == 0 and control.var() == 0:  # no spread: the difference is exact, no test to run
-        return MeanDifference(mean1, mean0, difference, difference, difference, None, False, confidence)
+        return MeanDifference(difference, difference, difference, None, False, confidence, **means)
     result = stats.ttest_ind(treated, control, equal_var=False)
     interval = result.confidence_interval(confidence)
     p_value = float(result.pvalue)
-    return MeanDifference(mean1, mean0, difference, float(interval.low), float(interval.high), p_value,
-                          p_value < 1 - confidence, confidence)
+    return MeanDifference(difference, float(interval.low), float(interval.high), p_value, p_value < 1 - confidence,
+                          confidence, **means)
 
 
 def sample_size_per_arm(baseline: float, tolerated_error: float, confidence: float = 0.95) -> int:

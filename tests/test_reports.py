@@ -343,3 +343,18 @@ def test_crm_report_prints_json_and_fails_in_one_line(scratch_url, tmp_path):
                               capture_output=True, text=True)
     assert exported.returncode == 0, exported.stderr
     assert out.read_text().strip() == ""  # no campaigns: an empty table
+
+
+def test_an_offer_experiment_gives_the_offer_to_its_arm_only_under_the_ceilings(session, ctx, shop):
+    experiment = {"variants": [{"name": "plain"}, {"name": "coupon", "offer": {"percent_off": 10, "valid_days": 7}}]}
+    campaign = _campaign(session, ctx, "Offer AB", holdout_share=0.0, experiment=experiment)
+    service.plan_campaign(session, ctx, campaign.id, TUESDAY)
+    rows = [m for m in _rows(session, campaign.id) if m.status == "planned"]
+    coupon = [m for m in rows if m.variant == "coupon"]
+    plain = [m for m in rows if m.variant == "plain"]
+    assert coupon and plain
+    # Each customer spent 100 in the last year: the 15% budget allows 15, so 10% of the 100 basket (10) fits.
+    assert all(m.coupon_code and m.discount_value == pytest.approx(10.0) for m in coupon)
+    assert all(m.coupon_code is None and m.discount_value == 0 for m in plain)
+    preview = service.dry_run(session, ctx, campaign.id, TUESDAY)
+    assert preview["estimated_cost"]["discount_if_all_redeemed"] == pytest.approx(10.0 * len(coupon))
