@@ -746,7 +746,8 @@ def demo(
     console.rule("[bold]Measurement: the week after")
     _simulate_week_after(ctx, out, seed, baseline, true_uplift)
     console.print("next: `crm keys create --role admin --name me`, `crm serve`, then http://127.0.0.1:8000/docs; "
-                  "`crm scheduler` runs the daily jobs; `crm jobs list` shows them")
+                  "`crm scheduler` runs the daily jobs; `crm jobs list` shows them; `crm report campaigns` (or "
+                  "clv, retention, fairness, …) reports")
 
 
 def _simulate_week_after(ctx: Context, out: Path, seed: int, baseline: float, true_uplift: float) -> None:
