@@ -102,6 +102,6 @@ def jobs(settings: Settings) -> list[JobDefinition]:
         JobDefinition("cleanup", "expire old data per the retention settings",
                       JobSchedule("daily", zone, clean_hour, clean_minute),
                       (CLEAN_CORE, Step("campaign-data", clean_campaign_data,
-                                                   "expired messages, webhook receipts, churn predictions")),
+                                        "expired messages, webhook receipts, churn predictions")),
                       catch_up="latest"),
     ]

@@ -20,7 +20,8 @@ from campaigns.spec import CampaignSpec, Experiment
 UTC_TYPE = pl.Datetime("us", "UTC")
 CONTACT_COLUMN = {"sms": "has_phone", "phone": "has_phone", "email": "has_email", "push": "has_push"}
 # Reasons a customer in the audience gets no message (or a changed one), as dry-runs and reports count them.
-EXCLUSION_REASONS = ("cooldown", "global_control", "holdout", "no_consent", "no_contact", "capped", "lower_priority", "offer_withheld")
+EXCLUSION_REASONS = ("cooldown", "global_control", "holdout", "no_consent", "no_contact", "capped", "lower_priority",
+                     "offer_withheld")
 ADJUSTMENT_REASONS = ("deferred_quiet_hours", "deferred_cap", "offer_reduced")
 COUPON_ALPHABET = np.array(list("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"))
 
@@ -62,16 +63,21 @@ def _mix64(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _uniform(keys: np.ndarray) -> np.ndarray:
+    """Hashed keys as uniform numbers in [0, 1) (the top 53 bits of the mix)."""
+    return (_mix64(keys) >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
 def holdout_draw(campaign_id: int, customer_ids: pl.Series) -> pl.Series:
     """A uniform number in [0, 1) per customer from a hash of (campaign, customer): reruns split identically."""
     keys = customer_ids.to_numpy().astype(np.uint64) ^ (np.uint64(campaign_id) << np.uint64(40))
-    return pl.Series("draw", (_mix64(keys) >> np.uint64(11)).astype(np.float64) / float(2**53))
+    return pl.Series("draw", _uniform(keys))
 
 
 def control_draw(salt: int, customer_ids: pl.Series) -> pl.Series:
     """A uniform number in [0, 1) per customer for the global control group (independent of every campaign's)."""
     keys = _mix64(customer_ids.to_numpy().astype(np.uint64)) ^ _mix64(np.array([salt], dtype=np.uint64))
-    return pl.Series("control_draw", (_mix64(keys) >> np.uint64(11)).astype(np.float64) / float(2**53))
+    return pl.Series("control_draw", _uniform(keys))
 
 
 def in_global_control(share: float, salt: int, customer_ids: pl.Series) -> pl.Series:
@@ -82,7 +88,7 @@ def in_global_control(share: float, salt: int, customer_ids: pl.Series) -> pl.Se
 def assign_variants(campaign_id: int, customer_ids: pl.Series, experiment: Experiment) -> pl.Series:
     """Each treated customer's A/B arm, by weight, from a hash of (campaign, customer): the same on every run."""
     keys = _mix64(customer_ids.to_numpy().astype(np.uint64) ^ (np.uint64(campaign_id) << np.uint64(40)))
-    draw = (_mix64(keys ^ np.uint64(0xA5A5A5A5)) >> np.uint64(11)).astype(np.float64) / float(2**53)
+    draw = _uniform(keys ^ np.uint64(0xA5A5A5A5))  # mixed once more: independent of the holdout draw
     weights = np.array([v.weight for v in experiment.variants], dtype=float)
     edges = np.cumsum(weights / weights.sum())
     index = np.minimum(np.searchsorted(edges, draw, side="right"), len(edges) - 1)
@@ -241,7 +247,7 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
     out_rows: list[pl.DataFrame] = []
     if not spec.transactional and rails.global_control_share > 0:
         # The global control group gets no marketing from any campaign: recorded per campaign, like a holdout.
-        in_control = control_draw(rails.global_control_salt, members["customer_id"]) < rails.global_control_share
+        in_control = in_global_control(rails.global_control_share, rails.global_control_salt, members["customer_id"])
         control = members.filter(in_control)
         members = members.filter(~in_control)
         counts["global_control"] = control.height
@@ -268,9 +274,7 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
         recipients_parts.append(recipients)
     recipients = pl.concat(recipients_parts, how="diagonal_relaxed")
     non_empty = [r for r in out_rows if not r.is_empty()]
-    rows = pl.concat(non_empty, how="diagonal_relaxed") if non_empty else out_rows[-1]
-    if "variant" not in rows.columns:
-        rows = rows.with_columns(variant=pl.lit(None, dtype=pl.String))
+    rows = pl.concat(non_empty, how="diagonal_relaxed") if non_empty else out_rows[-1]  # the last: an arm's
     counts["recipients"] = recipients.select("customer_id").n_unique() if not recipients.is_empty() else 0
     counts["messages"] = recipients.height
     for channel in ("sms", "email", "push", "phone"):
@@ -292,7 +296,7 @@ def _reachable(spec: CampaignSpec, members: pl.DataFrame, consent: pl.DataFrame)
         steps |= {step.channel for v in spec.experiment.variants for step in (v.channels or [])}
     frame = members.select("customer_id", *{CONTACT_COLUMN[c] for c in steps})
     flags = [_eligible(channel, frame, consent, spec.transactional)["block"].is_null() for channel in sorted(steps)]
-    return pl.select(pl.any_horizontal(flags)).to_series() if flags else pl.Series([False] * members.height)
+    return pl.select(pl.any_horizontal(flags)).to_series()
 
 
 def _plan_treated(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs, rails: GuardRails,

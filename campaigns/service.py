@@ -20,6 +20,7 @@ from campaigns.discounts import DiscountRules, budget_left
 from campaigns.fairness import OfferReach, violations
 from campaigns.models import Campaign, CampaignOccurrence, CampaignVersion, Message, MessageTemplate
 from campaigns.planner import (
+    EXCLUSION_REASONS,
     GuardRails,
     Plan,
     PlanInputs,
@@ -548,7 +549,8 @@ def _write(session: Session, campaign: Campaign, spec: CampaignSpec, key: str, d
         channel="channel", status="status", reason="reason", priority=pl.lit(spec.priority, dtype=pl.Int64),
         transactional=pl.lit(spec.transactional), send_at="send_at",
         expires_at=pl.lit(utc_midnight(day) + timedelta(days=spec.defer_days + 2)), template="template",
-        locale="locale", variant="variant", offer=_offer_json(rows), discount_value=pl.col("discount_value").fill_null(0.0),
+        locale="locale", variant="variant", offer=_offer_json(rows),
+        discount_value=pl.col("discount_value").fill_null(0.0),
         coupon_code="coupon_code", valid_until="valid_until", attempts=pl.lit(0, dtype=pl.Int64),
         created_at=pl.lit(now), updated_at=pl.lit(now))
     # Straight into the outbox (COPY on PostgreSQL): this transaction holds the occurrence's claim, so no other
@@ -571,9 +573,7 @@ def dry_run(session: Session, ctx: Context, campaign_id: int, day: date | None =
     message_cost = sum(plan.counts.get(f"channel_{c}", 0) * units.get(c, 0.0) * (segments if c == "sms" else 1)
                        for c in ("sms", "email", "push", "phone"))
     discount_max = float(planned["discount_value"].sum()) if "discount_value" in planned.columns else 0.0
-    excluded = {r: plan.counts.get(r, 0) for r in
-                ("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout",
-                 "global_control")}
+    excluded = {r: plan.counts.get(r, 0) for r in EXCLUSION_REASONS}
     adjusted = {r: plan.counts.get(r, 0) for r in ("deferred_quiet_hours", "deferred_cap", "offer_reduced")}
     return {"campaign_id": campaign.id, "campaign": campaign.name, "status": campaign.status,
             "occurrence": occurrence_key(day), "audience": plan.audience_size,
@@ -640,11 +640,9 @@ def eligibility(session: Session, ctx: Context, campaign_id: int, external_id: s
     plan, inputs, _ = _compute(session, ctx, campaign, day, customer_id=customer.id)
     facts = _audience_facts(spec, inputs)
     rows = plan.rows.filter(pl.col("customer_id") == customer.id)
-    reasons = [r for r in ("no_consent", "no_contact", "capped", "lower_priority", "offer_withheld", "holdout",
-                                   "global_control")
-               if plan.counts.get(r)]
+    reasons = [r for r in EXCLUSION_REASONS if plan.counts.get(r)]
     decisions = [{"channel": r["channel"], "status": r["status"], "reason": r["reason"], "send_at": r["send_at"],
-                  "offer": offer_for_template(r) if spec.offer else None,
+                  "offer": offer_for_template(r) if spec.makes_offers else None,
                   "offer_decision": r.get("offer_decision"), "offer_reasons": r.get("offer_reasons")}
                  for r in rows.iter_rows(named=True)]
     would_receive = any(d["status"] == "planned" for d in decisions)

@@ -425,11 +425,11 @@ def _dispatch_worker(share: float, once: bool, max_batches: int | None, now: str
     return dict(report.counts) | {f"seconds_{k}": round(v, 3) for k, v in report.seconds.items()}
 
 
-def _parse_instant(value: str) -> datetime:
+def _parse_instant(value: str, option: str = "--now") -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise CliError(f"--now must be an ISO date-time, got {value!r}") from None
+        raise CliError(f"{option} must be an ISO date-time, got {value!r}") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -606,16 +606,6 @@ def jobs_run(name: str,
         raise CliError(f"{name} {outcome.occurrence} failed at {outcome.error}")
 
 
-def _parse_moment(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as bad:
-        raise CliError(f"{option}: '{value}' is not a date or time (ISO 8601)") from bad
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @app.command()
 def report(name: Annotated[str, typer.Argument(help="campaigns, global-control, winback, tiers, retention, clv, "
                                                     "churn-quality or fairness")],
@@ -630,8 +620,8 @@ def report(name: Annotated[str, typer.Argument(help="campaigns, global-control, 
 
     ctx = _context()
     with session_scope(ctx.engine) as session:
-        result = build(name, session, ctx, since=_parse_moment(since, "--since"),
-                       until=_parse_moment(until, "--until"), campaign_id=campaign)
+        result = build(name, session, ctx, since=since and _parse_instant(since, "--since"),
+                       until=until and _parse_instant(until, "--until"), campaign_id=campaign)
     if csv_path is not None:
         csv_path.write_text(to_csv(name, result), encoding="utf-8")
         console.print(f"{name} -> {csv_path}")

@@ -93,6 +93,10 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     assert steps["segment"]["counts"]["customers"] == scalar(ctx, "SELECT count(*) FROM customer")
     assert steps["score"]["counts"]["first_model"]["model_id"] == steps["score"]["counts"]["model_id"]
     assert steps["score"]["counts"]["scored"] == scalar(ctx, "SELECT count(*) FROM churn_score")
+    # A fixed sample of the predictions is kept to measure the model later (20% by default).
+    kept = steps["score"]["counts"]["predictions_kept"]
+    assert 0.1 < kept / steps["score"]["counts"]["scored"] < 0.3
+    assert kept == scalar(ctx, "SELECT count(*) FROM churn_prediction")
 
     # Which campaigns fire on Sunday the 15th: the monthly win-back and the triggered ones, not the VIP call (5th)
     # nor the Tuesday coupon.
@@ -100,6 +104,10 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     assert set(planned) == {"Lost win-back", "At-risk retention", "Birthday greeting", "First repeat order",
                             "Flash 0", "Flash 1", "Flash 2"}
     assert planned["Lost win-back"]["recipients"] > 0 and planned["At-risk retention"]["recipients"] > 0
+    # The global control group (5% by default) gets none of the marketing campaigns.
+    assert planned["At-risk retention"]["excluded"]["global_control"] > 0
+    assert scalar(ctx, "SELECT count(*) FROM message WHERE reason = 'global_control' AND customer_id IN "
+                       "(SELECT customer_id FROM message WHERE status IN ('planned', 'sent'))") == 0
     assert steps["plan"]["counts"]["planned"] == scalar(ctx, "SELECT count(*) FROM message")
     # The campaigns of one day are planned in one transaction: each sees the SMS the others planned before it,
     # so the cap holds across them (the lowest-priority flash campaign loses its slots).
@@ -113,6 +121,14 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
         alone = score_customers(session, ctx, as_of=utc_midnight(occurrence.day), actor="test")
     for key in ("scored", "at_risk", "mean_probability", "model_id"):
         assert alone[key] == steps["score"]["counts"][key], key
+    # Predictions are kept once a week: not again for the same day, again seven days on (the same customers).
+    assert alone["predictions_kept"] == 0
+    with session_scope(ctx.engine) as session:
+        week_on = score_customers(session, ctx, as_of=utc_midnight(occurrence.day) + timedelta(days=7), actor="test")
+    assert week_on["predictions_kept"] > 0
+    assert scalar(ctx, "SELECT count(DISTINCT scored_on) FROM churn_prediction") == 2
+    assert scalar(ctx, "SELECT count(*) FROM (SELECT customer_id FROM churn_prediction GROUP BY customer_id "
+                       "HAVING count(*) = 2) AS both_runs") >= 0.9 * min(kept, week_on["predictions_kept"])
 
     # "Monthly on the 15th at 10:00" is 10:00 on the 15th in each customer's own zone.
     sends = local_sends(ctx, "Lost win-back")
