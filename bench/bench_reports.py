@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import PG_SERVER, machine, parser, save  # noqa: E402
 from campaigns.conversions import attribute_conversions  # noqa: E402
 from campaigns.report_catalog import REPORTS, build  # noqa: E402
-from campaigns.reports import customers_reached  # noqa: E402
+from campaigns.reports import customers_reached, simulated_truth  # noqa: E402
 from crm.clock import FixedClock  # noqa: E402
 from crm.context import build_context  # noqa: E402
 from crm.db import session_scope  # noqa: E402
@@ -73,7 +73,7 @@ def main() -> None:
     ctx = build_context(settings, clock=FixedClock(utc_midnight(day) + timedelta(hours=20)))
     timings: dict[str, float] = {}
     with session_scope(ctx.engine) as session:
-        members = _timed("read campaign members", timings, lambda: customers_reached(session, start, end))
+        members, arms = _timed("read campaign members", timings, lambda: customers_reached(session, start, end))
         external = pl.DataFrame(session.connection().exec_driver_sql(
             "SELECT id, external_id FROM customer").all(), schema={"customer_id": pl.Int64, "external_id": pl.String},
             orient="row")
@@ -95,9 +95,11 @@ def main() -> None:
             report = _timed(f"report {report_name}", timings, lambda n=report_name, s=since: build(
                 n, session, later, since=s, until=end if n == "campaigns" else None))
         figures[report_name] = report
+    truth = simulated_truth(members, arms, 0.03)
     campaigns = [{"campaign": r["campaign"], "members": r["members"], "reach": r["reach"],
-                  "uplift": r["uplift"]["conversion"], "incremental_revenue": r["uplift"]["incremental_revenue"],
-                  "roi": r["roi"]} for r in figures["campaigns"]["campaigns"]]
+                  "true_uplift": truth.get(r["campaign_id"]), "uplift": r["uplift"]["conversion"],
+                  "incremental_revenue": r["uplift"]["incremental_revenue"], "roi": r["roi"]}
+                 for r in figures["campaigns"]["campaigns"]]
     for row in campaigns:
         print(json.dumps(row, default=str), flush=True)
     with psycopg.connect(f"{plain}/{name}", autocommit=True) as connection:

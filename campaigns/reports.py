@@ -118,17 +118,28 @@ def _campaign_report(campaign: Campaign, arms: pl.DataFrame, measured: pl.DataFr
     return report
 
 
-def customers_reached(session: Session, since: datetime, until: datetime) -> pl.DataFrame:
-    """Per customer in any campaign of the period: the earliest (would-be) send time and how many campaigns sent
-    them a message (`messaged`), global control members included with 0 — e.g. to simulate responses."""
+def customers_reached(session: Session, since: datetime, until: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """For simulating responses: per customer in any campaign of the period, the earliest and latest (would-be)
+    send times and how many campaigns sent them a message (`messaged`); and each campaign's members with their arm."""
     rows = _rows(session, since, until, None)
-    sent = (rows.group_by("campaign_id", "customer_id")
-            .agg(sent=pl.col("sent_at").is_not_null().any()))
+    sent = rows.group_by("campaign_id", "customer_id").agg(sent=pl.col("sent_at").is_not_null().any())
     arms = member_arms(rows).join(sent, on=["campaign_id", "customer_id"], how="left")
-    return (arms.group_by("customer_id")
-            .agg(send_at=pl.col("send_at").min(),
-                 messaged=((pl.col("arm") == "treated") & pl.col("sent").fill_null(False)).sum())
-            .sort("customer_id"))
+    reached = (arms.group_by("customer_id")
+               .agg(send_at=pl.col("send_at").min(), last_send_at=pl.col("send_at").max(),
+                    messaged=((pl.col("arm") == "treated") & pl.col("sent").fill_null(False)).sum())
+               .sort("customer_id"))
+    return reached, arms.select("campaign_id", "customer_id", "arm")
+
+
+def simulated_truth(reached: pl.DataFrame, arms: pl.DataFrame, true_uplift: float) -> dict[int, float]:
+    """The uplift each campaign truly has when every message adds `true_uplift` to the chance of buying: the
+    difference in messages received between its treated and holdout members, times the effect. Not just the
+    effect: a campaign's treated members may lose other campaigns' messages to the caps (its holdout keeps them)."""
+    received = arms.join(reached.select("customer_id", "messaged"), on="customer_id")
+    means = received.group_by("campaign_id", "arm").agg(pl.col("messaged").mean())
+    table = {(c, a): m for c, a, m in means.iter_rows()}
+    return {c: true_uplift * (table[(c, "treated")] - table[(c, "holdout")])
+            for c in {c for c, _ in table} if (c, "treated") in table and (c, "holdout") in table}
 
 
 def experiment_verdict(spec: CampaignSpec, measured: pl.DataFrame) -> dict[str, Any]:

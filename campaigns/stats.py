@@ -1,8 +1,8 @@
 """Statistics for measurement, pure: differences of rates and of means with intervals and tests, sample sizes.
 
-Rates: the difference treated − control with a Wald interval (unpooled standard error) and a two-sided z-test
-with the pooled standard error — the textbook pair that statsmodels' `confint_proportions_2indep(method="wald")`
-and `proportions_ztest` compute. Means (revenue per recipient): Welch's t-test and its interval (`scipy.stats`).
+Rates: the difference treated − control with a Wald interval and the two-sided Wald z-test, both on the unpooled
+standard error (statsmodels' `confint_proportions_2indep` / `test_proportions_2indep` with method "wald"), so the
+test and the interval never disagree; `small_sample` flags arms too small for the normal approximation. Means (revenue per recipient): Welch's t-test and its interval (`scipy.stats`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Comparison:
 
 @dataclass(frozen=True)
 class RateDifference(Comparison):
-    """Conversion rates of two groups and their difference (Wald interval, pooled z-test)."""
+    """Conversion rates of two groups and their difference (Wald interval and test)."""
 
     treated_n: int = 0
     treated_conversions: int = 0
@@ -45,25 +45,32 @@ class RateDifference(Comparison):
     control_conversions: int = 0
     treated_rate: float | None = None
     control_rate: float | None = None
+    small_sample: bool = False
 
 
 def rate_difference(treated_conversions: int, treated_n: int, control_conversions: int, control_n: int,
                     confidence: float = 0.95) -> RateDifference:
-    """Treated rate − control rate: Wald interval, pooled two-sided z-test; None where a group is empty."""
+    """Treated rate − control rate with a Wald interval and the matching two-sided Wald z-test (unpooled standard
+    error), so "significant" means exactly "the interval excludes 0"; None where a group is empty."""
     p1 = treated_conversions / treated_n if treated_n else None
     p0 = control_conversions / control_n if control_n else None
     groups = {"treated_n": treated_n, "treated_conversions": treated_conversions, "control_n": control_n,
-              "control_conversions": control_conversions, "treated_rate": p1, "control_rate": p0}
+              "control_conversions": control_conversions, "treated_rate": p1, "control_rate": p0,
+              "small_sample": _small(treated_conversions, treated_n) or _small(control_conversions, control_n)}
     if p1 is None or p0 is None:
         return RateDifference(None, None, None, None, False, confidence, **groups)
     difference = p1 - p0
-    half = z_value(confidence) * math.sqrt(p1 * (1 - p1) / treated_n + p0 * (1 - p0) / control_n)
-    pooled = (treated_conversions + control_conversions) / (treated_n + control_n)
-    pooled_se = math.sqrt(pooled * (1 - pooled) * (1 / treated_n + 1 / control_n))
-    p_value = float(2 * stats.norm.sf(abs(difference) / pooled_se)) if pooled_se > 0 else None
+    se = math.sqrt(p1 * (1 - p1) / treated_n + p0 * (1 - p0) / control_n)
+    half = z_value(confidence) * se
+    p_value = float(2 * stats.norm.sf(abs(difference) / se)) if se > 0 else None
     significant = p_value is not None and p_value < 1 - confidence
     return RateDifference(difference, difference - half, difference + half, p_value, significant, confidence,
                           **groups)
+
+
+def _small(conversions: int, n: int) -> bool:
+    """Fewer than 10 conversions or 10 non-conversions: the normal approximation is rough there."""
+    return min(conversions, n - conversions) < 10
 
 
 @dataclass(frozen=True)

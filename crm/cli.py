@@ -664,7 +664,7 @@ def _print_campaign_reports(rows: list[dict]) -> None:
                  f"{conv['treated_rate']:.1%} vs {conv['control_rate']:.1%}")
         lift = ("–" if conv["difference"] is None else
                 f"{conv['difference']:+.2%} [{conv['low']:+.2%}, {conv['high']:+.2%}]"
-                + (" *" if conv["significant"] else ""))
+                + (" *" if conv["significant"] else "") + (" †" if conv["small_sample"] else ""))
         money = ("–" if incremental["difference"] is None or incremental["low"] is None else
                  f"{incremental['difference']:,.0f} [{incremental['low']:,.0f}, {incremental['high']:,.0f}]")
         roi = "–" if row["incremental_roi"] is None else f"{row['incremental_roi']:.1f}"
@@ -680,10 +680,11 @@ def _print_campaign_reports(rows: list[dict]) -> None:
             notes.append(f"  {row['campaign']}: A/B on {verdict['variable']}: {verdict['status']}"
                          + (f", winner {verdict['winner']}" if verdict["winner"] else ""))
     # Wide enough for the intervals even when piped (rich assumes 80 columns there).
-    Console(soft_wrap=True, width=max(console.width, 150)).print(table)
+    Console(soft_wrap=True, width=max(console.width, 170)).print(table)
     for note in notes:
         console.print(note)
-    console.print("* significant at 95%; uplift = conversion within the attribution window, treated − holdout")
+    console.print("* significant at 95%; † an arm has fewer than 10 conversions or non-conversions (rough "
+                  "interval); uplift = conversion within the attribution window, treated − holdout")
 
 
 @app.command()
@@ -748,7 +749,7 @@ def _simulate_week_after(ctx: Context, out: Path, seed: int, baseline: float, tr
     import polars as pl
 
     from campaigns.conversions import attribute_conversions
-    from campaigns.reports import campaign_reports, customers_reached
+    from campaigns.reports import campaign_reports, customers_reached, simulated_truth
     from crm.clock import FixedClock
     from crm.generator import simulate_responses
     from crm.timezones import utc_midnight
@@ -756,7 +757,7 @@ def _simulate_week_after(ctx: Context, out: Path, seed: int, baseline: float, tr
     today = utc_midnight(ctx.clock.now().date())
     window = ctx.settings.attribution_window_days
     with session_scope(ctx.engine) as session:
-        members = customers_reached(session, today - timedelta(days=1), today + timedelta(days=2))
+        members, arms = customers_reached(session, today - timedelta(days=1), today + timedelta(days=2))
         external = pl.DataFrame(session.exec(select(Customer.id, Customer.external_id)).all(),
                                 schema={"customer_id": pl.Int64, "external_id": pl.String}, orient="row")
     if members.is_empty():
@@ -775,14 +776,16 @@ def _simulate_week_after(ctx: Context, out: Path, seed: int, baseline: float, tr
     with session_scope(ctx.engine) as session:  # reports read committed data: the conversions are in
         rows = campaign_reports(session, later, since=today - timedelta(days=1), until=today + timedelta(days=2))
     _print_campaign_reports(rows)
+    truth = simulated_truth(members, arms, true_uplift)
     for row in rows:
-        treated = row["members"]["treated"]
-        if treated and row["members"]["holdout"]:
-            expected = true_uplift * row["reach"] / treated  # intention to treat: only the messaged respond
-            conversion = row["uplift"]["conversion"]
-            verdict = "contains" if conversion["low"] <= expected <= conversion["high"] else "misses"
-            console.print(f"  {row['campaign']}: true uplift {expected:+.2%} ({true_uplift:.1%} × {row['reach']:,} of "
-                          f"{treated:,} treated members messaged); the 95% interval {verdict} it")
+        expected = truth.get(row["campaign_id"])
+        conversion = row["uplift"]["conversion"]
+        if expected is None or conversion["low"] is None:
+            continue
+        verdict = "contains" if conversion["low"] <= expected <= conversion["high"] else "misses"
+        more = expected / true_uplift if true_uplift else 0.0
+        console.print(f"  {row['campaign']}: true uplift {expected:+.2%} ({true_uplift:.1%} per message × {more:.2f} "
+                      f"more messages per treated than per holdout member); the 95% interval {verdict} it")
 
 
 def _print_next_occurrences(ctx: Context) -> None:

@@ -331,20 +331,24 @@ def write_dataset(config: GeneratorConfig, out: Path) -> dict[str, int]:
 
 def simulate_responses(members: pl.DataFrame, *, baseline: float, true_uplift: float, window_days: int,
                        seed: int, basket_mean: float = 180.0) -> pl.DataFrame:
-    """Orders of the days after a campaign, with a known effect: each member (customer_id, external_id,
-    send_at — the earliest real or would-be send — and `messaged`, how many campaigns sent them a message)
-    buys once in [send_at, send_at + window) with probability baseline + true_uplift × messaged (capped at 1).
+    """Orders of the days after a campaign, with a known effect: each member (customer_id, external_id, the
+    earliest and latest real or would-be send times `send_at` / `last_send_at`, and `messaged`, how many campaigns
+    sent them a message) buys once with probability baseline + true_uplift × messaged (capped at 1).
 
-    Campaign arms are drawn independently, so each campaign's treated − holdout difference is the uplift of
-    being messaged times its share of treated members messaged. Returns rows in the orders import format.
+    The order falls where every one of the member's campaign windows is open (after the last send, before the
+    first window closes), so it counts for each campaign alike. Campaign arms are drawn independently, so each
+    campaign's treated − holdout difference is the effect times the difference in messages received. Returns rows
+    in the orders import format.
     """
     rng = np.random.default_rng(seed)
     n = members.height
     chance = np.minimum(baseline + true_uplift * members["messaged"].to_numpy().astype(float), 1.0)
     buys = rng.random(n) < chance
-    offset_us = (rng.random(n) * window_days * DAY_US).astype(np.int64)
+    first = members["send_at"].dt.epoch("us").to_numpy()
+    last = members["last_send_at"].dt.epoch("us").to_numpy() if "last_send_at" in members.columns else first
+    span = np.maximum(first + window_days * DAY_US - last, DAY_US // 24)  # sends days apart: an hour after the last
+    at = last + (rng.random(n) * span).astype(np.int64)
     amount = np.round(rng.lognormal(np.log(basket_mean) - 0.18, 0.6, n), 2)
-    at = members["send_at"].dt.epoch("us").to_numpy() + offset_us
     buyers = members.with_columns(pl.Series("_at", at), pl.Series("_amount", amount)).filter(pl.Series(buys))
     return buyers.select(
         external_id=pl.lit("SIM-") + pl.col("send_at").dt.strftime("%Y%m%d") + "-" + pl.col("external_id"),

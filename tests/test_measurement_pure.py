@@ -10,15 +10,17 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 from scipy import integrate, stats
-from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats import proportion as sm_proportion
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from campaigns.measurement import ArmResult, ab_verdict, member_arms, outcomes, uplift
 from campaigns.planner import assign_variants, control_draw, holdout_draw
+from campaigns.reports import simulated_truth
 from campaigns.spec import CampaignSpec, Experiment
 from campaigns.stats import mean_difference, rate_difference, sample_size_per_arm, sample_still_needed
 from churn.gammagamma import GammaGamma, log_likelihood
 from churn.reports import customer_summaries, quality
+from crm.generator import simulate_responses
 from segmentation.reports import cohort_retention
 
 UTC_TYPE = pl.Datetime("us", "UTC")
@@ -27,15 +29,16 @@ WINDOW = timedelta(days=7)
 
 
 @pytest.mark.parametrize("x1,n1,x0,n0", [(130, 1000, 100, 1000), (45, 300, 30, 310), (7, 52, 9, 48),
-                                         (2400, 40000, 2000, 41000)])
+                                         (2400, 40000, 2000, 41000), (151, 1554, 2, 62)])
 def test_rate_difference_matches_statsmodels(x1, n1, x0, n0):
     result = rate_difference(x1, n1, x0, n0)
-    low, high = confint_proportions_2indep(x1, n1, x0, n0, method="wald", compare="diff")
-    _, p_value = proportions_ztest([x1, x0], [n1, n0])
+    low, high = sm_proportion.confint_proportions_2indep(x1, n1, x0, n0, method="wald", compare="diff")
+    p_value = sm_proportion.test_proportions_2indep(x1, n1, x0, n0, method="wald", compare="diff").pvalue
     assert result.difference == pytest.approx(x1 / n1 - x0 / n0)
+    assert result.small_sample == (min(x1, n1 - x1, x0, n0 - x0) < 10)
     assert (result.low, result.high) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
     assert result.p_value == pytest.approx(p_value, rel=1e-9)
-    assert result.significant == (p_value < 0.05)
+    assert result.significant == (p_value < 0.05) == (result.low > 0 or result.high < 0)
 
 
 def test_mean_difference_matches_statsmodels_welch():
@@ -252,3 +255,26 @@ def test_churn_quality_table():
     assert sum(b["customers"] for b in result["calibration"]) == 5000
     flat = quality(probability, np.zeros(5000, dtype=bool))
     assert flat["auc"] is None and flat["observed_churn"] == 0.0
+
+
+def test_simulated_responses_have_the_configured_rates_inside_the_window():
+    n = 40_000
+    members = pl.DataFrame({"customer_id": range(n), "external_id": [f"C{i}" for i in range(n)],
+                            "send_at": [T0] * n, "messaged": [i % 2 for i in range(n)]},
+                           schema_overrides={"send_at": UTC_TYPE, "messaged": pl.Int64})
+    orders = simulate_responses(members, baseline=0.05, true_uplift=0.03, window_days=7, seed=3)
+    again = simulate_responses(members, baseline=0.05, true_uplift=0.03, window_days=7, seed=3)
+    assert orders.equals(again)  # deterministic per seed (re-imports are idempotent)
+    bought = set(orders["customer_external_id"].to_list())
+    messaged_rate = sum(f"C{i}" in bought for i in range(1, n, 2)) / (n / 2)
+    plain_rate = sum(f"C{i}" in bought for i in range(0, n, 2)) / (n / 2)
+    assert abs(plain_rate - 0.05) < 0.006 and abs(messaged_rate - 0.08) < 0.007
+    assert orders["ordered_at"].min() >= T0 and orders["ordered_at"].max() < T0 + WINDOW
+
+
+def test_the_simulated_truth_counts_messages_other_campaigns_lose_to_the_caps():
+    arms = pl.DataFrame({"campaign_id": [1, 1, 1, 1], "customer_id": [1, 2, 3, 4],
+                         "arm": ["treated", "treated", "holdout", "holdout"]})
+    # Treated members got campaign 1's message and lost campaign 2's to the cap; one holdout got campaign 2's.
+    reached = pl.DataFrame({"customer_id": [1, 2, 3, 4], "messaged": [1, 1, 1, 0]})
+    assert simulated_truth(reached, arms, 0.03) == {1: pytest.approx(0.03 * (1 - 0.5))}
