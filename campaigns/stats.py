@@ -62,6 +62,9 @@ def rate_difference(treated_conversions: int, treated_n: int, control_conversion
     difference = p1 - p0
     se = math.sqrt(p1 * (1 - p1) / treated_n + p0 * (1 - p0) / control_n)
     half = z_value(confidence) * se
+    if se == 0:  # every rate 0 or 1 (e.g. 20/20 vs 0/20): no spread to test with, so the pooled error decides
+        pooled = (treated_conversions + control_conversions) / (treated_n + control_n)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / treated_n + 1 / control_n))
     p_value = float(2 * stats.norm.sf(abs(difference) / se)) if se > 0 else None
     significant = p_value is not None and p_value < 1 - confidence
     return RateDifference(difference, difference - half, difference + half, p_value, significant, confidence,

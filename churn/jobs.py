@@ -34,7 +34,8 @@ def score_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
             trained = _train(training, ctx, run)
     summary = score_customers(session, ctx, as_of=utc_midnight(run.occurrence.day), actor="scheduler",
                               shared=run.shared)
-    counts = {k: summary[k] for k in ("model_id", "scored", "at_risk", "threshold", "mean_probability", "timings")}
+    counts = {k: summary[k] for k in ("model_id", "scored", "at_risk", "threshold", "mean_probability",
+                                      "predictions_kept", "timings")}
     return counts | ({"first_model": trained} if trained else {})
 
 

@@ -41,6 +41,13 @@ def test_rate_difference_matches_statsmodels(x1, n1, x0, n0):
     assert result.significant == (p_value < 0.05) == (result.low > 0 or result.high < 0)
 
 
+def test_rates_of_zero_and_one_are_tested_with_the_pooled_error():
+    certain = rate_difference(20, 20, 0, 20)  # no spread in either arm: the Wald error is 0
+    assert certain.low == certain.high == 1.0 and certain.small_sample
+    assert certain.significant and certain.p_value == pytest.approx(2 * stats.norm.sf(1 / np.sqrt(0.25 * 0.1)))
+    assert rate_difference(0, 20, 0, 30).p_value is None and not rate_difference(0, 20, 0, 30).significant
+
+
 def test_mean_difference_matches_statsmodels_welch():
     rng = np.random.default_rng(3)
     treated = np.where(rng.random(800) < 0.12, rng.gamma(2.0, 150.0, 800), 0.0)
