@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench serve clean
+.PHONY: demo test lint bench serve clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # The suite runs twice: on the embedded SQLite and on PostgreSQL (tests/run_suites.py says which ran).
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python tests/run_suites.py
+
+# The console's browser tests use Debian's Chromium at /usr/bin/chromium (and CJK fonts for legible screenshots);
+# installed here when missing and possible (root or passwordless sudo), otherwise those tests fail saying how.
+chromium:
+	@{ test -x /usr/bin/chromium && dpkg -s fonts-noto-cjk >/dev/null 2>&1; } || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-noto-cjk; } \
+	  || echo "could not install chromium (apt-get install -y chromium): the console's browser tests will fail"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -125,8 +125,13 @@ def get_customer(external_id: str, session: SessionDep, ctx: ContextDep,
 def get_profile(external_id: str, request: Request, session: SessionDep, ctx: ContextDep,
                 principal: Principal = Depends(require(*STAFF))) -> ProfileRead:
     """The profile support agents open: customer, consent and every registered section."""
+    return profile_of(request.app, session, ctx, external_id, principal)
+
+
+def profile_of(app: Any, session: Session, ctx: Context, external_id: str, principal: Principal) -> ProfileRead:
+    """A customer's profile as this principal may see it (contact data masked by role), for the API and console."""
     customer = service.customer_by_external_id(session, external_id)
-    sections = request.app.state.profiles.build(
+    sections = app.state.profiles.build(
         ProfileRequest(session=session, ctx=ctx, customer_id=customer.id, viewer_role=principal.role.value))
     return ProfileRead(customer=customer_read(ctx, customer, principal),
                        consent=service.consent_of(session, customer.id), sections=sections)

@@ -13,6 +13,7 @@ from sqlmodel import select
 from campaigns import api as campaigns_api
 from campaigns import delivery_api, reports_api
 from churn import api as churn_api
+from console import pages as console_pages
 from crm import api, jobs_api
 from crm.auth import Principal, require
 from crm.context import Context, build_context
@@ -82,6 +83,7 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     campaigns_api.install(app)
     delivery_api.install(app)
     reports_api.install(app)
+    console_pages.install(app)
     jobs_api.install(app, job_registry(ctx.settings))
     _install_metrics(app)
     _document_customer_filters(app)

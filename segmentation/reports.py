@@ -66,7 +66,7 @@ def winback_report(session: Session, ctx: Context, *, tier: str = "lost", since:
 
 def tier_history_report(session: Session, ctx: Context, *, since: datetime | None = None,
                         until: datetime | None = None) -> dict[str, Any]:
-    """Tier and layer counts of each segmentation run in the period (default: the last year)."""
-    until = until or ctx.clock.now()
-    since = since or until - timedelta(days=365)
+    """Tier and layer counts of each segmentation run in the period (default: the last year, and every newer run —
+    a run's as-of date can be ahead of the clock: the pipeline names it by the local day it prepares)."""
+    since = since or (until or ctx.clock.now()) - timedelta(days=365)
     return {"since": since, "until": until, "runs": history(session, since, until)}

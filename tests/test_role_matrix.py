@@ -12,6 +12,8 @@ from crm.models import Role
 PUBLIC = "public"
 SIGNED = "signed"  # no key: the provider's signature is the credential; unsigned requests get 403
 LINK = "link"  # no key: a signed link is the credential; a bad one gets a 4xx page
+CONSOLE_PUBLIC = "console-public"  # the console's sign-in and static files: no session needed
+ALL_ROLES = set(Role)
 ADMIN = {Role.admin}
 STAFF = {Role.admin, Role.marketer, Role.support}
 EXPECTED: dict[tuple[str, str], set[Role] | str] = {
@@ -72,6 +74,24 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/reports/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
     ("GET", "/reports/{name}"): {Role.admin, Role.marketer},
     ("POST", "/campaigns/{campaign_id}/experiment/promote"): {Role.admin, Role.marketer},
+    ("GET", "/console/login"): CONSOLE_PUBLIC,
+    ("POST", "/console/login"): CONSOLE_PUBLIC,
+    ("GET", "/console/static/plotly.min.js"): CONSOLE_PUBLIC,
+    ("GET", "/console/static/{name}"): CONSOLE_PUBLIC,
+    ("POST", "/console/logout"): ALL_ROLES,
+    ("GET", "/console/"): ALL_ROLES,
+    ("GET", "/console/customers"): STAFF,
+    ("GET", "/console/customers/{external_id}"): STAFF,
+    ("GET", "/console/tasks"): {Role.admin, Role.support},
+    ("POST", "/console/tasks/{task_id}/claim"): {Role.admin, Role.support},
+    ("POST", "/console/tasks/{task_id}/outcome"): {Role.admin, Role.support},
+    ("GET", "/console/campaigns"): {Role.admin, Role.marketer},
+    ("GET", "/console/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
+    ("POST", "/console/campaigns/{campaign_id}/dry-run"): {Role.admin, Role.marketer},
+    ("POST", "/console/campaigns/{campaign_id}/status"): {Role.admin, Role.marketer},
+    ("GET", "/console/reports"): {Role.admin, Role.marketer},
+    ("GET", "/console/churn"): {Role.admin, Role.marketer},
+    ("GET", "/console/jobs"): {Role.admin, Role.marketer, Role.scheduler},
     ("GET", "/unsubscribe/{token}"): LINK,
     ("POST", "/unsubscribe/{token}"): LINK,
 }
@@ -106,10 +126,13 @@ def test_every_route_has_an_expected_role_set(app):
     assert not stale, f"routes listed but gone: {stale}"
 
 
-def test_roles_pass_exactly_where_expected(app, client, auth_header):
+def test_roles_pass_exactly_where_expected(app, client, auth_header, keys):
     for method, path in _routes(app):
         url = re.sub(r"\{(\w+)\}", lambda m: SAMPLE_PARAMS[m.group(1)], path)
         expected = EXPECTED[(method, path)]
+        if path.startswith("/console"):
+            _check_console_route(client, keys, method, url, expected)
+            continue
         anonymous = client.request(method, url, content=b"x\n")
         if expected == PUBLIC:
             assert anonymous.status_code < 400, (method, path, anonymous.status_code)
@@ -128,3 +151,26 @@ def test_roles_pass_exactly_where_expected(app, client, auth_header):
                 assert status < 500, (method, path, role, status)
             else:
                 assert status == 403, (method, path, role, status)
+
+
+def _check_console_route(client, keys, method: str, url: str, expected) -> None:
+    """Console pages: a session cookie (signed in with each role's key) instead of a bearer key; forms carry the
+    session's CSRF token, so a 403 can only be the role's."""
+    client.cookies.clear()
+    anonymous = client.request(method, url, data={"x": "1"}, follow_redirects=False)
+    if expected == CONSOLE_PUBLIC:
+        assert anonymous.status_code < 500, (method, url, anonymous.status_code)
+        return
+    assert anonymous.status_code == 303 and "/console/login" in anonymous.headers["location"], (method, url)
+    for role in Role:
+        client.cookies.clear()
+        signed = client.post("/console/login", data={"api_key": keys[role]}, follow_redirects=False)
+        assert signed.status_code == 303, (role, signed.status_code)
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/console/").text).group(1)
+        status = client.request(method, url, data={"csrf": token, "status": "paused", "outcome": "reached"},
+                                follow_redirects=False).status_code
+        if role in expected:
+            assert status not in (401, 403) and status < 500, (method, url, role, status)
+        else:
+            assert status == 403, (method, url, role, status)
+    client.cookies.clear()

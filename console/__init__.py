@@ -1,0 +1,1 @@
+"""The web console for support agents and marketers: server-rendered pages on top of the other packages."""
