@@ -736,7 +736,8 @@ def demo(
     _print_next_occurrences(ctx)
     console.rule("[bold]Measurement: the week after")
     _simulate_week_after(ctx, out, seed, baseline, true_uplift)
-    console.print("next: `crm keys create --role admin --name me`, `crm serve`, then http://127.0.0.1:8000/docs; "
+    console.print("next: `crm keys create --role admin --name me`, `crm serve`, then http://127.0.0.1:8000/console/ "
+                  "(sign in with the key) or /docs; "
                   "`crm scheduler` runs the daily jobs; `crm jobs list` shows them; `crm report campaigns` (or "
                   "clv, retention, fairness, …) reports")
 
