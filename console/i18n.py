@@ -11,6 +11,7 @@ WORDS: dict[str, dict[str, str]] = {
     "sign_out": {"zh-CN": "退出", "en": "Sign out"},
     "api_key": {"zh-CN": "API 密钥", "en": "API key"},
     "bad_key": {"zh-CN": "密钥无效或已吊销", "en": "Invalid or revoked key"},
+    "too_many": {"zh-CN": "失败次数过多，请稍后再试", "en": "Too many failed attempts: try again later"},
     "signed_in_as": {"zh-CN": "当前用户", "en": "Signed in as"},
     "customers": {"zh-CN": "客户查询", "en": "Customers"},
     "tasks": {"zh-CN": "VIP 回访任务", "en": "VIP call tasks"},

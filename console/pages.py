@@ -19,12 +19,13 @@ from campaigns.spec import CampaignSpec
 from churn import service as churn_service
 from console import charts
 from console.i18n import LANGUAGES, pick, translator
-from console.session import COOKIE, LANG_COOKIE, LIFETIME, ConsoleUser, csrf_ok, sign_in, user_of
+from console.session import COOKIE, LANG_COOKIE, LIFETIME, ConsoleUser, csrf_ok, session_cookie, user_of
 from crm import jobs
 from crm.api import profile_of
+from crm.auth import authenticate_request
 from crm.context import Context, get_context
 from crm.db import get_session
-from crm.errors import DomainError, Unauthorized
+from crm.errors import DomainError, TooManyAttempts, Unauthorized
 from crm.models import Role
 from crm.service import customer_by_external_id, find_customers
 from crm.settings import PROJECT_ROOT
@@ -128,10 +129,15 @@ def login(request: Request, session: SessionDep, ctx: ContextDep, api_key: Annot
           next: Annotated[str, Form(max_length=300)] = "/console/") -> Response:
     """Exchange an API key for a session cookie (HttpOnly, SameSite=Strict, Secure behind https)."""
     try:
-        cookie = sign_in(session, ctx, api_key)
+        cookie = session_cookie(ctx, authenticate_request(request, session, ctx, api_key.strip()))
     except Unauthorized:
         return render(request, "login.html", None, status=401, next=_local(next),
                       error=translator(_language(request))("bad_key"))
+    except TooManyAttempts as throttled:
+        response = render(request, "login.html", None, status=429, next=_local(next),
+                          error=translator(_language(request))("too_many"))
+        response.headers["Retry-After"] = str(throttled.retry_after)
+        return response
     response = RedirectResponse(_local(next), status_code=303)
     response.set_cookie(COOKIE, cookie, max_age=int(LIFETIME.total_seconds()), httponly=True, samesite="strict",
                         secure=ctx.settings.public_base_url.startswith("https"), path="/console")

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from crm.auth import Principal, authenticate
+from crm.auth import Principal
 from crm.context import Context
 from crm.models import ApiKey, Role
 
@@ -34,9 +34,8 @@ class ConsoleUser:
         return self.principal.role
 
 
-def sign_in(session: Session, ctx: Context, api_key: str) -> str:
-    """The session cookie for a valid API key (Unauthorized otherwise)."""
-    principal = authenticate(session, ctx, api_key.strip())
+def session_cookie(ctx: Context, principal: Principal) -> str:
+    """The session cookie for a principal that just proved its API key."""
     subject = f"{principal.key_id}:{int(ctx.clock.now().timestamp())}:{secrets.token_hex(8)}"
     return ctx.cipher.sign_link(SESSION_PURPOSE, subject)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from sqlalchemy import func
 from sqlmodel import select
@@ -22,6 +24,7 @@ from crm.jobs import JobRegistry
 from crm.models import Order, Role
 from crm.profiles import CustomerFilterRegistry, ProfileRegistry, ProfileRequest
 from crm.settings import Settings, get_settings
+from crm.throttle import FailureThrottle
 from segmentation import api as segmentation_api
 
 
@@ -73,6 +76,12 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     app = FastAPI(title="CRM retention service", version="0.1.0",
                   description="Segmentation, churn risk and guarded retention campaigns for e-commerce shops.")
     app.state.ctx = ctx
+    app.state.auth_throttle = FailureThrottle(ctx.settings.auth_failure_limit,
+                                              timedelta(seconds=ctx.settings.auth_failure_window_seconds))
+    if ctx.settings.cors_origins:  # browsers elsewhere may call the API only from the listed origins
+        app.add_middleware(CORSMiddleware, allow_origins=ctx.settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
     app.state.profiles = ProfileRegistry()
     app.state.profiles.register("orders", orders_section)
     app.state.customer_filters = CustomerFilterRegistry()

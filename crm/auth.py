@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from crm import audit
 from crm.context import Context, get_context
 from crm.db import get_session
-from crm.errors import Forbidden, NotFound, Unauthorized
+from crm.errors import Forbidden, NotFound, TooManyAttempts, Unauthorized
 from crm.models import ApiKey, Role
 
 KEY_PREFIX = "crm"
@@ -89,10 +89,26 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+def authenticate_request(request: Request, session: Session, ctx: Context, presented: str) -> Principal:
+    """`authenticate`, throttled per client address: too many wrong keys in a window get 429 until it passes."""
+    throttle = getattr(request.app.state, "auth_throttle", None)
+    client = request.client.host if request.client else "unknown"
+    now = ctx.clock.now()
+    if throttle is not None and (wait := throttle.wait_seconds(client, now)):
+        raise TooManyAttempts(f"too many failed API key attempts from this address; retry in {wait} s",
+                              retry_after=wait)
+    try:
+        return authenticate(session, ctx, presented)
+    except Unauthorized:
+        if throttle is not None:
+            throttle.failed(client, now)
+        raise
+
+
 def current_principal(request: Request, session: Session = Depends(get_session),
                       ctx: Context = Depends(get_context)) -> Principal:
     """FastAPI dependency: the caller behind the bearer key."""
-    return authenticate(session, ctx, _bearer(request))
+    return authenticate_request(request, session, ctx, _bearer(request))
 
 
 def require(*roles: Role):

@@ -62,6 +62,17 @@ class Unauthorized(DomainError):
     title = "Unauthorized"
 
 
+class TooManyAttempts(DomainError):
+    """Too many failed attempts from one client: wait, then try again."""
+
+    status = 429
+    title = "Too Many Requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 def problem(status: int, title: str, detail: str, *, errors: list | None = None,
             headers: dict[str, str] | None = None, instance: str | None = None) -> JSONResponse:
     """Build a problem+json response."""
@@ -88,6 +99,8 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if isinstance(exc, TooManyAttempts):
+            headers = {"Retry-After": str(exc.retry_after)}
         return problem(exc.status, exc.title, exc.detail, errors=exc.errors, headers=headers,
                        instance=request.url.path)
 

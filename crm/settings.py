@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     churn_quality_every_days: int = Field(default=7, ge=1, le=90)
     churn_quality_sample_share: float = Field(default=0.2, gt=0, le=1)
     churn_quality_retention_days: int = Field(default=730, ge=90)
+    # Failed API-key attempts per client address (API and console sign-in) before 429, and the window counted.
+    auth_failure_limit: int = Field(default=10, ge=1)
+    auth_failure_window_seconds: int = Field(default=300, ge=1)
+    # Origins allowed to call the API from a browser (CORS); empty: none (the console is same-origin).
+    cors_origins: list[str] = Field(default_factory=list)
     # Predicted lifetime value: horizon of the BG/NBD + Gamma-Gamma forecast.
     clv_horizon_days: int = Field(default=365, ge=30, le=1825)
 
