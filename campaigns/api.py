@@ -143,3 +143,5 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
     app.state.profiles.register("contact_history", service.contact_history_section)
     app.state.profiles.register("discount_budget", service.discount_budget_section)
+    app.state.exports.register("campaigns", service.campaign_export)
+    app.state.erasers.register("campaigns", service.campaign_erasure)

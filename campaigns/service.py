@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 from pydantic import ValidationError
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, func, select
@@ -18,7 +19,15 @@ from campaigns import rendering
 from campaigns.caps import LEDGER_SCHEMA, Cap
 from campaigns.discounts import DiscountRules, budget_left
 from campaigns.fairness import OfferReach, violations
-from campaigns.models import Campaign, CampaignOccurrence, CampaignVersion, Message, MessageTemplate
+from campaigns.models import (
+    CallTask,
+    Campaign,
+    CampaignOccurrence,
+    CampaignVersion,
+    Conversion,
+    Message,
+    MessageTemplate,
+)
 from campaigns.planner import (
     EXCLUSION_REASONS,
     GuardRails,
@@ -743,6 +752,28 @@ def discount_budget_section(request: ProfileRequest) -> dict[str, Any] | None:
             "open_offers": round(float(open_offers), 2), "budget_share": rules.budget_share,
             "budget": round(rules.budget_share * spend, 2),
             "left": round(budget_left(spend, discount, float(open_offers), rules), 2)}
+
+
+def campaign_export(request: ProfileRequest) -> dict[str, Any] | None:
+    """Every message, conversion and call task of a customer, for a data export."""
+    session, customer_id = request.session, request.customer_id
+    messages = session.exec(select(Message).where(Message.customer_id == customer_id).order_by(Message.send_at)).all()
+    conversions = session.exec(select(Conversion).where(Conversion.customer_id == customer_id)).all()
+    calls = session.exec(select(CallTask).where(CallTask.customer_id == customer_id)).all()
+    return {"messages": [m.model_dump(exclude={"customer_id", "worker", "lease_until"}) for m in messages],
+            "conversions": [c.model_dump(exclude={"customer_id", "id"}) for c in conversions],
+            "call_tasks": [t.model_dump(exclude={"customer_id"}) for t in calls]}
+
+
+def campaign_erasure(request: ProfileRequest) -> dict[str, Any] | None:
+    """On erasure: planned messages are cancelled (never sent) and call notes, which may quote the customer, cleared."""
+    session, customer_id, now = request.session, request.customer_id, request.ctx.clock.now()
+    cancelled = session.exec(update(Message).where(  # type: ignore[call-overload]
+        Message.customer_id == customer_id, Message.status == "planned").values(
+        status="cancelled", reason="customer erased", updated_at=now)).rowcount
+    notes = session.exec(update(CallTask).where(  # type: ignore[call-overload]
+        CallTask.customer_id == customer_id, CallTask.notes.is_not(None)).values(notes=None)).rowcount
+    return {"planned_messages_cancelled": cancelled, "call_notes_cleared": notes}
 
 
 def latest_planned_send(session: Session) -> datetime | None:

@@ -54,6 +54,7 @@ def install(app: FastAPI) -> None:
     """Wire churn into the app: routes and the profile section."""
     app.include_router(router)
     app.state.profiles.register("churn", service.churn_section)
+    app.state.exports.register("churn", service.churn_export)
     app.state.customer_filters.register(CustomerFilter(
         name="at_risk", description="flagged by the current churn model (true/false)",
         build=service.at_risk_condition, max_length=5))

@@ -341,6 +341,15 @@ def churn_section(request: ProfileRequest) -> dict[str, Any] | None:
             "trend": (score.trend or {}).get("points", [])}
 
 
+def churn_export(request: ProfileRequest) -> dict[str, Any] | None:
+    """A customer's churn score with its reasons and trend, and the kept predictions, for a data export."""
+    score = request.session.get(ChurnScore, request.customer_id)
+    kept = request.session.exec(select(ChurnPrediction).where(ChurnPrediction.customer_id == request.customer_id)
+                                .order_by(ChurnPrediction.scored_on)).all()
+    return {"score": score.model_dump(exclude={"customer_id"}) if score else None,
+            "kept_predictions": [p.model_dump(exclude={"customer_id", "id"}) for p in kept]}
+
+
 def at_risk_condition(session: Session, value: str) -> Any:
     """A SQL condition on customer.id for `GET /customers?at_risk=true|false`."""
     from sqlalchemy import exists

@@ -6,12 +6,12 @@ import tempfile
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 from sqlmodel import Session, select
 
-from crm import auth, ingest, service
+from crm import auth, ingest, privacy, service
 from crm.auth import ADMIN, STAFF, Principal, require
 from crm.context import Context, get_context
 from crm.db import get_session
@@ -135,6 +135,21 @@ def profile_of(app: Any, session: Session, ctx: Context, external_id: str, princ
         ProfileRequest(session=session, ctx=ctx, customer_id=customer.id, viewer_role=principal.role.value))
     return ProfileRead(customer=customer_read(ctx, customer, principal),
                        consent=service.consent_of(session, customer.id), sections=sections)
+
+
+@router.get("/customers/{external_id}/export", tags=["customers"])
+def export_customer(external_id: str, request: Request, session: SessionDep, ctx: ContextDep,
+                    principal: Principal = Depends(require(*ADMIN))) -> dict[str, Any]:
+    """Everything held about one customer, contact data in clear (a data-subject access request; audited)."""
+    return privacy.export_customer(session, ctx, request.app.state.exports, external_id, principal.actor)
+
+
+@router.post("/customers/{external_id}/erase", tags=["customers"])
+def erase_customer(external_id: str, request: Request, session: SessionDep, ctx: ContextDep,
+                   confirm: Annotated[str, Body(embed=True, description="the external id again")],
+                   principal: Principal = Depends(require(*ADMIN))) -> dict[str, Any]:
+    """Erase one customer's personal data on request; orders stay, anonymised, for statistics (audited)."""
+    return privacy.erase_customer(session, ctx, request.app.state.erasers, external_id, confirm, principal.actor)
 
 
 @router.get("/customers/{external_id}/orders", response_model=list[OrderRead], tags=["customers"])

@@ -84,6 +84,8 @@ def create_app(ctx: Context | None = None) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"])
     app.state.profiles = ProfileRegistry()
     app.state.profiles.register("orders", orders_section)
+    app.state.exports = ProfileRegistry()  # upper packages add their parts of a customer's data export
+    app.state.erasers = ProfileRegistry()  # and what they erase on request
     app.state.customer_filters = CustomerFilterRegistry()
     install_handlers(app)
     app.include_router(api.router)

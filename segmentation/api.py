@@ -68,6 +68,7 @@ def install(app: FastAPI) -> None:
     """Wire segmentation into the app: routes, the profile section, the customer-list filters."""
     app.include_router(router)
     app.state.profiles.register("segment", service.segment_section)
+    app.state.exports.register("segmentation", service.segment_export)
     for name, description in (("tier", "current tier"), ("layer", "current behaviour layer"),
                               ("tag", "carries this behaviour tag"), ("rfm", "RFM cell such as 545")):
         app.state.customer_filters.register(CustomerFilter(

@@ -409,6 +409,18 @@ def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
     }
 
 
+def segment_export(request: ProfileRequest) -> dict[str, Any] | None:
+    """A customer's segment state, tags and every recorded move, for a data export."""
+    session = request.session
+    row = session.get(CustomerSegment, request.customer_id)
+    tags = session.exec(select(CustomerTag).where(CustomerTag.customer_id == request.customer_id)).all()
+    moves = session.exec(select(SegmentTransition).where(SegmentTransition.customer_id == request.customer_id)
+                         .order_by(SegmentTransition.at)).all()
+    return {"segment": row.model_dump(exclude={"customer_id"}) if row else None,
+            "tags": [t.model_dump(exclude={"customer_id"}) for t in tags],
+            "moves": [m.model_dump(exclude={"customer_id", "id"}) for m in moves]}
+
+
 def _one_customer_metrics(session: Session, customer_id: int, as_of: datetime, rules: RuleSet) -> dict[str, Any]:
     params = MetricParams(window_days=rules.window_days)
     customers = read_frame(session, "SELECT c.id, c.signed_up_at, c.birthday, c.time_zone FROM customer c "

@@ -29,6 +29,8 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/customers/{external_id}/orders"): STAFF,
     ("GET", "/customers/{external_id}/consents"): STAFF,
     ("POST", "/customers/{external_id}/consents"): STAFF,
+    ("GET", "/customers/{external_id}/export"): ADMIN,
+    ("POST", "/customers/{external_id}/erase"): ADMIN,
     ("POST", "/imports/{kind}"): {Role.admin, Role.scheduler},
     ("GET", "/imports/{job_id}"): {Role.admin, Role.scheduler, Role.marketer},
     ("GET", "/keys"): ADMIN,

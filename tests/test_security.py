@@ -53,3 +53,80 @@ def test_cors_is_closed_by_default_and_open_only_to_listed_origins(ctx, session)
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://shop.example"
     other = opened.options("/customers", headers=preflight | {"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(client, session, ctx, auth_header):
+    from sqlalchemy import text
+    from sqlmodel import select
+
+    from campaigns.models import CallTask, Campaign, Message
+    from crm.models import AuditLog, Customer
+    from tests.factories import ORDER_HEADER, csv_text, customers, run
+
+    assert customers(session, ctx, 2).rows_failed == 0
+    assert run(session, ctx, "orders", csv_text(ORDER_HEADER, [("O1", "C1", "2026-10-01", "120", "0", "", ""),
+                                                               ("O2", "C2", "2026-10-02", "80", "0", "", "")])
+               ).rows_failed == 0
+    assert run(session, ctx, "order_items", csv_text(("order_external_id", "line_no", "sku", "qty", "unit_price"),
+                                                     [("O1", 1, "SKU-9", 2, "60")])).rows_failed == 0
+    assert run(session, ctx, "events", csv_text(("external_id", "customer_external_id", "occurred_at", "type"),
+                                                [("E1", "C1", "2026-10-03", "view")])).rows_failed == 0
+    c1 = session.exec(select(Customer).where(Customer.external_id == "C1")).one()
+    c1.attributes = {"favourite_colour": "teal"}
+    now = ctx.clock.now()
+    campaign = Campaign(name="c", status="active", version=1, priority=50, spec={}, created_at=now,
+                        created_by="t", updated_at=now, updated_by="t")
+    session.add_all([c1, campaign])
+    session.flush()
+    planned = Message(campaign_id=campaign.id, occurrence="2026-11-02", customer_id=c1.id, channel="sms",
+                      status="planned", priority=50, transactional=False, send_at=now, template="t", locale="zh-CN",
+                      created_at=now, updated_at=now)
+    session.add(planned)
+    session.flush()
+    call = CallTask(message_id=planned.id, customer_id=c1.id, campaign_id=campaign.id, status="done",
+                    script="s", notes="she said call her at home", created_at=now)
+    session.add(call)
+    session.flush()
+
+    assert client.get("/customers/C1/export", headers=auth_header(Role.support)).status_code == 403
+    exported = client.get("/customers/C1/export", headers=auth_header(Role.admin)).json()
+    assert exported["customer"]["email"] == "user1@example.com" and exported["customer"]["phone"] == "+8613800100001"
+    assert [o["external_id"] for o in exported["orders"]] == ["O1"] and exported["orders"][0]["items"][0]["sku"] == "SKU-9"
+    assert [e["type"] for e in exported["events"]] == ["view"]
+    assert {"segmentation", "churn", "campaigns"} <= set(exported)
+    assert exported["campaigns"]["call_tasks"][0]["notes"] == "she said call her at home"
+
+    wrong = client.post("/customers/C1/erase", json={"confirm": "C2"}, headers=auth_header(Role.admin))
+    assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "confirm"
+    assert client.post("/customers/C1/erase", json={"confirm": "C1"}, headers=auth_header(Role.marketer)).status_code == 403
+    erased = client.post("/customers/C1/erase", json={"confirm": "C1"}, headers=auth_header(Role.admin))
+    assert erased.status_code == 200, erased.text
+    summary = erased.json()
+    assert summary["events_deleted"] == 1 and summary["orders_kept_anonymised"] == 1
+    assert summary["campaigns"] == {"planned_messages_cancelled": 1, "call_notes_cleared": 1}
+
+    row = session.connection().execute(text(
+        "SELECT external_id, email_ciphertext, email_hash, phone_ciphertext, phone_hash, push_tokens_ciphertext, "
+        "birthday FROM customer WHERE id = :id"), {"id": c1.id}).one()
+    assert row[0].startswith("erased-") and all(value is None for value in row[1:])
+    assert session.connection().execute(text("SELECT count(*) FROM orders WHERE customer_id = :id"),
+                                        {"id": c1.id}).scalar_one() == 1  # kept for statistics
+    assert session.connection().execute(text("SELECT count(*) FROM event WHERE customer_id = :id"),
+                                        {"id": c1.id}).scalar_one() == 0
+    session.expire_all()
+    assert session.get(Message, planned.id).status == "cancelled" and session.get(CallTask, call.id).notes is None
+    assert session.get(Customer, c1.id).attributes == {}
+    assert client.get("/customers/C1", headers=auth_header(Role.admin)).status_code == 404
+    found = client.get("/customers?email=user1@example.com", headers=auth_header(Role.admin)).json()
+    assert found["items"] == []
+    profile = client.get(f"/customers/{row[0]}/profile", headers=auth_header(Role.admin)).json()
+    assert len(profile["consent"]) == 4 and {s["status"] for s in profile["consent"].values()} == {"opted_out"}
+    assert profile["customer"]["contact"] == {"email": None, "phone": None, "push_tokens": [], "masked": False}
+    # Audited, and the audit trail holds neither the contact data nor the old external id.
+    actions = [a.action for a in session.exec(select(AuditLog).where(AuditLog.entity == "customer"))]
+    assert "customer.export" in actions and "customer.erase" in actions
+    trail = " ".join(str(a.before) + str(a.after) + str(a.entity_id) for a in session.exec(select(AuditLog)))
+    assert "user1@example.com" not in trail and "+8613800100001" not in trail and "'C1'" not in trail
+    # The other customer is untouched.
+    assert client.get("/customers/C2", headers=auth_header(Role.admin)).json()["contact"]["email"] == \
+        "user2@example.com"
