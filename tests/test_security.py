@@ -130,3 +130,41 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     # The other customer is untouched.
     assert client.get("/customers/C2", headers=auth_header(Role.admin)).json()["contact"]["email"] == \
         "user2@example.com"
+
+
+def test_secrets_and_contact_data_never_reach_the_logs(scratch_url, tmp_path, fake_server, caplog):
+    """Every logger at DEBUG while customers are imported, messages go out through the real SDKs (Twilio,
+    SendGrid, FCM) to the fake, and the API is called with good and bad keys: no contact data or secret appears."""
+    import logging
+    import random
+
+    from fastapi.testclient import TestClient
+
+    from campaigns.channels import build_senders
+    from campaigns.dispatch import Dispatcher
+    from crm.auth import create_key
+    from crm.db import session_scope
+    from tests.conftest import TEST_SECRET
+    from tests.dispatch_support import build_shop, fake_settings
+
+    caplog.set_level(logging.DEBUG)
+    shop = build_shop(scratch_url, fake_settings(tmp_path, fake_server, scratch_url))
+    shop.add_messages([{"customer_id": shop.customers["C1"], "channel": "sms"},
+                       {"customer_id": shop.customers["C2"], "channel": "email"},
+                       {"customer_id": shop.customers["C3"], "channel": "push"}])
+    dispatcher = Dispatcher(shop.ctx, build_senders(shop.ctx.settings), rng=random.Random(1))
+    try:
+        assert dispatcher.run_until_idle().counts["sent_sms"] == 1
+    finally:
+        dispatcher.close()
+    with session_scope(shop.ctx.engine) as session:
+        key = create_key(session, shop.ctx, name="log-probe", role=Role.admin, actor="test").secret
+    api = TestClient(create_app(shop.ctx))
+    assert api.get("/customers/C1", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert api.get("/customers/C1", headers={"Authorization": "Bearer crm_0000_not-a-key"}).status_code == 401
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    assert len(caplog.records) > 0  # the SDKs and the app did log
+    settings = shop.ctx.settings
+    for secret in ("user1@example.com", "user2@example.com", "+8613800100001", "13800100001", "token-3-a",
+                   settings.twilio_auth_token, settings.sendgrid_api_key, TEST_SECRET, key, "crm_0000_not-a-key"):
+        assert secret not in logged, f"{secret!r} appeared in the logs"

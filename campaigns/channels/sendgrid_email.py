@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import urllib.error
 
@@ -19,6 +20,10 @@ from campaigns.channels.base import (
     classify_status,
     parse_retry_after,
 )
+
+# The SDK's HTTP client logs every request payload at DEBUG — the recipient's address and the whole message. Never
+# below INFO, whatever the root logger says (a test scans DEBUG logs for contact data).
+logging.getLogger("python_http_client.client").setLevel(logging.INFO)
 
 
 class SendGridEmailSender:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import datetime, timedelta
 
@@ -22,6 +23,10 @@ from campaigns.channels.base import (
     classify_status,
     parse_retry_after,
 )
+
+# The SDK logs each request's URL, query and headers at INFO (the body is not, today); kept to warnings so a future
+# SDK that logs more cannot put phone numbers into our logs.
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
 INVALID_NUMBER, OPTED_OUT_NUMBER = 21211, 21610  # Twilio's codes: not a valid 'To'; the number replied STOP
 
