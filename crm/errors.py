@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -115,6 +115,13 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         return problem(exc.status_code, _title(exc.status_code), str(exc.detail),
                        headers=getattr(exc, "headers", None), instance=request.url.path)
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _out_of_range(request: Request, exc: Exception):
+        # A number past what the database stores (e.g. an id of 2**63 in the path): the input is wrong, not us.
+        return problem(422, "Invalid input", "a value is out of range (numbers must fit a 64-bit integer)",
+                       errors=[{"field": "path or query", "reason": "out of range"}], instance=request.url.path)
 
     @app.exception_handler(OperationalError)
     async def _database_busy(request: Request, exc: OperationalError):

@@ -102,8 +102,18 @@ def app(ctx, session):
     application = create_app(ctx)
 
     def _session() -> Iterator[Session]:
-        yield session
-        session.flush()
+        # Each request in a savepoint, as production gives each its own transaction: a statement that fails on
+        # PostgreSQL (e.g. a number out of range) is rolled back with its request instead of aborting the test's.
+        request = session.begin_nested()
+        try:
+            yield session
+            session.flush()
+        except Exception:
+            if request.is_active:
+                request.rollback()
+            raise
+        if request.is_active:
+            request.commit()
 
     application.dependency_overrides[get_session] = _session
     return application
