@@ -46,6 +46,7 @@ from crm.clock import ensure_utc
 from crm.columnar import columnar_reader, read_frame
 from crm.context import Context
 from crm.errors import Conflict, DomainError, InvalidInput, NotFound
+from crm.locks import lock_for_transaction
 from crm.profiles import ProfileRequest
 from crm.service import (
     SharedFrames,
@@ -522,6 +523,9 @@ def plan_campaign(session: Session, ctx: Context, campaign_id: int, day: date | 
         raise _invalid("date", f"the schedule does not fire on {day.isoformat()}")
     key = occurrence_key(day)
     now = ctx.clock.now()
+    # One planner at a time: each reads the ledger (caps, open offers against the discount budget) and then writes
+    # to it, so two concurrent planners would each grant what only one may. Waits for the other to commit.
+    lock_for_transaction(session, "planning")
     # Claim the occurrence first: a concurrent planner of the same occurrence waits here, then finds it taken.
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     claimed = session.connection().execute(insert(CampaignOccurrence).values(

@@ -99,3 +99,11 @@ def try_lock(engine: Engine, data_dir: Path, name: str) -> NamedLock | None:
         handle.close()
         return None
     return NamedLock(name, handle=handle)
+
+
+def lock_for_transaction(session, name: str) -> None:
+    """Serialise transactions that read and then write shared state under `name`: on PostgreSQL a transaction-level
+    advisory lock, released at commit or rollback. SQLite has a single writer already (nothing to take)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                                     {"space": LOCK_NAMESPACE, "key": _lock_key(name)})
