@@ -248,10 +248,7 @@ def campaign_list(request: Request, session: SessionDep, user: ConsoleUser = Dep
 def campaign_detail(request: Request, campaign_id: int, session: SessionDep,
                     user: ConsoleUser = Depends(allow(*MARKETING))) -> HTMLResponse:
     """One campaign: its specification, versions, and actions."""
-    campaign = _call(service.get_campaign, session, campaign_id)
-    spec = CampaignSpec.model_validate(campaign.spec)
-    return render(request, "campaign.html", user, campaign=service.describe(campaign), spec=spec,
-                  versions=service.campaign_versions(session, campaign_id), dry=None, exclusions_chart=None)
+    return _campaign_page(request, session, user, campaign_id, dry=None, chart=None)
 
 
 @router.post("/campaigns/{campaign_id}/dry-run")
@@ -260,13 +257,17 @@ def campaign_dry_run(request: Request, campaign_id: int, session: SessionDep, ct
                      ) -> HTMLResponse:
     """What planning would do now, with the exclusions by reason drawn as a chart (writes nothing)."""
     _checked(user, csrf, request)
-    campaign = _call(service.get_campaign, session, campaign_id)
     dry = _call(service.dry_run, session, ctx, campaign_id)
-    t = translator(_language(request))
+    chart = charts.exclusions(dry["excluded"], translator(_language(request))("exclusions"))
+    return _campaign_page(request, session, user, campaign_id, dry=dry, chart=chart)
+
+
+def _campaign_page(request: Request, session: Session, user: ConsoleUser, campaign_id: int, *,
+                   dry: dict[str, Any] | None, chart: str | None) -> HTMLResponse:
+    campaign = _call(service.get_campaign, session, campaign_id)
     return render(request, "campaign.html", user, campaign=service.describe(campaign),
-                  spec=CampaignSpec.model_validate(campaign.spec), versions=service.campaign_versions(session,
-                                                                                                    campaign_id),
-                  dry=dry, exclusions_chart=charts.exclusions(dry["excluded"], t("exclusions")))
+                  spec=CampaignSpec.model_validate(campaign.spec),
+                  versions=service.campaign_versions(session, campaign_id), dry=dry, exclusions_chart=chart)
 
 
 @router.post("/campaigns/{campaign_id}/status")

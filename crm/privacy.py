@@ -16,9 +16,9 @@ from sqlmodel import Session, select
 from crm import audit
 from crm.context import Context
 from crm.errors import InvalidInput
-from crm.models import Channel, ConsentChange, ConsentStatus, Event, Order, OrderItem
+from crm.models import Channel, ConsentStatus, Event, Order, OrderItem
 from crm.profiles import ProfileRegistry, ProfileRequest
-from crm.service import consent_of, contact_of, customer_by_external_id, record_consent
+from crm.service import consent_history, consent_of, contact_of, customer_by_external_id, record_consent
 
 ERASED_PREFIX = "erased-"
 
@@ -45,8 +45,7 @@ def export_customer(session: Session, ctx: Context, exports: ProfileRegistry, ex
                      "signed_up_at": customer.signed_up_at, "membership_level": customer.membership_level,
                      "attributes": customer.attributes, "created_at": customer.created_at},
         "consent": consent_of(session, customer.id),
-        "consent_history": _rows(list(session.exec(select(ConsentChange).where(
-            ConsentChange.customer_id == customer.id).order_by(ConsentChange.id))), {"id", "customer_id"}),
+        "consent_history": _rows(consent_history(session, customer.id), {"id", "customer_id"}),
         "orders": [o.model_dump(exclude={"customer_id"}) | {"items": by_order.get(o.id, [])} for o in orders],
         "events": _rows(list(session.exec(select(Event).where(Event.customer_id == customer.id)
                                           .order_by(Event.occurred_at))), {"id", "customer_id"}),
