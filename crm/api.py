@@ -203,9 +203,10 @@ async def post_import(kind: str, request: Request, session: SessionDep, ctx: Con
 
 
 @router.get("/imports/{job_id}", response_model=ImportJobRead, tags=["imports"])
-def get_import(job_id: int, session: SessionDep, _: Principal = Depends(require(*IMPORT_READERS))) -> ImportJobRead:
-    """An import job's counts and row errors."""
-    return ImportJobRead(**ingest.get_job(session, job_id).model_dump())
+def get_import(job_id: int, session: SessionDep, ctx: ContextDep,
+               _: Principal = Depends(require(*IMPORT_READERS))) -> ImportJobRead:
+    """An import job's counts and row errors (`interrupted` when its process died: committed blocks are kept)."""
+    return ImportJobRead(**ingest.get_job(session, job_id, ctx).model_dump())
 
 
 @router.get("/keys", response_model=list[KeyRead], tags=["keys"])

@@ -32,6 +32,7 @@ from crm.bulkwrite import (
 from crm.columnar import read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
+from crm.locks import NamedLock, try_lock
 from crm.models import ImportJob
 from crm.validation import CHANNELS, ERROR_SCHEMA, ROW, SPECS, validate
 
@@ -411,8 +412,14 @@ class _Totals:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
-def start_job(session: Session, ctx: Context, *, kind: str, fmt: str, source: str, actor: str) -> ImportJob:
-    """Create and commit the job record before any row is read."""
+def _liveness_lock_name(job_id: int) -> str:
+    return f"import-{job_id}"
+
+
+def start_job(session: Session, ctx: Context, *, kind: str, fmt: str, source: str, actor: str,
+              liveness: list[NamedLock] | None = None) -> ImportJob:
+    """Create and commit the job record before any row is read (with `liveness`, hold the job's lock from before
+    the row is visible: a `running` job whose lock is free has lost its process)."""
     if kind not in SPECS:
         raise ImportRejected(f"unknown import kind '{kind}'", errors=[
             {"field": "kind", "reason": f"one of {', '.join(SPECS)}"}])
@@ -422,17 +429,54 @@ def start_job(session: Session, ctx: Context, *, kind: str, fmt: str, source: st
                     started_at=ctx.clock.now())
     session.add(job)
     session.flush()
+    if liveness is not None:
+        lock = try_lock(ctx.engine, ctx.settings.data_dir, _liveness_lock_name(job.id), transient=True)
+        if lock is not None:  # None only if a dead twin of this id held it; the sweep then waits for us to finish
+            liveness.append(lock)
     audit.record(session, actor=actor, action="import.start", entity="import_job", entity_id=job.id,
                  at=job.started_at, after={"kind": kind, "format": fmt, "source": source})
     session.commit()
     return job
 
 
+def mark_interrupted_imports(session: Session, ctx: Context) -> int:
+    """Mark `running` jobs whose process is gone (its liveness lock is free) as `interrupted`; returns how many.
+
+    Their committed blocks stay (data and counters commit together); importing the same file again finishes the
+    job, since rows already stored come back as unchanged.
+    """
+    from sqlmodel import select
+
+    count = 0
+    for job_id in session.exec(select(ImportJob.id).where(ImportJob.status == "running")).all():
+        lock = try_lock(ctx.engine, ctx.settings.data_dir, _liveness_lock_name(job_id), transient=True)
+        if lock is None:  # its importer is alive
+            continue
+        try:
+            job = session.get(ImportJob, job_id, populate_existing=True, with_for_update=True)  # it may have just finished
+            if job is None or job.status != "running":
+                continue
+            job.status = "interrupted"
+            job.finished_at = ctx.clock.now()
+            job.message = (f"the importing process stopped after {job.batches_committed} committed blocks "
+                           f"({job.rows_total} rows, all kept); import the same file again to finish")
+            session.add(job)
+            audit.record(session, actor="system", action="import.interrupted", entity="import_job", entity_id=job_id,
+                         at=job.finished_at, after={"batches_committed": job.batches_committed,
+                                                    "rows_total": job.rows_total})
+            session.flush()
+            count += 1
+        finally:
+            lock.release()
+    return count
+
+
 def run_import(session: Session, ctx: Context, *, kind: str, chunks: Iterable[bytes], fmt: str = "csv",
                source: str = "upload", actor: str = "system", progress: Progress | None = None,
                block_bytes: int | None = None) -> ImportJob:
     """Import a stream of bytes; commits once per block (data and job counters together)."""
-    job = start_job(session, ctx, kind=kind, fmt=fmt, source=source, actor=actor)
+    liveness: list[NamedLock] = []
+    job = start_job(session, ctx, kind=kind, fmt=fmt, source=source, actor=actor, liveness=liveness)
     totals = _Totals()
     try:
         _import_blocks(session, ctx, job, kind, chunks, fmt, totals, progress,
@@ -445,7 +489,11 @@ def run_import(session: Session, ctx: Context, *, kind: str, chunks: Iterable[by
         session.rollback()
         _finish(session, ctx, job, totals, status="failed", message=f"{type(failure).__name__}: {failure}"[:500])
         raise
-    _finish(session, ctx, job, totals, status="completed", message=job.message)
+    else:
+        _finish(session, ctx, job, totals, status="completed", message=job.message)
+    finally:
+        for lock in liveness:  # after _finish committed: a sweep that gets the lock then sees the final status
+            lock.release()
     return job
 
 
@@ -590,11 +638,13 @@ def _finish(session: Session, ctx: Context, job: ImportJob, totals: _Totals, *, 
     session.commit()
 
 
-def get_job(session: Session, job_id: int) -> ImportJob:
-    """One import job, or NotFound."""
+def get_job(session: Session, job_id: int, ctx: Context | None = None) -> ImportJob:
+    """One import job, or NotFound; with a context, a `running` job whose process is gone reads `interrupted`."""
     job = session.get(ImportJob, job_id)
     if job is None:
         raise NotFound(f"import job {job_id} does not exist")
+    if ctx is not None and job.status == "running" and mark_interrupted_imports(session, ctx):
+        session.refresh(job)
     return job
 
 

@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from crm.context import Context
 from crm.db import session_scope, writer_engine
 from crm.errors import Conflict, InvalidInput, NotFound
+from crm.ingest import mark_interrupted_imports
 from crm.locks import try_lock
 from crm.models import Event, JobRun, JobStep, SchedulerInstance
 from crm.schedules import JobSchedule, Occurrence, due_occurrences
@@ -286,12 +287,13 @@ def prune_runs(session: Session, before: datetime) -> int:
 
 
 def clean_core_data(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
-    """Delete raw events and finished job runs older than their retention settings."""
+    """Delete raw events and finished job runs older than their retention settings; mark dead imports."""
     now = ctx.clock.now()
     events = session.exec(delete(Event).where(  # type: ignore[call-overload]
         Event.occurred_at < now - timedelta(days=ctx.settings.event_retention_days))).rowcount
     runs = prune_runs(session, now - timedelta(days=ctx.settings.job_run_retention_days))
-    return {"events_deleted": events, "job_runs_deleted": runs}
+    interrupted = mark_interrupted_imports(session, ctx)
+    return {"events_deleted": events, "job_runs_deleted": runs, "imports_marked_interrupted": interrupted}
 
 
 CLEAN_CORE = Step("core-data", clean_core_data, "events and job runs past their retention")

@@ -33,10 +33,12 @@ def _lock_file(engine: Engine, data_dir: Path, name: str) -> Path:
 class NamedLock:
     """A held lock; `alive()` says whether it is still held, `release()` lets the next holder in."""
 
-    def __init__(self, name: str, connection: Connection | None = None, handle: IO | None = None) -> None:
+    def __init__(self, name: str, connection: Connection | None = None, handle: IO | None = None,
+                 remove: Path | None = None) -> None:
         self.name = name
         self._connection = connection
         self._handle = handle
+        self._remove = remove
 
     def alive(self) -> bool:
         """True while the lock is held (on PostgreSQL: the holding connection still answers and holds it)."""
@@ -57,6 +59,8 @@ class NamedLock:
     def release(self) -> None:
         """Give the lock up (idempotent)."""
         if self._handle is not None:
+            if self._remove is not None:  # unlinked while held: a later opener gets a fresh file, never a stale lock
+                self._remove.unlink(missing_ok=True)
             self._handle.close()
             self._handle = None
         if self._connection is not None:
@@ -76,8 +80,9 @@ class NamedLock:
         self.release()
 
 
-def try_lock(engine: Engine, data_dir: Path, name: str) -> NamedLock | None:
-    """Take the named lock without waiting; None when another process (or thread) holds it."""
+def try_lock(engine: Engine, data_dir: Path, name: str, *, transient: bool = False) -> NamedLock | None:
+    """Take the named lock without waiting; None when another process (or thread) holds it. A transient lock's
+    file (SQLite) is removed on release, for locks named after something short-lived such as one import."""
     if engine.dialect.name == "postgresql":
         connection = engine.connect()
         try:
@@ -98,7 +103,7 @@ def try_lock(engine: Engine, data_dir: Path, name: str) -> NamedLock | None:
     except BlockingIOError:
         handle.close()
         return None
-    return NamedLock(name, handle=handle)
+    return NamedLock(name, handle=handle, remove=path if transient else None)
 
 
 def lock_for_transaction(session, name: str) -> None:

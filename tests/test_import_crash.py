@@ -1,4 +1,5 @@
-"""Crash safety: a `crm import` killed with SIGKILL at random moments never leaves half a batch."""
+"""Crash safety: a `crm import` killed with SIGKILL at random moments never leaves half a batch, and its job is
+then marked interrupted (never `running` for ever)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from datetime import date
 
 from sqlalchemy import text
 
-from crm.db import make_engine
+from crm.context import build_context
+from crm.db import make_engine, session_scope
 from crm.generator import GeneratorConfig, write_dataset
-from tests.conftest import cli_env
+from crm.ingest import mark_interrupted_imports
+from crm.settings import Settings
+from tests.conftest import TEST_SECRET, cli_env
 
 
 def _counts(engine) -> tuple[int, int, int]:
@@ -25,7 +29,17 @@ def _counts(engine) -> tuple[int, int, int]:
     return stored, counted, batches
 
 
-def test_sigkill_mid_import_leaves_whole_batches_only(scratch_url, tmp_path):
+def _jobs(engine) -> list[tuple]:
+    with engine.connect() as connection:
+        return [tuple(r) for r in connection.execute(text("SELECT id, status, batches_committed FROM import_job"))]
+
+
+def _sweep(ctx) -> int:
+    with session_scope(ctx.engine) as session:
+        return mark_interrupted_imports(session, ctx)
+
+
+def test_sigkill_mid_import_leaves_whole_batches_only(scratch_url, tmp_path, db_backend):
     counts = write_dataset(GeneratorConfig(customers=1500, seed=11, end=date(2026, 6, 1)), tmp_path / "data")
     env = cli_env(scratch_url, tmp_path) | {"CRM_IMPORT_BLOCK_BYTES": "32768"}
     crm = [sys.executable, "-m", "crm.cli"]
@@ -33,8 +47,9 @@ def test_sigkill_mid_import_leaves_whole_batches_only(scratch_url, tmp_path):
     subprocess.run([*crm, "import", "customers", str(tmp_path / "data" / "customers.csv")], env=env, check=True,
                    capture_output=True)
     engine = make_engine(scratch_url)
+    ctx = build_context(Settings(database_url=scratch_url, secret_key=TEST_SECRET, data_dir=tmp_path), engine=engine)
     rng = random.Random(5)
-    kills = 0
+    kills = interrupted = 0
     for _ in range(6):
         process = subprocess.Popen([*crm, "import", "orders", str(tmp_path / "data" / "orders.csv")], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -44,13 +59,30 @@ def test_sigkill_mid_import_leaves_whole_batches_only(scratch_url, tmp_path):
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.4))
         if process.poll() is None:
+            assert _sweep(ctx) == 0, "a live import was marked interrupted"
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait()
         stored, counted, _ = _counts(engine)
         # Data and the job's counters commit in one transaction: they always agree.
         assert stored == counted, f"after a kill: {stored} orders stored, jobs account for {counted}"
+        # A killed import left its job `running` (unless the kill came as it exited); its process is gone, so the
+        # sweep marks it once the server has noticed the closed connection that held the job's lock (milliseconds).
+        expected = sum(1 for _, status, _ in _jobs(engine) if status == "running")
+        interrupted += expected
+        deadline = time.monotonic() + 10
+        swept = _sweep(ctx)
+        while swept < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+            swept += _sweep(ctx)
+        assert swept == expected, _jobs(engine)
     assert kills >= 3, "the import finished too fast to be interrupted; enlarge the data set"
+    with engine.connect() as connection:
+        statuses = dict(connection.execute(text(
+            "SELECT status, count(*) FROM import_job WHERE kind = 'orders' GROUP BY status")).all())
+    assert statuses.get("interrupted", 0) == interrupted and "running" not in statuses, statuses
+    assert interrupted or db_backend == "postgres", "no import was caught mid-way"
+    assert _sweep(ctx) == 0  # idempotent
     finished = subprocess.run([*crm, "import", "orders", str(tmp_path / "data" / "orders.csv")], env=env,
                               capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
