@@ -420,6 +420,10 @@ def _dispatch_worker(share: float, once: bool, max_batches: int | None, now: str
     stop = threading.Event()
     # SIGTERM finishes the batch in hand and exits: its claimed messages are sent and recorded, none stranded.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if not once:
+        from campaigns.dispatch import worker_name
+
+        print(f"dispatcher {worker_name()} running (SIGTERM finishes the batch in hand)", file=sys.stderr, flush=True)
     report = serve_dispatch(ctx, build_senders(ctx.settings), once=once, stop=stop, max_batches=max_batches,
                             share=share)
     return dict(report.counts) | {f"seconds_{k}": round(v, 3) for k, v in report.seconds.items()}
@@ -690,9 +694,14 @@ def _print_campaign_reports(rows: list[dict]) -> None:
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
+    import signal
+
     import uvicorn
 
     _context()  # fail early with a clear message when no key is configured
+    # Uvicorn drains in-flight requests on SIGTERM, then raises the signal again with the handler found at start:
+    # this one turns that into a clean exit status 0 instead of death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run("crm.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
