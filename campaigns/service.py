@@ -428,7 +428,7 @@ def _ledger(session: Session, now: datetime, horizon_days: int, customer_id: int
     schema = LEDGER_SCHEMA | {"campaign_id": pl.Int64, "open_offer": pl.Float64}
     # On the session's own connection, never the columnar fast path (which reads committed data only): the
     # campaigns of one day are planned in one transaction, and each must count what the previous ones planned.
-    return read_frame(session, query, params, schema, same_connection=True)
+    return read_frame(session, query, params, schema, same_connection=True, small=customer_id is not None)
 
 
 def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *, customer_id: int | None = None,

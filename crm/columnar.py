@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
+from sqlalchemy import text
 from sqlmodel import Session
 
 from crm.clock import ensure_utc
@@ -106,8 +107,11 @@ def _extension_path(package: str) -> str:
 
 
 def _same_connection_read(session: Session, dialect: str, query: str, params: dict[str, Any],
-                          schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """Read on the session's connection: COPY CSV on PostgreSQL, a plain fetch on SQLite."""
+                          schema: dict[str, pl.DataType], small: bool = False) -> pl.DataFrame:
+    """Read on the session's connection: COPY CSV on PostgreSQL (a plain fetch when `small`), a fetch on SQLite."""
+    if small and dialect == "postgresql":  # a few rows (one customer's): COPY and a CSV parse cost more than they save
+        rows = [tuple(r) for r in session.connection().execute(text(query), params)]
+        return pl.DataFrame(rows, schema=schema, orient="row", strict=False)
     # Booleans (t/f in PostgreSQL's CSV) and timestamps arrive as text and are converted afterwards.
     text_schema = {n: (pl.String if t in (pl.Boolean, pl.Date) or isinstance(t, pl.Datetime) else t)
                    for n, t in schema.items()}
@@ -132,10 +136,10 @@ class ColumnarReader:
         self.dialect = session.get_bind().dialect.name
 
     def read(self, query: str, params: dict[str, Any], schema: dict[str, pl.DataType], *,
-             same_connection: bool = False) -> pl.DataFrame:
+             same_connection: bool = False, small: bool = False) -> pl.DataFrame:
         """Run a SELECT (named :params) whose columns match `schema` and return a polars frame."""
         if same_connection or self.connection is None:
-            frame = _same_connection_read(self.session, self.dialect, query, params, schema)
+            frame = _same_connection_read(self.session, self.dialect, query, params, schema, small)
         else:
             frame = _native_read(self.connection, self.dialect, query, params)
             frame = frame.rename(dict(zip(frame.columns, schema, strict=True)))
@@ -153,15 +157,16 @@ def columnar_reader(session: Session) -> Iterator[ColumnarReader]:
 
 
 def read_frame(session: Session, query: str, params: dict[str, Any], schema: dict[str, pl.DataType], *,
-               same_connection: bool = False) -> pl.DataFrame:
+               same_connection: bool = False, small: bool = False) -> pl.DataFrame:
     """Run a SELECT (named :params) whose columns match `schema` and return a polars frame.
 
     The fast path reads committed data on a connection of its own (see `_duckdb_attached`). `same_connection`
     — small reads inside a transaction (e.g. of temporary tables), and tests inside a rolled-back transaction —
-    uses the session's connection instead. Timestamp columns come back as timezone-aware UTC whatever the path.
+    uses the session's connection instead; `small` (one customer's rows) also skips PostgreSQL's COPY for a plain
+    fetch. Timestamp columns come back as timezone-aware UTC whatever the path.
     """
-    if same_connection or session.info.get(SAME_CONNECTION_FLAG, False):
-        return ColumnarReader(session, None).read(query, params, schema)
+    if same_connection or small or session.info.get(SAME_CONNECTION_FLAG, False):
+        return ColumnarReader(session, None).read(query, params, schema, small=small)
     with columnar_reader(session) as reader:
         return reader.read(query, params, schema)
 

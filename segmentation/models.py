@@ -67,6 +67,17 @@ class CustomerTag(SQLModel, table=True):
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 
+class SegmentMetric(SQLModel, table=True):
+    """The metric values the newest run computed each customer's tier and layer from: what the profile explains
+    (rewritten by every run, so a profile never recomputes a customer's metrics)."""
+
+    __tablename__ = "segment_metric"
+
+    customer_id: int = Field(foreign_key="customer.id", primary_key=True)
+    run_id: int = Field(sa_column=Column(Integer, nullable=False))
+    metric_values: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+
+
 class SegmentTransition(SQLModel, table=True):
     """A change a run made: tier or layer moved, tag added or removed. Later packages act on these."""
 

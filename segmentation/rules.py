@@ -197,12 +197,17 @@ def evaluate(metrics: pl.DataFrame, rule_set: RuleSet, *, key: str = "customer_i
 
 def explain(values: dict[str, Any], rule_set: RuleSet) -> dict[str, Any]:
     """Why one customer got its value: the matched rule's conditions with the values, or every failure."""
+    # Every condition of every rule in one select: the same expressions the run evaluated, one polars call.
+    used = sorted({metric for rule in rule_set.rules for metric in rule.when})
+    frame = pl.DataFrame({metric: [values.get(metric)] for metric in used}, strict=False)
+    held = frame.select(
+        [condition.expression(metric).alias(f"{index}:{metric}") for index, rule in enumerate(rule_set.rules)
+         for metric, condition in rule.when.items()]).row(0, named=True) if used else {}
     checks = []
-    for rule in rule_set.rules:
+    for index, rule in enumerate(rule_set.rules):
         failed = []
         for metric, condition in rule.when.items():
-            frame = pl.DataFrame({metric: [values.get(metric)]})
-            if not frame.select(condition.expression(metric)).item():
+            if not held[f"{index}:{metric}"]:
                 failed.append({"metric": metric, "value": values.get(metric), "needs": condition.describe()})
         checks.append({"rule": rule.name, "failed": failed})
         if not failed:

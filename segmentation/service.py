@@ -28,7 +28,14 @@ from crm.service import (
 from segmentation.defaults import DEFAULTS
 from segmentation.hysteresis import STATE_SCHEMA, settle
 from segmentation.metrics import METRICS, MetricParams, compute_metrics, rfm_cell
-from segmentation.models import CustomerSegment, CustomerTag, SegmentRuleSet, SegmentRun, SegmentTransition
+from segmentation.models import (
+    CustomerSegment,
+    CustomerTag,
+    SegmentMetric,
+    SegmentRuleSet,
+    SegmentRun,
+    SegmentTransition,
+)
 from segmentation.rules import RuleProblem, RuleSet, check_rule_set, evaluate, explain
 from segmentation.tags import TagSet, evaluate_tags
 
@@ -258,6 +265,9 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
     ], how="diagonal_relaxed").with_columns(run_id=pl.lit(run.id), at=pl.lit(as_of))
     _write_changes(session, changed_state, previous, moves, added, removed, as_of, tags_version)
     timings["write_s"] = round(time.perf_counter() - tick, 3)
+    tick = time.perf_counter()
+    _write_metric_values(session, metrics, run.id, (tier_rules, layer_rules))
+    timings["metric_values_s"] = round(time.perf_counter() - tick, 3)
 
     tags_after = (current_tags.select("customer_id", "tag")
                   .join(removed.select("customer_id", "tag"), on=["customer_id", "tag"], how="anti")
@@ -279,6 +289,30 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
     session.add(run)
     session.flush()
     return run
+
+
+SHOWN_METRICS = ("recency_days", "frequency", "monetary")  # on every profile, whatever the rules use
+
+
+def explained_metrics(rule_sets: tuple[RuleSet, ...], available: list[str]) -> list[str]:
+    """The metrics a profile shows and its rule explanations read: R/F/M and every metric the rule sets use."""
+    used = {metric for rule_set in rule_sets for rule in rule_set.rules for metric in rule.when}
+    return [m for m in available if m in used or m in SHOWN_METRICS]
+
+
+def _write_metric_values(session: Session, metrics: pl.DataFrame, run_id: int, rule_sets: tuple[RuleSet, ...]
+                         ) -> None:
+    """Replace the stored metric values with this run's (rounded as the profile shows them)."""
+    names = explained_metrics(rule_sets, metrics.columns)
+    values = metrics.select("customer_id", pl.struct([
+        pl.col(m).round(2) if metrics.schema[m].is_float() else pl.col(m) for m in names
+    ]).struct.json_encode().alias("metric_values")).with_columns(run_id=pl.lit(run_id, pl.Int64))
+    # Every row is replaced; TRUNCATE (transactional in PostgreSQL) leaves no dead rows behind. It is the run's
+    # last write, so a profile waits on it only for the length of the copy.
+    pg = session.get_bind().dialect.name == "postgresql"
+    session.connection().execute(text("TRUNCATE segment_metric" if pg else "DELETE FROM segment_metric"))
+    fill_empty_table(session, "segment_metric", values.select("customer_id", "run_id", "metric_values"),
+                     {"customer_id": "int", "run_id": "int", "metric_values": "json"})
 
 
 def _shares(values: pl.Series, rule_set: RuleSet) -> dict[str, Any]:
@@ -384,7 +418,12 @@ def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
     as_of = run.as_of if run else row.tier_since
     tier_rules = rule_set_at(session, "tier", row.tier_version)
     layer_rules = rule_set_at(session, "layer", row.layer_version)
-    values = _one_customer_metrics(session, request.customer_id, as_of, tier_rules)
+    stored = session.get(SegmentMetric, request.customer_id)
+    needed = explained_metrics((tier_rules, layer_rules), list(METRICS))
+    if stored is not None and all(m in stored.metric_values for m in needed):
+        values = stored.metric_values  # what the newest run computed the tier from
+    else:  # before a run has stored them (just upgraded), or rule versions that read other metrics
+        values = _one_customer_metrics(session, request.customer_id, as_of, tier_rules)
     tags = session.exec(select(CustomerTag).where(CustomerTag.customer_id == request.customer_id)
                         .order_by(CustomerTag.tag)).all()
     moves = session.exec(select(SegmentTransition).where(SegmentTransition.customer_id == request.customer_id)
@@ -410,13 +449,15 @@ def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
 
 
 def segment_export(request: ProfileRequest) -> dict[str, Any] | None:
-    """A customer's segment state, tags and every recorded move, for a data export."""
+    """A customer's segment state, the metric values behind it, tags and every recorded move, for a data export."""
     session = request.session
     row = session.get(CustomerSegment, request.customer_id)
     tags = session.exec(select(CustomerTag).where(CustomerTag.customer_id == request.customer_id)).all()
     moves = session.exec(select(SegmentTransition).where(SegmentTransition.customer_id == request.customer_id)
                          .order_by(SegmentTransition.at)).all()
+    metric = session.get(SegmentMetric, request.customer_id)
     return {"segment": row.model_dump(exclude={"customer_id"}) if row else None,
+            "metric_values": metric.metric_values if metric else None,
             "tags": [t.model_dump(exclude={"customer_id"}) for t in tags],
             "moves": [m.model_dump(exclude={"customer_id", "id"}) for m in moves]}
 

@@ -8,8 +8,8 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from crm.models import AuditLog, Customer, Role
-from segmentation.models import CustomerSegment, CustomerTag, SegmentTransition
-from segmentation.service import current_rule_set, put_rule_set, run_segmentation
+from segmentation.models import CustomerSegment, CustomerTag, SegmentMetric, SegmentTransition
+from segmentation.service import current_rule_set, explained_metrics, put_rule_set, run_segmentation
 from tests.factories import ORDER_HEADER, csv_text, customers, run
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -117,6 +117,29 @@ def test_profile_section_explains_the_tier(client, auth_header, session, ctx):
     never = client.get("/customers/C5/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
     assert never["tier"] == "lost" and never["tier_matched_a_rule"] is False
     assert "fallback" in never["why"]["note"]
+
+
+def test_the_profile_explains_from_the_values_the_run_stored(client, auth_header, session, ctx):
+    """A run stores each customer's metric values; the profile explains the tier from them (no recomputation),
+    and recomputes only when they are missing."""
+    _shop(session, ctx)
+    segment_run = run_segmentation(session, ctx, AS_OF)
+    stored = {row.customer_id: row for row in session.exec(select(SegmentMetric))}
+    assert len(stored) == session.exec(select(func.count(CustomerSegment.customer_id))).one()
+    c1 = session.exec(select(Customer.id).where(Customer.external_id == "C1")).one()
+    _, tier = current_rule_set(session, "tier")
+    _, layer = current_rule_set(session, "layer")
+    assert set(stored[c1].metric_values) == set(explained_metrics((tier, layer), list(stored[c1].metric_values)))
+    assert stored[c1].run_id == segment_run.id
+    assert {"recency_days", "frequency", "monetary"} <= set(stored[c1].metric_values)
+    # A late-arriving order inside the window: the run did not see it, so the profile still explains the run.
+    _orders(session, ctx, [("LATE", "C1", 40, 100, 0)])
+    segment = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
+    assert (segment["frequency"], segment["monetary"]) == (4, 2400)
+    session.delete(stored[c1])
+    session.flush()
+    segment = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
+    assert (segment["frequency"], segment["monetary"]) == (5, 2500)  # recomputed, late order included
 
 
 def test_customer_list_filters(client, auth_header, session, ctx):

@@ -1,0 +1,211 @@
+"""API load: profile lookups and customer searches at a fixed rate against `crm serve` on the 1M-customer database.
+
+    .venv/bin/python bench/bench_load.py --customers 1000000 --rate 200 --seconds 60 --workers 2
+
+Uses the PostgreSQL database bench/bench_segmentation.py loads (run it, bench_churn.py and bench_pipeline.py first,
+so profiles have tiers, churn scores and contact history). Starts `crm serve` with N uvicorn worker processes, then a
+load generator in a second process on loopback: an open loop that sends request i at t0 + i/rate whatever the
+server's pace (latency counts from that scheduled moment, so a slow server cannot hide its queue), half profile
+lookups (`GET /customers/{id}/profile`) and half searches (`GET /customers?email=` or `?phone=`, exact match through
+the keyed hashes), every request with a 5 s timeout and the whole run under a hard deadline. Customers, emails and
+phones are drawn from the generator's own customers.csv. Writes bench/results/load.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import PG_SERVER, machine, parser, save  # noqa: E402
+
+SECRET = "bench-secret"  # the key bench_segmentation.py encrypted the contact data with
+PROFILE_SHARE = 0.5
+REQUEST_TIMEOUT = 5.0
+
+
+def targets(data: Path, count: int, seed: int) -> list[str]:
+    """Request paths for `count` requests: profiles and email/phone searches of customers from customers.csv."""
+    from urllib.parse import quote
+
+    import polars as pl
+
+    people = (pl.scan_csv(data / "customers.csv", schema_overrides={"phone": pl.String})
+              .select("external_id", "email", "phone").collect())
+    rng = random.Random(seed)
+    rows = people.sample(n=min(count, people.height), with_replacement=count > people.height, seed=seed).rows()
+    paths = []
+    for external_id, email, phone in rows:
+        kind = rng.random()
+        if kind < PROFILE_SHARE or (email is None and phone is None):
+            paths.append(f"/customers/{quote(external_id)}/profile")
+        elif email is not None and (phone is None or kind < PROFILE_SHARE + (1 - PROFILE_SHARE) / 2):
+            paths.append(f"/customers?email={quote(email)}")
+        else:
+            paths.append(f"/customers?phone={quote(phone)}")
+    return paths
+
+
+async def open_loop(base_url: str, key: str, paths: list[str], rate: float, concurrency: int) -> dict:
+    """Send paths[i] at t0 + i/rate; latency from the scheduled moment; errors by kind."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: dict[str, list[float]] = {"profile": [], "search": []}
+    errors: dict[str, int] = {}
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
+                                 timeout=REQUEST_TIMEOUT) as client:
+        start = time.perf_counter() + 0.2
+
+        async def one(index: int, path: str) -> None:
+            scheduled = start + index / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            async with gate:
+                try:
+                    answer = await client.get(path)
+                    if answer.status_code != 200:
+                        errors[f"http_{answer.status_code}"] = errors.get(f"http_{answer.status_code}", 0) + 1
+                        return
+                except httpx.HTTPError as error:
+                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                    return
+            kind = "profile" if path.endswith("/profile") else "search"
+            latencies[kind].append((time.perf_counter() - scheduled) * 1000)
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+        elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "errors": errors, "elapsed_s": round(elapsed, 2)}
+
+
+def percentiles(values: list[float]) -> dict:
+    """p50 / p90 / p99 / max in ms."""
+    import numpy as np
+
+    if not values:
+        return {"count": 0}
+    array = np.asarray(values)
+    return {"count": len(values), "p50_ms": round(float(np.percentile(array, 50)), 1),
+            "p90_ms": round(float(np.percentile(array, 90)), 1), "p99_ms": round(float(np.percentile(array, 99)), 1),
+            "max_ms": round(float(array.max()), 1)}
+
+
+def client_main(args: list[str]) -> None:
+    """The load generator process: `bench_load.py --client URL KEY PATHS_FILE RATE CONCURRENCY DEADLINE`."""
+    base_url, key, paths_file, rate, concurrency, deadline = args
+    paths = json.loads(Path(paths_file).read_text())
+    try:
+        result = asyncio.run(asyncio.wait_for(open_loop(base_url, key, paths, float(rate), int(concurrency)),
+                                              timeout=float(deadline)))
+    except TimeoutError:
+        print(json.dumps({"error": f"the run passed its {deadline} s deadline"}))
+        return
+    lat = result["latencies"]
+    everything = lat["profile"] + lat["search"]
+    print(json.dumps({"sent": len(paths), "ok": len(everything), "errors": result["errors"],
+                      "elapsed_s": result["elapsed_s"], "achieved_rps": round(len(paths) / result["elapsed_s"], 1),
+                      "all": percentiles(everything), "profile": percentiles(lat["profile"]),
+                      "search": percentiles(lat["search"])}))
+
+
+def wait_healthy(base_url: str, timeout: float) -> bool:
+    """The server answers /health."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def main() -> None:
+    """Start the server, warm it, run the measured load in a second process, write bench/results/load.json."""
+    options = parser("postgres")
+    options.add_argument("--rate", type=float, default=200.0)
+    options.add_argument("--seconds", type=float, default=60.0)
+    options.add_argument("--warmup-seconds", type=float, default=10.0)
+    options.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    options.add_argument("--concurrency", type=int, default=64, help="most requests in flight")
+    options.add_argument("--port", type=int, default=8765)
+    args = options.parse_args()
+
+    from crm.auth import create_key, revoke_key
+    from crm.context import build_context
+    from crm.db import make_engine, session_scope
+    from crm.migrations import upgrade_to_head
+    from crm.models import Role
+    from crm.settings import Settings
+
+    url = f"{PG_SERVER}/crm_bench_seg_{args.customers}"
+    data = args.data / f"{args.customers}-{args.seed}"
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    ctx = build_context(Settings(database_url=url, secret_key=SECRET), engine=engine)
+    with session_scope(engine) as session:
+        from sqlalchemy import text
+
+        counts = session.execute(text("SELECT (SELECT count(*) FROM customer), (SELECT count(*) FROM segment_metric), "
+                                      "(SELECT count(*) FROM churn_score), (SELECT count(*) FROM message)")).one()
+        if not counts[1] or not counts[2]:
+            raise SystemExit("run bench_segmentation.py, bench_churn.py and bench_pipeline.py first (profiles need "
+                             "a segmentation run with stored metric values, churn scores and messages)")
+        issued = create_key(session, ctx, name="load benchmark", role=Role.support, actor="bench")
+        key, key_id = issued.secret, issued.record.id
+    base_url = f"http://127.0.0.1:{args.port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")} | {
+        "CRM_DATABASE_URL": url, "CRM_SECRET_KEY": SECRET, "CRM_DATA_DIR": str(args.data)}
+    log = (args.data / "load-server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "crm.cli", "serve", "--port", str(args.port), "--workers",
+                               str(args.workers)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    results: dict = {"machine": machine(), "customers": counts[0], "messages": counts[3],
+                     "server": f"crm serve: uvicorn, {args.workers} worker processes, each FastAPI's sync routes on "
+                               "its default thread pool (40 threads), SQLAlchemy pool 5 + 10 overflow per worker; "
+                               "PostgreSQL on the same 2 cores",
+                     "rate": args.rate, "seconds": args.seconds, "concurrency_cap": args.concurrency,
+                     "mix": f"{PROFILE_SHARE:.0%} profile lookups, the rest email / phone searches"}
+    try:
+        if not wait_healthy(base_url, 120):
+            raise SystemExit(f"the server did not come up; see {log.name}")
+        for phase, seconds, seed in (("warmup", args.warmup_seconds, args.seed + 1), ("measured", args.seconds,
+                                                                                     args.seed)):
+            paths = targets(data, int(args.rate * seconds), seed)
+            paths_file = args.data / f"load-{phase}.json"
+            paths_file.write_text(json.dumps(paths))
+            out = subprocess.run([sys.executable, __file__, "--client", base_url, key, str(paths_file), str(args.rate),
+                                  str(args.concurrency), str(seconds + 30)], capture_output=True, text=True,
+                                 timeout=seconds + 60, cwd=ROOT)
+            if out.returncode != 0 or not out.stdout.strip():
+                raise SystemExit(out.stderr[-2000:])
+            results[phase] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{phase}: {json.dumps(results[phase])}", flush=True)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        with session_scope(engine) as session:
+            revoke_key(session, ctx, key_id=key_id, actor="bench")
+    measured = results["measured"]
+    results["target_met"] = bool(measured.get("all", {}).get("p99_ms", 1e9) <= 50 and not measured.get("errors"))
+    print(f"wrote {save(f'load-{args.workers}w-{int(args.rate)}rps', results)}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        client_main(sys.argv[2:])
+    else:
+        main()
