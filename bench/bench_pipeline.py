@@ -72,6 +72,10 @@ def main() -> None:
         if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             raise SystemExit(f"no database {name}: run bench/bench_segmentation.py and bench/bench_churn.py first")
     url = f"{PG_SERVER}/{name}"
+    from crm.db import make_engine
+    from crm.migrations import upgrade_to_head
+
+    upgrade_to_head(make_engine(url))  # a kept database may predate the newest migrations
     with psycopg.connect(f"{plain}/{name}", autocommit=True) as connection:
         for table in FORGET:
             connection.execute(f"DELETE FROM {table}")

@@ -114,7 +114,7 @@ def current_principal(request: Request, session: Session = Depends(get_session),
 def require(*roles: Role):
     """Dependency factory: only the given roles pass; the roles are kept on it for the route table."""
 
-    def dependency(principal: Principal = Depends(current_principal)) -> Principal:
+    async def dependency(principal: Principal = Depends(current_principal)) -> Principal:  # async: no pool hop
         if principal.role not in roles:
             allowed = ", ".join(r.value for r in roles)
             raise Forbidden(f"role '{principal.role.value}' may not do this (allowed: {allowed})")

@@ -35,6 +35,6 @@ def build_context(settings: Settings, *, engine: Engine | None = None, clock: Cl
     )
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:  # async: no thread-pool hop for a lookup
     """FastAPI dependency returning the app's Context."""
     return request.app.state.ctx

@@ -414,8 +414,8 @@ def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
     row = session.get(CustomerSegment, request.customer_id)
     if row is None:
         return None
-    run = latest_run(session)
-    as_of = run.as_of if run else row.tier_since
+    as_of = session.exec(select(SegmentRun.as_of).where(SegmentRun.finished_at.is_not(None))
+                         .order_by(SegmentRun.id.desc()).limit(1)).first() or row.tier_since
     tier_rules = rule_set_at(session, "tier", row.tier_version)
     layer_rules = rule_set_at(session, "layer", row.layer_version)
     stored = session.get(SegmentMetric, request.customer_id)

@@ -137,9 +137,12 @@ def test_health_reports_database_and_migrations(client):
 
 def test_metrics_are_prometheus_text(client, auth_header):
     client.get("/health")
+    assert client.get("/customers/C1").status_code == 401  # refused requests are counted under their route too
     response = client.get("/metrics", headers=auth_header(Role.admin))
     assert response.status_code == 200
     assert 'crm_http_requests_total{method="GET",route="/health",status="200"}' in response.text
+    assert 'crm_http_requests_total{method="GET",route="/customers/{external_id}",status="401"}' in response.text
+    assert 'crm_http_request_seconds_count{method="GET",route="/health"}' in response.text
 
 
 def test_openapi_is_served(client):
