@@ -13,7 +13,6 @@ import io
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -186,9 +186,13 @@ def add_chaos_campaign(ctx) -> None:
 def copy_database(url: str, suffix: str) -> str:
     """A copy of the database (PostgreSQL template copy, or the SQLite file), for the reference run."""
     if url.startswith("sqlite"):
+        import sqlite3
+
         source = Path(url.removeprefix("sqlite:///"))
         target = source.with_name(f"{source.stem}-{suffix}{source.suffix}")
-        shutil.copyfile(source, target)
+        # The backup API copies what is committed, including pages still in the write-ahead log.
+        with closing(sqlite3.connect(source)) as origin, closing(sqlite3.connect(target)) as copy:
+            origin.backup(copy)
         return f"sqlite:///{target}"
     import psycopg
 

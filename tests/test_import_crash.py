@@ -92,3 +92,36 @@ def test_sigkill_mid_import_leaves_whole_batches_only(scratch_url, tmp_path, db_
         distinct = connection.execute(text("SELECT count(DISTINCT external_id) FROM orders")).scalar_one()
     assert distinct == counts["orders"]
     engine.dispose()
+
+
+def test_a_running_import_reads_interrupted_once_its_process_is_gone(scratch_url, tmp_path):
+    """The liveness lock on both backends: held → the job stays `running`; its holder gone without unlocking (a
+    dead process's connection or file descriptor closing) → `GET /imports/{id}`'s lookup marks it `interrupted`."""
+    from crm.ingest import get_job, start_job
+    from crm.migrations import upgrade_to_head
+
+    engine = make_engine(scratch_url)
+    upgrade_to_head(engine)
+    ctx = build_context(Settings(database_url=scratch_url, secret_key=TEST_SECRET, data_dir=tmp_path), engine=engine)
+    locks = []
+    with session_scope(engine) as session:
+        job_id = start_job(session, ctx, kind="orders", fmt="csv", source="test", actor="test", liveness=locks).id
+    assert len(locks) == 1
+    with session_scope(engine) as session:
+        assert get_job(session, job_id, ctx).status == "running"  # its importer is alive
+    holder = locks[0]
+    if holder._connection is not None:  # PostgreSQL: the session that holds the advisory lock goes away
+        holder._connection.invalidate()
+    else:  # SQLite: the file descriptor holding the flock closes
+        holder._handle.close()
+    deadline = time.monotonic() + 10
+    status = "running"
+    while status == "running" and time.monotonic() < deadline:
+        with session_scope(engine) as session:
+            status = get_job(session, job_id, ctx).status
+        time.sleep(0.05)
+    assert status == "interrupted"
+    with session_scope(engine) as session:
+        job = get_job(session, job_id, ctx)
+        assert "import the same file again" in job.message and job.finished_at is not None
+    engine.dispose()
