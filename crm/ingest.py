@@ -431,7 +431,7 @@ def start_job(session: Session, ctx: Context, *, kind: str, fmt: str, source: st
     session.flush()
     if liveness is not None:
         lock = try_lock(ctx.engine, ctx.settings.data_dir, _liveness_lock_name(job.id), transient=True)
-        if lock is not None:  # None only if a dead twin of this id held it; the sweep then waits for us to finish
+        if lock is not None:  # always free for a new id (a dead holder's lock is released with its process)
             liveness.append(lock)
     audit.record(session, actor=actor, action="import.start", entity="import_job", entity_id=job.id,
                  at=job.started_at, after={"kind": kind, "format": fmt, "source": source})
