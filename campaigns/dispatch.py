@@ -522,7 +522,17 @@ class SingleWriter:
 def serve(ctx: Context, senders: dict[str, Sender], *, once: bool, stop: threading.Event,
           max_batches: int | None = None, share: float = 1.0) -> BatchReport:
     """The dispatcher process: run until idle (once) or poll until `stop` is set; a stop finishes the batch."""
-    writer = SingleWriter(ctx)
+    while True:
+        try:
+            writer = SingleWriter(ctx)
+            break
+        except RuntimeError:
+            # SQLite: another writer (e.g. the pipeline's dispatch step) holds the lock. A one-off pass says so;
+            # the long-running dispatcher waits its turn instead of exiting.
+            if once:
+                raise
+            if stop.wait(ctx.settings.dispatch_poll_seconds):
+                return BatchReport()
     dispatcher = Dispatcher(ctx, senders, share=share)
     total = BatchReport()
     try:

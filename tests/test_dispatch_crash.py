@@ -101,3 +101,31 @@ def test_concurrent_workers_never_send_twice_nor_break_a_cap(scratch_url, tmp_pa
     for customer_id in shop.customers.values():
         sent = sorted(r["priority"] for r in rows if r["customer_id"] == customer_id and r["status"] == "sent")
         assert sent == [2, 3] or db_backend == "postgres" and len(sent) == 2
+
+
+def test_the_long_running_dispatcher_waits_for_the_sqlite_writer_instead_of_exiting(scratch_url, tmp_path,
+                                                                                    fake_server, providers):
+    """While another writer holds the SQLite dispatch lock (the pipeline's own dispatch step, say), `crm dispatch
+    run` keeps waiting; once the lock is free it sends what is due, and SIGTERM stops it cleanly."""
+    settings = fake_settings(tmp_path, fake_server, scratch_url)
+    shop = build_shop(scratch_url, settings, customers=5, now=BASE)
+    shop.add_messages([{"customer_id": c, "occurrence": "wait", "send_at": BASE, "expires_at": None}
+                       for c in shop.customers.values()])
+    env = cli_env(scratch_url, tmp_path) | fake_env(settings) | {"CRM_DISPATCH_POLL_SECONDS": "0.2",
+                                                                 "CRM_DATA_DIR": str(tmp_path)}
+    held = SingleWriter(shop.ctx)  # a no-op on PostgreSQL, which has no single writer
+    process = subprocess.Popen([*CRM, "dispatch", "run", "--now", (BASE + timedelta(minutes=1)).isoformat()],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3.0)
+        assert process.poll() is None, process.stderr.read()
+        assert _statuses(shop)["planned"] == 5 or shop.ctx.engine.dialect.name == "postgresql"
+        held.release()
+        deadline = time.monotonic() + 60
+        while _statuses(shop)["sent"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _statuses(shop) == Counter({"sent": 5})
+    finally:
+        held.release()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stderr.read()
