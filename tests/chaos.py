@@ -334,6 +334,9 @@ class Harness:
     def strike(self, name: str, signum: int | None = None, restart: bool = True) -> None:
         """Signal one service (SIGKILL, or SIGTERM at the configured share), check a graceful stop, restart."""
         service = self.services[name]
+        if service.process.poll() is not None:  # nobody signalled it: a crash of its own is a finding
+            self.report.problems.append(f"{name} had exited on its own with {service.process.returncode}: see "
+                                        f"{service.log}")
         if signum is None:  # each service's first signal is a SIGKILL: the first round kills mid-pipeline for sure
             first = not any(r["target"] == name for r in self.report.signals)
             signum = (signal.SIGTERM if not first and self.rng.random() < self.options.sigterm_share
