@@ -23,7 +23,7 @@ from crm.db import make_engine, session_scope
 from crm.jobs import JobBusy, JobDefinition, JobRegistry, Step, run_due, run_job
 from crm.locks import try_lock
 from crm.migrations import upgrade_to_head
-from crm.models import Event, JobRun, Role, SchedulerInstance
+from crm.models import Event, ImportJob, JobRun, Role, SchedulerInstance
 from crm.schedules import JobSchedule
 from crm.settings import Settings
 from tests.conftest import TEST_SECRET, cli_env
@@ -197,6 +197,9 @@ def test_cleanup_removes_only_what_is_past_its_retention(scratch_url, tmp_path):
                                finished_at=at))
         session.add(Campaign(name="c", status="active", version=1, priority=0, spec={}, created_at=old,
                              created_by="t", updated_at=old, updated_by="t"))
+        # An import whose process died: `running`, nobody holding its liveness lock.
+        session.add(ImportJob(kind="orders", source="dead.csv", format="csv", status="running", created_by="t",
+                              started_at=recent, batches_committed=2, rows_total=1000))
         session.flush()
         for key, expires in (("lapsed", now - timedelta(hours=1)), ("open", now + timedelta(hours=1))):
             session.add(Message(campaign_id=1, occurrence=key, customer_id=1, channel="sms", status="planned",
@@ -207,7 +210,7 @@ def test_cleanup_removes_only_what_is_past_its_retention(scratch_url, tmp_path):
     [outcome] = run_due(ctx, cleanup)
     assert outcome.status == "succeeded" and outcome.occurrence == "2026-11-02"
     counts = {s["step"]: s["counts"] for s in outcome.steps}
-    assert counts == {"core-data": {"events_deleted": 1, "job_runs_deleted": 1},
+    assert counts == {"core-data": {"events_deleted": 1, "job_runs_deleted": 1, "imports_marked_interrupted": 1},
                       "campaign-data": {"messages_expired": 1, "webhook_receipts_deleted": 1,
                                         "churn_predictions_deleted": 1}}
     with ctx.engine.connect() as connection:
