@@ -33,7 +33,7 @@ from crm.auth import create_key
 from crm.db import make_engine, session_scope
 from crm.ingest import mark_interrupted_imports
 from crm.models import Role
-from tests.conftest import cli_env
+from tests.conftest import cli_env, pg_admin
 from tests.dispatch_support import fake_env, fake_settings
 
 CRM = [sys.executable, "-m", "crm.cli"]
@@ -194,12 +194,9 @@ def copy_database(url: str, suffix: str) -> str:
         with closing(sqlite3.connect(source)) as origin, closing(sqlite3.connect(target)) as copy:
             origin.backup(copy)
         return f"sqlite:///{target}"
-    import psycopg
-
     server, name = url.rsplit("/", 1)
     target = f"{name}_{suffix}"
-    with psycopg.connect(f"{server.replace('postgresql+psycopg://', 'postgresql://')}/postgres",
-                         autocommit=True) as admin:
+    with pg_admin(server) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{target}"')
         admin.execute(f'CREATE DATABASE "{target}" TEMPLATE "{name}"')
     return f"{server}/{target}"
@@ -210,11 +207,8 @@ def drop_database(url: str) -> None:
     if url.startswith("sqlite"):
         Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
         return
-    import psycopg
-
     server, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{server.replace('postgresql+psycopg://', 'postgresql://')}/postgres",
-                         autocommit=True) as admin:
+    with pg_admin(server) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

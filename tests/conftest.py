@@ -138,6 +138,14 @@ def auth_header(keys):
     return lambda role: {"Authorization": f"Bearer {keys[role]}"}
 
 
+def pg_admin(server: str):
+    """An autocommit connection to a PostgreSQL server's `postgres` database (CREATE / DROP DATABASE), from a
+    SQLAlchemy server URL such as postgresql+psycopg://user@host:5432."""
+    import psycopg
+
+    return psycopg.connect(f"{server.replace('postgresql+psycopg://', 'postgresql://')}/postgres", autocommit=True)
+
+
 @pytest.fixture
 def scratch_url(database_url, tmp_path) -> Iterator[str]:
     """A separate, empty database for tests that commit for real (subprocesses, crash tests)."""
@@ -146,17 +154,14 @@ def scratch_url(database_url, tmp_path) -> Iterator[str]:
         return
     import uuid
 
-    import psycopg
-
     server = database_url.rsplit("/", 1)[0]
     name = f"crm_scratch_{uuid.uuid4().hex[:8]}"
-    plain = server.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
+    with pg_admin(server) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"{server}/{name}"
     finally:
-        with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
+        with pg_admin(server) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
