@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from sqlalchemy import text
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from crm import audit
 from crm.bulkwrite import (
@@ -445,8 +445,6 @@ def mark_interrupted_imports(session: Session, ctx: Context) -> int:
     Their committed blocks stay (data and counters commit together); importing the same file again finishes the
     job, since rows already stored come back as unchanged.
     """
-    from sqlmodel import select
-
     count = 0
     for job_id in session.exec(select(ImportJob.id).where(ImportJob.status == "running")).all():
         lock = try_lock(ctx.engine, ctx.settings.data_dir, _liveness_lock_name(job_id), transient=True)

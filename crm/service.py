@@ -29,7 +29,7 @@ def read_columns(session: Session, reader: ColumnarReader | None, query: str, pa
     """Through the caller's open reader when given; a single customer's rows on the session's connection."""
     if reader is not None and not one_customer:
         return reader.read(query, params, schema)
-    return read_frame(session, query, params, schema, same_connection=one_customer, small=one_customer)
+    return read_frame(session, query, params, schema, small=one_customer)  # small reads use the session's own
 
 
 def orders_frame(session: Session, start: datetime | None, end: datetime, *, customer_id: int | None = None,

@@ -357,10 +357,14 @@ def _write_changes(session: Session, changed_state: pl.DataFrame, previous: pl.D
 # ---------------------------------------------------------------- reading
 
 
+def _newest_finished(query: Any) -> Any:
+    """Narrow a select over segment_run to the newest finished run."""
+    return query.where(SegmentRun.finished_at.is_not(None)).order_by(SegmentRun.id.desc()).limit(1)
+
+
 def latest_run(session: Session) -> SegmentRun | None:
     """The newest finished run."""
-    return session.exec(select(SegmentRun).where(SegmentRun.finished_at.is_not(None))
-                        .order_by(SegmentRun.id.desc()).limit(1)).first()
+    return session.exec(_newest_finished(select(SegmentRun))).first()
 
 
 def summary(session: Session) -> dict[str, Any]:
@@ -414,8 +418,8 @@ def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
     row = session.get(CustomerSegment, request.customer_id)
     if row is None:
         return None
-    as_of = session.exec(select(SegmentRun.as_of).where(SegmentRun.finished_at.is_not(None))
-                         .order_by(SegmentRun.id.desc()).limit(1)).first() or row.tier_since
+    # Only its as-of: the run row carries the whole distribution as JSON.
+    as_of = session.exec(_newest_finished(select(SegmentRun.as_of))).first() or row.tier_since
     tier_rules = rule_set_at(session, "tier", row.tier_version)
     layer_rules = rule_set_at(session, "layer", row.layer_version)
     stored = session.get(SegmentMetric, request.customer_id)
