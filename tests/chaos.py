@@ -30,7 +30,7 @@ from sqlalchemy import text
 
 from campaigns.service import create_campaign, set_status
 from crm.auth import create_key
-from crm.db import make_engine, session_scope
+from crm.db import make_engine, session_scope, writer_engine
 from crm.ingest import mark_interrupted_imports
 from crm.models import Role
 from tests.conftest import cli_env, pg_admin
@@ -343,7 +343,8 @@ class Harness:
         instance = service.instance
         run_before = self.pipeline()
         if name == "api" and signum == signal.SIGTERM:  # imports of earlier, killed servers are not in flight
-            with session_scope(self.ctx.engine) as session:
+            # SQLite: read-then-write beside busy writers must take the write lock up front (crm.db.writer_engine)
+            with session_scope(writer_engine(self.ctx.engine)) as session:
                 mark_interrupted_imports(session, self.ctx)
         jobs_before = {r[0] for r in self.query("SELECT id FROM import_job WHERE status = 'running'")}
         code, seconds = service.stop(signum, timeout=180.0 if signum == signal.SIGTERM else 10.0)
@@ -443,7 +444,7 @@ class Harness:
 
     def check_imports(self, client: Client | None) -> None:
         """No import half-written: counters match the rows, dead jobs read `interrupted`, every upload whole."""
-        with session_scope(self.ctx.engine) as session:
+        with session_scope(writer_engine(self.ctx.engine)) as session:
             self.report.figures["imports_interrupted"] = mark_interrupted_imports(session, self.ctx)
         statuses = Counter(s for (s,) in self.query("SELECT status FROM import_job WHERE kind = 'orders'"))
         self.report.figures["import_jobs"] = dict(statuses)
