@@ -23,8 +23,8 @@ from console.session import COOKIE, LANG_COOKIE, LIFETIME, ConsoleUser, csrf_ok,
 from crm import jobs
 from crm.api import profile_of
 from crm.auth import authenticate_request
-from crm.context import Context, get_context
-from crm.db import get_session
+from crm.context import Context, ContextDep
+from crm.db import SessionDep
 from crm.errors import DomainError, TooManyAttempts, Unauthorized
 from crm.models import Role
 from crm.service import customer_by_external_id, find_customers
@@ -34,8 +34,6 @@ from segmentation.reports import retention_report, tier_history_report
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=str(PROJECT_ROOT / "templates" / "console"))
 STATIC = Path(__file__).parent / "static"
-SessionDep = Annotated[Session, Depends(get_session)]
-ContextDep = Annotated[Context, Depends(get_context)]
 # Each page allows the roles the API allows for what it shows.
 STAFF = (Role.admin, Role.marketer, Role.support)
 SUPPORT = (Role.admin, Role.support)

@@ -13,8 +13,8 @@ from sqlmodel import Session, select
 
 from crm import auth, ingest, privacy, service
 from crm.auth import ADMIN, STAFF, Principal, require
-from crm.context import Context, get_context
-from crm.db import get_session
+from crm.context import Context, ContextDep
+from crm.db import SessionDep
 from crm.errors import InvalidInput
 from crm.jobs import scheduler_health
 from crm.migrations import current_revision, head_revision
@@ -38,8 +38,6 @@ from crm.schemas import (
 from crm.validation import SPECS
 
 router = APIRouter()
-SessionDep = Annotated[Session, Depends(get_session)]
-ContextDep = Annotated[Context, Depends(get_context)]
 IMPORTERS = (Role.admin, Role.scheduler)
 IMPORT_READERS = (Role.admin, Role.scheduler, Role.marketer)
 

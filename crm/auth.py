@@ -9,8 +9,8 @@ from fastapi import Depends, Request
 from sqlmodel import Session, select
 
 from crm import audit
-from crm.context import Context, get_context
-from crm.db import get_session
+from crm.context import Context, ContextDep
+from crm.db import SessionDep
 from crm.errors import Forbidden, NotFound, TooManyAttempts, Unauthorized
 from crm.models import ApiKey, Role
 
@@ -105,8 +105,7 @@ def authenticate_request(request: Request, session: Session, ctx: Context, prese
         raise
 
 
-def current_principal(request: Request, session: Session = Depends(get_session),
-                      ctx: Context = Depends(get_context)) -> Principal:
+def current_principal(request: Request, session: SessionDep, ctx: ContextDep) -> Principal:
     """FastAPI dependency: the caller behind the bearer key."""
     return authenticate_request(request, session, ctx, _bearer(request))
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import Engine
 
 from crm.clock import Clock, SystemClock
@@ -38,3 +39,6 @@ def build_context(settings: Settings, *, engine: Engine | None = None, clock: Cl
 async def get_context(request: Request) -> Context:  # async: no thread-pool hop for a lookup
     """FastAPI dependency returning the app's Context."""
     return request.app.state.ctx
+
+
+ContextDep = Annotated[Context, Depends(get_context)]

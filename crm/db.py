@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event
 from sqlmodel import Session
 
@@ -72,3 +73,8 @@ def get_session(request: Request) -> Iterator[Session]:
     """FastAPI dependency: one session per request, committed when the endpoint returns."""
     with session_scope(request.app.state.ctx.engine) as session:
         yield session
+
+
+# scope="function": the commit runs before the response is sent. FastAPI's default ("request") commits after the
+# client already has its 2xx, so a failed commit or a process killed in between lost writes the client saw accepted.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -5,19 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Query, Request
-from sqlmodel import Session
 
 from crm import audit, jobs
 from crm.auth import Principal, require
-from crm.context import Context, get_context
-from crm.db import get_session
+from crm.context import Context, ContextDep
+from crm.db import SessionDep
 from crm.locks import try_lock
 from crm.models import Role
 from crm.schedules import Occurrence
 
 router = APIRouter(tags=["jobs"])
-SessionDep = Annotated[Session, Depends(get_session)]
-ContextDep = Annotated[Context, Depends(get_context)]
 OPERATORS = (Role.admin, Role.scheduler)
 READERS = (Role.admin, Role.scheduler, Role.marketer)
 

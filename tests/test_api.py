@@ -164,3 +164,40 @@ def test_a_busy_or_unreachable_database_is_a_503_to_retry_not_a_500(app):
     assert response.status_code == 503 and response.headers["retry-after"] == "2"
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "retry" in response.json()["detail"] and "INSERT" not in response.text
+
+
+def test_a_write_is_committed_before_it_is_acknowledged(scratch_url, tmp_path):
+    # The request's commit runs before the response is sent: a commit that fails is the client's answer (the busy
+    # 503, nothing stored), never a 201 for a key that does not exist.
+    from datetime import UTC, datetime
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+    from sqlmodel import Session, select
+
+    from crm.app import create_app
+    from crm.auth import create_key
+    from crm.db import session_scope
+    from crm.models import ApiKey
+    from tests.test_jobs import scratch_context
+
+    ctx = scratch_context(scratch_url, tmp_path, datetime(2026, 11, 1, tzinfo=UTC))
+    with session_scope(ctx.engine) as setup:
+        admin = create_key(setup, ctx, name="admin", role=Role.admin, actor="test").secret
+    client = TestClient(create_app(ctx), raise_server_exceptions=False)
+    headers = {"Authorization": f"Bearer {admin}"}
+
+    def refuse_commit(session):
+        raise OperationalError("COMMIT", {}, Exception("database is locked"))
+
+    event.listen(Session, "before_commit", refuse_commit)
+    try:
+        refused = client.post("/keys", json={"name": "never-stored", "role": "support"}, headers=headers)
+    finally:
+        event.remove(Session, "before_commit", refuse_commit)
+    assert refused.status_code == 503 and refused.headers["content-type"] == PROBLEM, refused.text
+    created = client.post("/keys", json={"name": "stored", "role": "support"}, headers=headers)
+    assert created.status_code == 201
+    with session_scope(ctx.engine) as check:
+        assert sorted(k.name for k in check.exec(select(ApiKey))) == ["admin", "stored"]
