@@ -50,6 +50,18 @@ class Condition(BaseModel):
             parts.append(~column.is_in(self.not_in))
         return pl.all_horizontal(parts).fill_null(False)
 
+    def holds(self, value: Any) -> bool:
+        """`expression`'s answer for one value, without building a frame (the profile explains one customer)."""
+        if value is None:
+            return False
+        if self.in_ is not None and value not in self.in_:
+            return False
+        if self.not_in is not None and value in self.not_in:
+            return False
+        if self.min is not None and not _at_least(value, self.min):
+            return False
+        return self.max is None or _at_least(self.max, value)
+
     def contains(self, other: Condition) -> bool:
         """Whether every value `other` admits is admitted here too."""
         if self.in_ is not None or self.not_in is not None:
@@ -83,6 +95,13 @@ class Condition(BaseModel):
         if low is not None and high is not None and low > high:
             low = high = (low + high) / 2
         return Condition(min=low, max=high)
+
+
+def _at_least(left: float, right: float) -> bool:
+    """`left >= right` as polars compares floats: NaN is above every number and equal to itself."""
+    if left != left:  # noqa: PLR0124 - NaN is the only value unequal to itself
+        return True
+    return right == right and left >= right  # noqa: PLR0124
 
 
 class Rule(BaseModel):
@@ -197,17 +216,12 @@ def evaluate(metrics: pl.DataFrame, rule_set: RuleSet, *, key: str = "customer_i
 
 def explain(values: dict[str, Any], rule_set: RuleSet) -> dict[str, Any]:
     """Why one customer got its value: the matched rule's conditions with the values, or every failure."""
-    # Every condition of every rule in one select: the same expressions the run evaluated, one polars call.
-    used = sorted({metric for rule in rule_set.rules for metric in rule.when})
-    frame = pl.DataFrame({metric: [values.get(metric)] for metric in used}, strict=False)
-    held = frame.select(
-        [condition.expression(metric).alias(f"{index}:{metric}") for index, rule in enumerate(rule_set.rules)
-         for metric, condition in rule.when.items()]).row(0, named=True) if used else {}
+    # Condition.holds gives the run's polars answer for one value (a property test holds them equal).
     checks = []
-    for index, rule in enumerate(rule_set.rules):
+    for rule in rule_set.rules:
         failed = []
         for metric, condition in rule.when.items():
-            if not held[f"{index}:{metric}"]:
+            if not condition.holds(values.get(metric)):
                 failed.append({"metric": metric, "value": values.get(metric), "needs": condition.describe()})
         checks.append({"rule": rule.name, "failed": failed})
         if not failed:

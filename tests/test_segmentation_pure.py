@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from segmentation.defaults import LAYER, TAGS, TIER
 from segmentation.hysteresis import STATE_SCHEMA, settle
 from segmentation.metrics import METRICS, compute_metrics
-from segmentation.rules import RuleProblem, RuleSet, check_rule_set, evaluate, explain
+from segmentation.rules import Condition, RuleProblem, RuleSet, check_rule_set, evaluate, explain
 from segmentation.tags import evaluate_tags
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -82,6 +82,28 @@ def test_every_customer_gets_exactly_one_tier_and_one_layer(rows):
         assert len(result) == len(rows) and result["customer_id"].n_unique() == len(rows)
         assert result["value"].null_count() == 0
         assert set(result["value"]) <= set(rule_set.values())
+
+
+bounds = st.one_of(st.none(), st.integers(-5, 5), st.floats(-5, 5, allow_nan=False), st.sampled_from([-1e308, 1e308]))
+numbers = st.one_of(st.none(), st.integers(-6, 6), st.floats(-6, 6), st.sampled_from([float("nan"), float("inf"),
+                                                                                        float("-inf")]))
+numeric_conditions = st.tuples(bounds, bounds).filter(lambda b: b != (None, None) and (
+    None in b or b[0] <= b[1])).map(lambda b: Condition(min=b[0], max=b[1]))
+words = st.sampled_from(["VIP", "potential", "regular", "lost", ""])
+text_conditions = st.one_of(st.lists(words, min_size=1, max_size=3).map(lambda w: Condition(**{"in": w})),
+                            st.lists(words, max_size=3).map(lambda w: Condition(not_in=w)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.tuples(numeric_conditions, st.lists(numbers, min_size=1, max_size=8)),
+                 st.tuples(text_conditions, st.lists(st.one_of(st.none(), words), min_size=1, max_size=8))))
+def test_one_value_is_judged_as_the_run_judges_a_column(case):
+    # The profile explains one customer with Condition.holds; the run evaluates columns with the polars
+    # expression. They must agree on every value, nulls and NaN included, or the "why" would contradict the tier.
+    condition, values = case
+    dtype = pl.String if condition.min is None and condition.max is None else pl.Float64
+    column = pl.DataFrame({"m": values}, schema={"m": dtype}).select(condition.expression("m"))["m"].to_list()
+    assert [condition.holds(v) for v in values] == column
 
 
 @pytest.mark.parametrize(("body", "field"), [
