@@ -143,7 +143,8 @@ class ColumnarReader:
         else:
             frame = _native_read(self.connection, self.dialect, query, params)
             frame = frame.rename(dict(zip(frame.columns, schema, strict=True)))
-        return frame.with_columns(_conversions(frame, schema, self.dialect))
+        conversions = _conversions(frame, schema, self.dialect)
+        return frame.with_columns(conversions) if conversions else frame
 
 
 @contextmanager
@@ -172,9 +173,11 @@ def read_frame(session: Session, query: str, params: dict[str, Any], schema: dic
 
 
 def _conversions(frame: pl.DataFrame, schema: dict[str, pl.DataType], dialect: str) -> list[pl.Expr]:
-    """Casts that bring each column to its schema type (timestamps to aware UTC)."""
+    """Casts that bring each column to its schema type (timestamps to aware UTC); none for columns already there."""
     conversions = []
     for name, dtype in schema.items():
+        if frame.schema[name] == dtype:
+            continue
         if dtype == pl.Date and frame.schema[name] == pl.String:
             conversions.append(pl.col(name).str.to_date("%Y-%m-%d"))
         elif not isinstance(dtype, pl.Datetime):
