@@ -59,14 +59,17 @@ async def open_loop(base_url: str, key: str, paths: list[str], rate: float, conc
                     deadline: float) -> dict:
     """Send paths[i] at t0 + i/rate; latency from the scheduled moment; errors by kind. Whatever has not
     completed `deadline` seconds after the start is cancelled and counted as `not_completed`."""
-    import httpx
+    # aiohttp (already installed with the Twilio SDK) costs about a third of httpx's CPU per request: the generator
+    # shares the two cores with the server and PostgreSQL, so its own appetite is part of what is measured.
+    import aiohttp
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: dict[str, list[float]] = {"profile": [], "search": []}
     errors: dict[str, int] = {}
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
-                                 timeout=REQUEST_TIMEOUT) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url=base_url, headers={"Authorization": f"Bearer {key}"},
+                                     connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as client:
         start = time.perf_counter() + 0.2
 
         async def one(index: int, path: str) -> None:
@@ -74,16 +77,18 @@ async def open_loop(base_url: str, key: str, paths: list[str], rate: float, conc
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
             async with gate:
                 try:
-                    answer = await client.get(path)
-                    if answer.status_code != 200:
-                        errors[f"http_{answer.status_code}"] = errors.get(f"http_{answer.status_code}", 0) + 1
-                        return
-                except httpx.HTTPError as error:
+                    async with client.get(path) as answer:
+                        await answer.read()
+                        if answer.status != 200:
+                            errors[f"http_{answer.status}"] = errors.get(f"http_{answer.status}", 0) + 1
+                            return
+                except (aiohttp.ClientError, TimeoutError) as error:
                     errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
                     return
             kind = "profile" if path.endswith("/profile") else "search"
             latencies[kind].append((time.perf_counter() - scheduled) * 1000)
 
+        cpu_before = time.process_time()
         tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(paths)]
         _, pending = await asyncio.wait(tasks, timeout=deadline)
         for task in pending:
@@ -92,7 +97,9 @@ async def open_loop(base_url: str, key: str, paths: list[str], rate: float, conc
             errors["not_completed"] = len(pending)
             await asyncio.wait(pending)
         elapsed = time.perf_counter() - start
-    return {"latencies": latencies, "errors": errors, "elapsed_s": round(elapsed, 2)}
+        generator_cpu = time.process_time() - cpu_before
+    return {"latencies": latencies, "errors": errors, "elapsed_s": round(elapsed, 2),
+            "generator_cpu_s": round(generator_cpu, 2)}
 
 
 def percentiles(values: list[float]) -> dict:
@@ -115,9 +122,27 @@ def client_main(args: list[str]) -> None:
     lat = result["latencies"]
     everything = lat["profile"] + lat["search"]
     print(json.dumps({"sent": len(paths), "ok": len(everything), "errors": result["errors"],
-                      "elapsed_s": result["elapsed_s"], "completed_rps": round(len(everything) / result["elapsed_s"], 1),
+                      "elapsed_s": result["elapsed_s"], "generator_cpu_s": result["generator_cpu_s"], "completed_rps": round(len(everything) / result["elapsed_s"], 1),
                       "all": percentiles(everything), "profile": percentiles(lat["profile"]),
                       "search": percentiles(lat["search"])}))
+
+
+def cpu_seconds(select) -> float:
+    """User + system CPU seconds of the processes whose (pid, command name, parent pid) `select` accepts."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        if select(int(entry.name), name, int(fields[1])):
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def wait_healthy(base_url: str, timeout: float) -> bool:
@@ -188,12 +213,22 @@ def main() -> None:
             paths = targets(data, int(args.rate * seconds), seed)
             paths_file = args.data / f"load-{phase}.json"
             paths_file.write_text(json.dumps(paths))
+            # Where the two cores went: the server (uvicorn's master and workers), every PostgreSQL process, and
+            # the generator (it reports its own).
+            serving = lambda pid, _name, parent: pid == server.pid or parent == server.pid  # noqa: E731
+            postgres = lambda _pid, name, _parent: name == "postgres"  # noqa: E731
+            before = (cpu_seconds(serving), cpu_seconds(postgres), time.perf_counter())
             out = subprocess.run([sys.executable, __file__, "--client", base_url, key, str(paths_file), str(args.rate),
                                   str(args.concurrency), str(seconds + 15)], capture_output=True, text=True,
                                  timeout=seconds + 60, cwd=ROOT)
             if out.returncode != 0 or not out.stdout.strip():
                 raise SystemExit(out.stderr[-2000:])
             results[phase] = json.loads(out.stdout.strip().splitlines()[-1])
+            wall = time.perf_counter() - before[2]
+            results[phase]["cpu_cores"] = {
+                "server": round((cpu_seconds(serving) - before[0]) / wall, 2),
+                "postgres": round((cpu_seconds(postgres) - before[1]) / wall, 2),
+                "generator": round(results[phase]["generator_cpu_s"] / wall, 2)}
             print(f"{phase}: {json.dumps(results[phase])}", flush=True)
     finally:
         server.terminate()
