@@ -415,17 +415,21 @@ def customer_ids_where(session: Session, *, tier: str | None = None, layer: str 
 def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
     """The profile's segment section: tier and why, R/F/M against thresholds, scores, layer, tags, history."""
     session = request.session
-    row = session.get(CustomerSegment, request.customer_id)
-    if row is None:
+    # One statement for the state, its stored metric values and the newest run's as-of (only that column: the run
+    # row carries the whole distribution as JSON).
+    newest_as_of = _newest_finished(select(SegmentRun.as_of)).scalar_subquery()
+    found = session.exec(select(CustomerSegment, SegmentMetric.metric_values, newest_as_of)
+                         .outerjoin(SegmentMetric, SegmentMetric.customer_id == CustomerSegment.customer_id)
+                         .where(CustomerSegment.customer_id == request.customer_id)).first()
+    if found is None:
         return None
-    # Only its as-of: the run row carries the whole distribution as JSON.
-    as_of = session.exec(_newest_finished(select(SegmentRun.as_of))).first() or row.tier_since
+    row, stored, as_of = found
+    as_of = as_of or row.tier_since
     tier_rules = rule_set_at(session, "tier", row.tier_version)
     layer_rules = rule_set_at(session, "layer", row.layer_version)
-    stored = session.get(SegmentMetric, request.customer_id)
     needed = explained_metrics((tier_rules, layer_rules), list(METRICS))
-    if stored is not None and all(m in stored.metric_values for m in needed):
-        values = stored.metric_values  # what the newest run computed the tier from
+    if stored is not None and all(m in stored for m in needed):
+        values = stored  # what the newest run computed the tier from
     else:  # before a run has stored them (just upgraded), or rule versions that read other metrics
         values = _one_customer_metrics(session, request.customer_id, as_of, tier_rules)
     tags = session.exec(select(CustomerTag).where(CustomerTag.customer_id == request.customer_id)
