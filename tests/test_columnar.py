@@ -56,3 +56,33 @@ def test_fast_path_on_committed_data(scratch_url, settings, clock):
         window = (datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC))
         _check(orders_frame(session, *window), events_frame(session, window[0], datetime(2025, 3, 1, tzinfo=UTC)))
     engine.dispose()
+
+
+def test_a_fast_read_of_the_sqlite_file_keeps_this_process_s_write_lock(tmp_path):
+    # The fast path once read SQLite through DuckDB's own copy of SQLite; closing its files dropped the POSIX locks
+    # of this process's connections, so another process was granted the write lock held here (and the crash chaos
+    # test found the file corrupted). Whatever backend the suite runs on, this hazard is SQLite's.
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+
+    from crm.columnar import read_frame
+
+    path = tmp_path / "locks.sqlite3"
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE t (x INTEGER)"))
+        connection.execute(text("INSERT INTO t VALUES (1), (2)"))
+    probe = ("import sqlite3, sys\n"
+             f"c = sqlite3.connect({str(path)!r}, timeout=0.5, isolation_level=None)\n"
+             "try:\n    c.execute('BEGIN IMMEDIATE')\nexcept sqlite3.OperationalError:\n    sys.exit(0)\n"
+             "sys.exit('another process got the write lock this one holds')\n")
+    with engine.begin() as writer:
+        writer.execute(text("INSERT INTO t VALUES (3)"))  # holds the write lock until the block ends
+        with Session(engine) as reader:
+            frame = read_frame(reader, "SELECT x FROM t WHERE x >= :low", {"low": 2}, {"x": pl.Int64})
+        assert frame["x"].to_list() == [2]  # committed data only: the uncommitted 3 is the writer's
+        refused = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 0, refused.stderr
+    engine.dispose()
