@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 from sqlmodel import Session, select
 
@@ -194,9 +195,11 @@ async def post_import(kind: str, request: Request, session: SessionDep, ctx: Con
         async for chunk in request.stream():
             spool.write(chunk)
         spool.seek(0)
-        job = await run_in_threadpool(
+        # On threads of their own: a long import must not hold one of the few threads short reads run on.
+        job = await anyio.to_thread.run_sync(functools.partial(
             ingest.run_import, session, ctx, kind=kind, chunks=iter(lambda: spool.read(4 << 20), b""), fmt=fmt,
-            source=f"api:{request.headers.get('x-filename', 'upload')}", actor=principal.actor)
+            source=f"api:{request.headers.get('x-filename', 'upload')}", actor=principal.actor),
+            limiter=request.app.state.import_threads)
     return ImportJobRead(**job.model_dump())
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -48,6 +53,28 @@ def job_registry(settings: Settings) -> JobRegistry:
     return JobRegistry([*campaign_jobs.jobs(settings), *churn_jobs.jobs(settings), *segmentation_jobs.jobs(settings)])
 
 
+class ConcurrencyLimit:
+    """Plain ASGI: at most `limit` requests of this process in progress, the others queued in arrival order (a
+    request in progress holds a database connection; the pool has one for each).
+
+    Uploads (POST /imports/...) pass by: they wait on the client's body and run for minutes, and must not take the
+    places of short reads.
+    """
+
+    def __init__(self, inner, limit: int) -> None:
+        self.inner, self.limit = inner, limit
+        self.slots: asyncio.Semaphore | None = None  # made on the first request, inside the server's event loop
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"].startswith("/imports/")):
+            await self.inner(scope, receive, send)
+            return
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(self.limit)
+        async with self.slots:
+            await self.inner(scope, receive, send)
+
+
 def _install_metrics(app: FastAPI) -> None:
     registry = CollectorRegistry()
     requests = Counter("crm_http_requests_total", "HTTP requests", ["method", "route", "status"],
@@ -87,12 +114,20 @@ def _install_metrics(app: FastAPI) -> None:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Each worker process: route code on `api_threads` threads (see Settings.api_threads)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.ctx.settings.api_threads
+    yield
+
+
 def create_app(ctx: Context | None = None) -> FastAPI:
     """Build the app around a Context (the default one reads CRM_* settings)."""
     ctx = ctx or build_context(get_settings())
-    app = FastAPI(title="CRM retention service", version="0.1.0",
+    app = FastAPI(title="CRM retention service", version="0.1.0", lifespan=_lifespan,
                   description="Segmentation, churn risk and guarded retention campaigns for e-commerce shops.")
     app.state.ctx = ctx
+    app.state.import_threads = anyio.CapacityLimiter(ctx.settings.api_import_threads)
     app.state.auth_throttle = FailureThrottle(ctx.settings.auth_failure_limit,
                                               timedelta(seconds=ctx.settings.auth_failure_window_seconds))
     if ctx.settings.cors_origins:  # browsers elsewhere may call the API only from the listed origins
@@ -113,7 +148,8 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     reports_api.install(app)
     console_pages.install(app)
     jobs_api.install(app, job_registry(ctx.settings))
-    _install_metrics(app)
+    app.add_middleware(ConcurrencyLimit, limit=ctx.settings.api_concurrency)
+    _install_metrics(app)  # outermost: its latency includes the wait for a place
     _document_customer_filters(app)
     return app
 

@@ -30,7 +30,10 @@ def build_context(settings: Settings, *, engine: Engine | None = None, clock: Cl
     secret, _ = load_secret_key(settings, create=create_key)
     return Context(
         settings=settings,
-        engine=engine or make_engine(settings.resolved_database_url()),
+        # A connection for every request in progress and a few more, so that none is opened and closed per request
+        # (SQLAlchemy's default pool of 5 did that under load: a new PostgreSQL backend each time).
+        engine=engine or make_engine(settings.resolved_database_url(), pool_size=settings.api_concurrency + 2,
+                                     max_overflow=4),
         cipher=ContactCipher(secret),
         clock=clock or SystemClock(),
     )

@@ -201,3 +201,55 @@ def test_a_write_is_committed_before_it_is_acknowledged(scratch_url, tmp_path):
     assert created.status_code == 201
     with session_scope(ctx.engine) as check:
         assert sorted(k.name for k in check.exec(select(ApiKey))) == ["admin", "stored"]
+
+
+def test_each_worker_runs_few_requests_at_once_and_queues_the_rest(ctx):
+    # Route code runs on `api_threads` threads and at most `api_concurrency` requests are in progress: interleaving
+    # forty requests under one interpreter lock made each of them slow (bench_load.py). Every request still completes.
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    from crm.app import create_app
+    from crm.context import Context
+
+    settings = ctx.settings.model_copy(update={"api_threads": 2, "api_concurrency": 3})
+    app = create_app(Context(settings=settings, engine=ctx.engine, cipher=ctx.cipher, clock=ctx.clock))
+    lock, running, most = threading.Lock(), {"sync": 0, "async": 0}, {"sync": 0, "async": 0}
+
+    def enter(kind: str) -> None:
+        with lock:
+            running[kind] += 1
+            most[kind] = max(most[kind], running[kind])
+
+    def leave(kind: str) -> None:
+        with lock:
+            running[kind] -= 1
+
+    @app.get("/probe/sync")
+    def sync_probe() -> dict:
+        enter("sync")
+        time.sleep(0.05)
+        leave("sync")
+        return {}
+
+    @app.get("/probe/async")
+    async def async_probe() -> dict:
+        enter("async")
+        await asyncio.sleep(0.05)
+        leave("async")
+        return {}
+
+    async def storm() -> list[int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                answers = []
+                for kind in ("sync", "async"):
+                    answers += await asyncio.gather(*[client.get(f"/probe/{kind}") for _ in range(12)])
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(storm()) == [200] * 24
+    assert most == {"sync": 2, "async": 3}
