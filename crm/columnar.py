@@ -150,11 +150,7 @@ def _same_connection_read(session: Session, dialect: str, query: str, params: di
                           schema: dict[str, pl.DataType], small: bool = False) -> pl.DataFrame:
     """Read on the session's connection: COPY CSV on PostgreSQL (a plain fetch when `small`), a fetch on SQLite."""
     if small and dialect == "postgresql":  # a few rows (one customer's): COPY and a CSV parse cost more than they save
-        # Straight on the driver's cursor, inside the session's transaction: SQLAlchemy's per-statement machinery
-        # costs several times the fetch of a handful of rows, and the schema does the typing anyway.
-        with session.connection().connection.driver_connection.cursor() as cursor:
-            rows = cursor.execute(_pyformat(query), params).fetchall()
-        return pl.DataFrame(rows, schema=schema, orient="row", strict=False)
+        return pl.DataFrame(driver_rows(session, query, params), schema=schema, orient="row", strict=False)
     # Booleans (t/f in PostgreSQL's CSV) and timestamps arrive as text and are converted afterwards.
     text_schema = {n: (pl.String if t in (pl.Boolean, pl.Date) or isinstance(t, pl.Datetime) else t)
                    for n, t in schema.items()}
@@ -163,9 +159,21 @@ def _same_connection_read(session: Session, dialect: str, query: str, params: di
         frame = (pl.read_csv(data, has_header=False, new_columns=list(schema), schema=text_schema)
                  if data else pl.DataFrame(schema=text_schema))
         return frame.with_columns(pl.col(n) == "t" for n, t in schema.items() if t == pl.Boolean)
-    names = _PARAM.findall(query)
-    values = tuple(_sqlite_value(params[n]) for n in names)
-    return _sqlite_frame(session.connection().exec_driver_sql(_PARAM.sub("?", query), values).fetchall(), schema)
+    return _sqlite_frame(driver_rows(session, query, params), schema)
+
+
+def driver_rows(session: Session, query: str, params: dict[str, Any]) -> list[tuple]:
+    """Rows of a small SELECT (named :params) straight from the driver, inside the session's transaction.
+
+    SQLAlchemy's per-statement work costs several times the fetch of a few rows (0.25 ms against 0.03 ms on
+    PostgreSQL here); values come back as the driver gives them (SQLite: timestamps as text, booleans as 0/1).
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        with connection.connection.driver_connection.cursor() as cursor:
+            return cursor.execute(_pyformat(query), params).fetchall()
+    values = tuple(_sqlite_value(params[n]) for n in _PARAM.findall(query))
+    return connection.exec_driver_sql(_PARAM.sub("?", query), values).fetchall()
 
 
 class ColumnarReader:
