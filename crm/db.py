@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event
 from sqlmodel import Session
@@ -69,10 +71,31 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.close()
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """FastAPI dependency: one session per request, committed when the endpoint returns."""
-    with session_scope(request.app.state.ctx.engine) as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """FastAPI dependency: one session per request, committed when the endpoint returns.
+
+    Async, so that opening costs no trip to the thread pool (a Session does no I/O until its first statement); the
+    end (commit or rollback, then the connection back to the pool) is one trip, shielded from cancellation.
+    """
+    session = Session(request.app.state.ctx.engine, expire_on_commit=False)
+    try:
         yield session
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_end, session, False)
+        raise
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(_end, session, True)
+
+
+def _end(session: Session, commit: bool) -> None:
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
 
 
 # scope="function": the commit runs before the response is sent. FastAPI's default ("request") commits after the
