@@ -22,7 +22,7 @@ from churn.reasons import drivers_frame, sentences
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
 from crm import audit
 from crm.bulkwrite import fill_empty_table, insert_frame
-from crm.columnar import ColumnarReader, columnar_reader, read_frame
+from crm.columnar import ColumnarReader, columnar_reader, driver_json, driver_rows, driver_time, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
@@ -332,13 +332,16 @@ def at_risk_customers(session: Session, *, tier: str | None = None, after: int |
 
 def churn_section(request: ProfileRequest) -> dict[str, Any] | None:
     """The customer profile's churn section: probability, flag, reasons, model version and trend."""
-    score = request.session.get(ChurnScore, request.customer_id)
-    if score is None:
+    found = driver_rows(request.session, "SELECT probability, at_risk, reasons, model_id, scored_at, trend "
+                                         "FROM churn_score WHERE customer_id = :customer_id",
+                        {"customer_id": request.customer_id})
+    if not found:
         return None
-    return {"probability": round(score.probability, 4), "at_risk": score.at_risk, "reasons": sentences(score.reasons),
-            "drivers": (score.reasons or {}).get("drivers", []),
-            "model_id": score.model_id, "scored_at": score.scored_at,
-            "trend": (score.trend or {}).get("points", [])}
+    probability, at_risk, reasons, model_id, scored_at, trend = found[0]
+    reasons = driver_json(reasons)
+    return {"probability": round(probability, 4), "at_risk": bool(at_risk), "reasons": sentences(reasons),
+            "drivers": (reasons or {}).get("drivers", []), "model_id": model_id, "scored_at": driver_time(scored_at),
+            "trend": (driver_json(trend) or {}).get("points", [])}
 
 
 def churn_export(request: ProfileRequest) -> dict[str, Any] | None:

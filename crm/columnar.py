@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +27,18 @@ SAME_CONNECTION_FLAG = "columnar_same_connection"
 
 # How timestamps arrive as text: PostgreSQL's CSV output carries an offset, SQLite stores naive UTC.
 _TEXT_TIME_FORMAT = {"postgresql": "%Y-%m-%d %H:%M:%S%.f%#z", "sqlite": "%Y-%m-%d %H:%M:%S%.f"}
+
+
+def driver_time(value: datetime | str | None) -> datetime | None:
+    """A timestamp from `driver_rows` as aware UTC (SQLite returns the stored UTC text)."""
+    if value is None:
+        return None
+    return ensure_utc(value) if isinstance(value, datetime) else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def driver_json(value: Any) -> Any:
+    """A JSON column from `driver_rows` as Python values (psycopg decodes it; SQLite returns the text)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 @functools.lru_cache(maxsize=256)

@@ -12,7 +12,7 @@ import polars as pl
 from sqlmodel import Session, func, select
 
 from crm import audit
-from crm.columnar import ColumnarReader, as_float, read_frame
+from crm.columnar import ColumnarReader, as_float, driver_rows, driver_time, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.models import Channel, Consent, ConsentChange, ConsentStatus, Customer
@@ -202,8 +202,10 @@ def contact_of(ctx: Context, customer: Customer, *, masked: bool) -> dict[str, A
 
 def consent_of(session: Session, customer_id: int) -> dict[str, dict[str, Any]]:
     """Current consent per channel (channels never stated are absent)."""
-    rows = session.exec(select(Consent).where(Consent.customer_id == customer_id))
-    return {row.channel: {"status": row.status, "source": row.source, "changed_at": row.changed_at} for row in rows}
+    rows = driver_rows(session, "SELECT channel, status, source, changed_at FROM consent "
+                                "WHERE customer_id = :customer_id", {"customer_id": customer_id})
+    return {channel: {"status": status, "source": source, "changed_at": driver_time(changed_at)}
+            for channel, status, source, changed_at in rows}
 
 
 def consent_history(session: Session, customer_id: int) -> list[ConsentChange]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 from crm.models import Role
 from tests.factories import ORDER_HEADER, csv_text, customers, run
@@ -47,8 +48,14 @@ def test_profile_assembles_registered_sections(app, client, session, ctx, auth_h
     profile = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()
     assert profile["sections"]["orders"]["orders"] == 2
     assert profile["sections"]["orders"]["total_spend"] == 150.0
+    assert profile["sections"]["orders"]["total_discount"] == 10.0
+    # Timestamps read straight from the driver come back aware UTC on both backends (SQLite stores text).
+    assert [datetime.fromisoformat(profile["sections"]["orders"][k]) for k in ("first_order_at", "last_order_at")] == [
+        datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)]
     assert profile["sections"]["extra"] == {"seen_by": "support"}
     assert profile["consent"]["sms"]["status"] == "opted_in"
+    stated = datetime.fromisoformat(profile["consent"]["sms"]["changed_at"])
+    assert stated.utcoffset() == timedelta(0) and stated <= ctx.clock.now()
     assert profile["customer"]["contact"]["masked"] is True
 
 

@@ -15,7 +15,7 @@ from churn.features import FeatureConfig
 from churn.models import ChurnModelVersion, ChurnScore
 from churn.training import TrainingConfig
 from crm.generator import GeneratorConfig, write_dataset
-from crm.models import AuditLog, Role
+from crm.models import AuditLog, Customer, Role
 from tests.factories import run
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
@@ -107,10 +107,13 @@ def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, s
     external = page["items"][0]["external_id"]
     section = client.get(f"/customers/{external}/profile", headers=auth_header(Role.support)).json()["sections"]["churn"]
     assert section["at_risk"] is True and section["reasons"] and section["model_id"] == row.id
+    stored = session.exec(select(ChurnScore).join(Customer, Customer.id == ChurnScore.customer_id)
+                          .where(Customer.external_id == external)).one()
+    assert section["probability"] == round(stored.probability, 4) and section["drivers"] == stored.reasons["drivers"]
+    assert datetime.fromisoformat(section["scored_at"]) == stored.scored_at  # aware UTC on both backends
     listed = client.get("/customers?at_risk=true&limit=3", headers=auth_header(Role.marketer))
     assert listed.status_code == 200 and len(listed.json()["items"]) == 3
     flagged_ids = {s.customer_id for s in session.exec(select(ChurnScore).where(ChurnScore.at_risk))}
-    from crm.models import Customer
     listed_ids = {session.exec(select(Customer.id).where(Customer.external_id == c["external_id"])).one()
                   for c in listed.json()["items"]}
     assert listed_ids <= flagged_ids
