@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 from pydantic import ValidationError
@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from crm import audit
 from crm.bulkwrite import fill_empty_table, merge_staged, stage_frame
-from crm.columnar import ColumnarReader, columnar_reader, read_frame
+from crm.columnar import ColumnarReader, columnar_reader, driver_json, driver_rows, driver_time, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
@@ -432,10 +432,13 @@ def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
         values = stored  # what the newest run computed the tier from
     else:  # before a run has stored them (just upgraded), or rule versions that read other metrics
         values = _one_customer_metrics(session, request.customer_id, as_of, tier_rules)
-    tags = session.exec(select(CustomerTag).where(CustomerTag.customer_id == request.customer_id)
-                        .order_by(CustomerTag.tag)).all()
-    moves = session.exec(select(SegmentTransition).where(SegmentTransition.customer_id == request.customer_id)
-                         .order_by(SegmentTransition.at.desc(), SegmentTransition.id.desc()).limit(50)).all()
+    # Driver reads: the profile is the hot read, and these statements never change.
+    one = {"customer_id": request.customer_id}
+    tags = driver_rows(session, "SELECT tag, since, why, version FROM customer_tag WHERE customer_id = :customer_id "
+                                "ORDER BY tag", one)
+    moves = [Move(i, d, f, t, driver_time(at)) for i, d, f, t, at in driver_rows(
+        session, "SELECT id, dimension, from_value, to_value, at FROM segment_transition "
+                 "WHERE customer_id = :customer_id ORDER BY at DESC, id DESC LIMIT 50", one)]
     tier_why = explain(values, tier_rules)
     if not row.tier_matched and tier_why.get("matched") is None:
         tier_why["note"] = (f"no rule matched; the fallback '{tier_rules.fallback}' gave '{row.tier}'"
@@ -451,7 +454,8 @@ def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
         "scores": {"r": row.r_score, "f": row.f_score, "m": row.m_score, "rfm": row.rfm},
         "layer": row.layer, "layer_since": row.layer_since, "layer_rule_version": row.layer_version,
         "layer_why": explain(values, layer_rules),
-        "tags": [{"tag": t.tag, "since": t.since, "why": t.why, "rule_version": t.version} for t in tags],
+        "tags": [{"tag": tag, "since": driver_time(since), "why": driver_json(why), "rule_version": version}
+                 for tag, since, why, version in tags],
         "history": _history_of(row, moves),
     }
 
@@ -483,7 +487,17 @@ def _one_customer_metrics(session: Session, customer_id: int, as_of: datetime, r
     return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.row(0, named=True).items()}
 
 
-def _history_of(row: CustomerSegment, moves: list[SegmentTransition]) -> list[dict[str, Any]]:
+class Move(NamedTuple):
+    """What a profile's tier history needs of one transition."""
+
+    id: int
+    dimension: str
+    from_value: str | None
+    to_value: str | None
+    at: datetime
+
+
+def _history_of(row: CustomerSegment, moves: list[Move]) -> list[dict[str, Any]]:
     """Tier spells, newest first: value, entered, left (null while current), previous value."""
     tier_moves = sorted((m for m in moves if m.dimension == "tier"), key=lambda m: (m.at, m.id))
     spells, entered = [], row.first_seen_at

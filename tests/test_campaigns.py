@@ -273,6 +273,9 @@ def test_dry_run_api_and_profile_sections(client, auth_header, session, ctx, peo
     profile = client.get("/customers/P2/profile", headers=auth_header(Role.support)).json()
     history = profile["sections"]["contact_history"]["messages"]
     assert history and history[0]["campaign"] == "Potential coupon" and history[0]["status"] == "planned"
+    planned = session.exec(select(Message).where(Message.customer_id == people["P2"])).one()
+    assert (datetime.fromisoformat(history[0]["send_at"]), history[0]["discount_value"], history[0]["channel"]) == (
+        planned.send_at, planned.discount_value, planned.channel)  # driver read: aware UTC on both backends
     budget = profile["sections"]["discount_budget"]
     assert budget["spend"] == 1000 and budget["discount_granted"] == 140 and budget["budget"] == 150
     assert budget["open_offers"] == 47 and budget["left"] == 0  # 150 - 140 - 47 < 0

@@ -114,6 +114,18 @@ def test_profile_section_explains_the_tier(client, auth_header, session, ctx):
         "recency_days": "≤ 30", "frequency": "≥ 4", "monetary": "≥ 2000"}
     assert segment["scores"]["rfm"] == "555"
     assert segment["history"][0]["tier"] == "VIP" and segment["history"][0]["left"] is None
+    # Tags and history are read straight from the driver: the same values as the rows, timestamps aware UTC.
+    state = session.exec(select(CustomerSegment).join(Customer, Customer.id == CustomerSegment.customer_id)
+                         .where(Customer.external_id == "C1")).one()
+    assert datetime.fromisoformat(segment["history"][0]["entered"]) == state.first_seen_at
+    tagged = {}
+    for external in ("C1", "C2", "C3", "C4", "C5"):
+        shown = client.get(f"/customers/{external}/profile", headers=auth_header(Role.support)).json()
+        tagged |= {(external, t["tag"]): (datetime.fromisoformat(t["since"]), t["why"], t["rule_version"])
+                   for t in shown["sections"]["segment"]["tags"]}
+    stored = session.exec(select(Customer.external_id, CustomerTag).join(
+        CustomerTag, CustomerTag.customer_id == Customer.id)).all()
+    assert stored and tagged == {(external, t.tag): (t.since, t.why, t.version) for external, t in stored}
     never = client.get("/customers/C5/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
     assert never["tier"] == "lost" and never["tier_matched_a_rule"] is False
     assert "fallback" in never["why"]["note"]
