@@ -57,18 +57,27 @@ def is_postgres(engine_or_session) -> bool:
     return bind.dialect.name == "postgresql"
 
 
+def _end_session(session: Session, commit: bool) -> None:
+    """End a unit of work: commit it (or roll it back), then give its connection back to the pool."""
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """A unit of work for jobs and the CLI: commit on success, roll back on error."""
     session = Session(engine, expire_on_commit=False)
     try:
         yield session
-        session.commit()
     except BaseException:
-        session.rollback()
+        _end_session(session, commit=False)
         raise
-    finally:
-        session.close()
+    _end_session(session, commit=True)
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -82,20 +91,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         yield session
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_end, session, False)
+            await anyio.to_thread.run_sync(_end_session, session, False)
         raise
     with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(_end, session, True)
-
-
-def _end(session: Session, commit: bool) -> None:
-    try:
-        if commit:
-            session.commit()
-        else:
-            session.rollback()
-    finally:
-        session.close()
+        await anyio.to_thread.run_sync(_end_session, session, True)
 
 
 # scope="function": the commit runs before the response is sent. FastAPI's default ("request") commits after the
