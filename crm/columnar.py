@@ -47,6 +47,11 @@ def _pyformat(query: str) -> str:
     return _PARAM.sub(lambda m: f"%({m.group(1)})s", query.replace("%", "%%"))
 
 
+def _sqlite_statement(query: str, params: dict[str, Any]) -> tuple[str, tuple]:
+    """A :name query and its parameters as SQLite's qmark statement and values."""
+    return _PARAM.sub("?", query), tuple(_sqlite_value(params[n]) for n in _PARAM.findall(query))
+
+
 def _sqlite_value(value: Any) -> Any:
     """Bind values the way the SQLite columns store them (UTC text for datetimes)."""
     if isinstance(value, datetime):
@@ -120,12 +125,12 @@ def _sqlite_reader(session: Session) -> Iterator[sqlite3.Connection]:
 def _native_read(connection: Any, dialect: str, query: str, params: dict[str, Any],
                  schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Read committed data on the reader's own connection (DuckDB on PostgreSQL, sqlite3 on SQLite)."""
-    names = _PARAM.findall(query)
     if dialect == "postgresql":
-        values = [ensure_utc(params[n]).isoformat() if isinstance(params[n], datetime) else params[n] for n in names]
+        values = [ensure_utc(params[n]).isoformat() if isinstance(params[n], datetime) else params[n]
+                  for n in _PARAM.findall(query)]
         frame = connection.execute(_PARAM.sub("?", query), values).pl()
         return frame.rename(dict(zip(frame.columns, schema, strict=True)))
-    cursor = connection.execute(_PARAM.sub("?", query), tuple(_sqlite_value(params[n]) for n in names))
+    cursor = connection.execute(*_sqlite_statement(query, params))
     # In blocks: a list of ten million tuples would hold several gigabytes at once.
     frames = []
     while rows := cursor.fetchmany(_SQLITE_BLOCK_ROWS):
@@ -185,8 +190,7 @@ def driver_rows(session: Session, query: str, params: dict[str, Any]) -> list[tu
     if connection.dialect.name == "postgresql":
         with connection.connection.driver_connection.cursor() as cursor:
             return cursor.execute(_pyformat(query), params).fetchall()
-    values = tuple(_sqlite_value(params[n]) for n in _PARAM.findall(query))
-    return connection.exec_driver_sql(_PARAM.sub("?", query), values).fetchall()
+    return connection.exec_driver_sql(*_sqlite_statement(query, params)).fetchall()
 
 
 class ColumnarReader:
