@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, FastAPI, Query
 from sqlmodel import select
 
-from campaigns import service
+from campaigns import guardrails, service
 from campaigns.models import Message
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
@@ -26,7 +26,8 @@ CampaignBody = Annotated[dict[str, Any], Body(description="a campaign specificat
 def post_campaign(body: CampaignBody, session: SessionDep, ctx: ContextDep,
                   principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Create a campaign in draft (validated: errors name the field; audited)."""
-    return service.describe(service.create_campaign(session, ctx, body, principal.actor))
+    return service.describe(service.create_campaign(session, ctx, body, principal.actor,
+                                                    may_define_transactional=principal.role == Role.admin))
 
 
 @router.get("/campaigns")
@@ -46,7 +47,8 @@ def get_campaign(campaign_id: int, session: SessionDep, _: Principal = Depends(r
 def put_campaign(campaign_id: int, body: CampaignBody, session: SessionDep, ctx: ContextDep,
                  principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Replace a campaign's specification (a new version; audited; active ones pass the fairness gate)."""
-    campaign, warnings = service.update_campaign(session, ctx, campaign_id, body, principal.actor)
+    campaign, warnings = service.update_campaign(session, ctx, campaign_id, body, principal.actor,
+                                                 may_define_transactional=principal.role == Role.admin)
     return service.describe(campaign) | {"fairness_warnings": warnings}
 
 
@@ -55,7 +57,8 @@ def post_status(campaign_id: int, session: SessionDep, ctx: ContextDep,
                 status: Annotated[str, Body(embed=True, description="draft, active, paused or archived")],
                 principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Activate, pause, resume or archive a campaign."""
-    campaign, warnings = service.set_status(session, ctx, campaign_id, status, principal.actor)
+    campaign, warnings = service.set_status(session, ctx, campaign_id, status, principal.actor,
+                                            may_define_transactional=principal.role == Role.admin)
     return service.describe(campaign) | {"fairness_warnings": warnings}
 
 
@@ -98,10 +101,13 @@ def get_templates(session: SessionDep, _: Principal = Depends(require(*EDITORS))
 
 @router.post("/templates", status_code=201)
 def post_template(session: SessionDep, ctx: ContextDep,
-                  body: Annotated[dict[str, Any], Body(description="{name, channel, locale, parts: {part: text}}")],
+                  body: Annotated[dict[str, Any], Body(description="{name, channel, locale, kind: marketing|"
+                                                                   "transactional, parts: {part: text}}")],
                   principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
-    """Save a template version; refused with 422 when it does not render against a sample context."""
-    row, checked = service.save_template(session, ctx, body, principal.actor)
+    """Save a template version; refused with 422 when it does not render against a sample context or breaks the
+    content rules of its kind (opt-out text, advertising-law phrases, no marketing in transactional notices)."""
+    row, checked = service.save_template(session, ctx, body, principal.actor,
+                                         may_define_transactional=principal.role == Role.admin)
     return row.model_dump() | {"sample": checked}
 
 
@@ -136,6 +142,29 @@ def get_messages(session: SessionDep, status: str | None = None, campaign_id: in
         query = query.where(Message.id > after)
     rows = list(session.exec(query))
     return {"items": service.messages_json(rows), "next": rows[-1].id if len(rows) == limit else None}
+
+
+@router.get("/guard-rails")
+def get_guard_rails(session: SessionDep, ctx: ContextDep,
+                    _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """The guard rails in force: caps, quiet hours, discount ceilings, SMS keywords, opt-out texts, ad phrases."""
+    version, settings = guardrails.current_settings(session, ctx)
+    return {"version": version, "settings": settings.model_dump(mode="json")}
+
+
+@router.put("/guard-rails")
+def put_guard_rails(session: SessionDep, ctx: ContextDep,
+                    body: Annotated[dict[str, Any], Body(description="the whole guard-rail document (see GET)")],
+                    principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
+    """Replace the guard rails (a new version, audited; errors name the field)."""
+    version, settings = guardrails.update_settings(session, ctx, body, principal.actor)
+    return {"version": version, "settings": settings.model_dump(mode="json")}
+
+
+@router.get("/guard-rails/versions")
+def get_guard_rail_versions(session: SessionDep, _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+    """Every stored version of the guard rails, oldest first (version 0, the environment's, is not stored)."""
+    return [v.model_dump() for v in guardrails.versions(session)]
 
 
 def install(app: FastAPI) -> None:

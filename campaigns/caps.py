@@ -3,6 +3,10 @@
 A cap "at most N per W days" must hold for every window of W days. A new message at t is allowed only when fewer
 than N ledger messages lie within W of t on either side; then no window containing t can hold more than N. It is
 the safe reading: planned future messages are respected as well as past ones.
+
+Preemption: a ledger message that is still only planned (never attempted) holds its slot against equal or higher
+priorities only. A higher-priority candidate that finds the window full may take the slot of the lowest-priority
+such messages (the newest first); the caller marks them `preempted`. Sent, sending or retrying messages are firm.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from datetime import timedelta
 import polars as pl
 
 UTC_TYPE = pl.Datetime("us", "UTC")
-LEDGER_SCHEMA = {"customer_id": pl.Int64, "channel": pl.String, "send_at": UTC_TYPE, "priority": pl.Int64}
+LEDGER_SCHEMA = {"customer_id": pl.Int64, "channel": pl.String, "send_at": UTC_TYPE, "priority": pl.Int64,
+                 "message_id": pl.Int64, "preemptible": pl.Boolean}
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,9 @@ class Cap:
         return f"{self.channel or 'all channels'} {self.limit}/{self.window_days}d"
 
 
-def _conflicts(candidates: pl.DataFrame, ledger: pl.DataFrame, cap: Cap) -> pl.DataFrame:
-    """Per candidate row: ledger messages within the cap's window, their count and the latest and top priority."""
+def _conflicts(candidates: pl.DataFrame, ledger: pl.DataFrame, cap: Cap, priority: int) -> pl.DataFrame:
+    """Per candidate row: ledger messages within the cap's window, how many of them are firm (cannot be preempted
+    by this priority), the latest and top priority, and the preemptible ones' ids, cheapest to preempt first."""
     window = timedelta(days=cap.window_days)
     keys = ["customer_id"] if cap.channel is None else ["customer_id", "channel"]
     mine = candidates.with_row_index("__row")
@@ -39,27 +45,38 @@ def _conflicts(candidates: pl.DataFrame, ledger: pl.DataFrame, cap: Cap) -> pl.D
         mine = mine.filter(pl.col("channel") == cap.channel)
         ledger = ledger.filter(pl.col("channel") == cap.channel)
     pairs = mine.select("__row", *keys, "send_at").join(
-        ledger.select(*keys, pl.col("send_at").alias("other_at"), pl.col("priority").alias("other_priority")),
+        ledger.select(*keys, pl.col("send_at").alias("other_at"), pl.col("priority").alias("other_priority"),
+                      pl.col("message_id").alias("other_id"),
+                      (pl.col("preemptible").fill_null(False) & (pl.col("priority") < priority)
+                       & pl.col("message_id").is_not_null()).alias("soft")),
         on=keys, how="inner")
     near = pairs.filter((pl.col("other_at") - pl.col("send_at")).abs() < window)
-    return near.group_by("__row").agg(count=pl.len(), latest=pl.col("other_at").max(),
-                                      top_priority=pl.col("other_priority").max())
+    return near.group_by("__row").agg(
+        count=pl.len(), firm=(~pl.col("soft")).sum(), latest=pl.col("other_at").max(),
+        top_priority=pl.col("other_priority").max(),
+        soft_ids=pl.col("other_id").filter(pl.col("soft")).sort_by(
+            [pl.col("other_priority").filter(pl.col("soft")), pl.col("other_at").filter(pl.col("soft"))],
+            descending=[False, True]))
 
 
 def check_caps(candidates: pl.DataFrame, ledger: pl.DataFrame, caps: list[Cap], priority: int) -> pl.DataFrame:
     """Mark candidate rows (customer_id, channel, send_at) that a cap forbids.
 
     Adds `capped` (bool), `cap_reason` ('capped' or 'lower_priority' when a higher-priority campaign holds the
-    slot), `cap_label` and `free_at` (the earliest moment the conflicting messages allow, for deferral).
+    slot), `cap_label`, `free_at` (the earliest moment the conflicting messages allow, for deferral) and
+    `preempts` (ids of lower-priority planned messages whose slots an uncapped row takes; empty when none).
     """
     out = candidates.with_columns(capped=pl.lit(False), cap_reason=pl.lit(None, dtype=pl.String),
-                                  cap_label=pl.lit(None, dtype=pl.String), free_at=pl.lit(None, dtype=UTC_TYPE))
+                                  cap_label=pl.lit(None, dtype=pl.String), free_at=pl.lit(None, dtype=UTC_TYPE),
+                                  preempts=pl.lit([], dtype=pl.List(pl.Int64)))
     for cap in caps:
-        hits = _conflicts(candidates, ledger, cap).filter(pl.col("count") >= cap.limit)
+        hits = _conflicts(candidates, ledger, cap, priority).filter(pl.col("count") >= cap.limit)
         if hits.is_empty():
             continue
         flagged = out.with_row_index("__row").join(hits, on="__row", how="left")
-        blocked = pl.col("count").is_not_null()
+        full = pl.col("count").is_not_null()
+        blocked = full & (pl.col("firm") >= cap.limit)
+        taken = pl.col("soft_ids").list.head((pl.col("count") - cap.limit + 1).clip(lower_bound=0))
         out = flagged.with_columns(
             capped=pl.col("capped") | blocked,
             cap_reason=pl.when(blocked & pl.col("cap_reason").is_null()).then(
@@ -67,9 +84,14 @@ def check_caps(candidates: pl.DataFrame, ledger: pl.DataFrame, caps: list[Cap], 
             ).otherwise(pl.col("cap_reason")),
             cap_label=pl.when(blocked & pl.col("cap_label").is_null()).then(pl.lit(cap.label))
             .otherwise(pl.col("cap_label")),
-            free_at=pl.max_horizontal(pl.col("free_at"), pl.col("latest") + timedelta(days=cap.window_days)),
-        ).drop("__row", "count", "latest", "top_priority")
-    return out
+            free_at=pl.when(blocked).then(
+                pl.max_horizontal(pl.col("free_at"), pl.col("latest") + timedelta(days=cap.window_days)))
+            .otherwise(pl.col("free_at")),
+            preempts=pl.when(full & ~blocked).then(pl.concat_list("preempts", taken).list.unique().list.sort())
+            .otherwise(pl.col("preempts")),
+        ).drop("__row", "count", "firm", "latest", "top_priority", "soft_ids")
+    return out.with_columns(preempts=pl.when(pl.col("capped")).then(pl.lit([], dtype=pl.List(pl.Int64)))
+                            .otherwise(pl.col("preempts")))
 
 
 def exceeded(ledger: pl.DataFrame, cap: Cap) -> pl.DataFrame:

@@ -8,6 +8,16 @@ Ceilings, in order:
    ledger) stays within `budget_share` of the spend in the same period. The order the offer is redeemed on
    counts as spend too — without it a lapsed customer could never get a win-back offer — so the condition is
    granted + value <= share * (spend + basket - value).
+
+Every coupon is bounded on any basket, not just on the one assumed: it carries a minimum basket and a maximum
+discount (per customer, derived from the ceilings when the campaign leaves them open), chosen so that the worst
+basket it can be redeemed on still keeps the price above cost and the customer within the budget:
+- amount off A: the worst basket is the smallest, so the minimum basket B is raised until A <= tier% * B,
+  A <= (1 - cost ratio) * B and the budget holds at B;
+- percent off p with cap M: the discount p * b grows with the basket until it reaches M at b = M / p. The budget
+  condition is linear in b on that stretch, so it is checked at its worst end: M is lowered until it holds at
+  b = M / p (when p > share / (1 + share)), or B is raised (when the customer is already over budget). Cost and
+  tier ceilings are proportional and hold on every basket once p is within them.
 """
 
 from __future__ import annotations
@@ -41,6 +51,20 @@ class OfferTerms:
     percent_off: float | None = None
     min_spend: float = 0.0
     free_shipping: bool = False
+    max_discount: float | None = None  # percent off: the most one coupon grants (None: derived per customer)
+
+
+def coupon_discount(basket: float, *, amount_off: float | None, percent_off: float | None, min_spend: float,
+                    max_discount: float | None) -> float:
+    """What a coupon takes off a basket (0 below its minimum): the terms a checkout applies."""
+    if basket < min_spend - 1e-9:
+        return 0.0
+    if amount_off is not None:
+        return min(amount_off, basket)
+    if percent_off is not None:
+        value = percent_off / 100.0 * basket
+        return min(value, max_discount) if max_discount is not None else value
+    return 0.0
 
 
 def apply_ceilings(customers: pl.DataFrame, offer: OfferTerms, rules: DiscountRules) -> pl.DataFrame:
@@ -48,7 +72,8 @@ def apply_ceilings(customers: pl.DataFrame, offer: OfferTerms, rules: DiscountRu
 
     In: customer_id, tier, spend_365, discount_365, open_offers (value of offers still open), cost_ratio (cost of
     goods over list value, null when unknown), basket (the customer's usual order value, null when none).
-    Out adds: offer_basket, offer_amount_off, offer_percent_off, offer_free_shipping, discount_value,
+    Out adds: offer_basket, offer_amount_off, offer_percent_off, offer_free_shipping, offer_min_spend,
+    offer_max_discount, discount_value (the coupon's worst case: what it can grant at most, shipping included),
     offer_decision (as_requested / reduced / withheld), offer_reasons (comma-separated ceilings that bit).
     """
     basket = (pl.when(pl.lit(offer.min_spend) > 0).then(pl.lit(offer.min_spend))
@@ -111,12 +136,58 @@ def apply_ceilings(customers: pl.DataFrame, offer: OfferTerms, rules: DiscountRu
         offer_free_shipping=pl.col("__shipping") > 0,
         discount_value=pl.when(withheld).then(0.0).otherwise(pl.col("__final") + pl.col("__shipping")),
     )
+    frame = _bound_on_every_basket(frame, offer, rules, tier_max)
     frame = frame.with_columns(
         offer_amount_off=pl.when(pl.col("offer_decision") == WITHHELD).then(None).otherwise(pl.col("offer_amount_off")),
         offer_percent_off=pl.when(pl.col("offer_decision") == WITHHELD).then(None)
         .otherwise(pl.col("offer_percent_off")),
-        offer_free_shipping=pl.col("offer_free_shipping") & (pl.col("offer_decision") != WITHHELD))
+        offer_free_shipping=pl.col("offer_free_shipping") & (pl.col("offer_decision") != WITHHELD),
+        offer_min_spend=pl.when(pl.col("offer_decision") == WITHHELD).then(None).otherwise(pl.col("offer_min_spend")),
+        offer_max_discount=pl.when(pl.col("offer_decision") == WITHHELD).then(None)
+        .otherwise(pl.col("offer_max_discount")))
     return frame.drop(c for c in frame.columns if c.startswith("__"))
+
+
+def _bound_on_every_basket(frame: pl.DataFrame, offer: OfferTerms, rules: DiscountRules, tier_max: pl.Expr
+                           ) -> pl.DataFrame:
+    """The coupon's minimum basket and maximum discount, so that its worst basket keeps every ceiling."""
+    share = rules.budget_share
+    granted = pl.col("discount_365") + pl.col("open_offers")
+    shipping = pl.col("__shipping")
+    fraction = pl.min_horizontal(tier_max / 100.0, (1.0 - pl.col("cost_ratio")).clip(lower_bound=0.0).fill_null(1.0))
+    withheld = pl.col("offer_decision") == WITHHELD
+    if offer.percent_off is None:
+        amount = pl.col("offer_amount_off").fill_null(0.0)
+        value = amount + shipping
+        # cost and tier: A <= fraction * B; budget at B: granted + value <= share * (spend + B - value)
+        for_cost = pl.when(amount > 0).then(amount / pl.when(fraction > 0).then(fraction).otherwise(None))
+        for_budget = ((granted + value * (1.0 + share)) / share - pl.col("spend_365")) if share > 0 else \
+            pl.when(value > 0).then(None).otherwise(0.0)
+        minimum = pl.max_horizontal(pl.lit(offer.min_spend), for_cost.fill_null(0.0), for_budget, pl.lit(0.0))
+        # A ceiling nothing satisfies (no fraction, no budget) leaves a null: withheld.
+        impossible = (amount > 0) & (for_cost.is_null() | (for_budget.is_null() if share <= 0 else pl.lit(False)))
+        frame = frame.with_columns(offer_min_spend=(minimum - 1e-9).ceil(),
+                                   offer_max_discount=pl.when(amount > 0).then(amount))
+        frame = frame.with_columns(offer_decision=pl.when(impossible & ~withheld).then(pl.lit(WITHHELD))
+                                   .otherwise(pl.col("offer_decision")))
+        return frame.with_columns(discount_value=pl.when(pl.col("offer_decision") == WITHHELD).then(0.0)
+                                  .otherwise(value))
+    rate = pl.col("offer_percent_off") / 100.0
+    slope = share * (1.0 - rate) - rate  # d(budget slack)/d(basket) while the cap is not reached
+    over = granted + shipping * (1.0 + share) - share * pl.col("spend_365")  # > 0: over budget before any basket
+    wanted_cap = pl.lit(offer.max_discount, dtype=pl.Float64) if offer.max_discount is not None else pl.col("__final")
+    cap = pl.when(slope < 0).then(pl.min_horizontal(wanted_cap, over * rate / slope)).otherwise(wanted_cap)
+    cap = (cap.clip(lower_bound=0.0) + 1e-9).floor()
+    minimum = pl.when((slope > 0) & (over > 0)).then(pl.max_horizontal(pl.lit(offer.min_spend), over / slope)) \
+        .when((slope <= 0) & (over > 0)).then(None).otherwise(pl.lit(offer.min_spend))
+    frame = frame.with_columns(offer_max_discount=cap, offer_min_spend=(minimum - 1e-9).ceil())
+    too_small = (pl.col("offer_max_discount") < rules.min_offer_value) | pl.col("offer_min_spend").is_null()
+    frame = frame.with_columns(
+        offer_decision=pl.when(too_small & ~withheld).then(pl.lit(WITHHELD))
+        .when(~withheld & (pl.col("offer_max_discount") < pl.col("__final") - 1e-6)).then(pl.lit(REDUCED))
+        .otherwise(pl.col("offer_decision")))
+    return frame.with_columns(discount_value=pl.when(pl.col("offer_decision") == WITHHELD).then(0.0)
+                              .otherwise(pl.col("offer_max_discount") + shipping))
 
 
 def budget_left(spend_365: float, discount_365: float, open_offers: float, rules: DiscountRules) -> float:

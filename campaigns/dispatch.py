@@ -44,9 +44,10 @@ from campaigns.channels.base import (
     Sender,
     SendResult,
 )
+from campaigns.guardrails import guard_rails
 from campaigns.models import CallTask, Campaign, Message
 from campaigns.quiet_hours import defer_out_of_quiet_hours
-from campaigns.service import find_template, guard_rails, message_context, offer_for_template
+from campaigns.service import find_template, message_context, offer_for_template
 from crm.clock import ensure_utc
 from crm.context import Context
 from crm.db import is_postgres, session_scope, writer_engine
@@ -147,10 +148,15 @@ def _sent_counts(session: Session, customer_ids: list[int], exclude: list[int], 
     return pl.DataFrame(rows, schema={"customer_id": pl.Int64, "channel": pl.String, "n": pl.Int64}, orient="row")
 
 
-def _consents(session: Session, customer_ids: list[int]) -> set[tuple[int, str]]:
-    query = text("SELECT customer_id, channel FROM consent WHERE customer_id IN :ids AND status = 'opted_in'"
+def _consents(session: Session, customer_ids: list[int]) -> dict[tuple[int, str], str]:
+    query = text("SELECT customer_id, channel, status FROM consent WHERE customer_id IN :ids"
                  ).bindparams(bindparam("ids", expanding=True))
-    return {(r[0], r[1]) for r in session.connection().execute(query, {"ids": customer_ids})}
+    return {(r[0], r[1]): r[2] for r in session.connection().execute(query, {"ids": customer_ids})}
+
+
+def consent_allows(status: str | None, transactional: bool) -> bool:
+    """Marketing needs an opt-in; a transactional notice goes unless the customer opted out of the channel."""
+    return status != "opted_out" if transactional else status == "opted_in"
 
 
 def _zones(session: Session, customer_ids: list[int]) -> dict[int, str]:
@@ -162,7 +168,7 @@ def admit(session: Session, ctx: Context, claimed: list[dict[str, Any]], now: da
           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Check claimed messages again at send time; returns (to send, decided now: expired/skipped/deferred).
 
-    Consent (an opt-out since planning wins), expiry, quiet hours in the customer's zone (a late dispatcher must
+    Consent (an opt-out since planning wins, for transactional notices too), expiry, quiet hours in the customer's zone (a late dispatcher must
     not text at night: the message is deferred, not dropped) and the frequency caps against what was really
     sent, highest priority first within the batch.
     """
@@ -171,7 +177,7 @@ def admit(session: Session, ctx: Context, claimed: list[dict[str, Any]], now: da
     customer_ids = sorted({r["customer_id"] for r in claimed})
     _lock_customers(session, customer_ids)
     consents, zones = _consents(session, customer_ids), _zones(session, customer_ids)
-    rails = guard_rails(ctx)
+    rails = guard_rails(session, ctx)
     frame = pl.DataFrame({"id": [r["id"] for r in claimed], "customer_id": [r["customer_id"] for r in claimed],
                           "channel": [r["channel"] for r in claimed],
                           "time_zone": [zones.get(r["customer_id"], ctx.settings.default_time_zone) for r in claimed],
@@ -193,7 +199,7 @@ def admit(session: Session, ctx: Context, claimed: list[dict[str, Any]], now: da
         reason = None
         if row["expires_at"] is not None and row["expires_at"] <= now:
             reason = "expired"
-        elif not row["transactional"] and (row["customer_id"], row["channel"]) not in consents:
+        elif not consent_allows(consents.get((row["customer_id"], row["channel"])), bool(row["transactional"])):
             reason = "no_consent"
         elif row["id"] in defer_to:
             decided.append(row | {"decision": "deferred", "new_send_at": defer_to[row["id"]]})
@@ -315,6 +321,7 @@ def _offer(row: dict[str, Any], locale: str) -> dict[str, Any] | None:
         return None
     return offer_for_template({"offer_decision": offer.get("decision"), "offer_amount_off": offer.get("amount_off"),
                                "offer_percent_off": offer.get("percent_off"), "min_spend": offer.get("min_spend"),
+                               "max_discount": offer.get("max_discount"),
                                "offer_free_shipping": offer.get("free_shipping"), "coupon_code": row["coupon_code"],
                                "valid_until": row["valid_until"], "locale": locale})
 

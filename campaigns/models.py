@@ -55,6 +55,8 @@ class MessageTemplate(SQLModel, table=True):
     locale: str = Field(sa_column=Column(String(16), nullable=False))
     version: int = Field(sa_column=Column(Integer, nullable=False))
     parts: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    # marketing (opt-out text, ad-law phrases) or transactional (no offer, no marketing content; admins only)
+    kind: str = Field(default="marketing", sa_column=Column(String(16), nullable=False, server_default="marketing"))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     created_by: str = Field(sa_column=Column(String(120), nullable=False))
 
@@ -118,6 +120,10 @@ class Message(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     opened_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     clicked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    # The coupon's redemption: the order that used it and the discount it really granted (counted in the budget).
+    redeemed_order_id: int | None = Field(default=None, sa_column=Column(Integer))
+    redeemed_discount: float | None = Field(default=None, sa_column=Column(Float))
+    redeemed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
 
 class CallTask(SQLModel, table=True):
@@ -167,3 +173,15 @@ class Conversion(SQLModel, table=True):
     revenue: float = Field(sa_column=Column(Float, nullable=False))
     discount: float = Field(sa_column=Column(Float, nullable=False))
     attributed_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class GuardRailVersion(SQLModel, table=True):
+    """Every saved state of the guard-rail settings (caps, quiet hours, ceilings, keywords), never overwritten."""
+
+    __tablename__ = "guard_rail_version"
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: int = Field(sa_column=Column(Integer, nullable=False, unique=True))
+    settings: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_by: str = Field(sa_column=Column(String(120), nullable=False))

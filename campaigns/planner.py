@@ -22,7 +22,7 @@ CONTACT_COLUMN = {"sms": "has_phone", "phone": "has_phone", "email": "has_email"
 # Reasons a customer in the audience gets no message (or a changed one), as dry-runs and reports count them.
 EXCLUSION_REASONS = ("cooldown", "global_control", "holdout", "no_consent", "no_contact", "capped", "lower_priority",
                      "offer_withheld")
-ADJUSTMENT_REASONS = ("deferred_quiet_hours", "deferred_cap", "offer_reduced")
+ADJUSTMENT_REASONS = ("deferred_quiet_hours", "deferred_cap", "offer_reduced", "preempted")
 COUPON_ALPHABET = np.array(list("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"))
 
 
@@ -188,8 +188,13 @@ def offer_description(offer: dict, locale: str) -> str:
         else:
             parts.append(f"{amount} off orders of {minimum:g} or more" if minimum else f"{amount} off")
     if offer.get("percent_off"):
-        percent = offer["percent_off"]
-        parts.append(f"{(100 - percent) / 10:g}折" if chinese else f"{percent:g}% off")
+        percent, minimum, cap = offer["percent_off"], offer.get("min_spend") or 0, offer.get("max_discount")
+        if chinese:
+            parts.append((f"满{minimum:g}享" if minimum else "") + f"{(100 - percent) / 10:g}折"
+                         + (f"（最多减{cap:g}）" if cap else ""))
+        else:
+            parts.append(f"{percent:g}% off" + (f" orders of {minimum:g} or more" if minimum else "")
+                         + (f" (up to {cap:g} off)" if cap else ""))
     if offer.get("free_shipping"):
         parts.append("包邮" if chinese else "free shipping")
     return ("，" if chinese else " + ").join(parts)
@@ -202,14 +207,24 @@ class Plan:
     rows: pl.DataFrame
     counts: dict[str, int]
     audience_size: int
+    preempted: list[int] = field(default_factory=list)  # planned messages of lower priority whose slots were taken
 
 
 def _eligible(step_channel: str, frame: pl.DataFrame, consent: pl.DataFrame, transactional: bool) -> pl.DataFrame:
-    """Adds `block` (no_contact / no_consent / null) for one channel."""
-    allowed = consent.filter((pl.col("channel") == step_channel) & (pl.col("status") == "opted_in"))
-    frame = frame.join(allowed.select("customer_id", __consent=pl.lit(True)), on="customer_id", how="left")
+    """Adds `block` (no_contact / no_consent / null) for one channel.
+
+    Marketing needs an opt-in for the channel. A transactional notice needs no opt-in, but an opt-out still
+    wins: it never reaches a channel the customer opted out of."""
+    mine = consent.filter(pl.col("channel") == step_channel)
+    if transactional:
+        refused = mine.filter(pl.col("status") == "opted_out").select("customer_id", __out=pl.lit(True))
+        frame = frame.join(refused, on="customer_id", how="left").with_columns(
+            __consent=~pl.col("__out").fill_null(False)).drop("__out")
+    else:
+        allowed = mine.filter(pl.col("status") == "opted_in").select("customer_id", __consent=pl.lit(True))
+        frame = frame.join(allowed, on="customer_id", how="left")
     contact = pl.col(CONTACT_COLUMN[step_channel]).fill_null(False)
-    consented = pl.col("__consent").fill_null(False) | pl.lit(transactional)
+    consented = pl.col("__consent").fill_null(False)
     return frame.with_columns(block=pl.when(~contact).then(pl.lit("no_contact"))
                               .when(~consented).then(pl.lit("no_consent")).otherwise(None)).drop("__consent")
 
@@ -265,11 +280,12 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
                                                                 spec.experiment))
         arms = [(v.name, spec.for_variant(v), assigned.filter(pl.col("variant") == v.name).drop("variant"))
                 for v in spec.experiment.variants]
-    ledger = inputs.ledger.select(list(LEDGER_SCHEMA))
+    ledger = ledger_frame(inputs.ledger)
     recipients_parts: list[pl.DataFrame] = []
+    preempted: set[int] = set()
     for variant, arm_spec, arm in arms:
         rows, recipients, ledger = _plan_treated(arm_spec, arm, inputs, rails, campaign_id, occurrence, ledger,
-                                                 counts, now)
+                                                 counts, now, preempted)
         out_rows.append(rows.with_columns(variant=pl.lit(variant, dtype=pl.String)))
         recipients_parts.append(recipients)
     recipients = pl.concat(recipients_parts, how="diagonal_relaxed")
@@ -280,7 +296,16 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
     for channel in ("sms", "email", "push", "phone"):
         counts[f"channel_{channel}"] = recipients.filter(pl.col("channel") == channel).height \
             if not recipients.is_empty() else 0
-    return Plan(rows=rows, counts={k: int(v) for k, v in counts.items()}, audience_size=size)
+    counts["preempted"] = len(preempted)
+    return Plan(rows=rows, counts={k: int(v) for k, v in counts.items()}, audience_size=size,
+                preempted=sorted(preempted))
+
+
+def ledger_frame(ledger: pl.DataFrame) -> pl.DataFrame:
+    """The ledger's cap columns (a ledger without message ids or preemptible flags holds firm slots only)."""
+    missing = {"message_id": pl.lit(None, dtype=pl.Int64), "preemptible": pl.lit(False)}
+    return ledger.with_columns(**{k: v for k, v in missing.items() if k not in ledger.columns}).select(
+        list(LEDGER_SCHEMA)).cast(LEDGER_SCHEMA)
 
 
 def _decided(frame: pl.DataFrame, spec: CampaignSpec, status: str, reason: str) -> pl.DataFrame:
@@ -301,7 +326,7 @@ def _reachable(spec: CampaignSpec, members: pl.DataFrame, consent: pl.DataFrame)
 
 def _plan_treated(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs, rails: GuardRails,
                   campaign_id: int, occurrence: str, ledger: pl.DataFrame, counts: dict[str, int],
-                  now: datetime) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+                  now: datetime, preempted: set[int]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Offer ceilings, channels, consent, quiet hours and caps for the treated members (of one A/B arm).
 
     Returns the arm's outbox rows, its recipients and the ledger with them added; adds to `counts`."""
@@ -325,8 +350,13 @@ def _plan_treated(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs,
         reachable = _capped(reachable, ledger, rails, spec, now)
         accepted = reachable.filter(~pl.col("capped"))
         accepted_parts.append(accepted)
-        ledger = pl.concat([ledger, accepted.select("customer_id", "channel", "send_at",
-                                                    priority=pl.lit(spec.priority, dtype=pl.Int64))])
+        taken = set(accepted["preempts"].explode().drop_nulls().to_list()) if accepted.height else set()
+        preempted |= taken
+        # The slots taken leave the ledger; this campaign's messages join it as firm (planned in this pass).
+        ledger = pl.concat([ledger.filter(~pl.col("message_id").is_in(sorted(taken)).fill_null(False)),
+                            accepted.select("customer_id", "channel", "send_at",
+                                            priority=pl.lit(spec.priority, dtype=pl.Int64),
+                                            message_id=pl.lit(None, dtype=pl.Int64), preemptible=pl.lit(False))])
         blocked = pl.concat([checked.filter(pl.col("block").is_not_null()),
                              reachable.filter(pl.col("capped")).with_columns(block=pl.col("cap_reason"))],
                             how="diagonal_relaxed")
@@ -370,7 +400,7 @@ def _capped(frame: pl.DataFrame, ledger: pl.DataFrame, rails: GuardRails, spec: 
     retry = checked.filter(pl.col("capped") & pl.col("free_at").is_not_null())
     limit = pl.col("send_at") + timedelta(days=spec.defer_days)
     retry = retry.with_columns(__limit=limit, send_at=pl.col("free_at")).drop(
-        "capped", "cap_reason", "cap_label", "free_at", "deferred_cap", "deferred_quiet")
+        "capped", "cap_reason", "cap_label", "free_at", "deferred_cap", "deferred_quiet", "preempts")
     retry = defer_out_of_quiet_hours(retry, rails.quiet)
     again = check_caps(retry, ledger, caps, spec.priority)
     moved = again.filter(~pl.col("capped") & (pl.col("send_at") <= pl.col("__limit"))).with_columns(
@@ -386,7 +416,7 @@ def _apply_offer(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs, 
         return treated.with_columns(offer_decision=pl.lit(None, dtype=pl.String)), None
     offer = spec.offer
     terms = OfferTerms(amount_off=offer.amount_off, percent_off=offer.percent_off, min_spend=offer.min_spend,
-                       free_shipping=offer.free_shipping)
+                       free_shipping=offer.free_shipping, max_discount=offer.max_discount)
     decided = apply_ceilings(_money(treated.select("customer_id", "tier", "send_at"), inputs), terms, rails.discounts)
     decided = decided.with_columns(
         coupon_code=coupon_codes(offer.coupon_prefix, campaign_id, occurrence, decided["customer_id"]))
@@ -394,7 +424,7 @@ def _apply_offer(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs, 
                                    .otherwise(pl.col("coupon_code")))
     offer_rows = decided.select("customer_id", "offer_decision", "offer_reasons", "offer_amount_off",
                                 "offer_percent_off", "offer_free_shipping", "discount_value", "coupon_code",
-                                min_spend=pl.lit(offer.min_spend))
+                                min_spend=pl.col("offer_min_spend"), max_discount=pl.col("offer_max_discount"))
     return treated.join(decided.select("customer_id", "offer_decision"), on="customer_id", how="left"), offer_rows
 
 

@@ -43,6 +43,7 @@ class TemplateSource:
     locale: str
     parts: dict[str, str]
     origin: str
+    kind: str = "marketing"  # or "transactional": order, shipping and account notices
 
 
 @lru_cache(maxsize=1024)

@@ -15,10 +15,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, func, select
 
-from campaigns import rendering
-from campaigns.caps import LEDGER_SCHEMA, Cap
-from campaigns.discounts import DiscountRules, budget_left
+from campaigns import compliance, rendering
+from campaigns.caps import LEDGER_SCHEMA
+from campaigns.discounts import budget_left
 from campaigns.fairness import OfferReach, violations
+from campaigns.guardrails import current_settings, guard_rails
 from campaigns.models import (
     CallTask,
     Campaign,
@@ -30,14 +31,12 @@ from campaigns.models import (
 )
 from campaigns.planner import (
     EXCLUSION_REASONS,
-    GuardRails,
     Plan,
     PlanInputs,
     occurrence_key,
     offer_description,
     plan_occurrence,
 )
-from campaigns.quiet_hours import QuietHours
 from campaigns.spec import STATUSES, CampaignSpec
 from churn.service import scores_frame
 from crm import audit
@@ -45,7 +44,7 @@ from crm.bulkwrite import insert_frame
 from crm.clock import ensure_utc
 from crm.columnar import columnar_reader, driver_rows, driver_time, read_frame
 from crm.context import Context
-from crm.errors import Conflict, DomainError, InvalidInput, NotFound
+from crm.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from crm.locks import lock_for_transaction
 from crm.profiles import ProfileRequest
 from crm.service import (
@@ -61,6 +60,7 @@ from crm.service import (
 from crm.timezones import local_date_of, local_to_utc, utc_midnight
 from segmentation.service import current_rule_set, entered_between, segments_frame, tags_frame
 
+TEMPLATE_KINDS = ("marketing", "transactional")
 LIVE_STATUSES = ("planned", "sending", "sent", "delivered", "unknown")  # count against caps
 STATUS_MOVES = {"draft": {"active", "archived"}, "active": {"paused", "archived"},
                 "paused": {"active", "archived"}, "archived": set()}
@@ -69,29 +69,6 @@ MESSAGE_TYPES = {"campaign_id": "int", "occurrence": "text", "customer_id": "int
                  "expires_at": "timestamp", "template": "text", "locale": "text", "variant": "text", "offer": "json",
                  "discount_value": "float", "coupon_code": "text", "valid_until": "timestamp", "attempts": "int",
                  "created_at": "timestamp", "updated_at": "timestamp"}
-
-
-# ---------------------------------------------------------------- settings → guard rails
-
-
-def guard_rails(ctx: Context) -> GuardRails:
-    """The guard rails as configured in settings."""
-    s = ctx.settings
-    caps = [Cap(limit, days, channel) for channel, (limit, days) in s.caps.items()]
-    if s.global_cap:
-        caps.append(Cap(s.global_cap[0], s.global_cap[1], None))
-
-    def minutes(clock: str) -> int:
-        hours, _, mins = clock.partition(":")
-        return int(hours) * 60 + int(mins or 0)
-
-    return GuardRails(
-        caps=tuple(caps),
-        quiet=QuietHours(minutes(s.quiet_hours[0]), minutes(s.quiet_hours[1]), tuple(s.quiet_hours_channels)),
-        discounts=DiscountRules(budget_share=s.discount_budget_share, tier_max_percent=dict(s.tier_max_discount_percent),
-                                default_max_percent=s.default_max_discount_percent, shipping_value=s.shipping_value,
-                                min_offer_value=s.min_offer_value),
-        global_control_share=s.global_control_share, global_control_salt=s.global_control_salt)
 
 
 def _invalid(field: str, reason: str) -> InvalidInput:
@@ -109,7 +86,7 @@ def _stored(session: Session, name: str, channel: str, locale: str) -> MessageTe
 
 def _source_of(row: MessageTemplate) -> rendering.TemplateSource:
     return rendering.TemplateSource(name=row.name, channel=row.channel, locale=row.locale, parts=dict(row.parts),
-                                    origin=f"stored:{row.id}")
+                                    origin=f"stored:{row.id}", kind=row.kind)
 
 
 def find_template(session: Session, ctx: Context, name: str, channel: str, locale: str) -> rendering.TemplateSource | None:
@@ -139,31 +116,70 @@ def _sample(ctx: Context, locale: str, with_offer: bool = True) -> dict[str, Any
     return context
 
 
-def save_template(session: Session, ctx: Context, body: dict[str, Any], actor: str) -> tuple[MessageTemplate, dict]:
-    """Store a new version of a template after it renders against a sample context (else 422 naming the part)."""
+def content_problems(session: Session, ctx: Context, source: rendering.TemplateSource,
+                     rendered: dict[str, str]) -> list[dict[str, str]]:
+    """The rules on what a message says, by kind: marketing copy carries no absolute claims (advertising law) and
+    a marketing SMS its opt-out text; a transactional notice refers to no offer and carries no marketing words."""
+    _, rails = current_settings(session, ctx)
+    problems = []
+    if source.kind == "transactional":
+        for part, text in source.parts.items():
+            if compliance.uses_offer(text):
+                problems.append({"field": f"parts.{part}", "reason": "a transactional notice carries no offer"})
+        for part, text in rendered.items():
+            for phrase in compliance.phrases_in(text, rails.marketing_phrases):
+                problems.append({"field": f"parts.{part}",
+                                 "reason": f"marketing content '{phrase}' in a transactional notice"})
+        return problems
+    for part, text in rendered.items():
+        for phrase in compliance.phrases_in(text, rails.forbidden_ad_phrases):
+            problems.append({"field": f"parts.{part}",
+                             "reason": f"'{phrase}' is an absolute claim the advertising law forbids in ad copy"})
+    if source.channel == "sms" and not compliance.has_opt_out_text(rendered.get("body", ""), rails.sms_opt_out_texts):
+        problems.append({"field": "parts.body", "reason": "a marketing SMS must carry its opt-out text (e.g. "
+                         f"{' / '.join(rails.sms_opt_out_texts[:2])})"})
+    return problems
+
+
+def _raise_content_problems(problems: list[dict[str, str]]) -> None:
+    if problems:
+        raise InvalidInput(f"{problems[0]['field']}: {problems[0]['reason']}", errors=problems)
+
+
+def save_template(session: Session, ctx: Context, body: dict[str, Any], actor: str, *,
+                  may_define_transactional: bool = False) -> tuple[MessageTemplate, dict]:
+    """Store a new version of a template after it renders against a sample context and passes the content rules
+    of its kind (else 422 naming the part); transactional templates are an admin's."""
     for field in ("name", "channel", "locale"):
         if not isinstance(body.get(field), str) or not body[field].strip():
             raise _invalid(field, "is required")
     parts = body.get("parts")
     if not isinstance(parts, dict) or not all(isinstance(v, str) for v in parts.values()):
         raise _invalid("parts", "must map part names to template text")
+    kind = body.get("kind", "marketing")
+    if kind not in TEMPLATE_KINDS:
+        raise _invalid("kind", f"must be one of {', '.join(TEMPLATE_KINDS)}")
+    if kind == "transactional" and not may_define_transactional:
+        raise Forbidden("only an admin may define transactional templates",
+                        errors=[{"field": "kind", "reason": "transactional templates are defined by admins"}])
     source = rendering.TemplateSource(name=body["name"], channel=body["channel"], locale=body["locale"],
-                                      parts=parts, origin="candidate")
+                                      parts=parts, origin="candidate", kind=kind)
     try:
         checked = rendering.validate(source, _sample(ctx, body["locale"]))
     except rendering.TemplateProblem as problem:
         raise _invalid(f"parts.{problem.part}" if problem.part in rendering.PARTS.get(body["channel"], ())
                        else problem.part, problem.reason) from problem
+    _raise_content_problems(content_problems(session, ctx, source, checked["rendered"]))
     previous = _stored(session, body["name"], body["channel"], body["locale"])
     row = MessageTemplate(name=body["name"], channel=body["channel"], locale=body["locale"],
-                          version=(previous.version + 1) if previous else 1, parts=parts,
+                          version=(previous.version + 1) if previous else 1, parts=parts, kind=kind,
                           created_at=ctx.clock.now(), created_by=actor)
     session.add(row)
     session.flush()
     audit.record(session, actor=actor, action="template.save", entity="message_template", entity_id=row.id,
                  at=row.created_at, before={"version": previous.version, "parts": previous.parts} if previous else None,
                  after={"name": row.name, "channel": row.channel, "locale": row.locale, "version": row.version,
-                        "parts": parts})
+                        "kind": kind, "parts": parts})
     return row, checked
 
 
@@ -173,9 +189,9 @@ def list_templates(session: Session) -> list[dict[str, Any]]:
                                                          MessageTemplate.locale, MessageTemplate.version)).all()
     newest = {(r.name, r.channel, r.locale): r for r in rows}
     out = [{"id": r.id, "name": r.name, "channel": r.channel, "locale": r.locale, "version": r.version,
-            "origin": "stored", "parts": r.parts} for r in newest.values()]
+            "kind": r.kind, "origin": "stored", "parts": r.parts} for r in newest.values()]
     out += [{"id": None, "name": s.name, "channel": s.channel, "locale": s.locale, "version": None, "origin": "file",
-             "parts": s.parts} for key, s in sorted(rendering.file_templates().items()) if key not in newest]
+             "kind": s.kind, "parts": s.parts} for key, s in sorted(rendering.file_templates().items()) if key not in newest]
     return out
 
 
@@ -199,6 +215,8 @@ def preview_template(session: Session, ctx: Context, template_id: int, external_
         facts = rendering.check_rendered(row.channel, rendered, context)
     except rendering.TemplateProblem as problem:
         raise _invalid(f"parts.{problem.part}", problem.reason) from problem
+    # The rules may have changed since the template was saved (a phrase added to the list): preview says so.
+    _raise_content_problems(content_problems(session, ctx, _source_of(row), rendered))
     return {"template_id": row.id, "customer": external_id, "rendered": rendered, **facts}
 
 
@@ -227,8 +245,25 @@ def parse_spec(body: dict[str, Any]) -> CampaignSpec:
         raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors) from error
 
 
+def _check_kind(spec: CampaignSpec, may_define_transactional: bool) -> None:
+    """A transactional notice is an admin's to define, and carries no offer and no A/B test."""
+    if not spec.transactional:
+        return
+    if not may_define_transactional:
+        raise Forbidden("only an admin may define transactional messages",
+                        errors=[{"field": "transactional", "reason": "transactional messages are defined by admins"}])
+    errors = []
+    if spec.makes_offers:
+        errors.append({"field": "offer", "reason": "a transactional notice never carries an offer"})
+    if spec.experiment is not None:
+        errors.append({"field": "experiment", "reason": "a transactional notice is not A/B tested"})
+    if errors:
+        raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors)
+
+
 def _check_semantics(session: Session, ctx: Context, spec: CampaignSpec) -> None:
-    """Names the spec refers to exist: tiers, layers, tags, and a renderable template per channel."""
+    """Names the spec refers to exist: tiers, layers, tags, and a renderable template per channel that passes the
+    content rules of the campaign's kind."""
     errors = []
     _, tiers = current_rule_set(session, "tier")
     _, layers = current_rule_set(session, "layer")
@@ -268,9 +303,16 @@ def _template_errors(session: Session, ctx: Context, spec: CampaignSpec, prefix:
         if spec.offer is not None:
             sample["offer"]["description"] = offer_description(spec.offer.model_dump(), source.locale)
         try:
-            rendering.validate(source, sample)
+            checked = rendering.validate(source, sample)
         except rendering.TemplateProblem as problem:
             errors.append({"field": field, "reason": f"does not render ({problem.part}): {problem.reason}"})
+            continue
+        if spec.transactional and source.kind != "transactional":
+            errors.append({"field": field, "reason": f"'{step.template}' is a marketing template; a transactional "
+                                                     "notice needs a transactional one"})
+            continue
+        for problem in content_problems(session, ctx, source, checked["rendered"]):
+            errors.append({"field": field, "reason": f"{problem['field']}: {problem['reason']}"})
     return errors
 
 
@@ -301,9 +343,11 @@ def _snapshot(session: Session, campaign: Campaign, actor: str, at: datetime) ->
                                 spec=campaign.spec, created_at=at, created_by=actor))
 
 
-def create_campaign(session: Session, ctx: Context, body: dict[str, Any], actor: str) -> Campaign:
-    """A new campaign in draft, version 1 (validated, audited)."""
+def create_campaign(session: Session, ctx: Context, body: dict[str, Any], actor: str, *,
+                    may_define_transactional: bool = False) -> Campaign:
+    """A new campaign in draft, version 1 (validated, audited); transactional ones are an admin's."""
     spec = parse_spec(body)
+    _check_kind(spec, may_define_transactional)
     _check_semantics(session, ctx, spec)
     if session.exec(select(Campaign).where(Campaign.name == spec.name)).first() is not None:
         raise Conflict(f"a campaign named '{spec.name}' exists", errors=[{"field": "name", "reason": "taken"}])
@@ -342,13 +386,18 @@ def campaign_versions(session: Session, campaign_id: int) -> list[CampaignVersio
                              .order_by(CampaignVersion.version)))
 
 
-def update_campaign(session: Session, ctx: Context, campaign_id: int, body: dict[str, Any], actor: str
-                    ) -> tuple[Campaign, list[dict]]:
-    """Replace the specification (a new version); an active campaign is checked for fairness again."""
+def update_campaign(session: Session, ctx: Context, campaign_id: int, body: dict[str, Any], actor: str, *,
+                    may_define_transactional: bool = False) -> tuple[Campaign, list[dict]]:
+    """Replace the specification (a new version); an active campaign is checked for fairness again. Only an admin
+    changes a transactional campaign, or makes one."""
     campaign = get_campaign(session, campaign_id)
     if campaign.status == "archived":
         raise Conflict("an archived campaign cannot change")
     spec = parse_spec(body)
+    if campaign.spec.get("transactional") and not may_define_transactional:
+        raise Forbidden("only an admin may change a transactional campaign",
+                        errors=[{"field": "transactional", "reason": "transactional messages are defined by admins"}])
+    _check_kind(spec, may_define_transactional)
     _check_semantics(session, ctx, spec)
     clash = session.exec(select(Campaign).where(Campaign.name == spec.name, Campaign.id != campaign_id)).first()
     if clash is not None:
@@ -382,10 +431,14 @@ def _save(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec
     return campaign
 
 
-def set_status(session: Session, ctx: Context, campaign_id: int, status: str, actor: str
-               ) -> tuple[Campaign, list[dict]]:
-    """Move a campaign draft → active ⇄ paused → archived; activation passes the fairness gate."""
+def set_status(session: Session, ctx: Context, campaign_id: int, status: str, actor: str, *,
+               may_define_transactional: bool = True) -> tuple[Campaign, list[dict]]:
+    """Move a campaign draft → active ⇄ paused → archived; activation passes the fairness gate (a transactional
+    campaign's status is an admin's to change)."""
     campaign = get_campaign(session, campaign_id)
+    if campaign.spec.get("transactional") and not may_define_transactional:
+        raise Forbidden("only an admin may change a transactional campaign",
+                        errors=[{"field": "transactional", "reason": "transactional messages are defined by admins"}])
     if status not in STATUSES:
         raise _invalid("status", f"must be one of {', '.join(STATUSES)}")
     if status == campaign.status:
@@ -419,8 +472,11 @@ def _ledger(session: Session, now: datetime, horizon_days: int, customer_id: int
     """Live marketing messages near now (they count against caps) and offers still open."""
     statuses = ", ".join(f"'{s}'" for s in LIVE_STATUSES)
     one = "AND m.customer_id = :customer_id" if customer_id is not None else ""
-    query = (f"SELECT m.customer_id, m.channel, m.send_at, m.priority, m.campaign_id, "
-             f"CASE WHEN m.valid_until > :now THEN m.discount_value ELSE 0 END "
+    # A coupon stops being an open offer once an order used it: from then on the order's discount is what counts.
+    query = (f"SELECT m.customer_id, m.channel, m.send_at, m.priority, m.id, "
+             f"m.status = 'planned' AND m.attempts = 0, m.campaign_id, "
+             f"CASE WHEN m.valid_until > :now AND m.redeemed_order_id IS NULL AND NOT EXISTS "
+             f"(SELECT 1 FROM orders o WHERE o.coupon_code = m.coupon_code) THEN m.discount_value ELSE 0 END "
              f"FROM message m WHERE m.status IN ({statuses}) AND m.transactional = :no "
              f"AND m.send_at >= :start AND m.send_at < :end {one}")
     params = {"now": now, "no": False, "start": now - timedelta(days=horizon_days),
@@ -439,7 +495,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
     first orders) from one campaign of a day to the next; the ledger is always read again.
     """
     now = ctx.clock.now()
-    rails = guard_rails(ctx)
+    rails = guard_rails(session, ctx)
     horizon = max([c.window_days for c in rails.caps] + [400]) + spec.defer_days
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -487,7 +543,7 @@ def _compute(session: Session, ctx: Context, campaign: Campaign, day: date, *, c
     spec = CampaignSpec.model_validate(campaign.spec)
     inputs, timings = load_inputs(session, ctx, spec, day, customer_id=customer_id, shared=shared)
     started = time.perf_counter()
-    plan = plan_occurrence(spec, campaign.id, occurrence_key(day), day, inputs, guard_rails(ctx), ctx.clock.now())
+    plan = plan_occurrence(spec, campaign.id, occurrence_key(day), day, inputs, guard_rails(session, ctx), ctx.clock.now())
     timings["plan_s"] = round(time.perf_counter() - started, 3)
     return plan, inputs, timings
 
@@ -506,7 +562,7 @@ def _offer_json(rows: pl.DataFrame) -> pl.Expr:
         return pl.lit(None, dtype=pl.String)
     return pl.when(pl.col("offer_decision").is_not_null()).then(pl.struct(
         decision=pl.col("offer_decision"), reasons=pl.col("offer_reasons"), amount_off=pl.col("offer_amount_off"),
-        percent_off=pl.col("offer_percent_off"), min_spend=pl.col("min_spend"),
+        percent_off=pl.col("offer_percent_off"), min_spend=pl.col("min_spend"), max_discount=pl.col("max_discount"),
         free_shipping=pl.col("offer_free_shipping")).struct.json_encode())
 
 
@@ -569,7 +625,21 @@ def _write(session: Session, campaign: Campaign, spec: CampaignSpec, key: str, d
     # Straight into the outbox (COPY on PostgreSQL): this transaction holds the occurrence's claim, so no other
     # planner can have written rows for it; the unique outbox key still guards against any duplicate.
     insert_frame(session, "message", frame, MESSAGE_TYPES)
+    _preempt(session, campaign, plan.preempted, now)
     return frame.height
+
+
+def _preempt(session: Session, campaign: Campaign, message_ids: list[int], now: datetime) -> int:
+    """Give lower-priority planned messages' slots to this campaign: they become `preempted` and are never sent.
+
+    Only messages still planned and never attempted change; one a dispatcher claimed meanwhile goes on, and the
+    dispatcher's own cap check at send time then decides between the two (exactly once either way)."""
+    if not message_ids:
+        return 0
+    result = session.exec(update(Message).where(  # type: ignore[call-overload]
+        Message.id.in_(message_ids), Message.status == "planned", Message.attempts == 0).values(
+        status="preempted", reason=f"preempted_by_campaign_{campaign.id}"[:40], updated_at=now))
+    return result.rowcount or 0
 
 
 def dry_run(session: Session, ctx: Context, campaign_id: int, day: date | None = None, sample_size: int = 5
@@ -636,7 +706,8 @@ def offer_for_template(row: dict[str, Any]) -> dict[str, Any] | None:
     if row.get("offer_decision") in (None, "withheld"):
         return None
     offer = {"amount_off": row.get("offer_amount_off"), "percent_off": row.get("offer_percent_off"),
-             "min_spend": row.get("min_spend") or 0, "free_shipping": bool(row.get("offer_free_shipping")),
+             "min_spend": row.get("min_spend") or 0, "max_discount": row.get("max_discount"),
+             "free_shipping": bool(row.get("offer_free_shipping")),
              "code": row.get("coupon_code"),
              "valid_until": row["valid_until"].date().isoformat() if row.get("valid_until") else None}
     offer["description"] = offer_description(offer, row["locale"])
@@ -754,7 +825,7 @@ def discount_budget_section(request: ProfileRequest) -> dict[str, Any] | None:
     spend = float(money["spend"][0]) if money.height else 0.0
     discount = float(money["discount"][0]) if money.height else 0.0
     open_offers = _ledger(request.session, now, 400, request.customer_id)["open_offer"].sum() or 0.0
-    rules = guard_rails(request.ctx).discounts
+    rules = guard_rails(request.session, request.ctx).discounts
     return {"window_days": 365, "spend": round(spend, 2), "discount_granted": round(discount, 2),
             "open_offers": round(float(open_offers), 2), "budget_share": rules.budget_share,
             "budget": round(rules.budget_share * spend, 2),

@@ -16,7 +16,7 @@ WEEKDAYS = Weekday.__args__
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ScoreRange(_Strict):
@@ -62,7 +62,12 @@ class Offer(_Strict):
 
     amount_off: float | None = Field(default=None, gt=0, le=100_000)
     percent_off: float | None = Field(default=None, gt=0, lt=100)
-    min_spend: float = Field(default=0, ge=0, le=1_000_000)
+    min_spend: float = Field(default=0, ge=0, le=1_000_000,
+                             description="the smallest basket the coupon applies to; raised per customer where a "
+                                         "ceiling needs it (never below cost, the discount budget)")
+    max_discount: float | None = Field(default=None, gt=0, le=100_000,
+                                       description="percent off: the most one coupon takes off (default: its value on "
+                                                   "the customer's usual basket, lowered to fit the ceilings)")
     free_shipping: bool = False
     valid_days: int = Field(default=14, ge=1, le=365)
     coupon_prefix: str = Field(default="CRM", pattern=r"^[A-Z0-9]{1,8}$")
@@ -76,6 +81,8 @@ class Offer(_Strict):
             raise ValueError("an offer needs amount_off, percent_off or free_shipping")
         if self.amount_off is not None and self.min_spend and self.amount_off >= self.min_spend:
             raise ValueError("amount_off must be below min_spend")
+        if self.max_discount is not None and self.percent_off is None:
+            raise ValueError("max_discount bounds a percent_off offer (an amount off is its own maximum)")
         return self
 
 
@@ -188,7 +195,8 @@ class CampaignSpec(_Strict):
     schedule: Schedule
     priority: int = Field(default=50, ge=0, le=100)
     holdout_share: float = Field(default=0.05, ge=0, le=0.5)
-    transactional: bool = Field(default=False, description="exempt from marketing caps and quiet hours")
+    transactional: bool = Field(default=False, description="an order, shipping or account notice (admins only): "
+                                "exempt from marketing caps and quiet hours, never from an opt-out; no offer")
     cooldown_days: int = Field(default=0, ge=0, le=365,
                                description="skip customers this campaign messaged in the last N days")
     defer_days: int = Field(default=0, ge=0, le=30, description="when capped, defer up to N days instead of skipping")

@@ -100,7 +100,9 @@ class Order(SQLModel, table=True):
     """A purchase; money in the shop's currency."""
 
     __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_customer_ordered_at", "customer_id", "ordered_at"),)
+    # The coupon index: a redeemed coupon stops counting as an open offer against the discount budget.
+    __table_args__ = (Index("ix_orders_customer_ordered_at", "customer_id", "ordered_at"),
+                      Index("ix_orders_coupon_code", "coupon_code"))
 
     id: int | None = Field(default=None, primary_key=True)
     external_id: str = Field(sa_column=Column(String(128), nullable=False, unique=True))

@@ -125,10 +125,10 @@ def test_templates_are_rendered_before_saving_and_sandboxed(client, auth_header,
     assert good.status_code == 201, good.text
     assert good.json()["sample"]["encoding"] == "UCS-2" and good.json()["sample"]["segments"] == 1
     again = client.post("/templates", headers=marketer, json={
-        "name": "hello", "channel": "sms", "locale": "zh-CN", "parts": {"body": "{{ customer.external_id }} 你好"}})
+        "name": "hello", "channel": "sms", "locale": "zh-CN", "parts": {"body": "{{ customer.external_id }} 你好，回复TD退订"}})
     assert again.json()["version"] == 2
     preview = client.post(f"/templates/{again.json()['id']}/preview", params={"customer": "P1"}, headers=marketer)
-    assert preview.status_code == 200 and preview.json()["rendered"]["body"] == "P1 你好"
+    assert preview.status_code == 200 and preview.json()["rendered"]["body"] == "P1 你好，回复TD退订"
     assert client.post(f"/templates/{again.json()['id']}/preview", params={"customer": "NOBODY"},
                        headers=marketer).status_code == 404
     listed = client.get("/templates", headers=marketer).json()

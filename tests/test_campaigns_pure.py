@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaigns.caps import LEDGER_SCHEMA, Cap, check_caps, exceeded
-from campaigns.discounts import WITHHELD, DiscountRules, OfferTerms, apply_ceilings
+from campaigns.discounts import WITHHELD, DiscountRules, OfferTerms, apply_ceilings, coupon_discount
 from campaigns.fairness import OfferReach, violations
 from campaigns.planner import coupon_codes, holdout_draw, send_times
 from campaigns.quiet_hours import QuietHours, defer_out_of_quiet_hours
@@ -103,39 +103,71 @@ def test_schedules_fire_on_the_right_days():
 # ---------------------------------------------------------------- frequency caps
 
 
+def _ledger(rows: dict) -> pl.DataFrame:
+    """A ledger frame; message ids and preemptible flags default to firm, id-less slots."""
+    size = len(rows["customer_id"])
+    return pl.DataFrame({"message_id": [None] * size, "preemptible": [False] * size} | rows, schema=LEDGER_SCHEMA)
+
+
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 4), st.sampled_from(["sms", "email"]), st.integers(0, 120 * 24)),
-                max_size=40),
+@given(st.lists(st.tuples(st.integers(1, 4), st.sampled_from(["sms", "email"]), st.integers(0, 120 * 24),
+                          st.booleans(), st.integers(0, 99)), max_size=40),
        st.lists(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 120 * 24)), max_size=8), min_size=1,
                 max_size=6))
-def test_no_plan_ever_exceeds_a_cap(history, campaigns):
+def test_no_plan_ever_exceeds_a_cap_and_only_lower_priorities_are_preempted(history, campaigns):
     caps = [Cap(2, 30, "sms"), Cap(3, 30, "email"), Cap(4, 14, None)]
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    ledger = pl.DataFrame({"customer_id": [], "channel": [], "send_at": [], "priority": []}, schema=LEDGER_SCHEMA)
+    ledger = _ledger({"customer_id": [], "channel": [], "send_at": [], "priority": []})
     # The history itself must respect the caps (it was planned under them): admit it one message at a time.
-    for customer, channel, hours in history:
-        row = pl.DataFrame({"customer_id": [customer], "channel": [channel], "send_at": [start + timedelta(hours=hours)],
-                            "priority": [50]}, schema=LEDGER_SCHEMA)
-        if not check_caps(row, ledger, caps, 50)["capped"][0]:
+    # Some of it is still only planned (preemptible), at priorities of its own.
+    for number, (customer, channel, hours, planned, priority) in enumerate(history):
+        row = _ledger({"customer_id": [customer], "channel": [channel], "send_at": [start + timedelta(hours=hours)],
+                       "priority": [priority]}).with_columns(message_id=pl.lit(number + 1, dtype=pl.Int64),
+                                                             preemptible=pl.lit(planned))
+        if not check_caps(row, ledger, caps, -1)["capped"][0]:
             ledger = pl.concat([ledger, row])
+    priorities = dict(zip(ledger["message_id"].to_list(), ledger["priority"].to_list(), strict=True))
+    planned = set(ledger.filter(pl.col("preemptible"))["message_id"].to_list())
     for index, messages in enumerate(campaigns):
+        priority = 20 * index
         frame = pl.DataFrame({"customer_id": [m[0] for m in messages], "channel": ["sms"] * len(messages),
                               "send_at": [start + timedelta(hours=m[1]) for m in messages]},
                              schema={"customer_id": pl.Int64, "channel": pl.String, "send_at": UTC_TYPE})
         frame = frame.unique("customer_id", keep="first")  # one message per customer and channel per occurrence
-        checked = check_caps(frame, ledger, caps, priority=index)
-        accepted = checked.filter(~pl.col("capped")).select("customer_id", "channel", "send_at",
-                                                            priority=pl.lit(index, dtype=pl.Int64))
-        ledger = pl.concat([ledger, accepted])
+        checked = check_caps(frame, ledger, caps, priority=priority)
+        accepted = checked.filter(~pl.col("capped"))
+        taken = set(accepted["preempts"].explode().drop_nulls().to_list())
+        assert taken <= planned and all(priorities[m] < priority for m in taken)
+        assert checked.filter(pl.col("capped"))["preempts"].list.len().sum() == 0
+        ledger = pl.concat([ledger.filter(~pl.col("message_id").is_in(sorted(taken)).fill_null(False)),
+                            _ledger({"customer_id": accepted["customer_id"], "channel": accepted["channel"],
+                                     "send_at": accepted["send_at"], "priority": [priority] * accepted.height})])
     for cap in caps:
         assert exceeded(ledger, cap).is_empty(), cap
 
 
+def test_a_higher_priority_takes_the_slot_of_a_lower_one_still_planned():
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    # Customer 1 holds two planned priority-10 SMS; customer 2 two sent ones; customer 3 one planned priority-95.
+    ledger = _ledger({"customer_id": [1, 1, 2, 2, 3, 3], "channel": ["sms"] * 6,
+                      "send_at": [at - timedelta(days=2), at + timedelta(days=2)] * 3,
+                      "priority": [10, 10, 10, 10, 95, 10]}).with_columns(
+        message_id=pl.Series([11, 12, 21, 22, 31, 32], dtype=pl.Int64),
+        preemptible=pl.Series([True, True, False, False, True, True]))
+    frame = pl.DataFrame({"customer_id": [1, 2, 3], "channel": ["sms"] * 3, "send_at": [at] * 3},
+                         schema_overrides={"send_at": UTC_TYPE})
+    out = check_caps(frame, ledger, [Cap(2, 30, "sms")], priority=90)
+    assert out["capped"].to_list() == [False, True, False]
+    # One slot is needed: the newest of the cheapest; the sent ones are firm; a higher priority is never taken.
+    assert out["preempts"].to_list() == [[12], [], [32]]
+    assert out["cap_reason"].to_list() == [None, "capped", None]
+
+
 def test_a_capped_slot_held_by_a_higher_priority_campaign_reads_lower_priority():
     at = datetime(2026, 5, 1, tzinfo=UTC)
-    ledger = pl.DataFrame({"customer_id": [1, 1, 2, 2], "channel": ["sms"] * 4,
-                           "send_at": [at - timedelta(days=3), at - timedelta(days=1)] * 2,
-                           "priority": [90, 10, 10, 10]}, schema=LEDGER_SCHEMA)
+    ledger = _ledger({"customer_id": [1, 1, 2, 2], "channel": ["sms"] * 4,
+                      "send_at": [at - timedelta(days=3), at - timedelta(days=1)] * 2,
+                      "priority": [90, 10, 10, 10]})
     frame = pl.DataFrame({"customer_id": [1, 2, 3], "channel": ["sms"] * 3, "send_at": [at] * 3},
                          schema_overrides={"send_at": UTC_TYPE})
     out = check_caps(frame, ledger, [Cap(2, 30, "sms")], priority=50)
@@ -182,6 +214,61 @@ def test_no_offer_ever_breaks_a_ceiling(rows, offer):
             assert discount >= rules.min_offer_value - 1e-9
         wanted = (offer.amount_off or (offer.percent_off or 0) / 100 * basket)
         assert discount <= wanted + 1e-6
+
+
+bounded_offers = st.one_of(
+    st.builds(OfferTerms, amount_off=st.floats(1, 400), min_spend=st.sampled_from([0.0, 50.0, 300.0]),
+              free_shipping=st.booleans()),
+    st.builds(OfferTerms, percent_off=st.floats(1, 90), free_shipping=st.booleans(),
+              min_spend=st.sampled_from([0.0, 200.0]), max_discount=st.one_of(st.none(), st.floats(5, 2_000))),
+    st.just(OfferTerms(free_shipping=True)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(customer_rows, bounded_offers, st.lists(st.floats(0, 20_000), min_size=1, max_size=12))
+def test_no_redemption_on_any_basket_goes_below_cost_or_over_the_budget(rows, offer, baskets):
+    """Whatever basket a coupon is redeemed on, the price stays above cost and the trailing-365-day discounts
+    (granted, other open offers and this redemption) stay within the budget share of the spend, this order's
+    included; the ledger books the coupon at no less than it can grant."""
+    rules = DiscountRules()
+    frame = pl.DataFrame([{"customer_id": i, "tier": r[0], "spend_365": r[1], "discount_365": r[2],
+                           "open_offers": r[3], "cost_ratio": r[4], "basket": r[5]} for i, r in enumerate(rows)])
+    out = apply_ceilings(frame, offer, rules)
+    share = rules.budget_share
+    for row in out.iter_rows(named=True):
+        if row["offer_decision"] == WITHHELD:
+            assert row["discount_value"] == 0 and row["offer_min_spend"] is None
+            continue
+        minimum = row["offer_min_spend"]
+        assert minimum is not None and minimum >= offer.min_spend
+        if row["offer_percent_off"] is not None:
+            assert row["offer_max_discount"] is not None and row["offer_max_discount"] >= rules.min_offer_value
+        shipping = rules.shipping_value if row["offer_free_shipping"] else 0.0
+        for basket in [minimum, minimum + 0.5, *baskets]:
+            if basket < minimum:
+                continue
+            goods = coupon_discount(basket, amount_off=row["offer_amount_off"], percent_off=row["offer_percent_off"],
+                                    min_spend=minimum, max_discount=row["offer_max_discount"])
+            value = goods + shipping
+            assert value <= row["discount_value"] + 1e-6
+            if row["cost_ratio"] is not None:
+                assert basket - goods >= row["cost_ratio"] * basket - 1e-6, (row, basket)
+            tier_max = rules.tier_max_percent.get(row["tier"], rules.default_max_percent)
+            assert goods <= tier_max / 100 * basket + 1e-6, (row, basket)
+            assert row["discount_365"] + row["open_offers"] + value <= \
+                share * (row["spend_365"] + basket - value) + 1e-6, (row, basket)
+
+
+def test_a_no_minimum_amount_off_gets_a_minimum_basket_and_a_percent_off_a_cap():
+    frame = pl.DataFrame({"customer_id": [1], "tier": ["potential"], "spend_365": [3000.0], "discount_365": [0.0],
+                          "open_offers": [0.0], "cost_ratio": [0.7], "basket": [400.0]})
+    amount = apply_ceilings(frame, OfferTerms(amount_off=42), DiscountRules()).row(0, named=True)
+    # 42 off must leave 70% of the basket for its cost: the smallest basket it may apply to is 42 / 0.2 = 210.
+    assert amount["offer_amount_off"] == 42 and amount["offer_min_spend"] == 210
+    percent = apply_ceilings(frame, OfferTerms(percent_off=25), DiscountRules()).row(0, named=True)
+    # 25% is cut to the potential tier's 20%; on the usual basket of 400 that is 80, the coupon's cap.
+    assert percent["offer_percent_off"] == 20 and percent["offer_max_discount"] == 80
+    assert coupon_discount(10_000, amount_off=None, percent_off=20, min_spend=0, max_discount=80) == 80
 
 
 def test_an_offer_is_reduced_to_fit_the_budget_and_withheld_when_nothing_fits():

@@ -55,7 +55,14 @@ def _campaign(session, ctx, name="Weekly SMS", **overrides) -> Campaign:
             "channels": [{"channel": "sms", "template": "birthday_greeting"}],
             "schedule": {"kind": "weekly", "weekday": "tuesday", "local_hour": 10}, "holdout_share": 0.3,
             "priority": 50} | overrides
-    campaign = service.create_campaign(session, ctx, body, "test")
+    admin = bool(overrides.get("transactional"))
+    if admin:
+        service.save_template(session, ctx, {"name": "order_notice", "channel": "sms", "locale": "zh-CN",
+                                             "kind": "transactional",
+                                             "parts": {"body": "【{{ shop.name }}】您的订单已发货。"}}, "test",
+                              may_define_transactional=True)
+        body["channels"] = [{"channel": "sms", "template": "order_notice"}]
+    campaign = service.create_campaign(session, ctx, body, "test", may_define_transactional=admin)
     return service.set_status(session, ctx, campaign.id, "active", "test")[0]
 
 
