@@ -6,7 +6,7 @@ Uses the PostgreSQL database bench/bench_segmentation.py loads (run it, bench_ch
 so profiles have tiers, churn scores and contact history). Starts `crm serve` with N uvicorn worker processes, then a
 load generator in a second process on loopback: an open loop that sends request i at t0 + i/rate whatever the
 server's pace (latency counts from that scheduled moment, so a slow server cannot hide its queue), half profile
-lookups (`GET /customers/{id}/profile`) and half searches (`GET /customers?email=` or `?phone=`, exact match through
+lookups (`GET /customers/{id}/profile`) and half searches (`POST /customers/search` by email or phone, exact match through
 the keyed hashes), every request with a 5 s timeout and the whole run under a hard deadline. Customers, emails and
 phones are drawn from the generator's own customers.csv. Writes bench/results/load.json (one entry per
 workers and rate, so several runs draw the latency curve).
@@ -33,8 +33,9 @@ PROFILE_SHARE = 0.5
 REQUEST_TIMEOUT = 5.0
 
 
-def targets(data: Path, count: int, seed: int) -> list[str]:
-    """Request paths for `count` requests: profiles and email/phone searches of customers from customers.csv."""
+def targets(data: Path, count: int, seed: int) -> list[dict]:
+    """`count` requests ({path, json}): profiles (GET) and email/phone searches (POST, contact data in the body)
+    of customers from customers.csv."""
     from urllib.parse import quote
 
     import polars as pl
@@ -47,15 +48,15 @@ def targets(data: Path, count: int, seed: int) -> list[str]:
     for external_id, email, phone in rows:
         kind = rng.random()
         if kind < PROFILE_SHARE or (email is None and phone is None):
-            paths.append(f"/customers/{quote(external_id)}/profile")
+            paths.append({"path": f"/customers/{quote(external_id)}/profile", "json": None})
         elif email is not None and (phone is None or kind < PROFILE_SHARE + (1 - PROFILE_SHARE) / 2):
-            paths.append(f"/customers?email={quote(email)}")
+            paths.append({"path": "/customers/search", "json": {"email": email}})
         else:
-            paths.append(f"/customers?phone={quote(phone)}")
+            paths.append({"path": "/customers/search", "json": {"phone": phone}})
     return paths
 
 
-async def open_loop(base_url: str, key: str, paths: list[str], rate: float, concurrency: int,
+async def open_loop(base_url: str, key: str, paths: list[dict], rate: float, concurrency: int,
                     deadline: float) -> dict:
     """Send paths[i] at t0 + i/rate; latency from the scheduled moment; errors by kind. Whatever has not
     completed `deadline` seconds after the start is cancelled and counted as `not_completed`."""
@@ -72,12 +73,14 @@ async def open_loop(base_url: str, key: str, paths: list[str], rate: float, conc
                                      timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as client:
         start = time.perf_counter() + 0.2
 
-        async def one(index: int, path: str) -> None:
+        async def one(index: int, target: dict) -> None:
             scheduled = start + index / rate
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            path = target["path"]
+            call = client.get(path) if target["json"] is None else client.post(path, json=target["json"])
             async with gate:
                 try:
-                    async with client.get(path) as answer:
+                    async with call as answer:
                         await answer.read()
                         if answer.status != 200:
                             errors[f"http_{answer.status}"] = errors.get(f"http_{answer.status}", 0) + 1

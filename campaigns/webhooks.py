@@ -14,6 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from campaigns import compliance
+from campaigns.guardrails import KeywordSetting, current_settings
 from campaigns.models import Message, WebhookReceipt
 from crm.context import Context
 from crm.errors import DomainError
@@ -22,10 +24,6 @@ from crm.service import record_consent
 from crm.validation import normalise_email, normalise_phone
 
 log = logging.getLogger(__name__)
-# Keywords carriers and Twilio treat as opt-out / opt-in / help, plus the Chinese 退订 ("unsubscribe") and TD.
-STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "退订", "TD"}
-START_WORDS = {"START", "UNSTOP", "YES"}
-HELP_WORDS = {"HELP", "INFO"}
 # How far along a message is; a status only replaces one of lower rank.
 RANK = {"planned": 0, "sending": 1, "unknown": 1, "sent": 2, "delivered": 3, "failed": 3}
 TWILIO_STATUS = {"sent": "sent", "delivered": "delivered", "undelivered": "failed", "failed": "failed"}
@@ -93,16 +91,11 @@ def twilio_status(session: Session, ctx: Context, params: dict[str, str]) -> dic
     return {"message_id": message.id, "status": message.status, "changed": moved}
 
 
-def sms_keyword(body: str) -> str | None:
-    """'stop', 'start' or 'help' for a reply made of one keyword (case and spacing ignored), else None."""
-    word = " ".join(body.split()).upper().rstrip(".!。！")
-    if word in STOP_WORDS:
-        return "stop"
-    if word in START_WORDS:
-        return "start"
-    if word in HELP_WORDS:
-        return "help"
-    return None
+def sms_keyword(body: str, keywords: KeywordSetting | None = None) -> str | None:
+    """'stop', 'start' or 'help' for a reply made of one keyword (NFKC, case, surrounding punctuation and spaces
+    ignored; the guard rails' lists, or their defaults), else None."""
+    words = keywords or KeywordSetting()
+    return compliance.reply_keyword(body, words.stop, words.start, words.help)
 
 
 REPLIES = {
@@ -116,27 +109,30 @@ REPLIES = {
 
 
 def twilio_inbound(session: Session, ctx: Context, params: dict[str, str]) -> str | None:
-    """An SMS reply: STOP and its synonyms opt out at once, START/UNSTOP/YES opt back in, HELP/INFO answers.
+    """An SMS reply: STOP and its synonyms (TD, 退订 …) opt every holder of the number out at once, START/订阅 opt
+    back in, HELP/帮助 answers.
 
     Returns the text to answer with (None: say nothing).
     """
     now = ctx.clock.now()
     if not first_time(session, "twilio", f"inbound:{params.get('MessageSid', '')}", now):
         return None
-    keyword = sms_keyword(params.get("Body", ""))
+    keyword = sms_keyword(params.get("Body", ""), current_settings(session, ctx)[1].sms_keywords)
     phone = normalise_phone(params.get("From", ""), ctx.settings.default_phone_region)
-    customer = session.exec(select(Customer).where(Customer.phone_hash == ctx.cipher.blind_index(phone))).first() \
-        if phone else None
-    locale = customer.locale if customer is not None else ctx.settings.default_locale
+    # Every customer holding the number: a number shared by a household opts all of them out, never just one.
+    holders = list(session.exec(select(Customer).where(Customer.phone_hash == ctx.cipher.blind_index(phone))
+                                .order_by(Customer.id))) if phone else []
+    locale = holders[0].locale if holders else ctx.settings.default_locale
     language = "zh" if locale.startswith("zh") else "en"
     if keyword is None:
         return None
-    if customer is not None and keyword in ("stop", "start"):
+    if holders and keyword in ("stop", "start"):
         status = ConsentStatus.opted_out if keyword == "stop" else ConsentStatus.opted_in
-        word = " ".join(params.get("Body", "").split()).upper()[:20]
-        record_consent(session, ctx, customer_id=customer.id, channel=Channel.sms, status=status,
-                       source=f"sms_reply:{word}", actor="twilio")
-    elif customer is None:
+        word = compliance.normalise_reply(params.get("Body", "")).upper()[:20]
+        for customer in holders:
+            record_consent(session, ctx, customer_id=customer.id, channel=Channel.sms, status=status,
+                           source=f"sms_reply:{word}", actor="twilio")
+    elif not holders:
         log.info("inbound SMS keyword %s from a number no customer has", keyword)
     return REPLIES[(keyword, language)].format(shop=ctx.settings.shop_name)
 
@@ -181,16 +177,18 @@ def sendgrid_events(session: Session, ctx: Context, events: list[dict[str, Any]]
             continue
         kind = event.get("event")
         message = _sendgrid_message(session, event)
-        at = datetime.fromtimestamp(int(event.get("timestamp") or now.timestamp()), UTC)
-        customer_id = message.customer_id if message is not None else _customer_by_email(session, ctx, event)
-        if kind in ("spamreport", "unsubscribe", "group_unsubscribe") and customer_id is not None:
-            record_consent(session, ctx, customer_id=customer_id, channel=Channel.email,
-                           status=ConsentStatus.opted_out, source=f"sendgrid:{kind}", actor="sendgrid", at=at)
-        elif kind == "group_resubscribe" and customer_id is not None:
-            record_consent(session, ctx, customer_id=customer_id, channel=Channel.email,
-                           status=ConsentStatus.opted_in, source=f"sendgrid:{kind}", actor="sendgrid", at=at)
+        # A provider clock ahead of ours must not date a consent change in our future.
+        at = min(datetime.fromtimestamp(int(event.get("timestamp") or now.timestamp()), UTC), now)
+        # The address's every holder (and the message's customer): an unsubscribe is the address owner's word.
+        holders = sorted({*_customers_by_email(session, ctx, event),
+                          *([message.customer_id] if message is not None else [])})
+        if kind in ("spamreport", "unsubscribe", "group_unsubscribe", "group_resubscribe"):
+            status = ConsentStatus.opted_in if kind == "group_resubscribe" else ConsentStatus.opted_out
+            for customer_id in holders:
+                record_consent(session, ctx, customer_id=customer_id, channel=Channel.email, status=status,
+                               source=f"sendgrid:{kind}", actor="sendgrid", at=at)
         if message is None:
-            counts["ignored" if customer_id is None else "applied"] += 1
+            counts["ignored" if not holders else "applied"] += 1
             continue
         if kind == "delivered":
             advance(session, message, "delivered", now)
@@ -215,11 +213,11 @@ def _sendgrid_message(session: Session, event: dict[str, Any]) -> Message | None
     return None
 
 
-def _customer_by_email(session: Session, ctx: Context, event: dict[str, Any]) -> int | None:
+def _customers_by_email(session: Session, ctx: Context, event: dict[str, Any]) -> list[int]:
     email = normalise_email(str(event.get("email", "")))
     if email is None:
-        return None
-    return session.exec(select(Customer.id).where(Customer.email_hash == ctx.cipher.blind_index(email))).first()
+        return []
+    return list(session.exec(select(Customer.id).where(Customer.email_hash == ctx.cipher.blind_index(email))))
 
 
 # ---------------------------------------------------------------- unsubscribe link

@@ -167,9 +167,16 @@ def home(request: Request, user: ConsoleUser = Depends(_signed_in)) -> HTMLRespo
 
 
 @router.get("/customers")
-def customers(request: Request, session: SessionDep, ctx: ContextDep,
-              q: Annotated[str, Query(max_length=200)] = "", user: ConsoleUser = Depends(allow(*STAFF))) -> Response:
+def customers(request: Request, user: ConsoleUser = Depends(allow(*STAFF))) -> Response:
+    """The lookup form (the query is posted: an email or phone never sits in a URL or an access log)."""
+    return render(request, "customers.html", user, q="", found=[])
+
+
+@router.post("/customers")
+def lookup(request: Request, session: SessionDep, ctx: ContextDep, q: Annotated[str, Form(max_length=200)] = "",
+           csrf: Annotated[str, Form()] = "", user: ConsoleUser = Depends(allow(*STAFF))) -> Response:
     """Look a customer up by external id, email or phone (exact, through the keyed hashes)."""
+    _checked(user, csrf, request)
     query = q.strip()
     if not query:
         return render(request, "customers.html", user, q="", found=[])

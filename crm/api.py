@@ -29,6 +29,7 @@ from crm.schemas import (
     ContactRead,
     CustomerPage,
     CustomerRead,
+    CustomerSearch,
     Health,
     ImportJobRead,
     KeyCreate,
@@ -75,7 +76,8 @@ def health(request: Request, session: SessionDep) -> Health:
                   revision=revision, head=head, scheduler=scheduler)
 
 
-CUSTOMER_LIST_PARAMS = {"cursor", "limit", "email", "phone", "locale", "time_zone", "membership_level"}
+CUSTOMER_LIST_PARAMS = {"cursor", "limit", "locale", "time_zone", "membership_level"}
+CONTACT_PARAMS = {"email", "phone", "q", "name"}  # never in a URL: POST /customers/search takes them
 
 
 @router.get("/customers", response_model=CustomerPage, tags=["customers"])
@@ -83,31 +85,44 @@ async def list_customers(
     request: Request, session: SessionDep, ctx: ContextDep, principal: Principal = Depends(require(*STAFF)),
     cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    email: Annotated[str | None, Query(max_length=320)] = None,
-    phone: Annotated[str | None, Query(max_length=40)] = None,
     locale: Annotated[str | None, Query(max_length=16)] = None,
     time_zone: Annotated[str | None, Query(max_length=64)] = None,
     membership_level: Annotated[str | None, Query(max_length=32)] = None,
 ) -> CustomerPage:
-    """Customers in id order with cursor pagination; email and phone are exact matches via keyed hashes.
+    """Customers in id order with cursor pagination (lookups by email or phone: POST /customers/search).
 
     Upper packages add filters (e.g. tier, layer, tag, rfm); an unknown parameter is a 422.
     """
     # A hot read: async with the work in one thread trip (a sync route takes a second trip to check its response).
     return await run_in_threadpool(customer_page, request, session, ctx, principal, cursor=cursor, limit=limit,
-                                   email=email, phone=phone, locale=locale, time_zone=time_zone,
+                                   email=None, phone=None, locale=locale, time_zone=time_zone,
                                    membership_level=membership_level)
+
+
+@router.post("/customers/search", response_model=CustomerPage, tags=["customers"])
+async def search_customers(search: CustomerSearch, request: Request, session: SessionDep, ctx: ContextDep,
+                           principal: Principal = Depends(require(*STAFF))) -> CustomerPage:
+    """Customers by exact email or phone (through their keyed hashes); the values travel in the body only."""
+    if search.email is None and search.phone is None:
+        raise InvalidInput("give email or phone", errors=[{"field": "email", "reason": "email or phone is required"}])
+    return await run_in_threadpool(customer_page, request, session, ctx, principal, cursor=search.cursor,
+                                   limit=search.limit, email=search.email, phone=search.phone, locale=None,
+                                   time_zone=None, membership_level=None, extra_filters=False)
 
 
 def customer_page(request: Request, session: Session, ctx: Context, principal: Principal, *, cursor: int | None,
                   limit: int, email: str | None, phone: str | None, locale: str | None, time_zone: str | None,
-                  membership_level: str | None) -> CustomerPage:
-    """One page of GET /customers (the filters checked, the rows masked for the caller)."""
+                  membership_level: str | None, extra_filters: bool = True) -> CustomerPage:
+    """One page of GET /customers or POST /customers/search (the filters checked, the rows masked)."""
     registry = request.app.state.customer_filters
     conditions = []
-    for name, value in request.query_params.items():
+    for name, value in (request.query_params.items() if extra_filters else ()):
         if name in CUSTOMER_LIST_PARAMS:
             continue
+        if name in CONTACT_PARAMS:
+            raise InvalidInput(f"'{name}' is not a URL parameter", errors=[
+                {"field": name, "reason": "contact data never goes in a URL: POST /customers/search with it in "
+                                          "the body"}])
         extra = registry.get(name)
         if extra is None:
             known = sorted(CUSTOMER_LIST_PARAMS | {f.name for f in registry.all()})

@@ -511,7 +511,8 @@ def _prepare_blocks(ctx: Context, job: ImportJob, kind: str, chunks: Iterable[by
     spec = SPECS[kind]
     settings = ctx.settings
     defaults = ({"default_time_zone": settings.default_time_zone, "default_locale": settings.default_locale,
-                 "default_region": settings.default_phone_region} if kind == "customers" else {})
+                 "default_region": settings.default_phone_region, "now": ctx.clock.now()}
+                if kind == "customers" else {})
     header: list[str] | None = None
     next_row = 1
     bytes_done = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from crm.models import Channel, ConsentStatus, Role
 
@@ -40,6 +40,17 @@ class CustomerPage(BaseModel):
 
     items: list[CustomerRead]
     next_cursor: int | None
+
+
+class CustomerSearch(BaseModel):
+    """A lookup by contact data, in the body so the values never sit in a URL or an access log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=40)
+    cursor: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=100, ge=1, le=500)
 
 
 class ConsentState(BaseModel):

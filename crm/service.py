@@ -12,6 +12,7 @@ import polars as pl
 from sqlmodel import Session, func, select
 
 from crm import audit
+from crm.clock import ensure_utc
 from crm.columnar import ColumnarReader, as_float, driver_rows, driver_time, read_frame
 from crm.context import Context
 from crm.errors import InvalidInput, NotFound
@@ -216,9 +217,13 @@ def consent_history(session: Session, customer_id: int) -> list[ConsentChange]:
 
 def record_consent(session: Session, ctx: Context, *, customer_id: int, channel: Channel, status: ConsentStatus,
                    source: str, actor: str, at: datetime | None = None) -> bool:
-    """Append a consent change and update the current state; returns False when nothing changed."""
+    """Append a consent change and update the current state; returns False when nothing changed. A statement dated
+    later than now is refused (422): it would outrank every later opt-out."""
     now = ctx.clock.now()
-    changed_at = at or now
+    changed_at = ensure_utc(at) if at is not None else now
+    if changed_at > now:
+        raise InvalidInput("at: later than now: a consent statement cannot come from the future",
+                           errors=[{"field": "at", "reason": "later than now"}])
     current = session.get(Consent, (customer_id, channel.value))
     if current is not None and current.status == status.value:
         return False

@@ -6,6 +6,7 @@ import json
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 
 import phonenumbers
@@ -197,8 +198,9 @@ def present(frame: pl.DataFrame, column: str) -> bool:
 
 
 def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_locale: str,
-                       default_region: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Check and type customer rows; contact values come out normalised (E.164, lower-case email)."""
+                       default_region: str, now: datetime | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Check and type customer rows; contact values come out normalised (E.164, lower-case email). A consent
+    time later than `now` is refused: a future-dated opt-in would otherwise outrank a STOP received today."""
     # Library-judged columns are computed once, then both checked and returned.
     judged = {"email": normalise_email, "phone": lambda v: normalise_phone(v, default_region),
               "push_tokens": parse_push_tokens, "attributes": parse_json_object}
@@ -257,6 +259,9 @@ def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_l
         frame = frame.with_columns(timestamp_column(frame, "consent_at").alias("consent_at__parsed"))
         consent_at = pl.col("consent_at__parsed")
         checks.add(_unparsable("consent_at", consent_at), "consent_at", "not an ISO 8601 date or time")
+        if now is not None:
+            checks.add(consent_at > pl.lit(now, dtype=pl.Datetime("us", "UTC")), "consent_at",
+                       "later than now: a consent statement cannot come from the future")
         cols.append(consent_at.alias("consent_at"))
     good, errors = checks.split(frame)
     return good.select(cols), errors

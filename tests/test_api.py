@@ -23,13 +23,19 @@ def test_list_customers_paginates_with_a_cursor(client, session, ctx, auth_heade
 
 def test_search_by_email_or_phone_is_exact_through_the_keyed_hash(client, session, ctx, auth_header):
     customers(session, ctx, 3)
-    by_email = client.get("/customers", params={"email": "USER2@example.com"}, headers=auth_header(Role.support))
+    support = auth_header(Role.support)
+    by_email = client.post("/customers/search", json={"email": "USER2@example.com"}, headers=support)
     assert [c["external_id"] for c in by_email.json()["items"]] == ["C2"]
-    by_phone = client.get("/customers", params={"phone": "138 0010 0003"}, headers=auth_header(Role.support))
+    by_phone = client.post("/customers/search", json={"phone": "138 0010 0003"}, headers=support)
     assert [c["external_id"] for c in by_phone.json()["items"]] == ["C3"]
-    partial = client.get("/customers", params={"email": "user2@example"}, headers=auth_header(Role.support))
+    partial = client.post("/customers/search", json={"email": "user2@example"}, headers=support)
     assert partial.status_code == 422 and partial.headers["content-type"] == PROBLEM
-    assert partial.json()["errors"][0]["field"] == "email"
+    assert partial.json()["errors"][0]["field"] == "email" and "user2@example" not in partial.text
+    assert client.post("/customers/search", json={}, headers=support).status_code == 422
+    # Contact data never travels in a URL: the old query parameters are refused, naming the way.
+    in_url = client.get("/customers", params={"email": "user2@example.com"}, headers=support)
+    assert in_url.status_code == 422 and "POST /customers/search" in in_url.json()["errors"][0]["reason"]
+    assert "user2@example.com" not in in_url.text
 
 
 def test_support_sees_masked_contact_data_and_admin_sees_it_whole(client, session, ctx, auth_header):
@@ -260,3 +266,14 @@ def test_each_worker_runs_few_requests_at_once_and_queues_the_rest(ctx):
 
     assert asyncio.run(storm()) == [200] * 24
     assert most == {"sync": 2, "async": 3}
+
+
+def test_a_consent_statement_dated_in_the_future_is_refused(client, session, ctx, auth_header):
+    customers(session, ctx, 1)
+    future = (ctx.clock.now() + timedelta(days=1)).isoformat()
+    refused = client.post("/customers/C1/consents", json={"channel": "sms", "status": "opted_in", "at": future},
+                          headers=auth_header(Role.support))
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "at"
+    past = client.post("/customers/C1/consents", json={"channel": "sms", "status": "opted_out",
+                                                        "at": "2026-10-01T00:00:00"}, headers=auth_header(Role.support))
+    assert past.status_code == 200 and past.json()[-1]["status"] == "opted_out"

@@ -55,21 +55,24 @@ def test_a_revoked_key_ends_its_console_sessions(client, keys, session, ctx):
 
 
 def test_pages_follow_the_role_and_render_in_both_languages(client, keys, shop):
-    sign_in(client, keys, Role.support)
+    csrf = sign_in(client, keys, Role.support)
     assert client.get("/console/campaigns").status_code == 403
     assert client.get("/console/reports").status_code == 403
     assert client.get("/console/tasks").status_code == 200
-    found = client.get("/console/customers?q=C1", follow_redirects=False)
+    found = client.post("/console/customers", data={"q": "C1", "csrf": csrf}, follow_redirects=False)
     assert found.status_code == 303 and found.headers["location"] == "/console/customers/C1"
     profile = client.get("/console/customers/C1")
     assert profile.status_code == 200 and "u***@example.com" in profile.text and "+86 138****0001" in profile.text
     assert "user1@example.com" not in profile.text and "+8613800100001" not in profile.text
-    by_email = client.get("/console/customers?q=user2@example.com", follow_redirects=False)
+    by_email = client.post("/console/customers", data={"q": "user2@example.com", "csrf": csrf},
+                           follow_redirects=False)
     assert by_email.headers["location"] == "/console/customers/C2"
-    assert "没有找到客户" in client.get("/console/customers?q=nobody@example.com").text
-    english = client.get("/console/customers?q=nobody@example.com&lang=en")
+    nobody = {"q": "nobody@example.com", "csrf": csrf}
+    assert "没有找到客户" in client.post("/console/customers", data=nobody).text
+    assert client.post("/console/customers", data=nobody | {"csrf": "forged"}).status_code == 403
+    english = client.post("/console/customers?lang=en", data=nobody)
     assert "No customer found" in english.text and "crm_lang=en" in english.headers["set-cookie"]
-    assert "No customer found" in client.get("/console/customers?q=nobody@example.com").text  # remembered
+    assert "No customer found" in client.post("/console/customers", data=nobody).text  # remembered
     client.cookies.clear()
     sign_in(client, keys, Role.marketer)
     for page in ("/console/campaigns", "/console/reports", "/console/churn", "/console/jobs", "/console/customers"):

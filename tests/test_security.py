@@ -117,7 +117,7 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     assert session.get(Message, planned.id).status == "cancelled" and session.get(CallTask, call.id).notes is None
     assert session.get(Customer, c1.id).attributes == {}
     assert client.get("/customers/C1", headers=auth_header(Role.admin)).status_code == 404
-    found = client.get("/customers?email=user1@example.com", headers=auth_header(Role.admin)).json()
+    found = client.post("/customers/search", json={"email": "user1@example.com"}, headers=auth_header(Role.admin)).json()
     assert found["items"] == []
     profile = client.get(f"/customers/{row[0]}/profile", headers=auth_header(Role.admin)).json()
     assert len(profile["consent"]) == 4 and {s["status"] for s in profile["consent"].values()} == {"opted_out"}
@@ -168,3 +168,55 @@ def test_secrets_and_contact_data_never_reach_the_logs(scratch_url, tmp_path, fa
     for secret in ("user1@example.com", "user2@example.com", "+8613800100001", "13800100001", "token-3-a",
                    settings.twilio_auth_token, settings.sendgrid_api_key, TEST_SECRET, key, "crm_0000_not-a-key"):
         assert secret not in logged, f"{secret!r} appeared in the logs"
+
+
+def test_the_served_apis_access_log_carries_no_contact_data(scratch_url, tmp_path):
+    """`crm serve` as a process: lookups by email and phone, tried as URL parameters (refused) and as bodies (the
+    way), and the console's lookup; its whole output (access log included) names no customer's contact data."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from crm.auth import create_key
+    from crm.db import session_scope
+    from tests.chaos import free_port
+    from tests.conftest import cli_env
+    from tests.dispatch_support import build_shop, fake_settings
+
+    shop = build_shop(scratch_url, fake_settings(tmp_path, "http://127.0.0.1:9", scratch_url), customers=2)
+    with session_scope(shop.ctx.engine) as session:
+        key = create_key(session, shop.ctx, name="log-scan", role=Role.admin, actor="test").secret
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "crm.cli", "serve", "--port", str(port)],
+                                  env=cli_env(scratch_url, tmp_path), stdout=log, stderr=subprocess.STDOUT)
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        refused = httpx.get(f"{base}/customers", params={"email": "user1@example.com"}, headers=headers)
+        assert refused.status_code == 422 and "user1@example.com" not in refused.text
+        assert refused.json()["errors"][0]["field"] == "email"
+        assert httpx.get(f"{base}/customers", params={"phone": "+8613800100001"}, headers=headers).status_code == 422
+        found = httpx.post(f"{base}/customers/search", json={"phone": "+8613800100001"}, headers=headers)
+        assert found.status_code == 200 and [c["external_id"] for c in found.json()["items"]] == ["C1"]
+        by_email = httpx.post(f"{base}/customers/search", json={"email": "user2@example.com"}, headers=headers)
+        assert [c["external_id"] for c in by_email.json()["items"]] == ["C2"]
+        httpx.get(f"{base}/console/customers", params={"q": "user2@example.com"})
+        httpx.get(f"{base}/customers/C1", params={"note": "13800100002"}, headers=headers)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    logged = log_path.read_text(errors="replace")
+    assert '"POST /customers/search HTTP/1.1" 200' in logged and '"GET /customers?… HTTP/1.1" 422' in logged
+    for secret in ("user1@example.com", "user2@example.com", "user1%40example.com", "user2%40example.com",
+                   "+8613800100001", "8613800100001", "13800100002", key):
+        assert secret not in logged, f"{secret!r} appeared in the server's output"

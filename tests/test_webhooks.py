@@ -110,7 +110,8 @@ def test_forged_twilio_requests_are_refused_and_logged(client, session, ctx, sho
     assert "twilio webhook rejected" in caplog.text
 
 
-@pytest.mark.parametrize("word", ["STOP", "stop", "Unsubscribe", "STOPALL", "CANCEL", "END", "QUIT", "退订", "TD"])
+@pytest.mark.parametrize("word", ["STOP", "stop", "Unsubscribe", "STOPALL", "CANCEL", "END", "QUIT", "退订", "TD",
+                                  "ＴＤ", "td。", "T", "n", "取消订阅", "退订短信", "取消", "【退订】", "STOP!!", "ｓｔｏｐ"])
 def test_inbound_stop_words_opt_out_at_once(client, session, ctx, shop, word):
     reply = _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": f"SMin-{word}", "From": "+8613800100001",
                                                            "Body": f" {word} "})
@@ -135,6 +136,59 @@ def test_inbound_start_opts_back_in_and_help_answers(client, session, ctx, shop)
     chatter = _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "d", "Body": "thanks, see you"})
     assert "<Message>" not in chatter.text
     assert consent_of(session, customer.id)["sms"]["status"] == "opted_in"
+
+
+def test_a_stop_from_a_shared_number_opts_out_every_holder(client, session, ctx, shop):
+    """Two customers share one number (a household): one STOP opts both out, and START both back in."""
+    factories.run(session, ctx, "customers", factories.csv_text(
+        ("external_id", "phone", "sms_consent", "consent_at"), [("C9", "+8613800100001", "opted_in", "2024-01-01")]))
+    holders = [customer_by_external_id(session, e).id for e in ("C1", "C9")]
+    reply = _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": "shared-1", "From": "+8613800100001",
+                                                           "Body": "退订"})
+    assert "<Message>" in reply.text
+    assert [consent_of(session, h)["sms"]["status"] for h in holders] == ["opted_out", "opted_out"]
+    assert consent_of(session, customer_by_external_id(session, "C2").id)["sms"]["status"] == "opted_in"
+    _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": "shared-2", "From": "+8613800100001", "Body": "订阅"})
+    assert [consent_of(session, h)["sms"]["status"] for h in holders] == ["opted_in", "opted_in"]
+
+
+def test_reply_keywords_come_from_the_guard_rails(client, session, ctx, shop, auth_header):
+    from campaigns import guardrails
+
+    version, rails = guardrails.current_settings(session, ctx)
+    body = rails.model_dump(mode="json")
+    body["sms_keywords"]["stop"].append("别发了")
+    assert client.put("/guard-rails", json=body, headers=auth_header(Role.admin)).status_code == 200
+    _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": "kw-1", "From": "+8613800100003", "Body": " 别发了！"})
+    assert consent_of(session, customer_by_external_id(session, "C3").id)["sms"]["status"] == "opted_out"
+
+
+def test_a_future_dated_consent_import_never_overrides_a_stop(client, session, ctx, shop):
+    _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": "f-1", "From": "+8613800100001", "Body": "STOP"})
+    job = factories.run(session, ctx, "customers", factories.csv_text(
+        ("external_id", "sms_consent", "consent_at"), [("C1", "opted_in", "2099-01-01"), ("C2", "opted_in",
+                                                                                         "2026-10-01")]))
+    assert job.rows_failed == 1 and job.errors[0]["row"] == 1 and job.errors[0]["field"] == "consent_at"
+    assert consent_of(session, customer_by_external_id(session, "C1").id)["sms"]["status"] == "opted_out"
+
+
+def test_a_sendgrid_unsubscribe_opts_out_every_holder_of_the_address(client, session, ctx, shop, signing_key):
+    from crm.models import Channel, ConsentStatus
+    from crm.service import record_consent
+
+    factories.run(session, ctx, "customers", factories.csv_text(("external_id", "email"),
+                                                                [("C8", "USER1@example.com")]))
+    holders = [customer_by_external_id(session, e).id for e in ("C1", "C8")]
+    for holder in holders:
+        record_consent(session, ctx, customer_id=holder, channel=Channel.email, status=ConsentStatus.opted_in,
+                       source="test", actor="test", at=ctx.clock.now() - timedelta(days=1))
+    future = int(ctx.clock.now().timestamp()) + 86_400  # a provider clock a day ahead
+    response = _sendgrid(client, ctx, signing_key, [{"event": "unsubscribe", "sg_event_id": "u-1",
+                                                     "email": "user1@example.com", "timestamp": future}])
+    assert response.status_code == 200
+    states = [consent_of(session, h)["email"] for h in holders]
+    assert [s["status"] for s in states] == ["opted_out", "opted_out"]
+    assert all(s["changed_at"] <= ctx.clock.now() for s in states)
 
 
 def test_sendgrid_events_update_status_engagement_and_consent(client, session, ctx, shop, signing_key):
