@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import timedelta
 from typing import Any
 
 import polars as pl
+from sqlalchemy import text
 from sqlmodel import Session
 
 from campaigns.attribution import attribute
@@ -14,6 +17,7 @@ from crm.columnar import read_frame
 from crm.context import Context
 from crm.service import orders_frame
 
+log = logging.getLogger(__name__)
 TOUCH_STATUSES = ("sent", "delivered")
 CONVERSION_TYPES = {"order_id": "int", "message_id": "int", "campaign_id": "int", "customer_id": "int",
                     "channel": "text", "touch": "text", "ordered_at": "timestamp", "revenue": "float",
@@ -39,6 +43,40 @@ def attribute_conversions(session: Session, ctx: Context) -> dict[str, Any]:
     frame = fresh.with_columns(touch=pl.lit(touch), attributed_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
     insert_frame(session, "conversion", frame, CONVERSION_TYPES)
     per_campaign = dict(frame.group_by("campaign_id").len().sort("campaign_id").iter_rows())
+    redeemed, over_terms = record_redemptions(session, ctx)
     return {"orders_checked": orders.height, "conversions": frame.height, "touch": touch,
+            "redemptions": redeemed, "redemptions_over_terms": over_terms,
             "window_days": window.days, "revenue": round(float(frame["revenue"].sum() or 0.0), 2),
             "per_campaign": {str(k): v for k, v in per_campaign.items()}}
+
+
+def record_redemptions(session: Session, ctx: Context) -> tuple[int, int]:
+    """Record on each coupon's message the order that used it and the discount it really granted; returns how many
+    were recorded and how many of them the shop's checkout granted beyond the coupon's terms (its maximum
+    discount, or below its minimum basket) — a checkout that does not apply the terms is the shop's to fix."""
+    now = ctx.clock.now()
+    connection = session.connection()
+    # The first order (by time, then id) that carries the code redeems it; one order per coupon.
+    first = ("SELECT o.{column} FROM orders o WHERE o.coupon_code = m.coupon_code "
+             "ORDER BY o.ordered_at, o.id LIMIT 1")
+    recorded = connection.execute(text(
+        f"UPDATE message SET redeemed_order_id = ({first.format(column='id')}), "
+        f"redeemed_discount = ({first.format(column='discount')}), redeemed_at = :now "
+        "WHERE message.coupon_code IS NOT NULL AND message.redeemed_order_id IS NULL "
+        "AND EXISTS (SELECT 1 FROM orders o WHERE o.coupon_code = message.coupon_code)".replace(
+            "m.coupon_code", "message.coupon_code")), {"now": now}).rowcount or 0
+    if not recorded:
+        return 0, 0
+    rows = connection.execute(text(
+        "SELECT m.id, m.offer, m.redeemed_discount, o.amount_paid + o.discount FROM message m "
+        "JOIN orders o ON o.id = m.redeemed_order_id WHERE m.redeemed_at = :now"), {"now": now}).all()
+    over = 0
+    for message_id, offer, granted, basket in rows:
+        terms = json.loads(offer) if isinstance(offer, str) else (offer or {})
+        cap = terms.get("max_discount") or terms.get("amount_off")
+        shipping = 0.0  # free shipping is not in the order's discount
+        if (cap is not None and float(granted or 0) > float(cap) + shipping + 0.005) or \
+                float(basket or 0) < float(terms.get("min_spend") or 0) - 0.005:
+            over += 1
+            log.warning("coupon of message %s redeemed beyond its terms", message_id)
+    return recorded, over
