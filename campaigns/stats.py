@@ -1,8 +1,11 @@
 """Statistics for measurement, pure: differences of rates and of means with intervals and tests, sample sizes.
 
-Rates: the difference treated − control with a Wald interval and the two-sided Wald z-test, both on the unpooled
-standard error (statsmodels' `confint_proportions_2indep` / `test_proportions_2indep` with method "wald"), so the
-test and the interval never disagree; `small_sample` flags arms too small for the normal approximation. Means (revenue per recipient): Welch's t-test and its interval (`scipy.stats`).
+Rates: the difference treated − control with the Agresti–Caffo interval (one success and one failure added to each
+arm before the Wald formula) and the matching z-test on the same adjusted estimate and error (statsmodels'
+`confint_proportions_2indep` / `test_proportions_2indep`, method "agresti-caffo"), so the test and the interval
+never disagree. Unlike the plain Wald interval it stays honest on small arms and on rates of 0 or 1 (a 1-member
+holdout does not pretend to certainty); `small_sample` flags arms too small for any normal approximation.
+Means (revenue per recipient): Welch's t-test and its interval (`scipy.stats`).
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ class RateDifference(Comparison):
 
 def rate_difference(treated_conversions: int, treated_n: int, control_conversions: int, control_n: int,
                     confidence: float = 0.95) -> RateDifference:
-    """Treated rate − control rate with a Wald interval and the matching two-sided Wald z-test (unpooled standard
-    error), so "significant" means exactly "the interval excludes 0"; None where a group is empty."""
+    """Treated rate − control rate (as observed) with the Agresti–Caffo interval and its two-sided z-test, so
+    "significant" means exactly "the interval excludes 0"; None where a group is empty."""
     p1 = treated_conversions / treated_n if treated_n else None
     p0 = control_conversions / control_n if control_n else None
     groups = {"treated_n": treated_n, "treated_conversions": treated_conversions, "control_n": control_n,
@@ -59,16 +62,19 @@ def rate_difference(treated_conversions: int, treated_n: int, control_conversion
               "small_sample": _small(treated_conversions, treated_n) or _small(control_conversions, control_n)}
     if p1 is None or p0 is None:
         return RateDifference(None, None, None, None, False, confidence, **groups)
-    difference = p1 - p0
-    se = math.sqrt(p1 * (1 - p1) / treated_n + p0 * (1 - p0) / control_n)
+    adjusted, se = _adjusted(treated_conversions, treated_n, control_conversions, control_n)
     half = z_value(confidence) * se
-    if se == 0:  # every rate 0 or 1 (e.g. 20/20 vs 0/20): no spread to test with, so the pooled error decides
-        pooled = (treated_conversions + control_conversions) / (treated_n + control_n)
-        se = math.sqrt(pooled * (1 - pooled) * (1 / treated_n + 1 / control_n))
-    p_value = float(2 * stats.norm.sf(abs(difference) / se)) if se > 0 else None
-    significant = p_value is not None and p_value < 1 - confidence
-    return RateDifference(difference, difference - half, difference + half, p_value, significant, confidence,
-                          **groups)
+    p_value = float(2 * stats.norm.sf(abs(adjusted) / se))
+    significant = p_value < 1 - confidence
+    # A difference of rates lies in [-1, 1]; the adjusted interval can reach past it at the extremes.
+    return RateDifference(p1 - p0, max(-1.0, adjusted - half), min(1.0, adjusted + half), p_value, significant,
+                          confidence, **groups)
+
+
+def _adjusted(x1: int, n1: int, x0: int, n0: int) -> tuple[float, float]:
+    """Agresti–Caffo: the difference of (x + 1) / (n + 2) and its standard error; never zero."""
+    q1, q0 = (x1 + 1) / (n1 + 2), (x0 + 1) / (n0 + 2)
+    return q1 - q0, math.sqrt(q1 * (1 - q1) / (n1 + 2) + q0 * (1 - q0) / (n0 + 2))
 
 
 def _small(conversions: int, n: int) -> bool:
@@ -112,14 +118,16 @@ def sample_size_per_arm(baseline: float, tolerated_error: float, confidence: flo
 
 def sample_still_needed(result: RateDifference, power: float = 0.8) -> dict[str, int] | None:
     """While a difference is not significant: how many more members each arm needs (same split between arms)
-    for the observed difference, if it is real, to be significant with `power`. None when nothing was seen."""
+    for the observed difference, if it is real, to be significant with `power`. None when nothing was seen.
+
+    The arms' variances are the Agresti–Caffo ones, which never vanish: a 1-member holdout with no conversion does
+    not claim to know its rate exactly (the plain estimate, variance 0, said "3 more members would settle it")."""
     if result.difference is None or result.significant:
         return None if result.difference is None else {"treated": 0, "control": 0}
-    p1, p0 = result.treated_rate, result.control_rate
-    variance = p1 * (1 - p1) / result.treated_n + p0 * (1 - p0) / result.control_n
-    if result.difference == 0 or variance == 0:
+    if result.difference == 0:
         return None
+    _, se = _adjusted(result.treated_conversions, result.treated_n, result.control_conversions, result.control_n)
     z = z_value(result.confidence) + float(stats.norm.ppf(power))
-    factor = (z * math.sqrt(variance) / abs(result.difference)) ** 2  # standard errors shrink as 1/sqrt(factor)
-    return {"treated": max(0, math.ceil(result.treated_n * factor) - result.treated_n),
-            "control": max(0, math.ceil(result.control_n * factor) - result.control_n)}
+    factor = (z * se / abs(result.difference)) ** 2  # standard errors shrink as 1/sqrt(factor)
+    return {"treated": max(0, math.ceil((result.treated_n + 2) * factor) - 2 - result.treated_n),
+            "control": max(0, math.ceil((result.control_n + 2) * factor) - 2 - result.control_n)}

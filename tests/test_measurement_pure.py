@@ -29,23 +29,38 @@ WINDOW = timedelta(days=7)
 
 
 @pytest.mark.parametrize("x1,n1,x0,n0", [(130, 1000, 100, 1000), (45, 300, 30, 310), (7, 52, 9, 48),
-                                         (2400, 40000, 2000, 41000), (151, 1554, 2, 62)])
-def test_rate_difference_matches_statsmodels(x1, n1, x0, n0):
+                                         (2400, 40000, 2000, 41000), (151, 1554, 2, 62), (50, 1000, 0, 1),
+                                         (3, 5, 1, 1)])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # statsmodels also computes a ratio, undefined at 0/1
+def test_rate_difference_matches_statsmodels_agresti_caffo(x1, n1, x0, n0):
     result = rate_difference(x1, n1, x0, n0)
-    low, high = sm_proportion.confint_proportions_2indep(x1, n1, x0, n0, method="wald", compare="diff")
-    p_value = sm_proportion.test_proportions_2indep(x1, n1, x0, n0, method="wald", compare="diff").pvalue
+    low, high = sm_proportion.confint_proportions_2indep(x1, n1, x0, n0, method="agresti-caffo", compare="diff")
+    p_value = sm_proportion.test_proportions_2indep(x1, n1, x0, n0, method="agresti-caffo", compare="diff").pvalue
     assert result.difference == pytest.approx(x1 / n1 - x0 / n0)
     assert result.small_sample == (min(x1, n1 - x1, x0, n0 - x0) < 10)
-    assert (result.low, result.high) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
+    assert (result.low, result.high) == (pytest.approx(max(low, -1), abs=1e-12), pytest.approx(min(high, 1),
+                                                                                               abs=1e-12))
     assert result.p_value == pytest.approx(p_value, rel=1e-9)
     assert result.significant == (p_value < 0.05) == (result.low > 0 or result.high < 0)
 
 
-def test_rates_of_zero_and_one_are_tested_with_the_pooled_error():
-    certain = rate_difference(20, 20, 0, 20)  # no spread in either arm: the Wald error is 0
-    assert certain.low == certain.high == 1.0 and certain.small_sample
-    assert certain.significant and certain.p_value == pytest.approx(2 * stats.norm.sf(1 / np.sqrt(0.25 * 0.1)))
-    assert rate_difference(0, 20, 0, 30).p_value is None and not rate_difference(0, 20, 0, 30).significant
+def test_rates_of_zero_and_one_and_tiny_arms_keep_honest_intervals():
+    certain = rate_difference(20, 20, 0, 20)  # no spread in either arm: the plain Wald error would be 0
+    assert 0.7 < certain.low < 1.0 and certain.high == 1.0 and certain.small_sample and certain.significant
+    none = rate_difference(0, 20, 0, 30)
+    assert none.difference == 0 and none.low < 0 < none.high and not none.significant
+    # A 1-member holdout that did not buy: Wald said the control rate was known exactly (0 ± 0).
+    tiny = rate_difference(50, 1000, 0, 1)
+    assert tiny.low < -0.5 and tiny.high > 0.1 and not tiny.significant
+
+
+def test_a_one_member_holdout_needs_hundreds_more_not_three():
+    needed = sample_still_needed(rate_difference(50, 1000, 0, 1))
+    # The observed +5 points against a control arm whose rate is barely known: hundreds more holdout members
+    # (the plain estimate, variance 0, said "about 3 more"), and the treated arm grows in the same proportion.
+    assert needed["control"] >= 100
+    # Both arms grow by the same factor (counted on the adjusted sizes n + 2): 1,002 : 3.
+    assert (needed["treated"] + 1002) / 1002 == pytest.approx((needed["control"] + 3) / 3, rel=0.01)
 
 
 def test_mean_difference_matches_statsmodels_welch():
