@@ -17,11 +17,27 @@ DEFAULT_CAMPAIGNS: list[dict[str, Any]] = [
      "audience": {"tiers": ["lost"]}, "channels": [{"channel": "email", "template": "lost_winback"}],
      "offer": {"percent_off": 20, "free_shipping": True, "valid_days": 14, "coupon_prefix": "BACK"},
      "schedule": {"kind": "monthly", "day_of_month": 15, "local_hour": 10}, "priority": 50, "holdout_share": 0.1},
-    {"name": "At-risk retention", "description": "Daily: customers the churn model flags get a caring message and a"
-     " modest offer, on the first channel they can be reached on.",
-     "audience": {"exclude_tiers": ["lost"]},
-     "channels": [{"channel": "push", "template": "at_risk_care"}, {"channel": "sms", "template": "at_risk_care"},
-                  {"channel": "email", "template": "at_risk_care"}],
+    # At-risk customers (the churn model's flag) are reached on the channel their tier warrants (the shop's plan):
+    # VIP and potential by a care call or SMS, regular by push, lost by email. Together the three audiences cover
+    # every tier, including any a marketer adds later (the regular plan takes whatever is not named).
+    {"name": "At-risk care (VIP, potential)", "description": "Daily: flagged VIP and potential customers get a care"
+     " call from support, or an SMS where no call can be made, with a modest offer.",
+     "audience": {"tiers": ["VIP", "potential"]},
+     "channels": [{"channel": "phone", "template": "at_risk_care"}, {"channel": "sms", "template": "at_risk_care"}],
+     "offer": {"percent_off": 10, "valid_days": 14, "coupon_prefix": "CARE", "send_without_offer": True},
+     "schedule": {"kind": "triggered", "trigger": "at_risk", "local_hour": 11}, "priority": 70,
+     "holdout_share": 0.1, "cooldown_days": 30},
+    {"name": "At-risk retention (regular)", "description": "Daily: flagged regular customers get a caring push"
+     " with a modest offer.",
+     "audience": {"exclude_tiers": ["VIP", "potential", "lost"]},
+     "channels": [{"channel": "push", "template": "at_risk_care"}],
+     "offer": {"percent_off": 10, "valid_days": 14, "coupon_prefix": "CARE", "send_without_offer": True},
+     "schedule": {"kind": "triggered", "trigger": "at_risk", "local_hour": 11}, "priority": 70,
+     "holdout_share": 0.1, "cooldown_days": 30},
+    {"name": "At-risk win-back (lost)", "description": "Daily: flagged customers of the lost tier get a caring"
+     " email with a modest offer.",
+     "audience": {"tiers": ["lost"]},
+     "channels": [{"channel": "email", "template": "at_risk_care"}],
      "offer": {"percent_off": 10, "valid_days": 14, "coupon_prefix": "CARE", "send_without_offer": True},
      "schedule": {"kind": "triggered", "trigger": "at_risk", "local_hour": 11}, "priority": 70,
      "holdout_share": 0.1, "cooldown_days": 30},

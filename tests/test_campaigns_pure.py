@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from campaigns.caps import LEDGER_SCHEMA, Cap, check_caps, exceeded
 from campaigns.discounts import WITHHELD, DiscountRules, OfferTerms, apply_ceilings, coupon_discount
 from campaigns.fairness import OfferReach, violations
-from campaigns.planner import coupon_codes, holdout_draw, send_times
+from campaigns.planner import PlanInputs, audience, coupon_codes, holdout_draw, send_times
 from campaigns.quiet_hours import QuietHours, defer_out_of_quiet_hours
 from campaigns.rendering import TemplateProblem, TemplateSource, render, validate
 from campaigns.service import parse_spec
@@ -376,3 +376,31 @@ def test_invalid_campaigns_name_the_field(body, field):
     with pytest.raises(InvalidInput) as error:
         parse_spec(base | body)
     assert field in [e["field"] for e in error.value.errors]
+
+
+def test_the_default_at_risk_plans_reach_each_tier_on_its_own_channel():
+    """VIP and potential: a care call, else SMS; regular (and any tier a marketer adds): push; lost: email. Every
+    tier falls in exactly one at-risk plan."""
+    from campaigns.defaults import DEFAULT_CAMPAIGNS
+
+    plans = [CampaignSpec.model_validate(body) for body in DEFAULT_CAMPAIGNS
+             if body["schedule"].get("trigger") == "at_risk"]
+    tiers = ["VIP", "potential", "regular", "lost", "newcomer"]
+    customers = pl.DataFrame({"customer_id": list(range(1, 6)), "external_id": tiers,
+                              "time_zone": ["Asia/Shanghai"] * 5}, schema_overrides={"customer_id": pl.Int64})
+    inputs = PlanInputs(customers=customers, segments=pl.DataFrame({"customer_id": list(range(1, 6)), "tier": tiers},
+                                                                   schema_overrides={"customer_id": pl.Int64}),
+                        tags=pl.DataFrame(schema={"customer_id": pl.Int64, "tag": pl.String}),
+                        scores=pl.DataFrame({"customer_id": list(range(1, 6)), "probability": [0.9] * 5,
+                                             "at_risk": [True] * 5}, schema_overrides={"customer_id": pl.Int64}),
+                        consent=pl.DataFrame(schema={"customer_id": pl.Int64, "channel": pl.String,
+                                                     "status": pl.String}),
+                        ledger=pl.DataFrame(schema=LEDGER_SCHEMA), money=pl.DataFrame(),
+                        first_orders=pl.DataFrame())
+    reached = {}
+    for spec in plans:
+        for tier in audience(spec, inputs, date(2026, 11, 3))["external_id"]:
+            assert tier not in reached, tier
+            reached[tier] = [step.channel for step in spec.channels]
+    assert reached == {"VIP": ["phone", "sms"], "potential": ["phone", "sms"], "regular": ["push"],
+                       "newcomer": ["push"], "lost": ["email"]}

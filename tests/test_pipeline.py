@@ -101,11 +101,12 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     # Which campaigns fire on Sunday the 15th: the monthly win-back and the triggered ones, not the VIP call (5th)
     # nor the Tuesday coupon.
     planned = {c["campaign"]: c for c in steps["plan"]["counts"]["campaigns"]}
-    assert set(planned) == {"Lost win-back", "At-risk retention", "Birthday greeting", "First repeat order",
+    at_risk = ("At-risk care (VIP, potential)", "At-risk retention (regular)", "At-risk win-back (lost)")
+    assert set(planned) == {"Lost win-back", *at_risk, "Birthday greeting", "First repeat order",
                             "Flash 0", "Flash 1", "Flash 2"}
-    assert planned["Lost win-back"]["recipients"] > 0 and planned["At-risk retention"]["recipients"] > 0
+    assert planned["Lost win-back"]["recipients"] > 0 and sum(planned[n]["recipients"] for n in at_risk) > 0
     # The global control group (5% by default) gets none of the marketing campaigns.
-    assert planned["At-risk retention"]["excluded"]["global_control"] > 0
+    assert sum(planned[n]["excluded"].get("global_control", 0) for n in at_risk) > 0
     assert scalar(ctx, "SELECT count(*) FROM message WHERE reason = 'global_control' AND customer_id IN "
                        "(SELECT customer_id FROM message WHERE status IN ('planned', 'sent'))") == 0
     assert steps["plan"]["counts"]["planned"] == scalar(ctx, "SELECT count(*) FROM message")
