@@ -62,18 +62,25 @@ async def sendgrid_events(request: Request, session: SessionDep, ctx: ContextDep
                              request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp"))
     try:
         events = json.loads(payload)
-    except ValueError as error:
-        raise InvalidInput("the body is not JSON", errors=[{"field": "body", "reason": str(error)}]) from error
+    except (ValueError, RecursionError) as error:  # a body nested 100k deep exhausts the parser's stack
+        raise InvalidInput("the body is not JSON", errors=[{"field": "body", "reason": type(error).__name__}]
+                           ) from error
     if not isinstance(events, list):
         raise InvalidInput("expected a JSON array of events", errors=[{"field": "body", "reason": "not an array"}])
     return await run_in_threadpool(webhooks.sendgrid_events, session, ctx, events)
+
+
+# The unsubscribe page takes a click: it must never be framed by another site (clickjacking).
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                "form-action 'self'; frame-ancestors 'none'", "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
                         f"content='width=device-width'><title>{html.escape(title)}</title></head>"
                         f"<body style='font-family:sans-serif;max-width:32em;margin:3em auto'>{body}</body></html>",
-                        status_code=status)
+                        status_code=status, headers=PAGE_HEADERS)
 
 
 @router.get("/unsubscribe/{token}", tags=["unsubscribe"], response_class=HTMLResponse)

@@ -291,6 +291,8 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
     recipients = pl.concat(recipients_parts, how="diagonal_relaxed")
     non_empty = [r for r in out_rows if not r.is_empty()]
     rows = pl.concat(non_empty, how="diagonal_relaxed") if non_empty else out_rows[-1]  # the last: an arm's
+    if "variant" not in rows.columns:  # only holdout or control rows: no arm decided anyone
+        rows = rows.with_columns(variant=pl.lit(None, dtype=pl.String))
     counts["recipients"] = recipients.select("customer_id").n_unique() if not recipients.is_empty() else 0
     counts["messages"] = recipients.height
     for channel in ("sms", "email", "push", "phone"):

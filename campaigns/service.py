@@ -150,12 +150,17 @@ def save_template(session: Session, ctx: Context, body: dict[str, Any], actor: s
                   may_define_transactional: bool = False) -> tuple[MessageTemplate, dict]:
     """Store a new version of a template after it renders against a sample context and passes the content rules
     of its kind (else 422 naming the part); transactional templates are an admin's."""
-    for field in ("name", "channel", "locale"):
+    for field, longest in (("name", 80), ("channel", 8), ("locale", 16)):
         if not isinstance(body.get(field), str) or not body[field].strip():
             raise _invalid(field, "is required")
+        if len(body[field]) > longest:
+            raise _invalid(field, f"longer than {longest} characters")
     parts = body.get("parts")
     if not isinstance(parts, dict) or not all(isinstance(v, str) for v in parts.values()):
         raise _invalid("parts", "must map part names to template text")
+    for part, text in parts.items():
+        if len(text) > rendering.MAX_SOURCE_CHARS:
+            raise _invalid(f"parts.{part}", f"longer than {rendering.MAX_SOURCE_CHARS} characters")
     kind = body.get("kind", "marketing")
     if kind not in TEMPLATE_KINDS:
         raise _invalid("kind", f"must be one of {', '.join(TEMPLATE_KINDS)}")
@@ -843,15 +848,23 @@ def campaign_export(request: ProfileRequest) -> dict[str, Any] | None:
             "call_tasks": [t.model_dump(exclude={"customer_id"}) for t in calls]}
 
 
+ERASED_TEXT = "(erased)"
+
+
 def campaign_erasure(request: ProfileRequest) -> dict[str, Any] | None:
-    """On erasure: planned messages are cancelled (never sent) and call notes, which may quote the customer, cleared."""
+    """On erasure: planned messages are cancelled (never sent); every text rendered from the customer or quoting
+    them — call scripts and notes, provider error texts — is cleared."""
     session, customer_id, now = request.session, request.customer_id, request.ctx.clock.now()
     cancelled = session.exec(update(Message).where(  # type: ignore[call-overload]
         Message.customer_id == customer_id, Message.status == "planned").values(
         status="cancelled", reason="customer erased", updated_at=now)).rowcount
-    notes = session.exec(update(CallTask).where(  # type: ignore[call-overload]
-        CallTask.customer_id == customer_id, CallTask.notes.is_not(None)).values(notes=None)).rowcount
-    return {"planned_messages_cancelled": cancelled, "call_notes_cleared": notes}
+    # Provider error texts can quote the number or address a message went to.
+    errors = session.exec(update(Message).where(  # type: ignore[call-overload]
+        Message.customer_id == customer_id, Message.last_error.is_not(None)).values(last_error=None)).rowcount
+    # A call script is the phone template rendered for this customer (their external id, say).
+    calls = session.exec(update(CallTask).where(  # type: ignore[call-overload]
+        CallTask.customer_id == customer_id).values(script=ERASED_TEXT, notes=None)).rowcount
+    return {"planned_messages_cancelled": cancelled, "call_tasks_cleared": calls, "provider_errors_cleared": errors}
 
 
 def latest_planned_send(session: Session) -> datetime | None:

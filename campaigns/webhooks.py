@@ -6,6 +6,8 @@ message's status only ever moves forward (a late `sent` never undoes `delivered`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -168,47 +170,75 @@ def _reject(reason: str) -> Rejected:
 
 
 def sendgrid_events(session: Session, ctx: Context, events: list[dict[str, Any]]) -> dict[str, int]:
-    """Apply a batch of SendGrid events: delivery, engagement, bounces and the opt-outs they carry."""
+    """Apply a batch of SendGrid events: delivery, engagement, bounces and the opt-outs they carry.
+
+    Each event is applied on its own (a savepoint): one malformed event is counted `invalid` and logged, never a
+    500 for the batch — SendGrid would retry the whole batch for ever and the unsubscribes in it would never
+    apply. An event without `sg_event_id` is deduplicated by a hash of its content instead of all under ""."""
     now = ctx.clock.now()
-    counts = {"applied": 0, "duplicate": 0, "ignored": 0}
-    for event in events:
-        if not isinstance(event, dict) or not first_time(session, "sendgrid", str(event.get("sg_event_id", "")), now):
-            counts["duplicate" if isinstance(event, dict) else "ignored"] += 1
+    counts = {"applied": 0, "duplicate": 0, "ignored": 0, "invalid": 0}
+    for number, event in enumerate(events):
+        if not isinstance(event, dict):
+            counts["ignored"] += 1
             continue
-        kind = event.get("event")
-        message = _sendgrid_message(session, event)
-        # A provider clock ahead of ours must not date a consent change in our future.
-        at = min(datetime.fromtimestamp(int(event.get("timestamp") or now.timestamp()), UTC), now)
-        # The address's every holder (and the message's customer): an unsubscribe is the address owner's word.
-        holders = sorted({*_customers_by_email(session, ctx, event),
-                          *([message.customer_id] if message is not None else [])})
-        if kind in ("spamreport", "unsubscribe", "group_unsubscribe", "group_resubscribe"):
-            status = ConsentStatus.opted_in if kind == "group_resubscribe" else ConsentStatus.opted_out
-            for customer_id in holders:
-                record_consent(session, ctx, customer_id=customer_id, channel=Channel.email, status=status,
-                               source=f"sendgrid:{kind}", actor="sendgrid", at=at)
-        if message is None:
-            counts["ignored" if not holders else "applied"] += 1
-            continue
-        if kind == "delivered":
-            advance(session, message, "delivered", now)
-        elif kind in ("open", "click"):
-            advance(session, message, "delivered", now)  # an open implies delivery, whatever order events come in
-            if kind == "open":
-                message.opened_at = message.opened_at or at
-            else:
-                message.clicked_at = message.clicked_at or at
-                message.opened_at = message.opened_at or at
-            session.add(message)
-        elif kind in ("bounce", "dropped"):
-            advance(session, message, "failed", now, f"sendgrid_{kind}")
-        counts["applied"] += 1
+        event_id = str(event.get("sg_event_id") or "") or "content:" + hashlib.sha256(
+            json.dumps(event, sort_keys=True, default=str).encode()).hexdigest()
+        try:
+            with session.begin_nested():
+                if not first_time(session, "sendgrid", event_id, now):
+                    counts["duplicate"] += 1
+                    continue
+                counts[_sendgrid_event(session, ctx, event, now)] += 1
+        except (ValueError, TypeError, OverflowError, OSError, DomainError) as bad:
+            counts["invalid"] += 1
+            log.warning("sendgrid event %d of the batch refused: %s", number, type(bad).__name__)
     return counts
+
+
+def _event_time(event: dict[str, Any], now: datetime) -> datetime:
+    """The event's own time, never later than ours (a provider clock ahead must not date a change in our future)."""
+    stamp = event.get("timestamp")
+    if stamp is None:
+        return now
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float | str):
+        raise ValueError("timestamp is not a number")
+    return min(datetime.fromtimestamp(int(stamp), UTC), now)
+
+
+def _sendgrid_event(session: Session, ctx: Context, event: dict[str, Any], now: datetime) -> str:
+    """Apply one event; returns the count it belongs to (applied / ignored)."""
+    kind = event.get("event")
+    message = _sendgrid_message(session, event)
+    at = _event_time(event, now)
+    # The address's every holder (and the message's customer): an unsubscribe is the address owner's word.
+    holders = sorted({*_customers_by_email(session, ctx, event),
+                      *([message.customer_id] if message is not None else [])})
+    if kind in ("spamreport", "unsubscribe", "group_unsubscribe", "group_resubscribe"):
+        status = ConsentStatus.opted_in if kind == "group_resubscribe" else ConsentStatus.opted_out
+        for customer_id in holders:
+            record_consent(session, ctx, customer_id=customer_id, channel=Channel.email, status=status,
+                           source=f"sendgrid:{kind}", actor="sendgrid", at=at)
+    if message is None:
+        return "ignored" if not holders else "applied"
+    if kind == "delivered":
+        advance(session, message, "delivered", now)
+    elif kind in ("open", "click"):
+        advance(session, message, "delivered", now)  # an open implies delivery, whatever order events come in
+        if kind == "open":
+            message.opened_at = message.opened_at or at
+        else:
+            message.clicked_at = message.clicked_at or at
+            message.opened_at = message.opened_at or at
+        session.add(message)
+    elif kind in ("bounce", "dropped"):
+        advance(session, message, "failed", now, f"sendgrid_{kind}")
+    session.flush()
+    return "applied"
 
 
 def _sendgrid_message(session: Session, event: dict[str, Any]) -> Message | None:
     message_id = event.get("message_id")
-    if message_id is not None and str(message_id).isdigit():
+    if message_id is not None and str(message_id).isdigit() and int(message_id) < 2**63:
         return session.get(Message, int(message_id))
     return None
 

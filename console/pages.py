@@ -4,10 +4,11 @@ each page allows the roles its API allows."""
 
 from __future__ import annotations
 
+import posixpath
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -19,7 +20,20 @@ from campaigns.spec import CampaignSpec
 from churn import service as churn_service
 from console import charts
 from console.i18n import LANGUAGES, pick, translator
-from console.session import COOKIE, LANG_COOKIE, LIFETIME, ConsoleUser, csrf_ok, session_cookie, user_of
+from console.session import (
+    COOKIE,
+    LANG_COOKIE,
+    LIFETIME,
+    LOGIN_COOKIE,
+    LOGIN_FORM_LIFETIME,
+    ConsoleUser,
+    csrf_ok,
+    end_session,
+    login_token,
+    login_token_ok,
+    session_cookie,
+    user_of,
+)
 from crm import jobs
 from crm.api import profile_of
 from crm.auth import authenticate_request
@@ -116,45 +130,77 @@ def _call(action, *args, **kwargs):
 # ---------------------------------------------------------------- sign-in
 
 
+def _login_form(request: Request, ctx: Context, status: int = 200, **values: Any) -> HTMLResponse:
+    """The sign-in form with a fresh form token, also set as a cookie the post must bring back."""
+    token = login_token(ctx)
+    response = render(request, "login.html", None, status=status, login_token=token, **values)
+    response.set_cookie(LOGIN_COOKIE, token, max_age=int(LOGIN_FORM_LIFETIME.total_seconds()), httponly=True,
+                        samesite="strict", secure=ctx.settings.public_base_url.startswith("https"),
+                        path="/console/login")
+    return response
+
+
+def _same_origin(request: Request, ctx: Context) -> bool:
+    """A form post from our own pages: its Origin (when the browser sends one) is the service's own."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # browsers send Origin on cross-site posts; the form token covers the rest
+    own = {ctx.settings.public_base_url.rstrip("/"), f"{request.url.scheme}://{request.url.netloc}"}
+    return origin.rstrip("/") in own
+
+
 @router.get("/login")
-def login_page(request: Request, next: str = "/console/") -> HTMLResponse:
+def login_page(request: Request, ctx: ContextDep, next: str = "/console/") -> HTMLResponse:
     """The sign-in form."""
-    return render(request, "login.html", None, next=_local(next))
+    return _login_form(request, ctx, next=_local(next))
 
 
 @router.post("/login")
 def login(request: Request, session: SessionDep, ctx: ContextDep, api_key: Annotated[str, Form(max_length=200)],
-          next: Annotated[str, Form(max_length=300)] = "/console/") -> Response:
-    """Exchange an API key for a session cookie (HttpOnly, SameSite=Strict, Secure behind https)."""
+          next: Annotated[str, Form(max_length=300)] = "/console/",
+          token: Annotated[str, Form(max_length=200)] = "") -> Response:
+    """Exchange an API key for a session cookie (HttpOnly, SameSite=Strict, Secure behind https); the post must
+    come from our own form (Origin and the form's token: no login CSRF)."""
+    language = translator(_language(request))
+    if not _same_origin(request, ctx) or not login_token_ok(ctx, token, request.cookies.get(LOGIN_COOKIE)):
+        return _login_form(request, ctx, status=403, next=_local(next), error=language("expired_form"))
     try:
-        cookie = session_cookie(ctx, authenticate_request(request, session, ctx, api_key.strip()))
+        cookie = session_cookie(session, ctx, authenticate_request(request, session, ctx, api_key.strip()))
     except Unauthorized:
-        return render(request, "login.html", None, status=401, next=_local(next),
-                      error=translator(_language(request))("bad_key"))
+        return _login_form(request, ctx, status=401, next=_local(next), error=language("bad_key"))
     except TooManyAttempts as throttled:
-        response = render(request, "login.html", None, status=429, next=_local(next),
-                          error=translator(_language(request))("too_many"))
+        response = _login_form(request, ctx, status=429, next=_local(next), error=language("too_many"))
         response.headers["Retry-After"] = str(throttled.retry_after)
         return response
     response = RedirectResponse(_local(next), status_code=303)
     response.set_cookie(COOKIE, cookie, max_age=int(LIFETIME.total_seconds()), httponly=True, samesite="strict",
                         secure=ctx.settings.public_base_url.startswith("https"), path="/console")
+    response.delete_cookie(LOGIN_COOKIE, path="/console/login")
     return response
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form()] = "",
+def logout(request: Request, session: SessionDep, ctx: ContextDep, csrf: Annotated[str, Form()] = "",
            user: ConsoleUser = Depends(_signed_in)) -> Response:
-    """End the session (the cookie is cleared)."""
+    """End the session: revoked on the server (a copied cookie stops working too) and cleared in the browser."""
     _checked(user, csrf, request)
+    end_session(session, ctx, request.cookies.get(COOKIE))
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(COOKIE, path="/console")
     return response
 
 
 def _local(target: str) -> str:
-    """Only console paths are followed after sign-in (no open redirect)."""
-    return target if target.startswith("/console") and "//" not in target else "/console/"
+    """Only console paths are followed after sign-in (no open redirect): the path is normalised first, so
+    `/console/../../evil` is `/evil` and refused; schemes, hosts and backslashes never pass."""
+    parsed = urlsplit(target)
+    if parsed.scheme or parsed.netloc or "\\" in target or not parsed.path.startswith("/"):
+        return "/console/"
+    path = posixpath.normpath(unquote(parsed.path))
+    if path != "/console" and not path.startswith("/console/"):
+        return "/console/"
+    return quote(path + ("/" if parsed.path.endswith("/") and not path.endswith("/") else ""), safe="/") + (
+        f"?{parsed.query}" if parsed.query else "")
 
 
 # ---------------------------------------------------------------- customers and tasks

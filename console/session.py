@@ -1,23 +1,28 @@
 """Console sign-in: an API key exchanged for a signed session cookie (HttpOnly, SameSite=Strict), and the CSRF
-token forms carry. The cookie names the key, not the secret: revoking the key ends every session made with it."""
+token forms carry. The cookie names a server-side session row: signing out revokes it (a copied cookie dies with
+it), and revoking the key ends every session made with it. The sign-in form carries a token of its own, matched
+against a cookie set with the form (login CSRF: another site cannot sign a browser in to its own key)."""
 
 from __future__ import annotations
 
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlmodel import Session
 
 from crm.auth import Principal
 from crm.context import Context
-from crm.models import ApiKey, Role
+from crm.models import ApiKey, ConsoleSession, Role
 
 COOKIE = "crm_console"
 LANG_COOKIE = "crm_lang"
 LIFETIME = timedelta(hours=8)
 SESSION_PURPOSE = "console-session"
+LOGIN_PURPOSE = "console-login"
+LOGIN_COOKIE = "crm_login"
+LOGIN_FORM_LIFETIME = timedelta(hours=1)
 CSRF_PURPOSE = "console-csrf"
 
 
@@ -34,26 +39,57 @@ class ConsoleUser:
         return self.principal.role
 
 
-def session_cookie(ctx: Context, principal: Principal) -> str:
-    """The session cookie for a principal that just proved its API key."""
-    subject = f"{principal.key_id}:{int(ctx.clock.now().timestamp())}:{secrets.token_hex(8)}"
-    return ctx.cipher.sign_link(SESSION_PURPOSE, subject)
+def session_cookie(session: Session, ctx: Context, principal: Principal) -> str:
+    """Open a session for a principal that just proved its API key; returns its cookie."""
+    now = ctx.clock.now()
+    row = ConsoleSession(id=secrets.token_hex(16), key_id=principal.key_id, created_at=now,
+                         expires_at=now + LIFETIME)
+    session.add(row)
+    session.flush()
+    return ctx.cipher.sign_link(SESSION_PURPOSE, row.id)
+
+
+def end_session(session: Session, ctx: Context, cookie: str | None) -> None:
+    """Sign out: the session row is revoked, so the cookie stops working wherever a copy of it is."""
+    subject = ctx.cipher.verify_link(SESSION_PURPOSE, cookie) if cookie else None
+    row = session.get(ConsoleSession, subject) if subject else None
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = ctx.clock.now()
+        session.add(row)
+        session.flush()
 
 
 def user_of(session: Session, ctx: Context, cookie: str | None) -> ConsoleUser | None:
-    """The signed-in user behind a cookie: None when it is missing, forged, expired or its key was revoked."""
+    """The signed-in user behind a cookie: None when it is missing, forged, expired, signed out or its key was
+    revoked."""
     subject = ctx.cipher.verify_link(SESSION_PURPOSE, cookie) if cookie else None
-    if subject is None:
+    if subject is None or len(subject) != 32:
         return None
-    key_id, issued, _ = subject.split(":")
-    issued_at = datetime.fromtimestamp(int(issued), tz=ctx.clock.now().tzinfo)
-    if not timedelta(0) <= ctx.clock.now() - issued_at <= LIFETIME:
+    row = session.get(ConsoleSession, subject)
+    now = ctx.clock.now()
+    if row is None or row.revoked_at is not None or not row.created_at <= now < row.expires_at:
         return None
-    record = session.get(ApiKey, int(key_id))
+    record = session.get(ApiKey, row.key_id)
     if record is None or record.revoked_at is not None:
         return None
     principal = Principal(key_id=record.id, name=record.name, role=Role(record.role))
     return ConsoleUser(principal, csrf_token(ctx, cookie))
+
+
+def login_token(ctx: Context) -> str:
+    """A fresh sign-in form token (also set as the LOGIN_COOKIE the form's post must bring back)."""
+    return ctx.cipher.sign_link(LOGIN_PURPOSE, f"{int(ctx.clock.now().timestamp())}~{secrets.token_hex(8)}")
+
+
+def login_token_ok(ctx: Context, form_token: str | None, cookie_token: str | None) -> bool:
+    """The form's token is ours, recent, and the one this browser was given with the form."""
+    if not form_token or not cookie_token or not hmac.compare_digest(form_token.encode(), cookie_token.encode()):
+        return False
+    subject = ctx.cipher.verify_link(LOGIN_PURPOSE, form_token)
+    if subject is None or not subject.split("~")[0].isdigit():
+        return False
+    age = ctx.clock.now().timestamp() - int(subject.split("~")[0])
+    return 0 <= age <= LOGIN_FORM_LIFETIME.total_seconds()
 
 
 def csrf_token(ctx: Context, cookie: str) -> str:
@@ -63,4 +99,4 @@ def csrf_token(ctx: Context, cookie: str) -> str:
 
 def csrf_ok(user: ConsoleUser, presented: str | None) -> bool:
     """Whether a form's token is this session's."""
-    return bool(presented) and hmac.compare_digest(user.csrf, presented)
+    return bool(presented) and hmac.compare_digest(user.csrf.encode(), presented.encode())

@@ -93,19 +93,32 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+def key_prefix(presented: str) -> str:
+    """The public part of a presented key ('crm_<prefix>_…'), the throttle's unit; '-' for other shapes."""
+    parts = presented.split("_")
+    return parts[1][:16] if len(parts) >= 3 and parts[0] == KEY_PREFIX else "-"
+
+
 def authenticate_request(request: Request, session: Session, ctx: Context, presented: str) -> Principal:
-    """`authenticate`, throttled per client address: too many wrong keys in a window get 429 until it passes."""
+    """`authenticate`, throttled: wrong keys are counted per (client address, presented key prefix), and past the
+    limit further wrong keys from there get 429 until the window passes.
+
+    A valid key is never refused for failures — others' behind the same address (a proxy), or an attacker's
+    guessing at the same prefix: it is checked first, and a guess that matches 256 random bits is not a threat
+    a throttle could stop. The address is the socket's peer unless `CRM_FORWARDED_ALLOW_IPS` names the proxy."""
     throttle = getattr(request.app.state, "auth_throttle", None)
     client = request.client.host if request.client else "unknown"
     now = ctx.clock.now()
-    if throttle is not None and (wait := throttle.wait_seconds(client, now)):
-        raise TooManyAttempts(f"too many failed API key attempts from this address; retry in {wait} s",
-                              retry_after=wait)
     try:
         return authenticate(session, ctx, presented)
     except Unauthorized:
-        if throttle is not None:
-            throttle.failed(client, now)
+        if throttle is None:
+            raise
+        buckets = (f"{client}|{key_prefix(presented)}", client)
+        if wait := throttle.wait_seconds(buckets, now):
+            raise TooManyAttempts(f"too many failed API key attempts from this address; retry in {wait} s",
+                                  retry_after=wait) from None
+        throttle.failed(buckets, now)
         raise
 
 

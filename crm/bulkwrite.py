@@ -11,13 +11,17 @@ from sqlmodel import Session
 
 
 def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
-    """Create (once per connection) and fill a temporary staging table with the frame's columns."""
+    """Create and fill a temporary staging table with the frame's columns.
+
+    The table lives on the (pooled) connection, and its columns follow the file being imported, so one left by an
+    earlier import with other columns is dropped first: `CREATE … IF NOT EXISTS` kept the old shape, and the next
+    upload with another set of columns failed until the process restarted. Only the temporary schema is touched.
+    """
     pg = session.get_bind().dialect.name == "postgresql"
     columns = ", ".join(f"{c} {sql_type(t, pg)}" for c, t in types.items())
     connection = session.connection()
-    connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})")
-    # TRUNCATE on PostgreSQL: DELETE would leave dead rows that every later batch scans again.
-    connection.exec_driver_sql(f"{'TRUNCATE' if pg else 'DELETE FROM'} {name}")
+    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {'pg_temp' if pg else 'temp'}.{name}")
+    connection.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns})")
     insert_frame(session, name, frame, types)
 
 

@@ -699,13 +699,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
 
     import uvicorn
 
-    _context()  # fail early with a clear message when no key is configured
+    ctx = _context()  # fail early with a clear message when no key is configured
     # Uvicorn drains in-flight requests on SIGTERM, then raises the signal again with the handler found at start:
     # this one turns that into a clean exit status 0 instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # The access log drops query strings: a lookup's parameters (contact data, say) never reach a log line.
+    proxies = ctx.settings.forwarded_allow_ips
     uvicorn.run("crm.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_config=uvicorn_log_config())
+                log_config=uvicorn_log_config(), proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
 
 
 @app.command()

@@ -59,6 +59,7 @@ class ContactCipher:
     def verify_link(self, purpose: str, token: str) -> str | None:
         """The subject of a token made by sign_link for this purpose, or None when it is forged or altered."""
         subject, _, _ = token.rpartition(".")
-        if not subject or not hmac.compare_digest(self.sign_link(purpose, subject), token):
+        # Compared as bytes: compare_digest refuses non-ASCII str (a TypeError, once a 500 for `é.x`).
+        if not subject or not hmac.compare_digest(self.sign_link(purpose, subject).encode(), token.encode()):
             return None
         return subject

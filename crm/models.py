@@ -7,7 +7,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Float, Index, LargeBinary, Numeric, String, Table, Unicode, UniqueConstraint
+from sqlalchemy import Column, Float, Index, Integer, LargeBinary, Numeric, String, Table, Unicode, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from crm.types import JSONType, UTCDateTime
@@ -161,6 +161,18 @@ class ApiKey(SQLModel, table=True):
     created_by: str = Field(sa_column=Column(String(120), nullable=False))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A console sign-in: the cookie names this row, so signing out (or the key's revocation) ends it at once."""
+
+    __tablename__ = "console_session"
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    key_id: int = Field(sa_column=Column(Integer, nullable=False, index=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
 
 class AuditLog(SQLModel, table=True):

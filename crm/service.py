@@ -178,7 +178,8 @@ def mask_email(email: str | None) -> str | None:
 
 
 def mask_phone(e164: str | None) -> str | None:
-    """+86 138****5678: country code, first three and last four digits of the national number."""
+    """+86 1*******001: the country code and at most four national digits (the first and the last three of a long
+    number, fewer of a short one), so no search by number can rebuild it from a few masked views."""
     if not e164:
         return e164
     try:
@@ -186,8 +187,11 @@ def mask_phone(e164: str | None) -> str | None:
     except phonenumbers.NumberParseException:
         return "***"
     national = str(number.national_number)
-    hidden = max(len(national) - 7, 1)
-    return f"+{number.country_code} {national[:3]}{'*' * hidden}{national[-4:]}"
+    head = 1 if len(national) >= 9 else 0
+    tail = 3 if len(national) >= 9 else 2 if len(national) >= 6 else 1
+    tail = min(tail, max(len(national) - 4, 0))  # short numbers: at least four digits stay hidden
+    hidden = len(national) - head - tail
+    return f"+{number.country_code} {national[:head]}{'*' * hidden}{national[len(national) - tail:] if tail else ''}"
 
 
 def contact_of(ctx: Context, customer: Customer, *, masked: bool) -> dict[str, Any]:

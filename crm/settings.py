@@ -16,7 +16,7 @@ DEFAULT_DATA_DIR = PROJECT_ROOT / "var"
 class Settings(BaseSettings):
     """All tunables of the service; every business number is a default a user can change."""
 
-    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore", allow_inf_nan=False)
 
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str = ""
@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     # Failed API-key attempts per client address (API and console sign-in) before 429, and the window counted.
     auth_failure_limit: int = Field(default=10, ge=1)
     auth_failure_window_seconds: int = Field(default=300, ge=1)
+    # Proxies whose X-Forwarded-For is believed (comma-separated addresses or networks; "*" any). Empty: none, the
+    # client address is the socket's peer — uvicorn's own default trusts 127.0.0.1, so rotating X-Forwarded-For
+    # headers from a local process escaped the failed-key throttle.
+    forwarded_allow_ips: str = ""
     # Origins allowed to call the API from a browser (CORS); empty: none (the console is same-origin).
     cors_origins: list[str] = Field(default_factory=list)
     # Predicted lifetime value: horizon of the BG/NBD + Gamma-Gamma forecast.

@@ -1,12 +1,16 @@
-"""Failed-credential throttling: after `limit` failed API-key attempts from one client within `window`, that client
-is refused (429 with Retry-After) until its oldest failure leaves the window. Kept in the process's memory, so
-each API worker counts for itself (a limit of N allows at most N × workers guesses per window)."""
+"""Failed-credential throttling: after `limit` failed API-key attempts for one bucket within `window` — a client
+address and the key prefix it presented — further failures there are answered 429 (with Retry-After) until the
+oldest leaves the window; an address rotating prefixes meets its own bucket at `ADDRESS_FACTOR` × the limit.
+Valid keys are checked first and never refused (see crm.auth). Kept in the process's memory, so each API worker
+counts for itself (a limit of N allows at most N × workers guesses per window)."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
 from datetime import datetime, timedelta
+
+ADDRESS_FACTOR = 5  # failures one address may make across all prefixes, as a multiple of the per-prefix limit
 
 
 class FailureThrottle:
@@ -27,16 +31,22 @@ class FailureThrottle:
             return deque()
         return failures
 
-    def wait_seconds(self, client: str, now: datetime) -> int:
-        """0 when the client may try; otherwise how long until it may."""
-        with self._lock:
-            failures = self._recent(client, now)
-            if len(failures) < self.limit:
-                return 0
-            return max(1, int((failures[0] + self.window - now).total_seconds()) + 1)
+    def _limit(self, bucket: str) -> int:
+        return self.limit if "|" in bucket else self.limit * ADDRESS_FACTOR
 
-    def failed(self, client: str, now: datetime) -> None:
-        """Count one failed attempt."""
+    def wait_seconds(self, buckets: str | tuple[str, ...], now: datetime) -> int:
+        """0 when every bucket may still fail; otherwise how long until the fullest one may."""
         with self._lock:
-            self._recent(client, now)
-            self._failures.setdefault(client, deque()).append(now)
+            waits = []
+            for bucket in (buckets,) if isinstance(buckets, str) else buckets:
+                failures = self._recent(bucket, now)
+                if len(failures) >= self._limit(bucket):
+                    waits.append(max(1, int((failures[0] + self.window - now).total_seconds()) + 1))
+            return max(waits, default=0)
+
+    def failed(self, buckets: str | tuple[str, ...], now: datetime) -> None:
+        """Count one failed attempt in each bucket."""
+        with self._lock:
+            for bucket in (buckets,) if isinstance(buckets, str) else buckets:
+                self._recent(bucket, now)
+                self._failures.setdefault(bucket, deque()).append(now)

@@ -8,10 +8,17 @@ gets the rule set's fallback: a named value, or `"nearest"` — the rule with th
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, Field, field_validator, model_validator
+
+# Bounds on what a marketer can store (each costs a polars expression per customer on every run, and the
+# unreachable-rule check compares rules pairwise): a tier table has 4-10 rules, a tag set a dozen tags.
+MAX_RULES = 100
+MAX_CONDITIONS = 20
+MAX_VALUES = 200
 
 
 class Condition(BaseModel):
@@ -19,10 +26,10 @@ class Condition(BaseModel):
 
     min: float | None = None
     max: float | None = None
-    in_: list[str] | None = Field(default=None, alias="in")
-    not_in: list[str] | None = None
+    in_: list[str] | None = Field(default=None, alias="in", max_length=MAX_VALUES)
+    not_in: list[str] | None = Field(default=None, max_length=MAX_VALUES)
 
-    model_config = {"populate_by_name": True, "extra": "forbid"}
+    model_config = {"populate_by_name": True, "extra": "forbid", "allow_inf_nan": False}
 
     @model_validator(mode="after")
     def _one_kind(self) -> Condition:
@@ -108,18 +115,18 @@ class Rule(BaseModel):
     """One row of a rule set: a name (the assigned value), conditions, and optional documentation."""
 
     name: str = Field(min_length=1, max_length=32)
-    when: dict[str, Condition] = Field(default_factory=dict)
+    when: dict[str, Condition] = Field(default_factory=dict, max_length=MAX_CONDITIONS)
     expected_share: float | None = Field(default=None, ge=0, le=1)
     goal: str | None = Field(default=None, max_length=200)
     description: str | None = Field(default=None, max_length=200)
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
 
 def require_unique_names(items: list[Any], what: str) -> list[Any]:
     """Raise ValueError naming the duplicates when two items share a `name`."""
-    names = [item.name for item in items]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
+    counts = Counter(item.name for item in items)
+    duplicated = sorted(name for name, n in counts.items() if n > 1)
     if duplicated:
         raise ValueError(f"{what} names must be unique: {', '.join(duplicated)}")
     return items
@@ -128,13 +135,13 @@ def require_unique_names(items: list[Any], what: str) -> list[Any]:
 class RuleSet(BaseModel):
     """An ordered rule list over named metrics, with its fallback and its anti-flapping settings."""
 
-    rules: list[Rule] = Field(min_length=1)
+    rules: list[Rule] = Field(min_length=1, max_length=MAX_RULES)
     fallback: str = Field(default="nearest", min_length=1, max_length=32)
     window_days: int = Field(default=365, ge=1, le=3650)
     confirm_runs: int = Field(default=2, ge=1, le=30, description="consecutive runs a new value must hold")
     margin: float = Field(default=0.1, ge=0, le=1, description="switch at once when this far inside the new rule")
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
     @field_validator("rules")
     @classmethod

@@ -7,7 +7,7 @@ from datetime import datetime
 import polars as pl
 from pydantic import BaseModel, Field, field_validator
 
-from segmentation.rules import Condition, require_unique_names
+from segmentation.rules import MAX_CONDITIONS, MAX_RULES, Condition, require_unique_names
 
 DAY_US = 86_400_000_000
 
@@ -21,20 +21,20 @@ class TagRule(BaseModel):
     """
 
     name: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")
-    add: dict[str, Condition] = Field(min_length=1)
-    remove: dict[str, Condition] | None = None
+    add: dict[str, Condition] = Field(min_length=1, max_length=MAX_CONDITIONS)
+    remove: dict[str, Condition] | None = Field(default=None, max_length=MAX_CONDITIONS)
     freshness_days: int = Field(default=90, ge=0, le=3650)
     description: str | None = Field(default=None, max_length=200)
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
 
 class TagSet(BaseModel):
     """Every tag the shop uses."""
 
-    tags: list[TagRule] = Field(min_length=1)
+    tags: list[TagRule] = Field(min_length=1, max_length=MAX_RULES)
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
     @field_validator("tags")
     @classmethod

@@ -285,7 +285,7 @@ def test_dry_run_api_and_profile_sections(client, auth_header, session, ctx, peo
 
 def test_install_defaults_is_idempotent(session, ctx, people):
     first = service.install_defaults(session, ctx, "test")
-    assert len(first) == 6 and all(r["created"] for r in first)
+    assert len(first) == 8 and all(r["created"] for r in first)  # at-risk: one plan per tier group
     assert [r for r in first if r["name"] == "First repeat order"][0]["warnings"]  # installed as 'warn'
     again = service.install_defaults(session, ctx, "test")
     assert not any(r["created"] for r in again)

@@ -11,10 +11,16 @@ from crm.models import Role
 from tests.factories import customers
 
 
+def post_login(client, api_key: str, **fields):
+    """Post the sign-in form as a browser does: fetched first (its token and cookie), then submitted."""
+    form = client.get("/console/login")
+    token = re.search(r'name="token" value="([^"]+)"', form.text).group(1)
+    return client.post("/console/login", data={"api_key": api_key, "token": token} | fields, follow_redirects=False)
+
+
 def sign_in(client, keys, role: Role) -> str:
     """Sign in through the form; returns the page's CSRF token (the cookie stays in the client)."""
-    response = client.post("/console/login", data={"api_key": keys[role], "next": "/console/"},
-                           follow_redirects=False)
+    response = post_login(client, keys[role], next="/console/")
     assert response.status_code == 303, response.text
     home = client.get("/console/")
     return re.search(r'name="csrf" value="([^"]+)"', home.text).group(1)
@@ -29,10 +35,9 @@ def shop(session, ctx):
 
 def test_sign_in_sets_a_safe_cookie_and_sign_out_needs_the_form_token(client, keys):
     assert client.get("/console/", follow_redirects=False).headers["location"].startswith("/console/login")
-    bad = client.post("/console/login", data={"api_key": "crm_nope_nope"})
+    bad = post_login(client, "crm_nope_nope")
     assert bad.status_code == 401 and "密钥无效" in bad.text  # Chinese by default
-    response = client.post("/console/login", data={"api_key": keys[Role.support], "next": "https://evil.example/"},
-                           follow_redirects=False)
+    response = post_login(client, keys[Role.support], next="https://evil.example/")
     cookie = response.headers["set-cookie"]
     assert response.headers["location"] == "/console/"  # no open redirect
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console" in cookie
@@ -62,7 +67,7 @@ def test_pages_follow_the_role_and_render_in_both_languages(client, keys, shop):
     found = client.post("/console/customers", data={"q": "C1", "csrf": csrf}, follow_redirects=False)
     assert found.status_code == 303 and found.headers["location"] == "/console/customers/C1"
     profile = client.get("/console/customers/C1")
-    assert profile.status_code == 200 and "u***@example.com" in profile.text and "+86 138****0001" in profile.text
+    assert profile.status_code == 200 and "u***@example.com" in profile.text and "+86 1*******001" in profile.text
     assert "user1@example.com" not in profile.text and "+8613800100001" not in profile.text
     by_email = client.post("/console/customers", data={"q": "user2@example.com", "csrf": csrf},
                            follow_redirects=False)
@@ -127,7 +132,7 @@ def test_support_claims_a_vip_call_task_and_records_its_outcome(client, keys, sh
     session.flush()
     token = sign_in(client, keys, Role.support)
     listing = client.get("/console/tasks")
-    assert "邀请参加新品预售" in listing.text and "+86 138****0001" in listing.text  # masked until claimed
+    assert "邀请参加新品预售" in listing.text and "+86 1*******001" in listing.text  # masked until claimed
     claimed = client.post(f"/console/tasks/{task.id}/claim", data={"csrf": token})
     assert claimed.status_code == 200 and "+8613800100001" in claimed.text  # revealed to the claiming agent
     bad = client.post(f"/console/tasks/{task.id}/outcome", data={"csrf": token, "outcome": "teleported"})
@@ -138,3 +143,37 @@ def test_support_claims_a_vip_call_task_and_records_its_outcome(client, keys, sh
     session.refresh(task)
     session.refresh(message)
     assert (task.status, task.outcome, task.notes, message.status) == ("done", "reached", "会来", "delivered")
+
+
+def test_sign_out_ends_the_session_even_for_a_copied_cookie(client, keys):
+    sign_in(client, keys, Role.support)
+    copied = client.cookies.get("crm_console")
+    page = client.get("/console/")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    assert client.post("/console/logout", data={"csrf": token}, follow_redirects=False).status_code == 303
+    client.cookies.set("crm_console", copied, path="/console")
+    stolen = client.get("/console/", follow_redirects=False)
+    assert stolen.status_code == 303 and stolen.headers["location"].startswith("/console/login")
+
+
+def test_sign_in_needs_our_own_form_and_origin(client, keys):
+    # Login CSRF: another site posting its own key into the victim's browser.
+    no_token = client.post("/console/login", data={"api_key": keys[Role.support]}, follow_redirects=False)
+    assert no_token.status_code == 403 and "crm_console" not in no_token.headers.get("set-cookie", "")
+    form = client.get("/console/login")
+    token = re.search(r'name="token" value="([^"]+)"', form.text).group(1)
+    cross_site = client.post("/console/login", data={"api_key": keys[Role.support], "token": token},
+                             headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert cross_site.status_code == 403
+    client.cookies.delete("crm_login", path="/console/login")
+    cookieless = client.post("/console/login", data={"api_key": keys[Role.support], "token": token},
+                             follow_redirects=False)
+    assert cookieless.status_code == 403  # a token lifted from a page is useless without this browser's cookie
+    assert post_login(client, keys[Role.support], next="/console/tasks").headers["location"] == "/console/tasks"
+
+
+@pytest.mark.parametrize("target", ["/console/../../evil", "/console/%2e%2e/%2e%2e/evil", "//evil.example/console/",
+                                    "https://evil.example/console/", "/console\\\\..\\\\evil", "/consoleevil"])
+def test_sign_in_never_redirects_outside_the_console(client, keys, target):
+    response = post_login(client, keys[Role.support], next=target)
+    assert response.status_code == 303 and response.headers["location"] == "/console/", target

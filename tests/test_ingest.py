@@ -174,6 +174,11 @@ def test_consent_opt_out_is_never_undone_by_an_older_import(session, ctx):
     consent = session.exec(select(Consent).where(Consent.channel == "sms")).one()
     assert consent.status == "opted_out" and consent.source == "crm-export"
     later = (ctx.clock.now() + timedelta(days=1)).isoformat()
+    # A statement dated after the opt-out wins — once that date has come; until then it is refused per row.
+    early = run(session, ctx, "customers", csv_text(("external_id", "sms_consent", "consent_at"),
+                                                    [("C1", "in", later)]))
+    assert early.rows_failed == 1 and early.errors[0]["field"] == "consent_at"
+    ctx.clock.advance(timedelta(days=2))
     run(session, ctx, "customers", csv_text(("external_id", "sms_consent", "consent_at"), [("C1", "in", later)]))
     session.refresh(consent)
     assert consent.status == "opted_in"

@@ -69,9 +69,22 @@ def test_normalisers():
 
 def test_masking():
     assert mask_email("jane@example.com") == "j***@example.com"
-    assert mask_phone("+8613800135678") == "+86 138****5678"
-    assert mask_phone("+14155552671") == "+1 415***2671"
+    assert mask_phone("+8613800135678") == "+86 1*******678"
+    assert mask_phone("+14155552671") == "+1 4******671"
     assert mask_email(None) is None and mask_phone(None) is None
+
+
+@pytest.mark.parametrize("number", ["+8613800135678", "+14155552671", "+85291234567", "+3531234567", "+6612345678",
+                                    "+35312345", "+4912345", "+861380013"])
+def test_a_masked_number_never_shows_more_than_four_digits(number):
+    """8-digit numbers used to show 7 digits and 7-digit ones all of them: a few exact searches rebuilt them."""
+    import phonenumbers
+
+    masked = mask_phone(number)
+    parsed = phonenumbers.parse(number, None)
+    national = str(parsed.national_number)
+    shown = sum(ch.isdigit() for ch in masked.split(" ", 1)[1])
+    assert masked.startswith(f"+{parsed.country_code} ") and shown <= 4 and len(national) - shown >= 4
 
 
 def test_cipher_round_trip_random_nonce_and_stable_blind_index():

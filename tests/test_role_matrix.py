@@ -8,6 +8,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Route
 
 from crm.models import Role
+from tests.test_console import post_login
 
 PUBLIC = "public"
 SIGNED = "signed"  # no key: the provider's signature is the credential; unsigned requests get 403
@@ -171,7 +172,7 @@ def _check_console_route(client, keys, method: str, url: str, expected) -> None:
     assert anonymous.status_code == 303 and "/console/login" in anonymous.headers["location"], (method, url)
     for role in Role:
         client.cookies.clear()
-        signed = client.post("/console/login", data={"api_key": keys[role]}, follow_redirects=False)
+        signed = post_login(client, keys[role])
         assert signed.status_code == 303, (role, signed.status_code)
         token = re.search(r'name="csrf" value="([^"]+)"', client.get("/console/").text).group(1)
         status = client.request(method, url, data={"csrf": token, "status": "paused", "outcome": "reached"},

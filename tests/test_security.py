@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 
 from crm.app import create_app
@@ -11,35 +13,49 @@ from crm.models import Role
 from crm.throttle import FailureThrottle
 
 
-def test_the_throttle_counts_failures_in_a_sliding_window_per_client():
+def test_the_throttle_counts_failures_in_a_sliding_window_per_bucket():
     throttle = FailureThrottle(limit=3, window=timedelta(seconds=60))
     start = datetime(2026, 11, 1, tzinfo=UTC)
     for second in (0, 10, 20):
-        assert throttle.wait_seconds("a", start + timedelta(seconds=second)) == 0
-        throttle.failed("a", start + timedelta(seconds=second))
-    assert throttle.wait_seconds("a", start + timedelta(seconds=30)) == 31  # until the first failure is 60 s old
-    assert throttle.wait_seconds("b", start + timedelta(seconds=30)) == 0  # another client is not affected
-    assert throttle.wait_seconds("a", start + timedelta(seconds=60)) == 0  # the first failure left the window
-    assert throttle.wait_seconds("a", start + timedelta(seconds=200)) == 0 and not throttle._failures
+        assert throttle.wait_seconds("a|k1", start + timedelta(seconds=second)) == 0
+        throttle.failed(("a|k1", "a"), start + timedelta(seconds=second))
+    assert throttle.wait_seconds("a|k1", start + timedelta(seconds=30)) == 31  # until the first failure is 60 s old
+    assert throttle.wait_seconds("a|k2", start + timedelta(seconds=30)) == 0  # another prefix is not affected
+    assert throttle.wait_seconds("b|k1", start + timedelta(seconds=30)) == 0  # nor another client
+    assert throttle.wait_seconds("a", start + timedelta(seconds=30)) == 0  # the address allows 5 × the limit
+    assert throttle.wait_seconds("a|k1", start + timedelta(seconds=60)) == 0  # the first failure left the window
+    assert throttle.wait_seconds(("a|k1", "a"), start + timedelta(seconds=200)) == 0 and not throttle._failures
 
 
-def test_wrong_keys_are_throttled_per_address_then_let_through_again(client, ctx, keys, auth_header):
+def test_wrong_keys_are_throttled_per_address_and_prefix_and_a_valid_key_always_passes(client, ctx, keys,
+                                                                                      auth_header):
     limit = ctx.settings.auth_failure_limit
+    guess = {"Authorization": "Bearer crm_0bad_guess"}
     for _ in range(limit):
-        assert client.get("/customers", headers={"Authorization": "Bearer crm_wrong_guess"}).status_code == 401
-    refused = client.get("/customers", headers=auth_header(Role.admin))
+        assert client.get("/customers", headers=guess).status_code == 401
+    refused = client.get("/customers", headers=guess)
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
     assert "too many failed" in refused.json()["detail"]
+    # Others' failures (the same address: a proxy, an office) never lock a valid key out.
+    assert client.get("/customers", headers=auth_header(Role.admin)).status_code == 200
+    # Another prefix has a bucket of its own, until the address as a whole reaches five times the limit.
+    assert client.get("/customers", headers={"Authorization": "Bearer crm_0ther_guess"}).status_code == 401
+    for index in range(4 * limit):
+        client.get("/customers", headers={"Authorization": f"Bearer crm_r{index}_guess"})
+    assert client.get("/customers", headers={"Authorization": "Bearer crm_new1_guess"}).status_code == 429
     assert client.get("/customers").status_code == 401  # no key at all is not a guess, and is not throttled
     ctx.clock.advance(timedelta(seconds=ctx.settings.auth_failure_window_seconds + 1))
-    assert client.get("/customers", headers=auth_header(Role.admin)).status_code == 200
+    assert client.get("/customers", headers=guess).status_code == 401
 
 
 def test_console_sign_in_shares_the_throttle(client, ctx, keys):
+    from tests.test_console import post_login
+
     for _ in range(ctx.settings.auth_failure_limit):
-        assert client.post("/console/login", data={"api_key": "crm_wrong_guess"}).status_code == 401
-    throttled = client.post("/console/login", data={"api_key": keys[Role.support]})
+        assert post_login(client, "crm_wrong_guess").status_code == 401
+    throttled = post_login(client, "crm_wrong_guess")
     assert throttled.status_code == 429 and "失败次数过多" in throttled.text and throttled.headers["retry-after"]
+    assert post_login(client, keys[Role.support]).status_code == 303
 
 
 def test_cors_is_closed_by_default_and_open_only_to_listed_origins(ctx, session):
@@ -83,8 +99,13 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
                       created_at=now, updated_at=now)
     session.add(planned)
     session.flush()
+    sent = Message(campaign_id=campaign.id, occurrence="2026-10-02", customer_id=c1.id, channel="sms",
+                   status="failed", priority=50, transactional=False, send_at=now, template="t", locale="zh-CN",
+                   created_at=now, updated_at=now, last_error="21211: '+8613800100001' is not a valid number")
+    session.add(sent)
+    session.flush()
     call = CallTask(message_id=planned.id, customer_id=c1.id, campaign_id=campaign.id, status="done",
-                    script="s", notes="she said call her at home", created_at=now)
+                    script="致电 VIP 客户 C1：邀请参加新品预售会", notes="she said call her at home", created_at=now)
     session.add(call)
     session.flush()
 
@@ -103,7 +124,20 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     assert erased.status_code == 200, erased.text
     summary = erased.json()
     assert summary["events_deleted"] == 1 and summary["orders_kept_anonymised"] == 1
-    assert summary["campaigns"] == {"planned_messages_cancelled": 1, "call_notes_cleared": 1}
+    assert summary["campaigns"] == {"planned_messages_cancelled": 1, "call_tasks_cleared": 1,
+                                    "provider_errors_cleared": 1}
+    # No stored text anywhere still names the customer: every table, every column, read back whole.
+    import re
+
+    from sqlalchemy import inspect
+
+    pattern = re.compile(r"user1@example\.com|\+?(86)?13800100001|(?<![A-Za-z0-9])C1(?![A-Za-z0-9])|call her")
+    connection = session.connection()
+    for table in inspect(connection).get_table_names():
+        for values in connection.execute(text(f"SELECT * FROM {table}")):
+            for value in values:
+                if isinstance(value, str | dict | list):
+                    assert not pattern.search(str(value)), (table, value)
 
     row = session.connection().execute(text(
         "SELECT external_id, email_ciphertext, email_hash, phone_ciphertext, phone_hash, push_tokens_ciphertext, "
@@ -170,9 +204,9 @@ def test_secrets_and_contact_data_never_reach_the_logs(scratch_url, tmp_path, fa
         assert secret not in logged, f"{secret!r} appeared in the logs"
 
 
-def test_the_served_apis_access_log_carries_no_contact_data(scratch_url, tmp_path):
-    """`crm serve` as a process: lookups by email and phone, tried as URL parameters (refused) and as bodies (the
-    way), and the console's lookup; its whole output (access log included) names no customer's contact data."""
+@pytest.fixture
+def served(scratch_url, tmp_path):
+    """`crm serve` as a process on a scratch shop of two customers; yields (base URL, admin key, its log path)."""
     import signal
     import subprocess
     import sys
@@ -194,29 +228,55 @@ def test_the_served_apis_access_log_carries_no_contact_data(scratch_url, tmp_pat
     with log_path.open("wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "crm.cli", "serve", "--port", str(port)],
                                   env=cli_env(scratch_url, tmp_path), stdout=log, stderr=subprocess.STDOUT)
-    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+        for _ in range(300):
             try:
-                if httpx.get(f"{base}/health", timeout=1).status_code in (200, 503):
-                    break
+                httpx.get(f"{base}/health", timeout=1)
+                break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        refused = httpx.get(f"{base}/customers", params={"email": "user1@example.com"}, headers=headers)
-        assert refused.status_code == 422 and "user1@example.com" not in refused.text
-        assert refused.json()["errors"][0]["field"] == "email"
-        assert httpx.get(f"{base}/customers", params={"phone": "+8613800100001"}, headers=headers).status_code == 422
-        found = httpx.post(f"{base}/customers/search", json={"phone": "+8613800100001"}, headers=headers)
-        assert found.status_code == 200 and [c["external_id"] for c in found.json()["items"]] == ["C1"]
-        by_email = httpx.post(f"{base}/customers/search", json={"email": "user2@example.com"}, headers=headers)
-        assert [c["external_id"] for c in by_email.json()["items"]] == ["C2"]
-        httpx.get(f"{base}/console/customers", params={"q": "user2@example.com"})
-        httpx.get(f"{base}/customers/C1", params={"note": "13800100002"}, headers=headers)
+        else:
+            pytest.fail(f"crm serve did not answer: {log_path.read_text(errors='replace')[-2000:]}")
+        yield base, key, log_path
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_served_apis_access_log_carries_no_contact_data(served):
+    """Lookups by email and phone, tried as URL parameters (refused) and as bodies (the way), and the console's
+    lookup: the server's whole output (access log included) names no customer's contact data."""
+    import httpx
+
+    base, key, log_path = served
+    headers = {"Authorization": f"Bearer {key}"}
+    refused = httpx.get(f"{base}/customers", params={"email": "user1@example.com"}, headers=headers)
+    assert refused.status_code == 422 and "user1@example.com" not in refused.text
+    assert refused.json()["errors"][0]["field"] == "email"
+    assert httpx.get(f"{base}/customers", params={"phone": "+8613800100001"}, headers=headers).status_code == 422
+    found = httpx.post(f"{base}/customers/search", json={"phone": "+8613800100001"}, headers=headers)
+    assert found.status_code == 200 and [c["external_id"] for c in found.json()["items"]] == ["C1"]
+    by_email = httpx.post(f"{base}/customers/search", json={"email": "user2@example.com"}, headers=headers)
+    assert [c["external_id"] for c in by_email.json()["items"]] == ["C2"]
+    httpx.get(f"{base}/console/customers", params={"q": "user2@example.com"})
+    httpx.get(f"{base}/customers/C1", params={"note": "13800100002"}, headers=headers)
+    time.sleep(0.3)  # the access log is written after each response
     logged = log_path.read_text(errors="replace")
     assert '"POST /customers/search HTTP/1.1" 200' in logged and '"GET /customers?… HTTP/1.1" 422' in logged
     for secret in ("user1@example.com", "user2@example.com", "user1%40example.com", "user2%40example.com",
                    "+8613800100001", "8613800100001", "13800100002", key):
         assert secret not in logged, f"{secret!r} appeared in the server's output"
+
+
+def test_the_served_api_ignores_forwarded_for_unless_told_which_proxy_to_trust(served, ctx):
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 by default: rotating it made every guess a new client."""
+    import httpx
+
+    base, key, _ = served
+    answers = [httpx.get(f"{base}/customers", headers={"Authorization": "Bearer crm_0bad_guess",
+                                                        "X-Forwarded-For": f"203.0.113.{n}"}).status_code
+               for n in range(ctx.settings.auth_failure_limit + 2)]
+    assert answers[:ctx.settings.auth_failure_limit] == [401] * ctx.settings.auth_failure_limit
+    assert answers[-1] == 429
+    assert httpx.get(f"{base}/customers", headers={"Authorization": f"Bearer {key}"}).status_code == 200

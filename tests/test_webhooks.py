@@ -217,7 +217,7 @@ def test_sendgrid_events_update_status_engagement_and_consent(client, session, c
         "status": "opted_out", "source": "sendgrid:unsubscribe", "changed_at": consent_of(
             session, third.customer_id)["email"]["changed_at"]}
     repeat = _sendgrid(client, ctx, signing_key, events)
-    assert repeat.json() == {"applied": 0, "duplicate": 5, "ignored": 0}
+    assert repeat.json() == {"applied": 0, "duplicate": 5, "ignored": 0, "invalid": 0}
 
 
 def test_sendgrid_forged_or_stale_batches_are_refused(client, session, ctx, shop, signing_key):
