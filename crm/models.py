@@ -7,7 +7,18 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Float, Index, Integer, LargeBinary, Numeric, String, Table, Unicode, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Table,
+    Unicode,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 from crm.types import JSONType, UTCDateTime
