@@ -37,7 +37,8 @@ async def twilio_status(request: Request, session: SessionDep, ctx: ContextDep) 
     """Twilio's message status callback (X-Twilio-Signature checked; a repeat changes nothing)."""
     params = await _form(request)
     webhooks.verify_twilio(ctx, _public_url(request, ctx), params, request.headers.get("X-Twilio-Signature"))
-    return await run_in_threadpool(webhooks.twilio_status, session, ctx, params)
+    return await run_in_threadpool(webhooks.twilio_status, session, ctx, params,
+                                   request.query_params.get("message_id"))
 
 
 @router.post("/webhooks/twilio/inbound", tags=["webhooks"], response_class=Response)

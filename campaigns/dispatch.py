@@ -148,6 +148,18 @@ def _sent_counts(session: Session, customer_ids: list[int], exclude: list[int], 
     return pl.DataFrame(rows, schema={"customer_id": pl.Int64, "channel": pl.String, "n": pl.Int64}, orient="row")
 
 
+def _provider_ids(session: Session, customer_ids: list[int]) -> dict[int, set[str]]:
+    """The provider ids our messages to these customers already hold (a reconciled message never claims them)."""
+    if not customer_ids:
+        return {}
+    query = text("SELECT customer_id, provider_id FROM message WHERE customer_id IN :ids AND provider_id IS NOT NULL"
+                 ).bindparams(bindparam("ids", expanding=True))
+    out: dict[int, set[str]] = {}
+    for customer_id, provider_id in session.connection().execute(query, {"ids": customer_ids}):
+        out.setdefault(customer_id, set()).add(provider_id)
+    return out
+
+
 def _consents(session: Session, customer_ids: list[int]) -> dict[tuple[int, str], str]:
     query = text("SELECT customer_id, channel, status FROM consent WHERE customer_id IN :ids"
                  ).bindparams(bindparam("ids", expanding=True))
@@ -420,8 +432,12 @@ class Dispatcher:
                                            M.c.channel.in_(channels)).order_by(M.c.id).limit(limit)
             rows = _rows(session.connection().execute(query))
             ready, _ = Renderer(session, self.ctx).render(rows)
+            claimed = _provider_ids(session, sorted({r["customer_id"] for r in rows}))
             for row, outgoing in ready:
-                found = self.senders[row["channel"]].reconcile(outgoing, row["send_at"])
+                found = self.senders[row["channel"]].reconcile(
+                    outgoing, row["send_at"], frozenset(claimed.get(row["customer_id"], ())))
+                if found.found and found.provider_id:
+                    claimed.setdefault(row["customer_id"], set()).add(found.provider_id)
                 if found.found:
                     _set(session, row["id"], status="sent", provider_id=found.provider_id, sent_at=now,
                          reason="reconciled", updated_at=now)

@@ -75,13 +75,20 @@ def verify_twilio(ctx: Context, url: str, params: dict[str, str], signature: str
         raise Rejected("the Twilio signature does not match")
 
 
-def twilio_status(session: Session, ctx: Context, params: dict[str, str]) -> dict[str, Any]:
-    """A status callback: sent / delivered / undelivered / failed for the message Twilio names."""
+def twilio_status(session: Session, ctx: Context, params: dict[str, str], message_id: str | None = None
+                  ) -> dict[str, Any]:
+    """A status callback: sent / delivered / undelivered / failed for the message Twilio names.
+
+    The callback URL carries our own message id (signed with it by Twilio): a message whose answer a dispatcher
+    lost (a crash between Twilio taking it and our recording it) is recognised by it and recorded as sent with
+    Twilio's sid — before a reconciliation could mistake a rewritten body for "never taken" and send it again."""
     now = ctx.clock.now()
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
     if not first_time(session, "twilio", f"{sid}:{status}", now):
         return {"duplicate": True}
     message = session.exec(select(Message).where(Message.provider_id == sid)).first()
+    if message is None and sid and message_id is not None and message_id.isdigit() and int(message_id) < 2**63:
+        message = _lost_message(session, int(message_id), sid, now)
     target = TWILIO_STATUS.get(status)
     if message is None or target is None:
         return {"ignored": True}
@@ -91,6 +98,20 @@ def twilio_status(session: Session, ctx: Context, params: dict[str, str]) -> dic
         record_consent(session, ctx, customer_id=message.customer_id, channel=Channel.sms,
                        status=ConsentStatus.opted_out, source="twilio:21610", actor="twilio")
     return {"message_id": message.id, "status": message.status, "changed": moved}
+
+
+def _lost_message(session: Session, message_id: int, sid: str, now: datetime) -> Message | None:
+    """Our SMS whose provider id we never recorded (unknown, still sending, or waiting to be sent again)."""
+    message = session.get(Message, message_id)
+    if message is None or message.channel != "sms" or message.provider_id is not None or \
+            message.status not in ("sending", "unknown", "planned") or (message.status == "planned"
+                                                                        and not message.attempts):
+        return None
+    message.status, message.provider, message.provider_id = "sent", "twilio", sid
+    message.sent_at, message.reason, message.worker, message.lease_until = now, "callback_recovered", None, None
+    message.updated_at = now
+    session.add(message)
+    return message
 
 
 def sms_keyword(body: str, keywords: KeywordSetting | None = None) -> str | None:

@@ -218,14 +218,18 @@ async def post_import(kind: str, request: Request, session: SessionDep, ctx: Con
     content_type = request.headers.get("content-type", "text/csv").split(";")[0].strip().lower()
     fmt = "ndjson" if content_type in ("application/x-ndjson", "application/ndjson", "application/jsonl") else "csv"
     # The body is spooled to a temporary file as it arrives, so a large upload never sits in memory.
+    limit = ctx.settings.import_max_bytes
     with tempfile.TemporaryFile() as spool:
         async for chunk in request.stream():
             spool.write(chunk)
+            if spool.tell() > limit:  # refused while it arrives: the disk is not filled first
+                raise ingest.ImportTooLarge(f"the upload is larger than {limit} bytes (CRM_IMPORT_MAX_BYTES)",
+                                            errors=[{"field": "body", "reason": f"more than {limit} bytes"}])
         spool.seek(0)
         # On threads of their own: a long import must not hold one of the few threads short reads run on.
         job = await anyio.to_thread.run_sync(functools.partial(
             ingest.run_import, session, ctx, kind=kind, chunks=iter(lambda: spool.read(4 << 20), b""), fmt=fmt,
-            source=f"api:{request.headers.get('x-filename', 'upload')}", actor=principal.actor),
+            source=f"api:{request.headers.get('x-filename', 'upload')}"[:300], actor=principal.actor),
             limiter=request.app.state.import_threads)
     return ImportJobRead(**job.model_dump())
 

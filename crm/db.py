@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -17,9 +19,23 @@ def make_engine(url: str, **kwargs) -> Engine:
     """Create an engine; SQLite gets WAL, foreign keys and working SAVEPOINTs."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs)
+        private_file(engine.url.database)
         _tune_sqlite(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def private_file(path: str | None) -> None:
+    """The embedded database file readable by its owner only (0600): attributes, birthdays and the audit trail are
+    plaintext there. Created so before SQLite opens it; its WAL and shared-memory files take the same mode."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(target, os.O_CREAT | os.O_RDWR, 0o600))
+    for companion in (target, target.with_name(target.name + "-wal"), target.with_name(target.name + "-shm")):
+        if companion.exists():
+            companion.chmod(0o600)
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, select
 
 from crm import audit
@@ -44,36 +47,78 @@ class ImportRejected(InvalidInput):
     """The file as a whole cannot be imported (unknown kind or format, missing columns, no header)."""
 
 
-def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int) -> Iterator[bytes]:
+class ImportTooLarge(ImportRejected):
+    """An upload beyond a size limit (413, naming the limit)."""
+
+    status = 413
+    title = "Payload too large"
+
+
+_QUOTE_OR_NEWLINE = re.compile(rb'["\n]')
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def unify_newlines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lone CR line endings (old Mac exports) as LF; CRLF stays. A CR at a chunk's end waits for the next byte."""
+    carry = b""
+    for chunk in chunks:
+        chunk = carry + chunk
+        carry = b""
+        if chunk.endswith(b"\r"):
+            chunk, carry = chunk[:-1], b"\r"
+        yield _LONE_CR.sub(b"\n", chunk) if b"\r" in chunk else chunk
+    if carry:
+        yield b"\n"
+
+
+def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int, max_record_bytes: int | None = None,
+                  max_total_bytes: int | None = None) -> Iterator[bytes]:
     """Regroup arbitrary byte chunks into blocks of about block_bytes ending on record boundaries.
 
-    With `quoted` (CSV) a newline inside a quoted field is not a boundary.
+    With `quoted` (CSV) a newline inside a quoted field is not a boundary. One pass over the bytes: the quote state
+    is carried from chunk to chunk (re-counting quotes from the buffer's start for every newline made an early
+    unterminated quote cost minutes). Memory stays within block_bytes + max_record_bytes: a record that grows past
+    max_record_bytes (no newline: /dev/zero, an unterminated quote, a giant header) stops the import, as does an
+    upload past max_total_bytes.
     """
     buffer = bytearray()
-    for chunk in chunks:
+    base = 0  # absolute offset of buffer[0]
+    ends: deque[int] = deque()  # absolute offsets just past each record boundary in the buffer
+    in_quotes, total = False, 0
+    for chunk in unify_newlines(chunks):
+        start, total = total, total + len(chunk)
+        if max_total_bytes is not None and total > max_total_bytes:
+            raise ImportTooLarge(f"the upload is larger than {max_total_bytes} bytes (CRM_IMPORT_MAX_BYTES)",
+                                 errors=[{"field": "body", "reason": f"more than {max_total_bytes} bytes"}])
         buffer += chunk
-        while len(buffer) >= block_bytes:
-            cut = _record_end(buffer, block_bytes, quoted)
-            if cut == 0:
-                break  # one record longer than the buffer so far: wait for more bytes
-            yield bytes(buffer[:cut])
-            del buffer[:cut]
+        if quoted and (in_quotes or b'"' in chunk):
+            for match in _QUOTE_OR_NEWLINE.finditer(buffer, start - base):
+                if match.group() == b'"':
+                    in_quotes = not in_quotes
+                elif not in_quotes:
+                    ends.append(base + match.end())
+        else:
+            position = buffer.find(b"\n", start - base)
+            while position >= 0:
+                ends.append(base + position + 1)
+                position = buffer.find(b"\n", position + 1)
+        while ends and total - base >= block_bytes:
+            # The last boundary within the block size, else the first one after it.
+            cut = ends.popleft()
+            while ends and ends[0] - base <= block_bytes:
+                cut = ends.popleft()
+            yield bytes(buffer[:cut - base])
+            del buffer[:cut - base]
+            base = cut
+        if max_record_bytes is not None and total - (ends[-1] if ends else base) > max_record_bytes:
+            raise ImportTooLarge(
+                f"a record longer than {max_record_bytes} bytes (CRM_IMPORT_MAX_RECORD_BYTES) after byte "
+                f"{ends[-1] if ends else base}: a missing line end or an unterminated quote?",
+                errors=[{"field": "body", "reason": f"record longer than {max_record_bytes} bytes"}])
     if buffer.strip():
         if not buffer.endswith(b"\n"):
             buffer += b"\n"
         yield bytes(buffer)
-
-
-def _record_end(buffer: bytearray, limit: int, quoted: bool) -> int:
-    """Offset just past the last record boundary before `limit` (else the first after it; 0 if none)."""
-    position = buffer.rfind(b"\n", 0, limit)
-    while quoted and position >= 0 and buffer.count(b'"', 0, position) % 2:
-        position = buffer.rfind(b"\n", 0, position)
-    if position < 0:
-        position = buffer.find(b"\n", limit)
-        while quoted and position >= 0 and buffer.count(b'"', 0, position) % 2:
-            position = buffer.find(b"\n", position + 1)
-    return position + 1
 
 
 def _normalise_header(names: Iterable[str]) -> list[str]:
@@ -89,10 +134,24 @@ def _csv_frame(header: list[str], block: bytes, first_row: int) -> tuple[pl.Data
             pl.DataFrame(schema=ERROR_SCHEMA)
     except Exception:  # noqa: BLE001 - polars raises several types for malformed CSV; the slow path judges
         rows, errors = [], []
-        reader = csv.reader(io.StringIO(block.decode("utf-8", errors="replace")))
-        for offset, record in enumerate(reader):
+        # surrogateescape keeps undecodable bytes recognisable, so such a row is refused rather than its bytes
+        # silently becoming U+FFFD (two distinct Latin-1 ids could then collide).
+        reader = csv.reader(io.StringIO(block.decode("utf-8", errors="surrogateescape")))
+        offset = 0
+        while True:
             number = first_row + offset
-            if len(record) > len(header):
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:  # e.g. a field beyond the csv module's size limit
+                errors.append({"row": number, "field": "", "reason": f"unreadable CSV: {error}"[:200]})
+                offset += 1
+                continue
+            offset += 1
+            if any(_UNDECODABLE.search(value) for value in record):
+                errors.append({"row": number, "field": "", "reason": "not UTF-8 text (re-save the file as UTF-8)"})
+            elif len(record) > len(header):
                 errors.append({"row": number, "field": "", "reason":
                                f"expected {len(header)} fields, found {len(record)}"})
             else:  # missing trailing fields are empty, as polars reads them
@@ -100,6 +159,9 @@ def _csv_frame(header: list[str], block: bytes, first_row: int) -> tuple[pl.Data
         frame = pl.DataFrame(rows, schema={ROW: pl.Int64, **{h: pl.String for h in header}}, orient="row")
         return frame.with_columns(pl.col(h).replace("", None) for h in header), \
             pl.DataFrame(errors, schema=ERROR_SCHEMA)
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 def _ndjson_frame(block: bytes, first_row: int, columns: tuple[str, ...]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
@@ -110,8 +172,8 @@ def _ndjson_frame(block: bytes, first_row: int, columns: tuple[str, ...]) -> tup
         number = first_row + offset
         try:
             record = json.loads(line)
-        except ValueError:
-            errors.append({"row": number, "field": "", "reason": "not valid JSON"})
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting a RecursionError
+            errors.append({"row": number, "field": "", "reason": "not valid UTF-8 JSON (or nested too deep)"})
             continue
         if not isinstance(record, dict):
             errors.append({"row": number, "field": "", "reason": "not a JSON object"})
@@ -485,7 +547,7 @@ def run_import(session: Session, ctx: Context, *, kind: str, chunks: Iterable[by
         raise
     except Exception as failure:
         session.rollback()
-        _finish(session, ctx, job, totals, status="failed", message=f"{type(failure).__name__}: {failure}"[:500])
+        _finish(session, ctx, job, totals, status="failed", message=failure_message(failure))
         raise
     else:
         _finish(session, ctx, job, totals, status="completed", message=job.message)
@@ -493,6 +555,17 @@ def run_import(session: Session, ctx: Context, *, kind: str, chunks: Iterable[by
         for lock in liveness:  # after _finish committed: a sweep that gets the lock then sees the final status
             lock.release()
     return job
+
+
+def failure_message(failure: BaseException) -> str:
+    """What a failed job records: a database error only by kind and SQLSTATE — its text quotes the row's values
+    (attributes, say), and the job's message is read by marketers; other failures with their text."""
+    database = isinstance(failure, DBAPIError) or type(failure).__module__.split(".")[0] in ("psycopg", "sqlite3")
+    if database:
+        original = getattr(failure, "orig", failure)
+        code = getattr(original, "sqlstate", None)
+        return f"{type(original).__name__}" + (f" (SQLSTATE {code})" if code else "") + ": a database error"
+    return f"{type(failure).__name__}: {failure}"[:500]
 
 
 @dataclass
@@ -516,12 +589,22 @@ def _prepare_blocks(ctx: Context, job: ImportJob, kind: str, chunks: Iterable[by
     header: list[str] | None = None
     next_row = 1
     bytes_done = 0
-    for block in split_records(chunks, quoted=fmt == "csv", block_bytes=block_bytes):
+    for block in split_records(chunks, quoted=fmt == "csv", block_bytes=block_bytes,
+                               max_record_bytes=settings.import_max_record_bytes,
+                               max_total_bytes=settings.import_max_bytes):
         bytes_done += len(block)
         if fmt == "csv":
             if header is None:
                 first, _, block = block.partition(b"\n")
-                header = _normalise_header(next(csv.reader([first.decode("utf-8", errors="replace")]), []))
+                try:
+                    header = _normalise_header(next(csv.reader([first.decode("utf-8")]), []))
+                except (csv.Error, UnicodeDecodeError) as unreadable:
+                    raise ImportRejected("the header line is not readable UTF-8 CSV",
+                                         errors=[{"field": "header", "reason": type(unreadable).__name__}]) from None
+                if len(header) > settings.import_max_columns:
+                    raise ImportRejected(
+                        f"the header has {len(header)} columns; at most {settings.import_max_columns} "
+                        "(CRM_IMPORT_MAX_COLUMNS)", errors=[{"field": "header", "reason": "too many columns"}])
                 present |= _check_header(spec, header, job)
                 if not block.strip():
                     continue

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # An empty fact table on PostgreSQL is filled by COPY with its indexes rebuilt at the end (see BulkLoad).
     import_bulk_load: bool = True
     import_max_reported_errors: int = Field(default=1_000, ge=1)
+    # Upload limits (memory per upload stays within import_block_bytes + import_max_record_bytes).
+    import_max_bytes: int = Field(default=8 * 1024**3, ge=1024)
+    import_max_record_bytes: int = Field(default=1024**2, ge=1024)
+    import_max_columns: int = Field(default=200, ge=10)
     api_page_max: int = Field(default=500, ge=1)
     # Threads an API worker process runs route code on at once (FastAPI's default is 40). They share one interpreter
     # lock: forty requests interleaved each took many times longer, where four at a time keep the tail short
@@ -82,6 +86,8 @@ class Settings(BaseSettings):
     dispatch_backoff_max_seconds: float = Field(default=3600.0, gt=0)
     dispatch_lease_seconds: float = Field(default=120.0, gt=0)
     dispatch_poll_seconds: float = Field(default=5.0, gt=0)
+    # How far our clock may run ahead of a provider's when we ask it whether it took a message we lost track of.
+    provider_clock_skew_seconds: float = Field(default=900.0, ge=0)
     webhook_max_age_seconds: int = Field(default=300, ge=1)
     # Scheduler: local times are in scheduler_time_zone (empty: default_time_zone); see crm/schedules.py.
     scheduler_time_zone: str = ""

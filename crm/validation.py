@@ -209,6 +209,10 @@ def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_l
     cols: list[pl.Expr] = [pl.col(ROW), blank_to_null("external_id").alias("external_id")]
     checks.add(_missing("external_id"), "external_id", "missing")
     checks.add(pl.col("external_id").str.len_chars() > 128, "external_id", "longer than 128 characters")
+    # A '/' can never be addressed in /customers/{id} (a proxy or the server decodes %2F before routing), and an
+    # id that cannot be addressed cannot be exported or erased.
+    checks.add(pl.col("external_id").str.contains("/", literal=True).fill_null(False), "external_id",
+               "contains '/': customer ids must be usable in a URL path")
     if present(frame, "email"):
         email = pl.col("email__parsed")
         checks.add(_unparsable("email", email), "email", "not a valid email address")
@@ -360,8 +364,38 @@ def validate_events(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return good.filter(pl.col("external_id").str.len_chars() <= 200), pl.concat([errors, bad_key])
 
 
+# The longest text each imported column may hold (the database column's size): a longer value is refused per row,
+# instead of failing the whole file on PostgreSQL (SQLite would store it).
+TEXT_LIMITS = {
+    "customers": {"external_id": 128, "membership_level": 32, "consent_source": 64, "locale": 16},
+    "orders": {"external_id": 128, "customer_external_id": 128, "coupon_code": 64},
+    "order_items": {"order_external_id": 128, "sku": 64, "category": 64},
+    "events": {"external_id": 200, "customer_external_id": 128, "type": 32},
+}
+MAX_TEXT_CHARS = 100_000  # any other text value (attributes, properties)
+
+
+def text_checks(kind: str, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows whose text no database can store as given: a NUL character (PostgreSQL refuses it in text and JSON),
+    or a value longer than its column."""
+    checks = Checks()
+    limits = TEXT_LIMITS.get(kind, {})
+    for column, dtype in frame.schema.items():
+        if column == ROW or dtype != pl.String:
+            continue
+        checks.add(pl.col(column).str.contains("\x00", literal=True) |
+                   pl.col(column).str.contains("\\u0000", literal=True), column, "contains a NUL character")
+        longest = limits.get(column, MAX_TEXT_CHARS)
+        checks.add(pl.col(column).str.len_chars() > longest, column, f"longer than {longest} characters")
+    return checks.split(frame)
+
+
 def validate(kind: str, frame: pl.DataFrame, **defaults) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Dispatch to the kind's validator."""
+    """Dispatch to the kind's validator (after the checks every kind shares)."""
+    frame, refused = text_checks(kind, frame)
     if kind == "customers":
-        return validate_customers(frame, **defaults)
-    return {"orders": validate_orders, "order_items": validate_order_items, "events": validate_events}[kind](frame)
+        good, errors = validate_customers(frame, **defaults)
+    else:
+        good, errors = {"orders": validate_orders, "order_items": validate_order_items,
+                        "events": validate_events}[kind](frame)
+    return good, pl.concat([refused, errors]).sort("row") if not refused.is_empty() else errors

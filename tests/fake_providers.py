@@ -16,7 +16,8 @@ import json
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -54,13 +55,16 @@ class FakeState:
                 return dict(fault)
         return None
 
-    def accept(self, provider: str, message_id: str | None, to: str, body: str, extra: dict | None = None) -> dict:
-        """Record an accepted message and give it a provider id."""
+    def accept(self, provider: str, message_id: str | None, to: str, body: str, extra: dict | None = None,
+               clock_offset: float = 0.0) -> dict:
+        """Record an accepted message and give it a provider id (its time on the provider's clock, which may be
+        `clock_offset` seconds off ours)."""
         with self.lock:
             self.sequence += 1
+            at = datetime.now(UTC) + timedelta(seconds=clock_offset)
             record = {"provider": provider, "message_id": message_id, "to": to, "body": body,
                       "sid": f"{'SM' if provider == 'twilio' else provider}{self.sequence:032d}",
-                      "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **(extra or {})}
+                      "at": at.strftime("%Y-%m-%dT%H:%M:%SZ"), **(extra or {})}
             self.accepted.append(record)
             return record
 
@@ -158,9 +162,11 @@ class Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _twilio_message(m: dict) -> dict:
+        # Twilio writes its dates in RFC 2822 ("Tue, 01 Dec 2026 20:00:00 +0000"), as the SDK parses them.
+        stamp = format_datetime(datetime.strptime(m["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC))
         return {"sid": m["sid"], "status": "queued", "to": m["to"], "from": m.get("from"), "body": m["body"],
-                "account_sid": m.get("account_sid"), "num_segments": "1", "date_created": m["at"],
-                "date_sent": m["at"], "messaging_service_sid": m.get("messaging_service_sid")}
+                "account_sid": m.get("account_sid"), "num_segments": "1", "date_created": stamp,
+                "date_sent": stamp, "messaging_service_sid": m.get("messaging_service_sid")}
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         """Sends, the OAuth token, and the fake's controls."""
@@ -197,9 +203,13 @@ class Handler(BaseHTTPRequestHandler):
             return None
         callback = form.get("StatusCallback", "")
         message_id = parse_qs(urlsplit(callback).query).get("message_id", [None])[0]
-        record = STATE.accept("twilio", message_id, to, form.get("Body", ""),
+        body = form.get("Body", "")
+        if fault and fault.get("rewrite"):  # as Twilio's smart encoding and an appended opt-out footer would
+            body = body.replace("'", "\u2019").replace(" - ", " \u2013 ") + " Reply STOP to unsubscribe."
+        record = STATE.accept("twilio", message_id, to, body,
                               {"from": form.get("From"), "messaging_service_sid": form.get("MessagingServiceSid"),
-                               "account_sid": account, "status_callback": callback})
+                               "account_sid": account, "status_callback": callback},
+                              clock_offset=float(fault.get("clock_offset", 0)) if fault else 0.0)
         if self._fault_after(fault):
             return None
         return self._reply(201, self._twilio_message(record))

@@ -250,3 +250,43 @@ def test_a_message_waiting_to_retry_keeps_its_cap_slot_against_lower_priorities(
     _dispatch(shop)
     assert shop.messages()[retrying]["status"] == "sent" and rows[sent]["status"] == "sent"
     assert [m["message_id"] for m in providers.accepted("twilio")] == [str(retrying)]
+
+
+def test_a_message_twilio_took_and_rewrote_is_reconciled_not_resent(shop, providers):
+    """Twilio's smart encoding and an opt-out footer change the body it keeps: an exact match said "never taken"
+    and the message went out twice."""
+    (message,) = shop.add_messages([{"customer_id": shop.customers["C1"]}])
+    providers.faults({"provider": "twilio", "kind": "timeout", "seconds": 2, "times": 1, "rewrite": True})
+    assert _dispatch(shop)["unknown"] == 1
+    assert _dispatch(shop)["reconciled_sent"] == 1
+    shop.ctx.clock.advance(timedelta(hours=2))
+    _dispatch(shop)
+    accepted = providers.accepted("twilio")
+    assert len(accepted) == 1 and accepted[0]["body"].endswith("Reply STOP to unsubscribe.")
+    assert shop.messages()[message]["provider_id"] == accepted[0]["sid"]
+
+
+def test_a_host_clock_ahead_of_twilios_does_not_make_a_taken_message_look_lost(shop, providers):
+    """Our clock 10 minutes ahead of Twilio's: the lookup from `send_at − 1 minute` found nothing and resent."""
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
+    shop.ctx.clock = FixedClock(ahead)
+    # A notice (transactional): this runs at the real time of day, which may be inside the customer's quiet hours.
+    (message,) = shop.add_messages([{"customer_id": shop.customers["C2"], "send_at": ahead, "transactional": True,
+                                     "expires_at": ahead + timedelta(days=1)}])
+    providers.faults({"provider": "twilio", "kind": "timeout", "seconds": 2, "times": 1})
+    assert _dispatch(shop)["unknown"] == 1
+    assert _dispatch(shop)["reconciled_sent"] == 1
+    assert len(providers.accepted("twilio")) == 1 and shop.messages()[message]["status"] == "sent"
+
+
+def test_reconciliation_never_claims_a_message_another_of_ours_holds(shop, providers):
+    """Twilio's list for the number holds only the customer's other SMS — recorded with its sid, and body for body
+    the same as the lost one: claiming it would mark the lost one sent and never send it."""
+    (sent,) = shop.add_messages([{"customer_id": shop.customers["C3"]}])
+    assert _dispatch(shop)["sent_sms"] == 1
+    (lost,) = shop.add_messages([{"customer_id": shop.customers["C3"], "occurrence": "other", "status": "unknown",
+                                  "reason": "worker_lost", "attempts": 1}])
+    counts = _dispatch(shop)
+    assert counts.get("reconciled_sent", 0) == 0 and counts["reconciled_not_found"] == 1
+    rows = shop.messages()
+    assert rows[lost]["status"] == "planned" and rows[sent]["provider_id"] == providers.accepted("twilio")[0]["sid"]

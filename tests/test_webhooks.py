@@ -45,7 +45,7 @@ def shop(session, ctx, signing_key):
     return campaign
 
 
-def _message(session, ctx, campaign, external_id, channel="sms", provider_id="SM1", status="sent"):
+def _message(session, ctx, campaign, external_id, channel="sms", provider_id="SM1", status="sent", occurrence=None):
     now = ctx.clock.now()
     message = Message(campaign_id=campaign.id, occurrence="2026-11-01", customer_id=customer_by_external_id(
         session, external_id).id, channel=channel, status=status, priority=0, transactional=False, send_at=now,
@@ -292,3 +292,70 @@ def test_admin_retries_a_dead_message(client, session, ctx, shop, auth_header):
     assert message.id not in [m["id"] for m in dead]
     counts = client.get("/messages/counts", headers=auth_header(Role.support)).json()
     assert counts["sms"]["planned"] == 1
+
+
+def _sendgrid_raw(client, ctx, key, body: str):
+    timestamp = str(int(ctx.clock.now().timestamp()))
+    signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+    return client.post("/webhooks/sendgrid/events", content=body, headers={
+        "X-Twilio-Email-Event-Webhook-Signature": signature, "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+        "Content-Type": "application/json"})
+
+
+def test_a_poisoned_sendgrid_batch_still_applies_its_good_events(client, session, ctx, shop, signing_key):
+    """One event with a bad timestamp used to make the whole signed batch a 500: SendGrid retried it for ever and
+    the unsubscribe in it never applied. Events without an id no longer all dedupe under ''."""
+    from crm.models import Channel, ConsentStatus
+    from crm.service import record_consent
+
+    c3 = customer_by_external_id(session, "C3").id
+    record_consent(session, ctx, customer_id=c3, channel=Channel.email, status=ConsentStatus.opted_in,
+                   source="test", actor="test", at=ctx.clock.now() - timedelta(days=1))
+    at = int(ctx.clock.now().timestamp())
+    events = [{"event": "delivered", "sg_event_id": "p1", "timestamp": "yesterday", "email": "user1@example.com"},
+              {"event": "delivered", "sg_event_id": "p2", "timestamp": 10**15, "email": "user1@example.com"},
+              {"event": "unsubscribe", "sg_event_id": "p3", "timestamp": at, "email": "user3@example.com"},
+              {"event": "open", "timestamp": at, "email": "user2@example.com", "message_id": "1" * 40},
+              {"event": "open", "timestamp": at + 1, "email": "user2@example.com"}]
+    answer = _sendgrid(client, ctx, signing_key, events)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"applied": 3, "duplicate": 0, "ignored": 0, "invalid": 2}
+    assert consent_of(session, c3)["email"]["status"] == "opted_out"
+    again = _sendgrid(client, ctx, signing_key, events)
+    assert again.json()["duplicate"] == 3  # the id-less events dedupe by content, each on its own
+    deep = _sendgrid_raw(client, ctx, signing_key, "[" * 100_000 + "]" * 100_000)
+    assert deep.status_code == 422 and deep.headers["content-type"] == "application/problem+json"
+
+
+def test_a_status_callback_recovers_a_message_whose_answer_was_lost(client, session, ctx, shop):
+    """A worker killed after Twilio took the message: the callback (our id in its signed URL) records it sent."""
+    message = _message(session, ctx, shop, "C1", provider_id=None, status="unknown")
+    params = {"MessageSid": "SMlost", "MessageStatus": "sent", "AccountSid": "AC1"}
+    assert _twilio(client, f"/webhooks/twilio/status?message_id={message.id}", params).status_code == 200
+    session.refresh(message)
+    assert (message.status, message.provider_id, message.reason) == ("sent", "SMlost", "callback_recovered")
+    # A callback naming a message we did record is matched by Twilio's sid, as before.
+    other = _message(session, ctx, shop, "C2", provider_id="SMknown")
+    assert _twilio(client, f"/webhooks/twilio/status?message_id={message.id}", {
+        "MessageSid": "SMknown", "MessageStatus": "delivered", "AccountSid": "AC1"}).status_code == 200
+    session.refresh(other)
+    session.refresh(message)
+    assert other.status == "delivered" and message.provider_id == "SMlost"
+
+
+def test_non_ascii_tokens_are_invalid_not_an_error(client, session, ctx, shop):
+    assert client.get("/unsubscribe/é.x").status_code == 404
+    assert client.post("/unsubscribe/é.x").status_code == 404
+    from console.session import user_of
+
+    assert user_of(session, ctx, "é.x") is None
+    page = client.get("/console/", headers={"Cookie": "crm_console=é.x".encode()}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/console/login")
+
+
+def test_the_unsubscribe_page_cannot_be_framed(client, session, ctx, shop):
+    customer = customer_by_external_id(session, "C1")
+    link = unsubscribe_url(ctx, customer.id)
+    page = client.get(link[len(ctx.settings.public_base_url):])
+    assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from campaigns.channels.base import Sender
 from campaigns.channels.local import CallTaskSender, ConsoleSender
 from crm.settings import Settings
@@ -17,7 +19,8 @@ def build_senders(settings: Settings, *, console_show: int | None = None) -> dic
         senders["sms"] = TwilioSmsSender(
             account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
             messaging_service_sid=settings.twilio_messaging_service_sid, from_number=settings.twilio_from,
-            base_url=settings.twilio_base_url, status_callback=callback, timeout=settings.provider_timeout_seconds)
+            base_url=settings.twilio_base_url, status_callback=callback, timeout=settings.provider_timeout_seconds,
+            clock_skew=timedelta(seconds=settings.provider_clock_skew_seconds))
     else:
         senders["sms"] = ConsoleSender("sms", show=console_show)
     if settings.email_provider == "sendgrid":

@@ -57,7 +57,8 @@ class Sender(Protocol):
         """Hand one message to the provider and classify the answer (never raises for provider faults)."""
         ...
 
-    def reconcile(self, message: Outgoing, since: datetime) -> Reconciled:
+    def reconcile(self, message: Outgoing, since: datetime, known_provider_ids: frozenset[str] = frozenset()
+                  ) -> Reconciled:
         """Ask the provider whether it took this message after `since` (only when can_reconcile)."""
         ...
 

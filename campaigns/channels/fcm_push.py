@@ -82,6 +82,6 @@ class FcmPushSender:
                     return result
         return results[0] if results else SendResult(FAILED, error="no push token")
 
-    def reconcile(self, message: Outgoing, since) -> Reconciled:  # pragma: no cover - can_reconcile is False
+    def reconcile(self, message: Outgoing, since, known_provider_ids: frozenset[str] = frozenset()) -> Reconciled:  # pragma: no cover - can_reconcile is False
         """FCM cannot be asked about a message after the fact."""
         raise NotImplementedError

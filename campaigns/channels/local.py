@@ -29,7 +29,7 @@ class ConsoleSender:
                                    f"{text[:80]}\n")
         return SendResult(SENT, provider_id=f"console-{message.message_id}")
 
-    def reconcile(self, message: Outgoing, since) -> Reconciled:  # pragma: no cover - can_reconcile is False
+    def reconcile(self, message: Outgoing, since, known_provider_ids: frozenset[str] = frozenset()) -> Reconciled:  # pragma: no cover - can_reconcile is False
         """The console keeps nothing."""
         raise NotImplementedError
 
@@ -46,6 +46,6 @@ class CallTaskSender:
         """Accept the message; the task row is written with the result."""
         return SendResult(SENT, provider_id=f"task-{message.message_id}")
 
-    def reconcile(self, message: Outgoing, since) -> Reconciled:
+    def reconcile(self, message: Outgoing, since, known_provider_ids: frozenset[str] = frozenset()) -> Reconciled:
         """A task committed with its message would not be in doubt: not found, safe to create again."""
         return Reconciled(False)

@@ -69,6 +69,6 @@ class SendGridEmailSender:
         headers = {k.lower(): v for k, v in dict(response.headers or {}).items()}
         return SendResult(SENT, provider_id=headers.get("x-message-id"))
 
-    def reconcile(self, message: Outgoing, since) -> Reconciled:  # pragma: no cover - can_reconcile is False
+    def reconcile(self, message: Outgoing, since, known_provider_ids: frozenset[str] = frozenset()) -> Reconciled:  # pragma: no cover - can_reconcile is False
         """SendGrid cannot be asked about a message by our id."""
         raise NotImplementedError

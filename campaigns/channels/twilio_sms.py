@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import unicodedata
 from datetime import datetime, timedelta
 
 import requests
@@ -48,12 +49,14 @@ class TwilioSmsSender:
     channel, provider, can_reconcile = "sms", "twilio", True
 
     def __init__(self, *, account_sid: str, auth_token: str, messaging_service_sid: str = "", from_number: str = "",
-                 base_url: str = "", status_callback: str = "", timeout: float = 10.0) -> None:
+                 base_url: str = "", status_callback: str = "", timeout: float = 10.0,
+                 clock_skew: timedelta = timedelta(minutes=15)) -> None:
         if not (messaging_service_sid or from_number):
             raise ValueError("twilio needs a messaging service sid or a from number")
         self._account_sid, self._auth_token = account_sid, auth_token
         self._service, self._from = messaging_service_sid, from_number
         self._base_url, self._callback, self._timeout = base_url, status_callback, timeout
+        self._skew = clock_skew
         self._local = threading.local()
 
     def _client(self) -> Client:
@@ -94,11 +97,31 @@ class TwilioSmsSender:
             return SendResult(AMBIGUOUS, error=f"twilio timed out: {type(error).__name__}")
         return SendResult(SENT, provider_id=created.sid)
 
-    def reconcile(self, message: Outgoing, since: datetime) -> Reconciled:
-        """Look the message up by recipient, time and body (Twilio keeps every message it accepted)."""
-        found = self._client().messages.list(to=message.to[0], date_sent_after=since - timedelta(minutes=1),
-                                             limit=100)
-        for item in found:
-            if item.body == message.parts["body"]:
+    def reconcile(self, message: Outgoing, since: datetime, known_provider_ids: frozenset[str] = frozenset()
+                  ) -> Reconciled:
+        """Find the message Twilio took, if it did: among the messages to the recipient created since `since`
+        (less the clock-skew margin — our host's clock may run ahead of Twilio's), the one with our body (also
+        when Twilio rewrote it: smart encoding, an appended opt-out footer), else any that none of our messages
+        claims. `known_provider_ids`: the sids our other messages to this customer already hold."""
+        earliest = since - self._skew
+        listed = self._client().messages.list(to=message.to[0], limit=100)
+        candidates = [item for item in listed if item.sid not in known_provider_ids
+                      and ((item.date_created or item.date_sent) is None
+                           or (item.date_created or item.date_sent) >= earliest)]
+        ours = _comparable(message.parts["body"])
+        for item in candidates:
+            theirs = _comparable(item.body or "")
+            if theirs == ours or theirs.startswith(ours) or (ours.startswith(theirs) and len(theirs) > 20):
                 return Reconciled(True, item.sid)
-        return Reconciled(False)
+        # Unclaimed by any message of ours yet sent to this number in the window: ours, rewritten beyond
+        # recognition. Claiming it can at worst miss a send; resending could send twice.
+        return Reconciled(True, candidates[-1].sid) if candidates else Reconciled(False)
+
+
+def _comparable(body: str) -> str:
+    """A body as compared after Twilio may have re-encoded it: NFKC, smart quotes and dashes plain, no spaces."""
+    plain = unicodedata.normalize("NFKC", body).translate(SMART_CHARACTERS)
+    return "".join(plain.split())
+
+
+SMART_CHARACTERS = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "..."})
