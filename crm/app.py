@@ -8,12 +8,14 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from campaigns import api as campaigns_api
@@ -128,8 +130,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(ctx: Context | None = None) -> FastAPI:
     """Build the app around a Context (the default one reads CRM_* settings)."""
     ctx = ctx or build_context(get_settings())
-    app = FastAPI(title="CRM retention service", version="0.1.0", lifespan=_lifespan,
+    app = FastAPI(title="CRM retention service", version="0.1.0", lifespan=_lifespan, docs_url=None, redoc_url=None,
                   description="Segmentation, churn risk and guarded retention campaigns for e-commerce shops.")
+    _install_local_docs(app)
     app.state.ctx = ctx
     app.state.import_threads = anyio.CapacityLimiter(ctx.settings.api_import_threads)
     app.state.auth_throttle = FailureThrottle(ctx.settings.auth_failure_limit,
@@ -156,6 +159,35 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     _install_metrics(app)  # outermost: its latency includes the wait for a place
     _document_customer_filters(app)
     return app
+
+
+SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+
+
+def _install_local_docs(app: FastAPI) -> None:
+    """Swagger UI served by the app itself (FastAPI's default loads it from a CDN: blank offline, and a third party
+    sees who reads the docs)."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    root = Path(swagger_ui_path)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} — API",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="data:,", oauth2_redirect_url="/docs/oauth2-redirect")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/docs/static/{file}", include_in_schema=False)
+    def docs_static(file: str) -> Response:
+        if file not in SWAGGER_FILES:
+            return Response(status_code=404)
+        return FileResponse(root / file, media_type=SWAGGER_FILES[file], headers={"Cache-Control": "max-age=86400"})
 
 
 def _document_customer_filters(app: FastAPI) -> None:

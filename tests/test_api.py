@@ -277,3 +277,14 @@ def test_a_consent_statement_dated_in_the_future_is_refused(client, session, ctx
     past = client.post("/customers/C1/consents", json={"channel": "sms", "status": "opted_out",
                                                         "at": "2026-10-01T00:00:00"}, headers=auth_header(Role.support))
     assert past.status_code == 200 and past.json()[-1]["status"] == "opted_out"
+
+
+def test_the_api_docs_work_offline(client):
+    """FastAPI's /docs loads Swagger UI from a CDN: blank without the internet. Ours come from the app."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/docs/static/swagger-ui-bundle.js" in page.text
+    assert "cdn." not in page.text and "https://" not in page.text.split("<body>")[0]
+    script = client.get("/docs/static/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.text
+    assert client.get("/docs/static/swagger-initializer.js").status_code == 404  # only what /docs needs
+    assert client.get("/redoc").status_code == 404  # ReDoc would come from a CDN too
