@@ -150,15 +150,17 @@ def test_marketer_runs_a_dry_run_and_sees_the_chart_drawn(browser, served):
     _sign_in(page, base, keys[Role.marketer])
     page.goto(f"{base}/console/campaigns?lang=en")
     _shot(page, "06-campaigns")
-    page.click("text=At-risk retention")
+    page.click("text=At-risk retention (regular)")
     page.click("#dry-run")
     page.wait_for_selector("#exclusions-chart[data-drawn='true']", timeout=15_000)
     assert page.locator("#exclusions-chart svg.main-svg").count() >= 1  # plotly drew into the element
     assert page.locator("#exclusions-chart .bars .point").count() >= 2  # one bar per exclusion reason
     assert int(page.inner_text("#dry-audience")) > 0
     _shot(page, "07-campaign-dry-run")
-    # Pause, then resume: resuming passes the fairness gate again, which refuses this offer while the newcomers'
-    # 50-off plan is active — the page says why instead of resuming.
+    # Pause, then resume the loyal tiers' at-risk plan: resuming passes the fairness gate again, which refuses its
+    # offer while the newcomers' 50-off plan is active — the page says why instead of resuming.
+    page.goto(f"{base}/console/campaigns?lang=en")
+    page.click("text=At-risk care (VIP, potential)")
     page.click("#toggle-status")
     page.wait_for_selector("#campaign-status:has-text('paused')")
     page.click("#toggle-status")

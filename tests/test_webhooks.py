@@ -133,6 +133,8 @@ def test_inbound_start_opts_back_in_and_help_answers(client, session, ctx, shop)
     assert "<Message>" in again.text
     helped = _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "c", "Body": "help"})
     assert "TD" in helped.text or "STOP" in helped.text  # the answer says how to opt out
+    chinese = _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "c2", "Body": " 帮助？"})
+    assert "<Message>" in chinese.text and "TD" in chinese.text
     chatter = _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "d", "Body": "thanks, see you"})
     assert "<Message>" not in chatter.text
     assert consent_of(session, customer.id)["sms"]["status"] == "opted_in"
