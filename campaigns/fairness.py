@@ -14,7 +14,8 @@ REFERENCE_PRICES = (50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0)
 
 @dataclass(frozen=True)
 class OfferReach:
-    """One campaign's offer and whom it reaches: tiers (empty = every tier) and whether it targets new customers."""
+    """One campaign's offer and whom it reaches: tiers (empty = every tier) less the excluded ones, and whether it
+    targets new customers."""
 
     campaign: str
     tiers: tuple[str, ...]
@@ -22,6 +23,11 @@ class OfferReach:
     amount_off: float | None = None
     percent_off: float | None = None
     min_spend: float = 0.0
+    exclude_tiers: tuple[str, ...] = ()
+
+    def reaches(self, tier: str) -> bool:
+        """Whether the offer reaches customers of this tier."""
+        return (not self.tiers or tier in self.tiers) and tier not in self.exclude_tiers
 
 
 def price_after(offer: OfferReach | None, price: float) -> float:
@@ -42,7 +48,7 @@ def violations(offers: list[OfferReach], loyal_tiers: tuple[str, ...],
     newcomer_offers = [o for o in offers if o.new_customers]
     found = []
     for tier in loyal_tiers:
-        tier_offers = [o for o in offers if not o.new_customers and (not o.tiers or tier in o.tiers)]
+        tier_offers = [o for o in offers if not o.new_customers and o.reaches(tier)]
         for price in points:
             best_new = min((price_after(o, price), o.campaign) for o in newcomer_offers) if newcomer_offers else None
             if best_new is None:

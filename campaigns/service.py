@@ -327,7 +327,8 @@ def _reaches(name: str, spec: CampaignSpec) -> list[OfferReach]:
     newcomers = "first_order_only" in spec.audience.tags or spec.schedule.trigger == "days_after_first_order"
     return [OfferReach(campaign=name, tiers=tuple(spec.audience.tiers), new_customers=newcomers,
                        amount_off=arm.offer.amount_off, percent_off=arm.offer.percent_off,
-                       min_spend=arm.offer.min_spend) for arm in arms if arm.offer is not None]
+                       min_spend=arm.offer.min_spend, exclude_tiers=tuple(spec.audience.exclude_tiers))
+            for arm in arms if arm.offer is not None]
 
 
 def fairness_check(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec) -> list[dict]:

@@ -294,6 +294,9 @@ def test_fairness_flags_newcomers_paying_less_than_a_loyal_tier():
     assert all(v["basket"] < 300 or v["tier"] == "VIP" for v in found)
     fair = OfferReach("everyone", (), False, amount_off=50)
     assert violations([fair, newcomer], ("VIP", "potential")) == []
+    # An offer for every tier *but* the loyal ones does not make their prices fair (exclude_tiers counts).
+    not_loyal = OfferReach("regular only", (), False, amount_off=50, exclude_tiers=("VIP", "potential", "lost"))
+    assert {v["tier"] for v in violations([not_loyal, newcomer], ("VIP", "potential"))} == {"VIP", "potential"}
 
 
 # ---------------------------------------------------------------- templates and SMS
