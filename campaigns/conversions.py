@@ -18,6 +18,7 @@ from crm.context import Context
 from crm.service import orders_frame
 
 log = logging.getLogger(__name__)
+REDEMPTION_LOOKBACK = timedelta(days=90)  # orders imported late still find coupons that expired this long ago
 TOUCH_STATUSES = ("sent", "delivered")
 CONVERSION_TYPES = {"order_id": "int", "message_id": "int", "campaign_id": "int", "customer_id": "int",
                     "channel": "text", "touch": "text", "ordered_at": "timestamp", "revenue": "float",
@@ -63,8 +64,9 @@ def record_redemptions(session: Session, ctx: Context) -> tuple[int, int]:
         f"UPDATE message SET redeemed_order_id = ({first.format(column='id')}), "
         f"redeemed_discount = ({first.format(column='discount')}), redeemed_at = :now "
         "WHERE message.coupon_code IS NOT NULL AND message.redeemed_order_id IS NULL "
+        "AND message.valid_until >= :since "  # a coupon can only be redeemed while it is valid
         "AND EXISTS (SELECT 1 FROM orders o WHERE o.coupon_code = message.coupon_code)".replace(
-            "m.coupon_code", "message.coupon_code")), {"now": now}).rowcount or 0
+            "m.coupon_code", "message.coupon_code")), {"now": now, "since": now - REDEMPTION_LOOKBACK}).rowcount or 0
     if not recorded:
         return 0, 0
     rows = connection.execute(text(

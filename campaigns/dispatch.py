@@ -149,11 +149,15 @@ def _sent_counts(session: Session, customer_ids: list[int], exclude: list[int], 
 
 
 def _provider_ids(session: Session, customer_ids: list[int]) -> dict[int, set[str]]:
-    """The provider ids our messages to these customers already hold (a reconciled message never claims them)."""
+    """The provider ids our messages already hold, per customer: theirs and those of every customer sharing their
+    phone number (a household's number gets both their SMS) — a reconciled message never claims one of them."""
     if not customer_ids:
         return {}
-    query = text("SELECT customer_id, provider_id FROM message WHERE customer_id IN :ids AND provider_id IS NOT NULL"
-                 ).bindparams(bindparam("ids", expanding=True))
+    query = text(
+        "SELECT c.id, m.provider_id FROM customer c JOIN customer other "
+        "ON other.id = c.id OR (other.phone_hash = c.phone_hash AND c.phone_hash IS NOT NULL) "
+        "JOIN message m ON m.customer_id = other.id AND m.provider_id IS NOT NULL WHERE c.id IN :ids"
+    ).bindparams(bindparam("ids", expanding=True))
     out: dict[int, set[str]] = {}
     for customer_id, provider_id in session.connection().execute(query, {"ids": customer_ids}):
         out.setdefault(customer_id, set()).add(provider_id)

@@ -20,7 +20,7 @@ from typing import Any
 from jinja2 import Environment, StrictUndefined, TemplateError, nodes
 from jinja2 import visitor as nodes_visitor
 from jinja2.nodes import EvalContext
-from jinja2.runtime import Context
+from jinja2.runtime import Context, markup_join
 from jinja2.sandbox import SandboxedEnvironment
 
 from campaigns.sms import sms_length
@@ -97,10 +97,12 @@ def _check_widths(pattern: str, what: str) -> None:
 
 
 def _concat(*parts: Any) -> str:
-    """The ~ operator, bounded: `{% set a = a ~ a %}` repeated would double a string to gigabytes."""
-    if sum(len(str(p)) if not isinstance(p, str) else len(p) for p in parts) > MAX_VALUE_CHARS:
+    """The ~ operator, bounded: `{% set a = a ~ a %}` repeated would double a string to gigabytes. Joined as Jinja
+    joins it (markup_join: a safe part keeps the result safe and the others escaped)."""
+    texts = [p if isinstance(p, str) else str(p) for p in parts]
+    if sum(len(t) for t in texts) > MAX_VALUE_CHARS:
         raise RenderBudgetExceeded(f"~ would build a string of more than {MAX_VALUE_CHARS} characters")
-    return "".join(p if isinstance(p, str) else str(p) for p in parts)
+    return markup_join(parts)
 
 
 class _Bounded(nodes_visitor.NodeTransformer):

@@ -640,12 +640,14 @@ def _preempt(session: Session, campaign: Campaign, message_ids: list[int], now: 
 
     Only messages still planned and never attempted change; one a dispatcher claimed meanwhile goes on, and the
     dispatcher's own cap check at send time then decides between the two (exactly once either way)."""
-    if not message_ids:
-        return 0
-    result = session.exec(update(Message).where(  # type: ignore[call-overload]
-        Message.id.in_(message_ids), Message.status == "planned", Message.attempts == 0).values(
-        status="preempted", reason=f"preempted_by_campaign_{campaign.id}"[:40], updated_at=now))
-    return result.rowcount or 0
+    changed = 0
+    for start in range(0, len(message_ids), 10_000):  # SQLite binds at most 32,766 values per statement
+        result = session.exec(update(Message).where(  # type: ignore[call-overload]
+            Message.id.in_(message_ids[start:start + 10_000]), Message.status == "planned",
+            Message.attempts == 0).values(status="preempted", reason=f"preempted_by_campaign_{campaign.id}"[:40],
+                                          updated_at=now))
+        changed += result.rowcount or 0
+    return changed
 
 
 def dry_run(session: Session, ctx: Context, campaign_id: int, day: date | None = None, sample_size: int = 5

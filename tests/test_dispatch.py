@@ -290,3 +290,22 @@ def test_reconciliation_never_claims_a_message_another_of_ours_holds(shop, provi
     assert counts.get("reconciled_sent", 0) == 0 and counts["reconciled_not_found"] == 1
     rows = shop.messages()
     assert rows[lost]["status"] == "planned" and rows[sent]["provider_id"] == providers.accepted("twilio")[0]["sid"]
+
+
+def test_reconciliation_never_claims_the_sms_of_a_customer_sharing_the_number(shop, providers):
+    """A household shares one number: the other customer's recorded SMS is theirs, not the lost one's."""
+    from tests import factories
+    from tests.dispatch_support import PHONES
+
+    with session_scope(shop.ctx.engine) as session:
+        factories.run(session, shop.ctx, "customers", factories.csv_text(
+            ("external_id", "phone", "sms_consent", "locale", "consent_at"),
+            [("C9", PHONES[4], "opted_in", "en-US", "2026-01-01")]))
+        partner = session.connection().execute(text("SELECT id FROM customer WHERE external_id = 'C9'")).scalar()
+    (theirs,) = shop.add_messages([{"customer_id": partner}])
+    assert _dispatch(shop)["sent_sms"] == 1
+    (lost,) = shop.add_messages([{"customer_id": shop.customers["C4"], "occurrence": "other", "status": "unknown",
+                                  "reason": "worker_lost", "attempts": 1}])
+    counts = _dispatch(shop)
+    assert counts.get("reconciled_sent", 0) == 0 and shop.messages()[lost]["status"] == "planned"
+    assert shop.messages()[theirs]["provider_id"] == providers.accepted("twilio")[0]["sid"]
