@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import re
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -75,15 +74,15 @@ def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int, ma
                   max_total_bytes: int | None = None) -> Iterator[bytes]:
     """Regroup arbitrary byte chunks into blocks of about block_bytes ending on record boundaries.
 
-    With `quoted` (CSV) a newline inside a quoted field is not a boundary. One pass over the bytes: the quote state
-    is carried from chunk to chunk (re-counting quotes from the buffer's start for every newline made an early
-    unterminated quote cost minutes). Memory stays within block_bytes + max_record_bytes: a record that grows past
-    max_record_bytes (no newline: /dev/zero, an unterminated quote, a giant header) stops the import, as does an
-    upload past max_total_bytes.
+    With `quoted` (CSV) a newline inside a quoted field is not a boundary. Each new chunk is scanned once, in C
+    (bytes.rfind and bytes.count over segments), with the quote state carried from chunk to chunk: re-counting
+    quotes from the buffer's start for every newline made an early unterminated quote cost minutes. Memory stays
+    within block_bytes + a chunk + max_record_bytes: a record that grows past max_record_bytes (no newline:
+    /dev/zero, an unterminated quote, a giant header) stops the import, as does an upload past max_total_bytes.
     """
     buffer = bytearray()
-    base = 0  # absolute offset of buffer[0]
-    ends: deque[int] = deque()  # absolute offsets just past each record boundary in the buffer
+    base = 0  # absolute offset of buffer[0], always a record boundary
+    last_end = 0  # absolute offset just past the last record boundary seen
     in_quotes, total = False, 0
     for chunk in unify_newlines(chunks):
         start, total = total, total + len(chunk)
@@ -91,34 +90,60 @@ def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int, ma
             raise ImportTooLarge(f"the upload is larger than {max_total_bytes} bytes (CRM_IMPORT_MAX_BYTES)",
                                  errors=[{"field": "body", "reason": f"more than {max_total_bytes} bytes"}])
         buffer += chunk
-        if quoted and (in_quotes or b'"' in chunk):
-            for match in _QUOTE_OR_NEWLINE.finditer(buffer, start - base):
-                if match.group() == b'"':
-                    in_quotes = not in_quotes
-                elif not in_quotes:
-                    ends.append(base + match.end())
-        else:
-            position = buffer.find(b"\n", start - base)
-            while position >= 0:
-                ends.append(base + position + 1)
-                position = buffer.find(b"\n", position + 1)
-        while ends and total - base >= block_bytes:
-            # The last boundary within the block size, else the first one after it.
-            cut = ends.popleft()
-            while ends and ends[0] - base <= block_bytes:
-                cut = ends.popleft()
-            yield bytes(buffer[:cut - base])
-            del buffer[:cut - base]
-            base = cut
-        if max_record_bytes is not None and total - (ends[-1] if ends else base) > max_record_bytes:
+        found, in_quotes = _last_boundary(buffer, start - base, in_quotes, quoted)
+        if found >= 0:
+            last_end = base + found
+        while len(buffer) >= block_bytes and last_end > base:
+            cut = _cut(buffer, block_bytes, last_end - base, quoted)
+            yield bytes(buffer[:cut])
+            del buffer[:cut]
+            base += cut
+        if max_record_bytes is not None and total - last_end > max_record_bytes:
             raise ImportTooLarge(
                 f"a record longer than {max_record_bytes} bytes (CRM_IMPORT_MAX_RECORD_BYTES) after byte "
-                f"{ends[-1] if ends else base}: a missing line end or an unterminated quote?",
+                f"{last_end}: a missing line end or an unterminated quote?",
                 errors=[{"field": "body", "reason": f"record longer than {max_record_bytes} bytes"}])
     if buffer.strip():
         if not buffer.endswith(b"\n"):
             buffer += b"\n"
         yield bytes(buffer)
+
+
+def _last_boundary(buffer: bytearray, start: int, in_quotes: bool, quoted: bool) -> tuple[int, bool]:
+    """Offset just past the last boundary in buffer[start:] (-1 if none) and whether its end is inside quotes."""
+    end = len(buffer)
+    if not quoted:
+        return buffer.rfind(b"\n", start) + 1 or -1, False
+    at_end = in_quotes ^ bool(buffer.count(b'"', start, end) % 2)
+    position = buffer.rfind(b"\n", start, end)
+    inside = at_end ^ bool(buffer.count(b'"', position, end) % 2) if position >= 0 else True
+    while position >= 0 and inside:  # walk back newline by newline; each segment's quotes are counted once
+        previous = buffer.rfind(b"\n", start, position)
+        if previous < 0:
+            position = -1
+            break
+        inside ^= bool(buffer.count(b'"', previous, position) % 2)
+        position = previous
+    return (position + 1 if position >= 0 else -1), at_end
+
+
+def _cut(buffer: bytearray, limit: int, known_end: int, quoted: bool) -> int:
+    """Where to cut a block: the last boundary within `limit`, else the last one known (buffer[0] is a boundary)."""
+    if known_end <= limit:
+        return known_end
+    position = buffer.rfind(b"\n", 0, limit)
+    if position < 0:
+        return known_end
+    if not quoted:
+        return position + 1
+    inside = bool(buffer.count(b'"', 0, position) % 2)
+    while inside:
+        previous = buffer.rfind(b"\n", 0, position)
+        if previous < 0:
+            return known_end
+        inside ^= bool(buffer.count(b'"', previous, position) % 2)
+        position = previous
+    return position + 1
 
 
 def _normalise_header(names: Iterable[str]) -> list[str]:
