@@ -22,6 +22,7 @@ basket it can be redeemed on still keeps the price above cost and the customer w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -182,9 +183,15 @@ def _bound_on_every_basket(frame: pl.DataFrame, offer: OfferTerms, rules: Discou
         .when((slope <= 0) & (over > 0)).then(None).otherwise(pl.lit(offer.min_spend))
     frame = frame.with_columns(offer_max_discount=cap, offer_min_spend=(minimum - 1e-9).ceil())
     too_small = (pl.col("offer_max_discount") < rules.min_offer_value) | pl.col("offer_min_spend").is_null()
+    # Reduced only when a ceiling lowered the cap below the value on the usual basket in whole units (the cap is
+    # rounded down to whole units like every amount: that rounding alone is not a reduction).
+    requested = (pl.col("__final") + 1e-9).floor()
+    if offer.max_discount is not None:  # the campaign's own cap is what it asked for, not a reduction
+        requested = pl.min_horizontal(requested, pl.lit(math.floor(offer.max_discount + 1e-9), dtype=pl.Float64))
+    lowered = pl.col("offer_max_discount") < requested - 1e-6
     frame = frame.with_columns(
         offer_decision=pl.when(too_small & ~withheld).then(pl.lit(WITHHELD))
-        .when(~withheld & (pl.col("offer_max_discount") < pl.col("__final") - 1e-6)).then(pl.lit(REDUCED))
+        .when(~withheld & lowered).then(pl.lit(REDUCED))
         .otherwise(pl.col("offer_decision")))
     return frame.with_columns(discount_value=pl.when(pl.col("offer_decision") == WITHHELD).then(0.0)
                               .otherwise(pl.col("offer_max_discount") + shipping))

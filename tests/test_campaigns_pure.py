@@ -407,3 +407,14 @@ def test_the_default_at_risk_plans_reach_each_tier_on_its_own_channel():
             reached[tier] = [step.channel for step in spec.channels]
     assert reached == {"VIP": ["phone", "sms"], "potential": ["phone", "sms"], "regular": ["push"],
                        "newcomer": ["push"], "lost": ["email"]}
+
+
+def test_rounding_a_percent_coupons_cap_to_whole_units_is_not_a_reduction():
+    frame = pl.DataFrame({"customer_id": [1, 2], "tier": ["potential", "potential"], "spend_365": [5000.0, 5000.0],
+                          "discount_365": [0.0, 0.0], "open_offers": [0.0, 0.0], "cost_ratio": [None, None],
+                          "basket": [123.4, 123.4]})
+    out = apply_ceilings(frame, OfferTerms(percent_off=10), DiscountRules())
+    assert out["offer_decision"].to_list() == ["as_requested"] * 2 and out["offer_max_discount"].to_list() == [12, 12]
+    capped = apply_ceilings(frame, OfferTerms(percent_off=10, max_discount=5), DiscountRules())
+    assert capped["offer_max_discount"].to_list() == [5, 5]
+    assert capped["offer_decision"].to_list() == ["as_requested"] * 2  # the campaign's own cap
