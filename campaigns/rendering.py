@@ -36,6 +36,7 @@ REQUIRED_PARTS = {"sms": ("body",), "push": ("body",), "email": ("subject", "tex
 MAX_PART_CHARS = {"body": 2_000, "title": 200, "subject": 300, "text": 100_000, "html": 200_000}
 MAX_SOURCE_CHARS = 100_000  # a template part as written
 MAX_LOOP_ITERATIONS = 10_000
+MAX_CALLS = 10_000  # macro, method and global calls per part
 MAX_RENDER_SECONDS = 0.5
 MAX_VALUE_CHARS = 200_000  # a string or list any single operation may produce
 MAX_FORMAT_WIDTH = 1_000
@@ -54,6 +55,7 @@ class RenderBudgetExceeded(TemplateError):
 class _Budget:
     deadline: float
     iterations: int = 0
+    calls: int = 0
 
 
 _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("render_budget", default=None)
@@ -154,6 +156,16 @@ class BudgetedEnvironment(SandboxedEnvironment):
     def _generate(self, source: nodes.Template, name: str | None, filename: str | None,
                   defer_init: bool = False) -> str:
         return super()._generate(_Bounded().visit(source), name, filename, defer_init)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        """Every call a template makes (macros, methods, globals) spends from the budget: a macro calling itself
+        twice per level (2^n calls, no loop, no output until the end) once ran for 20 s before any check."""
+        budget = _spend(" (in a call)")
+        if budget is not None:
+            budget.calls += 1
+            if budget.calls > MAX_CALLS:
+                raise RenderBudgetExceeded(f"more than {MAX_CALLS} calls")
+        return super().call(__context, __obj, *args, **kwargs)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         """Refuse what would build a huge value before building it."""

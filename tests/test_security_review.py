@@ -47,6 +47,8 @@ def test_customer_uploads_with_different_columns_follow_each_other_on_one_connec
     "{% set a = 'x' * 1000 %}{{ a | replace('x', a) | replace('x', a) }}",
     "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
     "{% set a = 'xxxxxxxxxx' %}" + "{% set a = a ~ a %}" * 25 + "{{ a | length }}",
+    # 2^30 macro calls, no loop and no output until the end: once 20 s for 2^22 before the first check
+    "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(30) }}",
 ])
 def test_templates_that_would_exhaust_the_service_are_refused_at_save(client, auth_header, body):
     answer = client.post("/templates", json={"name": "heavy", "channel": "sms", "locale": "en-US",
