@@ -136,8 +136,7 @@ def parse_settings(body: Any) -> GuardRailSettings:
     try:
         return GuardRailSettings.model_validate(body)
     except ValidationError as error:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "reason": e["msg"]} for e in error.errors()]
-        raise InvalidInput(f"invalid guard rails: {', '.join(e['field'] for e in errors)}", errors=errors) from error
+        raise InvalidInput.from_validation("guard rails", error) from error
 
 
 def update_settings(session: Session, ctx: Context, body: Any, actor: str) -> tuple[int, GuardRailSettings]:

@@ -246,8 +246,14 @@ def parse_spec(body: dict[str, Any]) -> CampaignSpec:
     try:
         return CampaignSpec.model_validate(body)
     except ValidationError as error:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "reason": e["msg"]} for e in error.errors()]
-        raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors) from error
+        raise InvalidInput.from_validation("campaign", error) from error
+
+
+def _admin_keeps_transactional(campaign: Campaign, may_define_transactional: bool) -> None:
+    """A transactional campaign, once made, is changed by an admin only (its spec, its status)."""
+    if campaign.spec.get("transactional") and not may_define_transactional:
+        raise Forbidden("only an admin may change a transactional campaign",
+                        errors=[{"field": "transactional", "reason": "transactional messages are defined by admins"}])
 
 
 def _check_kind(spec: CampaignSpec, may_define_transactional: bool) -> None:
@@ -400,9 +406,7 @@ def update_campaign(session: Session, ctx: Context, campaign_id: int, body: dict
     if campaign.status == "archived":
         raise Conflict("an archived campaign cannot change")
     spec = parse_spec(body)
-    if campaign.spec.get("transactional") and not may_define_transactional:
-        raise Forbidden("only an admin may change a transactional campaign",
-                        errors=[{"field": "transactional", "reason": "transactional messages are defined by admins"}])
+    _admin_keeps_transactional(campaign, may_define_transactional)
     _check_kind(spec, may_define_transactional)
     _check_semantics(session, ctx, spec)
     clash = session.exec(select(Campaign).where(Campaign.name == spec.name, Campaign.id != campaign_id)).first()
@@ -442,9 +446,7 @@ def set_status(session: Session, ctx: Context, campaign_id: int, status: str, ac
     """Move a campaign draft → active ⇄ paused → archived; activation passes the fairness gate (a transactional
     campaign's status is an admin's to change)."""
     campaign = get_campaign(session, campaign_id)
-    if campaign.spec.get("transactional") and not may_define_transactional:
-        raise Forbidden("only an admin may change a transactional campaign",
-                        errors=[{"field": "transactional", "reason": "transactional messages are defined by admins"}])
+    _admin_keeps_transactional(campaign, may_define_transactional)
     if status not in STATUSES:
         raise _invalid("status", f"must be one of {', '.join(STATUSES)}")
     if status == campaign.status:

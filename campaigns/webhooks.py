@@ -49,6 +49,13 @@ def first_time(session: Session, provider: str, event_id: str, now: datetime) ->
     return True
 
 
+def our_message_id(value: Any) -> int | None:
+    """Our message id as a provider hands it back (text, maybe forged): digits within a database id, else None."""
+    if value is None or not str(value).isdigit() or int(value) >= 2**63:
+        return None
+    return int(value)
+
+
 def advance(session: Session, message: Message, status: str, now: datetime, reason: str | None = None) -> bool:
     """Move a message forward to `status` (never back); returns whether it moved."""
     if RANK.get(status, 0) <= RANK.get(message.status, 0):
@@ -87,8 +94,8 @@ def twilio_status(session: Session, ctx: Context, params: dict[str, str], messag
     if not first_time(session, "twilio", f"{sid}:{status}", now):
         return {"duplicate": True}
     message = session.exec(select(Message).where(Message.provider_id == sid)).first()
-    if message is None and sid and message_id is not None and message_id.isdigit() and int(message_id) < 2**63:
-        message = _lost_message(session, int(message_id), sid, now)
+    if message is None and sid and (ours := our_message_id(message_id)) is not None:
+        message = _lost_message(session, ours, sid, now)
     target = TWILIO_STATUS.get(status)
     if message is None or target is None:
         return {"ignored": True}
@@ -258,10 +265,8 @@ def _sendgrid_event(session: Session, ctx: Context, event: dict[str, Any], now: 
 
 
 def _sendgrid_message(session: Session, event: dict[str, Any]) -> Message | None:
-    message_id = event.get("message_id")
-    if message_id is not None and str(message_id).isdigit() and int(message_id) < 2**63:
-        return session.get(Message, int(message_id))
-    return None
+    message_id = our_message_id(event.get("message_id"))
+    return session.get(Message, message_id) if message_id is not None else None
 
 
 def _customers_by_email(session: Session, ctx: Context, event: dict[str, Any]) -> list[int]:

@@ -223,8 +223,7 @@ async def post_import(kind: str, request: Request, session: SessionDep, ctx: Con
         async for chunk in request.stream():
             spool.write(chunk)
             if spool.tell() > limit:  # refused while it arrives: the disk is not filled first
-                raise ingest.ImportTooLarge(f"the upload is larger than {limit} bytes (CRM_IMPORT_MAX_BYTES)",
-                                            errors=[{"field": "body", "reason": f"more than {limit} bytes"}])
+                raise ingest.ImportTooLarge.upload(limit)
         spool.seek(0)
         # On threads of their own: a long import must not hold one of the few threads short reads run on.
         job = await anyio.to_thread.run_sync(functools.partial(

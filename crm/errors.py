@@ -47,6 +47,12 @@ class InvalidInput(DomainError):
     status = 422
     title = "Invalid input"
 
+    @classmethod
+    def from_validation(cls, what: str, error: Any) -> InvalidInput:
+        """A pydantic ValidationError as a 422 naming each field (the document itself as `body`)."""
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "reason": e["msg"]} for e in error.errors()]
+        return cls(f"invalid {what}: {', '.join(e['field'] for e in errors)}", errors=errors)
+
 
 class Forbidden(DomainError):
     """The caller's role may not do this."""

@@ -52,6 +52,12 @@ class ImportTooLarge(ImportRejected):
     status = 413
     title = "Payload too large"
 
+    @classmethod
+    def upload(cls, limit: int) -> ImportTooLarge:
+        """The whole upload is past CRM_IMPORT_MAX_BYTES."""
+        return cls(f"the upload is larger than {limit} bytes (CRM_IMPORT_MAX_BYTES)",
+                   errors=[{"field": "body", "reason": f"more than {limit} bytes"}])
+
 
 _QUOTE_OR_NEWLINE = re.compile(rb'["\n]')
 _LONE_CR = re.compile(rb"\r(?!\n)")
@@ -87,8 +93,7 @@ def split_records(chunks: Iterable[bytes], *, quoted: bool, block_bytes: int, ma
     for chunk in unify_newlines(chunks):
         start, total = total, total + len(chunk)
         if max_total_bytes is not None and total > max_total_bytes:
-            raise ImportTooLarge(f"the upload is larger than {max_total_bytes} bytes (CRM_IMPORT_MAX_BYTES)",
-                                 errors=[{"field": "body", "reason": f"more than {max_total_bytes} bytes"}])
+            raise ImportTooLarge.upload(max_total_bytes)
         buffer += chunk
         found, in_quotes = _last_boundary(buffer, start - base, in_quotes, quoted)
         if found >= 0:
