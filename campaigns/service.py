@@ -19,7 +19,7 @@ from campaigns import compliance, rendering
 from campaigns.caps import LEDGER_SCHEMA
 from campaigns.discounts import budget_left
 from campaigns.fairness import OfferReach, violations
-from campaigns.guardrails import current_settings, guard_rails
+from campaigns.guardrails import GuardRailSettings, current_settings, guard_rails
 from campaigns.models import (
     CallTask,
     Campaign,
@@ -31,6 +31,7 @@ from campaigns.models import (
 )
 from campaigns.planner import (
     EXCLUSION_REASONS,
+    GuardRails,
     Plan,
     PlanInputs,
     occurrence_key,
@@ -117,10 +118,10 @@ def _sample(ctx: Context, locale: str, with_offer: bool = True) -> dict[str, Any
 
 
 def content_problems(session: Session, ctx: Context, source: rendering.TemplateSource,
-                     rendered: dict[str, str]) -> list[dict[str, str]]:
+                     rendered: dict[str, str], rails: GuardRailSettings | None = None) -> list[dict[str, str]]:
     """The rules on what a message says, by kind: marketing copy carries no absolute claims (advertising law) and
     a marketing SMS its opt-out text; a transactional notice refers to no offer and carries no marketing words."""
-    _, rails = current_settings(session, ctx)
+    rails = rails or current_settings(session, ctx)[1]  # one read when a caller checks many templates
     problems = []
     if source.kind == "transactional":
         for part, text in source.parts.items():
@@ -293,15 +294,17 @@ def _check_semantics(session: Session, ctx: Context, spec: CampaignSpec) -> None
         errors.append({"field": "schedule.value", "reason": f"unknown tier '{schedule.value}'"})
     if schedule.trigger == "entered_tag" and schedule.value not in known["tags"]:
         errors.append({"field": "schedule.value", "reason": f"unknown tag '{schedule.value}'"})
+    rails = current_settings(session, ctx)[1]
     arms = [("", spec)] + ([(f"experiment.variants.{i}.", spec.for_variant(v))
                             for i, v in enumerate(spec.experiment.variants)] if spec.experiment else [])
     for prefix, arm in arms:
-        errors += _template_errors(session, ctx, arm, prefix)
+        errors += _template_errors(session, ctx, arm, prefix, rails)
     if errors:
         raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors)
 
 
-def _template_errors(session: Session, ctx: Context, spec: CampaignSpec, prefix: str) -> list[dict[str, str]]:
+def _template_errors(session: Session, ctx: Context, spec: CampaignSpec, prefix: str,
+                     rails: GuardRailSettings) -> list[dict[str, str]]:
     """A renderable template per channel step of the spec (an A/B arm's steps named under its variant)."""
     errors = []
     for index, step in enumerate(spec.channels):
@@ -322,7 +325,7 @@ def _template_errors(session: Session, ctx: Context, spec: CampaignSpec, prefix:
             errors.append({"field": field, "reason": f"'{step.template}' is a marketing template; a transactional "
                                                      "notice needs a transactional one"})
             continue
-        for problem in content_problems(session, ctx, source, checked["rendered"]):
+        for problem in content_problems(session, ctx, source, checked["rendered"], rails):
             errors.append({"field": field, "reason": f"{problem['field']}: {problem['reason']}"})
     return errors
 
@@ -495,7 +498,8 @@ def _ledger(session: Session, now: datetime, horizon_days: int, customer_id: int
     return read_frame(session, query, params, schema, same_connection=True, small=customer_id is not None)
 
 
-def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *, customer_id: int | None = None,
+def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, rails: GuardRails, *,
+                customer_id: int | None = None,
                 shared: SharedFrames | None = None) -> tuple[PlanInputs, dict[str, float]]:
     """Everything planning reads, through one columnar reader; with customer_id only that customer's rows.
 
@@ -503,7 +507,6 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
     first orders) from one campaign of a day to the next; the ledger is always read again.
     """
     now = ctx.clock.now()
-    rails = guard_rails(session, ctx)
     horizon = max([c.window_days for c in rails.caps] + [400]) + spec.defer_days
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -549,9 +552,10 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, *
 def _compute(session: Session, ctx: Context, campaign: Campaign, day: date, *, customer_id: int | None = None,
              shared: SharedFrames | None = None) -> tuple[Plan, PlanInputs, dict[str, float]]:
     spec = CampaignSpec.model_validate(campaign.spec)
-    inputs, timings = load_inputs(session, ctx, spec, day, customer_id=customer_id, shared=shared)
+    rails = guard_rails(session, ctx)  # read once: it bounds the ledger read and guides the plan
+    inputs, timings = load_inputs(session, ctx, spec, day, rails, customer_id=customer_id, shared=shared)
     started = time.perf_counter()
-    plan = plan_occurrence(spec, campaign.id, occurrence_key(day), day, inputs, guard_rails(session, ctx), ctx.clock.now())
+    plan = plan_occurrence(spec, campaign.id, occurrence_key(day), day, inputs, rails, ctx.clock.now())
     timings["plan_s"] = round(time.perf_counter() - started, 3)
     return plan, inputs, timings
 
