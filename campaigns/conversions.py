@@ -58,15 +58,15 @@ def record_redemptions(session: Session, ctx: Context) -> tuple[int, int]:
     now = ctx.clock.now()
     connection = session.connection()
     # The first order (by time, then id) that carries the code redeems it; one order per coupon.
-    first = ("SELECT o.{column} FROM orders o WHERE o.coupon_code = m.coupon_code "
+    first = ("SELECT o.{column} FROM orders o WHERE o.coupon_code = message.coupon_code "
              "ORDER BY o.ordered_at, o.id LIMIT 1")
     recorded = connection.execute(text(
         f"UPDATE message SET redeemed_order_id = ({first.format(column='id')}), "
         f"redeemed_discount = ({first.format(column='discount')}), redeemed_at = :now "
         "WHERE message.coupon_code IS NOT NULL AND message.redeemed_order_id IS NULL "
         "AND message.valid_until >= :since "  # a coupon can only be redeemed while it is valid
-        "AND EXISTS (SELECT 1 FROM orders o WHERE o.coupon_code = message.coupon_code)".replace(
-            "m.coupon_code", "message.coupon_code")), {"now": now, "since": now - REDEMPTION_LOOKBACK}).rowcount or 0
+        "AND EXISTS (SELECT 1 FROM orders o WHERE o.coupon_code = message.coupon_code)"),
+        {"now": now, "since": now - REDEMPTION_LOOKBACK}).rowcount or 0
     if not recorded:
         return 0, 0
     rows = connection.execute(text(
@@ -75,9 +75,8 @@ def record_redemptions(session: Session, ctx: Context) -> tuple[int, int]:
     over = 0
     for message_id, offer, granted, basket in rows:
         terms = json.loads(offer) if isinstance(offer, str) else (offer or {})
-        cap = terms.get("max_discount") or terms.get("amount_off")
-        shipping = 0.0  # free shipping is not in the order's discount
-        if (cap is not None and float(granted or 0) > float(cap) + shipping + 0.005) or \
+        cap = terms.get("max_discount") or terms.get("amount_off")  # free shipping is not in the order's discount
+        if (cap is not None and float(granted or 0) > float(cap) + 0.005) or \
                 float(basket or 0) < float(terms.get("min_spend") or 0) - 0.005:
             over += 1
             log.warning("coupon of message %s redeemed beyond its terms", message_id)
