@@ -2,19 +2,16 @@
 
 from logging.config import fileConfig
 
-from sqlmodel import SQLModel
-
 from alembic import context
-from crm.db import make_engine
-from crm.migrations import import_all_models
-from crm.settings import get_settings
+from kit.db import make_engine
+from kit.settings import get_settings
+from wiring.models import all_metadata
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logging", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-import_all_models()
-target_metadata = SQLModel.metadata
+target_metadata = all_metadata()
 
 
 def _run(connection) -> None:

@@ -22,11 +22,11 @@ SETUP = """
 import json, sys
 from datetime import datetime, UTC
 from sqlalchemy import text
-from crm.clock import FixedClock
-from crm.context import build_context
-from crm.db import session_scope
-from crm.migrations import upgrade_to_head
-from crm.settings import Settings
+from kit.clock import FixedClock
+from kit.context import build_context
+from kit.db import session_scope
+from kit.migrations import upgrade_to_head
+from kit.settings import Settings
 from campaigns import service
 url = sys.argv[1]
 ctx = build_context(Settings(database_url=url, secret_key="bench-secret"), clock=FixedClock(datetime(2026, 11, 1, tzinfo=UTC)))
@@ -45,10 +45,10 @@ with session_scope(ctx.engine) as session:
 STEP = """
 import json, resource, sys, time
 from datetime import date, datetime, UTC
-from crm.clock import FixedClock
-from crm.context import build_context
-from crm.db import session_scope
-from crm.settings import Settings
+from kit.clock import FixedClock
+from kit.context import build_context
+from kit.db import session_scope
+from kit.settings import Settings
 from campaigns import service
 url, step, campaign_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ctx = build_context(Settings(database_url=url, secret_key="bench-secret"), clock=FixedClock(datetime(2026, 11, 1, tzinfo=UTC)))
@@ -70,7 +70,7 @@ from datetime import datetime, timedelta, UTC
 from zoneinfo import ZoneInfo
 from sqlalchemy import func
 from sqlmodel import Session, select
-from crm.db import make_engine
+from kit.db import make_engine
 from crm.models import Consent, Customer, Order
 from segmentation.models import CustomerSegment
 from campaigns.models import Message

@@ -20,9 +20,9 @@ from bench.common import PG_SERVER, machine, parser, run_json, save  # noqa: E40
 STEP = """
 import json, resource, sys, time
 from datetime import datetime, UTC
-from crm.context import build_context
-from crm.db import session_scope
-from crm.settings import Settings
+from kit.context import build_context
+from kit.db import session_scope
+from kit.settings import Settings
 from churn import service
 url, data_dir, step, day = sys.argv[1:5]
 ctx = build_context(Settings(database_url=url, secret_key="bench-secret", data_dir=data_dir))
@@ -52,8 +52,8 @@ def main() -> None:
                else f"{PG_SERVER}/crm_bench_seg_{args.customers}")
         from sqlalchemy import text
 
-        from crm.db import make_engine
-        from crm.migrations import upgrade_to_head
+        from kit.db import make_engine
+        from kit.migrations import upgrade_to_head
 
         engine = make_engine(url)
         try:
@@ -72,7 +72,7 @@ def main() -> None:
     orders = args.data / f"{args.customers}-{args.seed}" / "orders.csv"
     if orders.exists():
         results["orders_only_evaluate"] = run_json(
-            "-m", "crm.cli", "churn", "evaluate", "--transactions", str(orders), "--cutoff", "2026-08-01",
+            "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(orders), "--cutoff", "2026-08-01",
             "--customer-col", "customer_external_id", "--amount-col", "amount_paid", "--json")
         print(f"orders only: {results['orders_only_evaluate']}", flush=True)
     print(f"wrote {save('churn', results)}")

@@ -27,17 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import PG_SERVER, fake_provider, machine, parser, save  # noqa: E402
-from crm.generator import GeneratorConfig, write_dataset  # noqa: E402
+from wiring.generator import GeneratorConfig, write_dataset  # noqa: E402
 
 NOW = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # noon in Shanghai: outside quiet hours
 SETUP = """
 import sys
 from sqlalchemy import text
-from crm.context import build_context
-from crm.db import session_scope
+from kit.context import build_context
+from kit.db import session_scope
 from crm.ingest import file_chunks, run_import
-from crm.migrations import upgrade_to_head
-from crm.settings import Settings
+from kit.migrations import upgrade_to_head
+from kit.settings import Settings
 url, path = sys.argv[1], sys.argv[2]
 ctx = build_context(Settings(database_url=url, secret_key="bench-secret"))
 upgrade_to_head(ctx.engine)
@@ -89,7 +89,7 @@ def main() -> None:
             "CRM_PROVIDER_RATE_PER_SECOND": json.dumps({"twilio": 1_000_000}),
             "CRM_DISPATCH_CONCURRENCY": str(args.concurrency), "CRM_DISPATCH_BATCH_SIZE": "500"}
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "crm.cli", "dispatch", "run", "--once", "--json", "--workers",
+        out = subprocess.run([sys.executable, "-m", "wiring.cli", "dispatch", "run", "--once", "--json", "--workers",
                               str(workers), "--now", NOW.isoformat()], env=env, capture_output=True, text=True,
                              cwd=ROOT)
         seconds = time.perf_counter() - started

@@ -25,18 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, parser  # noqa: E402
-from crm.context import build_context  # noqa: E402
-from crm.db import make_engine, session_scope  # noqa: E402
-from crm.generator import GeneratorConfig, write_dataset  # noqa: E402
 from crm.ingest import file_chunks, run_import  # noqa: E402
-from crm.migrations import upgrade_to_head  # noqa: E402
-from crm.settings import Settings  # noqa: E402
+from kit.context import build_context  # noqa: E402
+from kit.db import make_engine, session_scope  # noqa: E402
+from kit.migrations import upgrade_to_head  # noqa: E402
+from kit.settings import Settings  # noqa: E402
+from wiring.generator import GeneratorConfig, write_dataset  # noqa: E402
 
 PG_SERVER = os.environ.get("CRM_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 READ_SCRIPT = """
 import resource, sys, time, json
 from datetime import datetime, UTC
-from crm.db import make_engine
+from kit.db import make_engine
 from sqlmodel import Session
 url, how = sys.argv[1], sys.argv[2]
 engine = make_engine(url)

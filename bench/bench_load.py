@@ -175,11 +175,11 @@ def main() -> None:
     args = options.parse_args()
 
     from crm.auth import create_key, revoke_key
-    from crm.context import build_context
-    from crm.db import make_engine, session_scope
-    from crm.migrations import upgrade_to_head
     from crm.models import Role
-    from crm.settings import Settings
+    from kit.context import build_context
+    from kit.db import make_engine, session_scope
+    from kit.migrations import upgrade_to_head
+    from kit.settings import Settings
 
     url = f"{PG_SERVER}/crm_bench_seg_{args.customers}"
     data = args.data / f"{args.customers}-{args.seed}"
@@ -200,7 +200,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")} | {
         "CRM_DATABASE_URL": url, "CRM_SECRET_KEY": SECRET, "CRM_DATA_DIR": str(args.data)}
     log = (args.data / "load-server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "crm.cli", "serve", "--port", str(args.port), "--workers",
+    server = subprocess.Popen([sys.executable, "-m", "wiring.cli", "serve", "--port", str(args.port), "--workers",
                                str(args.workers)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     results: dict = {"machine": machine(), "customers": counts[0], "messages": counts[3],
                      "server": f"crm serve: uvicorn, {args.workers} worker processes, each FastAPI's sync routes on "

@@ -33,11 +33,11 @@ from bench.common import PG_SERVER, fake_provider, machine, parser, run_json, sa
 RUN_SCRIPT = """
 import json, resource, sys, time
 from pathlib import Path
-from crm.app import job_registry
-from crm.clock import FixedClock
-from crm.context import build_context
-from crm.db import session_scope
-from crm.jobs import run_job
+from wiring.app import job_registry
+from kit.clock import FixedClock
+from kit.context import build_context
+from kit.db import session_scope
+from kit.jobs import run_job
 from campaigns.service import install_defaults
 from tests.dispatch_support import fake_settings
 url, base, data_dir, day = sys.argv[1:5]
@@ -72,8 +72,8 @@ def main() -> None:
         if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             raise SystemExit(f"no database {name}: run bench/bench_segmentation.py and bench/bench_churn.py first")
     url = f"{PG_SERVER}/{name}"
-    from crm.db import make_engine
-    from crm.migrations import upgrade_to_head
+    from kit.db import make_engine
+    from kit.migrations import upgrade_to_head
 
     upgrade_to_head(make_engine(url))  # a kept database may predate the newest migrations
     with psycopg.connect(f"{plain}/{name}", autocommit=True) as connection:
@@ -107,7 +107,7 @@ def main() -> None:
         dispatch = None
         if end_of_day is not None:
             started = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "crm.cli", "dispatch", "run", "--once", "--json", "--workers",
+            out = subprocess.run([sys.executable, "-m", "wiring.cli", "dispatch", "run", "--once", "--json", "--workers",
                                   "4", "--max-batches", str(args.dispatch_batches), "--now", end_of_day.isoformat()],
                                  env=env, capture_output=True, text=True, cwd=ROOT)
             seconds = time.perf_counter() - started

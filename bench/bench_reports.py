@@ -26,16 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import PG_SERVER, machine, parser, save  # noqa: E402
-from campaigns.conversions import attribute_conversions  # noqa: E402
-from campaigns.report_catalog import REPORTS, build  # noqa: E402
-from campaigns.reports import customers_reached, simulated_truth  # noqa: E402
-from crm.clock import FixedClock  # noqa: E402
-from crm.context import build_context  # noqa: E402
-from crm.db import session_scope  # noqa: E402
-from crm.generator import simulate_responses  # noqa: E402
+from campaigns.measurement.conversions import attribute_conversions  # noqa: E402
+from campaigns.measurement.reports import customers_reached, simulated_truth  # noqa: E402
 from crm.ingest import run_import  # noqa: E402
-from crm.settings import Settings  # noqa: E402
-from crm.timezones import utc_midnight  # noqa: E402
+from kit.clock import FixedClock  # noqa: E402
+from kit.context import build_context  # noqa: E402
+from kit.db import session_scope  # noqa: E402
+from kit.settings import Settings  # noqa: E402
+from kit.timezones import utc_midnight  # noqa: E402
+from wiring.generator import simulate_responses  # noqa: E402
+from wiring.report_catalog import REPORTS, build  # noqa: E402
 
 
 def _timed(label: str, timings: dict, action):

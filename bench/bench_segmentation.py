@@ -22,20 +22,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import PG_SERVER, machine, parser, run_json, save  # noqa: E402
-from crm.context import build_context  # noqa: E402
-from crm.db import make_engine, session_scope  # noqa: E402
-from crm.generator import GeneratorConfig, write_dataset  # noqa: E402
 from crm.ingest import file_chunks, run_import  # noqa: E402
-from crm.migrations import upgrade_to_head  # noqa: E402
-from crm.settings import Settings  # noqa: E402
+from kit.context import build_context  # noqa: E402
+from kit.db import make_engine, session_scope  # noqa: E402
+from kit.migrations import upgrade_to_head  # noqa: E402
+from kit.settings import Settings  # noqa: E402
+from wiring.generator import GeneratorConfig, write_dataset  # noqa: E402
 
 END = date(2026, 11, 1)
 RUN_SCRIPT = """
 import json, resource, sys, time
 from datetime import datetime, UTC
-from crm.context import build_context
-from crm.db import session_scope
-from crm.settings import Settings
+from kit.context import build_context
+from kit.db import session_scope
+from kit.settings import Settings
 from segmentation.service import run_segmentation, summary_of
 url, day = sys.argv[1], sys.argv[2]
 ctx = build_context(Settings(database_url=url, secret_key="bench-secret"))
@@ -52,7 +52,7 @@ import json, resource, sys, time
 import pandas as pd
 from sqlalchemy import text
 from sqlmodel import Session
-from crm.db import make_engine
+from kit.db import make_engine
 import crm.models  # noqa: F401 - registers the customer table the foreign key points to
 from segmentation.models import CustomerSegment
 url, limit, as_of = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -6,10 +6,10 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query
-from sqlmodel import select
 
-from campaigns import guardrails, service
-from campaigns.models import Message
+from campaigns import service
+from campaigns.authoring import guard_rail_settings
+from campaigns.delivery import outbox
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
@@ -131,24 +131,17 @@ def get_messages(session: SessionDep, status: str | None = None, campaign_id: in
                  limit: int = Query(default=100, ge=1, le=1000),
                  _: Principal = Depends(require(*READERS, Role.support))) -> dict[str, Any]:
     """The outbox and ledger, filtered by status, campaign or customer; `after` is the id cursor."""
-    query = select(Message).order_by(Message.id).limit(limit)
-    if status is not None:
-        query = query.where(Message.status == status)
-    if campaign_id is not None:
-        query = query.where(Message.campaign_id == campaign_id)
-    if customer is not None:
-        query = query.where(Message.customer_id == customer_by_external_id(session, customer).id)
-    if after is not None:
-        query = query.where(Message.id > after)
-    rows = list(session.exec(query))
-    return {"items": service.messages_json(rows), "next": rows[-1].id if len(rows) == limit else None}
+    customer_id = customer_by_external_id(session, customer).id if customer is not None else None
+    rows = outbox.list_messages(session, status=status, campaign_id=campaign_id, customer_id=customer_id,
+                                after=after, limit=limit)
+    return {"items": outbox.messages_json(rows), "next": rows[-1].id if len(rows) == limit else None}
 
 
 @router.get("/guard-rails")
 def get_guard_rails(session: SessionDep, ctx: ContextDep,
                     _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The guard rails in force: caps, quiet hours, discount ceilings, SMS keywords, opt-out texts, ad phrases."""
-    version, settings = guardrails.current_settings(session, ctx)
+    version, settings = guard_rail_settings.current_settings(session, ctx)
     return {"version": version, "settings": settings.model_dump(mode="json")}
 
 
@@ -157,14 +150,14 @@ def put_guard_rails(session: SessionDep, ctx: ContextDep,
                     body: Annotated[dict[str, Any], Body(description="the whole guard-rail document (see GET)")],
                     principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
     """Replace the guard rails (a new version, audited; errors name the field)."""
-    version, settings = guardrails.update_settings(session, ctx, body, principal.actor)
+    version, settings = guard_rail_settings.update_settings(session, ctx, body, principal.actor)
     return {"version": version, "settings": settings.model_dump(mode="json")}
 
 
 @router.get("/guard-rails/versions")
 def get_guard_rail_versions(session: SessionDep, _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
     """Every stored version of the guard rails, oldest first (version 0, the environment's, is not stored)."""
-    return [v.model_dump() for v in guardrails.versions(session)]
+    return [v.model_dump() for v in guard_rail_settings.versions(session)]
 
 
 def install(app: FastAPI) -> None:

@@ -10,20 +10,21 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlmodel import Session
 
-from campaigns.channels import build_senders
-from campaigns.conversions import attribute_conversions
-from campaigns.dispatch import replay_until
-from campaigns.dispatch import serve as serve_dispatch
+from campaigns.delivery.channels import build_senders
+from campaigns.delivery.dispatch import replay_until
+from campaigns.delivery.dispatch import serve as serve_dispatch
+from campaigns.measurement.conversions import attribute_conversions
 from campaigns.models import Message, WebhookReceipt
-from campaigns.planner import EXCLUSION_REASONS
-from campaigns.service import latest_planned_send, plan_ahead, plan_due
+from campaigns.planning.planner import EXCLUSION_REASONS
+from campaigns.planning.plans import latest_planned_send, plan_ahead, plan_due
 from churn.jobs import SCORE
 from churn.service import prune_predictions
-from crm.context import Context
-from crm.db import session_scope
-from crm.jobs import CLEAN_CORE, JobDefinition, Step, StepRun
-from crm.schedules import JobSchedule, parse_local_time
-from crm.settings import Settings
+from crm.jobs import CLEAN_CORE
+from kit.context import Context
+from kit.db import session_scope
+from kit.jobs import JobDefinition, Step, StepRun
+from kit.schedules import JobSchedule, parse_local_time
+from kit.settings import Settings
 from segmentation.jobs import SEGMENT
 
 

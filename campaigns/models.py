@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Boolean, Column, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from crm.types import JSONType, UTCDateTime
+from kit.types import JSONType, UTCDateTime
 
 
 class Campaign(SQLModel, table=True):

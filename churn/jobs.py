@@ -7,12 +7,12 @@ from typing import Any
 from sqlmodel import Session
 
 from churn.service import current_model, score_customers, train_model
-from crm.context import Context
-from crm.db import session_scope
-from crm.jobs import JobDefinition, Step, StepRun
-from crm.schedules import JobSchedule, parse_local_time, parse_weekday
-from crm.settings import Settings
-from crm.timezones import utc_midnight
+from kit.context import Context
+from kit.db import session_scope
+from kit.jobs import JobDefinition, Step, StepRun
+from kit.schedules import JobSchedule, parse_local_time, parse_weekday
+from kit.settings import Settings
+from kit.timezones import utc_midnight
 
 
 def _train(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:

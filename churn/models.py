@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Column, Float, Index, Integer, String
 from sqlmodel import Field, SQLModel
 
-from crm.types import JSONType, UTCDateTime
+from kit.types import JSONType, UTCDateTime
 
 
 class ChurnModelVersion(SQLModel, table=True):

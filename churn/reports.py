@@ -14,9 +14,9 @@ from sqlmodel import Session, select
 from churn.bgnbd import BetaGeometricNBD
 from churn.gammagamma import GammaGamma
 from churn.models import ChurnModelVersion
-from crm.columnar import read_frame
-from crm.context import Context
 from crm.service import orders_frame
+from kit.columnar import read_frame
+from kit.context import Context
 from segmentation.service import segments_frame
 
 WEEK_DAYS = 7.0

@@ -21,21 +21,29 @@ from churn.models import ChurnModelVersion, ChurnPrediction, ChurnScore
 from churn.reasons import drivers_frame, sentences
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
 from crm import audit
-from crm.bulkwrite import fill_empty_table, insert_frame
-from crm.columnar import ColumnarReader, columnar_reader, driver_json, driver_rows, driver_time, read_frame
-from crm.context import Context
-from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
 from crm.service import (
-    SharedFrames,
     customer_categories_frame,
     customers_frame,
     events_frame,
+    external_ids_of,
     order_flags_frame,
     orders_frame,
     read_columns,
 )
-from segmentation.service import current_rule_set, default_as_of
+from kit.bulkwrite import fill_empty_table, insert_frame
+from kit.columnar import (
+    ColumnarReader,
+    SharedFrames,
+    columnar_reader,
+    driver_json,
+    driver_rows,
+    driver_time,
+    read_frame,
+)
+from kit.context import Context
+from kit.errors import InvalidInput, NotFound
+from segmentation.service import current_rule_set, customer_ids_where, default_as_of
 
 AUC_FLOOR = 0.70
 PROMOTION_TOLERANCE = 0.005
@@ -312,18 +320,14 @@ def prune_predictions(session: Session, ctx: Context) -> int:
 def at_risk_customers(session: Session, *, tier: str | None = None, after: int | None = None,
                       limit: int = 100) -> list[dict[str, Any]]:
     """Flagged customers, riskiest first within id order for stable paging (cursor = customer row id)."""
-    from crm.models import Customer
-
-    query = (select(ChurnScore, Customer.external_id).join(Customer, Customer.id == ChurnScore.customer_id)
-             .where(ChurnScore.at_risk))
+    query = select(ChurnScore).where(ChurnScore.at_risk)
     if tier is not None:
-        from segmentation.models import CustomerSegment
-
-        query = query.join(CustomerSegment, CustomerSegment.customer_id == ChurnScore.customer_id).where(
-            CustomerSegment.tier == tier)
+        query = query.where(customer_ids_where(session, ChurnScore.customer_id, tier=tier))
     if after is not None:
         query = query.where(ChurnScore.customer_id > after)
-    rows = session.exec(query.order_by(ChurnScore.customer_id).limit(limit)).all()
+    scores = session.exec(query.order_by(ChurnScore.customer_id).limit(limit)).all()
+    external = external_ids_of(session, [s.customer_id for s in scores])
+    rows = [(score, external.get(score.customer_id)) for score in scores]
     return [{"customer_id": score.customer_id, "external_id": external_id, "probability": round(score.probability, 4),
              "reasons": sentences(score.reasons), "drivers": (score.reasons or {}).get("drivers", []),
              "model_id": score.model_id, "scored_at": score.scored_at}
@@ -353,16 +357,14 @@ def churn_export(request: ProfileRequest) -> dict[str, Any] | None:
             "kept_predictions": [p.model_dump(exclude={"customer_id", "id"}) for p in kept]}
 
 
-def at_risk_condition(session: Session, value: str) -> Any:
-    """A SQL condition on customer.id for `GET /customers?at_risk=true|false`."""
+def at_risk_condition(session: Session, value: str, customer_id: Any) -> Any:
+    """A SQL condition on the given customer-id column for `GET /customers?at_risk=true|false`."""
     from sqlalchemy import exists
-
-    from crm.models import Customer
 
     wanted = value.strip().lower()
     if wanted not in ("true", "false"):
         raise _invalid("at_risk must be true or false", "at_risk")
-    flagged = exists().where(ChurnScore.customer_id == Customer.id, ChurnScore.at_risk)
+    flagged = exists().where(ChurnScore.customer_id == customer_id, ChurnScore.at_risk)
     return flagged if wanted == "true" else ~flagged
 
 

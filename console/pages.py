@@ -15,8 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
-from campaigns import reports, service, tasks
-from campaigns.spec import CampaignSpec
+from campaigns import service
 from churn import service as churn_service
 from console import charts
 from console.i18n import LANGUAGES, pick, translator
@@ -34,15 +33,15 @@ from console.session import (
     session_cookie,
     user_of,
 )
-from crm import jobs
 from crm.api import profile_of
 from crm.auth import authenticate_request
-from crm.context import Context, ContextDep
-from crm.db import SessionDep
-from crm.errors import DomainError, TooManyAttempts, Unauthorized
 from crm.models import Role
 from crm.service import customer_by_external_id, find_customers
-from crm.settings import PROJECT_ROOT
+from kit import jobs
+from kit.context import Context, ContextDep
+from kit.db import SessionDep
+from kit.errors import DomainError, TooManyAttempts, Unauthorized
+from kit.settings import PROJECT_ROOT
 from segmentation.reports import retention_report, tier_history_report
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -261,8 +260,8 @@ def task_list(request: Request, session: SessionDep, ctx: ContextDep,
               status: Annotated[str | None, Query(pattern="^(open|claimed|done)$")] = None,
               user: ConsoleUser = Depends(allow(*SUPPORT))) -> HTMLResponse:
     """VIP call tasks: open ones first; claim one, call, record the outcome."""
-    rows = _call(tasks.list_tasks, session, ctx, user.principal.actor, status, 100)
-    return render(request, "tasks.html", user, tasks=rows, outcomes=list(tasks.OUTCOMES), shown=status)
+    rows = _call(service.list_tasks, session, ctx, user.principal.actor, status, 100)
+    return render(request, "tasks.html", user, tasks=rows, outcomes=list(service.CALL_OUTCOMES), shown=status)
 
 
 @router.post("/tasks/{task_id}/claim")
@@ -270,7 +269,7 @@ def task_claim(request: Request, task_id: int, session: SessionDep, ctx: Context
                csrf: Annotated[str, Form()] = "", user: ConsoleUser = Depends(allow(*SUPPORT))) -> Response:
     """Claim a task (audited)."""
     _checked(user, csrf, request)
-    _call(tasks.claim_task, session, ctx, task_id, user.principal.actor)
+    _call(service.claim_task, session, ctx, task_id, user.principal.actor)
     return RedirectResponse("/console/tasks", status_code=303)
 
 
@@ -280,7 +279,7 @@ def task_outcome(request: Request, task_id: int, session: SessionDep, ctx: Conte
                  csrf: Annotated[str, Form()] = "", user: ConsoleUser = Depends(allow(*SUPPORT))) -> Response:
     """Record a call's outcome (it decides the message's delivery; audited)."""
     _checked(user, csrf, request)
-    _call(tasks.record_outcome, session, ctx, task_id, outcome, notes or None, user.principal.actor)
+    _call(service.record_outcome, session, ctx, task_id, outcome, notes or None, user.principal.actor)
     return RedirectResponse("/console/tasks", status_code=303)
 
 
@@ -317,7 +316,7 @@ def _campaign_page(request: Request, session: Session, user: ConsoleUser, campai
                    dry: dict[str, Any] | None, chart: str | None) -> HTMLResponse:
     campaign = _call(service.get_campaign, session, campaign_id)
     return render(request, "campaign.html", user, campaign=service.describe(campaign),
-                  spec=CampaignSpec.model_validate(campaign.spec),
+                  spec=service.CampaignSpec.model_validate(campaign.spec),
                   versions=service.campaign_versions(session, campaign_id), dry=dry, exclusions_chart=chart)
 
 
@@ -339,7 +338,7 @@ def report_page(request: Request, session: SessionDep, ctx: ContextDep,
                 user: ConsoleUser = Depends(allow(*MARKETING))) -> HTMLResponse:
     """Campaign uplift with its interval, tier distribution over time, cohort retention."""
     t = translator(_language(request))
-    rows = reports.campaign_reports(session, ctx)
+    rows = service.campaign_reports(session, ctx)
     tiers = tier_history_report(session, ctx)
     retention = retention_report(session, ctx)
     return render(request, "reports.html", user, campaigns=rows, retention=retention["cohorts"],

@@ -12,9 +12,9 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from crm.auth import Principal
-from crm.context import Context
-from crm.models import ApiKey, ConsoleSession, Role
+from crm.auth import Principal, console_session_principal, open_console_session, revoke_console_session
+from crm.models import Role
+from kit.context import Context
 
 COOKIE = "crm_console"
 LANG_COOKIE = "crm_lang"
@@ -41,22 +41,14 @@ class ConsoleUser:
 
 def session_cookie(session: Session, ctx: Context, principal: Principal) -> str:
     """Open a session for a principal that just proved its API key; returns its cookie."""
-    now = ctx.clock.now()
-    row = ConsoleSession(id=secrets.token_hex(16), key_id=principal.key_id, created_at=now,
-                         expires_at=now + LIFETIME)
-    session.add(row)
-    session.flush()
-    return ctx.cipher.sign_link(SESSION_PURPOSE, row.id)
+    return ctx.cipher.sign_link(SESSION_PURPOSE, open_console_session(session, ctx, principal, LIFETIME))
 
 
 def end_session(session: Session, ctx: Context, cookie: str | None) -> None:
     """Sign out: the session row is revoked, so the cookie stops working wherever a copy of it is."""
     subject = ctx.cipher.verify_link(SESSION_PURPOSE, cookie) if cookie else None
-    row = session.get(ConsoleSession, subject) if subject else None
-    if row is not None and row.revoked_at is None:
-        row.revoked_at = ctx.clock.now()
-        session.add(row)
-        session.flush()
+    if subject:
+        revoke_console_session(session, ctx, subject)
 
 
 def user_of(session: Session, ctx: Context, cookie: str | None) -> ConsoleUser | None:
@@ -65,15 +57,8 @@ def user_of(session: Session, ctx: Context, cookie: str | None) -> ConsoleUser |
     subject = ctx.cipher.verify_link(SESSION_PURPOSE, cookie) if cookie else None
     if subject is None or len(subject) != 32:
         return None
-    row = session.get(ConsoleSession, subject)
-    now = ctx.clock.now()
-    if row is None or row.revoked_at is not None or not row.created_at <= now < row.expires_at:
-        return None
-    record = session.get(ApiKey, row.key_id)
-    if record is None or record.revoked_at is not None:
-        return None
-    principal = Principal(key_id=record.id, name=record.name, role=Role(record.role))
-    return ConsoleUser(principal, csrf_token(ctx, cookie))
+    principal = console_session_principal(session, ctx, subject)
+    return ConsoleUser(principal, csrf_token(ctx, cookie)) if principal is not None else None
 
 
 def login_token(ctx: Context) -> str:

@@ -10,17 +10,11 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import text
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from crm import auth, ingest, privacy, service
+from crm import audit, auth, ingest, privacy, service
 from crm.auth import ADMIN, STAFF, Principal, require
-from crm.context import Context, ContextDep
-from crm.db import SessionDep
-from crm.errors import InvalidInput
-from crm.jobs import scheduler_health
-from crm.migrations import current_revision, head_revision
-from crm.models import AuditLog, Customer, Order, Role
+from crm.models import Customer, Role
 from crm.profiles import ProfileRequest
 from crm.schemas import (
     AuditRead,
@@ -39,6 +33,11 @@ from crm.schemas import (
     ProfileRead,
 )
 from crm.validation import SPECS
+from kit.context import Context, ContextDep
+from kit.db import SessionDep
+from kit.errors import InvalidInput
+from kit.jobs import scheduler_health
+from kit.migrations import current_revision, head_revision
 
 router = APIRouter()
 IMPORTERS = (Role.admin, Role.scheduler)
@@ -63,8 +62,7 @@ def health(request: Request, session: SessionDep) -> Health:
     head = head_revision()
     try:
         with ctx.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-            revision = current_revision(connection)
+            revision = current_revision(connection)  # reads alembic_version: the database answers
         reachable = True
     except Exception:  # noqa: BLE001 - any failure to reach the database is what this endpoint reports
         reachable, revision = False, None
@@ -131,7 +129,7 @@ def customer_page(request: Request, session: Session, ctx: Context, principal: P
         if not value or len(value) > extra.max_length:
             raise InvalidInput(f"bad value for '{name}'", errors=[
                 {"field": name, "reason": f"1 to {extra.max_length} characters"}])
-        conditions.append(extra.build(session, value))
+        conditions.append(extra.build(session, value, Customer.id))
     rows = service.find_customers(session, ctx, after_id=cursor, limit=limit, email=email, phone=phone,
                                   locale=locale, time_zone=time_zone, membership_level=membership_level,
                                   conditions=conditions)
@@ -183,8 +181,7 @@ def customer_orders(external_id: str, session: SessionDep, _: Principal = Depend
                     limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[OrderRead]:
     """A customer's most recent orders."""
     customer = service.customer_by_external_id(session, external_id)
-    orders = session.exec(select(Order).where(Order.customer_id == customer.id)
-                          .order_by(Order.ordered_at.desc()).limit(limit))
+    orders = service.recent_orders(session, customer.id, limit)
     return [OrderRead(external_id=o.external_id, ordered_at=o.ordered_at, amount_paid=float(o.amount_paid),
                       discount=float(o.discount), coupon_code=o.coupon_code) for o in orders]
 
@@ -268,14 +265,8 @@ def get_audit(session: SessionDep, _: Principal = Depends(require(*ADMIN)),
               since: datetime | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditRead]:
     """The audit trail, newest first."""
-    query = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)
-    if entity:
-        query = query.where(AuditLog.entity == entity)
-    if entity_id:
-        query = query.where(AuditLog.entity_id == entity_id)
-    if since:
-        query = query.where(AuditLog.at >= since)
-    return [AuditRead(**a.model_dump()) for a in session.exec(query)]
+    return [AuditRead(**a.model_dump()) for a in audit.entries(session, entity=entity, entity_id=entity_id,
+                                                              since=since, limit=limit)]
 
 
 

@@ -6,7 +6,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from crm.models import AuditLog
 
@@ -37,3 +37,16 @@ def record(session: Session, *, actor: str, action: str, entity: str, entity_id:
     )
     session.add(entry)
     return entry
+
+
+def entries(session: Session, *, entity: str | None = None, entity_id: str | None = None,
+            since: datetime | None = None, limit: int = 100) -> list[AuditLog]:
+    """The audit trail, newest first, filtered by entity, entity id and time."""
+    query = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)
+    if entity:
+        query = query.where(AuditLog.entity == entity)
+    if entity_id:
+        query = query.where(AuditLog.entity_id == entity_id)
+    if since:
+        query = query.where(AuditLog.at >= since)
+    return list(session.exec(query))

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import Depends, Request
 from sqlmodel import Session, select
 
 from crm import audit
-from crm.columnar import driver_rows
-from crm.context import Context, ContextDep
-from crm.db import SessionDep
-from crm.errors import Forbidden, NotFound, TooManyAttempts, Unauthorized
-from crm.models import ApiKey, Role
+from crm.models import ApiKey, ConsoleSession, Role
+from kit.columnar import driver_rows
+from kit.context import Context, ContextDep
+from kit.db import SessionDep
+from kit.errors import Forbidden, NotFound, TooManyAttempts, Unauthorized
 
 KEY_PREFIX = "crm"
 
@@ -142,3 +143,33 @@ def require(*roles: Role):
 
 ADMIN = (Role.admin,)
 STAFF = (Role.admin, Role.marketer, Role.support)
+
+
+def open_console_session(session: Session, ctx: Context, principal: Principal, lifetime: timedelta) -> str:
+    """A new server-side console session for a principal that just proved its key; returns the session's id."""
+    now = ctx.clock.now()
+    row = ConsoleSession(id=secrets.token_hex(16), key_id=principal.key_id, created_at=now, expires_at=now + lifetime)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def revoke_console_session(session: Session, ctx: Context, session_id: str) -> None:
+    """Sign a console session out (a copied cookie naming it stops working too)."""
+    row = session.get(ConsoleSession, session_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = ctx.clock.now()
+        session.add(row)
+        session.flush()
+
+
+def console_session_principal(session: Session, ctx: Context, session_id: str) -> Principal | None:
+    """Who a console session belongs to: None when it is unknown, expired, signed out, or its key was revoked."""
+    row = session.get(ConsoleSession, session_id)
+    now = ctx.clock.now()
+    if row is None or row.revoked_at is not None or not row.created_at <= now < row.expires_at:
+        return None
+    record = session.get(ApiKey, row.key_id)
+    if record is None or record.revoked_at is not None:
+        return None
+    return Principal(key_id=record.id, name=record.name, role=Role(record.role))

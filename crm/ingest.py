@@ -24,19 +24,20 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, select
 
 from crm import audit
-from crm.bulkwrite import (
+from crm.models import ImportJob
+from crm.validation import ERROR_SCHEMA, ROW, SPECS, validate
+from kit.bulkwrite import (
     csv_payload,
     drop_secondary_structures,
     merge_staged,
     restore_structures,
     stage_frame,
 )
-from crm.columnar import read_frame
-from crm.context import Context
-from crm.errors import InvalidInput, NotFound
-from crm.locks import NamedLock, try_lock
-from crm.models import ImportJob
-from crm.validation import CHANNELS, ERROR_SCHEMA, ROW, SPECS, validate
+from kit.channels import CHANNELS
+from kit.columnar import read_frame
+from kit.context import Context
+from kit.errors import InvalidInput, NotFound
+from kit.locks import NamedLock, try_lock
 
 FORMATS = ("csv", "ndjson")
 Progress = Callable[[int, int], None]
@@ -451,7 +452,7 @@ def _apply_consent(session: Session, ctx: Context, frame: pl.DataFrame) -> None:
     now = ctx.clock.now()
     source = pl.col("consent_source") if "consent_source" in frame.columns else pl.lit(None, pl.String)
     stated_at = pl.col("consent_at") if "consent_at" in frame.columns else pl.lit(None, pl.Datetime("us", "UTC"))
-    for channel in CHANNELS:
+    for channel in CHANNELS.consent_channels():
         column = f"{channel}_consent"
         if column in frame.columns:
             parts.append(frame.filter(pl.col(column).is_not_null()).select(

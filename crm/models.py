@@ -1,4 +1,4 @@
-"""Core tables: customers, consent (current and history), orders, items, events, keys, audit, imports, job runs."""
+"""Core tables: customers, consent (current and history), orders, items, events, keys, console sessions, audit, imports."""
 
 from __future__ import annotations
 
@@ -9,30 +9,24 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
-    Float,
     Index,
     Integer,
     LargeBinary,
     Numeric,
     String,
-    Table,
-    Unicode,
     UniqueConstraint,
 )
 from sqlmodel import Field, SQLModel
 
-from crm.types import JSONType, UTCDateTime
+from kit.channels import CHANNELS
+from kit.types import JSONType, UTCDateTime
 
 MONEY = Numeric(14, 2)
 
 
-class Channel(StrEnum):
-    """Contact channels that consent is kept for."""
-
-    sms = "sms"
-    email = "email"
-    push = "push"
-    phone = "phone"
+# The channels consent is kept for, as the channel registry declares them (kit.channels).
+Channel = StrEnum("Channel", {name: name for name in CHANNELS.consent_channels()})
+Channel.__doc__ = "Contact channels that consent is kept for (the registry's built-in consent channels)."
 
 
 class ConsentStatus(StrEnum):
@@ -223,61 +217,3 @@ class ImportJob(SQLModel, table=True):
     batches_committed: int = 0
     errors: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
     message: str | None = Field(default=None, sa_column=Column(String(500)))
-
-
-class JobRun(SQLModel, table=True):
-    """One occurrence of a scheduled job (e.g. the daily pipeline of 2026-11-25); a rerun reuses the row."""
-
-    __tablename__ = "job_run"
-    __table_args__ = (UniqueConstraint("job", "occurrence", name="uq_job_run_occurrence"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    job: str = Field(sa_column=Column(String(64), nullable=False))
-    occurrence: str = Field(sa_column=Column(String(32), nullable=False))
-    status: str = Field(sa_column=Column(String(12), nullable=False, index=True))
-    trigger: str = Field(sa_column=Column(String(16), nullable=False))
-    attempts: int = 0
-    instance: str | None = Field(default=None, sa_column=Column(String(120)))
-    started_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
-    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
-    error: str | None = Field(default=None, sa_column=Column(String(1000)))
-
-
-class JobStep(SQLModel, table=True):
-    """One step of a job run: its outcome, time and counts; a succeeded step is not run again for the occurrence."""
-
-    __tablename__ = "job_step"
-    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_job_step"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: int = Field(foreign_key="job_run.id", nullable=False)
-    step: str = Field(sa_column=Column(String(32), nullable=False))
-    position: int = 0
-    status: str = Field(sa_column=Column(String(12), nullable=False))
-    started_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
-    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
-    seconds: float | None = None
-    counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
-    error: str | None = Field(default=None, sa_column=Column(String(1000)))
-
-
-class SchedulerInstance(SQLModel, table=True):
-    """A running `crm scheduler` process and its heartbeat; the leader is the one holding the leader lock."""
-
-    __tablename__ = "scheduler_instance"
-
-    instance: str = Field(sa_column=Column(String(120), primary_key=True))
-    role: str = Field(sa_column=Column(String(12), nullable=False))
-    started_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
-    beat_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
-    leader_since: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
-
-
-# APScheduler's SQLAlchemy job store table, declared here so the migrations own every table (the job store finds
-# it present and does not create it).
-APSCHEDULER_JOBS = Table(
-    "apscheduler_jobs", SQLModel.metadata,
-    Column("id", Unicode(191), primary_key=True),
-    Column("next_run_time", Float(25), index=True),
-    Column("job_state", LargeBinary, nullable=False),
-)

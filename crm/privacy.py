@@ -14,11 +14,12 @@ from sqlalchemy import delete
 from sqlmodel import Session, select
 
 from crm import audit
-from crm.context import Context
-from crm.errors import InvalidInput
-from crm.models import Channel, ConsentStatus, Event, Order, OrderItem
+from crm.models import ConsentStatus, Event, Order, OrderItem
 from crm.profiles import ProfileRegistry, ProfileRequest
 from crm.service import consent_history, consent_of, contact_of, customer_by_external_id, record_consent
+from kit.channels import CHANNELS
+from kit.context import Context
+from kit.errors import InvalidInput
 
 ERASED_PREFIX = "erased-"
 
@@ -66,7 +67,7 @@ def erase_customer(session: Session, ctx: Context, erasers: ProfileRegistry, ext
     now = ctx.clock.now()
     request = ProfileRequest(session=session, ctx=ctx, customer_id=customer.id, viewer_role="admin")
     parts = {name: counts for name, counts in erasers.build(request).items() if counts is not None}
-    for channel in Channel:
+    for channel in CHANNELS.consent_channels():
         record_consent(session, ctx, customer_id=customer.id, channel=channel, status=ConsentStatus.opted_out,
                        source="erasure", actor=actor)
     events = session.exec(delete(Event).where(Event.customer_id == customer.id)).rowcount  # type: ignore[call-overload]

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crm.models import Channel, ConsentStatus, Role
+from crm.models import ConsentStatus, Role
+from kit.channels import ConsentChannelName
 
 
 class ContactRead(BaseModel):
@@ -72,7 +73,7 @@ class ProfileRead(BaseModel):
 class ConsentUpdate(BaseModel):
     """A consent statement for one channel."""
 
-    channel: Channel
+    channel: ConsentChannelName
     status: ConsentStatus
     source: str = Field(default="api", min_length=1, max_length=64)
     at: datetime | None = None

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import phonenumbers
 import polars as pl
+from sqlalchemy import bindparam, text
 from sqlmodel import Session, func, select
 
 from crm import audit
-from crm.clock import ensure_utc
-from crm.columnar import ColumnarReader, as_float, driver_rows, driver_time, read_frame
-from crm.context import Context
-from crm.errors import InvalidInput, NotFound
-from crm.models import Channel, Consent, ConsentChange, ConsentStatus, Customer
+from crm.models import Channel, Consent, ConsentChange, ConsentStatus, Customer, Order
 from crm.validation import normalise_email, normalise_phone
+from kit.channels import CHANNELS
+from kit.clock import ensure_utc
+from kit.columnar import ColumnarReader, as_float, driver_rows, driver_time, read_frame
+from kit.context import Context
+from kit.errors import InvalidInput, NotFound
 
 ORDER_SCHEMA = {"order_id": pl.Int64, "customer_id": pl.Int64, "ordered_at": pl.Datetime("us", "UTC"),
                 "amount_paid": pl.Float64, "discount": pl.Float64, "cost_of_goods": pl.Float64,
@@ -66,10 +67,13 @@ CUSTOMER_SCHEMA = {"customer_id": pl.Int64, "signed_up_at": pl.Datetime("us", "U
 ORDER_FLAG_SCHEMA = {"order_id": pl.Int64, "marked_down": pl.Boolean, "new_product_lines": pl.Int64}
 
 
-def customers_frame(session: Session, *, reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Every customer's row id, sign-up time, birthday and time zone (no contact data)."""
-    return read_columns(session, reader, "SELECT c.id, c.signed_up_at, c.birthday, c.time_zone FROM customer c", {},
-                 CUSTOMER_SCHEMA, one_customer=False)
+def customers_frame(session: Session, *, customer_id: int | None = None,
+                    reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Every customer's (or one customer's) row id, sign-up time, birthday and time zone (no contact data)."""
+    one = "WHERE c.id = :customer_id" if customer_id is not None else ""
+    params = {"customer_id": customer_id} if customer_id is not None else {}
+    return read_columns(session, reader, f"SELECT c.id, c.signed_up_at, c.birthday, c.time_zone FROM customer c {one}",
+                        params, CUSTOMER_SCHEMA, one_customer=customer_id is not None)
 
 
 def order_flags_frame(session: Session, *, customer_id: int | None = None,
@@ -96,35 +100,6 @@ def customer_categories_frame(session: Session, *, reader: ColumnarReader | None
     query = ("SELECT o.customer_id, i.category, min(o.ordered_at) FROM order_item i JOIN orders o ON o.id = i.order_id "
              "WHERE i.category IS NOT NULL GROUP BY o.customer_id, i.category")
     return read_columns(session, reader, query, {}, CATEGORY_SCHEMA, one_customer=False)
-
-
-class SharedFrames:
-    """Bulk frames one step of a job read and a later step of the same run reuses (the daily pipeline's segment
-    and score steps both read the order history, its item flags, recent events and the customers).
-
-    A window is served from a cached read with the same end and an earlier (or no) start, filtered; anything else
-    is read and cached. Kept by the job run, so it lives as long as the run.
-    """
-
-    def __init__(self) -> None:
-        self._frames: dict[str, tuple[datetime | None, datetime | None, pl.DataFrame]] = {}
-
-    def window(self, name: str, start: datetime | None, end: datetime, time_column: str,
-               read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
-        """Rows with start <= time < end, from a wider cached read with the same end when there is one."""
-        hit = self._frames.get(name)
-        if hit is not None and hit[1] == end and (hit[0] is None or (start is not None and hit[0] <= start)):
-            cached_start, _, frame = hit
-            return frame if start == cached_start else frame.filter(pl.col(time_column) >= start)
-        frame = read()
-        self._frames[name] = (start, end, frame)
-        return frame
-
-    def whole(self, name: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
-        """A frame without a time window (customers, item flags), read once."""
-        if name not in self._frames:
-            self._frames[name] = (None, None, read())
-        return self._frames[name][2]
 
 
 def customer_by_external_id(session: Session, external_id: str) -> Customer:
@@ -162,11 +137,6 @@ def find_customers(session: Session, ctx: Context, *, after_id: int | None = Non
     for condition in conditions or []:  # from filters upper packages registered (tier, tag, …)
         query = query.where(condition)
     return list(session.exec(query))
-
-
-def count_customers(session: Session) -> int:
-    """How many customers there are."""
-    return session.exec(select(func.count()).select_from(Customer)).one()
 
 
 def mask_email(email: str | None) -> str | None:
@@ -219,7 +189,15 @@ def consent_history(session: Session, customer_id: int) -> list[ConsentChange]:
                              .order_by(ConsentChange.changed_at, ConsentChange.id)))
 
 
-def record_consent(session: Session, ctx: Context, *, customer_id: int, channel: Channel, status: ConsentStatus,
+def _consent_channel(name: str) -> str:
+    """The name of a consent channel the registry knows, or InvalidInput."""
+    if name not in CHANNELS.consent_channels():
+        raise InvalidInput.field("channel", f"unknown channel '{name}'")
+    return name
+
+
+def record_consent(session: Session, ctx: Context, *, customer_id: int, channel: Channel | str,
+                   status: ConsentStatus,
                    source: str, actor: str, at: datetime | None = None) -> bool:
     """Append a consent change and update the current state; returns False when nothing changed. A statement dated
     later than now is refused (422): it would outrank every later opt-out."""
@@ -228,27 +206,22 @@ def record_consent(session: Session, ctx: Context, *, customer_id: int, channel:
     if changed_at > now:
         raise InvalidInput("at: later than now: a consent statement cannot come from the future",
                            errors=[{"field": "at", "reason": "later than now"}])
-    current = session.get(Consent, (customer_id, channel.value))
+    channel = _consent_channel(str(channel))  # a Channel member, or a channel registered since
+    current = session.get(Consent, (customer_id, channel))
     if current is not None and current.status == status.value:
         return False
     before = {"status": current.status} if current else None
-    session.add(ConsentChange(customer_id=customer_id, channel=channel.value, status=status.value, source=source,
+    session.add(ConsentChange(customer_id=customer_id, channel=channel, status=status.value, source=source,
                               changed_at=changed_at, recorded_at=now))
     if current is None:
-        current = Consent(customer_id=customer_id, channel=channel.value, status=status.value, source=source,
+        current = Consent(customer_id=customer_id, channel=channel, status=status.value, source=source,
                           changed_at=changed_at)
     else:
         current.status, current.source, current.changed_at = status.value, source, changed_at
     session.add(current)
     audit.record(session, actor=actor, action="consent.change", entity="customer", entity_id=customer_id, at=now,
-                 before=before, after={"channel": channel.value, "status": status.value, "source": source})
+                 before=before, after={"channel": channel, "status": status.value, "source": source})
     return True
-
-
-def has_consent(session: Session, customer_id: int, channel: Channel) -> bool:
-    """True only with an explicit, current opt-in."""
-    current = session.get(Consent, (customer_id, channel.value))
-    return current is not None and current.status == ConsentStatus.opted_in.value
 
 
 CONTACT_SCHEMA = {"customer_id": pl.Int64, "external_id": pl.String, "time_zone": pl.String, "locale": pl.String,
@@ -315,3 +288,124 @@ def shop_cost_ratio(session: Session, start: datetime, end: datetime) -> float |
                                       func.sum(Order.amount_paid + Order.discount)).where(
         known, Order.ordered_at >= start, Order.ordered_at < end)).one()
     return float(cost) / float(value) if cost is not None and value else None
+
+
+CORE_TABLES = ("customer", "consent", "consent_change", "orders", "order_item", "event", "audit_log")
+
+
+def core_row_counts(session: Session) -> dict[str, int]:
+    """How many rows each of crm's tables holds (the demo's summary)."""
+    return {name: int(driver_rows(session, f"SELECT count(*) FROM {name}", {})[0][0]) for name in CORE_TABLES}
+
+
+def external_ids_frame(session: Session) -> pl.DataFrame:
+    """Every customer's row id and the shop's id for them."""
+    return read_frame(session, "SELECT id, external_id FROM customer", {},
+                      {"customer_id": pl.Int64, "external_id": pl.String})
+
+
+def recent_orders(session: Session, customer_id: int, limit: int = 50) -> list[Order]:
+    """A customer's most recent orders, newest first."""
+    return list(session.exec(select(Order).where(Order.customer_id == customer_id)
+                             .order_by(Order.ordered_at.desc()).limit(limit)))
+
+
+def get_customer(session: Session, customer_id: int) -> Customer | None:
+    """One customer by row id (None when there is none)."""
+    return session.get(Customer, customer_id)
+
+
+def customers_by_phone(session: Session, ctx: Context, e164: str) -> list[Customer]:
+    """Every customer holding this (normalised) phone number, in id order: a household may share one."""
+    return list(session.exec(select(Customer).where(Customer.phone_hash == ctx.cipher.blind_index(e164))
+                             .order_by(Customer.id)))
+
+
+def customer_ids_by_email(session: Session, ctx: Context, email: str) -> list[int]:
+    """The ids of every customer holding this (normalised) email address."""
+    return list(session.exec(select(Customer.id).where(Customer.email_hash == ctx.cipher.blind_index(email))))
+
+
+def _in_ids(query: str):
+    return text(query).bindparams(bindparam("ids", expanding=True))
+
+
+def time_zones_of(session: Session, customer_ids: list[int]) -> dict[int, str]:
+    """Each customer's time zone."""
+    query = _in_ids("SELECT id, time_zone FROM customer WHERE id IN :ids")
+    return dict(session.connection().execute(query, {"ids": customer_ids}).all())
+
+
+def consents_of(session: Session, customer_ids: list[int]) -> dict[tuple[int, str], str]:
+    """The current consent status per (customer, channel) of a few customers."""
+    query = _in_ids("SELECT customer_id, channel, status FROM consent WHERE customer_id IN :ids")
+    return {(r[0], r[1]): r[2] for r in session.connection().execute(query, {"ids": customer_ids})}
+
+
+def phone_sharers(session: Session, customer_ids: list[int]) -> dict[int, set[int]]:
+    """Per customer: themselves and every customer sharing their phone number."""
+    query = _in_ids("SELECT c.id, other.id FROM customer c JOIN customer other ON other.id = c.id "
+                    "OR (other.phone_hash = c.phone_hash AND c.phone_hash IS NOT NULL) WHERE c.id IN :ids")
+    out: dict[int, set[int]] = {}
+    for customer_id, other in session.connection().execute(query, {"ids": customer_ids}):
+        out.setdefault(customer_id, set()).add(other)
+    return out
+
+
+def contacts_of(session: Session, ctx: Context, customer_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Decrypted contact data and facts of a few customers, for a send (never for logs)."""
+    query = _in_ids("SELECT id, external_id, time_zone, email_ciphertext, phone_ciphertext, push_tokens_ciphertext "
+                    "FROM customer WHERE id IN :ids")
+    cipher, out = ctx.cipher, {}
+    for row in session.connection().execute(query, {"ids": customer_ids}):
+        tokens = cipher.decrypt(row.push_tokens_ciphertext)
+        out[row.id] = {"external_id": row.external_id, "time_zone": row.time_zone,
+                       "email": cipher.decrypt(row.email_ciphertext), "phone": cipher.decrypt(row.phone_ciphertext),
+                       "push": tuple(json.loads(tokens)) if tokens else ()}
+    return out
+
+
+def external_ids_of(session: Session, customer_ids: list[int]) -> dict[int, str]:
+    """The shop's id of each of a few customers."""
+    if not customer_ids:
+        return {}
+    query = _in_ids("SELECT id, external_id FROM customer WHERE id IN :ids")
+    return dict(session.connection().execute(query, {"ids": customer_ids}).all())
+
+
+# SQL conditions over crm's orders for upper packages' own statements: they filter by coupon use without naming
+# crm's tables, so the orders schema changes here alone.
+def coupon_used_sql(code_column: str) -> str:
+    """A SQL condition: some order carries the coupon code in `code_column` (e.g. 'm.coupon_code')."""
+    return f"EXISTS (SELECT 1 FROM orders o WHERE o.coupon_code = {code_column})"
+
+
+def coupon_first_order_sql(code_column: str, order_column: str) -> str:
+    """A SQL scalar subquery: `order_column` (id, discount…) of the first order (by time, then id) carrying the
+    coupon code in `code_column`."""
+    return (f"(SELECT o.{order_column} FROM orders o WHERE o.coupon_code = {code_column} "
+            "ORDER BY o.ordered_at, o.id LIMIT 1)")
+
+
+def order_baskets(session: Session, order_ids: list[int]) -> dict[int, float]:
+    """The basket value (paid plus discount) of each of some orders."""
+    if not order_ids:
+        return {}
+    query = _in_ids("SELECT id, amount_paid + discount FROM orders WHERE id IN :ids")
+    return {r[0]: float(r[1] or 0) for r in session.connection().execute(query, {"ids": order_ids})}
+
+
+def order_lines_frame(session: Session, since: datetime, until: datetime) -> pl.DataFrame:
+    """Order lines of orders placed in [since, until): order, customer, time, sku, quantity, unit price, paid."""
+    return read_frame(session, (
+        f"SELECT o.id, o.customer_id, o.ordered_at, i.sku, i.qty, {as_float(session, 'i.unit_price')}, "
+        f"{as_float(session, 'o.amount_paid')} FROM order_item i JOIN orders o ON o.id = i.order_id "
+        f"WHERE o.ordered_at >= :since AND o.ordered_at < :until"), {"since": since, "until": until},
+        {"order_id": pl.Int64, "customer_id": pl.Int64, "ordered_at": pl.Datetime("us", "UTC"), "sku": pl.String,
+         "qty": pl.Int64, "unit_price": pl.Float64, "amount_paid": pl.Float64})
+
+
+def first_order_times_frame(session: Session) -> pl.DataFrame:
+    """Each buyer's first order time, over all history."""
+    return read_frame(session, "SELECT o.customer_id, MIN(o.ordered_at) FROM orders o GROUP BY o.customer_id", {},
+                      {"customer_id": pl.Int64, "first_at": pl.Datetime("us", "UTC")})

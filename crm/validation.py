@@ -13,9 +13,10 @@ import phonenumbers
 import polars as pl
 from email_validator import EmailNotValidError, validate_email
 
+from kit.channels import CHANNELS
+
 ROW = "_row"
 ERROR_SCHEMA = {"row": pl.Int64, "field": pl.String, "reason": pl.String}
-CHANNELS = ("sms", "email", "push", "phone")
 CONSENT_VALUES = {"opted_in": "opted_in", "in": "opted_in", "yes": "opted_in", "true": "opted_in", "1": "opted_in",
                   "opted_out": "opted_out", "out": "opted_out", "no": "opted_out", "false": "opted_out",
                   "0": "opted_out"}
@@ -40,7 +41,7 @@ SPECS = {
     "customers": KindSpec(
         "customers", "external_id", ("external_id",),
         ("email", "phone", "push_tokens", "time_zone", "locale", "birthday", "signed_up_at", "membership_level",
-         "attributes", "sms_consent", "email_consent", "push_consent", "phone_consent", "consent_source",
+         "attributes", *(f"{channel}_consent" for channel in CHANNELS.consent_channels()), "consent_source",
          "consent_at"),
     ),
     "orders": KindSpec(
@@ -250,7 +251,7 @@ def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_l
         attributes = pl.col("attributes__parsed")
         checks.add(_unparsable("attributes", attributes), "attributes", "not a JSON object")
         cols.append(attributes.fill_null("{}").alias("attributes"))
-    for channel in CHANNELS:
+    for channel in CHANNELS.consent_channels():
         column = f"{channel}_consent"
         if present(frame, column):
             status = blank_to_null(column).str.to_lowercase().replace_strict(

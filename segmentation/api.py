@@ -9,9 +9,9 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query
 
 from crm.api import ContextDep, SessionDep
 from crm.auth import ADMIN, Principal, require
-from crm.errors import InvalidInput
 from crm.models import Role
 from crm.profiles import CustomerFilter
+from kit.errors import InvalidInput
 from segmentation import service
 
 router = APIRouter(prefix="/segmentation", tags=["segmentation"])
@@ -73,5 +73,6 @@ def install(app: FastAPI) -> None:
                               ("tag", "carries this behaviour tag"), ("rfm", "RFM cell such as 545")):
         app.state.customer_filters.register(CustomerFilter(
             name=name, description=description,
-            build=lambda session, value, name=name: service.customer_ids_where(session, **{name: value})))
+            build=lambda session, value, column, name=name: service.customer_ids_where(
+                session, column, **{name: value})))
 

@@ -6,11 +6,11 @@ from typing import Any
 
 from sqlmodel import Session
 
-from crm.context import Context
-from crm.jobs import JobDefinition, Step, StepRun
-from crm.schedules import JobSchedule
-from crm.settings import Settings
-from crm.timezones import utc_midnight
+from kit.context import Context
+from kit.jobs import JobDefinition, Step, StepRun
+from kit.schedules import JobSchedule
+from kit.settings import Settings
+from kit.timezones import utc_midnight
 from segmentation.service import run_segmentation, summary_of
 
 

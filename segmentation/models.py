@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Column, Index, Integer, SmallInteger, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from crm.types import JSONType, UTCDateTime
+from kit.types import JSONType, UTCDateTime
 
 
 class SegmentRuleSet(SQLModel, table=True):

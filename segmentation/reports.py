@@ -9,9 +9,9 @@ from typing import Any
 import polars as pl
 from sqlmodel import Session
 
-from crm.columnar import read_frame
-from crm.context import Context
 from crm.service import orders_frame
+from kit.columnar import read_frame
+from kit.context import Context
 from segmentation.service import history
 
 UTC_TYPE = pl.Datetime("us", "UTC")

@@ -12,19 +12,26 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from crm import audit
-from crm.bulkwrite import fill_empty_table, merge_staged, stage_frame
-from crm.columnar import ColumnarReader, columnar_reader, driver_json, driver_rows, driver_time, read_frame
-from crm.context import Context
-from crm.errors import InvalidInput, NotFound
 from crm.profiles import ProfileRequest
 from crm.service import (
-    SharedFrames,
     customers_frame,
     events_frame,
     order_flags_frame,
     orders_frame,
     read_columns,
 )
+from kit.bulkwrite import fill_empty_table, merge_staged, stage_frame
+from kit.columnar import (
+    ColumnarReader,
+    SharedFrames,
+    columnar_reader,
+    driver_json,
+    driver_rows,
+    driver_time,
+    read_frame,
+)
+from kit.context import Context
+from kit.errors import InvalidInput, NotFound
 from segmentation.defaults import DEFAULTS
 from segmentation.hysteresis import STATE_SCHEMA, settle
 from segmentation.metrics import METRICS, MetricParams, compute_metrics, rfm_cell
@@ -395,20 +402,18 @@ def history(session: Session, start: datetime | None, end: datetime | None) -> l
              "tags": r.distribution.get("tags", {})} for r in session.exec(query)]
 
 
-def customer_ids_where(session: Session, *, tier: str | None = None, layer: str | None = None,
+def customer_ids_where(session: Session, customer_id: Any, *, tier: str | None = None, layer: str | None = None,
                        tag: str | None = None, rfm: str | None = None) -> Any:
-    """A SQL condition on customer.id for the customer-list filters (None when no filter is given)."""
+    """A SQL condition on the given customer-id column for the customer-list filters (None without a filter)."""
     from sqlalchemy import and_, exists
-
-    from crm.models import Customer
 
     parts = []
     segment = [getattr(CustomerSegment, name) == value for name, value in
                (("tier", tier), ("layer", layer), ("rfm", rfm)) if value is not None]
     if segment:
-        parts.append(exists().where(CustomerSegment.customer_id == Customer.id, *segment))
+        parts.append(exists().where(CustomerSegment.customer_id == customer_id, *segment))
     if tag is not None:
-        parts.append(exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.tag == tag))
+        parts.append(exists().where(CustomerTag.customer_id == customer_id, CustomerTag.tag == tag))
     return and_(*parts) if parts else None
 
 
@@ -476,10 +481,7 @@ def segment_export(request: ProfileRequest) -> dict[str, Any] | None:
 
 def _one_customer_metrics(session: Session, customer_id: int, as_of: datetime, rules: RuleSet) -> dict[str, Any]:
     params = MetricParams(window_days=rules.window_days)
-    customers = read_frame(session, "SELECT c.id, c.signed_up_at, c.birthday, c.time_zone FROM customer c "
-                           "WHERE c.id = :id", {"id": customer_id},
-                           {"customer_id": pl.Int64, "signed_up_at": pl.Datetime("us", "UTC"), "birthday": pl.Date,
-                            "time_zone": pl.String}, same_connection=True)
+    customers = customers_frame(session, customer_id=customer_id)
     flags = order_flags_frame(session, customer_id=customer_id)
     orders = orders_frame(session, None, as_of, customer_id=customer_id).join(flags, on="order_id", how="left")
     events = events_frame(session, as_of - timedelta(days=params.event_lookback_days), as_of, customer_id=customer_id)
@@ -508,16 +510,6 @@ def _history_of(row: CustomerSegment, moves: list[Move]) -> list[dict[str, Any]]
         previous, value, entered = value, move.to_value, move.at
     spells.append({"tier": value, "entered": entered, "left": None, "previous": previous})
     return list(reversed(spells))
-
-
-def transitions_since(session: Session, run_id: int, dimension: str | None = None) -> pl.DataFrame:
-    """Transitions written by runs after `run_id` (what campaigns react to, e.g. entered lapsed_vip)."""
-    condition = "AND t.dimension = :dimension" if dimension else ""
-    return read_frame(session, "SELECT t.run_id, t.customer_id, t.dimension, t.tag, t.from_value, t.to_value, t.at "
-                      f"FROM segment_transition t WHERE t.run_id > :run_id {condition}",
-                      {"run_id": run_id} | ({"dimension": dimension} if dimension else {}),
-                      {"run_id": pl.Int64, "customer_id": pl.Int64, "dimension": pl.String, "tag": pl.String,
-                       "from_value": pl.String, "to_value": pl.String, "at": pl.Datetime("us", "UTC")})
 
 
 SEGMENT_READ_SCHEMA = {"customer_id": pl.Int64, "tier": pl.String, "layer": pl.String, "r_score": pl.Int64,

@@ -30,13 +30,13 @@ from sqlalchemy import text
 
 from campaigns.service import create_campaign, set_status
 from crm.auth import create_key
-from crm.db import make_engine, session_scope, writer_engine
 from crm.ingest import mark_interrupted_imports
 from crm.models import Role
+from kit.db import make_engine, session_scope, writer_engine
 from tests.conftest import cli_env, pg_admin
 from tests.dispatch_support import fake_env, fake_settings
 
-CRM = [sys.executable, "-m", "crm.cli"]
+CRM = [sys.executable, "-m", "wiring.cli"]
 PIPELINE_STEPS = ("segment", "score", "plan", "dispatch", "attribute")
 IMPORT_BATCH = 300  # orders per client upload
 CLIENT_CUSTOMERS = 10  # the client's orders go to these customers, left out of the plan comparison
@@ -356,7 +356,7 @@ class Harness:
         instance = service.instance
         run_before = self.pipeline()
         if name == "api" and signum == signal.SIGTERM:  # imports of earlier, killed servers are not in flight
-            # SQLite: read-then-write beside busy writers must take the write lock up front (crm.db.writer_engine)
+            # SQLite: read-then-write beside busy writers must take the write lock up front (kit.db.writer_engine)
             with session_scope(writer_engine(self.ctx.engine)) as session:
                 mark_interrupted_imports(session, self.ctx)
         jobs_before = {r[0] for r in self.query("SELECT id FROM import_job WHERE status = 'running'")}

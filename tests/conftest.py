@@ -12,16 +12,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from crm.app import create_app
 from crm.auth import create_key
-from crm.clock import FixedClock
-from crm.columnar import SAME_CONNECTION_FLAG
-from crm.context import Context
-from crm.crypto import ContactCipher
-from crm.db import get_session, make_engine
-from crm.migrations import upgrade_to_head
 from crm.models import Role
-from crm.settings import Settings
+from kit.clock import FixedClock
+from kit.columnar import SAME_CONNECTION_FLAG
+from kit.context import Context
+from kit.crypto import ContactCipher
+from kit.db import get_session, make_engine
+from kit.migrations import upgrade_to_head
+from kit.settings import Settings
+from wiring.app import create_app
 
 TEST_SECRET = "test-secret-key-not-for-production"
 TEST_NOW = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)

@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select, text
 
 from campaigns.models import Campaign, Message
-from crm.clock import FixedClock
-from crm.context import Context
-from crm.crypto import ContactCipher
-from crm.db import make_engine, session_scope
-from crm.migrations import upgrade_to_head
-from crm.settings import Settings
+from kit.clock import FixedClock
+from kit.context import Context
+from kit.crypto import ContactCipher
+from kit.db import make_engine, session_scope
+from kit.migrations import upgrade_to_head
+from kit.settings import Settings
 from tests import factories
 from tests.conftest import TEST_NOW, TEST_SECRET
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from sqlmodel import Session
 
 from crm import ingest
-from crm.context import Context
+from kit.context import Context
 
 
 def csv_text(header: Iterable[str], rows: Iterable[Iterable[object]]) -> bytes:

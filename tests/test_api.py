@@ -189,11 +189,11 @@ def test_a_write_is_committed_before_it_is_acknowledged(scratch_url, tmp_path):
     from sqlalchemy.exc import OperationalError
     from sqlmodel import Session, select
 
-    from crm.app import create_app
     from crm.auth import create_key
-    from crm.db import session_scope
     from crm.models import ApiKey
+    from kit.db import session_scope
     from tests.test_jobs import scratch_context
+    from wiring.app import create_app
 
     ctx = scratch_context(scratch_url, tmp_path, datetime(2026, 11, 1, tzinfo=UTC))
     with session_scope(ctx.engine) as setup:
@@ -225,8 +225,8 @@ def test_each_worker_runs_few_requests_at_once_and_queues_the_rest(ctx):
 
     import httpx
 
-    from crm.app import create_app
-    from crm.context import Context
+    from kit.context import Context
+    from wiring.app import create_app
 
     settings = ctx.settings.model_copy(update={"api_threads": 2, "api_concurrency": 3})
     app = create_app(Context(settings=settings, engine=ctx.engine, cipher=ctx.cipher, clock=ctx.clock))

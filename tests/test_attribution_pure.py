@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from campaigns.attribution import attribute
+from campaigns.measurement.attribution import attribute
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 WEEK = timedelta(days=7)

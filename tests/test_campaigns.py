@@ -296,7 +296,7 @@ def test_install_defaults_is_idempotent(session, ctx, people):
 
 def test_cli_dry_run_of_a_missing_campaign_is_one_line(scratch_url, tmp_path):
     env = cli_env(scratch_url, tmp_path)
-    subprocess.run([sys.executable, "-m", "crm.cli", "migrate"], env=env, check=True, capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "crm.cli", "campaigns", "dry-run", "42", "--json"], env=env,
+    subprocess.run([sys.executable, "-m", "wiring.cli", "migrate"], env=env, check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-m", "wiring.cli", "campaigns", "dry-run", "42", "--json"], env=env,
                          capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip() == "error: campaign 42 does not exist"

@@ -10,17 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from campaigns.caps import LEDGER_SCHEMA, Cap, check_caps, exceeded
-from campaigns.discounts import WITHHELD, DiscountRules, OfferTerms, apply_ceilings, coupon_discount
-from campaigns.fairness import OfferReach, violations
-from campaigns.planner import PlanInputs, audience, coupon_codes, holdout_draw, send_times
-from campaigns.quiet_hours import QuietHours, defer_out_of_quiet_hours
-from campaigns.rendering import TemplateProblem, TemplateSource, render, validate
+from campaigns.authoring.fairness import OfferReach, violations
+from campaigns.authoring.rendering import TemplateProblem, TemplateSource, render, validate
+from campaigns.authoring.sms import sms_length
+from campaigns.authoring.spec import CampaignSpec, Schedule
+from campaigns.planning.caps import LEDGER_SCHEMA, Cap, check_caps, exceeded
+from campaigns.planning.discounts import WITHHELD, DiscountRules, OfferTerms, apply_ceilings, coupon_discount
+from campaigns.planning.planner import PlanInputs, audience, coupon_codes, holdout_draw, send_times
+from campaigns.planning.quiet_hours import QuietHours, defer_out_of_quiet_hours
 from campaigns.service import parse_spec
-from campaigns.sms import sms_length
-from campaigns.spec import CampaignSpec, Schedule
-from crm.errors import InvalidInput
-from crm.timezones import local_to_utc
+from kit.errors import InvalidInput
+from kit.timezones import local_to_utc
 
 ZONES = ("Asia/Shanghai", "America/New_York", "Europe/London", "Australia/Lord_Howe")
 UTC_TYPE = pl.Datetime("us", "UTC")
@@ -384,7 +384,7 @@ def test_invalid_campaigns_name_the_field(body, field):
 def test_the_default_at_risk_plans_reach_each_tier_on_its_own_channel():
     """VIP and potential: a care call, else SMS; regular (and any tier a marketer adds): push; lost: email. Every
     tier falls in exactly one at-risk plan."""
-    from campaigns.defaults import DEFAULT_CAMPAIGNS
+    from campaigns.authoring.defaults import DEFAULT_CAMPAIGNS
 
     plans = [CampaignSpec.model_validate(body) for body in DEFAULT_CAMPAIGNS
              if body["schedule"].get("trigger") == "at_risk"]

@@ -14,9 +14,9 @@ from churn import service
 from churn.features import FeatureConfig
 from churn.models import ChurnModelVersion, ChurnScore
 from churn.training import TrainingConfig
-from crm.generator import GeneratorConfig, write_dataset
 from crm.models import AuditLog, Customer, Role
 from tests.factories import run
+from wiring.generator import GeneratorConfig, write_dataset
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 FAST = TrainingConfig(snapshots=3, step_days=30)
@@ -66,7 +66,7 @@ def test_a_worse_candidate_is_never_promoted_and_rollback_restores(session, ctx,
     # An incumbent whose artifact file is gone is judged by its recorded ROC AUC; scoring with it is a clear error.
     from pathlib import Path
     Path(first.artifact).unlink()
-    from crm.errors import InvalidInput
+    from kit.errors import InvalidInput
     with pytest.raises(InvalidInput, match="artifact of churn model"):
         service.score_customers(session, ctx, as_of=AS_OF)
     third = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
@@ -141,7 +141,7 @@ def test_category_breadth_when_turned_on_is_trained_and_scored(session, ctx, sho
 
 
 def test_scoring_without_a_model_is_a_clear_error(session, ctx):
-    from crm.errors import InvalidInput
+    from kit.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="train one first"):
         service.score_customers(session, ctx, as_of=AS_OF)
@@ -158,7 +158,7 @@ def test_evaluate_cli_on_a_plain_transactions_csv(tmp_path, shop_files):
                        pl.DataFrame({"user": ["C9"], "day": ["not a date"], "total": [5.0]})])
     path = tmp_path / "tx.csv"
     plain.write_csv(path)
-    out = subprocess.run([sys.executable, "-m", "crm.cli", "churn", "evaluate", "--transactions", str(path),
+    out = subprocess.run([sys.executable, "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(path),
                           "--cutoff", "2026-08-01", "--customer-col", "user", "--time-col", "day",
                           "--amount-col", "total", "--json"], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -166,10 +166,10 @@ def test_evaluate_cli_on_a_plain_transactions_csv(tmp_path, shop_files):
                            "threshold", "baselines"}
     assert result["rows_skipped"] == 1 and result["n_customers"] > 500
     assert result["roc_auc"] > result["baselines"]["recency"]["roc_auc"]
-    bad = subprocess.run([sys.executable, "-m", "crm.cli", "churn", "evaluate", "--transactions", str(path),
+    bad = subprocess.run([sys.executable, "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(path),
                           "--cutoff", "2026-08-01", "--json"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "customer_id" in bad.stderr
-    too_early = subprocess.run([sys.executable, "-m", "crm.cli", "churn", "evaluate", "--transactions", str(path),
+    too_early = subprocess.run([sys.executable, "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(path),
                                 "--cutoff", "2024-01-15", "--customer-col", "user", "--time-col", "day",
                                 "--amount-col", "total", "--json"], capture_output=True, text=True)
     assert too_early.returncode != 0 and "not enough history" in too_early.stderr

@@ -8,10 +8,10 @@ import sys
 
 from sqlalchemy import text
 
-from crm.db import make_engine
+from kit.db import make_engine
 from tests.conftest import cli_env
 
-CRM = [sys.executable, "-m", "crm.cli"]
+CRM = [sys.executable, "-m", "wiring.cli"]
 
 
 def _crm(args, env, **kw):

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 import polars as pl
 from sqlmodel import Session
 
-from crm.context import Context
-from crm.crypto import ContactCipher
-from crm.db import make_engine
-from crm.migrations import upgrade_to_head
 from crm.service import events_frame, orders_frame
+from kit.context import Context
+from kit.crypto import ContactCipher
+from kit.db import make_engine
+from kit.migrations import upgrade_to_head
 from tests.conftest import TEST_SECRET
 from tests.factories import ORDER_HEADER, csv_text, customers, run
 
@@ -67,7 +67,7 @@ def test_a_fast_read_of_the_sqlite_file_keeps_this_process_s_write_lock(tmp_path
 
     from sqlalchemy import text
 
-    from crm.columnar import read_frame
+    from kit.columnar import read_frame
 
     path = tmp_path / "locks.sqlite3"
     engine = make_engine(f"sqlite:///{path}")

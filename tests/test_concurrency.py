@@ -11,16 +11,16 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import text
 
-from campaigns.channels import build_senders
-from campaigns.dispatch import Dispatcher
-from campaigns.guardrails import guard_rails
+from campaigns.delivery.channels import build_senders
+from campaigns.delivery.dispatch import Dispatcher
+from campaigns.planning.guardrails import guard_rails
 from campaigns.service import create_campaign, plan_campaign, set_status
-from crm.clock import FixedClock
-from crm.context import Context
-from crm.crypto import ContactCipher
-from crm.db import make_engine, session_scope
-from crm.migrations import upgrade_to_head
-from crm.settings import Settings
+from kit.clock import FixedClock
+from kit.context import Context
+from kit.crypto import ContactCipher
+from kit.db import make_engine, session_scope
+from kit.migrations import upgrade_to_head
+from kit.settings import Settings
 from segmentation.models import CustomerSegment
 from tests.conftest import TEST_SECRET
 from tests.factories import CUSTOMER_HEADER, ORDER_HEADER, csv_text, run

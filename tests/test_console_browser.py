@@ -13,18 +13,18 @@ import pytest
 import uvicorn
 from sqlmodel import select
 
-from campaigns.conversions import attribute_conversions
-from campaigns.reports import customers_reached
-from crm.app import create_app, job_registry
+from campaigns.measurement.conversions import attribute_conversions
+from campaigns.measurement.reports import customers_reached
 from crm.auth import create_key
-from crm.clock import FixedClock
-from crm.db import session_scope
-from crm.generator import simulate_responses
 from crm.ingest import run_import
-from crm.jobs import run_job
 from crm.models import Customer, Role
-from crm.timezones import utc_midnight
+from kit.clock import FixedClock
+from kit.db import session_scope
+from kit.jobs import run_job
+from kit.timezones import utc_midnight
 from tests.test_pipeline import generated_shop
+from wiring.app import create_app, job_registry
+from wiring.generator import simulate_responses
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"

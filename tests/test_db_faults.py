@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from crm.app import job_registry
-from crm.jobs import run_job
+from kit.jobs import run_job
 from tests.test_pipeline import generated_shop, scalar
+from wiring.app import job_registry
 
 POSTGRES_SERVER = os.environ.get("CRM_TEST_POSTGRES_URL",
                                  "postgresql+psycopg://postgres@127.0.0.1:5432/test").rsplit("/", 1)[0]

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from campaigns.channels import build_senders
-from campaigns.channels.base import RateLimiter, parse_retry_after
-from campaigns.dispatch import Dispatcher, backoff_seconds
-from crm.clock import FixedClock
-from crm.db import session_scope
+from campaigns.delivery.channels import build_senders
+from campaigns.delivery.channels.base import RateLimiter, parse_retry_after
+from campaigns.delivery.dispatch import Dispatcher, backoff_seconds
+from kit.clock import FixedClock
+from kit.db import session_scope
 from tests.dispatch_support import build_shop, fake_settings
 
 
@@ -89,7 +89,7 @@ def test_server_errors_back_off_then_dead_letter_and_admin_retry(shop, providers
     assert shop.messages()[message]["status"] == "dead"
     assert len(waits) == 2 and 30 <= waits[0] <= 60 and 60 <= waits[1] <= 120  # 60 s base, doubling, jittered
     providers.reset()
-    from campaigns.tasks import retry_message
+    from campaigns.delivery.tasks import retry_message
 
     with session_scope(shop.ctx.engine) as session:
         retry_message(session, shop.ctx, message, "key:1:admin")

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from campaigns.dispatch import SingleWriter
+from campaigns.delivery.dispatch import SingleWriter
 from tests.conftest import cli_env
 from tests.dispatch_support import build_shop, fake_env, fake_settings
 
 BASE = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # noon in Shanghai: no quiet hours in the way
-CRM = [sys.executable, "-m", "crm.cli"]
+CRM = [sys.executable, "-m", "wiring.cli"]
 
 
 def _statuses(shop) -> Counter:

@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from crm.generator import GeneratorConfig, generate, write_dataset
 from crm.ingest import file_chunks, run_import
+from wiring.generator import GeneratorConfig, generate, write_dataset
 
 CONFIG = GeneratorConfig(customers=3000, seed=7, end=date(2026, 6, 1))
 

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 
 from sqlmodel import select
 
-from campaigns import guardrails, service
-from campaigns.conversions import attribute_conversions
-from campaigns.dispatch import admit
+from campaigns import service
+from campaigns.authoring import guard_rail_settings, templates
+from campaigns.delivery.dispatch import admit
+from campaigns.measurement.conversions import attribute_conversions
 from campaigns.models import Message
+from campaigns.planning import guardrails, plans
 from crm.models import AuditLog, Role
 from tests.factories import csv_text, run
 from tests.test_campaigns import TUESDAY, _active, _potential, people  # noqa: F401  (the five-customer shop)
@@ -111,12 +113,12 @@ def test_a_redeemed_coupon_records_the_discount_granted_and_stops_counting_as_op
                                                  Message.status == "planned")).one()
     session.exec(Message.__table__.update().where(Message.__table__.c.id == message.id).values(
         status="sent", sent_at=message.send_at))
-    ledger_before = service._ledger(session, message.send_at, 400, people["P1"])
+    ledger_before = plans.read_ledger(session, message.send_at, 400, people["P1"])
     assert ledger_before["open_offer"].sum() == message.discount_value
     run(session, ctx, "orders", csv_text(("external_id", "customer_external_id", "ordered_at", "amount_paid",
                                           "discount", "cost_of_goods", "coupon_code"),
                                          [("r1", "P1", "2026-10-31T10:00:00Z", "330", "50", "", message.coupon_code)]))
-    ledger_after = service._ledger(session, message.send_at, 400, people["P1"])
+    ledger_after = plans.read_ledger(session, message.send_at, 400, people["P1"])
     assert ledger_after["open_offer"].sum() == 0  # the order's own discount counts now, not the coupon twice
     result = attribute_conversions(session, ctx)
     assert result["redemptions"] == 1 and result["redemptions_over_terms"] == 0
@@ -162,7 +164,7 @@ def test_guard_rails_are_read_by_marketers_changed_by_admins_validated_and_audit
 
 def test_version_zero_is_seeded_from_the_environment(session, ctx):
     ctx.settings = ctx.settings.model_copy(update={"caps": {"sms": (3, 7)}, "quiet_hours": ("22:00", "08:00")})
-    version, rails = guardrails.current_settings(session, ctx)
+    version, rails = guard_rail_settings.current_settings(session, ctx)
     assert version == 0 and rails.caps["sms"].limit == 3 and rails.quiet_hours.start == "22:00"
     assert not math.isnan(guardrails.guard_rails(session, ctx).discounts.budget_share)
 
@@ -241,10 +243,10 @@ def test_preview_checks_the_rules_in_force_now(client, session, ctx, auth_header
 
 
 def test_every_shipped_marketing_template_passes_the_content_rules(session, ctx):
-    from campaigns import rendering
+    from campaigns.authoring import rendering
 
     for source in rendering.file_templates().values():
-        sample = service._sample(ctx, source.locale)
+        sample = templates.shop_sample_context(ctx, source.locale)
         rendered = rendering.render(source, sample)
-        assert service.content_problems(session, ctx, source, rendered) == [], source.name
+        assert templates.content_problems(session, ctx, source, rendered) == [], source.name
 

@@ -12,12 +12,12 @@ from datetime import date
 
 from sqlalchemy import text
 
-from crm.context import build_context
-from crm.db import make_engine, session_scope
-from crm.generator import GeneratorConfig, write_dataset
 from crm.ingest import mark_interrupted_imports
-from crm.settings import Settings
+from kit.context import build_context
+from kit.db import make_engine, session_scope
+from kit.settings import Settings
 from tests.conftest import TEST_SECRET, cli_env
+from wiring.generator import GeneratorConfig, write_dataset
 
 
 def _counts(engine) -> tuple[int, int, int]:
@@ -42,7 +42,7 @@ def _sweep(ctx) -> int:
 def test_sigkill_mid_import_leaves_whole_batches_only(scratch_url, tmp_path, db_backend):
     counts = write_dataset(GeneratorConfig(customers=1500, seed=11, end=date(2026, 6, 1)), tmp_path / "data")
     env = cli_env(scratch_url, tmp_path) | {"CRM_IMPORT_BLOCK_BYTES": "32768"}
-    crm = [sys.executable, "-m", "crm.cli"]
+    crm = [sys.executable, "-m", "wiring.cli"]
     subprocess.run([*crm, "migrate"], env=env, check=True, capture_output=True)
     subprocess.run([*crm, "import", "customers", str(tmp_path / "data" / "customers.csv")], env=env, check=True,
                    capture_output=True)
@@ -98,7 +98,7 @@ def test_a_running_import_reads_interrupted_once_its_process_is_gone(scratch_url
     """The liveness lock on both backends: held → the job stays `running`; its holder gone without unlocking (a
     dead process's connection or file descriptor closing) → `GET /imports/{id}`'s lookup marks it `interrupted`."""
     from crm.ingest import get_job, start_job
-    from crm.migrations import upgrade_to_head
+    from kit.migrations import upgrade_to_head
 
     engine = make_engine(scratch_url)
     upgrade_to_head(engine)

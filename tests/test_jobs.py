@@ -14,19 +14,20 @@ from sqlalchemy import text
 from campaigns.models import Campaign, Message, WebhookReceipt
 from churn.models import ChurnPrediction
 from crm import audit
-from crm.app import create_app, job_registry
 from crm.auth import create_key
-from crm.clock import FixedClock
-from crm.context import Context
-from crm.crypto import ContactCipher
-from crm.db import make_engine, session_scope
-from crm.jobs import JobBusy, JobDefinition, JobRegistry, Step, run_due, run_job
-from crm.locks import try_lock
-from crm.migrations import upgrade_to_head
-from crm.models import Event, ImportJob, JobRun, Role, SchedulerInstance
-from crm.schedules import JobSchedule
-from crm.settings import Settings
+from crm.models import Event, ImportJob, Role
+from kit.clock import FixedClock
+from kit.context import Context
+from kit.crypto import ContactCipher
+from kit.db import make_engine, session_scope
+from kit.jobs import JobBusy, JobDefinition, JobRegistry, Step, run_due, run_job
+from kit.locks import try_lock
+from kit.migrations import upgrade_to_head
+from kit.models import JobRun, SchedulerInstance
+from kit.schedules import JobSchedule
+from kit.settings import Settings
 from tests.conftest import TEST_SECRET, cli_env
+from wiring.app import create_app, job_registry
 
 DAILY = JobSchedule("daily", "Asia/Shanghai", 2, 0)
 
@@ -177,7 +178,7 @@ def test_health_reports_the_scheduler_leader_and_heartbeat(client, session, ctx)
 def test_pipeline_cli_refuses_bad_dates_in_one_line(scratch_url, tmp_path):
     upgrade_to_head(make_engine(scratch_url))
     for date, message in (("2026-13-01", "--date"), ("2999-01-01", "in the future")):
-        result = subprocess.run([sys.executable, "-m", "crm.cli", "pipeline", "run", "--date", date],
+        result = subprocess.run([sys.executable, "-m", "wiring.cli", "pipeline", "run", "--date", date],
                                 env=cli_env(scratch_url, tmp_path), capture_output=True, text=True, timeout=120)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

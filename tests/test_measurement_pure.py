@@ -13,15 +13,20 @@ from scipy import integrate, stats
 from statsmodels.stats import proportion as sm_proportion
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from campaigns.measurement import ArmResult, ab_verdict, member_arms, outcomes, uplift
-from campaigns.planner import assign_variants, control_draw, holdout_draw
-from campaigns.reports import simulated_truth
-from campaigns.spec import CampaignSpec, Experiment
-from campaigns.stats import mean_difference, rate_difference, sample_size_per_arm, sample_still_needed
+from campaigns.authoring.spec import CampaignSpec, Experiment
+from campaigns.measurement.arms import ArmResult, ab_verdict, member_arms, outcomes, uplift
+from campaigns.measurement.reports import simulated_truth
+from campaigns.measurement.stats import (
+    mean_difference,
+    rate_difference,
+    sample_size_per_arm,
+    sample_still_needed,
+)
+from campaigns.planning.planner import assign_variants, control_draw, holdout_draw
 from churn.gammagamma import GammaGamma, log_likelihood
 from churn.reports import customer_summaries, quality
-from crm.generator import simulate_responses
 from segmentation.reports import cohort_retention
+from wiring.generator import simulate_responses
 
 UTC_TYPE = pl.Datetime("us", "UTC")
 T0 = datetime(2026, 11, 3, 2, 0, tzinfo=UTC)

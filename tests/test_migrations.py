@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel
 
-from crm.migrations import current_revision, head_revision, import_all_models
+from kit.migrations import current_revision, head_revision
+from wiring.models import all_metadata
 
 
 def test_autogenerate_finds_no_difference(engine):
-    import_all_models()
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        differences = compare_metadata(context, SQLModel.metadata)
+        differences = compare_metadata(context, all_metadata())
     assert differences == [], f"models and migrations disagree: {differences}"
 
 

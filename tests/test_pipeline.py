@@ -9,23 +9,23 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlmodel import select
 
-from campaigns.conversions import attribute_conversions
+from campaigns.measurement.conversions import attribute_conversions
 from campaigns.models import Message
 from campaigns.service import create_campaign, install_defaults, set_status
 from churn.service import score_customers
-from crm.app import job_registry
-from crm.clock import FixedClock, ensure_utc
-from crm.context import Context
-from crm.crypto import ContactCipher
-from crm.db import make_engine, session_scope
-from crm.generator import GeneratorConfig, write_dataset
 from crm.ingest import file_chunks, run_import
-from crm.jobs import run_job
-from crm.migrations import upgrade_to_head
 from crm.models import Order
-from crm.settings import Settings
-from crm.timezones import utc_midnight
+from kit.clock import FixedClock, ensure_utc
+from kit.context import Context
+from kit.crypto import ContactCipher
+from kit.db import make_engine, session_scope
+from kit.jobs import run_job
+from kit.migrations import upgrade_to_head
+from kit.settings import Settings
+from kit.timezones import utc_midnight
 from tests.conftest import TEST_SECRET
+from wiring.app import job_registry
+from wiring.generator import GeneratorConfig, write_dataset
 
 # 02:00 on Sunday 15 November in Shanghai: the lost-tier win-back fires (monthly on the 15th, 10:00 local).
 FIRE_AT = datetime(2026, 11, 14, 18, 0, tzinfo=UTC)

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crm.crypto import ContactCipher
 from crm.service import mask_email, mask_phone
 from crm.validation import (
     normalise_email,
@@ -18,6 +17,7 @@ from crm.validation import (
     parse_timestamp,
     timestamp_column,
 )
+from kit.crypto import ContactCipher
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -105,7 +105,7 @@ def test_shared_frames_serve_narrower_windows_with_the_same_end_and_read_anythin
 
     import polars as pl
 
-    from crm.service import SharedFrames
+    from kit.columnar import SharedFrames
 
     end = datetime(2026, 11, 1, tzinfo=UTC)
     days = [end - timedelta(days=d) for d in (1, 50, 100, 200)]

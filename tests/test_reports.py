@@ -16,11 +16,11 @@ from sqlalchemy import text, update
 from sqlmodel import select
 
 from campaigns import service
-from campaigns.conversions import attribute_conversions
+from campaigns.measurement.conversions import attribute_conversions
+from campaigns.measurement.reports import campaign_reports
+from campaigns.measurement.stats import rate_difference
 from campaigns.models import Campaign, Message
-from campaigns.planner import in_global_control
-from campaigns.reports import campaign_reports
-from campaigns.stats import rate_difference
+from campaigns.planning.planner import in_global_control
 from churn.models import ChurnPrediction
 from crm.models import Channel, ConsentStatus, Customer, Order, Role
 from crm.service import record_consent
@@ -336,17 +336,17 @@ def test_fairness_winback_and_tier_history_reports(session, ctx, shop, client, a
 
 def test_crm_report_prints_json_and_fails_in_one_line(scratch_url, tmp_path):
     env = cli_env(scratch_url, tmp_path)
-    subprocess.run([sys.executable, "-m", "crm.cli", "migrate"], env=env, check=True, capture_output=True)
-    done = subprocess.run([sys.executable, "-m", "crm.cli", "report", "retention", "--json"], env=env,
+    subprocess.run([sys.executable, "-m", "wiring.cli", "migrate"], env=env, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "wiring.cli", "report", "retention", "--json"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["cohorts"] == []
-    unknown = subprocess.run([sys.executable, "-m", "crm.cli", "report", "nope"], env=env, capture_output=True,
+    unknown = subprocess.run([sys.executable, "-m", "wiring.cli", "report", "nope"], env=env, capture_output=True,
                              text=True)
     assert unknown.returncode != 0 and "unknown report 'nope'" in unknown.stderr
     assert "Traceback" not in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
     out = tmp_path / "campaigns.csv"
-    exported = subprocess.run([sys.executable, "-m", "crm.cli", "report", "campaigns", "--csv", str(out)], env=env,
+    exported = subprocess.run([sys.executable, "-m", "wiring.cli", "report", "campaigns", "--csv", str(out)], env=env,
                               capture_output=True, text=True)
     assert exported.returncode == 0, exported.stderr
     assert out.read_text().strip() == ""  # no campaigns: an empty table

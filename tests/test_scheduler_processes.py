@@ -13,8 +13,8 @@ import time
 
 from sqlalchemy import text
 
-from crm.db import make_engine
-from crm.migrations import upgrade_to_head
+from kit.db import make_engine
+from kit.migrations import upgrade_to_head
 from tests.conftest import cli_env
 
 TAKEOVER_SECONDS = 3.0
@@ -47,7 +47,7 @@ def test_one_leader_takeover_after_sigkill_and_one_run_per_occurrence(scratch_ur
 
     def start(name: str) -> subprocess.Popen:
         log = (tmp_path / f"{name}.log").open("w")
-        return subprocess.Popen([sys.executable, "-m", "crm.cli", "scheduler"], env=env, stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "wiring.cli", "scheduler"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
 
     def role(process: subprocess.Popen) -> str | None:
@@ -100,7 +100,7 @@ def test_a_leader_killed_mid_pipeline_is_replaced_and_the_pipeline_resumes_where
         "CRM_SCHEDULER_TAKEOVER_SECONDS": str(TAKEOVER_SECONDS)}
 
     def start(name: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "crm.cli", "scheduler"], env=env,
+        return subprocess.Popen([sys.executable, "-m", "wiring.cli", "scheduler"], env=env,
                                 stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
 
     def query(sql: str) -> list[tuple]:

@@ -6,9 +6,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from campaigns.spec import Schedule
-from crm.scheduler import LocalTimeTrigger
-from crm.schedules import JobSchedule, due_occurrences, parse_local_time, parse_weekday
+from campaigns.authoring.spec import Schedule
+from kit.scheduler import LocalTimeTrigger
+from kit.schedules import JobSchedule, due_occurrences, parse_local_time, parse_weekday
 
 NEW_YORK = "America/New_York"
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from crm.app import create_app
 from crm.models import Role
-from crm.throttle import FailureThrottle
+from kit.throttle import FailureThrottle
+from wiring.app import create_app
 
 
 def test_the_throttle_counts_failures_in_a_sliding_window_per_bucket():
@@ -174,10 +174,10 @@ def test_secrets_and_contact_data_never_reach_the_logs(scratch_url, tmp_path, fa
 
     from fastapi.testclient import TestClient
 
-    from campaigns.channels import build_senders
-    from campaigns.dispatch import Dispatcher
+    from campaigns.delivery.channels import build_senders
+    from campaigns.delivery.dispatch import Dispatcher
     from crm.auth import create_key
-    from crm.db import session_scope
+    from kit.db import session_scope
     from tests.conftest import TEST_SECRET
     from tests.dispatch_support import build_shop, fake_settings
 
@@ -215,7 +215,7 @@ def served(scratch_url, tmp_path):
     import httpx
 
     from crm.auth import create_key
-    from crm.db import session_scope
+    from kit.db import session_scope
     from tests.chaos import free_port
     from tests.conftest import cli_env
     from tests.dispatch_support import build_shop, fake_settings
@@ -226,7 +226,7 @@ def served(scratch_url, tmp_path):
     port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "crm.cli", "serve", "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "wiring.cli", "serve", "--port", str(port)],
                                   env=cli_env(scratch_url, tmp_path), stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

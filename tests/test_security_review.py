@@ -11,11 +11,12 @@ import stat
 
 import pytest
 
-from campaigns import rendering, service
-from campaigns.report_catalog import spreadsheet_safe
+from campaigns import service
+from campaigns.authoring import rendering, templates
 from crm import ingest
 from crm.models import Role
 from tests.factories import CUSTOMER_HEADER, csv_text, customers, run
+from wiring.report_catalog import spreadsheet_safe
 
 # ---------------------------------------------------------------- uploads on a running server
 
@@ -64,7 +65,7 @@ def test_a_costly_branch_the_sample_never_takes_fails_its_message_not_the_dispat
     hidden = ("{% if customer.external_id != 'C-SAMPLE' %}{% for i in range(100000) %}{% for j in range(100000) %}"
               "{% endfor %}{% endfor %}{% endif %}Hello. Reply STOP to opt out")
     source = rendering.TemplateSource("hidden", "sms", "en-US", {"body": hidden}, "test")
-    sample = service._sample(ctx, "en-US")
+    sample = templates.shop_sample_context(ctx, "en-US")
     assert rendering.validate(source, sample)["rendered"]["body"].startswith("Hello")  # passes at save
     real = sample | {"customer": sample["customer"] | {"external_id": "C42"}}
     with pytest.raises(rendering.TemplateProblem, match="loops ran more than"):
@@ -207,7 +208,7 @@ def test_csv_reports_neutralise_cells_a_spreadsheet_would_run(client, session, c
 
 
 def test_the_embedded_database_file_is_private(tmp_path):
-    from crm.db import make_engine
+    from kit.db import make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'private.sqlite3'}")
     with engine.connect() as connection:

@@ -155,7 +155,7 @@ def test_a_stop_from_a_shared_number_opts_out_every_holder(client, session, ctx,
 
 
 def test_reply_keywords_come_from_the_guard_rails(client, session, ctx, shop, auth_header):
-    from campaigns import guardrails
+    from campaigns.authoring import guard_rail_settings as guardrails
 
     version, rails = guardrails.current_settings(session, ctx)
     body = rails.model_dump(mode="json")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0001'
@@ -27,16 +27,16 @@ def upgrade() -> None:
     sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('key_prefix', sa.String(length=16), nullable=False),
     sa.Column('key_hash', sa.String(length=64), nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sa.String(length=120), nullable=False),
-    sa.Column('revoked_at', crm.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_used_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', kit.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_used_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash')
     )
     op.create_table('audit_log',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('actor', sa.String(length=120), nullable=False),
     sa.Column('action', sa.String(length=64), nullable=False),
     sa.Column('entity', sa.String(length=64), nullable=False),
@@ -59,11 +59,11 @@ def upgrade() -> None:
     sa.Column('time_zone', sa.String(length=64), nullable=False),
     sa.Column('locale', sa.String(length=16), nullable=False),
     sa.Column('birthday', sa.Date(), nullable=True),
-    sa.Column('signed_up_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('signed_up_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('membership_level', sa.String(length=32), nullable=True),
     sa.Column('attributes', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('external_id')
     )
@@ -73,7 +73,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('external_id', sa.String(length=200), nullable=False),
     sa.Column('customer_id', sa.Integer(), nullable=False),
-    sa.Column('occurred_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('occurred_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('type', sa.String(length=32), nullable=False),
     sa.Column('properties', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.PrimaryKeyConstraint('id'),
@@ -87,8 +87,8 @@ def upgrade() -> None:
     sa.Column('format', sa.String(length=8), nullable=False),
     sa.Column('status', sa.String(length=12), nullable=False),
     sa.Column('created_by', sa.String(length=120), nullable=False),
-    sa.Column('started_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('rows_total', sa.Integer(), nullable=False),
     sa.Column('rows_inserted', sa.Integer(), nullable=False),
     sa.Column('rows_updated', sa.Integer(), nullable=False),
@@ -116,13 +116,13 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('external_id', sa.String(length=128), nullable=False),
     sa.Column('customer_id', sa.Integer(), nullable=False),
-    sa.Column('ordered_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ordered_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('amount_paid', sa.Numeric(precision=14, scale=2), nullable=False),
     sa.Column('discount', sa.Numeric(precision=14, scale=2), nullable=False),
     sa.Column('cost_of_goods', sa.Numeric(precision=14, scale=2), nullable=True),
     sa.Column('coupon_code', sa.String(length=64), nullable=True),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('external_id')
     )
@@ -132,7 +132,7 @@ def upgrade() -> None:
     sa.Column('channel', sa.String(length=8), nullable=False),
     sa.Column('status', sa.String(length=12), nullable=False),
     sa.Column('source', sa.String(length=64), nullable=False),
-    sa.Column('changed_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('changed_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
     sa.PrimaryKeyConstraint('customer_id', 'channel')
     )
@@ -142,8 +142,8 @@ def upgrade() -> None:
     sa.Column('channel', sa.String(length=8), nullable=False),
     sa.Column('status', sa.String(length=12), nullable=False),
     sa.Column('source', sa.String(length=64), nullable=False),
-    sa.Column('changed_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('recorded_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('changed_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('recorded_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
     sa.PrimaryKeyConstraint('id')
     )

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0002'
@@ -26,16 +26,16 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=16), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('body', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sa.String(length=120), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name', 'version')
     )
     op.create_table('segment_run',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('as_of', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('started_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('as_of', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('customers', sa.Integer(), nullable=False),
     sa.Column('distribution', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('changes', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
@@ -54,7 +54,7 @@ def upgrade() -> None:
     sa.Column('tag', sa.String(length=40), nullable=True),
     sa.Column('from_value', sa.String(length=40), nullable=True),
     sa.Column('to_value', sa.String(length=40), nullable=True),
-    sa.Column('at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('why', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.PrimaryKeyConstraint('id')
@@ -66,24 +66,24 @@ def upgrade() -> None:
     op.create_table('customer_segment',
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('tier', sa.String(length=32), nullable=False),
-    sa.Column('tier_since', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('tier_since', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('tier_matched', sa.Boolean(), nullable=False),
     sa.Column('tier_version', sa.Integer(), nullable=False),
     sa.Column('tier_pending', sa.String(length=32), nullable=True),
     sa.Column('tier_pending_runs', sa.Integer(), nullable=True),
-    sa.Column('tier_pending_as_of', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('tier_pending_as_of', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('layer', sa.String(length=32), nullable=False),
-    sa.Column('layer_since', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('layer_since', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('layer_matched', sa.Boolean(), nullable=False),
     sa.Column('layer_version', sa.Integer(), nullable=False),
     sa.Column('layer_pending', sa.String(length=32), nullable=True),
     sa.Column('layer_pending_runs', sa.Integer(), nullable=True),
-    sa.Column('layer_pending_as_of', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('layer_pending_as_of', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('r_score', sa.SmallInteger(), nullable=True),
     sa.Column('f_score', sa.SmallInteger(), nullable=True),
     sa.Column('m_score', sa.SmallInteger(), nullable=True),
     sa.Column('rfm', sa.String(length=3), nullable=True),
-    sa.Column('first_seen_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('first_seen_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
     sa.PrimaryKeyConstraint('customer_id')
     )
@@ -95,7 +95,7 @@ def upgrade() -> None:
     op.create_table('customer_tag',
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('tag', sa.String(length=40), nullable=False),
-    sa.Column('since', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('since', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('why', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),

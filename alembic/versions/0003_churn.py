@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0003'
@@ -24,8 +24,8 @@ def upgrade() -> None:
     op.create_table('churn_model',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('promoted_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('promoted_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('artifact', sa.String(length=500), nullable=False),
     sa.Column('params', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('features', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
@@ -42,7 +42,7 @@ def upgrade() -> None:
     op.create_table('churn_score',
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('model_id', sa.Integer(), nullable=False),
-    sa.Column('scored_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('scored_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('probability', sa.Float(), nullable=False),
     sa.Column('at_risk', sa.Boolean(), nullable=False),
     sa.Column('reasons', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0005'
@@ -28,9 +28,9 @@ def upgrade() -> None:
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('spec', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sa.String(length=120), nullable=False),
-    sa.Column('updated_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_by', sa.String(length=120), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
@@ -48,19 +48,19 @@ def upgrade() -> None:
     sa.Column('reason', sa.String(length=40), nullable=True),
     sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('transactional', sa.Boolean(), nullable=False),
-    sa.Column('send_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('send_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('template', sa.String(length=80), nullable=False),
     sa.Column('locale', sa.String(length=16), nullable=False),
     sa.Column('offer', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('discount_value', sa.Float(), nullable=False),
     sa.Column('coupon_code', sa.String(length=40), nullable=True),
-    sa.Column('valid_until', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('valid_until', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('provider_id', sa.String(length=80), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('campaign_id', 'occurrence', 'customer_id', 'channel', name='uq_message_outbox_key')
     )
@@ -75,7 +75,7 @@ def upgrade() -> None:
     sa.Column('locale', sa.String(length=16), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('parts', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sa.String(length=120), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name', 'channel', 'locale', 'version')
@@ -85,7 +85,7 @@ def upgrade() -> None:
     sa.Column('campaign_id', sa.Integer(), nullable=False),
     sa.Column('occurrence', sa.String(length=32), nullable=False),
     sa.Column('campaign_version', sa.Integer(), nullable=False),
-    sa.Column('planned_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('planned_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('counts', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -97,7 +97,7 @@ def upgrade() -> None:
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=12), nullable=False),
     sa.Column('spec', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sa.String(length=120), nullable=False),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaign.id'], ),
     sa.PrimaryKeyConstraint('id'),

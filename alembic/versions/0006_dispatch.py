@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0006'
@@ -24,7 +24,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('provider', sa.String(length=16), nullable=True))
         batch_op.add_column(sa.Column('worker', sa.String(length=64), nullable=True))
         for name in MOMENTS:
-            batch_op.add_column(sa.Column(name, crm.types.UTCDateTime(timezone=True), nullable=True))
+            batch_op.add_column(sa.Column(name, kit.types.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f('ix_message_provider_id'), ['provider_id'], unique=False)
     op.create_table('call_task',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -34,11 +34,11 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=12), nullable=False),
     sa.Column('script', sa.Text(), nullable=False),
     sa.Column('claimed_by', sa.String(length=120), nullable=True),
-    sa.Column('claimed_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('claimed_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('outcome', sa.String(length=20), nullable=True),
     sa.Column('notes', sa.Text(), nullable=True),
-    sa.Column('done_at', crm.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('done_at', kit.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('message_id')
     )
@@ -49,7 +49,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('provider', sa.String(length=16), nullable=False),
     sa.Column('event_id', sa.String(length=120), nullable=False),
-    sa.Column('received_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('provider', 'event_id', name='uq_webhook_receipt')
     )

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0007'
@@ -37,10 +37,10 @@ def upgrade() -> None:
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('channel', sa.String(length=8), nullable=False),
     sa.Column('touch', sa.String(length=8), nullable=False),
-    sa.Column('ordered_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ordered_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('revenue', sa.Float(), nullable=False),
     sa.Column('discount', sa.Float(), nullable=False),
-    sa.Column('attributed_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('attributed_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('order_id')
     )
@@ -56,8 +56,8 @@ def upgrade() -> None:
     sa.Column('trigger', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('instance', sa.String(length=120), nullable=True),
-    sa.Column('started_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('error', sa.String(length=1000), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('job', 'occurrence', name='uq_job_run_occurrence')
@@ -69,9 +69,9 @@ def upgrade() -> None:
     op.create_table('scheduler_instance',
     sa.Column('instance', sa.String(length=120), nullable=False),
     sa.Column('role', sa.String(length=12), nullable=False),
-    sa.Column('started_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('beat_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('leader_since', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('beat_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('leader_since', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('instance')
     )
     with op.batch_alter_table('scheduler_instance', schema=None) as batch_op:
@@ -83,8 +83,8 @@ def upgrade() -> None:
     sa.Column('step', sa.String(length=32), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=12), nullable=False),
-    sa.Column('started_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('seconds', sa.Float(), nullable=True),
     sa.Column('counts', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('error', sa.String(length=1000), nullable=True),

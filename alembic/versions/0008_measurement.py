@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0008'
@@ -21,7 +21,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table('churn_prediction',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('scored_on', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('scored_on', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('customer_id', sa.Integer(), nullable=False),
     sa.Column('model_id', sa.Integer(), nullable=False),
     sa.Column('probability', sa.Float(), nullable=False),

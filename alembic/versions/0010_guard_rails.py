@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0010'
@@ -25,7 +25,7 @@ def upgrade() -> None:
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('settings', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'),
               nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('created_by', sa.String(length=120), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('version')
@@ -35,7 +35,7 @@ def upgrade() -> None:
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.add_column(sa.Column('redeemed_order_id', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('redeemed_discount', sa.Float(), nullable=True))
-        batch_op.add_column(sa.Column('redeemed_at', crm.types.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('redeemed_at', kit.types.UTCDateTime(timezone=True), nullable=True))
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.create_index('ix_orders_coupon_code', ['coupon_code'], unique=False)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-import crm.types
+import kit.types
 from alembic import op
 
 revision: str = '0011'
@@ -22,9 +22,9 @@ def upgrade() -> None:
     op.create_table('console_session',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('key_id', sa.Integer(), nullable=False),
-    sa.Column('created_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', crm.types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('revoked_at', crm.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', kit.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', kit.types.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('console_session', schema=None) as batch_op:

@@ -1,0 +1,200 @@
+"""campaigns' commands: `crm campaigns …` (touch plans, dry-runs, planning) and `crm dispatch run` (the outbox)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from campaigns import service as campaigns
+from kit.cli import CliError, cli_context, console, optional_day, parse_instant
+from kit.context import Context
+from kit.db import session_scope
+
+app = typer.Typer(no_args_is_help=True)
+campaigns_app = typer.Typer(help="Campaigns: default plans, dry-runs, planning.", no_args_is_help=True)
+app.add_typer(campaigns_app, name="campaigns")
+dispatch_app = typer.Typer(help="Dispatch: send due outbox messages through the channels.", no_args_is_help=True)
+app.add_typer(dispatch_app, name="dispatch")
+
+
+@campaigns_app.command("install-defaults")
+def campaigns_install_defaults(
+        draft: Annotated[bool, typer.Option("--draft", help="leave them in draft instead of activating")] = False,
+) -> None:
+    """Create the default touch plans (VIP call, potential coupon, lost win-back, at-risk, birthday, first order)."""
+    for row in install_defaults(cli_context(), activate=not draft):
+        print_installed(row)
+
+
+def install_defaults(ctx: Context, activate: bool = True) -> list[dict]:
+    """Create (and activate) the default touch plans that do not exist yet."""
+    with session_scope(ctx.engine) as session:
+        return campaigns.install_defaults(session, ctx, "cli", activate=activate)
+
+
+def print_installed(row: dict) -> None:
+    """One installed default campaign, with its first fairness warning."""
+    state = "created" if row["created"] else "exists"
+    console.print(f"campaign {row['id']}: {row['name']} ({row['status']}, {state})")
+    if row["warnings"]:
+        first = row["warnings"][0]
+        console.print(f"  [yellow]fairness warning[/yellow] at {len(row['warnings'])} price points, e.g. "
+                      f"{first['tier']} pays {first['loyal_price']} for a basket of {first['basket']:g}, "
+                      f"new customers {first['new_customer_price']}")
+
+
+@campaigns_app.command("list")
+def campaigns_list() -> None:
+    """Campaigns, highest priority first."""
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        for c in campaigns.list_campaigns(session):
+            console.print(f"{c.id}\t{c.status}\tpriority {c.priority}\t{c.name}")
+
+
+@campaigns_app.command("dry-run")
+def campaigns_dry_run(campaign_id: int,
+                      on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD local occurrence date")] = None,
+                      as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What the campaign's occurrence would do — writes nothing."""
+    result = _dry_run(cli_context(), campaign_id, optional_day(on))
+    if as_json:
+        print(json.dumps(result, default=str, ensure_ascii=False))
+    else:
+        _print_dry_run(result)
+
+
+def _dry_run(ctx: Context, campaign_id: int, day: date | None) -> dict:
+    with session_scope(ctx.engine) as session:
+        return campaigns.dry_run(session, ctx, campaign_id, day)
+
+
+def _print_dry_run(result: dict) -> None:
+    channels = ", ".join(f"{k} {v:,}" for k, v in result["per_channel"].items() if v)
+    excluded = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in result["excluded"].items() if v)
+    adjusted = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in result["adjusted"].items() if v)
+    cost = result["estimated_cost"]
+    console.print(f"[bold]{result['campaign']}[/bold] on {result['occurrence']}: audience {result['audience']:,}, "
+                  f"recipients {result['recipients']:,} ({channels or 'none'})")
+    console.print(f"  excluded: {excluded or 'nobody'}; adjusted: {adjusted or 'nothing'}")
+    console.print(f"  estimated cost: messages {cost['messages']:,.2f}, discount {cost['discount_expected']:,.2f} "
+                  f"expected ({cost['discount_if_all_redeemed']:,.2f} if every offer is redeemed)")
+    for sample in result["samples"][:1]:
+        text = sample["rendered"].get("body") or sample["rendered"].get("subject") or ""
+        console.print(f"  sample {sample['channel']} to {sample['customer']} ({sample['locale']}): {text}")
+
+
+@campaigns_app.command("plan")
+def campaigns_plan(campaign_id: int,
+                   on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD local occurrence date")] = None,
+                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Plan an occurrence into the outbox (a second run adds nothing)."""
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        result = campaigns.plan_campaign(session, ctx, campaign_id, optional_day(on))
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        console.print(f"campaign {campaign_id} occurrence {result['occurrence']}: {result['added']:,} outbox rows added"
+                      + (" (already planned)" if result["already_planned"] else ""))
+
+
+def _dispatch_worker(share: float, once: bool, max_batches: int | None, now: str | None) -> dict:
+    """One dispatcher process (also the target of --workers' child processes)."""
+    import signal
+    import threading
+
+    from campaigns.delivery.channels import build_senders
+    from campaigns.delivery.dispatch import serve as serve_dispatch
+    from kit.clock import FixedClock
+
+    ctx = cli_context()
+    if now is not None:
+        ctx.clock = FixedClock(parse_instant(now))
+    stop = threading.Event()
+    # SIGTERM finishes the batch in hand and exits: its claimed messages are sent and recorded, none stranded.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if not once:
+        from campaigns.delivery.dispatch import worker_name
+
+        print(f"dispatcher {worker_name()} running (SIGTERM finishes the batch in hand)", file=sys.stderr, flush=True)
+    report = serve_dispatch(ctx, build_senders(ctx.settings), once=once, stop=stop, max_batches=max_batches,
+                            share=share)
+    return dict(report.counts) | {f"seconds_{k}": round(v, 3) for k, v in report.seconds.items()}
+
+
+@dispatch_app.command("run")
+def dispatch_run(
+    once: Annotated[bool, typer.Option("--once", help="send what is due, then exit")] = False,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes (PostgreSQL; SQLite has one writer)")] = 1,
+    max_batches: Annotated[int | None, typer.Option(min=1, help="stop after this many batches per pass")] = None,
+    now: Annotated[str | None, typer.Option(help="ISO instant to dispatch as of (replays, tests)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send due messages: claim, check caps/consent/quiet hours again, send, record; SIGTERM stops cleanly."""
+    ctx = cli_context()
+    if workers > 1 and ctx.engine.dialect.name != "postgresql":
+        raise CliError("SQLite has a single writer: run one dispatcher (use PostgreSQL for --workers)")
+    if workers == 1:
+        counts = _dispatch_worker(1.0, once, max_batches, now)
+    else:
+        import multiprocessing
+        from collections import Counter
+
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        try:
+            parts = pool.starmap(_dispatch_worker, [(1.0 / workers, once, max_batches, now)] * workers)
+        finally:
+            pool.close()
+            pool.join()
+        counts = {k: round(v, 3) if isinstance(v, float) else v
+                  for k, v in sum((Counter(p) for p in parts), Counter()).items()}
+    if as_json:
+        print(json.dumps(counts))
+    else:
+        console.print("dispatched: " + (", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "nothing due"))
+
+
+def print_campaign_reports(rows: list[dict]) -> None:
+    """Per campaign: arms, conversion treated vs holdout, uplift with its interval, revenue, costs and ROI."""
+    if not rows:
+        console.print("no campaign messages in the period")
+        return
+    table = Table("campaign", "treated / holdout", "conversion T vs H", "uplift [95% CI]", "p",
+                  "incremental revenue [95% CI]", "attributed revenue / cost / incremental ROI",
+                  title="Campaigns")
+    notes = []
+    for row in rows:
+        conv = row["uplift"]["conversion"]
+        incremental = row["uplift"]["incremental_revenue"]
+        rates = ("–" if conv["difference"] is None else
+                 f"{conv['treated_rate']:.1%} vs {conv['control_rate']:.1%}")
+        lift = ("–" if conv["difference"] is None else
+                f"{conv['difference']:+.2%} [{conv['low']:+.2%}, {conv['high']:+.2%}]"
+                + (" *" if conv["significant"] else "") + (" †" if conv["small_sample"] else ""))
+        money = ("–" if incremental["difference"] is None or incremental["low"] is None else
+                 f"{incremental['difference']:,.0f} [{incremental['low']:,.0f}, {incremental['high']:,.0f}]")
+        roi = "–" if row["incremental_roi"] is None else f"{row['incremental_roi']:.1f}"
+        table.add_row(row["campaign"], f"{row['members']['treated']:,} / {row['members']['holdout']:,}", rates, lift,
+                      "–" if conv["p_value"] is None else f"{conv['p_value']:.3g}", money,
+                      f"{row['revenue']:,.0f} / {row['cost']:,.0f} / {roi}")
+        still = row["uplift"]["sample_still_needed"]
+        if still and (still["treated"] or still["control"]):
+            notes.append(f"  {row['campaign']}: not significant yet; about {still['treated']:,} more treated and "
+                         f"{still['control']:,} more holdout members would settle it (80% power)")
+        if "experiment" in row:
+            verdict = row["experiment"]
+            notes.append(f"  {row['campaign']}: A/B on {verdict['variable']}: {verdict['status']}"
+                         + (f", winner {verdict['winner']}" if verdict["winner"] else ""))
+    # Wide enough for the intervals even when piped (rich assumes 80 columns there).
+    Console(soft_wrap=True, width=max(console.width, 170)).print(table)
+    for note in notes:
+        console.print(note)
+    console.print("* significant at 95%; † an arm has fewer than 10 conversions or non-conversions (rough "
+                  "interval); uplift = conversion within the attribution window, treated − holdout")

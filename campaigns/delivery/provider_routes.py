@@ -1,0 +1,69 @@
+"""Webhook routes of the sender providers (registered with them in campaigns.delivery.channels): Twilio's status
+callbacks and inbound SMS, SendGrid's event webhook; every request's signature is checked first."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from campaigns.delivery import webhooks
+from crm.api import ContextDep, SessionDep
+from kit.errors import InvalidInput
+
+twilio_routes = APIRouter()
+sendgrid_routes = APIRouter()
+
+
+def _public_url(request: Request, ctx) -> str:
+    """The URL the provider called, as configured (behind a proxy the request's own host is not it)."""
+    query = f"?{request.url.query}" if request.url.query else ""
+    return f"{ctx.settings.public_base_url.rstrip('/')}{request.url.path}{query}"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """Twilio posts application/x-www-form-urlencoded; every field counts for the signature."""
+    return dict(parse_qsl((await request.body()).decode(errors="replace"), keep_blank_values=True))
+
+
+@twilio_routes.post("/webhooks/twilio/status", tags=["webhooks"])
+async def twilio_status(request: Request, session: SessionDep, ctx: ContextDep) -> dict[str, Any]:
+    """Twilio's message status callback (X-Twilio-Signature checked; a repeat changes nothing)."""
+    params = await _form(request)
+    webhooks.verify_twilio(ctx, _public_url(request, ctx), params, request.headers.get("X-Twilio-Signature"))
+    return await run_in_threadpool(webhooks.twilio_status, session, ctx, params,
+                                   request.query_params.get("message_id"))
+
+
+@twilio_routes.post("/webhooks/twilio/inbound", tags=["webhooks"], response_class=Response)
+async def twilio_inbound(request: Request, session: SessionDep, ctx: ContextDep) -> Response:
+    """Inbound SMS: STOP and synonyms (退订, TD) opt out, START/UNSTOP/YES opt in, HELP/INFO answers (TwiML)."""
+    from twilio.twiml.messaging_response import MessagingResponse
+
+    params = await _form(request)
+    webhooks.verify_twilio(ctx, _public_url(request, ctx), params, request.headers.get("X-Twilio-Signature"))
+    reply = await run_in_threadpool(webhooks.twilio_inbound, session, ctx, params)
+    twiml = MessagingResponse()
+    if reply:
+        twiml.message(reply)
+    return Response(str(twiml), media_type="application/xml")
+
+
+@sendgrid_routes.post("/webhooks/sendgrid/events", tags=["webhooks"])
+async def sendgrid_events(request: Request, session: SessionDep, ctx: ContextDep) -> dict[str, int]:
+    """SendGrid's signed event webhook (ECDSA over timestamp + body; stale batches refused)."""
+    payload = await request.body()
+    webhooks.verify_sendgrid(ctx, payload, request.headers.get("X-Twilio-Email-Event-Webhook-Signature"),
+                             request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp"))
+    try:
+        events = json.loads(payload)
+    except (ValueError, RecursionError) as error:  # a body nested 100k deep exhausts the parser's stack
+        raise InvalidInput("the body is not JSON", errors=[{"field": "body", "reason": type(error).__name__}]
+                           ) from error
+    if not isinstance(events, list):
+        raise InvalidInput("expected a JSON array of events", errors=[{"field": "body", "reason": "not an array"}])
+    return await run_in_threadpool(webhooks.sendgrid_events, session, ctx, events)

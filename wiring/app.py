@@ -1,0 +1,199 @@
+"""The FastAPI app factory: the composition root that wires every package's routes, profile sections and jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from campaigns import api as campaigns_api
+from campaigns.delivery import api as delivery_api
+from campaigns.measurement import api as measurement_api
+from churn import api as churn_api
+from console import pages as console_pages
+from crm import api
+from crm import profiles as crm_profiles
+from crm.auth import Principal, require
+from crm.models import Role
+from crm.profiles import CustomerFilterRegistry, ProfileRegistry
+from kit.context import Context, build_context
+from kit.errors import install_handlers
+from kit.jobs import JobRegistry
+from kit.settings import Settings, get_settings
+from kit.throttle import FailureThrottle
+from segmentation import api as segmentation_api
+from wiring import jobs_api, reports_api
+
+
+def job_registry(settings: Settings) -> JobRegistry:
+    """Every package's scheduled jobs (the scheduler process, the jobs API and the CLI share this)."""
+    from campaigns import jobs as campaign_jobs
+    from churn import jobs as churn_jobs
+    from segmentation import jobs as segmentation_jobs
+
+    return JobRegistry([*campaign_jobs.jobs(settings), *churn_jobs.jobs(settings), *segmentation_jobs.jobs(settings)])
+
+
+class ConcurrencyLimit:
+    """Plain ASGI: at most `limit` requests of this process in progress, the others queued in arrival order (a
+    request in progress holds a database connection; the pool has one for each).
+
+    Uploads (POST /imports/...) pass by: they wait on the client's body and run for minutes, and must not take the
+    places of short reads.
+    """
+
+    def __init__(self, inner, limit: int) -> None:
+        self.inner, self.limit = inner, limit
+        self.slots: asyncio.Semaphore | None = None  # made on the first request, inside the server's event loop
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"].startswith("/imports/")):
+            await self.inner(scope, receive, send)
+            return
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(self.limit)
+        async with self.slots:
+            await self.inner(scope, receive, send)
+
+
+def _install_metrics(app: FastAPI) -> None:
+    registry = CollectorRegistry()
+    requests = Counter("crm_http_requests_total", "HTTP requests", ["method", "route", "status"],
+                       registry=registry)
+    latency = Histogram("crm_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
+
+    class Measure:
+        """Counts and times every HTTP request by route template (plain ASGI: Starlette's BaseHTTPMiddleware
+        costs about a millisecond per request in task and stream plumbing)."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["type"] != "http":
+                await self.inner(scope, receive, send)
+                return
+            started, status = time.perf_counter(), [500]
+
+            async def send_and_note(message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, send_and_note)
+            finally:
+                template = getattr(scope.get("route"), "path", "unmatched")
+                requests.labels(scope["method"], template, str(status[0])).inc()
+                latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+
+    app.add_middleware(Measure)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics(_: Principal = Depends(require(Role.admin, Role.scheduler))) -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Each worker process: route code on `api_threads` threads (see Settings.api_threads)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = app.state.ctx.settings.api_threads
+    # What was loaded at start (the libraries, the app) lives as long as the process: out of the collector's sight,
+    # a full collection no longer walks it mid-request (one walk over it took ~130 ms here).
+    gc.collect()
+    gc.freeze()
+    yield
+
+
+def create_app(ctx: Context | None = None) -> FastAPI:
+    """Build the app around a Context (the default one reads CRM_* settings)."""
+    ctx = ctx or build_context(get_settings())
+    app = FastAPI(title="CRM retention service", version="0.1.0", lifespan=_lifespan, docs_url=None, redoc_url=None,
+                  description="Segmentation, churn risk and guarded retention campaigns for e-commerce shops.")
+    _install_local_docs(app)
+    app.state.ctx = ctx
+    app.state.import_threads = anyio.CapacityLimiter(ctx.settings.api_import_threads)
+    app.state.auth_throttle = FailureThrottle(ctx.settings.auth_failure_limit,
+                                              timedelta(seconds=ctx.settings.auth_failure_window_seconds))
+    if ctx.settings.cors_origins:  # browsers elsewhere may call the API only from the listed origins
+        app.add_middleware(CORSMiddleware, allow_origins=ctx.settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.state.profiles = ProfileRegistry()
+    app.state.profiles.register("orders", crm_profiles.orders_section)
+    app.state.exports = ProfileRegistry()  # upper packages add their parts of a customer's data export
+    app.state.erasers = ProfileRegistry()  # and what they erase on request
+    app.state.customer_filters = CustomerFilterRegistry()
+    install_handlers(app)
+    app.include_router(api.router)
+    segmentation_api.install(app)
+    churn_api.install(app)
+    campaigns_api.install(app)
+    delivery_api.install(app)
+    reports_api.install(app)
+    measurement_api.install(app)
+    console_pages.install(app)
+    jobs_api.install(app, job_registry(ctx.settings))
+    app.add_middleware(ConcurrencyLimit, limit=ctx.settings.api_concurrency)
+    _install_metrics(app)  # outermost: its latency includes the wait for a place
+    _document_customer_filters(app)
+    return app
+
+
+SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+
+
+def _install_local_docs(app: FastAPI) -> None:
+    """Swagger UI served by the app itself (FastAPI's default loads it from a CDN: blank offline, and a third party
+    sees who reads the docs)."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    root = Path(swagger_ui_path)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} — API",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="data:,", oauth2_redirect_url="/docs/oauth2-redirect")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/docs/static/{file}", include_in_schema=False)
+    def docs_static(file: str) -> Response:
+        if file not in SWAGGER_FILES:
+            return Response(status_code=404)
+        return FileResponse(root / file, media_type=SWAGGER_FILES[file], headers={"Cache-Control": "max-age=86400"})
+
+
+def _document_customer_filters(app: FastAPI) -> None:
+    """Show the filters upper packages registered as query parameters of GET /customers in the OpenAPI."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            operation = schema["paths"]["/customers"]["get"]
+            operation.setdefault("parameters", []).extend(
+                {"name": f.name, "in": "query", "required": False, "description": f.description,
+                 "schema": {"type": "string", "maxLength": f.max_length}}
+                for f in app.state.customer_filters.all())
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -1,0 +1,213 @@
+"""The `crm` command line, assembled from every package's Typer sub-app; the composition root's own commands are
+the cross-package ones (migrate, generate, scheduler, pipeline, jobs, report, serve, demo)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from campaigns import cli as campaigns_cli
+from campaigns.cli import print_campaign_reports
+from churn import cli as churn_cli
+from crm import cli as crm_cli
+from kit.cli import CliError, cli_context, console, parse_day, parse_instant, run_cli
+from kit.db import session_scope
+from kit.logs import uvicorn_log_config
+from kit.migrations import upgrade_to_head
+from segmentation import cli as segmentation_cli
+from wiring.demo import demo
+from wiring.generator import GeneratorConfig, write_dataset
+from wiring.pipeline import print_pipeline_summary, print_steps, run_job_in_foreground
+
+app = typer.Typer(help="CRM and customer-retention automation.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(crm_cli.app)  # `crm import`, `crm keys …`
+app.add_typer(segmentation_cli.app, name="segment")
+app.add_typer(churn_cli.app, name="churn")
+app.add_typer(campaigns_cli.app)  # `crm campaigns …`, `crm dispatch run`
+pipeline_app = typer.Typer(help="The daily retention pipeline: segment, score, plan, dispatch, attribute.",
+                           no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+jobs_app = typer.Typer(help="Scheduled jobs: list, runs, run one now.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.command()(demo)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations up to head."""
+    ctx = cli_context()
+    upgrade_to_head(ctx.engine)
+    console.print("database at head")
+
+
+@app.command()
+def init() -> None:
+    """Create the local secret key if missing and migrate the database."""
+    ctx = cli_context(create_key=True)
+    upgrade_to_head(ctx.engine)
+    console.print(f"ready: {ctx.engine.url.render_as_string(hide_password=True)}")
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("var/generated"),
+    customers: Annotated[int, typer.Option(min=1)] = 20_000,
+    seed: Annotated[int, typer.Option()] = 42,
+    end: Annotated[str | None, typer.Option(help="last day of history, YYYY-MM-DD (default: today, UTC)")] = None,
+    bad_rows: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of deliberately bad rows")] = 0.0,
+) -> None:
+    """Write realistic customers, orders, order items and events as CSV (deterministic per seed and end)."""
+    config = GeneratorConfig(customers=customers, seed=seed, end=parse_day(end), bad_rows=bad_rows)
+    started = time.perf_counter()
+    counts = write_dataset(config, out)
+    elapsed = time.perf_counter() - started
+    console.print(", ".join(f"{k}: {v:,}" for k, v in counts.items()) + f" -> {out} in {elapsed:.1f}s")
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the scheduler: the leader runs the jobs, others stand by to take over; SIGTERM finishes the running
+    job and exits."""
+    import logging
+    import signal
+    import threading
+
+    from kit.scheduler import SchedulerService, instance_name
+    from wiring.app import job_registry
+
+    ctx = cli_context()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = job_registry(ctx.settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    service = SchedulerService(ctx, registry, stop=stop)
+    for job in service.jobs:
+        console.print(f"{job.name}: {job.schedule.describe()} — {job.description}")
+    console.print(f"scheduler {instance_name()} starting (leader or standby; takeover within "
+                  f"{ctx.settings.scheduler_takeover_seconds:g}s)")
+    service.run()
+    console.print("scheduler stopped")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD occurrence (default today)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="rerun steps that already succeeded")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run the daily pipeline once in the foreground: segment, score, plan, dispatch, attribute."""
+    ctx = cli_context()
+    if on is not None:
+        parse_day(on, "--date")
+    outcome = run_job_in_foreground(ctx, "pipeline", on, force)
+    if as_json:
+        print(json.dumps(outcome.as_dict(), default=str, ensure_ascii=False))
+    else:
+        print_pipeline_summary(ctx, outcome)
+    if outcome.status != "succeeded":
+        raise CliError(f"pipeline {outcome.occurrence} failed at {outcome.error}")
+
+
+@jobs_app.command("list")
+def jobs_list() -> None:
+    """Jobs with their schedules, next run times and newest runs."""
+    from kit.jobs import overview
+    from wiring.app import job_registry
+
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        rows = overview(session, ctx, job_registry(ctx.settings))
+    table = Table("job", "schedule", "next run (UTC)", "last run")
+    for row in rows:
+        last = row["last_run"]
+        table.add_row(row["name"], row["schedule"], f"{row['next_run_at']:%Y-%m-%d %H:%M}",
+                      f"{last['occurrence']} {last['status']}" if last else "never")
+    console.print(table)
+
+
+@jobs_app.command("run")
+def jobs_run(name: str,
+             occurrence: Annotated[str | None, typer.Option(help="default: the current occurrence")] = None,
+             force: Annotated[bool, typer.Option("--force", help="rerun steps that already succeeded")] = False,
+             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Run one job now, in the foreground (finished steps of the occurrence are skipped)."""
+    outcome = run_job_in_foreground(cli_context(), name, occurrence, force)
+    print(json.dumps(outcome.as_dict(), default=str, ensure_ascii=False)) if as_json else print_steps(outcome)
+    if outcome.status != "succeeded":
+        raise CliError(f"{name} {outcome.occurrence} failed at {outcome.error}")
+
+
+@app.command()
+def report(name: Annotated[str, typer.Argument(help="campaigns, global-control, winback, tiers, retention, clv, "
+                                                    "churn-quality or fairness")],
+           since: Annotated[str | None, typer.Option(help="period start, ISO 8601 (where the report has one)")] = None,
+           until: Annotated[str | None, typer.Option(help="period end, ISO 8601; default now")] = None,
+           campaign: Annotated[int | None, typer.Option(help="campaigns: only this campaign id")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="the whole report as JSON")] = False,
+           csv_path: Annotated[Path | None, typer.Option("--csv", help="write the report's table as CSV")] = None,
+           ) -> None:
+    """Print a report (the same as GET /reports/{name}): a table, the full JSON, or CSV to a file."""
+    from wiring.report_catalog import build, to_csv
+
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        result = build(name, session, ctx, since=since and parse_instant(since, "--since"),
+                       until=until and parse_instant(until, "--until"), campaign_id=campaign)
+    if csv_path is not None:
+        csv_path.write_text(to_csv(name, result), encoding="utf-8")
+        console.print(f"{name} -> {csv_path}")
+    elif as_json:
+        print(json.dumps(result, default=str, ensure_ascii=False))
+    elif name == "campaigns":
+        print_campaign_reports(result["campaigns"])
+    else:
+        _print_report_table(name, result)
+
+
+def _print_report_table(name: str, result: dict) -> None:
+    from wiring.report_catalog import REPORTS, flat_rows
+
+    rows = flat_rows(REPORTS[name].table(result))
+    if not rows:
+        console.print(f"{name}: nothing to report yet")
+        return
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    table = Table(*columns, title=name)
+    for row in rows:
+        table.add_row(*(f"{v:,.4g}" if isinstance(v, float) else str(v if v is not None else "–")
+                        for v in (row.get(c) for c in columns)))
+    console.print(table)
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the API (OpenAPI docs at /docs)."""
+    import signal
+
+    import uvicorn
+
+    ctx = cli_context()  # fail early with a clear message when no key is configured
+    # Uvicorn drains in-flight requests on SIGTERM, then raises the signal again with the handler found at start:
+    # this one turns that into a clean exit status 0 instead of death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # The access log drops query strings: a lookup's parameters (contact data, say) never reach a log line.
+    proxies = ctx.settings.forwarded_allow_ips
+    uvicorn.run("wiring.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_config=uvicorn_log_config(), proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+
+
+def main() -> None:
+    """Entry point of the `crm` command."""
+    run_cli(app)
+
+
+if __name__ == "__main__":
+    main()
