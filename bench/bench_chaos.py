@@ -1,4 +1,4 @@
-"""Crash chaos, long: tests/chaos.py's harness with a bigger shop and many more signals, on PostgreSQL.
+"""Crash chaos, long: tests/support/chaos.py's harness with a bigger shop and many more signals, on PostgreSQL.
 
     .venv/bin/python bench/bench_chaos.py --customers 5000 --signals 60 --rounds 3
 
@@ -44,7 +44,7 @@ def main() -> None:
         started = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory() as workdir:
-                out = subprocess.run([sys.executable, "-m", "tests.chaos", "--url", f"{PG_SERVER}/{name}",
+                out = subprocess.run([sys.executable, "-m", "tests.support.chaos", "--url", f"{PG_SERVER}/{name}",
                                       "--fake-url", fake_url, "--workdir", workdir, "--customers", str(args.customers),
                                       "--signals", str(args.signals), "--seed", str(args.seed + index)],
                                      cwd=ROOT, capture_output=True, text=True)

@@ -4,7 +4,7 @@
 
 Customers come from the project's generator (imported into a fresh PostgreSQL database); every customer with a
 phone and SMS consent gets one due marketing SMS in the outbox. Each run resets those messages to `planned`, starts
-the fake provider (tests/fake_providers.py) in its own process, runs `crm dispatch run --once --workers W` and
+the fake provider (tests/support/fake_providers.py) in its own process, runs `crm dispatch run --once --workers W` and
 times it; the dispatcher reports where its time went (claim and admit, render, provider calls, record), summed
 over workers. The fake's log proves every message reached it exactly once.
 """

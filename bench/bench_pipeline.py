@@ -5,7 +5,7 @@
 Uses the database bench_segmentation.py loaded (`crm_bench_seg_<N>`: 1M customers, 10M orders, 22M events, with
 segment state and the churn model bench_churn.py trained). Each run forgets earlier campaigns and their output (outbox,
 occurrences, conversions, job runs), installs the default touch plans, starts the fake Twilio / SendGrid / FCM server
-(tests/fake_providers.py) and runs the pipeline job for a Tuesday (the heaviest day of the defaults: the weekly
+(tests/support/fake_providers.py) and runs the pipeline job for a Tuesday (the heaviest day of the defaults: the weekly
 coupon plus the daily triggered plans) in its own process, at its scheduled moment (02:00 in Shanghai), reporting
 each step's time. Then the day's messages are sent: `crm dispatch run --workers 4` with the clock at the
 day's busiest send moment (10:00 in Shanghai), bounded by --max-batches, to measure the sending rate through the
@@ -39,7 +39,7 @@ from kit.context import build_context
 from kit.db import session_scope
 from kit.jobs import run_job
 from campaigns.service import install_defaults
-from tests.dispatch_support import fake_settings
+from tests.support.dispatch_support import fake_settings
 url, base, data_dir, day = sys.argv[1:5]
 settings = fake_settings(Path(data_dir), base, url, dispatch_concurrency=16, dispatch_batch_size=500,
                          provider_rate_per_second={"twilio": 1e6, "sendgrid": 1e6, "fcm": 1e6, "tasks": 1e6,
@@ -116,8 +116,16 @@ def main() -> None:
             report = json.loads(out.stdout.strip().splitlines()[-1])
             sent = sum(v for k, v in report.items() if k.startswith("sent_"))
             received = len(httpx.get(f"{base}/_fake/log", timeout=60).json()["accepted"])
+            phases = {k.removeprefix("seconds_"): v for k, v in report.items() if k.startswith("seconds_")}
+            worker_seconds = sum(phases.values())
+            mix = {k.removeprefix("sent_"): v for k, v in report.items() if k.startswith("sent_") and k != "sent_phone"}
+            ceiling = run_json("-m", "bench.provider_ceiling", base, str(data_dir), json.dumps(mix))
             dispatch = {"workers": 4, "sent": sent, "provider_received": received, "seconds": round(seconds, 1),
-                        "messages_per_second": round(sent / seconds), "report": report}
+                        "messages_per_second": round(sent / seconds), "report": report,
+                        "worker_seconds": round(worker_seconds, 1),
+                        "share_of_worker_time": {k: round(v / worker_seconds, 3) for k, v in phases.items()},
+                        "ceiling": ceiling,
+                        "share_of_ceiling": round(sent / seconds / ceiling["messages_per_second"], 3)}
             print(json.dumps(dispatch), flush=True)
     finally:
         fake.terminate()

@@ -28,8 +28,8 @@ def run_json(*args: str) -> dict:
 
 
 def fake_provider() -> tuple[subprocess.Popen, str]:
-    """Start tests/fake_providers.py (Twilio, SendGrid, FCM) in its own process; returns it and its base URL."""
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_providers.py"), "--port", "0"],
+    """Start tests/support/fake_providers.py (Twilio, SendGrid, FCM) in its own process; returns it and its base URL."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "fake_providers.py"), "--port", "0"],
                                stdout=subprocess.PIPE, text=True)
     port = process.stdout.readline().split()[-1]
     return process, f"http://127.0.0.1:{port}"

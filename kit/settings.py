@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     api_concurrency: int = Field(default=24, ge=1)
     public_base_url: str = "http://127.0.0.1:8000"
     shop_name: str = "Demo Shop"
-    # Campaign guard rails (DOMAIN.md §6); JSON in the environment, e.g. CRM_CAPS='{"sms": [2, 30]}'.
+    # Campaign guard rails (docs/domain.md); JSON in the environment, e.g. CRM_CAPS='{"sms": [2, 30]}'.
     caps: dict[str, tuple[int, int]] = Field(default_factory=default_caps)
     global_cap: tuple[int, int] | None = None
     quiet_hours: tuple[str, str] = ("21:00", "09:00")
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     loyal_tiers: tuple[str, ...] = ("VIP", "potential")
     message_unit_cost: dict[str, float] = Field(default_factory=unit_costs)
     offer_redemption_rate: float = Field(default=0.1, ge=0, le=1)
-    # Channels and dispatch (issue 7). Provider per channel: console (prints) or the real provider.
+    # Channels and dispatch. Provider per channel: console (prints) or the real provider.
     sms_provider: str = Field(default="console", pattern="^(console|twilio)$")
     email_provider: str = Field(default="console", pattern="^(console|sendgrid)$")
     push_provider: str = Field(default="console", pattern="^(console|fcm)$")
@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     # Attribution: an order within the window after a sent/delivered message converts for it.
     attribution_window_days: int = Field(default=7, ge=1, le=90)
     attribution_touch: str = Field(default="last", pattern="^(last|first)$")
-    # Measurement (DOMAIN.md §8): a global control group gets no marketing at all (transactional still goes);
+    # Measurement: a global control group gets no marketing at all (transactional still goes);
     # the salt fixes who is in it, so changing it reshuffles the group (do that rarely, and on purpose).
     global_control_share: float = Field(default=0.05, ge=0, le=0.5)
     global_control_salt: int = Field(default=20261125, ge=0)

@@ -1,4 +1,4 @@
-"""The rule sets a shop starts with (DOMAIN.md §2–§3); every number is a default marketers replace via the API."""
+"""The rule sets a shop starts with (docs/domain.md: tiers, layers, tags); every number is a default marketers replace via the API."""
 
 from __future__ import annotations
 

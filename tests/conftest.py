@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -173,8 +175,8 @@ def cli_env(url: str, data_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def fake_server():
-    """The fake Twilio / SendGrid / FCM server (tests/fake_providers.py) in a thread of this process."""
-    from tests.fake_providers import serve
+    """The fake Twilio / SendGrid / FCM server (tests/support/fake_providers.py) in a thread of this process."""
+    from tests.support.fake_providers import serve
 
     server = serve()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -184,8 +186,28 @@ def fake_server():
 @pytest.fixture
 def providers(fake_server):
     """The fake providers, reset for this test."""
-    from tests.dispatch_support import FakeProviders
+    from tests.support.dispatch_support import FakeProviders
 
     fake = FakeProviders(fake_server)
     fake.reset()
     return fake
+
+
+POSTGRES_SERVER = os.environ.get("CRM_TEST_POSTGRES_URL",
+                                 "postgresql+psycopg://postgres@127.0.0.1:5432/test").rsplit("/", 1)[0]
+
+
+@pytest.fixture
+def postgres_url():
+    """A scratch PostgreSQL database (url, server, name) for a test that needs the server itself."""
+    plain = POSTGRES_SERVER.replace("postgresql+psycopg://", "postgresql://")
+    name = f"crm_fault_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(f"{plain}/postgres", autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        pytest.fail(f"this test needs PostgreSQL at {POSTGRES_SERVER} (CRM_TEST_POSTGRES_URL): {error}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"{POSTGRES_SERVER}/{name}", plain, name
+    with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
-# Defaults (DOMAIN.md §6); the guard-rail settings carry the lists a shop actually uses.
+# Defaults; the guard-rail settings carry the lists a shop actually uses.
 STOP_KEYWORDS = ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "TD", "T", "N", "退订", "取消订阅",
                  "退订短信", "取消")
 START_KEYWORDS = ("START", "UNSTOP", "YES", "订阅")

@@ -1,4 +1,4 @@
-"""The default touch plans of DOMAIN.md §5, as campaign specifications marketers can change like any other."""
+"""The default touch plans (docs/domain.md), as campaign specifications marketers can change like any other."""
 
 from __future__ import annotations
 

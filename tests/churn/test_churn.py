@@ -1,0 +1,180 @@
+"""Churn on a real database: train and register, promotion rules, scoring with reasons, API, CLI evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+
+import pytest
+from sqlmodel import select
+
+from churn import service
+from churn.features import FeatureConfig
+from churn.models import ChurnModelVersion, ChurnScore
+from churn.training import TrainingConfig
+from crm.models import AuditLog, Customer, Role
+from tests.support.factories import run
+from wiring.generator import GeneratorConfig, write_dataset
+
+AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
+FAST = TrainingConfig(snapshots=3, step_days=30)
+
+
+@pytest.fixture(scope="module")
+def shop_files(tmp_path_factory):
+    """A small generated shop (orders, items, events), written once per module."""
+    out = tmp_path_factory.mktemp("shop")
+    write_dataset(GeneratorConfig(customers=2500, seed=5, end=date(2026, 11, 1)), out)
+    return out
+
+
+@pytest.fixture
+def shop(session, ctx, shop_files):
+    for kind in ("customers", "orders", "order_items", "events"):
+        job = run(session, ctx, kind, (shop_files / f"{kind}.csv").read_bytes())
+        assert job.rows_failed == 0, job.errors[:3]
+    return shop_files
+
+
+def test_training_registers_a_model_that_beats_the_baselines(session, ctx, shop):
+    row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
+    assert row.status == "current" and row.artifact.endswith(f"churn-{row.id}.txt")
+    assert {"tier_rank", "layer_rank", "bgnbd_p_alive", "login_30d", "discount_share"} <= set(row.features)
+    assert row.training["rule_set_versions"] == {"tier": 1, "layer": 1, "tags": 1}
+    assert "tag_price_sensitive" in row.features
+    metrics = row.metrics
+    assert metrics["roc_auc"] > max(b["roc_auc"] for b in metrics["baselines"].values())
+    assert metrics["precision"] >= 0.70 and 0 < metrics["recall"] <= 1
+    assert set(metrics) >= {"pr_auc", "brier", "log_loss", "f1", "lift_top_decile", "calibration"}
+    assert row.training["validation_cutoff"].startswith("2026-08-03")
+    assert session.exec(select(AuditLog).where(AuditLog.action == "churn.train")).first() is not None
+
+
+def test_a_worse_candidate_is_never_promoted_and_rollback_restores(session, ctx, shop):
+    first = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
+    # Trees that may not split predict a constant: worse on the same window, whatever the floor.
+    crippled = TrainingConfig(snapshots=3, params={"min_data_in_leaf": 10_000_000})
+    worse = service.train_model(session, ctx, as_of=AS_OF, config=crippled, floor=0.0)
+    assert worse.status == "rejected" and "worse than model" in worse.decision
+    assert service.current_model(session).id == first.id
+    second = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
+    assert second.status == "current" and session.get(ChurnModelVersion, first.id).status == "retired"
+    assert service.rollback(session, ctx, "test").id == first.id
+    assert service.current_model(session).id == first.id
+    # An incumbent whose artifact file is gone is judged by its recorded ROC AUC; scoring with it is a clear error.
+    from pathlib import Path
+    Path(first.artifact).unlink()
+    from kit.errors import InvalidInput
+    with pytest.raises(InvalidInput, match="artifact of churn model"):
+        service.score_customers(session, ctx, as_of=AS_OF)
+    third = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
+    assert third.metrics["incumbent_roc_auc_same_window"] == first.metrics["roc_auc"]
+
+
+def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, shop):
+    service.train_model(session, ctx, as_of=AS_OF, config=FAST)
+    summary = service.score_customers(session, ctx, as_of=AS_OF)
+    assert summary["scored"] > 1000 and 0 < summary["at_risk"] < summary["scored"]
+    flagged = session.exec(select(ChurnScore).where(ChurnScore.at_risk)).all()
+    assert len(flagged) == summary["at_risk"]
+    from churn.reasons import sentences
+    assert all(1 <= len(s.reasons["drivers"]) <= 3 and all(d["contribution"] > 0 for d in s.reasons["drivers"])
+               for s in flagged)
+    assert all(1 <= len(sentences(s.reasons)) <= 3 and all(isinstance(r, str) and r for r in sentences(s.reasons))
+               for s in flagged)
+    calm = session.exec(select(ChurnScore).where(ChurnScore.at_risk.is_(False))).first()
+    assert calm.reasons is None
+    service.score_customers(session, ctx, as_of=AS_OF)  # the same day again replaces that day's point
+    again = session.get(ChurnScore, flagged[0].customer_id)
+    assert [p["at"] for p in again.trend["points"]] == ["2026-11-01"]
+    later = service.score_customers(session, ctx, as_of=datetime(2026, 11, 8, tzinfo=UTC))
+    assert later["scored"] > 0
+    moved = session.get(ChurnScore, flagged[0].customer_id)
+    assert [p["at"] for p in moved.trend["points"]] == ["2026-11-01", "2026-11-08"]
+
+
+def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, session, ctx, shop):
+    row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
+    service.score_customers(session, ctx, as_of=AS_OF)
+    models = client.get("/churn/models", headers=auth_header(Role.marketer)).json()
+    assert models[0]["id"] == row.id and "artifact" not in models[0] and models[0]["metrics"]["roc_auc"] > 0.7
+    page = client.get("/churn/at-risk?limit=5", headers=auth_header(Role.support)).json()
+    assert len(page["items"]) == 5 and page["next"] == page["items"][-1]["customer_id"]
+    following = client.get(f"/churn/at-risk?limit=5&after={page['next']}", headers=auth_header(Role.support)).json()
+    assert following["items"][0]["customer_id"] > page["next"]
+    external = page["items"][0]["external_id"]
+    section = client.get(f"/customers/{external}/profile", headers=auth_header(Role.support)).json()["sections"]["churn"]
+    assert section["at_risk"] is True and section["reasons"] and section["model_id"] == row.id
+    stored = session.exec(select(ChurnScore).join(Customer, Customer.id == ChurnScore.customer_id)
+                          .where(Customer.external_id == external)).one()
+    assert section["probability"] == round(stored.probability, 4) and section["drivers"] == stored.reasons["drivers"]
+    assert datetime.fromisoformat(section["scored_at"]) == stored.scored_at  # aware UTC on both backends
+    listed = client.get("/customers?at_risk=true&limit=3", headers=auth_header(Role.marketer))
+    assert listed.status_code == 200 and len(listed.json()["items"]) == 3
+    flagged_ids = {s.customer_id for s in session.exec(select(ChurnScore).where(ChurnScore.at_risk))}
+    listed_ids = {session.exec(select(Customer.id).where(Customer.external_id == c["external_id"])).one()
+                  for c in listed.json()["items"]}
+    assert listed_ids <= flagged_ids
+    wrong = client.get("/customers?at_risk=maybe", headers=auth_header(Role.marketer))
+    assert wrong.status_code == 422 and "at_risk" in wrong.text
+    from segmentation.service import run_segmentation
+    run_segmentation(session, ctx, AS_OF)
+    lost = client.get("/churn/at-risk?tier=lost&limit=1000", headers=auth_header(Role.marketer)).json()["items"]
+    everyone = client.get("/churn/at-risk?limit=1000", headers=auth_header(Role.marketer)).json()["items"]
+    from segmentation.models import CustomerSegment
+    tiers = {c.customer_id: c.tier for c in session.exec(select(CustomerSegment))}
+    assert lost and all(tiers[row["customer_id"]] == "lost" for row in lost)
+    assert len(lost) < len(everyone)
+    missing = client.post("/churn/models/999999/promote", headers=auth_header(Role.admin))
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
+    nothing_before = client.post("/churn/models/rollback", headers=auth_header(Role.admin))
+    assert nothing_before.status_code == 422
+
+
+def test_category_breadth_when_turned_on_is_trained_and_scored(session, ctx, shop):
+    config = TrainingConfig(snapshots=2, features=FeatureConfig(category_breadth=True))
+    row = service.train_model(session, ctx, as_of=AS_OF, config=config)
+    assert "category_breadth" in row.features
+    assert service.score_customers(session, ctx, as_of=AS_OF)["scored"] > 1000
+
+
+def test_scoring_without_a_model_is_a_clear_error(session, ctx):
+    from kit.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="train one first"):
+        service.score_customers(session, ctx, as_of=AS_OF)
+
+
+def test_evaluate_cli_on_a_plain_transactions_csv(tmp_path, shop_files):
+    import polars as pl
+
+    orders = pl.read_csv(shop_files / "orders.csv")
+    plain = orders.select(pl.col("customer_external_id").alias("user"), pl.col("ordered_at").str.slice(0, 10)
+                          .alias("day"), pl.col("amount_paid").alias("total"))
+    # Real-world mess: a zero amount, a repeated same-day order and an unparsable date.
+    plain = pl.concat([plain, plain.head(3).with_columns(pl.lit(0.0).alias("total")),
+                       pl.DataFrame({"user": ["C9"], "day": ["not a date"], "total": [5.0]})])
+    path = tmp_path / "tx.csv"
+    plain.write_csv(path)
+    out = subprocess.run([sys.executable, "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(path),
+                          "--cutoff", "2026-08-01", "--customer-col", "user", "--time-col", "day",
+                          "--amount-col", "total", "--json"], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"n_customers", "churn_rate", "roc_auc", "pr_auc", "brier", "precision", "recall",
+                           "threshold", "baselines"}
+    assert result["rows_skipped"] == 1 and result["n_customers"] > 500
+    assert result["roc_auc"] > result["baselines"]["recency"]["roc_auc"]
+    bad = subprocess.run([sys.executable, "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(path),
+                          "--cutoff", "2026-08-01", "--json"], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "customer_id" in bad.stderr
+    too_early = subprocess.run([sys.executable, "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(path),
+                                "--cutoff", "2024-01-15", "--customer-col", "user", "--time-col", "day",
+                                "--amount-col", "total", "--json"], capture_output=True, text=True)
+    assert too_early.returncode != 0 and "not enough history" in too_early.stderr
+    assert too_early.stderr.count("\n") == 1
+
+
+def test_feature_config_horizon_reaches_the_label():
+    assert TrainingConfig(features=FeatureConfig(horizon_days=30)).horizon.days == 30

@@ -1,0 +1,184 @@
+"""Every route of the app, walked from the app's own route list, against every role."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.routing import APIRoute
+from starlette.routing import Route
+
+from crm.models import Role
+from tests.console.test_console import post_login
+
+PUBLIC = "public"
+SIGNED = "signed"  # no key: the provider's signature is the credential; unsigned requests get 403
+LINK = "link"  # no key: a signed link is the credential; a bad one gets a 4xx page
+CONSOLE_PUBLIC = "console-public"  # the console's sign-in and static files: no session needed
+ALL_ROLES = set(Role)
+ADMIN = {Role.admin}
+STAFF = {Role.admin, Role.marketer, Role.support}
+EXPECTED: dict[tuple[str, str], set[Role] | str] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/docs/static/{file}"): PUBLIC,
+    ("GET", "/metrics"): {Role.admin, Role.scheduler},
+    ("GET", "/customers"): STAFF,
+    ("POST", "/customers/search"): STAFF,
+    ("GET", "/customers/{external_id}"): STAFF,
+    ("GET", "/customers/{external_id}/profile"): STAFF,
+    ("GET", "/customers/{external_id}/orders"): STAFF,
+    ("GET", "/customers/{external_id}/consents"): STAFF,
+    ("POST", "/customers/{external_id}/consents"): STAFF,
+    ("GET", "/customers/{external_id}/export"): ADMIN,
+    ("POST", "/customers/{external_id}/erase"): ADMIN,
+    ("POST", "/imports/{kind}"): {Role.admin, Role.scheduler},
+    ("GET", "/imports/{job_id}"): {Role.admin, Role.scheduler, Role.marketer},
+    ("GET", "/keys"): ADMIN,
+    ("POST", "/keys"): ADMIN,
+    ("DELETE", "/keys/{key_id}"): ADMIN,
+    ("GET", "/audit"): ADMIN,
+    ("GET", "/segmentation/rule-sets/{name}"): {Role.admin, Role.marketer},
+    ("PUT", "/segmentation/rule-sets/{name}"): {Role.admin, Role.marketer},
+    ("POST", "/segmentation/runs"): {Role.admin, Role.scheduler},
+    ("GET", "/segmentation/summary"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/segmentation/history"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/churn/models"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/churn/models/{model_id}/promote"): {Role.admin},
+    ("POST", "/churn/models/rollback"): {Role.admin},
+    ("GET", "/churn/at-risk"): {Role.admin, Role.marketer, Role.support, Role.scheduler},
+    ("POST", "/campaigns"): {Role.admin, Role.marketer},
+    ("GET", "/campaigns"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/campaigns/{campaign_id}"): {Role.admin, Role.marketer, Role.scheduler},
+    ("PUT", "/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
+    ("POST", "/campaigns/{campaign_id}/status"): {Role.admin, Role.marketer},
+    ("GET", "/campaigns/{campaign_id}/versions"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/campaigns/{campaign_id}/dry-run"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/campaigns/{campaign_id}/plan"): {Role.admin, Role.scheduler},
+    ("GET", "/campaigns/{campaign_id}/eligibility/{external_id}"): {Role.admin, Role.marketer, Role.support},
+    ("GET", "/guard-rails"): {Role.admin, Role.marketer, Role.scheduler},
+    ("PUT", "/guard-rails"): {Role.admin},
+    ("GET", "/guard-rails/versions"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/templates"): {Role.admin, Role.marketer},
+    ("POST", "/templates"): {Role.admin, Role.marketer},
+    ("GET", "/templates/{template_id}"): {Role.admin, Role.marketer},
+    ("POST", "/templates/{template_id}/preview"): {Role.admin, Role.marketer},
+    ("GET", "/messages"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
+    ("GET", "/messages/counts"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
+    ("POST", "/messages/{message_id}/retry"): ADMIN,
+    ("GET", "/tasks"): {Role.admin, Role.support},
+    ("POST", "/tasks/{task_id}/claim"): {Role.admin, Role.support},
+    ("POST", "/tasks/{task_id}/outcome"): {Role.admin, Role.support},
+    ("POST", "/webhooks/twilio/status"): SIGNED,
+    ("POST", "/webhooks/twilio/inbound"): SIGNED,
+    ("POST", "/webhooks/sendgrid/events"): SIGNED,
+    ("GET", "/jobs"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/jobs/runs"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/jobs/{name}/run"): {Role.admin, Role.scheduler},
+    ("GET", "/reports"): {Role.admin, Role.marketer},
+    ("GET", "/reports/sample-size"): {Role.admin, Role.marketer},
+    ("GET", "/reports/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
+    ("GET", "/reports/{name}"): {Role.admin, Role.marketer},
+    ("POST", "/campaigns/{campaign_id}/experiment/promote"): {Role.admin, Role.marketer},
+    ("GET", "/console/login"): CONSOLE_PUBLIC,
+    ("POST", "/console/login"): CONSOLE_PUBLIC,
+    ("GET", "/console/static/plotly.min.js"): CONSOLE_PUBLIC,
+    ("GET", "/console/static/{name}"): CONSOLE_PUBLIC,
+    ("POST", "/console/logout"): ALL_ROLES,
+    ("GET", "/console/"): ALL_ROLES,
+    ("GET", "/console/customers"): STAFF,
+    ("POST", "/console/customers"): STAFF,
+    ("GET", "/console/customers/{external_id}"): STAFF,
+    ("GET", "/console/tasks"): {Role.admin, Role.support},
+    ("POST", "/console/tasks/{task_id}/claim"): {Role.admin, Role.support},
+    ("POST", "/console/tasks/{task_id}/outcome"): {Role.admin, Role.support},
+    ("GET", "/console/campaigns"): {Role.admin, Role.marketer},
+    ("GET", "/console/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
+    ("POST", "/console/campaigns/{campaign_id}/dry-run"): {Role.admin, Role.marketer},
+    ("POST", "/console/campaigns/{campaign_id}/status"): {Role.admin, Role.marketer},
+    ("GET", "/console/reports"): {Role.admin, Role.marketer},
+    ("GET", "/console/churn"): {Role.admin, Role.marketer},
+    ("GET", "/console/jobs"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/unsubscribe/{token}"): LINK,
+    ("POST", "/unsubscribe/{token}"): LINK,
+}
+SAMPLE_PARAMS = {"external_id": "NOBODY", "kind": "customers", "job_id": "999999", "key_id": "999999",
+                 "name": "tier", "model_id": "999999",
+                 "campaign_id": "999999", "template_id": "999999", "message_id": "999999", "task_id": "999999",
+                 "token": "1.forged", "file": "swagger-ui.css"}
+
+
+def _walk(routes) -> list[tuple[str, str]]:
+    found = []
+    for route in routes:
+        if isinstance(route, APIRoute | Route):
+            found += [(m, route.path) for m in sorted((route.methods or set()) - {"HEAD", "OPTIONS"})]
+        elif hasattr(route, "original_router"):  # FastAPI keeps included routers as lazy branches
+            found += _walk(route.original_router.routes)
+    return found
+
+
+def _routes(app) -> list[tuple[str, str]]:
+    """Every (method, path): the app's route tree, plus the OpenAPI paths as a cross-check."""
+    found = set(_walk(app.routes))
+    for path, operations in app.openapi()["paths"].items():
+        found |= {(method.upper(), path) for method in operations}
+    return sorted(found)
+
+
+def test_every_route_has_an_expected_role_set(app):
+    missing = [r for r in _routes(app) if r not in EXPECTED]
+    assert not missing, f"add these routes to EXPECTED in {__file__}: {missing}"
+    stale = [r for r in EXPECTED if r not in _routes(app)]
+    assert not stale, f"routes listed but gone: {stale}"
+
+
+def test_roles_pass_exactly_where_expected(app, client, auth_header, keys):
+    for method, path in _routes(app):
+        url = re.sub(r"\{(\w+)\}", lambda m: SAMPLE_PARAMS[m.group(1)], path)
+        expected = EXPECTED[(method, path)]
+        if path.startswith("/console"):
+            _check_console_route(client, keys, method, url, expected)
+            continue
+        anonymous = client.request(method, url, content=b"x\n")
+        if expected == PUBLIC:
+            assert anonymous.status_code < 400, (method, path, anonymous.status_code)
+            continue
+        if expected == SIGNED:
+            assert anonymous.status_code == 403, (method, path, anonymous.status_code)
+            continue
+        if expected == LINK:
+            assert 400 <= anonymous.status_code < 500, (method, path, anonymous.status_code)
+            continue
+        assert anonymous.status_code == 401, (method, path, anonymous.status_code)
+        for role in Role:
+            status = client.request(method, url, headers=auth_header(role), content=b"x\n").status_code
+            if role in expected:
+                assert status not in (401, 403), (method, path, role, status)
+                assert status < 500, (method, path, role, status)
+            else:
+                assert status == 403, (method, path, role, status)
+
+
+def _check_console_route(client, keys, method: str, url: str, expected) -> None:
+    """Console pages: a session cookie (signed in with each role's key) instead of a bearer key; forms carry the
+    session's CSRF token, so a 403 can only be the role's."""
+    client.cookies.clear()
+    anonymous = client.request(method, url, data={"x": "1"}, follow_redirects=False)
+    if expected == CONSOLE_PUBLIC:
+        assert anonymous.status_code < 500, (method, url, anonymous.status_code)
+        return
+    assert anonymous.status_code == 303 and "/console/login" in anonymous.headers["location"], (method, url)
+    for role in Role:
+        client.cookies.clear()
+        signed = post_login(client, keys[role])
+        assert signed.status_code == 303, (role, signed.status_code)
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/console/").text).group(1)
+        status = client.request(method, url, data={"csrf": token, "status": "paused", "outcome": "reached"},
+                                follow_redirects=False).status_code
+        if role in expected:
+            assert status not in (401, 403) and status < 500, (method, url, role, status)
+        else:
+            assert status == 403, (method, url, role, status)
+    client.cookies.clear()
