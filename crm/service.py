@@ -373,26 +373,30 @@ def external_ids_of(session: Session, customer_ids: list[int]) -> dict[int, str]
     return dict(session.connection().execute(query, {"ids": customer_ids}).all())
 
 
-# SQL conditions over crm's orders for upper packages' own statements: they filter by coupon use without naming
-# crm's tables, so the orders schema changes here alone.
-def coupon_used_sql(code_column: str) -> str:
-    """A SQL condition: some order carries the coupon code in `code_column` (e.g. 'm.coupon_code')."""
-    return f"EXISTS (SELECT 1 FROM orders o WHERE o.coupon_code = {code_column})"
+def _in_batches(values: list[str], size: int = 5000):
+    # SQLite binds at most 32,766 values per statement; PostgreSQL's index scan serves each batch.
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
-def coupon_first_order_sql(code_column: str, order_column: str) -> str:
-    """A SQL scalar subquery: `order_column` (id, discount…) of the first order (by time, then id) carrying the
-    coupon code in `code_column`."""
-    return (f"(SELECT o.{order_column} FROM orders o WHERE o.coupon_code = {code_column} "
-            "ORDER BY o.ordered_at, o.id LIMIT 1)")
+def used_coupon_codes(session: Session, codes: list[str]) -> set[str]:
+    """The coupon codes among `codes` that some order carries."""
+    query = text("SELECT DISTINCT coupon_code FROM orders WHERE coupon_code IN :codes").bindparams(
+        bindparam("codes", expanding=True))
+    return {row[0] for batch in _in_batches(codes) for row in session.connection().execute(query, {"codes": batch})}
 
 
-def order_baskets(session: Session, order_ids: list[int]) -> dict[int, float]:
-    """The basket value (paid plus discount) of each of some orders."""
-    if not order_ids:
-        return {}
-    query = _in_ids("SELECT id, amount_paid + discount FROM orders WHERE id IN :ids")
-    return {r[0]: float(r[1] or 0) for r in session.connection().execute(query, {"ids": order_ids})}
+def first_orders_by_coupon(session: Session, codes: list[str]) -> dict[str, dict[str, Any]]:
+    """Per coupon code among `codes`: the first order (by time, then id) carrying it — its id, discount and basket
+    value (paid plus discount)."""
+    query = text(
+        "SELECT coupon_code, id, discount, basket FROM (SELECT o.coupon_code, o.id, o.discount, "
+        "o.amount_paid + o.discount AS basket, ROW_NUMBER() OVER (PARTITION BY o.coupon_code "
+        "ORDER BY o.ordered_at, o.id) AS n FROM orders o WHERE o.coupon_code IN :codes) firsts WHERE n = 1"
+    ).bindparams(bindparam("codes", expanding=True))
+    return {code: {"order_id": order_id, "discount": float(discount or 0), "basket": float(basket or 0)}
+            for batch in _in_batches(codes)
+            for code, order_id, discount, basket in session.connection().execute(query, {"codes": batch})}
 
 
 def order_lines_frame(session: Session, since: datetime, until: datetime) -> pl.DataFrame:

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from campaigns.measurement.attribution import attribute
-from crm.service import coupon_first_order_sql, coupon_used_sql, order_baskets, orders_frame
+from crm.service import first_orders_by_coupon, orders_frame
 from kit.bulkwrite import insert_frame
 from kit.columnar import read_frame
 from kit.context import Context
@@ -57,23 +57,25 @@ def record_redemptions(session: Session, ctx: Context) -> tuple[int, int]:
     discount, or below its minimum basket) — a checkout that does not apply the terms is the shop's to fix."""
     now = ctx.clock.now()
     connection = session.connection()
-    # The first order (by time, then id) that carries the code redeems it; one order per coupon.
-    recorded = connection.execute(text(
-        f"UPDATE message SET redeemed_order_id = {coupon_first_order_sql('message.coupon_code', 'id')}, "
-        f"redeemed_discount = {coupon_first_order_sql('message.coupon_code', 'discount')}, redeemed_at = :now "
-        "WHERE message.coupon_code IS NOT NULL AND message.redeemed_order_id IS NULL "
-        "AND message.valid_until >= :since "  # a coupon can only be redeemed while it is valid
-        f"AND {coupon_used_sql('message.coupon_code')}"),
-        {"now": now, "since": now - REDEMPTION_LOOKBACK}).rowcount or 0
-    if not recorded:
+    # A coupon can only be redeemed while it is valid.
+    open_coupons = connection.execute(text(
+        "SELECT m.id, m.coupon_code, m.offer FROM message m WHERE m.coupon_code IS NOT NULL "
+        "AND m.redeemed_order_id IS NULL AND m.valid_until >= :since"), {"since": now - REDEMPTION_LOOKBACK}).all()
+    if not open_coupons:
         return 0, 0
-    rows = connection.execute(text(
-        "SELECT m.id, m.offer, m.redeemed_discount, m.redeemed_order_id FROM message m WHERE m.redeemed_at = :now"),
-        {"now": now}).all()
-    baskets = order_baskets(session, [r[3] for r in rows])
+    # The first order (by time, then id) that carries the code redeems it; one order per coupon.
+    firsts = first_orders_by_coupon(session, sorted({code for _, code, _ in open_coupons}))
+    redeemed = [(message_id, offer, firsts[code]) for message_id, code, offer in open_coupons if code in firsts]
+    if not redeemed:
+        return 0, 0
+    connection.execute(text("UPDATE message SET redeemed_order_id = :order_id, redeemed_discount = :discount, "
+                            "redeemed_at = :now WHERE id = :message_id"),
+                       [{"message_id": message_id, "order_id": order["order_id"], "discount": order["discount"],
+                         "now": now} for message_id, _, order in redeemed])
+    rows = [(message_id, offer, order["discount"], order["basket"]) for message_id, offer, order in redeemed]
+    recorded = len(rows)
     over = 0
-    for message_id, offer, granted, order_id in rows:
-        basket = baskets.get(order_id)
+    for message_id, offer, granted, basket in rows:
         terms = json.loads(offer) if isinstance(offer, str) else (offer or {})
         cap = terms.get("max_discount") or terms.get("amount_off")  # free shipping is not in the order's discount
         if (cap is not None and float(granted or 0) > float(cap) + 0.005) or \

@@ -34,11 +34,11 @@ from churn.service import scores_frame
 from crm.service import (
     consent_frame,
     contactability_frame,
-    coupon_used_sql,
     customer_time_zones,
     first_orders_frame,
     order_money_frame,
     shop_cost_ratio,
+    used_coupon_codes,
 )
 from kit.bulkwrite import insert_frame
 from kit.clock import ensure_utc
@@ -74,19 +74,24 @@ def read_ledger(session: Session, now: datetime, horizon_days: int, customer_id:
     """Live marketing messages near now (they count against caps) and offers still open."""
     statuses = ", ".join(f"'{s}'" for s in COUNTED_STATUSES)
     one = "AND m.customer_id = :customer_id" if customer_id is not None else ""
-    # A coupon stops being an open offer once an order used it: from then on the order's discount is what counts.
     query = (f"SELECT m.customer_id, m.channel, m.send_at, m.priority, m.id, "
              f"m.status = 'planned' AND m.attempts = 0, m.campaign_id, "
-             f"CASE WHEN m.valid_until > :now AND m.redeemed_order_id IS NULL AND NOT {coupon_used_sql('m.coupon_code')} "
-             f"THEN m.discount_value ELSE 0 END "
+             f"CASE WHEN m.valid_until > :now AND m.redeemed_order_id IS NULL THEN m.discount_value ELSE 0 END, "
+             f"CASE WHEN m.valid_until > :now AND m.redeemed_order_id IS NULL THEN m.coupon_code END "
              f"FROM message m WHERE m.status IN ({statuses}) AND m.transactional = :no "
              f"AND m.send_at >= :start AND m.send_at < :end {one}")
     params = {"now": now, "no": False, "start": now - timedelta(days=horizon_days),
               "end": now + timedelta(days=horizon_days)} | ({"customer_id": customer_id} if customer_id else {})
-    schema = LEDGER_SCHEMA | {"campaign_id": pl.Int64, "open_offer": pl.Float64}
+    schema = LEDGER_SCHEMA | {"campaign_id": pl.Int64, "open_offer": pl.Float64, "open_code": pl.String}
     # On the session's own connection, never the columnar fast path (which reads committed data only): the
     # campaigns of one day are planned in one transaction, and each must count what the previous ones planned.
-    return read_frame(session, query, params, schema, same_connection=True, small=customer_id is not None)
+    ledger = read_frame(session, query, params, schema, same_connection=True, small=customer_id is not None)
+    # A coupon stops being an open offer once an order used it: from then on the order's discount is what counts.
+    # Asked of crm as one set lookup (a correlated EXISTS per message let PostgreSQL scan all orders per row).
+    open_codes = ledger["open_code"].drop_nulls().unique().to_list()
+    used = used_coupon_codes(session, open_codes) if open_codes else set()
+    return ledger.with_columns(open_offer=pl.when(pl.col("open_code").is_in(list(used)))
+                               .then(pl.lit(0.0)).otherwise(pl.col("open_offer"))).drop("open_code")
 
 
 def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, rails: GuardRails, *,
