@@ -36,6 +36,7 @@ from kit.bulkwrite import (
 from kit.channels import CHANNELS
 from kit.columnar import read_frame
 from kit.context import Context
+from kit.db import refresh_statistics
 from kit.errors import InvalidInput, NotFound
 from kit.locks import NamedLock, try_lock
 
@@ -486,6 +487,8 @@ def _result(valid: int, inserted: int, updated: int, errors: pl.DataFrame) -> Ba
 LOADERS = {"customers": load_customers, "orders": load_orders, "order_items": load_order_items,
            "events": load_events}
 TABLES = {"customers": "customer", "orders": "orders", "order_items": "order_item", "events": "event"}
+WRITTEN = {"customers": ("customer", "consent", "consent_change"), "orders": ("orders",),
+           "order_items": ("order_item",), "events": ("event",)}
 
 
 def _dedupe_key(kind: str, frame: pl.DataFrame) -> pl.Series:
@@ -680,6 +683,8 @@ def _import_blocks(session: Session, ctx: Context, job: ImportJob, kind: str, ch
         bulk.finish()  # ends the COPY: only then may the session use its connection again
         _save_counters(session, job, totals)
         session.commit()
+    refresh_statistics(session, WRITTEN[kind], totals.inserted + totals.updated)
+    session.commit()
 
 
 def _load_blocks(session: Session, ctx: Context, job: ImportJob, kind: str, chunks: Iterable[bytes], fmt: str,

@@ -73,6 +73,20 @@ def is_postgres(engine_or_session) -> bool:
     return bind.dialect.name == "postgresql"
 
 
+# A write of this many rows changes a table's shape faster than autovacuum's analyze notices it; until then the
+# planner plans against the old shape (measured at 1M customers: consent read by a sequential scan per dispatch
+# batch, 0.36 s against 2 ms by its index; the outbox's send-time ledger 0.27 s against milliseconds).
+STATISTICS_AFTER_ROWS = 50_000
+
+
+def refresh_statistics(session: Session, tables: tuple[str, ...] | list[str], rows_written: int) -> None:
+    """After a large write on PostgreSQL, refresh the planner's statistics of the tables (ANALYZE samples them:
+    a fraction of a second); a no-op for small writes and on SQLite."""
+    if rows_written >= STATISTICS_AFTER_ROWS and is_postgres(session):
+        for table in tables:
+            session.connection().exec_driver_sql(f"ANALYZE {table}")
+
+
 def _end_session(session: Session, commit: bool) -> None:
     """End a unit of work: commit it (or roll it back), then give its connection back to the pool."""
     try:

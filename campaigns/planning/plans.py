@@ -44,6 +44,7 @@ from kit.bulkwrite import insert_frame
 from kit.clock import ensure_utc
 from kit.columnar import SharedFrames, columnar_reader, read_frame
 from kit.context import Context
+from kit.db import refresh_statistics
 from kit.errors import Conflict, DomainError, InvalidInput
 from kit.locks import lock_for_transaction
 from kit.timezones import local_date_of, local_to_utc, utc_midnight
@@ -234,6 +235,7 @@ def _write(session: Session, campaign: Campaign, spec: CampaignSpec, key: str, d
     # Straight into the outbox (COPY on PostgreSQL): this transaction holds the occurrence's claim, so no other
     # planner can have written rows for it; the unique outbox key still guards against any duplicate.
     insert_frame(session, "message", frame, MESSAGE_TYPES)
+    refresh_statistics(session, ("message",), frame.height)  # the send-time checks read the outbox by customer
     _preempt(session, campaign, plan.preempted, now)
     return frame.height
 
