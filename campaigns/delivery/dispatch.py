@@ -378,16 +378,6 @@ def _call_task(session: Session, row: dict[str, Any], outgoing: Outgoing, now: d
 
 
 @dataclass
-class PreparedBatch:
-    """A claimed batch after its send-time check and rendering: what goes out, and what cannot."""
-
-    report: BatchReport
-    claimed: bool
-    ready: list[tuple[dict[str, Any], Outgoing]]
-    unsendable: list[dict[str, Any]]
-
-
-@dataclass
 class Dispatcher:
     """One worker: claims batches, sends them through the channel senders with a thread pool, records answers."""
 
@@ -455,8 +445,8 @@ class Dispatcher:
                     report.add("reconciled_not_found")
         return report
 
-    def prepare(self) -> PreparedBatch:
-        """Claim one batch, check it again at send time and render it (two short transactions, no provider call)."""
+    def run_batch(self) -> BatchReport:
+        """Claim one batch, admit, render, send concurrently and record; returns what happened."""
         s, report = self.ctx.settings, BatchReport()
         now = self.ctx.clock.now()
         started = time.perf_counter()
@@ -474,71 +464,35 @@ class Dispatcher:
         report.seconds["admit"] += admit_seconds
         report.seconds["claim"] += time.perf_counter() - started - admit_seconds
         if not to_send:
-            return PreparedBatch(report, bool(claimed), [], [])
+            return report
         started = time.perf_counter()
         with session_scope(self.ctx.engine) as session:
             ready, unsendable = Renderer(session, self.ctx).render(to_send)
         report.seconds["render"] += time.perf_counter() - started
-        return PreparedBatch(report, True, ready, unsendable)
-
-    def deliver(self, batch: PreparedBatch) -> BatchReport:
-        """Send a prepared batch concurrently, outside any transaction, and record every answer."""
-        report = batch.report
-        if not batch.ready and not batch.unsendable:
-            return report
         started = time.perf_counter()
         # The provider calls happen outside any transaction: the claim is committed, the answers come after.
-        answers = list(self._pool.map(self._send, [o for _, o in batch.ready]))
+        answers = list(self._pool.map(self._send, [o for _, o in ready]))
         report.seconds["provider_calls"] += time.perf_counter() - started
         started = time.perf_counter()
-        results = [(row, outgoing, answer) for (row, outgoing), answer in zip(batch.ready, answers, strict=True)]
+        results = [(row, outgoing, answer) for (row, outgoing), answer in zip(ready, answers, strict=True)]
         with session_scope(writer_engine(self.ctx.engine)) as session:
             record_results(session, self.ctx, results, self.senders, self.ctx.clock.now(), self.rng, report)
-            _write_decisions(session, batch.unsendable, self.ctx.clock.now())
+            _write_decisions(session, unsendable, self.ctx.clock.now())
         report.seconds["record"] += time.perf_counter() - started
-        for row in batch.unsendable:
+        for row in unsendable:
             report.add(f"{row['decision']}_{row['reason']}")
         return report
-
-    def run_batch(self) -> BatchReport:
-        """Claim one batch, admit, render, send concurrently and record; returns what happened."""
-        return self.deliver(self.prepare())
-
-    def run_batches(self, max_batches: int | None = None, stop: threading.Event | None = None) -> BatchReport:
-        """Send batches until nothing is due, `max_batches` were sent or `stop` is set.
-
-        On PostgreSQL the next batch is claimed, checked and rendered while the current one is with the providers,
-        so the sending threads do not wait for the database between batches. The next batch's send-time check
-        counts the current one's messages (they are `sending`), so a cap holds across the two. A stop finishes
-        the batches in hand (at most two).
-        """
-        total, batches = BatchReport(), 0
-        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-ahead") \
-            if is_postgres(self.ctx.engine) else None
-        try:
-            upcoming: PreparedBatch | None = self.prepare()
-            while upcoming is not None:
-                current, upcoming = upcoming, None
-                if not current.claimed:
-                    total.merge(current.report)
-                    break
-                batches += 1
-                more = (max_batches is None or batches < max_batches) and not (stop is not None and stop.is_set())
-                future = ahead.submit(self.prepare) if ahead is not None and more else None
-                total.merge(self.deliver(current))
-                if future is not None:
-                    upcoming = future.result()
-                elif more:
-                    upcoming = self.prepare()
-        finally:
-            if ahead is not None:
-                ahead.shutdown(wait=True)
-        return total
 
     def run_until_idle(self, max_batches: int | None = None) -> BatchReport:
         """Reconcile, then send batches until nothing is due (or max_batches)."""
         total = self.reconcile()
-        total.merge(self.run_batches(max_batches))
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            report = self.run_batch()
+            total.merge(report)
+            batches += 1
+            if not report.counts.get("claimed"):
+                break
         return total
 
 
@@ -600,8 +554,13 @@ def serve(ctx: Context, senders: dict[str, Sender], *, once: bool, stop: threadi
     try:
         while not stop.is_set():
             total.merge(dispatcher.reconcile())
-            if not stop.is_set():
-                total.merge(dispatcher.run_batches(max_batches, stop))
+            batches = 0
+            while not stop.is_set() and (max_batches is None or batches < max_batches):
+                report = dispatcher.run_batch()
+                total.merge(report)
+                batches += 1
+                if not report.counts.get("claimed"):
+                    break
             if once:
                 break
             stop.wait(ctx.settings.dispatch_poll_seconds)

@@ -59,19 +59,21 @@ def record_redemptions(session: Session, ctx: Context) -> tuple[int, int]:
     connection = session.connection()
     # A coupon can only be redeemed while it is valid.
     open_coupons = connection.execute(text(
-        "SELECT m.id, m.coupon_code, m.offer FROM message m WHERE m.coupon_code IS NOT NULL "
+        "SELECT m.id, m.coupon_code FROM message m WHERE m.coupon_code IS NOT NULL "
         "AND m.redeemed_order_id IS NULL AND m.valid_until >= :since"), {"since": now - REDEMPTION_LOOKBACK}).all()
     if not open_coupons:
         return 0, 0
     # The first order (by time, then id) that carries the code redeems it; one order per coupon.
-    firsts = first_orders_by_coupon(session, sorted({code for _, code, _ in open_coupons}))
-    redeemed = [(message_id, offer, firsts[code]) for message_id, code, offer in open_coupons if code in firsts]
-    if not redeemed:
+    firsts = first_orders_by_coupon(session, sorted({code for _, code in open_coupons}))
+    orders = {message_id: firsts[code] for message_id, code in open_coupons if code in firsts}
+    if not orders:
         return 0, 0
     connection.execute(text("UPDATE message SET redeemed_order_id = :order_id, redeemed_discount = :discount, "
                             "redeemed_at = :now WHERE id = :message_id"),
                        [{"message_id": message_id, "order_id": order["order_id"], "discount": order["discount"],
-                         "now": now} for message_id, _, order in redeemed])
+                         "now": now} for message_id, order in orders.items()])
+    offers = connection.execute(text("SELECT id, offer FROM message WHERE redeemed_at = :now"), {"now": now}).all()
+    redeemed = [(message_id, offer, orders[message_id]) for message_id, offer in offers if message_id in orders]
     rows = [(message_id, offer, order["discount"], order["basket"]) for message_id, offer, order in redeemed]
     recorded = len(rows)
     over = 0
