@@ -461,10 +461,14 @@ def _apply_consent(session: Session, ctx: Context, frame: pl.DataFrame) -> None:
                 source.fill_null("import").alias("source"), stated_at.alias("stated_at")))
     if not parts:
         return
+    # `position` keeps the history in the file's order (channel by channel, as the registry lists them) whatever
+    # join order the database picks: changes stated at the same moment are told apart by their ids.
     changes = pl.concat(parts).with_columns(pl.col("stated_at").fill_null(now).alias("changed_at"),
-                                            pl.col("stated_at").is_not_null().alias("explicit"))
-    stage_frame(session, "stage_consent", changes, {"external_id": "text", "channel": "text", "status": "text",
-                                               "source": "text", "changed_at": "timestamp", "explicit": "bool"})
+                                            pl.col("stated_at").is_not_null().alias("explicit")).with_row_index(
+        "position")
+    stage_frame(session, "stage_consent", changes, {"position": "int", "external_id": "text", "channel": "text",
+                                               "status": "text", "source": "text", "changed_at": "timestamp",
+                                               "explicit": "bool"})
     applies = ("FROM stage_consent s JOIN customer c ON c.external_id = s.external_id "
                "LEFT JOIN consent cur ON cur.customer_id = c.id AND cur.channel = s.channel "
                "WHERE cur.customer_id IS NULL OR (cur.status <> s.status AND "
@@ -472,7 +476,7 @@ def _apply_consent(session: Session, ctx: Context, frame: pl.DataFrame) -> None:
     connection = session.connection()
     connection.execute(text(
         "INSERT INTO consent_change (customer_id, channel, status, source, changed_at, recorded_at) "
-        f"SELECT c.id, s.channel, s.status, s.source, s.changed_at, :now {applies}"), {"now": now})
+        f"SELECT c.id, s.channel, s.status, s.source, s.changed_at, :now {applies} ORDER BY s.position"), {"now": now})
     connection.execute(text(
         "INSERT INTO consent (customer_id, channel, status, source, changed_at) "
         f"SELECT c.id, s.channel, s.status, s.source, s.changed_at {applies} "
