@@ -442,7 +442,10 @@ class Harness:
         twice = [k for k, v in ids.items() if v > 1]
         if twice:
             self.report.problems.append(f"sent twice: {twice[:10]}")
-        rows = self.query("SELECT id, status FROM message")
+        # Call tasks (the phone channel) are sent to agents, never to a provider: they have no acceptance to match.
+        # The shop is generated at the real clock, so whether the default at-risk care calls (11:00 in the
+        # customer's zone) fall due while the processes are shaken depends on the time of day the test runs.
+        rows = self.query("SELECT id, status FROM message WHERE provider IS NULL OR provider <> 'tasks'")
         ours = {str(i) for i, _ in rows}
         accepted = set(ids) & ours  # the fake is shared within a test session
         sent = {str(i) for i, s in rows if s in ("sent", "delivered")}
