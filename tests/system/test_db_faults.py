@@ -25,7 +25,10 @@ def _terminate_first_busy_backend(plain: str, name: str, stop: threading.Event, 
         while not stop.is_set() and not killed:
             rows = watcher.execute(
                 "SELECT pid, left(query, 80) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
-                "AND state IN ('active', 'idle in transaction') AND xact_start < clock_timestamp() - interval '150 ms'",
+                "AND state IN ('active', 'idle in transaction') AND xact_start < clock_timestamp() - interval '150 ms' "
+                # The run's own records (a read of its finished steps left idle in its transaction, say) are not a
+                # step's work: killing one of those proves nothing about the step.
+                "AND query NOT LIKE '%%job_step%%' AND query NOT LIKE '%%job_run%%'",
                 (name,)).fetchall()
             for pid, query in rows:
                 if watcher.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]:
