@@ -10,7 +10,7 @@ package that asks it: crm (consent channels), campaigns' spec, planner, renderin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -34,7 +34,6 @@ class ChannelSpec:
     segments: bool = False  # its text is billed by segment (SMS): length facts, and dry-runs multiply the cost
     unsubscribe_parts: tuple[str, ...] = ()  # parts that must carry the unsubscribe link (email)
     opt_out_text: bool = False  # its marketing text must carry the opt-out words (SMS: 回T退订 / Reply STOP)
-    extra: dict[str, str] = field(default_factory=dict)  # free-form facts for documentation
 
     @property
     def consent(self) -> str:
