@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, select
 
-from crm import audit
+from crm import audit, state
 from crm.models import ImportJob
 from crm.validation import ERROR_SCHEMA, ROW, SPECS, validate
 from kit.bulkwrite import (
@@ -245,14 +245,18 @@ class SeenKeys:
         return pl.Series(duplicate)
 
 
+NOTHING_TOUCHED = pl.DataFrame(schema={"customer_id": pl.Int64, "day": pl.Date})
+
+
 @dataclass
 class BatchResult:
-    """What one loader call did."""
+    """What one loader call did; `touched`: the (customer_id, day) pairs whose state must be recomputed."""
 
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
     errors: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=ERROR_SCHEMA))
+    touched: pl.DataFrame = field(default_factory=lambda: NOTHING_TOUCHED)
 
 
 def _existing_ids(session: Session, table: str, keys: pl.Series) -> pl.DataFrame:
@@ -358,7 +362,8 @@ def load_orders(session: Session, ctx: Context, frame: pl.DataFrame, present: se
     frame, errors = _unknown_reference(frame, ids, "customer_external_id", "customer")
     frame = frame.rename({"customer_external_id__id": "customer_id"})
     types = {"external_id": "text", "customer_id": "int", "ordered_at": "timestamp", "amount_paid": "money",
-             "discount": "money", "cost_of_goods": "money", "coupon_code": "text"}
+             "discount": "money", "cost_of_goods": "money", "coupon_code": "text", "status": "text",
+             "refunded_amount": "money"}
     if bulk:
         now = ctx.clock.now()
         stamped = frame.with_columns(created_at=pl.lit(now), updated_at=pl.lit(now))
@@ -366,13 +371,24 @@ def load_orders(session: Session, ctx: Context, frame: pl.DataFrame, present: se
                              ["customer_id", "ordered_at"])
         return _result(len(frame), *written, errors)
     stage_frame(session, "stage_orders", frame, types)
-    optional = [c for c in ("discount", "cost_of_goods", "coupon_code") if c in present]
+    # An order moved to another day or customer leaves its old bucket too: read where it was before writing.
+    before = _previous_places(session, "orders", "stage_orders", "ordered_at")
+    optional = [c for c in ("discount", "cost_of_goods", "coupon_code", "status", "refunded_amount") if c in present]
     written = merge_staged(
         session, table="orders", stage="stage_orders", key=["external_id"], columns=list(types),
         compare=["customer_id", "ordered_at", "amount_paid", *optional], params={"now": ctx.clock.now()},
         insert_extra={"created_at": ":now", "updated_at": ":now"}, update_extra={"updated_at": ":now"},
         insert_order="customer_id")
-    return _result(len(frame), *written, errors)
+    touched = pl.concat([before, state.touched_days(frame, "customer_id", "ordered_at")])
+    return _result(len(frame), *written, errors, touched)
+
+
+def _previous_places(session: Session, table: str, stage: str, moment: str) -> pl.DataFrame:
+    """(customer_id, day) of the stored rows a staged batch is about to overwrite (by external id)."""
+    stored = read_frame(session, f"SELECT t.customer_id, t.{moment} FROM {table} t JOIN {stage} s "
+                        "ON s.external_id = t.external_id", {},
+                        {"customer_id": pl.Int64, moment: pl.Datetime("us", "UTC")}, same_connection=True)
+    return state.touched_days(stored, "customer_id", moment)
 
 
 def load_order_items(session: Session, ctx: Context, frame: pl.DataFrame, present: set[str],
@@ -390,7 +406,11 @@ def load_order_items(session: Session, ctx: Context, frame: pl.DataFrame, presen
     optional = [c for c in ("category", "list_price", "is_new_product") if c in present]
     written = merge_staged(session, table="order_item", stage="stage_items", key=["order_id", "line_no"],
                      columns=list(types), compare=["sku", "qty", "unit_price", *optional], params={})
-    return _result(len(frame), *written, errors)
+    # A line decides whether its order was discounted or held a new product: the order's day is recomputed.
+    owners = read_frame(session, "SELECT o.customer_id, o.ordered_at FROM orders o WHERE o.id IN "
+                        "(SELECT DISTINCT s.order_id FROM stage_items s)", {},
+                        {"customer_id": pl.Int64, "ordered_at": pl.Datetime("us", "UTC")}, same_connection=True)
+    return _result(len(frame), *written, errors, state.touched_days(owners, "customer_id", "ordered_at"))
 
 
 def load_events(session: Session, ctx: Context, frame: pl.DataFrame, present: set[str],
@@ -405,10 +425,23 @@ def load_events(session: Session, ctx: Context, frame: pl.DataFrame, present: se
     if bulk:
         return _result(len(frame), *bulk.write(frame, types, ["customer_id", "occurred_at"]), errors)
     stage_frame(session, "stage_events", frame, types)
+    before = _previous_places(session, "event", "stage_events", "occurred_at") if ctx_updates_events(present) \
+        else pl.DataFrame(schema={"customer_id": pl.Int64, "day": pl.Date})
     written = merge_staged(session, table="event", stage="stage_events", key=["external_id"], columns=list(types),
-                     compare=["customer_id", "occurred_at", "type", "properties"], params={},
-                     insert_order="customer_id")
-    return _result(len(frame), *written, errors)
+                     compare=["customer_id", "occurred_at", "type", "properties"] if ctx_updates_events(present)
+                     else [], params={}, insert_order="customer_id")
+    touched = pl.concat([before, state.touched_days(frame, "customer_id", "occurred_at")])
+    return _result(len(frame), *written, errors, touched)
+
+
+# An ingestion-API batch marks its events this way: a `unique_id` seen before is a duplicate, kept as first stored
+# (Klaviyo's and Segment's rule), where a file re-imported corrects what it stored.
+FIRST_WINS = "__first_wins__"
+
+
+def ctx_updates_events(present: set[str]) -> bool:
+    """Whether an event batch overwrites stored events with the same id (imports) or keeps the first (the API)."""
+    return FIRST_WINS not in present
 
 
 def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present: set[str],
@@ -417,11 +450,12 @@ def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present:
     cipher = ctx.cipher
     contact: dict[str, pl.Series] = {}
     types = {"external_id": "text"}
-    for name in ("email", "phone", "push_tokens"):
+    for name in ("email", "phone", "name", "push_tokens"):
         if name in frame.columns:
             values = frame[name].to_list()
             contact[f"{name}_ciphertext"] = pl.Series([cipher.encrypt(v) for v in values], dtype=pl.Binary)
-            contact[f"{name}_hash"] = pl.Series([cipher.blind_index(v) for v in values], dtype=pl.String)
+            searchable = [name_search_key(v) for v in values] if name == "name" else values
+            contact[f"{name}_hash"] = pl.Series([cipher.blind_index(v) for v in searchable], dtype=pl.String)
             types |= {f"{name}_ciphertext": "bytes", f"{name}_hash": "text"}
     plain = {"time_zone": "text", "locale": "text", "birthday": "date", "signed_up_at": "timestamp",
              "membership_level": "text", "attributes": "json"}
@@ -444,7 +478,16 @@ def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present:
                       "updated_at": ":now"},
         update_extra={**ciphertexts, "updated_at": ":now"})
     _apply_consent(session, ctx, frame)
-    return _result(len(frame), *written, pl.DataFrame(schema=ERROR_SCHEMA))
+    # Every customer has a state row from the moment it exists (a new one's is empty).
+    ids = read_frame(session, "SELECT c.id FROM customer c JOIN stage_customers s ON s.external_id = c.external_id",
+                     {}, {"customer_id": pl.Int64}, same_connection=True)
+    touched = ids.with_columns(pl.lit(None, pl.Date).alias("day"))
+    return _result(len(frame), *written, pl.DataFrame(schema=ERROR_SCHEMA), touched)
+
+
+def name_search_key(name: str | None) -> str | None:
+    """What a name's keyed hash is taken of: case-folded, inner spaces collapsed (so 'Ana  LI' finds 'ana li')."""
+    return " ".join(name.casefold().split()) if name else None
 
 
 def _apply_consent(session: Session, ctx: Context, frame: pl.DataFrame) -> None:
@@ -484,8 +527,10 @@ def _apply_consent(session: Session, ctx: Context, frame: pl.DataFrame) -> None:
         "source = excluded.source, changed_at = excluded.changed_at"))
 
 
-def _result(valid: int, inserted: int, updated: int, errors: pl.DataFrame) -> BatchResult:
-    return BatchResult(inserted=inserted, updated=updated, unchanged=valid - inserted - updated, errors=errors)
+def _result(valid: int, inserted: int, updated: int, errors: pl.DataFrame,
+            touched: pl.DataFrame | None = None) -> BatchResult:
+    return BatchResult(inserted=inserted, updated=updated, unchanged=valid - inserted - updated, errors=errors,
+                       touched=touched if touched is not None else NOTHING_TOUCHED)
 
 
 LOADERS = {"customers": load_customers, "orders": load_orders, "order_items": load_order_items,
@@ -686,6 +731,7 @@ def _import_blocks(session: Session, ctx: Context, job: ImportJob, kind: str, ch
     if bulk:
         bulk.finish()  # ends the COPY: only then may the session use its connection again
         _save_counters(session, job, totals)
+        state.rebuild(session, ctx)  # a first load of history: rebuilding once beats a refresh per block
         session.commit()
     refresh_statistics(session, WRITTEN[kind], totals.inserted + totals.updated)
     session.commit()
@@ -704,6 +750,8 @@ def _load_blocks(session: Session, ctx: Context, job: ImportJob, kind: str, chun
             pl.lit("duplicate id inside the file (first occurrence kept)").alias("reason"))
         good = good.filter(~duplicate)
         result = LOADERS[kind](session, ctx, good, present, bulk) if not good.is_empty() else BatchResult()
+        if not bulk:  # the state moves in the same transaction as the rows (a bulk load rebuilds it at the end)
+            state.refresh(session, ctx, result.touched, cause="import")
         block_errors = pl.concat([prepared.errors, dup_errors, result.errors]).sort("row")
         _accumulate(totals, prepared.rows, result, block_errors, ctx.settings.import_max_reported_errors)
         if not bulk:  # a bulk load is one transaction: its counters are saved once, with all its rows

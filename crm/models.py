@@ -43,6 +43,17 @@ class Role(StrEnum):
     marketer = "marketer"
     support = "support"
     scheduler = "scheduler"
+    ingest = "ingest"  # server-to-server: writes customer data, reads nothing
+
+
+class OrderStatus(StrEnum):
+    """Where an order is in its life; cancelled orders count for nothing, refunds are netted off spend."""
+
+    placed = "placed"
+    paid = "paid"
+    cancelled = "cancelled"
+    partially_refunded = "partially_refunded"
+    refunded = "refunded"
 
 
 class Customer(SQLModel, table=True):
@@ -56,6 +67,8 @@ class Customer(SQLModel, table=True):
     email_hash: str | None = Field(default=None, sa_column=Column(String(64), index=True))
     phone_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     phone_hash: str | None = Field(default=None, sa_column=Column(String(64), index=True))
+    name_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    name_hash: str | None = Field(default=None, sa_column=Column(String(64), index=True))
     push_tokens_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     push_tokens_hash: str | None = Field(default=None, sa_column=Column(String(64)))
     time_zone: str = Field(sa_column=Column(String(64), nullable=False))
@@ -117,8 +130,26 @@ class Order(SQLModel, table=True):
     discount: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
     cost_of_goods: Decimal | None = Field(default=None, sa_column=Column(MONEY))
     coupon_code: str | None = Field(default=None, sa_column=Column(String(64)))
+    status: str = Field(default="paid", sa_column=Column(String(20), nullable=False, server_default="paid"))
+    refunded_amount: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False, server_default="0"))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class OrderRefund(SQLModel, table=True):
+    """One refund of an order (whole or partial): the amount and the refunded lines; the order keeps the total."""
+
+    __tablename__ = "order_refund"
+    __table_args__ = (Index("ix_order_refund_order", "order_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
+    order_id: int = Field(description="orders.id")
+    amount: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    refunded_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    items: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(String(200)))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
 class OrderItem(SQLModel, table=True):
@@ -217,3 +248,111 @@ class ImportJob(SQLModel, table=True):
     batches_committed: int = 0
     errors: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
     message: str | None = Field(default=None, sa_column=Column(String(500)))
+
+
+class CustomerDay(SQLModel, table=True):
+    """Derived: one customer's orders and events of one UTC day, aggregated (see crm.state)."""
+
+    __tablename__ = "customer_day"
+    __table_args__ = (Index("ix_customer_day_day", "day"),)
+
+    customer_id: int = Field(primary_key=True)
+    day: date = Field(primary_key=True)
+    orders: int = 0
+    net_spend: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    discounted_orders: int = 0
+    new_product_orders: int = 0
+    full_price_after_discount: int = 0
+    last_order_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_discounted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    events: int = 0
+    logins: int = 0
+    views: int = 0
+    cart_abandons: int = 0
+    last_event_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_login_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_abandon_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class CustomerState(SQLModel, table=True):
+    """Derived: what the nightly steps and the profile need of one customer, kept current on every write.
+
+    Lifetime columns cover every row written so far; the window columns are as of the state clock's `as_of`
+    (days before it), which the nightly step advances, recomputing only the customers whose windows moved.
+    """
+
+    __tablename__ = "customer_state"
+
+    customer_id: int = Field(primary_key=True)
+    lifetime_orders: int = 0
+    lifetime_spend: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    lifetime_first_order_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    lifetime_last_order_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    lifetime_last_event_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    first_order_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_order_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    orders_total: int = 0
+    monetary_total: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    frequency: int = 0
+    monetary: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    orders_30d: int = 0
+    discounted_in_window: int = 0
+    new_product_orders: int = 0
+    full_price_streak: int = 0
+    last_event_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_login_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_abandon_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    logins_30d: int = 0
+    views_30d: int = 0
+    cart_abandons_30d: int = 0
+    newest_busy_month: date | None = None
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class StateClock(SQLModel, table=True):
+    """The one row saying which day boundary the state's window columns are computed for, and with which windows."""
+
+    __tablename__ = "state_clock"
+
+    id: int = Field(default=1, primary_key=True)
+    as_of: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    advanced_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class CustomerChange(SQLModel, table=True):
+    """A state-change event: a customer's state moved on a write (what changed), for later packages to act on."""
+
+    __tablename__ = "customer_change"
+    __table_args__ = (Index("ix_customer_change_customer", "customer_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+    cause: str = Field(sa_column=Column(String(16), nullable=False))
+    processed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
+
+
+class IdempotentRequest(SQLModel, table=True):
+    """An ingestion POST answered under an Idempotency-Key: the body's digest and the stored answer (24 h)."""
+
+    __tablename__ = "idempotent_request"
+
+    key: str = Field(sa_column=Column(String(64), primary_key=True))
+    key_id: int = Field(sa_column=Column(Integer, primary_key=True))
+    route: str = Field(sa_column=Column(String(100), nullable=False))
+    body_digest: str = Field(sa_column=Column(String(64), nullable=False))
+    status_code: int
+    response: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+
+
+class ShopWebhookReceipt(SQLModel, table=True):
+    """A shop webhook already processed (Shopify's X-Shopify-Webhook-Id): a redelivery is acknowledged, not redone."""
+
+    __tablename__ = "shop_webhook_receipt"
+
+    source: str = Field(sa_column=Column(String(16), primary_key=True))
+    webhook_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    topic: str = Field(sa_column=Column(String(64), nullable=False))
+    received_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -16,6 +16,7 @@ from email_validator import EmailNotValidError, validate_email
 from kit.channels import CHANNELS
 
 ROW = "_row"
+ORDER_STATUSES = ("placed", "paid", "cancelled", "partially_refunded", "refunded")
 ERROR_SCHEMA = {"row": pl.Int64, "field": pl.String, "reason": pl.String}
 CONSENT_VALUES = {"opted_in": "opted_in", "in": "opted_in", "yes": "opted_in", "true": "opted_in", "1": "opted_in",
                   "opted_out": "opted_out", "out": "opted_out", "no": "opted_out", "false": "opted_out",
@@ -40,13 +41,13 @@ class KindSpec:
 SPECS = {
     "customers": KindSpec(
         "customers", "external_id", ("external_id",),
-        ("email", "phone", "push_tokens", "time_zone", "locale", "birthday", "signed_up_at", "membership_level",
+        ("email", "phone", "name", "push_tokens", "time_zone", "locale", "birthday", "signed_up_at", "membership_level",
          "attributes", *(f"{channel}_consent" for channel in CHANNELS.consent_channels()), "consent_source",
          "consent_at"),
     ),
     "orders": KindSpec(
         "orders", "external_id", ("external_id", "customer_external_id", "ordered_at", "amount_paid"),
-        ("discount", "cost_of_goods", "coupon_code"),
+        ("discount", "cost_of_goods", "coupon_code", "status", "refunded_amount"),
     ),
     "order_items": KindSpec(
         "order_items", None, ("order_external_id", "line_no", "sku", "qty", "unit_price"),
@@ -222,6 +223,10 @@ def validate_customers(frame: pl.DataFrame, *, default_time_zone: str, default_l
         phone = pl.col("phone__parsed")
         checks.add(_unparsable("phone", phone), "phone", "not a valid phone number")
         cols.append(phone.alias("phone"))
+    if present(frame, "name"):
+        name = blank_to_null("name").str.strip_chars()
+        checks.add(name.str.len_chars() > 200, "name", "longer than 200 characters")
+        cols.append(name.alias("name"))
     if present(frame, "push_tokens"):
         tokens = pl.col("push_tokens__parsed")
         checks.add(_unparsable("push_tokens", tokens), "push_tokens", "not a JSON array or ;-separated list")
@@ -295,12 +300,18 @@ def validate_orders(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     discount = _non_negative_number(checks, frame, "discount", "discount")
     cost = _non_negative_number(checks, frame, "cost_of_goods", "cost of goods")
     coupon = blank_to_null("coupon_code") if present(frame, "coupon_code") else pl.lit(None, pl.String)
+    status = (blank_to_null("status").str.to_lowercase() if present(frame, "status")
+              else pl.lit(None, pl.String)).fill_null("paid")
+    checks.add(~status.is_in(ORDER_STATUSES), "status", f"not one of {', '.join(ORDER_STATUSES)}")
+    refunded = _non_negative_number(checks, frame, "refunded_amount", "refund")
+    checks.add((amount >= 0) & (refunded.fill_null(0.0) > amount), "refunded_amount", "more than the amount paid")
     good, errors = checks.split(frame)
     return good.select(
         pl.col(ROW), blank_to_null("external_id").alias("external_id"),
         blank_to_null("customer_external_id").alias("customer_external_id"), ordered_at.alias("ordered_at"),
         amount.round(2).alias("amount_paid"), discount.fill_null(0.0).round(2).alias("discount"),
-        cost.round(2).alias("cost_of_goods"), coupon.alias("coupon_code"),
+        cost.round(2).alias("cost_of_goods"), coupon.alias("coupon_code"), status.alias("status"),
+        refunded.fill_null(0.0).round(2).alias("refunded_amount"),
     ), errors
 
 

@@ -23,7 +23,7 @@ from campaigns.delivery import api as delivery_api
 from campaigns.measurement import api as measurement_api
 from churn import api as churn_api
 from console import pages as console_pages
-from crm import api
+from crm import api, ingest_api
 from crm import profiles as crm_profiles
 from crm.auth import Principal, require
 from crm.models import Role
@@ -139,6 +139,7 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     app.state.customer_filters = CustomerFilterRegistry()
     install_handlers(app)
     app.include_router(api.router)
+    app.include_router(ingest_api.router)
     segmentation_api.install(app)
     churn_api.install(app)
     campaigns_api.install(app)

@@ -1,0 +1,398 @@
+"""The customer state: per-customer daily buckets and a summary, kept current by the one write path.
+
+Every write of raw rows (bulk import, ingestion API, shop webhook, refund, erasure) names the (customer, day)
+pairs it touched; `refresh` then, in the same transaction, recomputes those days' buckets from the raw rows
+and the touched customers' summaries from their buckets. Recomputing a bucket from its raw rows (never adding
+a delta) is what makes late, out-of-order, corrected and deleted rows come out right.
+
+The summary's window columns hold values as of the state clock's `as_of` (a UTC midnight: buckets of days
+before it count). `advance` moves the clock to the next night and recomputes only the customers whose
+windows moved: a bucket entered (written since) or left a window, or a month completed. `rebuild` recomputes
+everything from the raw rows; incremental == rebuilt is a tested property.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import polars as pl
+from sqlalchemy import text
+from sqlmodel import Session
+
+from crm.models import StateClock
+from kit.bulkwrite import fill_empty_table, insert_frame, merge_staged, stage_frame
+from kit.columnar import as_float, read_frame
+from kit.context import Context
+
+UTC_TYPE = pl.Datetime("us", "UTC")
+
+
+@dataclass(frozen=True)
+class StateWindows:
+    """The windows the summary keeps values for (the tier rule set's window and the metric look-backs)."""
+
+    window_days: int = 365
+    event_lookback_days: int = 180
+    recent_days: int = 30
+    low_activity_threshold: int = 2
+    low_activity_months_max: int = 12
+
+    def as_dict(self) -> dict[str, int]:
+        """The windows as stored on the state clock."""
+        return asdict(self)
+
+
+DAY_TYPES = {
+    "customer_id": "int", "day": "date", "orders": "int", "net_spend": "money", "discounted_orders": "int",
+    "new_product_orders": "int", "full_price_after_discount": "int", "last_order_at": "timestamp",
+    "last_discounted_at": "timestamp", "events": "int", "logins": "int", "views": "int", "cart_abandons": "int",
+    "last_event_at": "timestamp", "last_login_at": "timestamp", "last_abandon_at": "timestamp",
+}
+STATE_TYPES = {
+    "customer_id": "int", "lifetime_orders": "int", "lifetime_spend": "money",
+    "lifetime_first_order_at": "timestamp", "lifetime_last_order_at": "timestamp",
+    "lifetime_last_event_at": "timestamp", "first_order_at": "timestamp", "last_order_at": "timestamp",
+    "orders_total": "int", "monetary_total": "money", "frequency": "int", "monetary": "money", "orders_30d": "int",
+    "discounted_in_window": "int", "new_product_orders": "int", "full_price_streak": "int",
+    "last_event_at": "timestamp", "last_login_at": "timestamp", "last_abandon_at": "timestamp",
+    "logins_30d": "int", "views_30d": "int", "cart_abandons_30d": "int", "newest_busy_month": "date",
+}
+_POLARS = {"int": pl.Int64, "money": pl.Float64, "timestamp": UTC_TYPE, "date": pl.Date}
+DAY_SCHEMA = {c: _POLARS[t] for c, t in DAY_TYPES.items()}
+STATE_SCHEMA = {c: _POLARS[t] for c, t in STATE_TYPES.items()}
+_COUNTS = [c for c, t in DAY_TYPES.items() if t == "int" and c != "customer_id"]
+_ORDER_ROWS = {"customer_id": pl.Int64, "ordered_at": UTC_TYPE, "net": pl.Float64, "discounted": pl.Boolean,
+               "new_product": pl.Boolean}
+_EVENT_ROWS = {"customer_id": pl.Int64, "occurred_at": UTC_TYPE, "type": pl.String}
+
+
+def day_start(day: date) -> datetime:
+    """Midnight UTC opening a day."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def month_start(moment: date | datetime, back: int = 0) -> date:
+    """First day of the month `back` months before the moment's month."""
+    index = moment.year * 12 + moment.month - 1 - back
+    return date(index // 12, index % 12 + 1, 1)
+
+
+# ---------------------------------------------------------------- buckets from raw rows
+
+
+def _order_rows_sql(session: Session, where: str) -> str:
+    """Orders that count (not cancelled), net of refunds, with their discount and new-product flags."""
+    net = as_float(session, "o.amount_paid - o.refunded_amount")
+    return (
+        f"SELECT o.customer_id, o.ordered_at, {net}, "
+        "(o.discount > 0 OR o.coupon_code IS NOT NULL OR EXISTS (SELECT 1 FROM order_item i WHERE i.order_id = o.id "
+        "AND i.unit_price < i.list_price)), "
+        "EXISTS (SELECT 1 FROM order_item i WHERE i.order_id = o.id AND i.is_new_product) "
+        f"FROM orders o {where} AND o.status <> 'cancelled'")
+
+
+def buckets_from_rows(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """One bucket per (customer, UTC day) with orders or events: counts, net spend and the day's last moments."""
+    order_days = (orders.lazy().with_columns(pl.col("ordered_at").dt.date().alias("day"))
+                  .group_by("customer_id", "day").agg(
+                      pl.len().alias("orders"), pl.col("net").sum().alias("net_spend"),
+                      pl.col("discounted").sum().alias("discounted_orders"),
+                      pl.col("new_product").sum().alias("new_product_orders"),
+                      pl.col("ordered_at").max().alias("last_order_at"),
+                      pl.col("ordered_at").filter("discounted").max().alias("last_discounted_at"),
+                      # Orders after the day's newest discounted one (strictly later): the day's part of a streak.
+                      pl.col("ordered_at").filter(pl.col("ordered_at") > pl.col("ordered_at").filter("discounted")
+                                                  .max()).len().alias("_after")))
+    order_days = order_days.with_columns(
+        pl.when(pl.col("last_discounted_at").is_null()).then(pl.col("orders")).otherwise(pl.col("_after"))
+        .alias("full_price_after_discount")).drop("_after")
+    kind = pl.col("type")
+    event_days = (events.lazy().with_columns(pl.col("occurred_at").dt.date().alias("day"))
+                  .group_by("customer_id", "day").agg(
+                      pl.len().alias("events"), (kind == "login").sum().alias("logins"),
+                      (kind == "view").sum().alias("views"), (kind == "cart_abandon").sum().alias("cart_abandons"),
+                      pl.col("occurred_at").max().alias("last_event_at"),
+                      pl.col("occurred_at").filter(kind == "login").max().alias("last_login_at"),
+                      pl.col("occurred_at").filter(kind == "cart_abandon").max().alias("last_abandon_at")))
+    joined = order_days.join(event_days, on=["customer_id", "day"], how="full", coalesce=True)
+    return (joined.with_columns(*[pl.col(c).fill_null(0) for c in _COUNTS], pl.col("net_spend").fill_null(0.0))
+            .select(list(DAY_TYPES)).cast(DAY_SCHEMA).sort("customer_id", "day").collect())
+
+
+# ---------------------------------------------------------------- summaries from buckets
+
+
+def summarise(customer_ids: pl.Series, days: pl.DataFrame, as_of: datetime, windows: StateWindows) -> pl.DataFrame:
+    """The state row of each customer from their buckets: lifetime columns over all, window columns as of `as_of`."""
+    as_of_day = as_of.date()
+    window_start = as_of_day - timedelta(days=windows.window_days)
+    recent_start = as_of_day - timedelta(days=windows.recent_days)
+    lookback_start = as_of_day - timedelta(days=windows.event_lookback_days)
+    day = pl.col("day")
+    before = day < as_of_day
+    in_window, recent = before & (day >= window_start), before & (day >= recent_start)
+    looked_back = before & (day >= lookback_start)
+    has_orders = pl.col("orders") > 0
+    lazy = days.lazy()
+    summary = lazy.group_by("customer_id").agg(
+        pl.col("orders").sum().alias("lifetime_orders"), pl.col("net_spend").sum().alias("lifetime_spend"),
+        pl.col("day").filter(has_orders).min().alias("_first_day"),
+        pl.col("last_order_at").max().alias("lifetime_last_order_at"),
+        pl.col("last_event_at").max().alias("lifetime_last_event_at"),
+        pl.col("day").filter(has_orders & before).min().alias("_first_day_before"),
+        pl.col("last_order_at").filter(before).max().alias("last_order_at"),
+        pl.col("orders").filter(before).sum().alias("orders_total"),
+        pl.col("net_spend").filter(before).sum().alias("monetary_total"),
+        pl.col("orders").filter(in_window).sum().alias("frequency"),
+        pl.col("net_spend").filter(in_window).sum().alias("monetary"),
+        pl.col("orders").filter(recent).sum().alias("orders_30d"),
+        pl.col("discounted_orders").filter(in_window).sum().alias("discounted_in_window"),
+        pl.col("new_product_orders").filter(in_window).sum().alias("new_product_orders"),
+        pl.col("day").filter(before & (pl.col("discounted_orders") > 0)).max().alias("_last_discount_day"),
+        pl.col("last_event_at").filter(looked_back).max().alias("last_event_at"),
+        pl.col("last_login_at").filter(looked_back).max().alias("last_login_at"),
+        pl.col("last_abandon_at").filter(looked_back).max().alias("last_abandon_at"),
+        pl.col("logins").filter(recent).sum().alias("logins_30d"),
+        pl.col("views").filter(recent).sum().alias("views_30d"),
+        pl.col("cart_abandons").filter(recent).sum().alias("cart_abandons_30d"),
+    )
+    # The first order's exact moment: the earliest order of the first day with orders is not kept in a bucket
+    # (only the day's last), so it is read back from the bucket's day only where needed (see `first_orders`).
+    streak = (lazy.join(summary.select("customer_id", "_last_discount_day"), on="customer_id")
+              .filter(before & pl.col("_last_discount_day").is_not_null() & (day >= pl.col("_last_discount_day")))
+              .group_by("customer_id").agg(
+                  (pl.col("full_price_after_discount").filter(day == pl.col("_last_discount_day")).sum()
+                   + pl.col("orders").filter(day > pl.col("_last_discount_day")).sum()).alias("_streak")))
+    months_back = windows.low_activity_months_max
+    since = max(month_start(as_of_day, months_back), lookback_start)
+    actions = (pl.when(looked_back).then(pl.col("events")).otherwise(0) + pl.col("orders"))
+    busy = (lazy.filter(before & (day >= since) & (day < month_start(as_of_day)))
+            .with_columns(actions.alias("_actions"), day.dt.truncate("1mo").alias("_month"))
+            .group_by("customer_id", "_month").agg(pl.col("_actions").sum())
+            .filter(pl.col("_actions") >= windows.low_activity_threshold)
+            .group_by("customer_id").agg(pl.col("_month").max().alias("newest_busy_month")))
+    frame = (pl.DataFrame({"customer_id": customer_ids.unique()}).lazy()
+             .join(summary, on="customer_id", how="left").join(streak, on="customer_id", how="left")
+             .join(busy, on="customer_id", how="left"))
+    counts = [c for c, t in STATE_TYPES.items() if t == "int" and c not in ("customer_id", "full_price_streak")]
+    frame = frame.with_columns(
+        *[pl.col(c).fill_null(0) for c in counts],
+        *[pl.col(c).fill_null(0.0).round(2) for c in ("lifetime_spend", "monetary_total", "monetary")],
+        pl.when(pl.col("_last_discount_day").is_null()).then(pl.col("orders_total").fill_null(0))
+        .otherwise(pl.col("_streak").fill_null(0)).alias("full_price_streak"),
+    )
+    return frame.collect()
+
+
+def first_order_moments(session: Session, firsts: pl.DataFrame) -> pl.DataFrame:
+    """The exact first-order times for (customer_id, _first_day[, _first_day_before]) rows: one indexed read."""
+    wanted = pl.concat([firsts.select("customer_id", pl.col("_first_day").alias("day")),
+                        firsts.select("customer_id", pl.col("_first_day_before").alias("day"))]).drop_nulls().unique()
+    if wanted.is_empty():
+        return pl.DataFrame(schema={"customer_id": pl.Int64, "day": pl.Date, "first_at": UTC_TYPE})
+    keys = wanted.with_columns(pl.col("day").map_elements(day_start, return_dtype=UTC_TYPE).alias("day_start"))
+    keys = keys.with_columns((pl.col("day_start") + pl.duration(days=1)).alias("day_end"))
+    stage_frame(session, "stage_first_days", keys, {"customer_id": "int", "day": "date", "day_start": "timestamp",
+                                                    "day_end": "timestamp"})
+    return read_frame(
+        session, "SELECT k.customer_id, k.day, min(o.ordered_at) FROM stage_first_days k JOIN orders o "
+        "ON o.customer_id = k.customer_id AND o.ordered_at >= k.day_start AND o.ordered_at < k.day_end "
+        "WHERE o.status <> 'cancelled' GROUP BY k.customer_id, k.day",
+        {}, {"customer_id": pl.Int64, "day": pl.Date, "first_at": UTC_TYPE}, same_connection=True)
+
+
+def _state_rows(session: Session, customer_ids: pl.Series, days: pl.DataFrame, as_of: datetime,
+                windows: StateWindows) -> pl.DataFrame:
+    summary = summarise(customer_ids, days, as_of, windows)
+    moments = first_order_moments(session, summary)
+    lifetime = moments.rename({"day": "_first_day", "first_at": "lifetime_first_order_at"})
+    before = moments.rename({"day": "_first_day_before", "first_at": "first_order_at"})
+    return (summary.join(lifetime, on=["customer_id", "_first_day"], how="left")
+            .join(before, on=["customer_id", "_first_day_before"], how="left")
+            .select(list(STATE_TYPES)).cast(STATE_SCHEMA).sort("customer_id"))
+
+
+# ---------------------------------------------------------------- the clock
+
+
+def clock(session: Session) -> StateClock | None:
+    """The state clock's row (None before the first rebuild or write)."""
+    return session.get(StateClock, 1)
+
+
+def _ensure_clock(session: Session, ctx: Context, windows: StateWindows | None = None) -> StateClock:
+    row = clock(session)
+    if row is None:
+        now = ctx.clock.now()
+        row = StateClock(id=1, as_of=day_start(now.date()), params=(windows or StateWindows()).as_dict(),
+                         advanced_at=now)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def windows_of(row: StateClock) -> StateWindows:
+    """The windows the state was computed with."""
+    return StateWindows(**row.params)
+
+
+# ---------------------------------------------------------------- the write path's step
+
+
+def refresh(session: Session, ctx: Context, touched: pl.DataFrame, *, cause: str) -> int:
+    """Recompute the buckets of the touched (customer_id, day) pairs and those customers' state rows.
+
+    Called by every writer inside its own transaction, after its raw rows are written; `day` may be null for a
+    customer whose raw rows did not change (a new or updated customer: only its state row is ensured).
+    Returns how many state rows changed; each change is recorded as a `customer_change` event.
+    """
+    if touched.is_empty():
+        return 0
+    row = _ensure_clock(session, ctx)
+    keys = touched.select(pl.col("customer_id").cast(pl.Int64), pl.col("day").cast(pl.Date)).unique()
+    day_keys = keys.drop_nulls("day")
+    if not day_keys.is_empty():
+        _rebucket(session, day_keys)
+    customers = keys["customer_id"].unique()
+    return _resummarise(session, ctx, customers, row.as_of, windows_of(row), cause=cause)
+
+
+def _rebucket(session: Session, day_keys: pl.DataFrame) -> None:
+    keys = day_keys.with_columns(pl.col("day").map_elements(day_start, return_dtype=UTC_TYPE).alias("day_start"))
+    keys = keys.with_columns((pl.col("day_start") + pl.duration(days=1)).alias("day_end"))
+    stage_frame(session, "stage_state_days", keys, {"customer_id": "int", "day": "date", "day_start": "timestamp",
+                                                    "day_end": "timestamp"})
+    on = ("JOIN stage_state_days k ON {t}.customer_id = k.customer_id AND {t}.{at} >= k.day_start "
+          "AND {t}.{at} < k.day_end")
+    orders = read_frame(session, _order_rows_sql(session, on.format(t="o", at="ordered_at") + " WHERE 1 = 1"), {},
+                        _ORDER_ROWS, same_connection=True)
+    events = read_frame(session, "SELECT e.customer_id, e.occurred_at, e.type FROM event e "
+                        + on.format(t="e", at="occurred_at"), {}, _EVENT_ROWS, same_connection=True)
+    buckets = buckets_from_rows(orders, events)
+    connection = session.connection()
+    connection.execute(text("DELETE FROM customer_day WHERE (customer_id, day) IN "
+                            "(SELECT customer_id, day FROM stage_state_days)"))
+    insert_frame(session, "customer_day", buckets, DAY_TYPES)
+
+
+def _days_of(session: Session, customers: pl.Series) -> pl.DataFrame:
+    stage_frame(session, "stage_state_customers", pl.DataFrame({"customer_id": customers}), {"customer_id": "int"})
+    columns = ", ".join(as_float(session, "d.net_spend") if c == "net_spend" else f"d.{c}" for c in DAY_TYPES)
+    return read_frame(session, f"SELECT {columns} FROM customer_day d JOIN stage_state_customers s "
+                      "ON s.customer_id = d.customer_id", {}, DAY_SCHEMA, same_connection=True)
+
+
+def _resummarise(session: Session, ctx: Context, customers: pl.Series, as_of: datetime, windows: StateWindows, *,
+                 cause: str) -> int:
+    days = _days_of(session, customers)
+    rows = _state_rows(session, customers, days, as_of, windows)
+    now = ctx.clock.now()
+    stage_frame(session, "stage_state", rows, STATE_TYPES)
+    inserted, updated = merge_staged(
+        session, table="customer_state", stage="stage_state", key=["customer_id"], columns=list(STATE_TYPES),
+        compare=[c for c in STATE_TYPES if c != "customer_id"], params={"now": now},
+        insert_extra={"updated_at": ":now"}, update_extra={"updated_at": ":now"})
+    if inserted + updated and cause != "advance":
+        # The customers whose row was just written carry this transaction's stamp: they are the changes.
+        session.connection().execute(text(
+            "INSERT INTO customer_change (customer_id, at, cause) SELECT s.customer_id, :now, :cause "
+            "FROM stage_state s JOIN customer_state t ON t.customer_id = s.customer_id WHERE t.updated_at = :now"),
+            {"now": now, "cause": cause})
+    return inserted + updated
+
+
+# ---------------------------------------------------------------- nightly advance and rebuild
+
+
+def moved_customers(session: Session, old: datetime, new: datetime, windows: StateWindows) -> pl.Series:
+    """Customers whose window columns differ between two clock values though none of their rows changed."""
+    old_day, new_day = old.date(), new.date()
+    ranges = [(old_day, new_day)]  # days that entered the windows
+    for length in {windows.window_days, windows.recent_days, windows.event_lookback_days}:
+        ranges.append((old_day - timedelta(days=length), new_day - timedelta(days=length)))
+    if month_start(old_day) != month_start(new_day):  # a month completed: busy months move for everyone in it
+        back = windows.low_activity_months_max
+        ranges.append((month_start(old_day), month_start(new_day)))
+        ranges.append((month_start(old_day, back), month_start(new_day, back)))
+    condition = " OR ".join(f"(d.day >= :start{i} AND d.day < :end{i})" for i in range(len(ranges)))
+    params = {f"start{i}": a for i, (a, _) in enumerate(ranges)} | {f"end{i}": b for i, (_, b) in enumerate(ranges)}
+    frame = read_frame(session, f"SELECT DISTINCT d.customer_id FROM customer_day d WHERE {condition}", params,
+                       {"customer_id": pl.Int64}, same_connection=True)
+    return frame["customer_id"]
+
+
+def advance(session: Session, ctx: Context, as_of: datetime, windows: StateWindows | None = None) -> dict[str, Any]:
+    """Move the clock to `as_of` (a UTC midnight), recomputing only the customers whose windows moved.
+
+    Other windows than the stored ones (a marketer changed the tier window) mean a full recompute from buckets.
+    """
+    row = _ensure_clock(session, ctx, windows)
+    windows = windows or windows_of(row)
+    if windows != windows_of(row):
+        rows = resummarise_all(session, ctx, as_of, windows)
+        return {"customers": rows, "full": True}
+    if as_of == row.as_of:
+        return {"customers": 0, "full": False}
+    customers = moved_customers(session, row.as_of, as_of, windows)
+    row.as_of, row.advanced_at = as_of, ctx.clock.now()
+    session.add(row)
+    session.flush()
+    changed = _resummarise(session, ctx, customers, as_of, windows, cause="advance") if len(customers) else 0
+    return {"customers": len(customers), "changed": changed, "full": False}
+
+
+def _all_buckets_from_raw(session: Session, uncommitted: bool) -> pl.DataFrame:
+    orders = read_frame(session, _order_rows_sql(session, "WHERE 1 = 1"), {}, _ORDER_ROWS,
+                        same_connection=uncommitted)
+    events = read_frame(session, "SELECT e.customer_id, e.occurred_at, e.type FROM event e", {}, _EVENT_ROWS,
+                        same_connection=uncommitted)
+    return buckets_from_rows(orders, events)
+
+
+def resummarise_all(session: Session, ctx: Context, as_of: datetime, windows: StateWindows) -> int:
+    """Recompute every customer's state row from the buckets as of `as_of` with `windows`."""
+    days = read_frame(session, "SELECT " + ", ".join(
+        as_float(session, "d.net_spend") if c == "net_spend" else f"d.{c}" for c in DAY_TYPES)
+        + " FROM customer_day d", {}, DAY_SCHEMA, same_connection=True)
+    return _replace_state(session, ctx, days, as_of, windows, uncommitted=True)
+
+
+def _replace_state(session: Session, ctx: Context, days: pl.DataFrame, as_of: datetime,
+                   windows: StateWindows, *, uncommitted: bool) -> int:
+    customers = read_frame(session, "SELECT c.id FROM customer c", {}, {"customer_id": pl.Int64},
+                           same_connection=uncommitted)["customer_id"]
+    rows = _state_rows(session, customers, days, as_of, windows).with_columns(updated_at=pl.lit(ctx.clock.now()))
+    pg = session.get_bind().dialect.name == "postgresql"
+    session.connection().execute(text("TRUNCATE customer_state" if pg else "DELETE FROM customer_state"))
+    fill_empty_table(session, "customer_state", rows, STATE_TYPES | {"updated_at": "timestamp"})
+    row = _ensure_clock(session, ctx, windows)
+    row.as_of, row.params, row.advanced_at = as_of, windows.as_dict(), ctx.clock.now()
+    session.add(row)
+    session.flush()
+    return len(rows)
+
+
+def rebuild(session: Session, ctx: Context, as_of: datetime | None = None,
+            windows: StateWindows | None = None, *, uncommitted: bool = True) -> dict[str, int]:
+    """Recompute the whole state (buckets and summaries) from the raw rows; the clock keeps its day unless given.
+
+    `uncommitted=False` reads the raw rows through the fast columnar path, which sees committed rows only (the
+    `crm state rebuild` command); inside a writer's transaction the rows are read on its own connection.
+    """
+    row = _ensure_clock(session, ctx, windows)
+    as_of = as_of or row.as_of
+    windows = windows or windows_of(row)
+    buckets = _all_buckets_from_raw(session, uncommitted)
+    pg = session.get_bind().dialect.name == "postgresql"
+    session.connection().execute(text("TRUNCATE customer_day" if pg else "DELETE FROM customer_day"))
+    fill_empty_table(session, "customer_day", buckets, DAY_TYPES)
+    customers = _replace_state(session, ctx, buckets, as_of, windows, uncommitted=uncommitted)
+    return {"days": len(buckets), "customers": customers}
+
+
+def touched_days(frame: pl.DataFrame, customer: str, moment: str) -> pl.DataFrame:
+    """(customer_id, day) pairs of a frame of written rows."""
+    return frame.select(pl.col(customer).cast(pl.Int64).alias("customer_id"),
+                        pl.col(moment).dt.date().alias("day"))
