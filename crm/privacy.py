@@ -10,14 +10,16 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import polars as pl
 from sqlalchemy import delete
 from sqlmodel import Session, select
 
-from crm import audit
+from crm import audit, state
 from crm.models import ConsentStatus, Event, Order, OrderItem
 from crm.profiles import ProfileRegistry, ProfileRequest
 from crm.service import consent_history, consent_of, contact_of, customer_by_external_id, record_consent
 from kit.channels import CHANNELS
+from kit.clock import ensure_utc
 from kit.context import Context
 from kit.errors import InvalidInput
 
@@ -70,16 +72,23 @@ def erase_customer(session: Session, ctx: Context, erasers: ProfileRegistry, ext
     for channel in CHANNELS.consent_channels():
         record_consent(session, ctx, customer_id=customer.id, channel=channel, status=ConsentStatus.opted_out,
                        source="erasure", actor=actor)
+    event_days = {ensure_utc(at).date() for at in session.exec(
+        select(Event.occurred_at).where(Event.customer_id == customer.id)).all()}
     events = session.exec(delete(Event).where(Event.customer_id == customer.id)).rowcount  # type: ignore[call-overload]
+    # The state forgets the deleted events in the same transaction (their buckets are recomputed, now empty).
+    state.refresh(session, ctx, pl.DataFrame({"customer_id": [customer.id] * (len(event_days) or 1),
+                                              "day": sorted(event_days) or [None]},
+                                             schema={"customer_id": pl.Int64, "day": pl.Date}), cause="erasure")
     orders = len(session.exec(select(Order.id).where(Order.customer_id == customer.id)).all())
     customer.external_id = f"{ERASED_PREFIX}{secrets.token_hex(12)}"
     customer.email_ciphertext = customer.email_hash = None
     customer.phone_ciphertext = customer.phone_hash = None
+    customer.name_ciphertext = customer.name_hash = None
     customer.push_tokens_ciphertext = customer.push_tokens_hash = None
     customer.attributes, customer.birthday, customer.membership_level = {}, None, None
     customer.updated_at = now
     session.add(customer)
-    summary = {"customer_id": customer.id, "erased": ["external_id", "email", "phone", "push_tokens", "attributes",
+    summary = {"customer_id": customer.id, "erased": ["external_id", "email", "phone", "name", "push_tokens", "attributes",
                                                       "birthday", "membership_level"],
                "events_deleted": events, "orders_kept_anonymised": orders, "consent": "opted_out on every channel",
                **parts}

@@ -1,0 +1,178 @@
+"""The customer state: kept by every writer, equal to a rebuild from the raw rows (a hypothesis property)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlmodel import select
+
+from crm import privacy, state, writes
+from crm.models import Customer, CustomerState
+from crm.profiles import ProfileRegistry
+from kit.columnar import read_frame
+from segmentation.metrics import MetricParams, compute_metrics
+from tests.support.factories import run
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+CUSTOMERS = [f"C{i}" for i in range(1, 5)]
+
+
+def _table(session, name: str, types: dict[str, str], key: list[str]) -> pl.DataFrame:
+    columns = ", ".join(f"CAST({c} AS REAL)" if t == "money" and session.get_bind().dialect.name == "sqlite"
+                        else (f"CAST({c} AS DOUBLE PRECISION)" if t == "money" else c) for c, t in types.items())
+    schema = {c: state._POLARS[t] for c, t in types.items()}
+    frame = read_frame(session, f"SELECT {columns} FROM {name}", {}, schema, same_connection=True)
+    return frame.with_columns(pl.col(c).round(2) for c, t in types.items() if t == "money").sort(key)
+
+
+def snapshot(session) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The derived tables as frames, in key order."""
+    return (_table(session, "customer_day", state.DAY_TYPES, ["customer_id", "day"]),
+            _table(session, "customer_state", state.STATE_TYPES, ["customer_id"]))
+
+
+def assert_incremental_equals_rebuilt(session, ctx) -> None:
+    """What the writers left is exactly what a rebuild from the raw rows gives."""
+    incremental = snapshot(session)
+    state.rebuild(session, ctx)
+    rebuilt = snapshot(session)
+    for kept, fresh in zip(incremental, rebuilt, strict=True):
+        assert kept.to_dicts() == fresh.to_dicts()
+
+
+def _moment(day: int, minute: int) -> str:
+    return (START + timedelta(days=day, minutes=minute)).isoformat()
+
+
+# One operation of a random history: what a shop's integrations and a marketer's tools can do.
+order_op = st.tuples(st.just("order"), st.integers(1, 8), st.sampled_from(CUSTOMERS), st.integers(0, 400),
+                     st.integers(0, 1439), st.integers(0, 300), st.booleans())
+event_op = st.tuples(st.just("event"), st.integers(1, 12), st.sampled_from(CUSTOMERS), st.integers(0, 400),
+                     st.integers(0, 1439), st.sampled_from(["login", "view", "cart_abandon", "search"]))
+refund_op = st.tuples(st.just("refund"), st.integers(1, 8), st.integers(1, 60))
+cancel_op = st.tuples(st.just("cancel"), st.integers(1, 8))
+items_op = st.tuples(st.just("items"), st.integers(1, 8), st.booleans(), st.booleans())
+erase_op = st.tuples(st.just("erase"), st.sampled_from(CUSTOMERS))
+advance_op = st.tuples(st.just("advance"), st.integers(1, 45))
+operations = st.lists(st.one_of(order_op, event_op, refund_op, cancel_op, items_op, erase_op, advance_op),
+                      min_size=1, max_size=14)
+
+
+def _apply(session, ctx, operation, clock_day: list[int]) -> None:
+    kind = operation[0]
+    if kind == "order":
+        _, number, customer, day, minute, amount, coupon = operation
+        writes.write_items(session, ctx, "orders", {
+            "external_id": f"O{number}", "customer_id": customer, "ordered_at": _moment(day, minute),
+            "amount_paid": amount, "coupon_code": "SAVE" if coupon else None}, cause="api")
+    elif kind == "event":
+        _, number, customer, day, minute, event_type = operation
+        if number % 2:  # half through the import, half through the API: one write path either way
+            run(session, ctx, "events", "external_id,customer_external_id,occurred_at,type\n"
+                f"E{number},{customer},{_moment(day, minute)},{event_type}\n".encode())
+        else:
+            writes.write_items(session, ctx, "events", {"unique_id": f"E{number}", "customer_id": customer,
+                                                         "time": _moment(day, minute), "type": event_type},
+                               cause="api", first_wins=True)
+    elif kind == "refund":
+        _, number, amount = operation
+        try:
+            writes.refund_order(session, ctx, f"O{number}", {"refund_id": f"R{number}-{amount}", "amount": amount},
+                                actor="test")
+        except Exception as refused:  # an unknown order, or more than is left to refund: refused, nothing written
+            assert type(refused).__name__ in ("NotFound", "InvalidInput")
+    elif kind == "cancel":
+        _, number = operation
+        existing = session.exec(select(Customer.id)).all()
+        if existing:
+            run(session, ctx, "orders", "external_id,customer_external_id,ordered_at,amount_paid,status\n"
+                f"O{number},C1,{_moment(5, number)},10,cancelled\n".encode())
+    elif kind == "items":
+        _, number, marked_down, new_product = operation
+        run(session, ctx, "order_items", "order_external_id,line_no,sku,qty,unit_price,list_price,is_new_product\n"
+            f"O{number},1,S1,1,8,{10 if marked_down else 8},{str(new_product).lower()}\n".encode())
+    elif kind == "erase":
+        _, customer = operation
+        privacy.erase_customer(session, ctx, ProfileRegistry(), customer, customer, actor="test")
+        # The shop can come back with the same id: a new customer row, as after any erasure.
+        writes.write_items(session, ctx, "customers", {"external_id": customer}, cause="api")
+    elif kind == "advance":
+        clock_day[0] += operation[1]
+        state.advance(session, ctx, START + timedelta(days=clock_day[0]))
+
+
+RESET = ("order_refund", "order_item", "orders", "event", "customer_day", "customer_state", "customer_change",
+         "consent_change", "consent", "customer", "state_clock")
+
+
+def _fresh_shop(session, ctx):
+    """Four customers and a state clock at START (inside the test's transaction, which is rolled back)."""
+    for table in RESET:
+        session.connection().exec_driver_sql(f"DELETE FROM {table}")
+    writes.write_items(session, ctx, "customers", [{"external_id": c} for c in CUSTOMERS], cause="api")
+    state.advance(session, ctx, START)
+    return session
+
+
+@pytest.fixture
+def shop(session, ctx):
+    """A fresh shop for one test."""
+    return _fresh_shop(session, ctx)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=operations)
+def test_incremental_state_equals_rebuilt_for_any_history(shop, ctx, history):
+    session = _fresh_shop(shop, ctx)  # every example starts from the same four customers
+    clock_day = [0]
+    for operation in history:
+        _apply(session, ctx, operation, clock_day)
+    assert_incremental_equals_rebuilt(session, ctx)
+
+
+def test_state_window_columns_match_the_metrics_from_raw_history(shop, ctx):
+    session = shop
+    for number, (customer, day, amount) in enumerate([("C1", 10, 50), ("C1", 200, 20), ("C2", 380, 70),
+                                                      ("C2", 399, 5), ("C3", 30, 15)], start=1):
+        writes.write_items(session, ctx, "orders", {"external_id": f"O{number}", "customer_id": customer,
+                                                     "ordered_at": _moment(day, 60), "amount_paid": amount,
+                                                     "discount": 3 if number == 4 else 0}, cause="api")
+    for number, (customer, day, kind) in enumerate([("C1", 395, "login"), ("C2", 398, "cart_abandon"),
+                                                    ("C4", 390, "view"), ("C4", 391, "view")], start=1):
+        writes.write_items(session, ctx, "events", {"unique_id": f"E{number}", "customer_id": customer,
+                                                     "time": _moment(day, 30), "type": kind}, cause="api")
+    as_of = START + timedelta(days=400)
+    state.advance(session, ctx, as_of)
+    rows = {r.customer_id: r for r in session.exec(select(CustomerState)).all()}
+    ids = {c.external_id: c.id for c in session.exec(select(Customer)).all()}
+    from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame
+
+    orders = orders_frame(session, None, as_of).join(order_flags_frame(session), on="order_id", how="left")
+    metrics = compute_metrics(customers_frame(session), orders, events_frame(session, None, as_of), as_of,
+                              MetricParams()).rows_by_key("customer_id", named=True, unique=True)
+    for external_id in CUSTOMERS:
+        row, expected = rows[ids[external_id]], metrics[ids[external_id]]
+        assert row.frequency == expected["frequency"]
+        assert float(row.monetary) == pytest.approx(expected["monetary"])
+        assert row.orders_total == expected["orders_total"]
+        assert row.full_price_streak == expected["full_price_streak"]
+        assert row.logins_30d == expected["logins_30d"] and row.cart_abandons_30d == expected["cart_abandons_30d"]
+    assert rows[ids["C1"]].frequency == 1  # the order of day 10 left the 365-day window
+    assert rows[ids["C2"]].full_price_streak == 0  # its newest order was discounted
+
+
+def test_erasure_removes_the_customers_events_from_the_state(shop, ctx):
+    session = shop
+    writes.write_items(session, ctx, "events", {"unique_id": "E1", "customer_id": "C1", "time": _moment(3, 0),
+                                                 "type": "login"}, cause="api")
+    customer_id = session.exec(select(Customer.id).where(Customer.external_id == "C1")).one()
+    assert session.get(CustomerState, customer_id).lifetime_last_event_at is not None
+    privacy.erase_customer(session, ctx, ProfileRegistry(), "C1", "C1", actor="test")
+    row = session.get(CustomerState, customer_id)
+    session.refresh(row)
+    assert row.lifetime_last_event_at is None
+    assert_incremental_equals_rebuilt(session, ctx)
