@@ -309,7 +309,9 @@ def _resummarise(session: Session, ctx: Context, customers: pl.Series, as_of: da
 def moved_customers(session: Session, old: datetime, new: datetime, windows: StateWindows) -> pl.Series:
     """Customers whose window columns differ between two clock values though none of their rows changed."""
     old_day, new_day = old.date(), new.date()
-    ranges = [(old_day, new_day)]  # days that entered the windows
+    if old_day > new_day:  # moved back (a backfill): the same days, seen from the other side
+        old_day, new_day = new_day, old_day
+    ranges = [(old_day, new_day)]
     for length in {windows.window_days, windows.recent_days, windows.event_lookback_days}:
         ranges.append((old_day - timedelta(days=length), new_day - timedelta(days=length)))
     if month_start(old_day) != month_start(new_day):  # a month completed: busy months move for everyone in it
@@ -396,3 +398,14 @@ def touched_days(frame: pl.DataFrame, customer: str, moment: str) -> pl.DataFram
     """(customer_id, day) pairs of a frame of written rows."""
     return frame.select(pl.col(customer).cast(pl.Int64).alias("customer_id"),
                         pl.col(moment).dt.date().alias("day"))
+
+
+def state_frame(session: Session, *, customer_id: int | None = None, reader: Any = None) -> pl.DataFrame:
+    """Every customer's (or one customer's) state row as a frame (money as floats)."""
+    columns = ", ".join(as_float(session, f"s.{c}") if t == "money" else f"s.{c}" for c, t in STATE_TYPES.items())
+    one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
+    params = {"customer_id": customer_id} if customer_id is not None else {}
+    query = f"SELECT {columns} FROM customer_state s {one}"
+    if reader is not None and customer_id is None:
+        return reader.read(query, params, STATE_SCHEMA)
+    return read_frame(session, query, params, STATE_SCHEMA, small=customer_id is not None)

@@ -80,7 +80,6 @@ def compute_metrics(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.Da
     has_coupon, and optionally marked_down and new_product_lines. events: customer_id, occurred_at, type.
     left_vip: customer_id, left_at. Rows on or after `as_of` are ignored whatever the caller passes.
     """
-    now = pl.lit(as_of).cast(pl.Datetime("us", "UTC"))
     window_start = as_of - timedelta(days=params.window_days)
     recent_start = as_of - timedelta(days=params.recent_days)
     orders = orders.filter(pl.col("ordered_at") < as_of)
@@ -137,13 +136,44 @@ def compute_metrics(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.Da
                   .group_by("customer_id", month).len()
                   .filter(pl.col("len") >= params.low_activity_threshold)
                   .group_by("customer_id").agg(pl.col("month").min().alias("_newest_busy_month")))
-    streak = (pl.col("_newest_busy_month").cast(pl.Int32) - 1).fill_null(months_back)
-    lookback = params.event_lookback_days
     has_events = not events.is_empty()
     frame = (customers.lazy().select("customer_id", "signed_up_at", "birthday")
              .join(per_order, on="customer_id", how="left")
              .join(per_event, on="customer_id", how="left")
              .join(busy_month, on="customer_id", how="left"))
+    return _derive(frame, as_of, params, left_vip, has_events)
+
+
+def metrics_from_state(customers: pl.DataFrame, state: pl.DataFrame, as_of: datetime,
+                       params: MetricParams = MetricParams(), left_vip: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The same metrics as `compute_metrics`, from the customer state's rows (its window columns as of `as_of`).
+
+    state: crm.state's summary columns (customer_id, last_order_at, first_order_at, orders_total, …,
+    newest_busy_month), computed with this `as_of` and these windows.
+    """
+    month_index = as_of.year * 12 + as_of.month
+    busy = pl.col("newest_busy_month")
+    renamed = state.lazy().select(
+        "customer_id", "last_order_at", "first_order_at", "orders_total", "monetary_total", "frequency", "monetary",
+        "orders_30d", pl.col("discounted_in_window").alias("_discounted_in_window"), "new_product_orders",
+        "full_price_streak", "logins_30d", "views_30d", "cart_abandons_30d",
+        pl.col("last_login_at").alias("_last_login"), pl.col("last_event_at").alias("_last_event"),
+        pl.col("last_abandon_at").alias("_last_abandon"),
+        (month_index - (busy.dt.year().cast(pl.Int32) * 12 + busy.dt.month().cast(pl.Int32)))
+        .alias("_newest_busy_month"))
+    has_events = bool(state["last_event_at"].is_not_null().any()) if not state.is_empty() else False
+    frame = customers.lazy().select("customer_id", "signed_up_at", "birthday").join(renamed, on="customer_id",
+                                                                                     how="left")
+    return _derive(frame, as_of, params, left_vip, has_events)
+
+
+def _derive(frame: pl.LazyFrame, as_of: datetime, params: MetricParams, left_vip: pl.DataFrame | None,
+            has_events: bool) -> pl.DataFrame:
+    """Per-customer aggregates (however they were obtained) to the metrics: days, shares, scores, percentiles."""
+    now = pl.lit(as_of).cast(pl.Datetime("us", "UTC"))
+    months_back = params.low_activity_months_max
+    streak = (pl.col("_newest_busy_month").cast(pl.Int32) - 1).fill_null(months_back)
+    lookback = params.event_lookback_days
     if left_vip is not None and not left_vip.is_empty():
         frame = frame.join(left_vip.lazy().filter(pl.col("left_at") < as_of).group_by("customer_id")
                            .agg(pl.col("left_at").max()), on="customer_id", how="left")

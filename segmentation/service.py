@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from crm import audit
+from crm import state as crm_state
 from crm.profiles import ProfileRequest
 from crm.service import (
     customers_frame,
@@ -20,6 +21,7 @@ from crm.service import (
     orders_frame,
     read_columns,
 )
+from crm.state import StateWindows, state_frame
 from kit.bulkwrite import fill_empty_table, merge_staged, stage_frame
 from kit.columnar import (
     ColumnarReader,
@@ -34,7 +36,7 @@ from kit.context import Context
 from kit.errors import InvalidInput, NotFound
 from segmentation.defaults import DEFAULTS
 from segmentation.hysteresis import STATE_SCHEMA, settle
-from segmentation.metrics import METRICS, MetricParams, compute_metrics, rfm_cell
+from segmentation.metrics import METRICS, MetricParams, compute_metrics, metrics_from_state, rfm_cell
 from segmentation.models import (
     CustomerSegment,
     CustomerTag,
@@ -191,19 +193,13 @@ def _assign(metrics: pl.DataFrame, previous: pl.DataFrame, dimension: str, rule_
 
 def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_tier: str,
                  shared: SharedFrames | None = None) -> dict[str, pl.DataFrame]:
-    """Everything a run reads: the bulk through one columnar attachment (or a job run's shared frames), then one
-    small indexed read."""
+    """Everything a run reads: the customer state (one row per customer, not the history) and the current
+    assignments through one columnar attachment, then one small indexed read."""
     shared = shared or SharedFrames()
-    since = as_of - timedelta(days=params.event_lookback_days)
     with columnar_reader(session) as reader:
-        orders = shared.window("orders", None, as_of, "ordered_at",
-                               lambda: orders_frame(session, None, as_of, reader=reader, costs=False))
-        flags = shared.whole("order_flags", lambda: order_flags_frame(session, reader=reader))
         inputs = {
             "customers": shared.whole("customers", lambda: customers_frame(session, reader=reader)),
-            "orders": orders.join(flags, on="order_id", how="left"),
-            "events": shared.window("events", since, as_of, "occurred_at",
-                                    lambda: events_frame(session, since, as_of, reader=reader)),
+            "state": state_frame(session, reader=reader),
             "previous": _previous_state(reader),
             "current_tags": reader.read("SELECT t.customer_id, t.tag, t.since FROM customer_tag t", {},
                                         {"customer_id": pl.Int64, "tag": pl.String,
@@ -216,6 +212,21 @@ def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_ti
         "AND t.from_value = :top AND t.at < :as_of", {"top": top_tier, "as_of": as_of},
         {"customer_id": pl.Int64, "left_at": pl.Datetime("us", "UTC")}, same_connection=True)
     return inputs
+
+
+def bring_state_to(session: Session, ctx: Context, as_of: datetime, params: MetricParams) -> dict[str, Any]:
+    """Move the customer state's clock to the run's as-of (only customers whose windows moved are recomputed),
+    committed on a session of its own so the columnar reads that follow see it; the first time, rebuild it."""
+    windows = StateWindows(window_days=params.window_days, event_lookback_days=params.event_lookback_days,
+                           recent_days=params.recent_days, low_activity_threshold=params.low_activity_threshold,
+                           low_activity_months_max=params.low_activity_months_max)
+    with Session(session.get_bind()) as writer:
+        if crm_state.clock(writer) is None:  # an upgraded database: the state is derived from the history once
+            done = {"rebuilt": crm_state.rebuild(writer, ctx, as_of, windows, uncommitted=False)}
+        else:
+            done = crm_state.advance(writer, ctx, as_of, windows)
+        writer.commit()
+    return done
 
 
 def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = None, *,
@@ -233,13 +244,15 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
         layer_version, layer_rules = current_rule_set(reader, "layer")
         tags_version, tag_set = current_rule_set(reader, "tags")
     params = MetricParams(window_days=tier_rules.window_days)
+    moved = bring_state_to(session, ctx, as_of, params)
+    timings["state_s"] = round(time.perf_counter() - tick, 3)
+    tick = time.perf_counter()
     inputs = _read_inputs(session, as_of, params, tier_rules.rules[0].name, shared)
     previous, current_tags = inputs["previous"], inputs["current_tags"]
     timings["read_s"] = round(time.perf_counter() - tick, 3)
 
     tick = time.perf_counter()
-    metrics = compute_metrics(inputs["customers"], inputs["orders"], inputs["events"], as_of, params,
-                              inputs["left_vip"])
+    metrics = metrics_from_state(inputs["customers"], inputs["state"], as_of, params, inputs["left_vip"])
     timings["metrics_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
     tier_state, tier_changes = _assign(metrics, previous, "tier", tier_rules, tier_version, as_of)
@@ -290,6 +303,7 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
         "tags_added": dict(added.group_by("tag").len().sort("tag").iter_rows()),
         "tags_removed": dict(removed.group_by("tag").len().sort("tag").iter_rows()),
         "state_rows_written": len(changed_state),
+        "customer_state": moved,
     }
     run.timings = timings
     run.finished_at = ctx.clock.now()

@@ -228,8 +228,9 @@ def test_summary_and_history(client, auth_header, session, ctx):
 
 def test_the_profile_reads_the_same_metrics_as_the_batch_run(session, ctx):
     """Item-based metrics (marked-down lines, new products) agree between a run and one customer's profile."""
-    from segmentation.metrics import MetricParams, compute_metrics
-    from segmentation.service import _one_customer_metrics, _read_inputs
+    from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame
+    from segmentation.metrics import MetricParams, compute_metrics, metrics_from_state
+    from segmentation.service import _one_customer_metrics, _read_inputs, bring_state_to
 
     _shop(session, ctx)
     items = csv_text(("order_external_id", "line_no", "sku", "category", "qty", "unit_price", "list_price",
@@ -240,8 +241,13 @@ def test_the_profile_reads_the_same_metrics_as_the_batch_run(session, ctx):
     c1 = session.exec(select(Customer.id).where(Customer.external_id == "C1")).one()
     _, tier = current_rule_set(session, "tier")
     params = MetricParams(window_days=tier.window_days)
+    bring_state_to(session, ctx, AS_OF, params)
     inputs = _read_inputs(session, AS_OF, params, "VIP")
-    batch = compute_metrics(inputs["customers"], inputs["orders"], inputs["events"], AS_OF, params)
+    batch = metrics_from_state(inputs["customers"], inputs["state"], AS_OF, params)
+    # The nightly run's metrics from the customer state are exactly those computed from the raw history.
+    orders = orders_frame(session, None, AS_OF).join(order_flags_frame(session), on="order_id", how="left")
+    from_history = compute_metrics(customers_frame(session), orders, events_frame(session, None, AS_OF), AS_OF, params)
+    assert batch.to_dicts() == from_history.to_dicts()
     row = batch.filter(customer_id=c1).row(0, named=True)
     assert row["discounted_share"] == 0.25 and row["new_product_orders"] == 1
     # A0 (5 days old) is the newest order and it was marked down: no full-price streak.
