@@ -1,4 +1,4 @@
-"""crm's commands: `crm import` and `crm keys …` (merged into the root CLI by wiring.cli)."""
+"""crm's commands: `crm import`, `crm keys …` and `crm state rebuild` (merged into the root CLI by wiring.cli)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from crm import auth, ingest
+from crm import auth, ingest, state
 from crm.models import Role
 from kit.cli import CliError, cli_context, console
 from kit.context import Context
@@ -63,7 +63,7 @@ def import_(
 
 
 @keys_app.command("create")
-def keys_create(role: Annotated[str, typer.Option(help="admin | marketer | support | scheduler")],
+def keys_create(role: Annotated[str, typer.Option(help="admin | marketer | support | scheduler | ingest")],
                 name: Annotated[str, typer.Option()]) -> None:
     """Create an API key; the key is printed once, as the last line."""
     try:
@@ -96,3 +96,20 @@ def keys_revoke(key_id: int) -> None:
     with session_scope(ctx.engine) as session:
         auth.revoke_key(session, ctx, key_id=key_id, actor="cli")
     console.print(f"revoked key #{key_id}")
+
+
+state_app = typer.Typer(help="The customer state (derived from orders and events).", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+
+
+@state_app.command("rebuild")
+def state_rebuild() -> None:
+    """Recompute the whole customer state from the raw orders and events (its clock keeps its day)."""
+    import time
+
+    ctx = cli_context()
+    started = time.perf_counter()
+    with session_scope(ctx.engine) as session:
+        done = state.rebuild(session, ctx, uncommitted=False)
+    console.print(f"rebuilt {done['customers']} customers' state from {done['days']} customer-days "
+                  f"in {time.perf_counter() - started:.1f}s")

@@ -36,6 +36,16 @@ def test_generate_import_and_keys(scratch_url, tmp_path):
     summary = json.loads(_crm(["segment", "summary", "--json"], env).stdout)
     assert summary["customers"] == 300 and summary["as_of"].startswith("2026-06-01")
     assert sum(cell["customers"] for cell in summary["distribution"]["tier"].values()) == 300
+    engine = make_engine(scratch_url)
+    with engine.begin() as connection:  # the derived state is thrown away; the command derives it again
+        kept = connection.execute(text("SELECT sum(lifetime_orders) FROM customer_state")).scalar_one()
+        connection.execute(text("DELETE FROM customer_state"))
+    rebuilt = _crm(["state", "rebuild"], env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.stdout.startswith("rebuilt 300 customers' state")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT sum(lifetime_orders) FROM customer_state")).scalar_one() == kept > 0
+    engine.dispose()
     bad_day = _crm(["segment", "run", "--as-of", "June"], env)
     assert bad_day.returncode != 0 and bad_day.stderr.strip() == "error: --as-of: 'June' is not a date (YYYY-MM-DD)"
     created = _crm(["keys", "create", "--role", "support", "--name", "desk"], env)
