@@ -80,8 +80,9 @@ def orders_section(request: ProfileRequest) -> dict[str, Any]:
     """Core profile section: order count, spend and first/last order."""
     # Profiles are the hot read: a driver query, not a statement built and compiled through the ORM each time.
     count, spend, discount, first, last = driver_rows(
-        request.session, "SELECT count(id), coalesce(sum(amount_paid), 0), coalesce(sum(discount), 0), "
-                         "min(ordered_at), max(ordered_at) FROM orders WHERE customer_id = :customer_id",
+        request.session, "SELECT count(id), coalesce(sum(amount_paid - refunded_amount), 0), "
+                         "coalesce(sum(discount), 0), min(ordered_at), max(ordered_at) FROM orders "
+                         "WHERE customer_id = :customer_id AND status <> 'cancelled'",
         {"customer_id": request.customer_id})[0]
     return {"orders": count, "total_spend": float(spend), "total_discount": float(discount),
             "first_order_at": driver_time(first), "last_order_at": driver_time(last)}

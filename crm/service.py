@@ -44,9 +44,11 @@ def orders_frame(session: Session, start: datetime | None, end: datetime, *, cus
     lower = "AND o.ordered_at >= :start" if start is not None else ""
     one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
     cost = as_float(session, "o.cost_of_goods") if costs else "NULL"
-    query = (f"SELECT o.id, o.customer_id, o.ordered_at, {as_float(session, 'o.amount_paid')}, "
+    # Spend is net: cancelled orders are left out, refunds taken off (every reader of orders sees the same).
+    query = (f"SELECT o.id, o.customer_id, o.ordered_at, {as_float(session, 'o.amount_paid - o.refunded_amount')}, "
              f"{as_float(session, 'o.discount')}, {cost}, "
-             f"o.coupon_code IS NOT NULL FROM orders o WHERE o.ordered_at < :end {lower} {one}")
+             f"o.coupon_code IS NOT NULL FROM orders o WHERE o.ordered_at < :end AND o.status <> 'cancelled' "
+             f"{lower} {one}")
     params = {"end": end} | ({"start": start} if start is not None else {}) | (
         {"customer_id": customer_id} if customer_id is not None else {})
     return read_columns(session, reader, query, params, ORDER_SCHEMA, one_customer=customer_id is not None)
@@ -260,10 +262,12 @@ def order_money_frame(session: Session, start: datetime, end: datetime, *, custo
                       reader: ColumnarReader | None = None) -> pl.DataFrame:
     """Per customer over [start, end): spend, discount, order count, and list value and cost where cost is known."""
     one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
-    paid, discount, cost = (as_float(session, f"o.{c}") for c in ("amount_paid", "discount", "cost_of_goods"))
+    paid, discount, cost = (as_float(session, f"o.{c}") for c in ("amount_paid - o.refunded_amount", "discount",
+                                                                   "cost_of_goods"))
     query = (f"SELECT o.customer_id, SUM({paid}), SUM({discount}), COUNT(*), "
              f"SUM(CASE WHEN o.cost_of_goods IS NOT NULL THEN {paid} + {discount} END), SUM({cost}) "
-             f"FROM orders o WHERE o.ordered_at >= :start AND o.ordered_at < :end {one} GROUP BY o.customer_id")
+             f"FROM orders o WHERE o.ordered_at >= :start AND o.ordered_at < :end AND o.status <> 'cancelled' {one} "
+             "GROUP BY o.customer_id")
     params = {"start": start, "end": end} | ({"customer_id": customer_id} if customer_id is not None else {})
     return read_columns(session, reader, query, params, MONEY_SCHEMA, one_customer=customer_id is not None)
 

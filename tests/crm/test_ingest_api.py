@@ -89,10 +89,13 @@ def test_orders_with_items_then_a_partial_refund_count_net(client, auth_header, 
     state = session.get(CustomerState, stored.customer_id)
     session.refresh(state)
     assert float(state.lifetime_spend) == 70.0 and state.lifetime_orders == 1
+    profile = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()
+    assert profile["sections"]["orders"]["total_spend"] == 70.0 and profile["sections"]["orders"]["orders"] == 1
     cancelled = _post(client, auth_header, "/v1/orders", order | {"status": "cancelled"})
     assert cancelled.json()["updated"] == 1
     session.refresh(state)
     assert state.lifetime_orders == 0 and float(state.lifetime_spend) == 0.0
+    assert client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["orders"]["orders"] == 0
 
 
 def test_customer_names_are_encrypted_and_found_by_their_keyed_hash(client, auth_header, session, ctx):
