@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import polars as pl
+
+from crm.state import StateWindows
 
 DAY_US = 86_400_000_000
 
@@ -38,15 +39,8 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class MetricParams:
-    """Tunables of the metric computation (each a default a marketer can change)."""
-
-    window_days: int = 365
-    event_lookback_days: int = 180
-    recent_days: int = 30
-    low_activity_threshold: int = 2
-    low_activity_months_max: int = 12
+# The metric windows are the customer state's: the state keeps its window columns for exactly these.
+MetricParams = StateWindows
 
 
 def _days(delta: pl.Expr) -> pl.Expr:

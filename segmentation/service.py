@@ -21,7 +21,7 @@ from crm.service import (
     orders_frame,
     read_columns,
 )
-from crm.state import StateWindows, state_frame
+from crm.state import state_frame
 from kit.bulkwrite import fill_empty_table, merge_staged, stage_frame
 from kit.columnar import (
     ColumnarReader,
@@ -217,9 +217,7 @@ def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_ti
 def bring_state_to(session: Session, ctx: Context, as_of: datetime, params: MetricParams) -> dict[str, Any]:
     """Move the customer state's clock to the run's as-of (only customers whose windows moved are recomputed),
     committed on a session of its own so the columnar reads that follow see it; the first time, rebuild it."""
-    windows = StateWindows(window_days=params.window_days, event_lookback_days=params.event_lookback_days,
-                           recent_days=params.recent_days, low_activity_threshold=params.low_activity_threshold,
-                           low_activity_months_max=params.low_activity_months_max)
+    windows = params
     with Session(session.get_bind()) as writer:
         if crm_state.clock(writer) is None:  # an upgraded database: the state is derived from the history once
             done = {"rebuilt": crm_state.rebuild(writer, ctx, as_of, windows, uncommitted=False)}
