@@ -24,6 +24,10 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/docs/static/{file}"): PUBLIC,
     ("GET", "/metrics"): {Role.admin, Role.scheduler},
+    ("POST", "/v1/events"): {Role.admin, Role.ingest},
+    ("POST", "/v1/customers"): {Role.admin, Role.ingest},
+    ("POST", "/v1/orders"): {Role.admin, Role.ingest},
+    ("POST", "/v1/orders/{order_id}/refunds"): {Role.admin, Role.ingest},
     ("GET", "/customers"): STAFF,
     ("POST", "/customers/search"): STAFF,
     ("GET", "/customers/{external_id}"): STAFF,
@@ -103,7 +107,7 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/unsubscribe/{token}"): LINK,
     ("POST", "/unsubscribe/{token}"): LINK,
 }
-SAMPLE_PARAMS = {"external_id": "NOBODY", "kind": "customers", "job_id": "999999", "key_id": "999999",
+SAMPLE_PARAMS = {"external_id": "NOBODY", "order_id": "NO-ORDER", "kind": "customers", "job_id": "999999", "key_id": "999999",
                  "name": "tier", "model_id": "999999",
                  "campaign_id": "999999", "template_id": "999999", "message_id": "999999", "task_id": "999999",
                  "token": "1.forged", "file": "swagger-ui.css"}
