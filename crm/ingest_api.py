@@ -8,15 +8,17 @@ key with another body is a 422.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header
+from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from crm import writes
+from crm import shopify, writes
 from crm.auth import Principal, require
 from crm.models import IdempotentRequest, Role
 from kit.context import Context, ContextDep
@@ -91,3 +93,20 @@ def refund(order_id: str, body: JsonBody, session: SessionDep, ctx: ContextDep, 
         raise InvalidInput("the body must be a refund object", errors=[{"field": "body", "reason": "not an object"}])
     return idempotent(session, ctx, principal, key, f"refund:{order_id}", digest_of(body), lambda: writes.refund_order(
         session, ctx, order_id, body, actor=f"key:{principal.name}"))
+
+
+@router.post("/webhooks/shopify", summary="Shopify webhooks (orders, refunds, customers)")
+async def shopify_webhook(request: Request, session: SessionDep, ctx: ContextDep,
+                          topic: Annotated[str, Header(alias="X-Shopify-Topic")] = "",
+                          webhook_id: Annotated[str | None, Header(alias="X-Shopify-Webhook-Id")] = None,
+                          signature: Annotated[str | None, Header(alias="X-Shopify-Hmac-Sha256")] = None
+                          ) -> JSONResponse:
+    """Signed by the shop's webhook secret (no key); a redelivery (same webhook id) is acknowledged, not redone."""
+    raw = await request.body()
+    shopify.verify(ctx.settings.shopify_webhook_secret, raw, signature)
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidInput("the body is not JSON", errors=[{"field": "body", "reason": "not JSON"}]) from None
+    answer = await run_in_threadpool(shopify.receive, session, ctx, topic, webhook_id, payload)
+    return JSONResponse(answer, status_code=200)

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     sendgrid_from_email: str = "shop@example.com"
     sendgrid_unsubscribe_group_id: int | None = None
     sendgrid_webhook_public_key: str = ""  # base64 DER or PEM of the signed event webhook's ECDSA key
+    shopify_webhook_secret: str = ""  # the app's webhook signing secret; empty: Shopify webhooks are refused
     fcm_project_id: str = "demo-shop"
     fcm_service_account_file: Path | None = None
     fcm_base_url: str = "https://fcm.googleapis.com"

@@ -77,6 +77,7 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/webhooks/twilio/status"): SIGNED,
     ("POST", "/webhooks/twilio/inbound"): SIGNED,
     ("POST", "/webhooks/sendgrid/events"): SIGNED,
+    ("POST", "/v1/webhooks/shopify"): SIGNED,
     ("GET", "/jobs"): {Role.admin, Role.marketer, Role.scheduler},
     ("GET", "/jobs/runs"): {Role.admin, Role.marketer, Role.scheduler},
     ("POST", "/jobs/{name}/run"): {Role.admin, Role.scheduler},
