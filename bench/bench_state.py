@@ -109,29 +109,57 @@ print(json.dumps({"active_customers": len(active), "events": summary("events", n
 """
 
 
-def _fresh_database(customers: int) -> str:
+def _database(customers: int, reload: bool) -> tuple[str, bool]:
+    """URL of the kept bench database and whether it must be (re)loaded (a load that did not finish is redone)."""
     name = f"crm_bench_state_{customers}"
     plain = PG_SERVER.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists and not reload:
+            with psycopg.connect(f"{plain}/{name}") as db:
+                done = db.execute("SELECT count(*) FROM import_job WHERE kind = 'events' AND status = 'completed'"
+                                  ).fetchone()[0]
+            if done:
+                return f"{PG_SERVER}/{name}", False
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG_SERVER}/{name}"
+    return f"{PG_SERVER}/{name}", True
+
+
+def _reset_day(url: str) -> None:
+    """Every measurement starts from the loaded history: no typical day, no segmentation state yet."""
+    from sqlalchemy import text
+
+    with make_engine(url).begin() as connection:
+        for statement in ("DELETE FROM order_item WHERE order_id IN (SELECT id FROM orders WHERE external_id "
+                          "LIKE 'day-o%')", "DELETE FROM orders WHERE external_id LIKE 'day-o%'",
+                          "DELETE FROM event WHERE external_id LIKE 'day-e%'", "DELETE FROM customer_change",
+                          "DELETE FROM customer_segment", "DELETE FROM customer_tag", "DELETE FROM segment_transition",
+                          "DELETE FROM segment_metric", "DELETE FROM segment_run"):
+            connection.execute(text(statement))
 
 
 def main() -> None:
     """Run the benchmark and write bench/results/state.json."""
-    args = parser("postgres").parse_args()
+    options = parser("postgres")
+    options.add_argument("--reload", action="store_true", help="load the database again even when it is kept")
+    options.add_argument("--load-only", action="store_true", help="load the kept database, measure nothing")
+    args = options.parse_args()
     data = args.data / f"{args.customers}-{args.seed}"
     if not (data / "manifest.json").exists():
         write_dataset(GeneratorConfig(customers=args.customers, seed=args.seed, end=END), data)
-    url = _fresh_database(args.customers)
-    ctx = build_context(Settings(database_url=url, secret_key="bench-secret"), engine=make_engine(url))
-    upgrade_to_head(ctx.engine)
-    for kind in ("customers", "orders", "order_items", "events"):
-        with session_scope(ctx.engine) as session:
-            run_import(session, ctx, kind=kind, chunks=file_chunks(data / f"{kind}.csv"), actor="bench")
-        print(f"loaded {kind}", flush=True)
-    ctx.engine.dispose()
+    url, load = _database(args.customers, args.reload)
+    if load:
+        ctx = build_context(Settings(database_url=url, secret_key="bench-secret"), engine=make_engine(url))
+        upgrade_to_head(ctx.engine)
+        for kind in ("customers", "orders", "order_items", "events"):
+            with session_scope(ctx.engine) as session:
+                run_import(session, ctx, kind=kind, chunks=file_chunks(data / f"{kind}.csv"), actor="bench")
+            print(f"loaded {kind}", flush=True)
+        ctx.engine.dispose()
+    if args.load_only:
+        return
+    _reset_day(url)
     night, next_night = f"{END.isoformat()}T00:00:00", "2026-11-02T00:00:00"
     results = {"machine": machine(), "customers": args.customers,
                "rows": json.loads((data / "manifest.json").read_text())["rows"]}
