@@ -409,3 +409,27 @@ def state_frame(session: Session, *, customer_id: int | None = None, reader: Any
     if reader is not None and customer_id is None:
         return reader.read(query, params, STATE_SCHEMA)
     return read_frame(session, query, params, STATE_SCHEMA, small=customer_id is not None)
+
+
+def customers_as_of(session: Session, customer_ids: pl.Series, as_of: datetime,
+                    windows: StateWindows) -> pl.DataFrame:
+    """State rows of a few customers computed from their buckets as of any midnight (e.g. tomorrow's: everything
+    written so far counts), without touching the stored state."""
+    return _state_rows(session, customer_ids, _days_of(session, customer_ids), as_of, windows)
+
+
+def claim_changes(session: Session, limit: int) -> pl.DataFrame:
+    """The oldest unprocessed state-change events (id, customer_id); on PostgreSQL locked against other workers."""
+    pg = session.get_bind().dialect.name == "postgresql"
+    lock = " FOR UPDATE SKIP LOCKED" if pg else ""
+    return read_frame(session, "SELECT c.id, c.customer_id FROM customer_change c WHERE c.processed_at IS NULL "
+                      f"ORDER BY c.id LIMIT :limit{lock}", {"limit": limit},
+                      {"id": pl.Int64, "customer_id": pl.Int64}, same_connection=True)
+
+
+def mark_processed(session: Session, change_ids: list[int], at: datetime) -> None:
+    """Mark state-change events done."""
+    if change_ids:
+        stage_frame(session, "stage_change_ids", pl.DataFrame({"id": change_ids}), {"id": "int"})
+        session.connection().execute(text("UPDATE customer_change SET processed_at = :at "
+                                          "WHERE id IN (SELECT id FROM stage_change_ids)"), {"at": at})

@@ -1,4 +1,4 @@
-"""segmentation's commands: `crm segment run | summary`."""
+"""segmentation's commands: `crm segment run | summary | follow`."""
 
 from __future__ import annotations
 
@@ -61,3 +61,26 @@ def segment_summary(as_json: Annotated[bool, typer.Option("--json", help="print 
         print(json.dumps(summary, default=str))
     else:
         print_segment_summary(summary)
+
+
+@app.command("follow")
+def follow(every: Annotated[float, typer.Option(help="seconds between looks for state changes")] = 15.0,
+           once: Annotated[bool, typer.Option(help="process what is waiting, then stop")] = False) -> None:
+    """Re-evaluate the tags of customers whose state changed, as the changes arrive (a worker; run one or more)."""
+    import signal
+    import threading
+
+    from segmentation.realtime import refresh_changed_tags
+
+    ctx = cli_context()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.is_set():
+        with session_scope(ctx.engine) as session:
+            done = refresh_changed_tags(session, ctx)
+        if done["changes"]:  # more may be waiting: look again at once
+            console.print(f"{done['changes']} changes, {done['customers']} customers: tags +{done['tags_added']} "
+                          f"-{done['tags_removed']}")
+            continue
+        if once or stop.wait(every):
+            return

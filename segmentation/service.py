@@ -363,13 +363,19 @@ def _write_changes(session: Session, changed_state: pl.DataFrame, previous: pl.D
                      columns=list(SEGMENT_TYPES), compare=[c for c in SEGMENT_TYPES if c != "customer_id"],
                      params={})
     fill_empty_table(session, "segment_transition", moves, TRANSITION_TYPES)
+    write_tag_changes(session, added, removed, as_of, tags_version)
+
+
+def write_tag_changes(session: Session, added: pl.DataFrame, removed: pl.DataFrame, at: datetime,
+                      tags_version: int) -> None:
+    """Delete the removed tags and insert the added ones (set-based)."""
     if not removed.is_empty():
         stage_frame(session, "stage_tag_removed", removed, {"customer_id": "int", "tag": "text"})
         session.connection().execute(text(
             # A row-value IN lets SQLite probe the primary key per staged row; a correlated EXISTS made it
             # scan the staging table once per stored tag (18 s for 1.1k removals among 565k tags).
             "DELETE FROM customer_tag WHERE (customer_id, tag) IN (SELECT customer_id, tag FROM stage_tag_removed)"))
-    fill_empty_table(session, "customer_tag", added.with_columns(since=pl.lit(as_of), version=pl.lit(tags_version)),
+    fill_empty_table(session, "customer_tag", added.with_columns(since=pl.lit(at), version=pl.lit(tags_version)),
                  {"customer_id": "int", "tag": "text", "since": "timestamp", "why": "json", "version": "int"})
 
 
