@@ -20,6 +20,7 @@ from sqlmodel import Session
 
 from crm import shopify, writes
 from crm.auth import Principal, require
+from crm.jobs import IDEMPOTENCY_HOURS
 from crm.models import IdempotentRequest, Role
 from kit.context import Context, ContextDep
 from kit.db import SessionDep
@@ -27,7 +28,6 @@ from kit.errors import Conflict, InvalidInput
 
 router = APIRouter(prefix="/v1", tags=["ingestion"])
 WRITERS = (Role.ingest, Role.admin)
-IDEMPOTENCY_HOURS = 24
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=64)]
 
 

@@ -5,23 +5,41 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import polars as pl
 from sqlalchemy import delete
 from sqlmodel import Session
 
+from crm import state
 from crm.ingest import mark_interrupted_imports
-from crm.models import Event
+from crm.models import CustomerChange, Event, IdempotentRequest
+from kit.columnar import read_frame
 from kit.context import Context
 from kit.jobs import Step, StepRun, prune_runs
 
 
 def clean_core_data(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
-    """Delete raw events and finished job runs older than their retention settings; mark dead imports."""
+    """Delete raw events and finished job runs older than their retention settings (the customer state forgets
+    the deleted events in the same transaction); mark dead imports; drop answered idempotency keys and processed
+    state changes past their windows."""
     now = ctx.clock.now()
-    events = session.exec(delete(Event).where(  # type: ignore[call-overload]
-        Event.occurred_at < now - timedelta(days=ctx.settings.event_retention_days))).rowcount
+    expired = Event.occurred_at < now - timedelta(days=ctx.settings.event_retention_days)
+    touched = read_frame(session, "SELECT DISTINCT e.customer_id, e.occurred_at FROM event e WHERE e.occurred_at < :end",
+                         {"end": now - timedelta(days=ctx.settings.event_retention_days)},
+                         {"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC")}, same_connection=True)
+    events = session.exec(delete(Event).where(expired)).rowcount  # type: ignore[call-overload]
+    state.refresh(session, ctx, state.touched_days(touched, "customer_id", "occurred_at").unique(), cause="retention")
     runs = prune_runs(session, now - timedelta(days=ctx.settings.job_run_retention_days))
     interrupted = mark_interrupted_imports(session, ctx)
-    return {"events_deleted": events, "job_runs_deleted": runs, "imports_marked_interrupted": interrupted}
+    keys = session.exec(delete(IdempotentRequest).where(  # type: ignore[call-overload]
+        IdempotentRequest.created_at < now - timedelta(hours=IDEMPOTENCY_HOURS))).rowcount
+    changes = session.exec(delete(CustomerChange).where(  # type: ignore[call-overload]
+        CustomerChange.processed_at < now - timedelta(days=CHANGE_RETENTION_DAYS))).rowcount
+    return {"events_deleted": events, "job_runs_deleted": runs, "imports_marked_interrupted": interrupted,
+            "idempotency_keys_deleted": keys, "state_changes_deleted": changes}
+
+
+IDEMPOTENCY_HOURS = 24  # how long an Idempotency-Key replays its answer (crm.ingest_api)
+CHANGE_RETENTION_DAYS = 7  # processed state-change events kept for inspection
 
 
 CLEAN_CORE = Step("core-data", clean_core_data, "events and job runs past their retention")

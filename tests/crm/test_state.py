@@ -176,3 +176,17 @@ def test_erasure_removes_the_customers_events_from_the_state(shop, ctx):
     session.refresh(row)
     assert row.lifetime_last_event_at is None
     assert_incremental_equals_rebuilt(session, ctx)
+
+
+def test_events_past_their_retention_leave_the_state_too(shop, ctx):
+    from crm.jobs import clean_core_data
+
+    session = shop
+    for number, day in ((1, 0), (2, 300)):
+        writes.write_items(session, ctx, "events", {"unique_id": f"E{number}", "customer_id": "C1",
+                                                     "time": _moment(day, 0), "type": "login"}, cause="api")
+    ctx.settings.event_retention_days = 100
+    ctx.clock.now = lambda: START + timedelta(days=301)  # noqa: E731 - a clock standing later
+    counts = clean_core_data(session, ctx, None)
+    assert counts["events_deleted"] == 1
+    assert_incremental_equals_rebuilt(session, ctx)

@@ -203,7 +203,8 @@ def test_cleanup_removes_only_what_is_past_its_retention(scratch_url, tmp_path):
     [outcome] = run_due(ctx, cleanup)
     assert outcome.status == "succeeded" and outcome.occurrence == "2026-11-02"
     counts = {s["step"]: s["counts"] for s in outcome.steps}
-    assert counts == {"core-data": {"events_deleted": 1, "job_runs_deleted": 1, "imports_marked_interrupted": 1},
+    assert counts == {"core-data": {"events_deleted": 1, "job_runs_deleted": 1, "imports_marked_interrupted": 1,
+                                    "idempotency_keys_deleted": 0, "state_changes_deleted": 0},
                       "campaign-data": {"messages_expired": 1, "webhook_receipts_deleted": 1,
                                         "churn_predictions_deleted": 1}}
     with ctx.engine.connect() as connection:
