@@ -222,14 +222,22 @@ def clock(session: Session) -> StateClock | None:
     return session.get(StateClock, 1)
 
 
-def _ensure_clock(session: Session, ctx: Context, windows: StateWindows | None = None) -> StateClock:
-    row = clock(session)
-    if row is None:
+def _ensure_clock(session: Session, ctx: Context, windows: StateWindows | None = None, *,
+                  exclusive: bool = False) -> StateClock:
+    # Writers share the clock's row lock, the nightly advance takes it alone: a refresh never computes windows
+    # for a day the clock is leaving (PostgreSQL; SQLite has one writer at a time anyway).
+    lock = True if exclusive else {"read": True}
+    row = session.get(StateClock, 1, with_for_update=lock, populate_existing=True)
+    if row is None:  # the first write ever; two at once both try, one row results
         now = ctx.clock.now()
-        row = StateClock(id=1, as_of=day_start(now.date()), params=(windows or StateWindows()).as_dict(),
-                         advanced_at=now)
-        session.add(row)
-        session.flush()
+        if session.get_bind().dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        session.connection().execute(insert(StateClock.__table__).values(
+            id=1, as_of=day_start(now.date()), params=(windows or StateWindows()).as_dict(), advanced_at=now)
+            .on_conflict_do_nothing(index_elements=["id"]))
+        row = session.get(StateClock, 1, with_for_update=lock, populate_existing=True)
     return row
 
 
@@ -252,11 +260,27 @@ def refresh(session: Session, ctx: Context, touched: pl.DataFrame, *, cause: str
         return 0
     row = _ensure_clock(session, ctx)
     keys = touched.select(pl.col("customer_id").cast(pl.Int64), pl.col("day").cast(pl.Date)).unique()
+    lock_customers(session, keys["customer_id"].unique())
     day_keys = keys.drop_nulls("day")
     if not day_keys.is_empty():
         _rebucket(session, day_keys)
     customers = keys["customer_id"].unique()
     return _resummarise(session, ctx, customers, row.as_of, windows_of(row), cause=cause)
+
+
+def lock_customers(session: Session, customers: pl.Series) -> None:
+    """Take the customers' state rows (in id order, so two writers never deadlock) before reading their raw rows.
+
+    Two transactions writing one customer's day would otherwise both recompute the bucket without the other's
+    rows and collide on its key; under the lock the later one reads (READ COMMITTED) what the first committed.
+    """
+    if session.get_bind().dialect.name != "postgresql" or customers.is_empty():
+        return
+    stage_frame(session, "stage_lock_customers", pl.DataFrame({"customer_id": customers.sort()}),
+                {"customer_id": "int"})
+    session.connection().execute(text(
+        "SELECT s.customer_id FROM customer_state s JOIN stage_lock_customers k ON k.customer_id = s.customer_id "
+        "ORDER BY s.customer_id FOR UPDATE OF s"))
 
 
 def _rebucket(session: Session, day_keys: pl.DataFrame) -> None:
@@ -330,7 +354,7 @@ def advance(session: Session, ctx: Context, as_of: datetime, windows: StateWindo
 
     Other windows than the stored ones (a marketer changed the tier window) mean a full recompute from buckets.
     """
-    row = _ensure_clock(session, ctx, windows)
+    row = _ensure_clock(session, ctx, windows, exclusive=True)
     windows = windows or windows_of(row)
     if windows != windows_of(row):
         rows = resummarise_all(session, ctx, as_of, windows)
@@ -338,6 +362,7 @@ def advance(session: Session, ctx: Context, as_of: datetime, windows: StateWindo
     if as_of == row.as_of:
         return {"customers": 0, "full": False}
     customers = moved_customers(session, row.as_of, as_of, windows)
+    lock_customers(session, customers)
     row.as_of, row.advanced_at = as_of, ctx.clock.now()
     session.add(row)
     session.flush()
@@ -383,7 +408,7 @@ def rebuild(session: Session, ctx: Context, as_of: datetime | None = None,
     `uncommitted=False` reads the raw rows through the fast columnar path, which sees committed rows only (the
     `crm state rebuild` command); inside a writer's transaction the rows are read on its own connection.
     """
-    row = _ensure_clock(session, ctx, windows)
+    row = _ensure_clock(session, ctx, windows, exclusive=True)
     as_of = as_of or row.as_of
     windows = windows or windows_of(row)
     buckets = _all_buckets_from_raw(session, uncommitted)
