@@ -125,7 +125,7 @@ def client_main(args: list[str]) -> None:
     paths = json.loads(Path(paths_file).read_text())
     result = asyncio.run(open_loop(base_url, key, paths, float(rate), int(concurrency), float(deadline)))
     lat = result["latencies"]
-    everything = lat["profile"] + lat["search"]
+    everything = [value for values in lat.values() for value in values]
     print(json.dumps({"sent": len(paths), "ok": len(everything), "errors": result["errors"],
                       "elapsed_s": result["elapsed_s"], "generator_cpu_s": result["generator_cpu_s"], "completed_rps": round(len(everything) / result["elapsed_s"], 1),
                       "all": percentiles(everything), "profile": percentiles(lat["profile"]),

@@ -265,7 +265,7 @@ def _existing_ids(session: Session, table: str, keys: pl.Series) -> pl.DataFrame
     return read_frame(
         session,
         f"SELECT t.external_id, t.id FROM {table} t JOIN stage_keys s ON s.external_id = t.external_id",
-        {}, {"external_id": pl.String, "id": pl.Int64}, same_connection=True)
+        {}, {"external_id": pl.String, "id": pl.Int64}, same_connection=True, small=state.few(len(keys)))
 
 
 def _unknown_reference(frame: pl.DataFrame, ids: pl.DataFrame, column: str, what: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -387,7 +387,8 @@ def _previous_places(session: Session, table: str, stage: str, moment: str) -> p
     """(customer_id, day) of the stored rows a staged batch is about to overwrite (by external id)."""
     stored = read_frame(session, f"SELECT t.customer_id, t.{moment} FROM {table} t JOIN {stage} s "
                         "ON s.external_id = t.external_id", {},
-                        {"customer_id": pl.Int64, moment: pl.Datetime("us", "UTC")}, same_connection=True)
+                        {"customer_id": pl.Int64, moment: pl.Datetime("us", "UTC")}, same_connection=True,
+                        small=True)  # a batch's stored rows: at most one per staged row, rarely any
     return state.touched_days(stored, "customer_id", moment)
 
 

@@ -9,20 +9,30 @@ import polars as pl
 from sqlalchemy import text
 from sqlmodel import Session
 
+STAGED = "crm_staged_tables"  # connection.info key: temporary tables this connection holds, by column signature
+
 
 def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
-    """Create and fill a temporary staging table with the frame's columns.
+    """Fill a temporary staging table with the frame's columns (created on first use per connection).
 
-    The table lives on the (pooled) connection, and its columns follow the file being imported, so one left by an
-    earlier import with other columns is dropped first: `CREATE … IF NOT EXISTS` kept the old shape, and the next
-    upload with another set of columns failed until the process restarted. Only the temporary schema is touched.
+    The table lives on the (pooled) connection. Its columns can follow the file being imported, so one left
+    with other columns is dropped and made again; one with the same columns is emptied and reused, which keeps a
+    single-event write from paying a CREATE (catalog rows) per staging table. A rollback forgets what this
+    connection holds (kit.db clears the note), since it may have taken the tables with it.
     """
     pg = session.get_bind().dialect.name == "postgresql"
     columns = ", ".join(f"{c} {sql_type(t, pg)}" for c, t in types.items())
     connection = session.connection()
-    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {'pg_temp' if pg else 'temp'}.{name}")
-    connection.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns})")
+    held = connection.info.setdefault(STAGED, {})
+    if held.get(name) == columns:
+        connection.exec_driver_sql(f"DELETE FROM {name}")
+    else:
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {'pg_temp' if pg else 'temp'}.{name}")
+        connection.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns})")
+        held[name] = columns
     insert_frame(session, name, frame, types)
+    if pg:  # a temporary table has no statistics: without them a join on a few staged keys scanned whole tables
+        connection.exec_driver_sql(f"ANALYZE {name}")
 
 
 def insert_frame(session: Session, table: str, frame: pl.DataFrame, types: dict[str, str]) -> None:

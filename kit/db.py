@@ -21,8 +21,22 @@ def make_engine(url: str, **kwargs) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs)
         private_file(engine.url.database)
         _tune_sqlite(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    _forget_staging_on_rollback(engine)
+    return engine
+
+
+def _forget_staging_on_rollback(engine: Engine) -> None:
+    """A rollback (of a transaction or a savepoint) may drop temporary tables made inside it: forget them all, so
+    kit.bulkwrite.stage_frame makes them again rather than filling one that is gone."""
+    from kit.bulkwrite import STAGED
+
+    def forget(connection, *_args) -> None:
+        connection.info.pop(STAGED, None)
+
+    event.listen(engine, "rollback", forget)
+    event.listen(engine, "rollback_savepoint", forget)
 
 
 def private_file(path: str | None) -> None:
@@ -110,6 +124,22 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     _end_session(session, commit=True)
 
 
+_ENDS: anyio.CapacityLimiter | None = None
+
+
+def _ends_limiter() -> anyio.CapacityLimiter:
+    """Threads of their own for ending sessions (made on first use, inside the running event loop).
+
+    Ending a session shares nothing with the routes' thread pool: when every route thread waits on a row lock
+    (two ingestion batches for one customer), the transaction holding it must still be able to commit, or the
+    whole worker waits for ever (seen under load before this limiter existed).
+    """
+    global _ENDS
+    if _ENDS is None:
+        _ENDS = anyio.CapacityLimiter(16)
+    return _ENDS
+
+
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """FastAPI dependency: one session per request, committed when the endpoint returns.
 
@@ -121,10 +151,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         yield session
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_end_session, session, False)
+            await anyio.to_thread.run_sync(_end_session, session, False, limiter=_ends_limiter())
         raise
     with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(_end_session, session, True)
+        await anyio.to_thread.run_sync(_end_session, session, True, limiter=_ends_limiter())
 
 
 # scope="function": the commit runs before the response is sent. FastAPI's default ("request") commits after the
