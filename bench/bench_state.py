@@ -109,9 +109,9 @@ print(json.dumps({"active_customers": len(active), "events": summary("events", n
 """
 
 
-def _database(customers: int, reload: bool) -> tuple[str, bool]:
+def _database(customers: int, reload: bool, suffix: str = "") -> tuple[str, bool]:
     """URL of the kept bench database and whether it must be (re)loaded (a load that did not finish is redone)."""
-    name = f"crm_bench_state_{customers}"
+    name = f"crm_bench_state_{customers}{suffix}"
     plain = PG_SERVER.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
@@ -124,6 +124,14 @@ def _database(customers: int, reload: bool) -> tuple[str, bool]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.execute(f'CREATE DATABASE "{name}"')
     return f"{PG_SERVER}/{name}", True
+
+
+TRAIN = PRELUDE + """
+from churn.service import train_model
+with session_scope(ctx.engine) as session:
+    row = train_model(session, ctx, as_of=datetime.fromisoformat(sys.argv[2]).replace(tzinfo=UTC))
+print(json.dumps({"seconds": round(time.perf_counter() - started, 2), "model_id": row.id, "peak_mb": peak()}))
+"""
 
 
 def _reset_day(url: str) -> None:
@@ -144,11 +152,16 @@ def main() -> None:
     options = parser("postgres")
     options.add_argument("--reload", action="store_true", help="load the database again even when it is kept")
     options.add_argument("--load-only", action="store_true", help="load the kept database, measure nothing")
+    options.add_argument("--pipeline", action="store_true",
+                         help="train a churn model, then run the whole nightly pipeline job after the typical day")
+    options.add_argument("--history-days", type=int, default=3 * 365, help="how far back the generated shop goes")
     args = options.parse_args()
-    data = args.data / f"{args.customers}-{args.seed}"
+    suffix = "" if args.history_days == 3 * 365 else f"_h{args.history_days}"
+    data = args.data / f"{args.customers}-{args.seed}{suffix.replace('_', '-')}"
     if not (data / "manifest.json").exists():
-        write_dataset(GeneratorConfig(customers=args.customers, seed=args.seed, end=END), data)
-    url, load = _database(args.customers, args.reload)
+        write_dataset(GeneratorConfig(customers=args.customers, seed=args.seed, end=END,
+                                      history_days=args.history_days), data)
+    url, load = _database(args.customers, args.reload, suffix)
     if load:
         ctx = build_context(Settings(database_url=url, secret_key="bench-secret"), engine=make_engine(url))
         upgrade_to_head(ctx.engine)
@@ -161,15 +174,39 @@ def main() -> None:
         return
     _reset_day(url)
     night, next_night = f"{END.isoformat()}T00:00:00", "2026-11-02T00:00:00"
-    results = {"machine": machine(), "customers": args.customers,
+    results = {"machine": machine(), "customers": args.customers, "history_days": args.history_days,
                "rows": json.loads((data / "manifest.json").read_text())["rows"]}
     results["state_rebuild"] = run_json("-c", REBUILD, url, night)
     results["metrics_from_history"] = run_json("-c", FROM_HISTORY, url, night)
     results["segment_first_night"] = run_json("-c", SEGMENT, url, night)
+    if args.pipeline:  # the nightly pipeline needs a churn model: trained once, not part of the night
+        results["churn_train"] = run_json("-c", TRAIN, url, night)
     results["typical_day_writes"] = run_json("-c", TYPICAL_DAY, url, END.isoformat() + "T00:00:00")
-    results["segment_next_night"] = run_json("-c", SEGMENT, url, next_night)
+    if args.pipeline:
+        from bench.bench_pipeline import FORGET, RUN_SCRIPT
+        from bench.common import fake_provider
+
+        with make_engine(url).begin() as connection:
+            from sqlalchemy import text
+
+            for table in FORGET:
+                connection.execute(text(f"DELETE FROM {table}"))
+        fake, base = fake_provider()
+        try:
+            data_dir = args.data / "state-pipeline"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            run = run_json("-c", RUN_SCRIPT, url, base, str(data_dir), "2026-11-02")
+        finally:
+            fake.terminate()
+        results["pipeline_next_night"] = {"seconds": run["seconds"], "peak_mb": run["peak_mb"],
+                                          "status": run["status"], "steps": {
+                                              s["step"]: {"seconds": s.get("seconds"),
+                                                          "timings": (s.get("counts") or {}).get("timings")}
+                                              for s in run["steps"]}}
+    else:
+        results["segment_next_night"] = run_json("-c", SEGMENT, url, next_night)
     print(json.dumps(results, indent=2, default=str))
-    print(f"wrote {save(f'state-{args.customers}', results)}")
+    print(f"wrote {save(f'state-{args.customers}{suffix}', results)}")
 
 
 if __name__ == "__main__":

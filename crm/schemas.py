@@ -16,6 +16,7 @@ class ContactRead(BaseModel):
 
     email: str | None
     phone: str | None
+    name: str | None = Field(default=None, description="the name (admins) or its initials (others)")
     push_tokens: list[str] | int = Field(description="the tokens (admins) or how many there are (others)")
     masked: bool
 

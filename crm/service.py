@@ -172,10 +172,19 @@ def contact_of(ctx: Context, customer: Customer, *, masked: bool) -> dict[str, A
     email = ctx.cipher.decrypt(customer.email_ciphertext)
     phone = ctx.cipher.decrypt(customer.phone_ciphertext)
     tokens = ctx.cipher.decrypt(customer.push_tokens_ciphertext)
+    name = ctx.cipher.decrypt(customer.name_ciphertext)
     token_list = json.loads(tokens) if tokens else []
     if masked:
-        return {"email": mask_email(email), "phone": mask_phone(phone), "push_tokens": len(token_list)}
-    return {"email": email, "phone": phone, "push_tokens": token_list}
+        return {"email": mask_email(email), "phone": mask_phone(phone), "push_tokens": len(token_list),
+                "name": mask_name(name)}
+    return {"email": email, "phone": phone, "push_tokens": token_list, "name": name}
+
+
+def mask_name(name: str | None) -> str | None:
+    """'Ana Li' -> 'A** L*': the initials only."""
+    if not name:
+        return name
+    return " ".join(part[0] + "*" * (len(part) - 1) for part in name.split())
 
 
 def consent_of(session: Session, customer_id: int) -> dict[str, dict[str, Any]]:

@@ -41,9 +41,11 @@ def test_search_by_email_or_phone_is_exact_through_the_keyed_hash(client, sessio
 def test_support_sees_masked_contact_data_and_admin_sees_it_whole(client, session, ctx, auth_header):
     customers(session, ctx, 1)
     masked = client.get("/customers/C1", headers=auth_header(Role.support)).json()["contact"]
-    assert masked == {"email": "u***@example.com", "phone": "+86 1*******001", "push_tokens": 0, "masked": True}
+    assert masked == {"email": "u***@example.com", "phone": "+86 1*******001", "push_tokens": 0, "name": None,
+                      "masked": True}
     whole = client.get("/customers/C1", headers=auth_header(Role.admin)).json()["contact"]
-    assert whole == {"email": "user1@example.com", "phone": "+8613800100001", "push_tokens": [], "masked": False}
+    assert whole == {"email": "user1@example.com", "phone": "+8613800100001", "push_tokens": [], "name": None,
+                     "masked": False}
 
 
 def test_profile_assembles_registered_sections(app, client, session, ctx, auth_header):

@@ -104,6 +104,9 @@ def test_customer_names_are_encrypted_and_found_by_their_keyed_hash(client, auth
     assert customer.name_ciphertext and b"Ana" not in customer.name_ciphertext
     assert customer.name_hash == ctx.cipher.blind_index("ana li")
     assert ctx.cipher.decrypt(customer.name_ciphertext) == "Ana  LI"
+    shown = client.get("/customers/C1", headers=auth_header(Role.support)).json()["contact"]
+    assert shown["name"] == "A** L*" and "Ana" not in str(shown)
+    assert client.get("/customers/C1", headers=auth_header(Role.admin)).json()["contact"]["name"] == "Ana  LI"
 
 
 def test_a_body_that_is_not_a_batch_is_a_problem_naming_the_body(client, auth_header):
