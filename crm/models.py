@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Index,
     Integer,
@@ -251,7 +252,8 @@ class ImportJob(SQLModel, table=True):
 
 
 class CustomerDay(SQLModel, table=True):
-    """Derived: one customer's orders and events of one UTC day, aggregated (see crm.state)."""
+    """Derived: one customer's orders and events of one UTC day, aggregated (see crm.state); the day's last
+    moments are kept as microseconds since the epoch (crm.state.MOMENTS)."""
 
     __tablename__ = "customer_day"
     __table_args__ = (Index("ix_customer_day_day", "day"),)
@@ -263,15 +265,15 @@ class CustomerDay(SQLModel, table=True):
     discounted_orders: int = 0
     new_product_orders: int = 0
     full_price_after_discount: int = 0
-    last_order_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
-    last_discounted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_order_at: int | None = Field(default=None, sa_column=Column(BigInteger))
+    last_discounted_at: int | None = Field(default=None, sa_column=Column(BigInteger))
     events: int = 0
     logins: int = 0
     views: int = 0
     cart_abandons: int = 0
-    last_event_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
-    last_login_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
-    last_abandon_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    last_event_at: int | None = Field(default=None, sa_column=Column(BigInteger))
+    last_login_at: int | None = Field(default=None, sa_column=Column(BigInteger))
+    last_abandon_at: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class CustomerState(SQLModel, table=True):

@@ -41,15 +41,15 @@ def upgrade() -> None:
     sa.Column('discounted_orders', sa.Integer(), nullable=False),
     sa.Column('new_product_orders', sa.Integer(), nullable=False),
     sa.Column('full_price_after_discount', sa.Integer(), nullable=False),
-    sa.Column('last_order_at', kit.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_discounted_at', kit.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_order_at', sa.BigInteger(), nullable=True),
+    sa.Column('last_discounted_at', sa.BigInteger(), nullable=True),
     sa.Column('events', sa.Integer(), nullable=False),
     sa.Column('logins', sa.Integer(), nullable=False),
     sa.Column('views', sa.Integer(), nullable=False),
     sa.Column('cart_abandons', sa.Integer(), nullable=False),
-    sa.Column('last_event_at', kit.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_login_at', kit.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_abandon_at', kit.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_event_at', sa.BigInteger(), nullable=True),
+    sa.Column('last_login_at', sa.BigInteger(), nullable=True),
+    sa.Column('last_abandon_at', sa.BigInteger(), nullable=True),
     sa.PrimaryKeyConstraint('customer_id', 'day')
     )
     with op.batch_alter_table('customer_day', schema=None) as batch_op:

@@ -31,7 +31,7 @@ def _table(session, name: str, types: dict[str, str], key: list[str]) -> pl.Data
 
 def snapshot(session) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The derived tables as frames, in key order."""
-    return (_table(session, "customer_day", state.DAY_TYPES, ["customer_id", "day"]),
+    return (_table(session, "customer_day", state.STORED_DAY_TYPES, ["customer_id", "day"]),
             _table(session, "customer_state", state.STATE_TYPES, ["customer_id"]))
 
 
