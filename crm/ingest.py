@@ -210,12 +210,13 @@ def _ndjson_frame(block: bytes, first_row: int, columns: tuple[str, ...]) -> tup
         if not isinstance(record, dict):
             errors.append({"row": number, "field": "", "reason": "not a JSON object"})
             continue
-        rows.append([number, *(_as_text(record.get(c)) for c in columns)])
+        rows.append([number, *(as_text(record.get(c)) for c in columns)])
     frame = pl.DataFrame(rows, schema={ROW: pl.Int64, **{c: pl.String for c in columns}}, orient="row")
     return frame, pl.DataFrame(errors, schema=ERROR_SCHEMA), len(lines)
 
 
-def _as_text(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
+    """A JSON value as the text a CSV cell would hold (objects and lists as JSON)."""
     if value is None:
         return None
     if isinstance(value, bool):

@@ -64,7 +64,7 @@ def as_batch(body: Any, what: str) -> list[Any]:
 
 def _frame(kind: str, items: list[dict[str, Any]], indexes: list[int]) -> pl.DataFrame:
     columns = SPECS[kind].columns
-    rows = [[index, *(ingest._as_text(item.get(c)) for c in columns)] for index, item in zip(indexes, items, strict=True)]
+    rows = [[index, *(ingest.as_text(item.get(c)) for c in columns)] for index, item in zip(indexes, items, strict=True)]
     return pl.DataFrame(rows, schema={ROW: pl.Int64, **{c: pl.String for c in columns}}, orient="row")
 
 
@@ -102,8 +102,13 @@ def write_items(session: Session, ctx: Context, kind: str, body: Any, *, cause: 
                  "default_region": ctx.settings.default_phone_region, "now": ctx.clock.now()}
                 if kind == "customers" else {})
     good, bad = validate(kind, frame, **defaults)
-    good = good.unique(subset=[SPECS[kind].key], keep="first") if kind != "customers" else good.unique(
-        subset=["external_id"], keep="last")
+    # The same id twice in one batch: an event is stored once (a retry inside the batch); an order or a customer
+    # keeps its first item and the repeat is refused, as in a file.
+    repeated = good.filter(pl.col(SPECS[kind].key).is_duplicated() & ~pl.col(SPECS[kind].key).is_first_distinct())
+    good = good.unique(subset=[SPECS[kind].key], keep="first", maintain_order=True)
+    if kind != "events":
+        bad = pl.concat([bad, repeated.select(pl.col(ROW).alias("row"), pl.lit(SPECS[kind].key).alias("field"),
+                                              pl.lit("duplicate id inside the batch (first kept)").alias("reason"))])
     marks = present | ({ingest.FIRST_WINS} if first_wins else set())
     batch = ingest.LOADERS[kind](session, ctx, good, marks) if not good.is_empty() else ingest.BatchResult()
     touched = batch.touched
@@ -142,7 +147,7 @@ def _order_items(orders: list[dict[str, Any]], indexes: list[int],
             continue
         for number, line in enumerate(lines, start=1):
             line = {"order_external_id": order.get("external_id"), "line_no": number} | line
-            rows.append([index, len(rows), *(ingest._as_text(line.get(c)) for c in columns)])
+            rows.append([index, len(rows), *(ingest.as_text(line.get(c)) for c in columns)])
     return pl.DataFrame(rows, schema={"_order_row": pl.Int64, ROW: pl.Int64, **{c: pl.String for c in columns}},
                         orient="row")
 

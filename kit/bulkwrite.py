@@ -25,7 +25,7 @@ def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[st
     connection = session.connection()
     held = connection.info.setdefault(STAGED, {})
     if held.get(name) == columns:
-        connection.exec_driver_sql(f"DELETE FROM {name}")
+        connection.exec_driver_sql(f"TRUNCATE {name}" if pg else f"DELETE FROM {name}")
     else:
         connection.exec_driver_sql(f"DROP TABLE IF EXISTS {'pg_temp' if pg else 'temp'}.{name}")
         connection.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns})")
