@@ -485,3 +485,9 @@ def mark_processed(session: Session, change_ids: list[int], at: datetime) -> Non
         stage_frame(session, "stage_change_ids", pl.DataFrame({"id": change_ids}), {"id": "int"})
         session.connection().execute(text("UPDATE customer_change SET processed_at = :at "
                                           "WHERE id IN (SELECT id FROM stage_change_ids)"), {"at": at})
+
+
+def window_spend_of_buyers(session: Session) -> pl.Series:
+    """The window spend of every customer with an order in the window (for ranking a few customers against all)."""
+    return read_frame(session, f"SELECT {as_float(session, 's.monetary')} FROM customer_state s WHERE s.frequency > 0",
+                      {}, {"monetary": pl.Float64}, same_connection=True)["monetary"]

@@ -32,9 +32,7 @@ def _ranked_against_everyone(session: Session, metrics: pl.DataFrame) -> pl.Data
     """value_percentile of the changed customers among every buyer in the window (the stored state's spend)."""
     import numpy as np
 
-    spend = read_frame(session, "SELECT CAST(s.monetary AS DOUBLE PRECISION) FROM customer_state s "
-                       "WHERE s.frequency > 0", {}, {"monetary": pl.Float64}, same_connection=True)["monetary"]
-    ordered = np.sort(spend.to_numpy())
+    ordered = np.sort(crm_state.window_spend_of_buyers(session).to_numpy())
     ranks = np.searchsorted(ordered, metrics["monetary"].to_numpy(), side="right")
     share = np.round(ranks / max(len(ordered), 1) * 100, 2)
     return metrics.with_columns(pl.when(pl.col("frequency") > 0).then(pl.Series(share)).otherwise(0.0)

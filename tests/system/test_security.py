@@ -155,7 +155,8 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     assert found["items"] == []
     profile = client.get(f"/customers/{row[0]}/profile", headers=auth_header(Role.admin)).json()
     assert len(profile["consent"]) == 4 and {s["status"] for s in profile["consent"].values()} == {"opted_out"}
-    assert profile["customer"]["contact"] == {"email": None, "phone": None, "push_tokens": [], "masked": False}
+    assert profile["customer"]["contact"] == {"email": None, "phone": None, "push_tokens": [], "name": None,
+                                                  "masked": False}
     # Audited, and the audit trail holds neither the contact data nor the old external id.
     actions = [a.action for a in session.exec(select(AuditLog).where(AuditLog.entity == "customer"))]
     assert "customer.export" in actions and "customer.erase" in actions
