@@ -14,7 +14,7 @@ everything from the raw rows; incremental == rebuilt is a tested property.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -25,6 +25,7 @@ from crm.models import StateClock
 from kit.bulkwrite import fill_empty_table, insert_frame, merge_staged, stage_frame
 from kit.columnar import as_float, read_frame
 from kit.context import Context
+from kit.timezones import utc_midnight
 
 UTC_TYPE = pl.Datetime("us", "UTC")
 
@@ -89,11 +90,6 @@ FEW_KEYS = 2000  # below this many keys a read is a plain fetch: PostgreSQL's CO
 def few(keys: int) -> bool:
     """Whether a read keyed by this many rows is small enough for a plain fetch."""
     return keys <= FEW_KEYS
-
-
-def day_start(day: date) -> datetime:
-    """Midnight UTC opening a day."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def month_start(moment: date | datetime, back: int = 0) -> date:
@@ -209,16 +205,21 @@ def summarise(customer_ids: pl.Series, days: pl.DataFrame, as_of: datetime, wind
     return frame.collect()
 
 
+def _stage_days(session: Session, name: str, days: pl.DataFrame) -> None:
+    """Stage (customer_id, day) pairs with the day's UTC bounds, for range joins on the raw rows' index."""
+    keys = days.with_columns(pl.col("day").cast(UTC_TYPE).alias("day_start"))
+    keys = keys.with_columns((pl.col("day_start") + pl.duration(days=1)).alias("day_end"))
+    stage_frame(session, name, keys, {"customer_id": "int", "day": "date", "day_start": "timestamp",
+                                      "day_end": "timestamp"})
+
+
 def first_order_moments(session: Session, firsts: pl.DataFrame) -> pl.DataFrame:
     """The exact first-order times for (customer_id, _first_day[, _first_day_before]) rows: one indexed read."""
     wanted = pl.concat([firsts.select("customer_id", pl.col("_first_day").alias("day")),
                         firsts.select("customer_id", pl.col("_first_day_before").alias("day"))]).drop_nulls().unique()
     if wanted.is_empty():
         return pl.DataFrame(schema={"customer_id": pl.Int64, "day": pl.Date, "first_at": UTC_TYPE})
-    keys = wanted.with_columns(pl.col("day").cast(UTC_TYPE).alias("day_start"))
-    keys = keys.with_columns((pl.col("day_start") + pl.duration(days=1)).alias("day_end"))
-    stage_frame(session, "stage_first_days", keys, {"customer_id": "int", "day": "date", "day_start": "timestamp",
-                                                    "day_end": "timestamp"})
+    _stage_days(session, "stage_first_days", wanted)
     return read_frame(
         session, "SELECT k.customer_id, k.day, min(o.ordered_at) FROM stage_first_days k JOIN orders o "
         "ON o.customer_id = k.customer_id AND o.ordered_at >= k.day_start AND o.ordered_at < k.day_end "
@@ -259,7 +260,7 @@ def _ensure_clock(session: Session, ctx: Context, windows: StateWindows | None =
         else:
             from sqlalchemy.dialects.sqlite import insert
         session.connection().execute(insert(StateClock.__table__).values(
-            id=1, as_of=day_start(now.date()), params=(windows or StateWindows()).as_dict(), advanced_at=now)
+            id=1, as_of=utc_midnight(now.date()), params=(windows or StateWindows()).as_dict(), advanced_at=now)
             .on_conflict_do_nothing(index_elements=["id"]))
         row = session.get(StateClock, 1, with_for_update=lock, populate_existing=True)
     return row
@@ -308,10 +309,7 @@ def lock_customers(session: Session, customers: pl.Series) -> None:
 
 
 def _rebucket(session: Session, day_keys: pl.DataFrame) -> None:
-    keys = day_keys.with_columns(pl.col("day").cast(UTC_TYPE).alias("day_start"))
-    keys = keys.with_columns((pl.col("day_start") + pl.duration(days=1)).alias("day_end"))
-    stage_frame(session, "stage_state_days", keys, {"customer_id": "int", "day": "date", "day_start": "timestamp",
-                                                    "day_end": "timestamp"})
+    _stage_days(session, "stage_state_days", day_keys)
     on = ("JOIN stage_state_days k ON {t}.customer_id = k.customer_id AND {t}.{at} >= k.day_start "
           "AND {t}.{at} < k.day_end")
     orders = read_frame(session, _order_rows_sql(session, on.format(t="o", at="ordered_at") + " WHERE 1 = 1"), {},
