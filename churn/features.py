@@ -59,22 +59,29 @@ def labels(orders: pl.DataFrame, customers: pl.DataFrame, cutoff: datetime, hori
             .select("customer_id", pl.col("_bought").is_null().cast(pl.Int8).alias("churned")))
 
 
+def _days_ago(cutoff: datetime, column: str) -> pl.Expr:
+    """Whole UTC days from a timestamp's day to the cut-off's day: windows are "the last w days before it", which the
+    customer state's day buckets can answer exactly."""
+    return (pl.lit(cutoff.date()) - pl.col(column).dt.date()).dt.total_days()
+
+
 def order_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig) -> pl.DataFrame:
     """Features from orders alone (customer_id, ordered_at, amount_paid), for the population at the cut-off."""
     past = _history(orders, cutoff, config)
     who = population(past, cutoff, config)
     past = past.join(who, on="customer_id", how="semi")
-    age = _days_before(cutoff, "ordered_at")
+    age, days_ago = _days_before(cutoff, "ordered_at"), _days_ago(cutoff, "ordered_at")
     # Several orders on one day count as one purchase occasion for gaps (real logs split baskets).
-    days = past.select("customer_id", age.floor().alias("days_ago"), "amount_paid").lazy()
+    days = past.select("customer_id", days_ago.alias("days_ago"), "amount_paid").lazy()
     occasions = days.group_by("customer_id", "days_ago").agg(pl.col("amount_paid").sum())
+    gap = pl.col("gap").cast(pl.Float64)
     gaps = (occasions.sort("customer_id", "days_ago", descending=[False, True])
             .with_columns(pl.col("days_ago").diff().over("customer_id").mul(-1).alias("gap"))
-            .group_by("customer_id").agg(pl.col("gap").mean().alias("gap_mean"), pl.col("gap").std().alias("gap_std"),
+            .group_by("customer_id").agg(gap.mean().alias("gap_mean"), gap.std().alias("gap_std"),
                                          pl.len().alias("purchase_days"),
-                                         pl.col("gap").drop_nulls().last().alias("last_gap")))
-    windows = [pl.when(age < w).then(1).otherwise(0).sum().alias(f"orders_{w}d") for w in config.windows]
-    spend = [pl.when(age < w).then(pl.col("amount_paid")).otherwise(0.0).sum().alias(f"spend_{w}d")
+                                         gap.drop_nulls().last().alias("last_gap")))
+    windows = [pl.when(days_ago <= w).then(1).otherwise(0).sum().alias(f"orders_{w}d") for w in config.windows]
+    spend = [pl.when(days_ago <= w).then(pl.col("amount_paid")).otherwise(0.0).sum().alias(f"spend_{w}d")
              for w in config.windows]
     base = past.lazy().group_by("customer_id").agg(
         age.min().alias("recency_days"),
@@ -84,10 +91,16 @@ def order_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig
         pl.col("amount_paid").mean().alias("order_value_mean"),
         (pl.col("amount_paid") <= 0).mean().alias("zero_amount_share"),
         pl.col("amount_paid").sort_by("ordered_at").last().alias("last_order_value"),
-        pl.when((age >= 90) & (age < 180)).then(1).otherwise(0).sum().alias("_orders_prev_90d"),
+        pl.when((days_ago > 90) & (days_ago <= 180)).then(1).otherwise(0).sum().alias("_orders_prev_90d"),
         *windows, *spend,
     )
-    frame = base.join(gaps, on="customer_id", how="left").with_columns(
+    frame = base.join(gaps, on="customer_id", how="left")
+    return _derived_order_columns(frame).sort("customer_id").collect()
+
+
+def _derived_order_columns(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Ratios, trend and the BG/NBD summary from the per-customer order aggregates (however they were obtained)."""
+    return frame.with_columns(
         (pl.col("recency_days") / pl.col("gap_mean")).alias("recency_over_gap"),
         (pl.col("gap_std") / pl.col("gap_mean")).alias("gap_cv"),
         (pl.col("orders_90d") - pl.col("_orders_prev_90d")).alias("trend_90d"),
@@ -98,7 +111,6 @@ def order_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig
         ((pl.col("tenure_days").floor() - pl.col("recency_days").floor()) / WEEK_DAYS).alias("bgnbd_t_x"),
         (pl.col("tenure_days").floor() / WEEK_DAYS).alias("bgnbd_T"),
     ).drop("_orders_prev_90d")
-    return frame.sort("customer_id").collect()
 
 
 def _history(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig) -> pl.DataFrame:
@@ -137,8 +149,8 @@ def event_features(events: pl.DataFrame, cutoff: datetime, who: pl.DataFrame, co
     longest = max(config.event_windows)
     recent = events.filter((pl.col("occurred_at") < cutoff)
                            & (pl.col("occurred_at") >= cutoff - timedelta(days=longest)))
-    age = _days_before(cutoff, "occurred_at")
-    counts = [((pl.col("type") == kind) & (age < w)).sum().alias(f"{kind}_{w}d")
+    age, days_ago = _days_before(cutoff, "occurred_at"), _days_ago(cutoff, "occurred_at")
+    counts = [((pl.col("type") == kind) & (days_ago <= w)).sum().alias(f"{kind}_{w}d")
               for kind in config.event_types for w in config.event_windows]
     grouped = recent.lazy().join(who.lazy(), on="customer_id", how="semi").group_by("customer_id").agg(
         age.min().alias("days_since_event"), *counts)
@@ -164,15 +176,21 @@ def segment_features(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.D
     snapshot has no previous run), so they can never leak what the stored state learned later.
     """
     from segmentation.metrics import MetricParams, compute_metrics
-    from segmentation.rules import evaluate
 
-    tier_rules, layer_rules, tag_set = rule_sets
     mine = customers.join(who, on="customer_id", how="semi")
     no_events = pl.DataFrame(schema={"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC"),
                                      "type": pl.String})
     metrics = compute_metrics(mine, orders.join(who, on="customer_id", how="semi"),
                               no_events if events is None else events.join(who, on="customer_id", how="semi"),
-                              cutoff, MetricParams(window_days=tier_rules.window_days))
+                              cutoff, MetricParams(window_days=rule_sets[0].window_days))
+    return _segment_columns(metrics, who, rule_sets)
+
+
+def _segment_columns(metrics: pl.DataFrame, who: pl.DataFrame, rule_sets: SegmentRules) -> pl.DataFrame:
+    """Tier and layer ranks and the tags' add rules over the segmentation metrics of the population."""
+    from segmentation.rules import evaluate
+
+    tier_rules, layer_rules, tag_set = rule_sets
     frame = metrics.select("customer_id")
     for name, rules in (("tier", tier_rules), ("layer", layer_rules)):
         ranks = {value: index for index, value in enumerate(rules.values())}
@@ -186,6 +204,61 @@ def segment_features(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.D
         .alias(f"tag_{rule.name}") for rule in tag_set.tags])
     return (who.join(frame.drop("tier", "layer"), on="customer_id", how="left")
             .join(tags, on="customer_id", how="left"))
+
+
+STATE_EVENT_TYPES = ("login", "view", "cart_add", "cart_abandon")  # the kinds crm.state keeps per window
+
+
+def state_covers(config: FeatureConfig, features: list[str]) -> bool:
+    """Whether the customer state's churn columns can give these features under this configuration."""
+    from crm.state import CHURN_EVENT_WINDOWS, CHURN_HISTORY_DAYS, CHURN_ORDER_WINDOWS
+
+    return (config.windows == CHURN_ORDER_WINDOWS and config.event_windows == CHURN_EVENT_WINDOWS
+            and set(config.event_types) <= set(STATE_EVENT_TYPES) and config.history_days == CHURN_HISTORY_DAYS
+            and config.lookback_days in CHURN_ORDER_WINDOWS and "category_breadth" not in features)
+
+
+def features_from_state(state: pl.DataFrame, cutoff: datetime, config: FeatureConfig = FeatureConfig(), *,
+                        customers: pl.DataFrame | None = None, rule_sets: SegmentRules | None = None) -> pl.DataFrame:
+    """The same frame as `build_features` (orders, flags and events; tiers and tags when customers and rules are
+    given), from the customer state's rows computed as of `cutoff` instead of the raw history."""
+    from segmentation.metrics import MetricParams, metrics_from_state
+
+    state = state.filter(pl.col(f"churn_orders_{config.lookback_days}d") > 0)
+    orders = pl.col("churn_orders")
+
+    def days(column: str) -> pl.Expr:
+        return _days_before(cutoff, column)
+
+    base = state.lazy().select(
+        "customer_id", days("last_order_at").alias("recency_days"), days("churn_first_order_at").alias("tenure_days"),
+        orders.cast(pl.UInt32).alias("orders_total"), pl.col("churn_spend").alias("spend_total"),
+        (pl.col("churn_spend") / orders).alias("order_value_mean"),
+        (pl.col("churn_zero_orders") / orders).alias("zero_amount_share"),
+        pl.col("churn_last_order_value").alias("last_order_value"),
+        (pl.col("churn_orders_180d") - pl.col("churn_orders_90d")).alias("_orders_prev_90d"),
+        *[pl.col(f"churn_orders_{w}d").alias(f"orders_{w}d") for w in config.windows],
+        *[pl.col(f"churn_spend_{w}d").alias(f"spend_{w}d") for w in config.windows],
+        pl.col("churn_gap_mean").alias("gap_mean"), pl.col("churn_gap_std").alias("gap_std"),
+        pl.col("churn_purchase_days").cast(pl.UInt32).alias("purchase_days"), pl.col("churn_last_gap").alias("last_gap"),
+        (pl.col("churn_discounted_orders") / orders).alias("discount_share"),
+        pl.col("churn_new_product_orders").alias("new_product_orders"),
+        pl.col("churn_full_price_streak").alias("full_price_streak"),
+        days("churn_last_event_at").fill_null(float(max(config.event_windows))).alias("days_since_event"),
+        *[pl.col(f"churn_{kind}_{w}d").alias(f"{kind}_{w}d") for kind in config.event_types
+          for w in config.event_windows])
+    frame = _derived_order_columns(base).sort("customer_id").collect()
+    if customers is not None and rule_sets is not None:
+        # Like the training snapshots, the tier inputs see two years of orders, not the whole lifetime.
+        seen = state.join(frame, on="customer_id", how="semi").with_columns(
+            pl.col("churn_orders").alias("orders_total"), pl.col("churn_spend").alias("monetary_total"),
+            pl.col("churn_first_order_at").alias("first_order_at"),
+            pl.col("churn_full_price_streak").alias("full_price_streak"))
+        metrics = metrics_from_state(customers.join(frame, on="customer_id", how="semi"), seen, cutoff,
+                                     MetricParams(window_days=rule_sets[0].window_days))
+        frame = frame.join(_segment_columns(metrics, frame.select("customer_id"), rule_sets), on="customer_id",
+                           how="left")
+    return frame.sort("customer_id")
 
 
 def build_features(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig = FeatureConfig(), *,

@@ -15,12 +15,13 @@ from sqlalchemy import delete, text
 from sqlmodel import Session, func, select
 
 from churn.bgnbd import BetaGeometricNBD
-from churn.features import SegmentRules
+from churn.features import SegmentRules, features_from_state, state_covers
 from churn.model import ChurnModel
 from churn.models import ChurnModelVersion, ChurnPrediction, ChurnScore
 from churn.reasons import drivers_frame, sentences
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
 from crm import audit
+from crm import state as crm_state
 from crm.profiles import ProfileRequest
 from crm.service import (
     customer_categories_frame,
@@ -240,17 +241,18 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
             raise _invalid("no current churn model: train one first (crm churn train)", "model")
         lookup.expunge(row)
         rule_sets, _ = _rule_sets(lookup)
-    now = ctx.clock.now()
-    as_of = as_of or default_as_of(now)
+        now = ctx.clock.now()
+        as_of = as_of or default_as_of(now)
+        clock = crm_state.clock(lookup)
+        # The state answers when its clock is at this very day with the tier window the rules use (the nightly
+        # segment step just moved it there); otherwise the features come from the raw history, as in training.
+        state_ready = (clock is not None and clock.as_of == as_of
+                       and crm_state.windows_of(clock).window_days == rule_sets[0].window_days)
     model, bgnbd = _load(row)
     config = TrainingConfig(rule_sets=rule_sets)
     timings, tick = {}, time.perf_counter()
-    data = read_history(session, as_of, as_of - timedelta(days=config.features.history_days + 1),
-                        as_of - timedelta(days=max(config.features.event_windows) + 1),
-                        categories="category_breadth" in model.feature_names_, shared=shared)
-    frame = add_bgnbd(snapshot(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
-                               categories=data["categories"], labelled=False), bgnbd,
-                      row.training["horizon_days"])
+    frame, source = _scoring_features(session, as_of, config, model.feature_names_, state_ready, shared)
+    frame = add_bgnbd(frame, bgnbd, row.training["horizon_days"])
     timings["read_and_features_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
     probability = model.predict_proba(frame) if len(frame) else np.array([])
@@ -286,12 +288,30 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
                "predictions_kept": kept,
-               "threshold": row.threshold, "timings": timings,
+               "threshold": row.threshold, "timings": timings, "features_from": source,
                "mean_probability": round(float(probability.mean()), 4) if len(frame) else None}
     audit.record(session, actor=actor, action="churn.score", entity="churn_model", entity_id=row.id, at=now,
                  before=None, after=summary)
     session.flush()
     return summary
+
+
+def _scoring_features(session: Session, as_of: datetime, config: TrainingConfig, features: list[str],
+                      state_ready: bool, shared: SharedFrames | None) -> tuple[pl.DataFrame, str]:
+    """The scoring population's features and where they came from: the customer state (1M summary rows) when
+    it is as of this day and covers the model's features, else the raw history."""
+    shared = shared or SharedFrames()
+    if state_ready and state_covers(config.features, features):
+        with columnar_reader(session) as reader:
+            state = shared.whole("state", lambda: crm_state.state_frame(session, reader=reader))
+            customers = shared.whole("customers", lambda: customers_frame(session, reader=reader))
+        return features_from_state(state, as_of, config.features, customers=customers,
+                                   rule_sets=config.rule_sets), "state"
+    data = read_history(session, as_of, as_of - timedelta(days=config.features.history_days + 1),
+                        as_of - timedelta(days=max(config.features.event_windows) + 1),
+                        categories="category_breadth" in features, shared=shared)
+    return snapshot(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
+                    categories=data["categories"], labelled=False), "history"
 
 
 def keep_predictions(session: Session, ctx: Context, scores: pl.DataFrame, as_of: datetime, model_id: int) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -265,11 +266,15 @@ class CustomerDay(SQLModel, table=True):
     discounted_orders: int = 0
     new_product_orders: int = 0
     full_price_after_discount: int = 0
+    zero_orders: int = 0
+    first_order_at: int | None = Field(default=None, sa_column=Column(BigInteger))
     last_order_at: int | None = Field(default=None, sa_column=Column(BigInteger))
+    last_order_net: Decimal | None = Field(default=None, sa_column=Column(MONEY))
     last_discounted_at: int | None = Field(default=None, sa_column=Column(BigInteger))
     events: int = 0
     logins: int = 0
     views: int = 0
+    cart_adds: int = 0
     cart_abandons: int = 0
     last_event_at: int | None = Field(default=None, sa_column=Column(BigInteger))
     last_login_at: int | None = Field(default=None, sa_column=Column(BigInteger))
@@ -308,6 +313,40 @@ class CustomerState(SQLModel, table=True):
     views_30d: int = 0
     cart_abandons_30d: int = 0
     newest_busy_month: date | None = None
+    # The churn features as of the clock (crm.state.CHURN_*): two years of history, the model's windows.
+    churn_first_order_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    churn_orders: int = 0
+    churn_spend: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    churn_zero_orders: int = 0
+    churn_last_order_value: Decimal | None = Field(default=None, sa_column=Column(MONEY))
+    churn_purchase_days: int = 0
+    churn_gap_mean: float | None = Field(default=None, sa_column=Column(Float))
+    churn_gap_std: float | None = Field(default=None, sa_column=Column(Float))
+    churn_last_gap: float | None = Field(default=None, sa_column=Column(Float))
+    churn_discounted_orders: int = 0
+    churn_new_product_orders: int = 0
+    churn_full_price_streak: int = 0
+    churn_last_event_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    churn_orders_30d: int = 0
+    churn_orders_90d: int = 0
+    churn_orders_180d: int = 0
+    churn_orders_365d: int = 0
+    churn_spend_30d: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    churn_spend_90d: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    churn_spend_180d: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    churn_spend_365d: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    churn_login_7d: int = 0
+    churn_login_30d: int = 0
+    churn_login_90d: int = 0
+    churn_view_7d: int = 0
+    churn_view_30d: int = 0
+    churn_view_90d: int = 0
+    churn_cart_add_7d: int = 0
+    churn_cart_add_30d: int = 0
+    churn_cart_add_90d: int = 0
+    churn_cart_abandon_7d: int = 0
+    churn_cart_abandon_30d: int = 0
+    churn_cart_abandon_90d: int = 0
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 

@@ -47,9 +47,26 @@ class StateWindows:
 
 DAY_TYPES = {
     "customer_id": "int", "day": "date", "orders": "int", "net_spend": "money", "discounted_orders": "int",
-    "new_product_orders": "int", "full_price_after_discount": "int", "last_order_at": "timestamp",
-    "last_discounted_at": "timestamp", "events": "int", "logins": "int", "views": "int", "cart_abandons": "int",
-    "last_event_at": "timestamp", "last_login_at": "timestamp", "last_abandon_at": "timestamp",
+    "new_product_orders": "int", "full_price_after_discount": "int", "zero_orders": "int",
+    "first_order_at": "timestamp", "last_order_at": "timestamp", "last_order_net": "money",
+    "last_discounted_at": "timestamp", "events": "int", "logins": "int", "views": "int", "cart_adds": "int",
+    "cart_abandons": "int", "last_event_at": "timestamp", "last_login_at": "timestamp",
+    "last_abandon_at": "timestamp",
+}
+# The churn model's windows (churn.features.FeatureConfig's defaults): the summary keeps each feature's value as
+# of the clock, so the nightly scoring reads 1M summary rows instead of two years of orders and events.
+CHURN_HISTORY_DAYS = 730
+CHURN_ORDER_WINDOWS = (30, 90, 180, 365)
+CHURN_EVENT_WINDOWS = (7, 30, 90)
+CHURN_EVENT_TYPES = {"login": "logins", "view": "views", "cart_add": "cart_adds", "cart_abandon": "cart_abandons"}
+CHURN_TYPES = {
+    "churn_first_order_at": "timestamp", "churn_orders": "int", "churn_spend": "money", "churn_zero_orders": "int",
+    "churn_last_order_value": "money", "churn_purchase_days": "int", "churn_gap_mean": "float",
+    "churn_gap_std": "float", "churn_last_gap": "float", "churn_discounted_orders": "int",
+    "churn_new_product_orders": "int", "churn_full_price_streak": "int", "churn_last_event_at": "timestamp",
+    **{f"churn_orders_{w}d": "int" for w in CHURN_ORDER_WINDOWS},
+    **{f"churn_spend_{w}d": "money" for w in CHURN_ORDER_WINDOWS},
+    **{f"churn_{kind}_{w}d": "int" for kind in CHURN_EVENT_TYPES for w in CHURN_EVENT_WINDOWS},
 }
 STATE_TYPES = {
     "customer_id": "int", "lifetime_orders": "int", "lifetime_spend": "money",
@@ -59,8 +76,9 @@ STATE_TYPES = {
     "discounted_in_window": "int", "new_product_orders": "int", "full_price_streak": "int",
     "last_event_at": "timestamp", "last_login_at": "timestamp", "last_abandon_at": "timestamp",
     "logins_30d": "int", "views_30d": "int", "cart_abandons_30d": "int", "newest_busy_month": "date",
+    **CHURN_TYPES,
 }
-_POLARS = {"int": pl.Int64, "money": pl.Float64, "timestamp": UTC_TYPE, "date": pl.Date}
+_POLARS = {"int": pl.Int64, "money": pl.Float64, "float": pl.Float64, "timestamp": UTC_TYPE, "date": pl.Date}
 BUCKET_SCHEMA = {c: _POLARS[t] for c, t in DAY_TYPES.items()}  # in memory: moments as timestamps
 # Stored, a bucket's moments are microseconds since the epoch: the nightly step reads millions of bucket rows, and
 # integers cross the wire and parse several times faster than timestamps with a zone.
@@ -115,8 +133,11 @@ def _order_rows_sql(session: Session, where: str) -> str:
 def buckets_from_rows(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
     """One bucket per (customer, UTC day) with orders or events: counts, net spend and the day's last moments."""
     order_days = (orders.lazy().with_columns(pl.col("ordered_at").dt.date().alias("day"))
-                  .group_by("customer_id", "day").agg(
+                  .sort("ordered_at").group_by("customer_id", "day").agg(
                       pl.len().alias("orders"), pl.col("net").sum().alias("net_spend"),
+                      (pl.col("net") <= 0).sum().alias("zero_orders"),
+                      pl.col("ordered_at").min().alias("first_order_at"),
+                      pl.col("net").last().alias("last_order_net"),
                       pl.col("discounted").sum().alias("discounted_orders"),
                       pl.col("new_product").sum().alias("new_product_orders"),
                       pl.col("ordered_at").max().alias("last_order_at"),
@@ -131,7 +152,8 @@ def buckets_from_rows(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFram
     event_days = (events.lazy().with_columns(pl.col("occurred_at").dt.date().alias("day"))
                   .group_by("customer_id", "day").agg(
                       pl.len().alias("events"), (kind == "login").sum().alias("logins"),
-                      (kind == "view").sum().alias("views"), (kind == "cart_abandon").sum().alias("cart_abandons"),
+                      (kind == "view").sum().alias("views"), (kind == "cart_add").sum().alias("cart_adds"),
+                      (kind == "cart_abandon").sum().alias("cart_abandons"),
                       pl.col("occurred_at").max().alias("last_event_at"),
                       pl.col("occurred_at").filter(kind == "login").max().alias("last_login_at"),
                       pl.col("occurred_at").filter(kind == "cart_abandon").max().alias("last_abandon_at")))
@@ -153,14 +175,13 @@ def summarise(customer_ids: pl.Series, days: pl.DataFrame, as_of: datetime, wind
     before = day < as_of_day
     in_window, recent = before & (day >= window_start), before & (day >= recent_start)
     looked_back = before & (day >= lookback_start)
-    has_orders = pl.col("orders") > 0
     lazy = days.lazy()
     summary = lazy.group_by("customer_id").agg(
         pl.col("orders").sum().alias("lifetime_orders"), pl.col("net_spend").sum().alias("lifetime_spend"),
-        pl.col("day").filter(has_orders).min().alias("_first_day"),
+        pl.col("first_order_at").min().alias("lifetime_first_order_at"),
         pl.col("last_order_at").max().alias("lifetime_last_order_at"),
         pl.col("last_event_at").max().alias("lifetime_last_event_at"),
-        pl.col("day").filter(has_orders & before).min().alias("_first_day_before"),
+        pl.col("first_order_at").filter(before).min().alias("first_order_at"),
         pl.col("last_order_at").filter(before).max().alias("last_order_at"),
         pl.col("orders").filter(before).sum().alias("orders_total"),
         pl.col("net_spend").filter(before).sum().alias("monetary_total"),
@@ -176,9 +197,8 @@ def summarise(customer_ids: pl.Series, days: pl.DataFrame, as_of: datetime, wind
         pl.col("logins").filter(recent).sum().alias("logins_30d"),
         pl.col("views").filter(recent).sum().alias("views_30d"),
         pl.col("cart_abandons").filter(recent).sum().alias("cart_abandons_30d"),
+        *_churn_windows(as_of_day),
     )
-    # The first order's exact moment: the earliest order of the first day with orders is not kept in a bucket
-    # (only the day's last), so it is read back from the bucket's day only where needed (see `first_orders`).
     streak = (lazy.join(summary.select("customer_id", "_last_discount_day"), on="customer_id")
               .filter(before & pl.col("_last_discount_day").is_not_null() & (day >= pl.col("_last_discount_day")))
               .group_by("customer_id").agg(
@@ -194,15 +214,54 @@ def summarise(customer_ids: pl.Series, days: pl.DataFrame, as_of: datetime, wind
             .group_by("customer_id").agg(pl.col("_month").max().alias("newest_busy_month")))
     frame = (pl.DataFrame({"customer_id": customer_ids.unique()}).lazy()
              .join(summary, on="customer_id", how="left").join(streak, on="customer_id", how="left")
-             .join(busy, on="customer_id", how="left"))
-    counts = [c for c, t in STATE_TYPES.items() if t == "int" and c not in ("customer_id", "full_price_streak")]
+             .join(busy, on="customer_id", how="left").join(_churn_history(lazy, as_of_day), on="customer_id",
+                                                           how="left"))
+    counts = [c for c, t in STATE_TYPES.items()
+              if t == "int" and c not in ("customer_id", "full_price_streak", "churn_full_price_streak")]
+    money = [c for c, t in STATE_TYPES.items() if t == "money" and c != "churn_last_order_value"]
     frame = frame.with_columns(
         *[pl.col(c).fill_null(0) for c in counts],
-        *[pl.col(c).fill_null(0.0).round(2) for c in ("lifetime_spend", "monetary_total", "monetary")],
+        *[pl.col(c).fill_null(0.0).round(2) for c in money],
         pl.when(pl.col("_last_discount_day").is_null()).then(pl.col("orders_total").fill_null(0))
         .otherwise(pl.col("_streak").fill_null(0)).alias("full_price_streak"),
+    ).with_columns(
+        # The churn features see two years: a streak that began with an older discount is all of its orders.
+        pl.when(pl.col("_last_discount_day") >= as_of_day - timedelta(days=CHURN_HISTORY_DAYS))
+        .then(pl.col("full_price_streak")).otherwise(pl.col("churn_orders")).alias("churn_full_price_streak"),
     )
-    return frame.collect()
+    return frame.select(list(STATE_TYPES)).cast(STATE_SCHEMA).sort("customer_id").collect()
+
+
+def _churn_windows(as_of_day: date) -> list[pl.Expr]:
+    """The churn features' window sums as of the clock's day (the last w UTC days before it)."""
+    day = pl.col("day")
+    since = {w: (day < as_of_day) & (day >= as_of_day - timedelta(days=w))
+             for w in {*CHURN_ORDER_WINDOWS, *CHURN_EVENT_WINDOWS, CHURN_HISTORY_DAYS}}
+    history = since[CHURN_HISTORY_DAYS]
+    return [
+        *[pl.col("orders").filter(since[w]).sum().alias(f"churn_orders_{w}d") for w in CHURN_ORDER_WINDOWS],
+        *[pl.col("net_spend").filter(since[w]).sum().alias(f"churn_spend_{w}d") for w in CHURN_ORDER_WINDOWS],
+        *[pl.col(column).filter(since[w]).sum().alias(f"churn_{kind}_{w}d")
+          for kind, column in CHURN_EVENT_TYPES.items() for w in CHURN_EVENT_WINDOWS],
+        pl.col("last_event_at").filter(since[max(CHURN_EVENT_WINDOWS)]).max().alias("churn_last_event_at"),
+        pl.col("orders").filter(history).sum().alias("churn_orders"),
+        pl.col("net_spend").filter(history).sum().alias("churn_spend"),
+        pl.col("zero_orders").filter(history).sum().alias("churn_zero_orders"),
+        pl.col("discounted_orders").filter(history).sum().alias("churn_discounted_orders"),
+        pl.col("new_product_orders").filter(history).sum().alias("churn_new_product_orders"),
+    ]
+
+
+def _churn_history(days: pl.LazyFrame, as_of_day: date) -> pl.LazyFrame:
+    """Purchase-day statistics over the churn history: first order, last order's value, gaps between purchase days."""
+    day = pl.col("day")
+    start = as_of_day - timedelta(days=CHURN_HISTORY_DAYS)
+    gaps = day.sort().diff().dt.total_days().cast(pl.Float64)
+    return (days.filter((day < as_of_day) & (day >= start) & (pl.col("orders") > 0)).group_by("customer_id").agg(
+        pl.col("first_order_at").min().alias("churn_first_order_at"),
+        pl.col("last_order_net").sort_by("last_order_at").last().alias("churn_last_order_value"),
+        pl.len().alias("churn_purchase_days"), gaps.mean().alias("churn_gap_mean"), gaps.std().alias("churn_gap_std"),
+        gaps.drop_nulls().last().alias("churn_last_gap")))
 
 
 def _stage_days(session: Session, name: str, days: pl.DataFrame) -> None:
@@ -211,32 +270,6 @@ def _stage_days(session: Session, name: str, days: pl.DataFrame) -> None:
     keys = keys.with_columns((pl.col("day_start") + pl.duration(days=1)).alias("day_end"))
     stage_frame(session, name, keys, {"customer_id": "int", "day": "date", "day_start": "timestamp",
                                       "day_end": "timestamp"})
-
-
-def first_order_moments(session: Session, firsts: pl.DataFrame) -> pl.DataFrame:
-    """The exact first-order times for (customer_id, _first_day[, _first_day_before]) rows: one indexed read."""
-    wanted = pl.concat([firsts.select("customer_id", pl.col("_first_day").alias("day")),
-                        firsts.select("customer_id", pl.col("_first_day_before").alias("day"))]).drop_nulls().unique()
-    if wanted.is_empty():
-        return pl.DataFrame(schema={"customer_id": pl.Int64, "day": pl.Date, "first_at": UTC_TYPE})
-    _stage_days(session, "stage_first_days", wanted)
-    return read_frame(
-        session, "SELECT k.customer_id, k.day, min(o.ordered_at) FROM stage_first_days k JOIN orders o "
-        "ON o.customer_id = k.customer_id AND o.ordered_at >= k.day_start AND o.ordered_at < k.day_end "
-        "WHERE o.status <> 'cancelled' GROUP BY k.customer_id, k.day",
-        {}, {"customer_id": pl.Int64, "day": pl.Date, "first_at": UTC_TYPE}, same_connection=True,
-        small=few(len(wanted)))
-
-
-def _state_rows(session: Session, customer_ids: pl.Series, days: pl.DataFrame, as_of: datetime,
-                windows: StateWindows) -> pl.DataFrame:
-    summary = summarise(customer_ids, days, as_of, windows)
-    moments = first_order_moments(session, summary)
-    lifetime = moments.rename({"day": "_first_day", "first_at": "lifetime_first_order_at"})
-    before = moments.rename({"day": "_first_day_before", "first_at": "first_order_at"})
-    return (summary.join(lifetime, on=["customer_id", "_first_day"], how="left")
-            .join(before, on=["customer_id", "_first_day_before"], how="left")
-            .select(list(STATE_TYPES)).cast(STATE_SCHEMA).sort("customer_id"))
 
 
 # ---------------------------------------------------------------- the clock
@@ -324,10 +357,13 @@ def _rebucket(session: Session, day_keys: pl.DataFrame) -> None:
     insert_frame(session, "customer_day", stored(buckets), STORED_DAY_TYPES)
 
 
+def _day_columns(session: Session) -> str:
+    return ", ".join(as_float(session, f"d.{c}") if t == "money" else f"d.{c}" for c, t in DAY_TYPES.items())
+
+
 def _days_of(session: Session, customers: pl.Series) -> pl.DataFrame:
     stage_frame(session, "stage_state_customers", pl.DataFrame({"customer_id": customers}), {"customer_id": "int"})
-    columns = ", ".join(as_float(session, "d.net_spend") if c == "net_spend" else f"d.{c}" for c in DAY_TYPES)
-    return loaded(read_frame(session, f"SELECT {columns} FROM customer_day d JOIN stage_state_customers s "
+    return loaded(read_frame(session, f"SELECT {_day_columns(session)} FROM customer_day d JOIN stage_state_customers s "
                              "ON s.customer_id = d.customer_id", {}, DAY_SCHEMA, same_connection=True,
                              small=few(len(customers))))
 
@@ -335,7 +371,7 @@ def _days_of(session: Session, customers: pl.Series) -> pl.DataFrame:
 def _resummarise(session: Session, ctx: Context, customers: pl.Series, as_of: datetime, windows: StateWindows, *,
                  cause: str) -> int:
     days = _days_of(session, customers)
-    rows = _state_rows(session, customers, days, as_of, windows)
+    rows = summarise(customers, days, as_of, windows)
     now = ctx.clock.now()
     stage_frame(session, "stage_state", rows, STATE_TYPES)
     inserted, updated = merge_staged(
@@ -360,7 +396,9 @@ def moved_customers(session: Session, old: datetime, new: datetime, windows: Sta
     if old_day > new_day:  # moved back (a backfill): the same days, seen from the other side
         old_day, new_day = new_day, old_day
     ranges = [(old_day, new_day)]
-    for length in {windows.window_days, windows.recent_days, windows.event_lookback_days}:
+    lengths = {windows.window_days, windows.recent_days, windows.event_lookback_days, CHURN_HISTORY_DAYS,
+               *CHURN_ORDER_WINDOWS, *CHURN_EVENT_WINDOWS}
+    for length in lengths:
         ranges.append((old_day - timedelta(days=length), new_day - timedelta(days=length)))
     if month_start(old_day) != month_start(new_day):  # a month completed: busy months move for everyone in it
         back = windows.low_activity_months_max
@@ -404,9 +442,8 @@ def _all_buckets_from_raw(session: Session, uncommitted: bool) -> pl.DataFrame:
 
 def resummarise_all(session: Session, ctx: Context, as_of: datetime, windows: StateWindows) -> int:
     """Recompute every customer's state row from the buckets as of `as_of` with `windows`."""
-    days = read_frame(session, "SELECT " + ", ".join(
-        as_float(session, "d.net_spend") if c == "net_spend" else f"d.{c}" for c in DAY_TYPES)
-        + " FROM customer_day d", {}, DAY_SCHEMA, same_connection=True)
+    days = read_frame(session, f"SELECT {_day_columns(session)} FROM customer_day d", {}, DAY_SCHEMA,
+                      same_connection=True)
     days = loaded(days)
     return _replace_state(session, ctx, days, as_of, windows, uncommitted=True)
 
@@ -415,7 +452,7 @@ def _replace_state(session: Session, ctx: Context, days: pl.DataFrame, as_of: da
                    windows: StateWindows, *, uncommitted: bool) -> int:
     customers = read_frame(session, "SELECT c.id FROM customer c", {}, {"customer_id": pl.Int64},
                            same_connection=uncommitted)["customer_id"]
-    rows = _state_rows(session, customers, days, as_of, windows).with_columns(updated_at=pl.lit(ctx.clock.now()))
+    rows = summarise(customers, days, as_of, windows).with_columns(updated_at=pl.lit(ctx.clock.now()))
     pg = session.get_bind().dialect.name == "postgresql"
     session.connection().execute(text("TRUNCATE customer_state" if pg else "DELETE FROM customer_state"))
     fill_empty_table(session, "customer_state", rows, STATE_TYPES | {"updated_at": "timestamp"})
@@ -465,7 +502,7 @@ def customers_as_of(session: Session, customer_ids: pl.Series, as_of: datetime,
                     windows: StateWindows) -> pl.DataFrame:
     """State rows of a few customers computed from their buckets as of any midnight (e.g. tomorrow's: everything
     written so far counts), without touching the stored state."""
-    return _state_rows(session, customer_ids, _days_of(session, customer_ids), as_of, windows)
+    return summarise(customer_ids, _days_of(session, customer_ids), as_of, windows)
 
 
 def claim_changes(session: Session, limit: int) -> pl.DataFrame:

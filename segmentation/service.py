@@ -199,7 +199,7 @@ def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_ti
     with columnar_reader(session) as reader:
         inputs = {
             "customers": shared.whole("customers", lambda: customers_frame(session, reader=reader)),
-            "state": state_frame(session, reader=reader),
+            "state": shared.whole("state", lambda: state_frame(session, reader=reader)),
             "previous": _previous_state(reader),
             "current_tags": reader.read("SELECT t.customer_id, t.tag, t.since FROM customer_tag t", {},
                                         {"customer_id": pl.Int64, "tag": pl.String,

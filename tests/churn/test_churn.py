@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from polars.testing import assert_frame_equal
 from sqlmodel import select
 
 from churn import service
-from churn.features import FeatureConfig
+from churn.features import FeatureConfig, features_from_state
 from churn.models import ChurnModelVersion, ChurnScore
-from churn.training import TrainingConfig
+from churn.training import TrainingConfig, snapshot
+from crm import state as crm_state
 from crm.models import AuditLog, Customer, Role
+from crm.service import customers_frame
+from crm.state import StateWindows
 from tests.support.factories import run
 from wiring.generator import GeneratorConfig, write_dataset
 
@@ -178,3 +182,40 @@ def test_evaluate_cli_on_a_plain_transactions_csv(tmp_path, shop_files):
 
 def test_feature_config_horizon_reaches_the_label():
     assert TrainingConfig(features=FeatureConfig(horizon_days=30)).horizon.days == 30
+
+
+def _history_features(session, as_of, config):
+    data = service.read_history(session, as_of, as_of - timedelta(days=config.features.history_days + 1),
+                                as_of - timedelta(days=max(config.features.event_windows) + 1))
+    return snapshot(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
+                    labelled=False).drop("cutoff")
+
+
+def test_features_from_the_customer_state_equal_the_features_from_the_raw_history(session, ctx, shop):
+    rule_sets, _ = service._rule_sets(session)
+    config = TrainingConfig(rule_sets=rule_sets)
+    crm_state.rebuild(session, ctx, AS_OF, StateWindows(window_days=rule_sets[0].window_days))
+    from_history = _history_features(session, AS_OF, config)
+    from_state = features_from_state(crm_state.state_frame(session), AS_OF, config.features,
+                                     customers=customers_frame(session), rule_sets=rule_sets)
+    assert from_state["customer_id"].to_list() == from_history["customer_id"].to_list()
+    assert len(from_history) > 1000 and set(from_state.columns) == set(from_history.columns)
+    # Tier and tag inputs read events over the segmentation's look-back in the state, 91 days in the history path.
+    exact = [c for c in from_history.columns if not c.startswith(("tier_", "layer_", "tag_"))]
+    assert_frame_equal(from_state.select(exact), from_history.select(exact), check_dtypes=False, abs_tol=1e-6)
+    assert (from_state["tier_rank"] == from_history["tier_rank"]).mean() > 0.99
+
+
+def test_nightly_scoring_reads_the_state_when_it_is_as_of_the_day(session, ctx, shop):
+    service.train_model(session, ctx, as_of=AS_OF, config=FAST)
+    rule_sets, _ = service._rule_sets(session)
+    crm_state.rebuild(session, ctx, AS_OF - timedelta(days=1), StateWindows(window_days=rule_sets[0].window_days))
+    from_history = service.score_customers(session, ctx, as_of=AS_OF)
+    history_scores = {s.customer_id: s.probability for s in session.exec(select(ChurnScore)).all()}
+    crm_state.advance(session, ctx, AS_OF)
+    from_state = service.score_customers(session, ctx, as_of=AS_OF)
+    state_scores = {s.customer_id: s.probability for s in session.exec(select(ChurnScore)).all()}
+    assert (from_history["features_from"], from_state["features_from"]) == ("history", "state")
+    assert state_scores.keys() == history_scores.keys()
+    same = sum(abs(state_scores[c] - history_scores[c]) < 1e-9 for c in state_scores)
+    assert same / len(state_scores) > 0.99

@@ -86,8 +86,9 @@ def test_population_is_customers_with_an_order_in_the_lookback():
 
 
 def test_gap_features_merge_same_day_orders_and_handle_single_orders():
-    orders = _orders([(1, CUTOFF - timedelta(days=40, hours=2), 0.0, 0.0, False),
-                      (1, CUTOFF - timedelta(days=40, hours=1), 30.0, 0.0, False),
+    # Purchase days are UTC calendar days: two orders on the day 40 days before the cut-off are one occasion.
+    orders = _orders([(1, CUTOFF - timedelta(days=40) + timedelta(hours=1), 0.0, 0.0, False),
+                      (1, CUTOFF - timedelta(days=40) + timedelta(hours=2), 30.0, 0.0, False),
                       (1, CUTOFF - timedelta(days=10), 20.0, 0.0, False),
                       (2, CUTOFF - timedelta(days=5), 0.0, 0.0, False)])
     rows = build_features(orders, CUTOFF).rows_by_key("customer_id", named=True, unique=True)

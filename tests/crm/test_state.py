@@ -52,7 +52,7 @@ def _moment(day: int, minute: int) -> str:
 order_op = st.tuples(st.just("order"), st.integers(1, 8), st.sampled_from(CUSTOMERS), st.integers(0, 400),
                      st.integers(0, 1439), st.integers(0, 300), st.booleans())
 event_op = st.tuples(st.just("event"), st.integers(1, 12), st.sampled_from(CUSTOMERS), st.integers(0, 400),
-                     st.integers(0, 1439), st.sampled_from(["login", "view", "cart_abandon", "search"]))
+                     st.integers(0, 1439), st.sampled_from(["login", "view", "cart_add", "cart_abandon", "search"]))
 refund_op = st.tuples(st.just("refund"), st.integers(1, 8), st.integers(1, 60))
 cancel_op = st.tuples(st.just("cancel"), st.integers(1, 8))
 items_op = st.tuples(st.just("items"), st.integers(1, 8), st.booleans(), st.booleans())
