@@ -32,7 +32,7 @@ from crm.service import (
     orders_frame,
     read_columns,
 )
-from kit.bulkwrite import fill_empty_table, insert_frame
+from kit.bulkwrite import fill_empty_table, insert_frame, stage_frame
 from kit.columnar import (
     ColumnarReader,
     SharedFrames,
@@ -257,43 +257,73 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     tick = time.perf_counter()
     probability = model.predict_proba(frame) if len(frame) else np.array([])
     at_risk = probability >= row.threshold
-    flagged = frame.filter(pl.Series(at_risk))
+    scores = frame.select("customer_id").with_columns(pl.Series("probability", probability),
+                                                      pl.Series("at_risk", at_risk))
+    changed, gone, stored = _changed_scores(session, scores, row.id)
+    # Reasons only for the flagged scores being rewritten: an unchanged score keeps the reasons it was written with.
+    flagged = frame.join(changed.filter("at_risk").select("customer_id"), on="customer_id", how="semi")
     names = model.feature_names_
     reasons = (drivers_frame(model.contributions(flagged), names, flagged.select(names).to_numpy().astype(np.float64))
                if len(flagged) else pl.Series("reasons", [], dtype=pl.String))
+    changed = changed.join(flagged.select("customer_id").with_columns(reasons.alias("reasons")), on="customer_id",
+                           how="left")
     timings["predict_and_reasons_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
-    previous = read_frame(session, "SELECT s.customer_id, s.trend FROM churn_score s", {},
-                          {"customer_id": pl.Int64, "trend": pl.String})
-    point = pl.struct(pl.lit(as_of.date().isoformat()).alias("at"), pl.col("probability").round(4).alias("p"))
-    trend_type = pl.List(pl.Struct({"at": pl.String, "p": pl.Float64}))
-    scores = (frame.select("customer_id").with_columns(pl.Series("probability", probability),
-                                                        pl.Series("at_risk", at_risk))
-              .join(flagged.select("customer_id").with_columns(reasons.alias("reasons")),
-                    on="customer_id", how="left")
-              .join(previous, on="customer_id", how="left")
-              .with_columns(pl.col("trend").str.json_decode(pl.Struct({"points": trend_type}))
-                            .struct.field("points").fill_null(pl.lit([], dtype=trend_type)).alias("_old"))
-              .with_columns(pl.concat_list(pl.col("_old").list.eval(pl.element().filter(
-                  pl.element().struct.field("at") != as_of.date().isoformat())), point)  # a rerun replaces its day
-                  .list.tail(TREND_POINTS).alias("_points"))
-              .with_columns(pl.struct(pl.col("_points").alias("points")).struct.json_encode().alias("trend"),
-                            model_id=pl.lit(row.id), scored_at=pl.lit(now)))
-    pg = session.get_bind().dialect.name == "postgresql"
-    # Every row is replaced; TRUNCATE (transactional in PostgreSQL) leaves no dead rows behind.
-    session.connection().execute(text("TRUNCATE churn_score" if pg else "DELETE FROM churn_score"))
-    fill_empty_table(session, "churn_score", scores, SCORE_TYPES)
-    session.expire_all()  # rows were rewritten in SQL: ORM objects loaded before are stale
+    _write_scores(session, changed, gone, stored, as_of, row.id, now)
     kept = keep_predictions(session, ctx, scores.select("customer_id", "probability"), as_of, row.id)
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
-               "predictions_kept": kept,
+               "predictions_kept": kept, "rows_written": len(changed), "rows_removed": len(gone),
                "threshold": row.threshold, "timings": timings, "features_from": source,
                "mean_probability": round(float(probability.mean()), 4) if len(frame) else None}
     audit.record(session, actor=actor, action="churn.score", entity="churn_model", entity_id=row.id, at=now,
                  before=None, after=summary)
     session.flush()
     return summary
+
+
+SCORE_STEP = 0.01  # a score is rewritten (and its trend gains a point) when it moves by a percentage point or more
+
+
+def _changed_scores(session: Session, scores: pl.DataFrame,
+                    model_id: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """(scores to rewrite with their previous trend, customers no longer scored, how many rows are stored): new
+    customers, a flag or model change, or a move of `SCORE_STEP` or more."""
+    previous = read_frame(session, "SELECT s.customer_id, s.probability, s.at_risk, s.model_id, s.trend "
+                          "FROM churn_score s", {},
+                          {"customer_id": pl.Int64, "_p": pl.Float64, "_at_risk": pl.Boolean, "_model": pl.Int64,
+                           "trend": pl.String})
+    changed = (scores.join(previous, on="customer_id", how="left")
+               .filter(pl.col("_p").is_null() | (pl.col("_model") != model_id) | (pl.col("_at_risk") != pl.col("at_risk"))
+                       | ((pl.col("probability") - pl.col("_p")).abs() >= SCORE_STEP))
+               .drop("_p", "_at_risk", "_model"))
+    return changed, previous.join(scores, on="customer_id", how="anti").select("customer_id"), len(previous)
+
+
+def _write_scores(session: Session, changed: pl.DataFrame, gone: pl.DataFrame, stored: int, as_of: datetime,
+                  model_id: int, now: datetime) -> None:
+    """Rewrite the changed scores, each with a new trend point (a rerun replaces its day's), and drop the gone."""
+    day = as_of.date().isoformat()
+    point = pl.struct(pl.lit(day).alias("at"), pl.col("probability").round(4).alias("p"))
+    trend_type = pl.List(pl.Struct({"at": pl.String, "p": pl.Float64}))
+    rows = (changed.with_columns(pl.col("trend").str.json_decode(pl.Struct({"points": trend_type}))
+                                 .struct.field("points").fill_null(pl.lit([], dtype=trend_type)).alias("_old"))
+            .with_columns(pl.concat_list(pl.col("_old").list.eval(pl.element().filter(
+                pl.element().struct.field("at") != day)), point).list.tail(TREND_POINTS).alias("_points"))
+            .with_columns(pl.struct(pl.col("_points").alias("points")).struct.json_encode().alias("trend"),
+                          model_id=pl.lit(model_id), scored_at=pl.lit(now)))
+    pg = session.get_bind().dialect.name == "postgresql"
+    if len(rows) + len(gone) == stored:
+        # Every stored row goes: TRUNCATE (transactional in PostgreSQL) leaves no dead rows behind.
+        session.connection().execute(text("TRUNCATE churn_score" if pg else "DELETE FROM churn_score"))
+        fill_empty_table(session, "churn_score", rows, SCORE_TYPES)
+    else:
+        stage_frame(session, "stage_churn_rewrite", pl.concat([rows.select("customer_id"), gone]),
+                    {"customer_id": "int"})
+        session.connection().execute(text(
+            "DELETE FROM churn_score WHERE customer_id IN (SELECT customer_id FROM stage_churn_rewrite)"))
+        insert_frame(session, "churn_score", rows, SCORE_TYPES)
+    session.expire_all()  # rows were rewritten in SQL: ORM objects loaded before are stale
 
 
 def _scoring_features(session: Session, as_of: datetime, config: TrainingConfig, features: list[str],

@@ -90,13 +90,25 @@ def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, sh
                for s in flagged)
     calm = session.exec(select(ChurnScore).where(ChurnScore.at_risk.is_(False))).first()
     assert calm.reasons is None
-    service.score_customers(session, ctx, as_of=AS_OF)  # the same day again replaces that day's point
+    first = {s.customer_id: (s.probability, s.at_risk) for s in session.exec(select(ChurnScore)).all()}
+    rerun = service.score_customers(session, ctx, as_of=AS_OF)  # the same day again: nothing moved, nothing written
+    assert rerun["rows_written"] == 0 and rerun["scored"] == summary["scored"]
     again = session.get(ChurnScore, flagged[0].customer_id)
     assert [p["at"] for p in again.trend["points"]] == ["2026-11-01"]
     later = service.score_customers(session, ctx, as_of=datetime(2026, 11, 8, tzinfo=UTC))
-    assert later["scored"] > 0
-    moved = session.get(ChurnScore, flagged[0].customer_id)
-    assert [p["at"] for p in moved.trend["points"]] == ["2026-11-01", "2026-11-08"]
+    assert 0 < later["rows_written"] < later["scored"]
+    rows = {s.customer_id: s for s in session.exec(select(ChurnScore)).all()}
+    assert len(rows) == later["scored"] and later["rows_removed"] == len(first.keys() - rows.keys())
+    rewritten = [r for r in rows.values() if r.trend["points"][-1]["at"] == "2026-11-08"]
+    assert len(rewritten) == later["rows_written"]
+    for r in rewritten:  # each rewrite is news: a new customer, a flag change or a move of a point or more
+        if r.customer_id in first:
+            before, was_at_risk = first[r.customer_id]
+            assert abs(r.probability - before) >= service.SCORE_STEP or r.at_risk != was_at_risk
+            assert [p["at"] for p in r.trend["points"]] == ["2026-11-01", "2026-11-08"]
+    for r in rows.values():  # the others keep the score, flag and single point they were written with
+        if r.trend["points"][-1]["at"] == "2026-11-01":
+            assert (r.probability, r.at_risk) == first[r.customer_id] and len(r.trend["points"]) == 1
 
 
 def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, session, ctx, shop):
