@@ -191,11 +191,11 @@ def main() -> None:
     with session_scope(engine) as session:
         from sqlalchemy import text
 
-        counts = session.execute(text("SELECT (SELECT count(*) FROM customer), (SELECT count(*) FROM segment_metric), "
+        counts = session.execute(text("SELECT (SELECT count(*) FROM customer), (SELECT count(*) FROM segment_value_step), "
                                       "(SELECT count(*) FROM churn_score), (SELECT count(*) FROM message)")).one()
         if not counts[1] or not counts[2]:
             raise SystemExit("run bench_segmentation.py, bench_churn.py and bench_pipeline.py first (profiles need "
-                             "a segmentation run with stored metric values, churn scores and messages)")
+                             "a segmentation run with its spend steps, churn scores and messages)")
         issued = create_key(session, ctx, name="load benchmark", role=Role.support, actor="bench")
         key, key_id = issued.secret, issued.record.id
     base_url = f"http://127.0.0.1:{args.port}"

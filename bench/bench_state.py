@@ -143,7 +143,7 @@ def _reset_day(url: str) -> None:
                           "LIKE 'day-o%')", "DELETE FROM orders WHERE external_id LIKE 'day-o%'",
                           "DELETE FROM event WHERE external_id LIKE 'day-e%'", "DELETE FROM customer_change",
                           "DELETE FROM customer_segment", "DELETE FROM customer_tag", "DELETE FROM segment_transition",
-                          "DELETE FROM segment_metric", "DELETE FROM segment_run"):
+                          "DELETE FROM segment_value_step", "DELETE FROM segment_run"):
             connection.execute(text(statement))
 
 

@@ -139,11 +139,13 @@ def compute_metrics(customers: pl.DataFrame, orders: pl.DataFrame, events: pl.Da
 
 
 def metrics_from_state(customers: pl.DataFrame, state: pl.DataFrame, as_of: datetime,
-                       params: MetricParams = MetricParams(), left_vip: pl.DataFrame | None = None) -> pl.DataFrame:
+                       params: MetricParams = MetricParams(), left_vip: pl.DataFrame | None = None, *,
+                       has_events: bool | None = None) -> pl.DataFrame:
     """The same metrics as `compute_metrics`, from the customer state's rows (its window columns as of `as_of`).
 
     state: crm.state's summary columns (customer_id, last_order_at, first_order_at, orders_total, …,
-    newest_busy_month), computed with this `as_of` and these windows.
+    newest_busy_month), computed with this `as_of` and these windows. `has_events` (whether the shop sends events
+    at all) is read from the rows unless given, as for a few customers of a larger population.
     """
     month_index = as_of.year * 12 + as_of.month
     busy = pl.col("newest_busy_month")
@@ -155,7 +157,8 @@ def metrics_from_state(customers: pl.DataFrame, state: pl.DataFrame, as_of: date
         pl.col("last_abandon_at").alias("_last_abandon"),
         (month_index - (busy.dt.year().cast(pl.Int32) * 12 + busy.dt.month().cast(pl.Int32)))
         .alias("_newest_busy_month"))
-    has_events = bool(state["last_event_at"].is_not_null().any()) if not state.is_empty() else False
+    if has_events is None:
+        has_events = bool(state["last_event_at"].is_not_null().any()) if not state.is_empty() else False
     frame = customers.lazy().select("customer_id", "signed_up_at", "birthday").join(renamed, on="customer_id",
                                                                                      how="left")
     return _derive(frame, as_of, params, left_vip, has_events)

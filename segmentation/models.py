@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Index, Integer, SmallInteger, String, UniqueConstraint
+from sqlalchemy import Column, Float, Index, Integer, SmallInteger, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kit.types import JSONType, UTCDateTime
@@ -67,15 +67,15 @@ class CustomerTag(SQLModel, table=True):
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 
-class SegmentMetric(SQLModel, table=True):
-    """The metric values the newest run computed each customer's tier and layer from: what the profile explains
-    (rewritten by every run, so a profile never recomputes a customer's metrics)."""
+class SegmentValueStep(SQLModel, table=True):
+    """One step of a run's spend distribution: how many buyers spent at most this much in the window. A profile
+    places one customer's spend among all buyers from it (the value percentile) without reading the population."""
 
-    __tablename__ = "segment_metric"
+    __tablename__ = "segment_value_step"
 
-    customer_id: int = Field(foreign_key="customer.id", primary_key=True)
-    run_id: int = Field(sa_column=Column(Integer, nullable=False))
-    metric_values: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    run_id: int = Field(sa_column=Column(Integer, primary_key=True))
+    monetary: float = Field(sa_column=Column(Float, primary_key=True))
+    buyers_at_or_below: int = Field(sa_column=Column(Integer, nullable=False))
 
 
 class SegmentTransition(SQLModel, table=True):
@@ -113,3 +113,5 @@ class SegmentRun(SQLModel, table=True):
     changes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
     versions: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
     timings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    # What a profile needs of the population to explain one customer: {"buyers", "has_events"}.
+    population: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))

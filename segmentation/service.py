@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import polars as pl
@@ -16,13 +16,10 @@ from crm import state as crm_state
 from crm.profiles import ProfileRequest
 from crm.service import (
     customers_frame,
-    events_frame,
-    order_flags_frame,
-    orders_frame,
     read_columns,
 )
 from crm.state import state_frame
-from kit.bulkwrite import fill_empty_table, merge_staged, stage_frame
+from kit.bulkwrite import fill_empty_table, insert_frame, merge_staged, stage_frame
 from kit.columnar import (
     ColumnarReader,
     SharedFrames,
@@ -36,11 +33,10 @@ from kit.context import Context
 from kit.errors import InvalidInput, NotFound
 from segmentation.defaults import DEFAULTS
 from segmentation.hysteresis import STATE_SCHEMA, settle
-from segmentation.metrics import METRICS, MetricParams, compute_metrics, metrics_from_state, rfm_cell
+from segmentation.metrics import METRICS, MetricParams, metrics_from_state, rfm_cell
 from segmentation.models import (
     CustomerSegment,
     CustomerTag,
-    SegmentMetric,
     SegmentRuleSet,
     SegmentRun,
     SegmentTransition,
@@ -284,8 +280,9 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
     _write_changes(session, changed_state, previous, moves, added, removed, as_of, tags_version)
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
-    _write_metric_values(session, metrics, run.id, (tier_rules, layer_rules))
-    timings["metric_values_s"] = round(time.perf_counter() - tick, 3)
+    run.population = _write_value_steps(session, metrics, run.id, bool(inputs["state"]["last_event_at"]
+                                                                      .is_not_null().any()))
+    timings["value_steps_s"] = round(time.perf_counter() - tick, 3)
 
     tags_after = (current_tags.select("customer_id", "tag")
                   .join(removed.select("customer_id", "tag"), on=["customer_id", "tag"], how="anti")
@@ -310,28 +307,69 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
     return run
 
 
-SHOWN_METRICS = ("recency_days", "frequency", "monetary")  # on every profile, whatever the rules use
+def _write_value_steps(session: Session, metrics: pl.DataFrame, run_id: int, has_events: bool) -> dict[str, Any]:
+    """Store the run's spend distribution over buyers (one row per distinct window spend, not per customer) and
+    drop the older runs'; returns what a profile needs of the population."""
+    buyers = metrics.filter(pl.col("frequency") > 0)
+    steps = (buyers.group_by("monetary").len().sort("monetary")
+             .select("monetary", pl.col("len").cum_sum().alias("buyers_at_or_below"))
+             .with_columns(run_id=pl.lit(run_id, pl.Int64)))
+    session.connection().execute(text("DELETE FROM segment_value_step WHERE run_id <> :run_id"), {"run_id": run_id})
+    insert_frame(session, "segment_value_step", steps, {"run_id": "int", "monetary": "float",
+                                                        "buyers_at_or_below": "int"})
+    return {"buyers": len(buyers), "has_events": has_events}
 
 
-def explained_metrics(rule_sets: tuple[RuleSet, ...], available: list[str]) -> list[str]:
-    """The metrics a profile shows and its rule explanations read: R/F/M and every metric the rule sets use."""
-    used = {metric for rule_set in rule_sets for rule in rule_set.rules for metric in rule.when}
-    return [m for m in available if m in used or m in SHOWN_METRICS]
+class RunBrief(NamedTuple):
+    """What a profile needs of the newest finished run (not its distributions)."""
+
+    id: int
+    as_of: datetime
+    population: dict[str, Any]
 
 
-def _write_metric_values(session: Session, metrics: pl.DataFrame, run_id: int, rule_sets: tuple[RuleSet, ...]
-                         ) -> None:
-    """Replace the stored metric values with this run's (rounded as the profile shows them)."""
-    names = explained_metrics(rule_sets, metrics.columns)
-    values = metrics.select("customer_id", pl.struct([
-        pl.col(m).round(2) if metrics.schema[m].is_float() else pl.col(m) for m in names
-    ]).struct.json_encode().alias("metric_values")).with_columns(run_id=pl.lit(run_id, pl.Int64))
-    # Every row is replaced; TRUNCATE (transactional in PostgreSQL) leaves no dead rows behind. It is the run's
-    # last write, so a profile waits on it only for the length of the copy.
-    pg = session.get_bind().dialect.name == "postgresql"
-    session.connection().execute(text("TRUNCATE segment_metric" if pg else "DELETE FROM segment_metric"))
-    fill_empty_table(session, "segment_metric", values.select("customer_id", "run_id", "metric_values"),
-                     {"customer_id": "int", "run_id": "int", "metric_values": "json"})
+def newest_run_brief(session: Session) -> RunBrief | None:
+    """The newest finished run's id, as-of and population figures."""
+    found = session.exec(_newest_finished(select(SegmentRun.id, SegmentRun.as_of, SegmentRun.population))).first()
+    return RunBrief(*found) if found is not None else None
+
+
+def customer_metrics(session: Session, customer_id: int, run: RunBrief | None, as_of: datetime,
+                     rules: RuleSet) -> dict[str, Any]:
+    """One customer's metrics as of `as_of` (the newest run's day), from their customer-state row (writes since
+    included), placed among the run's population: value percentile from its spend steps, R/F/M scores as the run
+    gave them."""
+    params = MetricParams(window_days=rules.window_days)
+    clock = crm_state.clock(session)
+    windows = crm_state.windows_of(clock) if clock is not None else None
+    if clock is not None and clock.as_of == as_of and windows.window_days == params.window_days:
+        state = crm_state.state_frame(session, customer_id=customer_id)
+    else:  # the state stands at another day or window: this customer's buckets give it as of the run's day
+        state = crm_state.customers_as_of(session, pl.Series([customer_id], dtype=pl.Int64), as_of, params)
+    left_vip = read_frame(
+        session, "SELECT t.customer_id, t.at FROM segment_transition t WHERE t.customer_id = :customer_id "
+        "AND t.dimension = 'tier' AND t.from_value = :top AND t.at < :as_of",
+        {"customer_id": customer_id, "top": rules.rules[0].name, "as_of": as_of},
+        {"customer_id": pl.Int64, "left_at": pl.Datetime("us", "UTC")}, small=True)
+    population = run.population if run is not None else {}
+    metrics = metrics_from_state(customers_frame(session, customer_id=customer_id), state, as_of, params, left_vip,
+                                 has_events=population.get("has_events"))
+    values = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.row(0, named=True).items()}
+    values["value_percentile"] = _value_percentile(session, run, values["frequency"], values["monetary"])
+    segment = session.get(CustomerSegment, customer_id)
+    if segment is not None:
+        values.update(r_score=segment.r_score, f_score=segment.f_score, m_score=segment.m_score)
+    return values
+
+
+def _value_percentile(session: Session, run: RunBrief | None, frequency: int, monetary: float) -> float:
+    """Share (0-100) of the run's buyers who spent at most this much (0 for a customer who bought nothing)."""
+    buyers = (run.population if run is not None else {}).get("buyers")
+    if not frequency or not buyers:
+        return 0.0
+    found = driver_rows(session, "SELECT max(buyers_at_or_below) FROM segment_value_step WHERE run_id = :run_id "
+                        "AND monetary <= :monetary", {"run_id": run.id, "monetary": monetary})
+    return round((found[0][0] or 0) / buyers * 100, 2)
 
 
 def _shares(values: pl.Series, rule_set: RuleSet) -> dict[str, Any]:
@@ -438,23 +476,14 @@ def customer_ids_where(session: Session, customer_id: Any, *, tier: str | None =
 def segment_section(request: ProfileRequest) -> dict[str, Any] | None:
     """The profile's segment section: tier and why, R/F/M against thresholds, scores, layer, tags, history."""
     session = request.session
-    # One statement for the state, its stored metric values and the newest run's as-of (only that column: the run
-    # row carries the whole distribution as JSON).
-    newest_as_of = _newest_finished(select(SegmentRun.as_of)).scalar_subquery()
-    found = session.exec(select(CustomerSegment, SegmentMetric.metric_values, newest_as_of)
-                         .outerjoin(SegmentMetric, SegmentMetric.customer_id == CustomerSegment.customer_id)
-                         .where(CustomerSegment.customer_id == request.customer_id)).first()
-    if found is None:
+    row = session.get(CustomerSegment, request.customer_id)
+    if row is None:
         return None
-    row, stored, as_of = found
-    as_of = as_of or row.tier_since
+    run = newest_run_brief(session)
+    as_of = run.as_of if run is not None else row.tier_since
     tier_rules = rule_set_at(session, "tier", row.tier_version)
     layer_rules = rule_set_at(session, "layer", row.layer_version)
-    needed = explained_metrics((tier_rules, layer_rules), list(METRICS))
-    if stored is not None and all(m in stored for m in needed):
-        values = stored  # what the newest run computed the tier from
-    else:  # before a run has stored them (just upgraded), or rule versions that read other metrics
-        values = _one_customer_metrics(session, request.customer_id, as_of, tier_rules)
+    values = customer_metrics(session, request.customer_id, run, as_of, tier_rules)
     # Driver reads: the profile is the hot read, and these statements never change.
     one = {"customer_id": request.customer_id}
     tags = driver_rows(session, "SELECT tag, since, why, version FROM customer_tag WHERE customer_id = :customer_id "
@@ -490,21 +519,13 @@ def segment_export(request: ProfileRequest) -> dict[str, Any] | None:
     tags = session.exec(select(CustomerTag).where(CustomerTag.customer_id == request.customer_id)).all()
     moves = session.exec(select(SegmentTransition).where(SegmentTransition.customer_id == request.customer_id)
                          .order_by(SegmentTransition.at)).all()
-    metric = session.get(SegmentMetric, request.customer_id)
+    run = newest_run_brief(session)
+    values = (customer_metrics(session, request.customer_id, run, run.as_of if run else row.tier_since,
+                               rule_set_at(session, "tier", row.tier_version)) if row else None)
     return {"segment": row.model_dump(exclude={"customer_id"}) if row else None,
-            "metric_values": metric.metric_values if metric else None,
+            "metric_values": values,
             "tags": [t.model_dump(exclude={"customer_id"}) for t in tags],
             "moves": [m.model_dump(exclude={"customer_id", "id"}) for m in moves]}
-
-
-def _one_customer_metrics(session: Session, customer_id: int, as_of: datetime, rules: RuleSet) -> dict[str, Any]:
-    params = MetricParams(window_days=rules.window_days)
-    customers = customers_frame(session, customer_id=customer_id)
-    flags = order_flags_frame(session, customer_id=customer_id)
-    orders = orders_frame(session, None, as_of, customer_id=customer_id).join(flags, on="order_id", how="left")
-    events = events_frame(session, as_of - timedelta(days=params.event_lookback_days), as_of, customer_id=customer_id)
-    metrics = compute_metrics(customers, orders, events, as_of, params)
-    return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.row(0, named=True).items()}
 
 
 class Move(NamedTuple):

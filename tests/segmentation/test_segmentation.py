@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
 from crm.models import AuditLog, Customer, Role
-from segmentation.models import CustomerSegment, CustomerTag, SegmentMetric, SegmentTransition
-from segmentation.service import current_rule_set, explained_metrics, put_rule_set, run_segmentation
+from segmentation.models import CustomerSegment, CustomerTag, SegmentTransition, SegmentValueStep
+from segmentation.service import (
+    current_rule_set,
+    customer_metrics,
+    newest_run_brief,
+    put_rule_set,
+    run_segmentation,
+)
 from tests.support.factories import ORDER_HEADER, csv_text, customers, run
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -131,27 +138,38 @@ def test_profile_section_explains_the_tier(client, auth_header, session, ctx):
     assert "fallback" in never["why"]["note"]
 
 
-def test_the_profile_explains_from_the_values_the_run_stored(client, auth_header, session, ctx):
-    """A run stores each customer's metric values; the profile explains the tier from them (no recomputation),
-    and recomputes only when they are missing."""
+def test_the_profile_explains_from_the_customer_state_placed_among_the_runs_buyers(client, auth_header, session,
+                                                                                    ctx):
+    """A run stores its spend distribution (one row per distinct spend); a profile computes its customer's metrics
+    from the customer state and places them with it: the same values the run assigned from, writes since included."""
     _shop(session, ctx)
     segment_run = run_segmentation(session, ctx, AS_OF)
-    stored = {row.customer_id: row for row in session.exec(select(SegmentMetric))}
-    assert len(stored) == session.exec(select(func.count(CustomerSegment.customer_id))).one()
-    c1 = session.exec(select(Customer.id).where(Customer.external_id == "C1")).one()
+    steps = session.exec(select(SegmentValueStep).order_by(SegmentValueStep.monetary)).all()
+    assert steps and {s.run_id for s in steps} == {segment_run.id}
+    assert segment_run.population["buyers"] == steps[-1].buyers_at_or_below
+    assert [s.buyers_at_or_below for s in steps] == sorted(s.buyers_at_or_below for s in steps)
     _, tier = current_rule_set(session, "tier")
-    _, layer = current_rule_set(session, "layer")
-    assert set(stored[c1].metric_values) == set(explained_metrics((tier, layer), list(stored[c1].metric_values)))
-    assert stored[c1].run_id == segment_run.id
-    assert {"recency_days", "frequency", "monetary"} <= set(stored[c1].metric_values)
-    # A late-arriving order inside the window: the run did not see it, so the profile still explains the run.
+    from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame
+    from segmentation.metrics import MetricParams, compute_metrics
+
+    orders = orders_frame(session, None, AS_OF).join(order_flags_frame(session), on="order_id", how="left")
+    expected = compute_metrics(customers_frame(session), orders, events_frame(session, None, AS_OF), AS_OF,
+                               MetricParams(window_days=tier.window_days)).rows_by_key("customer_id", named=True,
+                                                                                      unique=True)
+    brief = newest_run_brief(session)
+    for customer_id, run_values in expected.items():
+        values = customer_metrics(session, customer_id, brief, AS_OF, tier)
+        for name in ("recency_days", "frequency", "monetary", "value_percentile", "days_since_last_login",
+                     "low_activity_months", "orders_total"):
+            assert values[name] == pytest.approx(run_values[name]), (customer_id, name)
+    c1 = session.exec(select(Customer.id).where(Customer.external_id == "C1")).one()
+    tier_before = session.get(CustomerSegment, c1).tier
+    # A late-arriving order inside the window: visible in the profile as soon as it is written.
     _orders(session, ctx, [("LATE", "C1", 40, 100, 0)])
     segment = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
-    assert (segment["frequency"], segment["monetary"]) == (4, 2400)
-    session.delete(stored[c1])
-    session.flush()
-    segment = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
-    assert (segment["frequency"], segment["monetary"]) == (5, 2500)  # recomputed, late order included
+    assert (segment["frequency"], segment["monetary"]) == (5, 2500) and segment["tier"] == tier_before
+    again = run_segmentation(session, ctx, AS_OF)  # a new run's steps replace the older run's
+    assert {s.run_id for s in session.exec(select(SegmentValueStep))} == {again.id}
 
 
 def test_customer_list_filters(client, auth_header, session, ctx):
@@ -230,7 +248,7 @@ def test_the_profile_reads_the_same_metrics_as_the_batch_run(session, ctx):
     """Item-based metrics (marked-down lines, new products) agree between a run and one customer's profile."""
     from crm.service import customers_frame, events_frame, order_flags_frame, orders_frame
     from segmentation.metrics import MetricParams, compute_metrics, metrics_from_state
-    from segmentation.service import _one_customer_metrics, _read_inputs, bring_state_to
+    from segmentation.service import _read_inputs, bring_state_to
 
     _shop(session, ctx)
     items = csv_text(("order_external_id", "line_no", "sku", "category", "qty", "unit_price", "list_price",
@@ -252,7 +270,7 @@ def test_the_profile_reads_the_same_metrics_as_the_batch_run(session, ctx):
     assert row["discounted_share"] == 0.25 and row["new_product_orders"] == 1
     # A0 (5 days old) is the newest order and it was marked down: no full-price streak.
     assert row["full_price_streak"] == 0
-    single = _one_customer_metrics(session, c1, AS_OF, tier)
+    single = customer_metrics(session, c1, None, AS_OF, tier)  # before any run: the customer's buckets as of the day
     assert single["discounted_share"] == 0.25 and single["new_product_orders"] == 1
     assert single["full_price_streak"] == 0
 
