@@ -300,8 +300,13 @@ def _ensure_clock(session: Session, ctx: Context, windows: StateWindows | None =
 
 
 def windows_of(row: StateClock) -> StateWindows:
-    """The windows the state was computed with."""
-    return StateWindows(**row.params)
+    """The windows the state was computed with (the defaults for a clock still waiting for its rebuild)."""
+    return StateWindows(**{k: v for k, v in row.params.items() if k != "rebuild"})
+
+
+def needs_rebuild(row: StateClock | None) -> bool:
+    """Whether the state must be derived from the raw rows once: never built, or emptied by an upgrade."""
+    return row is None or bool(row.params.get("rebuild"))
 
 
 # ---------------------------------------------------------------- the write path's step

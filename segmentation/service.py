@@ -215,7 +215,7 @@ def bring_state_to(session: Session, ctx: Context, as_of: datetime, params: Metr
     committed on a session of its own so the columnar reads that follow see it; the first time, rebuild it."""
     windows = params
     with Session(session.get_bind(), info=dict(session.info)) as writer:  # the caller's reading mode, too
-        if crm_state.clock(writer) is None:  # an upgraded database: the state is derived from the history once
+        if crm_state.needs_rebuild(crm_state.clock(writer)):  # upgraded: the state is derived from the history once
             done = {"rebuilt": crm_state.rebuild(writer, ctx, as_of, windows, uncommitted=False)}
         else:
             done = crm_state.advance(writer, ctx, as_of, windows)

@@ -71,6 +71,10 @@ def upgrade() -> None:
     # Derived tables: emptied, so the next nightly run (or `crm state rebuild`) recomputes them from the raw rows.
     for table in ('customer_change', 'customer_state', 'customer_day', 'state_clock'):
         op.execute(f'DELETE FROM {table}')
+    # A shop with history gets a clock marked for a rebuild: writers until the next night keep their customers'
+    # rows current, and that night's segmentation rebuilds everything (crm.state.needs_rebuild).
+    op.execute("INSERT INTO state_clock (id, as_of, params, advanced_at) SELECT 1, CURRENT_DATE, "
+               "'{\"rebuild\": true}', CURRENT_TIMESTAMP WHERE EXISTS (SELECT 1 FROM customer)")
     with op.batch_alter_table('customer_day', schema=None) as batch_op:
         for column in day_columns():
             batch_op.add_column(column)
