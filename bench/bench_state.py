@@ -162,6 +162,9 @@ def main() -> None:
     options.add_argument("--pipeline", action="store_true",
                          help="train a churn model, then run the whole nightly pipeline job after the typical day")
     options.add_argument("--history-days", type=int, default=3 * 365, help="how far back the generated shop goes")
+    options.add_argument("--quiet-night", metavar="YYYY-MM-DD",
+                         help="after a --pipeline run: segment and score one more night with no new writes (the "
+                              "scores written the night before stay; only those that moved are rewritten)")
     options.add_argument("--rebuild-only", action="store_true",
                          help="measure `crm state rebuild` alone (the other figures of the results file stay)")
     args = options.parse_args()
@@ -182,6 +185,13 @@ def main() -> None:
     if args.load_only:
         return
     upgrade_to_head(make_engine(url))  # a database kept from an older checkout
+    if args.quiet_night:
+        night = f"{args.quiet_night}T00:00:00"
+        quiet = {"quiet_night": {"day": args.quiet_night, "segment": run_json("-c", SEGMENT, url, night),
+                                 "score": run_json("-c", SCORE, url, night)}}
+        print(json.dumps(quiet, indent=2, default=str))
+        print(f"wrote {save(f'state-{args.customers}{suffix}', quiet)}")
+        return
     _reset_day(url)
     night, next_night = f"{END.isoformat()}T00:00:00", "2026-11-02T00:00:00"
     if args.rebuild_only:
