@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 import polars as pl
 
@@ -206,15 +207,12 @@ def _segment_columns(metrics: pl.DataFrame, who: pl.DataFrame, rule_sets: Segmen
             .join(tags, on="customer_id", how="left"))
 
 
-STATE_EVENT_TYPES = ("login", "view", "cart_add", "cart_abandon")  # the kinds crm.state keeps per window
-
-
 def state_covers(config: FeatureConfig, features: list[str]) -> bool:
     """Whether the customer state's churn columns can give these features under this configuration."""
-    from crm.state import CHURN_EVENT_WINDOWS, CHURN_HISTORY_DAYS, CHURN_ORDER_WINDOWS
+    from crm.state import CHURN_EVENT_TYPES, CHURN_EVENT_WINDOWS, CHURN_HISTORY_DAYS, CHURN_ORDER_WINDOWS
 
     return (config.windows == CHURN_ORDER_WINDOWS and config.event_windows == CHURN_EVENT_WINDOWS
-            and set(config.event_types) <= set(STATE_EVENT_TYPES) and config.history_days == CHURN_HISTORY_DAYS
+            and set(config.event_types) <= set(CHURN_EVENT_TYPES) and config.history_days == CHURN_HISTORY_DAYS
             and config.lookback_days in CHURN_ORDER_WINDOWS and "category_breadth" not in features)
 
 
@@ -226,10 +224,7 @@ def features_from_state(state: pl.DataFrame, cutoff: datetime, config: FeatureCo
 
     state = state.filter(pl.col(f"churn_orders_{config.lookback_days}d") > 0)
     orders = pl.col("churn_orders")
-
-    def days(column: str) -> pl.Expr:
-        return _days_before(cutoff, column)
-
+    days = partial(_days_before, cutoff)
     base = state.lazy().select(
         "customer_id", days("last_order_at").alias("recency_days"), days("churn_first_order_at").alias("tenure_days"),
         orders.cast(pl.UInt32).alias("orders_total"), pl.col("churn_spend").alias("spend_total"),

@@ -366,8 +366,13 @@ def _rebucket(session: Session, day_keys: pl.DataFrame) -> None:
     insert_frame(session, "customer_day", stored(buckets), STORED_DAY_TYPES)
 
 
+def _select_list(session: Session, alias: str, types: dict[str, str]) -> str:
+    """The columns of a derived table in `types` order, money read as floats."""
+    return ", ".join(as_float(session, f"{alias}.{c}") if t == "money" else f"{alias}.{c}" for c, t in types.items())
+
+
 def _day_columns(session: Session) -> str:
-    return ", ".join(as_float(session, f"d.{c}") if t == "money" else f"d.{c}" for c, t in DAY_TYPES.items())
+    return _select_list(session, "d", DAY_TYPES)
 
 
 def _days_of(session: Session, customers: pl.Series) -> pl.DataFrame:
@@ -498,7 +503,7 @@ def touched_days(frame: pl.DataFrame, customer: str, moment: str) -> pl.DataFram
 
 def state_frame(session: Session, *, customer_id: int | None = None, reader: Any = None) -> pl.DataFrame:
     """Every customer's (or one customer's) state row as a frame (money as floats)."""
-    columns = ", ".join(as_float(session, f"s.{c}") if t == "money" else f"s.{c}" for c, t in STATE_TYPES.items())
+    columns = _select_list(session, "s", STATE_TYPES)
     one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
     params = {"customer_id": customer_id} if customer_id is not None else {}
     query = f"SELECT {columns} FROM customer_state s {one}"

@@ -203,11 +203,19 @@ def _read_inputs(session: Session, as_of: datetime, params: MetricParams, top_ti
         }
     # Few rows of a table that grows every day: the database's own planner and index serve it (the columnar
     # scanner would read the whole table). Last, so this session's transaction starts after the scans.
-    inputs["left_vip"] = read_frame(
-        session, "SELECT t.customer_id, t.at FROM segment_transition t WHERE t.dimension = 'tier' "
-        "AND t.from_value = :top AND t.at < :as_of", {"top": top_tier, "as_of": as_of},
-        {"customer_id": pl.Int64, "left_at": pl.Datetime("us", "UTC")}, same_connection=True)
+    inputs["left_vip"] = left_top_tier(session, top_tier, as_of)
     return inputs
+
+
+def left_top_tier(session: Session, top_tier: str, as_of: datetime, customer_id: int | None = None) -> pl.DataFrame:
+    """When customers (or one customer) left the top tier before `as_of`: few rows of a growing table, so the
+    database's own planner and index serve it."""
+    one = "AND t.customer_id = :customer_id" if customer_id is not None else ""
+    params = {"top": top_tier, "as_of": as_of} | ({"customer_id": customer_id} if customer_id is not None else {})
+    return read_frame(session, "SELECT t.customer_id, t.at FROM segment_transition t WHERE t.dimension = 'tier' "
+                      f"AND t.from_value = :top AND t.at < :as_of {one}", params,
+                      {"customer_id": pl.Int64, "left_at": pl.Datetime("us", "UTC")}, same_connection=True,
+                      small=customer_id is not None)
 
 
 def bring_state_to(session: Session, ctx: Context, as_of: datetime, params: MetricParams) -> dict[str, Any]:
@@ -346,11 +354,7 @@ def customer_metrics(session: Session, customer_id: int, run: RunBrief | None, a
         state = crm_state.state_frame(session, customer_id=customer_id)
     else:  # the state stands at another day or window: this customer's buckets give it as of the run's day
         state = crm_state.customers_as_of(session, pl.Series([customer_id], dtype=pl.Int64), as_of, params)
-    left_vip = read_frame(
-        session, "SELECT t.customer_id, t.at FROM segment_transition t WHERE t.customer_id = :customer_id "
-        "AND t.dimension = 'tier' AND t.from_value = :top AND t.at < :as_of",
-        {"customer_id": customer_id, "top": rules.rules[0].name, "as_of": as_of},
-        {"customer_id": pl.Int64, "left_at": pl.Datetime("us", "UTC")}, small=True)
+    left_vip = left_top_tier(session, rules.rules[0].name, as_of, customer_id)
     population = run.population if run is not None else {}
     metrics = metrics_from_state(customers_frame(session, customer_id=customer_id), state, as_of, params, left_vip,
                                  has_events=population.get("has_events"))
