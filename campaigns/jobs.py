@@ -45,9 +45,13 @@ def plan_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
             "already_planned": result.get("already_planned", False), "error": result.get("error"),
             "added": result.get("added", 0), "recipients": counts.get("recipients", 0),
             "excluded": {reason: counts[reason] for reason in EXCLUSION_REASONS if counts.get(reason)},
-            "channels": {k.removeprefix("channel_"): v for k, v in counts.items() if k.startswith("channel_") and v}})
+            "channels": {k.removeprefix("channel_"): v for k, v in counts.items() if k.startswith("channel_") and v},
+            "timings": result.get("timings")})
+    # The day's time by phase over all campaigns: reading inputs, deciding, writing the outbox.
+    timings = {phase: round(sum((c["timings"] or {}).get(phase, 0.0) for c in campaigns), 3)
+               for phase in ("read_s", "plan_s", "write_s")}
     return {"campaigns": campaigns, "planned": sum(c["added"] for c in campaigns),
-            "failed": sum(1 for c in campaigns if c["error"])}
+            "failed": sum(1 for c in campaigns if c["error"]), "timings": timings}
 
 
 def dispatch_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class Message(SQLModel, table=True):
         UniqueConstraint("campaign_id", "occurrence", "customer_id", "channel", name="uq_message_outbox_key"),
         Index("ix_message_customer_send_at", "customer_id", "send_at"),
         Index("ix_message_status_send_at", "status", "send_at"),
+        Index("ix_message_valid_until", "valid_until"),  # the open offers, for the discount budget
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -3,7 +3,6 @@ the erasure of everything rendered from the customer."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -18,9 +17,8 @@ from campaigns.planning.discounts import budget_left
 from campaigns.planning.guardrails import guard_rails
 from campaigns.planning.plans import read_ledger
 from crm.profiles import ProfileRequest
-from crm.service import (
-    order_money_frame,
-)
+from crm.service import money_frame
+from crm.state import MONEY_DAYS
 from kit.columnar import driver_rows, driver_time
 
 
@@ -40,12 +38,12 @@ def contact_history_section(request: ProfileRequest) -> dict[str, Any] | None:
 def discount_budget_section(request: ProfileRequest) -> dict[str, Any] | None:
     """The profile's discount budget: spend and discount in the trailing 365 days, open offers, what is left."""
     now = request.ctx.clock.now()
-    money = order_money_frame(request.session, now - timedelta(days=365), now, customer_id=request.customer_id)
+    money, source = money_frame(request.session, now, customer_id=request.customer_id)
     spend = float(money["spend"][0]) if money.height else 0.0
     discount = float(money["discount"][0]) if money.height else 0.0
-    open_offers = read_ledger(request.session, now, 400, request.customer_id)["open_offer"].sum() or 0.0
+    open_offers = read_ledger(request.session, now, 0, request.customer_id)["open_offer"].sum() or 0.0
     rules = guard_rails(request.session, request.ctx).discounts
-    return {"window_days": 365, "spend": round(spend, 2), "discount_granted": round(discount, 2),
+    return {"window_days": MONEY_DAYS, "read_from": source, "spend": round(spend, 2), "discount_granted": round(discount, 2),
             "open_offers": round(float(open_offers), 2), "budget_share": rules.budget_share,
             "budget": round(rules.budget_share * spend, 2),
             "left": round(budget_left(spend, discount, float(open_offers), rules), 2)}

@@ -279,6 +279,9 @@ class CustomerDay(SQLModel, table=True):
     last_event_at: int | None = Field(default=None, sa_column=Column(BigInteger))
     last_login_at: int | None = Field(default=None, sa_column=Column(BigInteger))
     last_abandon_at: int | None = Field(default=None, sa_column=Column(BigInteger))
+    discount: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    cost_known_value: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    cost_of_goods: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
 
 
 class CustomerState(SQLModel, table=True):
@@ -347,6 +350,10 @@ class CustomerState(SQLModel, table=True):
     churn_cart_abandon_7d: int = 0
     churn_cart_abandon_30d: int = 0
     churn_cart_abandon_90d: int = 0
+    # Planning's money over the trailing year (crm.state.MONEY_DAYS): spend and orders are churn_*_365d.
+    discount_365d: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    cost_known_value_365d: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
+    cost_of_goods_365d: Decimal = Field(default=Decimal(0), sa_column=Column(MONEY, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 

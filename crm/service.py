@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import phonenumbers
 import polars as pl
 from sqlalchemy import bindparam, text
-from sqlmodel import Session, func, select
+from sqlmodel import Session, select
 
 from crm import audit
 from crm.models import Channel, Consent, ConsentChange, ConsentStatus, Customer, Order
+from crm.state import MONEY_DAYS, needs_rebuild, shop_cost_totals
+from crm.state import clock as state_clock
+from crm.state import money_frame as state_money_frame
 from crm.validation import normalise_email, normalise_phone
 from kit.channels import CHANNELS
 from kit.clock import ensure_utc
@@ -20,6 +23,7 @@ from kit.columnar import ColumnarReader, as_float, driver_rows, driver_time, rea
 from kit.context import Context
 from kit.db import is_postgres
 from kit.errors import InvalidInput, NotFound
+from kit.timezones import utc_midnight
 
 ORDER_SCHEMA = {"order_id": pl.Int64, "customer_id": pl.Int64, "ordered_at": pl.Datetime("us", "UTC"),
                 "amount_paid": pl.Float64, "discount": pl.Float64, "cost_of_goods": pl.Float64,
@@ -267,9 +271,16 @@ def consent_frame(session: Session, *, customer_id: int | None = None,
                  CONSENT_SCHEMA, one_customer=customer_id is not None)
 
 
+def money_window(now: datetime) -> tuple[datetime, datetime]:
+    """Planning's money window: the 365 UTC days before now's day, and that day itself (what the state holds)."""
+    today = utc_midnight(now.date())
+    return today - timedelta(days=MONEY_DAYS), today + timedelta(days=1)
+
+
 def order_money_frame(session: Session, start: datetime, end: datetime, *, customer_id: int | None = None,
                       reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Per customer over [start, end): spend, discount, order count, and list value and cost where cost is known."""
+    """Per customer over [start, end) from the raw orders: spend, discount, order count, and list value and cost
+    where cost is known (cancelled orders left out, refunds taken off)."""
     one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
     paid, discount, cost = (as_float(session, f"o.{c}") for c in ("amount_paid - o.refunded_amount", "discount",
                                                                    "cost_of_goods"))
@@ -281,26 +292,50 @@ def order_money_frame(session: Session, start: datetime, end: datetime, *, custo
     return read_columns(session, reader, query, params, MONEY_SCHEMA, one_customer=customer_id is not None)
 
 
+def money_frame(session: Session, now: datetime, *, customer_id: int | None = None,
+                reader: ColumnarReader | None = None) -> tuple[pl.DataFrame, str]:
+    """Planning's money per customer over `money_window(now)`, and where it came from.
+
+    From the customer state (its trailing-year columns plus today's buckets) when its clock stands at now's UTC
+    midnight, as after the night's segmentation; otherwise from the raw orders (the same numbers, read slower).
+    """
+    frame = state_money_frame(session, now, customer_id=customer_id, reader=reader)
+    if frame is not None:
+        return frame, "state"
+    start, end = money_window(now)
+    return order_money_frame(session, start, end, customer_id=customer_id, reader=reader), "history"
+
+
 FIRST_ORDER_SCHEMA = {"customer_id": pl.Int64, "first_order_at": pl.Datetime("us", "UTC")}
 
 
 def first_orders_frame(session: Session, end: datetime, *, customer_id: int | None = None,
                        reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Each customer's first order time before `end`."""
+    """Each customer's first order time before `end` (cancelled orders do not count): from the customer state's
+    lifetime columns, which every write keeps current, or from the raw orders before the state's first build."""
+    one_state = "AND s.customer_id = :customer_id" if customer_id is not None else ""
     one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
     params = {"end": end} | ({"customer_id": customer_id} if customer_id is not None else {})
-    return read_columns(session, reader, f"SELECT o.customer_id, MIN(o.ordered_at) FROM orders o WHERE o.ordered_at < :end "
-                 f"{one} GROUP BY o.customer_id", params, FIRST_ORDER_SCHEMA, one_customer=customer_id is not None)
+    if not needs_rebuild(state_clock(session)):
+        query = ("SELECT s.customer_id, s.lifetime_first_order_at FROM customer_state s "
+                 f"WHERE s.lifetime_first_order_at < :end {one_state}")
+    else:
+        query = (f"SELECT o.customer_id, MIN(o.ordered_at) FROM orders o WHERE o.ordered_at < :end "
+                 f"AND o.status <> 'cancelled' {one} GROUP BY o.customer_id")
+    return read_columns(session, reader, query, params, FIRST_ORDER_SCHEMA, one_customer=customer_id is not None)
 
 
-def shop_cost_ratio(session: Session, start: datetime, end: datetime) -> float | None:
-    """Cost of goods over list value (paid + discount) of orders with a known cost in [start, end), or None."""
-    from crm.models import Order
-
-    known = Order.cost_of_goods.is_not(None)
-    cost, value = session.exec(select(func.sum(Order.cost_of_goods),
-                                      func.sum(Order.amount_paid + Order.discount)).where(
-        known, Order.ordered_at >= start, Order.ordered_at < end)).one()
+def shop_cost_ratio(session: Session, now: datetime) -> float | None:
+    """Cost of goods over list value (paid + discount) of the money window's orders with a known cost, or None."""
+    totals = shop_cost_totals(session, now)
+    if totals is None:
+        start, end = money_window(now)
+        paid, discount, cost = (as_float(session, f"o.{c}") for c in ("amount_paid - o.refunded_amount",
+                                                                       "discount", "cost_of_goods"))
+        totals = driver_rows(session, f"SELECT SUM({cost}), SUM({paid} + {discount}) FROM orders o "
+                             "WHERE o.cost_of_goods IS NOT NULL AND o.status <> 'cancelled' "
+                             "AND o.ordered_at >= :start AND o.ordered_at < :end", {"start": start, "end": end})[0]
+    cost, value = totals
     return float(cost) / float(value) if cost is not None and value else None
 
 

@@ -51,7 +51,7 @@ DAY_TYPES = {
     "first_order_at": "timestamp", "last_order_at": "timestamp", "last_order_net": "money",
     "last_discounted_at": "timestamp", "events": "int", "logins": "int", "views": "int", "cart_adds": "int",
     "cart_abandons": "int", "last_event_at": "timestamp", "last_login_at": "timestamp",
-    "last_abandon_at": "timestamp",
+    "last_abandon_at": "timestamp", "discount": "money", "cost_known_value": "money", "cost_of_goods": "money",
 }
 # The churn model's windows (churn.features.FeatureConfig's defaults): the summary keeps each feature's value as
 # of the clock, so the nightly scoring reads 1M summary rows instead of two years of orders and events.
@@ -68,6 +68,10 @@ CHURN_TYPES = {
     **{f"churn_spend_{w}d": "money" for w in CHURN_ORDER_WINDOWS},
     **{f"churn_{kind}_{w}d": "int" for kind in CHURN_EVENT_TYPES for w in CHURN_EVENT_WINDOWS},
 }
+# Planning's money (discount ceilings, budgets): the trailing year's discount and, where an order's cost of goods is
+# known, its list value and cost; its spend and orders are the churn columns of the same window.
+MONEY_DAYS = 365
+MONEY_TYPES = {"discount_365d": "money", "cost_known_value_365d": "money", "cost_of_goods_365d": "money"}
 STATE_TYPES = {
     "customer_id": "int", "lifetime_orders": "int", "lifetime_spend": "money",
     "lifetime_first_order_at": "timestamp", "lifetime_last_order_at": "timestamp",
@@ -76,7 +80,7 @@ STATE_TYPES = {
     "discounted_in_window": "int", "new_product_orders": "int", "full_price_streak": "int",
     "last_event_at": "timestamp", "last_login_at": "timestamp", "last_abandon_at": "timestamp",
     "logins_30d": "int", "views_30d": "int", "cart_abandons_30d": "int", "newest_busy_month": "date",
-    **CHURN_TYPES,
+    **CHURN_TYPES, **MONEY_TYPES,
 }
 _POLARS = {"int": pl.Int64, "money": pl.Float64, "float": pl.Float64, "timestamp": UTC_TYPE, "date": pl.Date}
 BUCKET_SCHEMA = {c: _POLARS[t] for c, t in DAY_TYPES.items()}  # in memory: moments as timestamps
@@ -87,6 +91,7 @@ STORED_DAY_TYPES = {c: ("int" if c in MOMENTS else t) for c, t in DAY_TYPES.item
 DAY_SCHEMA = {c: _POLARS[t] for c, t in STORED_DAY_TYPES.items()}
 STATE_SCHEMA = {c: _POLARS[t] for c, t in STATE_TYPES.items()}
 _COUNTS = [c for c, t in DAY_TYPES.items() if t == "int" and c != "customer_id"]
+_SUMS = [c for c, t in DAY_TYPES.items() if t == "money" and c != "last_order_net"]
 
 
 def stored(buckets: pl.DataFrame) -> pl.DataFrame:
@@ -98,7 +103,7 @@ def loaded(rows: pl.DataFrame) -> pl.DataFrame:
     """Bucket rows read back (moments as UTC timestamps again)."""
     return rows.with_columns(pl.col(c).cast(UTC_TYPE) for c in MOMENTS)
 _ORDER_ROWS = {"customer_id": pl.Int64, "ordered_at": UTC_TYPE, "net": pl.Float64, "discounted": pl.Boolean,
-               "new_product": pl.Boolean}
+               "new_product": pl.Boolean, "discount": pl.Float64, "cost_of_goods": pl.Float64}
 _EVENT_ROWS = {"customer_id": pl.Int64, "occurred_at": UTC_TYPE, "type": pl.String}
 
 
@@ -121,13 +126,14 @@ def month_start(moment: date | datetime, back: int = 0) -> date:
 
 def _order_rows_sql(session: Session, where: str) -> str:
     """Orders that count (not cancelled), net of refunds, with their discount and new-product flags."""
-    net = as_float(session, "o.amount_paid - o.refunded_amount")
+    net, discount, cost = (as_float(session, c) for c in ("o.amount_paid - o.refunded_amount", "o.discount",
+                                                          "o.cost_of_goods"))
     return (
         f"SELECT o.customer_id, o.ordered_at, {net}, "
         "(o.discount > 0 OR o.coupon_code IS NOT NULL OR EXISTS (SELECT 1 FROM order_item i WHERE i.order_id = o.id "
         "AND i.unit_price < i.list_price)), "
-        "EXISTS (SELECT 1 FROM order_item i WHERE i.order_id = o.id AND i.is_new_product) "
-        f"FROM orders o {where} AND o.status <> 'cancelled'")
+        "EXISTS (SELECT 1 FROM order_item i WHERE i.order_id = o.id AND i.is_new_product), "
+        f"{discount}, {cost} FROM orders o {where} AND o.status <> 'cancelled'")
 
 
 def buckets_from_rows(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
@@ -140,6 +146,10 @@ def buckets_from_rows(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFram
                       pl.col("net").last().alias("last_order_net"),
                       pl.col("discounted").sum().alias("discounted_orders"),
                       pl.col("new_product").sum().alias("new_product_orders"),
+                      pl.col("discount").sum().alias("discount"),
+                      (pl.col("net") + pl.col("discount")).filter(pl.col("cost_of_goods").is_not_null()).sum()
+                      .alias("cost_known_value"),
+                      pl.col("cost_of_goods").sum().alias("cost_of_goods"),
                       pl.col("ordered_at").max().alias("last_order_at"),
                       pl.col("ordered_at").filter("discounted").max().alias("last_discounted_at"),
                       # Orders after the day's newest discounted one (strictly later): the day's part of a streak.
@@ -158,7 +168,8 @@ def buckets_from_rows(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFram
                       pl.col("occurred_at").filter(kind == "login").max().alias("last_login_at"),
                       pl.col("occurred_at").filter(kind == "cart_abandon").max().alias("last_abandon_at")))
     joined = order_days.join(event_days, on=["customer_id", "day"], how="full", coalesce=True)
-    return (joined.with_columns(*[pl.col(c).fill_null(0) for c in _COUNTS], pl.col("net_spend").fill_null(0.0))
+    return (joined.with_columns(*[pl.col(c).fill_null(0) for c in _COUNTS],
+                                *[pl.col(c).fill_null(0.0) for c in _SUMS])
             .select(list(DAY_TYPES)).cast(BUCKET_SCHEMA).sort("customer_id", "day").collect())
 
 
@@ -236,7 +247,7 @@ def _churn_windows(as_of_day: date) -> list[pl.Expr]:
     """The churn features' window sums as of the clock's day (the last w UTC days before it)."""
     day = pl.col("day")
     since = {w: (day < as_of_day) & (day >= as_of_day - timedelta(days=w))
-             for w in {*CHURN_ORDER_WINDOWS, *CHURN_EVENT_WINDOWS, CHURN_HISTORY_DAYS}}
+             for w in {*CHURN_ORDER_WINDOWS, *CHURN_EVENT_WINDOWS, CHURN_HISTORY_DAYS, MONEY_DAYS}}
     history = since[CHURN_HISTORY_DAYS]
     return [
         *[pl.col("orders").filter(since[w]).sum().alias(f"churn_orders_{w}d") for w in CHURN_ORDER_WINDOWS],
@@ -249,6 +260,8 @@ def _churn_windows(as_of_day: date) -> list[pl.Expr]:
         pl.col("zero_orders").filter(history).sum().alias("churn_zero_orders"),
         pl.col("discounted_orders").filter(history).sum().alias("churn_discounted_orders"),
         pl.col("new_product_orders").filter(history).sum().alias("churn_new_product_orders"),
+        *[pl.col(column).filter(since[MONEY_DAYS]).sum().alias(f"{column}_{MONEY_DAYS}d")
+          for column in ("discount", "cost_known_value", "cost_of_goods")],
     ]
 
 
@@ -411,7 +424,7 @@ def moved_customers(session: Session, old: datetime, new: datetime, windows: Sta
         old_day, new_day = new_day, old_day
     ranges = [(old_day, new_day)]
     lengths = {windows.window_days, windows.recent_days, windows.event_lookback_days, CHURN_HISTORY_DAYS,
-               *CHURN_ORDER_WINDOWS, *CHURN_EVENT_WINDOWS}
+               *CHURN_ORDER_WINDOWS, *CHURN_EVENT_WINDOWS, MONEY_DAYS}
     for length in lengths:
         ranges.append((old_day - timedelta(days=length), new_day - timedelta(days=length)))
     if month_start(old_day) != month_start(new_day):  # a month completed: busy months move for everyone in it
@@ -510,6 +523,60 @@ def state_frame(session: Session, *, customer_id: int | None = None, reader: Any
     if reader is not None and customer_id is None:
         return reader.read(query, params, STATE_SCHEMA)
     return read_frame(session, query, params, STATE_SCHEMA, small=customer_id is not None)
+
+
+def _current_for(session: Session, now: datetime) -> bool:
+    """Whether the stored window columns are as of now's UTC midnight (the night's advance has run)."""
+    row = clock(session)
+    return not needs_rebuild(row) and row.as_of == utc_midnight(now.date())
+
+
+_MONEY_SCHEMA = {"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Float64, "orders": pl.Int64,
+                 "cost_known_value": pl.Float64, "cost": pl.Float64}
+
+
+def money_frame(session: Session, now: datetime, *, customer_id: int | None = None,
+                reader: Any = None) -> pl.DataFrame | None:
+    """Per customer with orders in the trailing year or today: spend, discount, orders, and list value and cost
+    where cost is known (crm.service.money_window); None when the clock is not at now's UTC midnight."""
+    if not _current_for(session, now):
+        return None
+    money = [f"churn_spend_{MONEY_DAYS}d", *MONEY_TYPES]
+    columns = ", ".join(["s.customer_id", *(as_float(session, f"s.{c}") for c in money), f"s.churn_orders_{MONEY_DAYS}d"])
+    one = "AND s.customer_id = :customer_id" if customer_id is not None else ""
+    params = {"customer_id": customer_id} if customer_id is not None else {}
+    schema = {"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Float64, "cost_known_value": pl.Float64,
+              "cost": pl.Float64, "orders": pl.Int64}
+    query = f"SELECT {columns} FROM customer_state s WHERE s.churn_orders_{MONEY_DAYS}d > 0 {one}"
+    today_columns = ", ".join(["d.customer_id", *(as_float(session, f"d.{c}") for c in (
+        "net_spend", "discount", "cost_known_value", "cost_of_goods")), "d.orders"])
+    today_query = (f"SELECT {today_columns} FROM customer_day d WHERE d.day = :today AND d.orders > 0 "
+                   + one.replace("s.", "d."))
+    today_params = params | {"today": now.date()}
+    if reader is not None and customer_id is None:
+        year, today = reader.read(query, params, schema), reader.read(today_query, today_params, schema)
+    else:
+        small = customer_id is not None
+        year = read_frame(session, query, params, schema, small=small)
+        today = read_frame(session, today_query, today_params, schema, small=small)
+    return (pl.concat([year, today]).group_by("customer_id").agg(pl.col(c).sum() for c in schema if c != "customer_id")
+            .select(list(_MONEY_SCHEMA)).cast(_MONEY_SCHEMA).sort("customer_id"))
+
+
+def shop_cost_totals(session: Session, now: datetime) -> tuple[float | None, float | None] | None:
+    """The shop's cost of goods and the list value of the orders with a known cost over the money window, from the
+    state; None when the clock is not at now's UTC midnight."""
+    if not _current_for(session, now):
+        return None
+    year = read_frame(session, f"SELECT SUM({as_float(session, 's.cost_of_goods_365d')}), "
+                      f"SUM({as_float(session, 's.cost_known_value_365d')}) FROM customer_state s", {},
+                      {"cost": pl.Float64, "value": pl.Float64}, small=True)
+    today = read_frame(session, f"SELECT SUM({as_float(session, 'd.cost_of_goods')}), "
+                       f"SUM({as_float(session, 'd.cost_known_value')}) FROM customer_day d WHERE d.day = :today",
+                       {"today": now.date()}, {"cost": pl.Float64, "value": pl.Float64}, small=True)
+    both = pl.concat([year, today]).sum()
+    cost, value = both["cost"][0], both["value"][0]
+    return (cost or None), (value or None)
 
 
 def customers_as_of(session: Session, customer_ids: pl.Series, as_of: datetime,

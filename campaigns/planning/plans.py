@@ -36,7 +36,7 @@ from crm.service import (
     contactability_frame,
     customer_time_zones,
     first_orders_frame,
-    order_money_frame,
+    money_frame,
     shop_cost_ratio,
     used_coupon_codes,
 )
@@ -72,15 +72,19 @@ def shop_today(ctx: Context) -> date:
 
 
 def read_ledger(session: Session, now: datetime, horizon_days: int, customer_id: int | None) -> pl.DataFrame:
-    """Live marketing messages near now (they count against caps) and offers still open."""
+    """Live marketing messages within `horizon_days` of now (they count against caps and cooldowns), and every
+    offer still open whenever it was sent (it counts against the discount budget)."""
     statuses = ", ".join(f"'{s}'" for s in COUNTED_STATUSES)
     one = "AND m.customer_id = :customer_id" if customer_id is not None else ""
+    is_open = "m.valid_until > :now AND m.redeemed_order_id IS NULL"
+    # Both branches have an index (status, send_at; valid_until): the read grows with the caps' windows and the
+    # offers still open, never with the months of messages behind them.
     query = (f"SELECT m.customer_id, m.channel, m.send_at, m.priority, m.id, "
              f"m.status = 'planned' AND m.attempts = 0, m.campaign_id, "
-             f"CASE WHEN m.valid_until > :now AND m.redeemed_order_id IS NULL THEN m.discount_value ELSE 0 END, "
-             f"CASE WHEN m.valid_until > :now AND m.redeemed_order_id IS NULL THEN m.coupon_code END "
+             f"CASE WHEN {is_open} THEN m.discount_value ELSE 0 END, "
+             f"CASE WHEN {is_open} THEN m.coupon_code END "
              f"FROM message m WHERE m.status IN ({statuses}) AND m.transactional = :no "
-             f"AND m.send_at >= :start AND m.send_at < :end {one}")
+             f"AND ((m.send_at >= :start AND m.send_at < :end) OR ({is_open} AND m.discount_value > 0)) {one}")
     params = {"now": now, "no": False, "start": now - timedelta(days=horizon_days),
               "end": now + timedelta(days=horizon_days)} | ({"customer_id": customer_id} if customer_id else {})
     schema = LEDGER_SCHEMA | {"campaign_id": pl.Int64, "open_offer": pl.Float64, "open_code": pl.String}
@@ -104,7 +108,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, r
     first orders) from one campaign of a day to the next; the ledger is always read again.
     """
     now = ctx.clock.now()
-    horizon = max([c.window_days for c in rails.caps] + [400]) + spec.defer_days
+    horizon = max([c.window_days for c in rails.caps] + [spec.cooldown_days or 0, 1]) + spec.defer_days
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with columnar_reader(session) as reader:
@@ -123,7 +127,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, r
         scores = once("scores", lambda: scores_frame(session, reader=use, **one))
         consent = once("consent", lambda: consent_frame(session, reader=use, **one))
         ledger = read_ledger(session, now, horizon, customer_id)
-        money = once("money", lambda: order_money_frame(session, now - timedelta(days=365), now, reader=use, **one)) \
+        money = once("money", lambda: money_frame(session, now, reader=use, **one)[0]) \
             if spec.makes_offers else pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64,
                                                     "discount": pl.Float64, "orders": pl.Int64,
                                                     "cost_known_value": pl.Float64, "cost": pl.Float64})
@@ -132,7 +136,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, r
             if needs_first else pl.DataFrame(schema={"customer_id": pl.Int64,
                                                      "first_order_at": pl.Datetime("us", "UTC")})
         # One customer's money says nothing about the shop's margins: ask for the shop-wide ratio separately.
-        shop_ratio = shop_cost_ratio(session, now - timedelta(days=365), now) \
+        shop_ratio = shop_cost_ratio(session, now) \
             if spec.makes_offers and customer_id is not None else None
     timings["read_s"] = round(time.perf_counter() - started, 3)
     entered = None

@@ -239,6 +239,7 @@ def test_dry_run_api_and_profile_sections(client, auth_header, session, ctx, peo
     budget = profile["sections"]["discount_budget"]
     assert budget["spend"] == 1000 and budget["discount_granted"] == 140 and budget["budget"] == 150
     assert budget["open_offers"] == 47 and budget["left"] == 0  # 150 - 140 - 47 < 0
+    assert budget["read_from"] == "state"  # the state clock stands at today's midnight: no raw orders read
     listed = client.get("/messages", params={"customer": "P2"}, headers=marketer).json()
     assert {m["channel"] for m in listed["items"]} == {"sms"}
 

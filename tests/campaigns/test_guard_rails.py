@@ -4,7 +4,7 @@ guard-rail settings through the API, preemption, template content rules (opt-out
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
 
@@ -104,6 +104,21 @@ def test_every_planned_coupon_has_a_minimum_basket_and_a_maximum_discount(sessio
             assert offer["min_spend"] >= offer["amount_off"] / 0.20 - 1e-6
         else:
             assert offer["percent_off"] <= 20 and message.discount_value >= offer["max_discount"]
+
+
+def test_the_ledger_reads_the_caps_windows_and_every_offer_still_open(session, ctx, people):
+    campaign = _active(session, ctx, _potential(channels=[{"channel": "sms", "template": "potential_coupon"}]))
+    service.plan_campaign(session, ctx, campaign.id, TUESDAY)
+    offer, other = session.exec(select(Message).where(Message.status == "planned").order_by(Message.id)).all()[:2]
+    long_ago = offer.send_at - timedelta(days=200)
+    # Sent 200 days ago: the offer is valid for a year, the other message's coupon has lapsed.
+    for message, valid_until in ((offer, offer.send_at + timedelta(days=165)), (other, long_ago + timedelta(days=7))):
+        session.exec(Message.__table__.update().where(Message.__table__.c.id == message.id).values(
+            status="sent", sent_at=long_ago, send_at=long_ago, valid_until=valid_until))
+    ledger = plans.read_ledger(session, offer.send_at, 30, None)
+    assert ledger["message_id"].to_list() == [offer.id]  # the lapsed one is outside every cap window: not read at all
+    assert ledger["open_offer"].to_list() == [offer.discount_value]
+    assert plans.read_ledger(session, long_ago, 30, None)["message_id"].sort().to_list() == sorted([offer.id, other.id])
 
 
 def test_a_redeemed_coupon_records_the_discount_granted_and_stops_counting_as_open(session, ctx, people):

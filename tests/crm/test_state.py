@@ -50,7 +50,8 @@ def _moment(day: int, minute: int) -> str:
 
 # One operation of a random history: what a shop's integrations and a marketer's tools can do.
 order_op = st.tuples(st.just("order"), st.integers(1, 8), st.sampled_from(CUSTOMERS), st.integers(0, 400),
-                     st.integers(0, 1439), st.integers(0, 300), st.booleans())
+                     st.integers(0, 1439), st.integers(0, 300), st.booleans(), st.integers(0, 20),
+                     st.one_of(st.none(), st.integers(0, 150)))
 event_op = st.tuples(st.just("event"), st.integers(1, 12), st.sampled_from(CUSTOMERS), st.integers(0, 400),
                      st.integers(0, 1439), st.sampled_from(["login", "view", "cart_add", "cart_abandon", "search"]))
 refund_op = st.tuples(st.just("refund"), st.integers(1, 8), st.integers(1, 60))
@@ -65,10 +66,11 @@ operations = st.lists(st.one_of(order_op, event_op, refund_op, cancel_op, items_
 def _apply(session, ctx, operation, clock_day: list[int]) -> None:
     kind = operation[0]
     if kind == "order":
-        _, number, customer, day, minute, amount, coupon = operation
+        _, number, customer, day, minute, amount, coupon, discount, cost = operation
         writes.write_items(session, ctx, "orders", {
             "external_id": f"O{number}", "customer_id": customer, "ordered_at": _moment(day, minute),
-            "amount_paid": amount, "coupon_code": "SAVE" if coupon else None}, cause="api")
+            "amount_paid": amount, "coupon_code": "SAVE" if coupon else None, "discount": discount,
+            "cost_of_goods": cost}, cause="api")
     elif kind == "event":
         _, number, customer, day, minute, event_type = operation
         if number % 2:  # half through the import, half through the API: one write path either way
@@ -190,3 +192,66 @@ def test_events_past_their_retention_leave_the_state_too(shop, ctx):
     counts = clean_core_data(session, ctx, None)
     assert counts["events_deleted"] == 1
     assert_incremental_equals_rebuilt(session, ctx)
+
+
+def test_planning_money_from_the_state_equals_the_raw_orders(shop, ctx):
+    from crm.service import money_frame, money_window, order_money_frame, shop_cost_ratio
+
+    session = shop
+    today = START + timedelta(days=400)
+    year_ago = today - timedelta(days=state.MONEY_DAYS)
+    orders = [  # customer, moment, paid, discount, cost, status
+        ("C1", year_ago - timedelta(minutes=1), 40, 5, 20, None),  # just outside the year
+        ("C1", year_ago, 60, 10, 30, None),  # the first moment inside it
+        ("C1", today - timedelta(hours=3), 25, 0, None, None),  # yesterday, cost unknown
+        ("C2", today + timedelta(hours=2), 80, 8, 50, None),  # today, before the plan runs
+        ("C2", today - timedelta(days=30), 70, 7, 35, "cancelled"),  # cancelled: never money
+        ("C3", today - timedelta(days=100), 90, 0, 60, None),  # refunded in part below
+    ]
+    for number, (customer, moment, paid, discount, cost, status) in enumerate(orders, start=1):
+        writes.write_items(session, ctx, "orders", {
+            "external_id": f"O{number}", "customer_id": customer, "ordered_at": moment.isoformat(),
+            "amount_paid": paid, "discount": discount, "cost_of_goods": cost, "status": status}, cause="api")
+    writes.refund_order(session, ctx, "O6", {"refund_id": "R6", "amount": 30}, actor="test")
+    now = today + timedelta(hours=5)
+
+    state.advance(session, ctx, today - timedelta(days=1))  # the night has not run yet: the raw orders answer
+    fallback, source = money_frame(session, now)
+    assert source == "history"
+    state.advance(session, ctx, today)
+    from_state, source = money_frame(session, now)
+    assert source == "state"
+    start, end = money_window(now)
+    raw = order_money_frame(session, start, end)
+    assert from_state.to_dicts() == raw.sort("customer_id").to_dicts() == fallback.sort("customer_id").to_dicts()
+    ids = {c.external_id: c.id for c in session.exec(select(Customer)).all()}
+    by_customer = from_state.rows_by_key("customer_id", named=True, unique=True)
+    assert by_customer[ids["C1"]]["orders"] == 2 and by_customer[ids["C1"]]["spend"] == 85.0
+    assert by_customer[ids["C1"]]["cost_known_value"] == 70.0 and by_customer[ids["C1"]]["cost"] == 30.0
+    assert by_customer[ids["C2"]]["spend"] == 80.0 and by_customer[ids["C2"]]["discount"] == 8.0
+    assert by_customer[ids["C3"]]["spend"] == 60.0  # net of the refund
+    one, _ = money_frame(session, now, customer_id=ids["C2"])
+    assert one.drop("customer_id").to_dicts() == [by_customer[ids["C2"]]]
+    # The shop's cost ratio: the same from the state and from the raw orders (cost 30 + 50 + 60 over 70 + 88 + 60).
+    ratio = shop_cost_ratio(session, now)
+    assert ratio == pytest.approx(140 / 218)
+    state.advance(session, ctx, today + timedelta(days=1))
+    assert shop_cost_ratio(session, now) == pytest.approx(ratio)  # the raw orders again, same window
+
+
+def test_first_orders_come_from_the_state_and_skip_cancelled_orders(shop, ctx):
+    from crm.service import first_orders_frame
+
+    session = shop
+    for number, (customer, day, status) in enumerate([("C1", 3, "cancelled"), ("C1", 9, None), ("C2", 12, None)],
+                                                     start=1):
+        writes.write_items(session, ctx, "orders", {
+            "external_id": f"O{number}", "customer_id": customer, "ordered_at": _moment(day, 0), "amount_paid": 10,
+            "status": status}, cause="api")
+    ids = {c.external_id: c.id for c in session.exec(select(Customer)).all()}
+    firsts = dict(first_orders_frame(session, START + timedelta(days=10)).iter_rows())
+    assert firsts == {ids["C1"]: START + timedelta(days=9)}  # C2's first order is after the end
+    session.get(state.StateClock, 1).params = {"rebuild": True}  # before the first build: the raw orders answer
+    session.flush()
+    raw = dict(first_orders_frame(session, START + timedelta(days=10)).iter_rows())
+    assert raw == firsts

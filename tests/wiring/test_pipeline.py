@@ -81,6 +81,8 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     assert scalar(ctx, "SELECT count(*) FROM message WHERE reason = 'global_control' AND customer_id IN "
                        "(SELECT customer_id FROM message WHERE status IN ('planned', 'sent'))") == 0
     assert steps["plan"]["counts"]["planned"] == scalar(ctx, "SELECT count(*) FROM message")
+    phases = steps["plan"]["counts"]["timings"]  # the day's planning time by phase, for the operator
+    assert set(phases) == {"read_s", "plan_s", "write_s"} and phases["read_s"] > 0
     # The campaigns of one day are planned in one transaction: each sees the SMS the others planned before it,
     # so the cap holds across them (the lowest-priority flash campaign loses its slots).
     most_sms = scalar(ctx, "SELECT max(n) FROM (SELECT customer_id, count(*) AS n FROM message WHERE channel = 'sms' "
