@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from crm.models import StateClock
 from kit.bulkwrite import fill_empty_table, insert_frame, merge_staged, stage_frame
-from kit.columnar import as_float, read_frame
+from kit.columnar import as_float, read_for_keys, read_frame
 from kit.context import Context
 from kit.timezones import utc_midnight
 
@@ -388,17 +388,23 @@ def _day_columns(session: Session) -> str:
     return _select_list(session, "d", DAY_TYPES)
 
 
-def _days_of(session: Session, customers: pl.Series) -> pl.DataFrame:
-    stage_frame(session, "stage_state_customers", pl.DataFrame({"customer_id": customers}), {"customer_id": "int"})
-    return loaded(read_frame(session, f"SELECT {_day_columns(session)} FROM customer_day d JOIN stage_state_customers s "
-                             "ON s.customer_id = d.customer_id", {}, DAY_SCHEMA, same_connection=True,
-                             small=few(len(customers))))
+def _days_of(session: Session, customers: pl.Series, since: date | None = None, *,
+             committed: bool = False) -> pl.DataFrame:
+    """The customers' buckets (those of `since` and after, when given); `committed`: see `read_for_keys`."""
+    recent = "WHERE d.day >= :since" if since is not None else ""
+    params = {"since": since} if since is not None else {}
+    return loaded(read_for_keys(session, f"SELECT {_day_columns(session)} FROM customer_day d JOIN {{keys}} k "
+                                f"ON k.key = d.customer_id {recent}", customers, params, DAY_SCHEMA,
+                                committed=committed))
 
 
 def _resummarise(session: Session, ctx: Context, customers: pl.Series, as_of: datetime, windows: StateWindows, *,
                  cause: str) -> int:
-    days = _days_of(session, customers)
-    rows = summarise(customers, days, as_of, windows)
+    return _write_summaries(session, ctx, summarise(customers, _days_of(session, customers), as_of, windows),
+                            cause=cause)
+
+
+def _write_summaries(session: Session, ctx: Context, rows: pl.DataFrame, *, cause: str) -> int:
     now = ctx.clock.now()
     stage_frame(session, "stage_state", rows, STATE_TYPES)
     inserted, updated = merge_staged(
@@ -412,6 +418,56 @@ def _resummarise(session: Session, ctx: Context, customers: pl.Series, as_of: da
             "FROM stage_state s JOIN customer_state t ON t.customer_id = s.customer_id WHERE t.updated_at = :now"),
             {"now": now, "cause": cause})
     return inserted + updated
+
+
+def horizon_days(windows: StateWindows) -> int:
+    """How far back any window column looks; older buckets count only in the lifetime and total columns."""
+    months = 31 * (windows.low_activity_months_max + 1)
+    return max(windows.window_days, windows.event_lookback_days, windows.recent_days, CHURN_HISTORY_DAYS, MONEY_DAYS,
+               *CHURN_ORDER_WINDOWS, *CHURN_EVENT_WINDOWS, months)
+
+
+# Columns over all of a customer's days (lifetime) or all days before the clock (totals): a forward advance
+# carries them from the stored row plus the days the clock passed, without reading buckets older than the horizon.
+_CARRIED = ("lifetime_orders", "lifetime_spend", "lifetime_first_order_at", "lifetime_last_order_at",
+            "lifetime_last_event_at", "first_order_at", "last_order_at", "orders_total", "monetary_total",
+            "full_price_streak")
+
+
+def _advanced_summaries(session: Session, customers: pl.Series, old: datetime, new: datetime,
+                        windows: StateWindows) -> pl.DataFrame | None:
+    """The customers' rows as of `new` from their buckets within the horizon and their stored rows as of `old`
+    (None when some customer has no stored row: the caller reads everything)."""
+    old_day, new_day = old.date(), new.date()
+    # Committed reads over two connections at once: the advance holds the clock alone, so no writer can refresh a
+    # bucket or a row until it commits, and it has written none itself yet.
+    days = _days_of(session, customers, since=new_day - timedelta(days=horizon_days(windows)), committed=True)
+    schema = {c: STATE_SCHEMA[c] for c in ("customer_id", *_CARRIED)}
+    columns = ", ".join(as_float(session, f"t.{c}") if STATE_TYPES[c] == "money" else f"t.{c}" for c in schema)
+    stored_rows = read_for_keys(session, f"SELECT {columns} FROM customer_state t JOIN {{keys}} k "
+                                "ON k.key = t.customer_id", customers, {}, schema, committed=True)
+    if stored_rows.height != customers.n_unique():
+        return None
+    fresh = summarise(customers, days, new, windows)
+    day = pl.col("day")
+    passed = (days.filter((day >= old_day) & (day < new_day)).group_by("customer_id")
+              .agg(pl.col("orders").sum().alias("_orders"), pl.col("net_spend").sum().alias("_spend")))
+    discounted = (days.filter((day < new_day) & (pl.col("discounted_orders") > 0)).select("customer_id").unique()
+                  .with_columns(pl.lit(True).alias("_discount_in_horizon")))
+    was = {c: pl.col(f"{c}_was") for c in _CARRIED}
+    merged = (fresh.join(stored_rows.rename({c: f"{c}_was" for c in _CARRIED}), on="customer_id", how="left")
+              .join(passed, on="customer_id", how="left").join(discounted, on="customer_id", how="left")
+              .with_columns(pl.col("_orders").fill_null(0), pl.col("_spend").fill_null(0.0)))
+    merged = merged.with_columns(
+        *[was[c].alias(c) for c in _CARRIED if c.startswith("lifetime_")],
+        pl.min_horizontal(was["first_order_at"], pl.col("first_order_at")).alias("first_order_at"),
+        pl.max_horizontal(was["last_order_at"], pl.col("last_order_at")).alias("last_order_at"),
+        (was["orders_total"] + pl.col("_orders")).alias("orders_total"),
+        (was["monetary_total"] + pl.col("_spend")).round(2).alias("monetary_total"),
+        # A discount within the horizon bounds the streak (the fresh value); otherwise it runs on from the stored one.
+        pl.when(pl.col("_discount_in_horizon").fill_null(False)).then(pl.col("full_price_streak"))
+        .otherwise(was["full_price_streak"] + pl.col("_orders")).alias("full_price_streak"))
+    return merged.select(list(STATE_TYPES)).cast(STATE_SCHEMA)
 
 
 # ---------------------------------------------------------------- nightly advance and rebuild
@@ -452,11 +508,18 @@ def advance(session: Session, ctx: Context, as_of: datetime, windows: StateWindo
         return {"customers": 0, "full": False}
     customers = moved_customers(session, row.as_of, as_of, windows)
     lock_customers(session, customers)
+    old_as_of = row.as_of
     row.as_of, row.advanced_at = as_of, ctx.clock.now()
     session.add(row)
     session.flush()
-    changed = _resummarise(session, ctx, customers, as_of, windows, cause="advance") if len(customers) else 0
-    return {"customers": len(customers), "changed": changed, "full": False}
+    if not len(customers):
+        return {"customers": 0, "changed": 0, "full": False}
+    forward = old_as_of < as_of <= old_as_of + timedelta(days=horizon_days(windows))
+    rows = _advanced_summaries(session, customers, old_as_of, as_of, windows) if forward else None
+    if rows is None:  # moved back (a backfill) or far ahead, or a customer without a row: every bucket of theirs
+        rows = summarise(customers, _days_of(session, customers), as_of, windows)
+    return {"customers": len(customers), "changed": _write_summaries(session, ctx, rows, cause="advance"),
+            "full": False}
 
 
 def _all_buckets_from_raw(session: Session, uncommitted: bool) -> pl.DataFrame:

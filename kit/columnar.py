@@ -169,15 +169,71 @@ def _same_connection_read(session: Session, dialect: str, query: str, params: di
     """Read on the session's connection: COPY CSV on PostgreSQL (a plain fetch when `small`), a fetch on SQLite."""
     if small and dialect == "postgresql":  # a few rows (one customer's): COPY and a CSV parse cost more than they save
         return pl.DataFrame(driver_rows(session, query, params), schema=schema, orient="row", strict=False)
-    # Booleans (t/f in PostgreSQL's CSV) and timestamps arrive as text and are converted afterwards.
+    if dialect == "postgresql":  # booleans, dates and timestamps arrive as text and are converted afterwards
+        return _csv_frame(_pg_copy_csv(session, query, params), schema)
+    return _sqlite_frame(driver_rows(session, query, params), schema)
+
+
+def _csv_frame(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """PostgreSQL's CSV output as a frame: booleans (t/f) converted, timestamps and dates still text."""
     text_schema = {n: (pl.String if t in (pl.Boolean, pl.Date) or isinstance(t, pl.Datetime) else t)
                    for n, t in schema.items()}
-    if dialect == "postgresql":
-        data = _pg_copy_csv(session, query, params)
-        frame = (pl.read_csv(data, has_header=False, new_columns=list(schema), schema=text_schema)
-                 if data else pl.DataFrame(schema=text_schema))
-        return frame.with_columns(pl.col(n) == "t" for n, t in schema.items() if t == pl.Boolean)
-    return _sqlite_frame(driver_rows(session, query, params), schema)
+    frame = (pl.read_csv(data, has_header=False, new_columns=list(schema), schema=text_schema)
+             if data else pl.DataFrame(schema=text_schema))
+    return frame.with_columns(pl.col(n) == "t" for n, t in schema.items() if t == pl.Boolean)
+
+
+# One COPY keeps one server process busy: two at once use both of this machine's cores (three or four were slower).
+PARALLEL_READS = 2
+PARALLEL_MIN_KEYS = 20_000  # below this, one connection: setting up the others costs more than they save
+
+
+def read_for_keys(session: Session, query: str, keys: pl.Series, params: dict[str, Any],
+                  schema: dict[str, pl.DataType], *, committed: bool = False, parts: int = PARALLEL_READS,
+                  min_keys: int = PARALLEL_MIN_KEYS) -> pl.DataFrame:
+    """The rows of `query` for many integer keys; the query joins them as the table `{keys}` (one column, `key`).
+
+    With `committed` on PostgreSQL — the caller knows that nothing uncommitted, its own or another's, can change
+    these rows — the keys are split over `parts` connections of their own that COPY their shares at once (9.5M
+    bucket rows: 18 s instead of 32 s on one connection). Otherwise, and inside tests' rolled-back transactions,
+    the keys are staged on the session's connection and read there.
+    """
+    from kit.bulkwrite import stage_frame
+
+    dialect = session.get_bind().dialect.name
+    parallel = (committed and dialect == "postgresql" and len(keys) >= min_keys and parts > 1
+                and not session.info.get(SAME_CONNECTION_FLAG, False))
+    if not parallel:
+        stage_frame(session, "stage_read_keys", pl.DataFrame({"key": keys}), {"key": "int"})
+        return read_frame(session, query.format(keys="stage_read_keys"), params, schema, same_connection=True,
+                          small=len(keys) <= 2000)
+    from concurrent.futures import ThreadPoolExecutor
+
+    inlined = _inline_pg(query.format(keys="crm_read_keys"), params)
+    shares = [keys[i::parts] for i in range(parts)]
+    with ThreadPoolExecutor(parts) as pool:
+        blocks = list(pool.map(lambda share: _copy_share(session, inlined, share), shares))
+    frame = pl.concat([_csv_frame(block, schema) for block in blocks])
+    conversions = _conversions(frame, schema, dialect)
+    return frame.with_columns(conversions) if conversions else frame
+
+
+def _copy_share(session: Session, inlined: str, keys: pl.Series) -> bytes:
+    """On a connection of its own: stage these keys, COPY the query's rows for them out as CSV."""
+    import psycopg
+
+    url = session.get_bind().url
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                         dbname=url.database) as connection, connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE crm_read_keys (key bigint)")
+        with cursor.copy("COPY crm_read_keys (key) FROM STDIN") as copy:
+            copy.write(pl.DataFrame({"key": keys}).write_csv(include_header=False))
+        cursor.execute("ANALYZE crm_read_keys")
+        buffer = io.BytesIO()
+        with cursor.copy(f"COPY ({inlined}) TO STDOUT (FORMAT csv)") as copy:
+            for block in copy:
+                buffer.write(block)
+        return buffer.getvalue()
 
 
 def driver_rows(session: Session, query: str, params: dict[str, Any]) -> list[tuple]:

@@ -49,16 +49,18 @@ def _moment(day: int, minute: int) -> str:
 
 
 # One operation of a random history: what a shop's integrations and a marketer's tools can do.
-order_op = st.tuples(st.just("order"), st.integers(1, 8), st.sampled_from(CUSTOMERS), st.integers(0, 400),
+# Days over three years and clock moves of up to 300 days: the nightly advance reads only the buckets within the
+# longest window (crm.state.horizon_days, 730) and carries the totals, so histories must reach past it.
+order_op = st.tuples(st.just("order"), st.integers(1, 8), st.sampled_from(CUSTOMERS), st.integers(0, 1000),
                      st.integers(0, 1439), st.integers(0, 300), st.booleans(), st.integers(0, 20),
                      st.one_of(st.none(), st.integers(0, 150)))
-event_op = st.tuples(st.just("event"), st.integers(1, 12), st.sampled_from(CUSTOMERS), st.integers(0, 400),
+event_op = st.tuples(st.just("event"), st.integers(1, 12), st.sampled_from(CUSTOMERS), st.integers(0, 1000),
                      st.integers(0, 1439), st.sampled_from(["login", "view", "cart_add", "cart_abandon", "search"]))
 refund_op = st.tuples(st.just("refund"), st.integers(1, 8), st.integers(1, 60))
 cancel_op = st.tuples(st.just("cancel"), st.integers(1, 8))
 items_op = st.tuples(st.just("items"), st.integers(1, 8), st.booleans(), st.booleans())
 erase_op = st.tuples(st.just("erase"), st.sampled_from(CUSTOMERS))
-advance_op = st.tuples(st.just("advance"), st.integers(1, 45))
+advance_op = st.tuples(st.just("advance"), st.integers(1, 300))
 operations = st.lists(st.one_of(order_op, event_op, refund_op, cancel_op, items_op, erase_op, advance_op),
                       min_size=1, max_size=14)
 
@@ -134,6 +136,29 @@ def test_incremental_state_equals_rebuilt_for_any_history(shop, ctx, history):
     for operation in history:
         _apply(session, ctx, operation, clock_day)
     assert_incremental_equals_rebuilt(session, ctx)
+
+
+def test_the_nightly_advance_past_the_horizon_carries_totals_and_streaks(shop, ctx):
+    session = shop
+    horizon = state.horizon_days(state.StateWindows())
+    orders = [("C1", 20, 5), ("C1", 60, 0), ("C1", 300, 0), ("C2", 40, 0), ("C2", 900, 7), ("C2", 950, 0),
+              ("C3", 10, 0), ("C3", 12, 0)]  # customer, day, discount
+    for number, (customer, day, discount) in enumerate(orders, start=1):
+        writes.write_items(session, ctx, "orders", {"external_id": f"O{number}", "customer_id": customer,
+                                                     "ordered_at": _moment(day, 90), "amount_paid": 10 + number,
+                                                     "discount": discount}, cause="api")
+    writes.write_items(session, ctx, "events", {"unique_id": "E1", "customer_id": "C3", "time": _moment(15, 0),
+                                                 "type": "login"}, cause="api")
+    for day in range(100, 1300, 97):  # nights far apart: buckets leave the horizon between two of them
+        state.advance(session, ctx, START + timedelta(days=day))
+        incremental = snapshot(session)[1]
+        assert_incremental_equals_rebuilt(session, ctx)
+        assert incremental.to_dicts() == snapshot(session)[1].to_dicts()
+    ids = {c.external_id: c.id for c in session.exec(select(Customer)).all()}
+    final = {r.customer_id: r for r in session.exec(select(CustomerState)).all()}
+    assert horizon < 1264 - 20  # by the last night (day 1264) the discounted order of day 20 left the horizon
+    assert final[ids["C1"]].orders_total == 3 and final[ids["C1"]].full_price_streak == 2  # discount at day 20
+    assert final[ids["C2"]].full_price_streak == 1 and final[ids["C3"]].lifetime_last_event_at is not None
 
 
 def test_state_window_columns_match_the_metrics_from_raw_history(shop, ctx):

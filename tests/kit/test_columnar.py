@@ -86,3 +86,30 @@ def test_a_fast_read_of_the_sqlite_file_keeps_this_process_s_write_lock(tmp_path
         refused = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
         assert refused.returncode == 0, refused.stderr
     engine.dispose()
+
+
+def test_reads_for_many_keys_over_several_connections_equal_one(scratch_url, settings, clock):
+    """Committed rows for a set of keys: split over two connections of their own (PostgreSQL) or read on the
+    session's (SQLite, and inside a transaction), the same frame."""
+    from kit.columnar import read_for_keys
+
+    engine = make_engine(scratch_url)
+    upgrade_to_head(engine)
+    ctx = Context(settings=settings, engine=engine, cipher=ContactCipher(TEST_SECRET), clock=clock)
+    with Session(engine) as session:
+        _load(session, ctx)
+    query = ("SELECT d.customer_id, d.day, d.orders, d.last_order_at FROM customer_day d JOIN {keys} k "
+             "ON k.key = d.customer_id WHERE d.day >= :since")
+    schema = {"customer_id": pl.Int64, "day": pl.Date, "orders": pl.Int64, "last_order_at": pl.Int64}
+    params = {"since": datetime(2025, 1, 2).date()}
+    with Session(engine) as session:
+        keys = pl.Series([row[0] for row in session.connection().exec_driver_sql("SELECT id FROM customer").all()])
+        both = read_for_keys(session, query, keys, params, schema, committed=True, min_keys=0).sort("day")
+        one = read_for_keys(session, query, keys, params, schema).sort("day")
+        assert both.to_dicts() == one.to_dicts()
+        assert both["day"].to_list() == [datetime(2025, 1, 2).date(), datetime(2025, 2, 1).date(),
+                                         datetime(2025, 3, 1).date()]  # O2's and O3's days, and C2's view
+        assert both["orders"].to_list() == [1, 0, 1]
+        only_first = read_for_keys(session, query, keys.sort()[:1], params, schema, committed=True, min_keys=0)
+        assert only_first.is_empty()  # C1's only day is before `since`
+    engine.dispose()
