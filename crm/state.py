@@ -115,6 +115,12 @@ def few(keys: int) -> bool:
     return keys <= FEW_KEYS
 
 
+def _engine(rows: int) -> str:
+    """Polars' engine for a query over this many input rows: for a few (a single event's customer), the in-memory
+    engine; polars' own choice costs more to start than the query takes (one summary: 11 ms against 5 ms)."""
+    return "in-memory" if few(rows) else "auto"
+
+
 def month_start(moment: date | datetime, back: int = 0) -> date:
     """First day of the month `back` months before the moment's month."""
     index = moment.year * 12 + moment.month - 1 - back
@@ -170,7 +176,8 @@ def buckets_from_rows(orders: pl.DataFrame, events: pl.DataFrame) -> pl.DataFram
     joined = order_days.join(event_days, on=["customer_id", "day"], how="full", coalesce=True)
     return (joined.with_columns(*[pl.col(c).fill_null(0) for c in _COUNTS],
                                 *[pl.col(c).fill_null(0.0) for c in _SUMS])
-            .select(list(DAY_TYPES)).cast(BUCKET_SCHEMA).sort("customer_id", "day").collect())
+            .select(list(DAY_TYPES)).cast(BUCKET_SCHEMA).sort("customer_id", "day").collect(
+                engine=_engine(len(orders) + len(events))))
 
 
 # ---------------------------------------------------------------- summaries from buckets
@@ -240,7 +247,7 @@ def summarise(customer_ids: pl.Series, days: pl.DataFrame, as_of: datetime, wind
         pl.when(pl.col("_last_discount_day") >= as_of_day - timedelta(days=CHURN_HISTORY_DAYS))
         .then(pl.col("full_price_streak")).otherwise(pl.col("churn_orders")).alias("churn_full_price_streak"),
     )
-    return frame.select(list(STATE_TYPES)).cast(STATE_SCHEMA).sort("customer_id").collect()
+    return frame.select(list(STATE_TYPES)).cast(STATE_SCHEMA).sort("customer_id").collect(engine=_engine(len(days)))
 
 
 def _churn_windows(as_of_day: date) -> list[pl.Expr]:

@@ -12,6 +12,12 @@ from sqlmodel import Session
 STAGED = "crm_staged_tables"  # connection.info key: temporary tables this connection holds, by column signature
 
 
+# A staging table's statistics are refreshed when its row count moved this many times from the count they were
+# taken at; a temporary table is emptied by DELETE and truncated only every so many uses (see stage_frame).
+RESTAT_FACTOR = 4
+TRUNCATE_EVERY = 200
+
+
 def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
     """Fill a temporary staging table with the frame's columns (created on first use per connection).
 
@@ -19,20 +25,35 @@ def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[st
     with other columns is dropped and made again; one with the same columns is emptied and reused, which keeps a
     single-event write from paying a CREATE (catalog rows) per staging table. A rollback forgets what this
     connection holds (kit.db clears the note), since it may have taken the tables with it.
+
+    On PostgreSQL a temporary table has no statistics until ANALYZE, and a join on a few staged keys planned
+    without them scanned whole tables; but ANALYZE, like TRUNCATE (a new file each time), costs a millisecond
+    or two, several times over per single-event write. So the table is emptied with DELETE (truncated every
+    `TRUNCATE_EVERY` uses, as nothing vacuums temporary tables) and analysed again only when its row count
+    moved `RESTAT_FACTOR` times from the one its statistics saw.
     """
     pg = session.get_bind().dialect.name == "postgresql"
     columns = ", ".join(f"{c} {sql_type(t, pg)}" for c, t in types.items())
     connection = session.connection()
     held = connection.info.setdefault(STAGED, {})
-    if held.get(name) == columns:
-        connection.exec_driver_sql(f"TRUNCATE {name}" if pg else f"DELETE FROM {name}")
+    note = held.get(name)
+    rows = len(frame)
+    if note is not None and note["columns"] == columns:
+        note["uses"] += 1
+        if pg and note["uses"] % TRUNCATE_EVERY:
+            connection.exec_driver_sql(f"DELETE FROM {name}")
+        else:
+            connection.exec_driver_sql(f"TRUNCATE {name}" if pg else f"DELETE FROM {name}")
+            note["analysed_rows"] = None  # TRUNCATE forgets the statistics
     else:
         connection.exec_driver_sql(f"DROP TABLE IF EXISTS {'pg_temp' if pg else 'temp'}.{name}")
         connection.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns})")
-        held[name] = columns
+        note = held[name] = {"columns": columns, "uses": 0, "analysed_rows": None}
     insert_frame(session, name, frame, types)
-    if pg:  # a temporary table has no statistics: without them a join on a few staged keys scanned whole tables
+    seen = note["analysed_rows"]
+    if pg and (seen is None or not max(seen, 1) / RESTAT_FACTOR <= max(rows, 1) <= max(seen, 1) * RESTAT_FACTOR):
         connection.exec_driver_sql(f"ANALYZE {name}")
+        note["analysed_rows"] = rows
 
 
 def insert_frame(session: Session, table: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
