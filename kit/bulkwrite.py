@@ -5,6 +5,9 @@ Shared by the import and by every package that writes many rows at once (segment
 
 from __future__ import annotations
 
+import json
+from datetime import date, datetime
+
 import polars as pl
 from sqlalchemy import text
 from sqlmodel import Session
@@ -73,13 +76,43 @@ def insert_frame(session: Session, table: str, frame: pl.DataFrame, types: dict[
     raw.executemany(f"INSERT INTO {table} ({', '.join(types)}) VALUES ({placeholders})", ready.iter_rows())
 
 
+SMALL_FRAME_ROWS = 50  # up to this many rows, CSV is written in Python: polars' writer costs ~0.4 ms to start
+
+
 def csv_payload(frame: pl.DataFrame, types: dict[str, str]) -> bytes:
-    """A frame's columns as CSV that PostgreSQL's COPY reads (bytes as \\x hex)."""
+    """A frame's columns as CSV that PostgreSQL's COPY reads (bytes as \\x hex, empty fields NULL)."""
+    if frame.height <= SMALL_FRAME_ROWS:
+        return _small_csv(frame.select(list(types)), types)
     ready = frame.select(list(types)).with_columns(
         pl.col(c).map_elements(lambda b: "\\x" + b.hex(), return_dtype=pl.String, skip_nulls=True)
         for c, t in types.items() if t == "bytes")
     return ready.write_csv(include_header=False, null_value="",
                            datetime_format="%Y-%m-%dT%H:%M:%S%.6f%z").encode()
+
+
+def _small_csv(frame: pl.DataFrame, types: dict[str, str]) -> bytes:
+    """The same CSV for a few rows: every value quoted (so an empty text stays empty), NULL as an empty field."""
+    kinds = [types[c] for c in frame.columns]
+    lines = []
+    for row in frame.iter_rows():
+        fields = []
+        for value, kind in zip(row, kinds, strict=True):
+            if value is None:
+                fields.append("")
+                continue
+            if kind == "bytes":
+                text = "\\x" + bytes(value).hex()
+            elif kind == "json" and not isinstance(value, str):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, datetime | date):
+                text = value.isoformat()
+            else:
+                text = repr(value) if isinstance(value, float) else str(value)
+            fields.append('"' + text.replace('"', '""') + '"')
+        lines.append(",".join(fields))
+    return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 def copy_in(session: Session, table: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
