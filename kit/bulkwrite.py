@@ -16,9 +16,9 @@ STAGED = "crm_staged_tables"  # connection.info key: temporary tables this conne
 
 
 # A staging table's statistics are refreshed when its row count moved this many times from the count they were
-# taken at; a temporary table is emptied by DELETE and truncated only every so many uses (see stage_frame).
+# taken at; a small temporary table is emptied by DELETE, truncated once dead rows piled up (see stage_frame).
 RESTAT_FACTOR = 4
-TRUNCATE_EVERY = 200
+DEAD_ROWS_MAX = 200  # rows DELETE may leave behind before a TRUNCATE: a page or two
 
 
 def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[str, str]) -> None:
@@ -31,9 +31,11 @@ def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[st
 
     On PostgreSQL a temporary table has no statistics until ANALYZE, and a join on a few staged keys planned
     without them scanned whole tables; but ANALYZE, like TRUNCATE (a new file each time), costs a millisecond
-    or two, several times over per single-event write. So the table is emptied with DELETE (truncated every
-    `TRUNCATE_EVERY` uses, as nothing vacuums temporary tables) and analysed again only when its row count
-    moved `RESTAT_FACTOR` times from the one its statistics saw.
+    or two, several times over per single-event write. So between fills of a few rows (`SMALL_FRAME_ROWS`) the
+    table is emptied with DELETE — truncated once `DEAD_ROWS_MAX` dead rows piled up, as nothing vacuums
+    temporary tables and the planner scales its row estimate with the pages they fill — and analysed again only
+    when its row count moved `RESTAT_FACTOR` times from the one its statistics saw; larger fills are truncated
+    and analysed every time.
     """
     pg = session.get_bind().dialect.name == "postgresql"
     columns = ", ".join(f"{c} {sql_type(t, pg)}" for c, t in types.items())
@@ -42,16 +44,21 @@ def stage_frame(session: Session, name: str, frame: pl.DataFrame, types: dict[st
     note = held.get(name)
     rows = len(frame)
     if note is not None and note["columns"] == columns:
-        note["uses"] += 1
-        if pg and note["uses"] % TRUNCATE_EVERY:
+        # Only between small fills: the dead rows DELETE leaves grow the table's pages, and the planner scales
+        # its row estimate with them (500-row batches emptied this way were planned as 100k rows, with hash
+        # joins over whole tables).
+        small = rows <= SMALL_FRAME_ROWS and (note["analysed_rows"] or 0) <= SMALL_FRAME_ROWS
+        if pg and small and note["dead_rows"] + rows <= DEAD_ROWS_MAX:
             connection.exec_driver_sql(f"DELETE FROM {name}")
+            note["dead_rows"] += rows
         else:
+            note["dead_rows"] = 0
             connection.exec_driver_sql(f"TRUNCATE {name}" if pg else f"DELETE FROM {name}")
             note["analysed_rows"] = None  # TRUNCATE forgets the statistics
     else:
         connection.exec_driver_sql(f"DROP TABLE IF EXISTS {'pg_temp' if pg else 'temp'}.{name}")
         connection.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns})")
-        note = held[name] = {"columns": columns, "uses": 0, "analysed_rows": None}
+        note = held[name] = {"columns": columns, "analysed_rows": None, "dead_rows": 0}
     insert_frame(session, name, frame, types)
     seen = note["analysed_rows"]
     if pg and (seen is None or not max(seen, 1) / RESTAT_FACTOR <= max(rows, 1) <= max(seen, 1) * RESTAT_FACTOR):
