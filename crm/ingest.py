@@ -34,7 +34,7 @@ from kit.bulkwrite import (
     stage_frame,
 )
 from kit.channels import CHANNELS
-from kit.columnar import read_frame
+from kit.columnar import few, read_frame
 from kit.context import Context
 from kit.db import refresh_statistics
 from kit.errors import InvalidInput, NotFound
@@ -266,7 +266,7 @@ def _existing_ids(session: Session, table: str, keys: pl.Series) -> pl.DataFrame
     return read_frame(
         session,
         f"SELECT t.external_id, t.id FROM {table} t JOIN stage_keys s ON s.external_id = t.external_id",
-        {}, {"external_id": pl.String, "id": pl.Int64}, same_connection=True, small=state.few(len(keys)))
+        {}, {"external_id": pl.String, "id": pl.Int64}, same_connection=True, small=few(len(keys)))
 
 
 def _unknown_reference(frame: pl.DataFrame, ids: pl.DataFrame, column: str, what: str) -> tuple[pl.DataFrame, pl.DataFrame]:

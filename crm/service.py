@@ -19,7 +19,7 @@ from crm.state import money_frame as state_money_frame
 from crm.validation import normalise_email, normalise_phone
 from kit.channels import CHANNELS
 from kit.clock import ensure_utc
-from kit.columnar import ColumnarReader, as_float, driver_rows, driver_time, read_frame
+from kit.columnar import ColumnarReader, as_float, driver_rows, driver_time, read_columns, read_frame
 from kit.context import Context
 from kit.db import is_postgres
 from kit.errors import InvalidInput, NotFound
@@ -29,14 +29,6 @@ ORDER_SCHEMA = {"order_id": pl.Int64, "customer_id": pl.Int64, "ordered_at": pl.
                 "amount_paid": pl.Float64, "discount": pl.Float64, "cost_of_goods": pl.Float64,
                 "has_coupon": pl.Boolean}
 EVENT_SCHEMA = {"customer_id": pl.Int64, "occurred_at": pl.Datetime("us", "UTC"), "type": pl.String}
-
-
-def read_columns(session: Session, reader: ColumnarReader | None, query: str, params: dict[str, Any],
-                 schema: dict[str, pl.DataType], *, one_customer: bool) -> pl.DataFrame:
-    """Through the caller's open reader when given; a single customer's rows on the session's connection."""
-    if reader is not None and not one_customer:
-        return reader.read(query, params, schema)
-    return read_frame(session, query, params, schema, small=one_customer)  # small reads use the session's own
 
 
 def orders_frame(session: Session, start: datetime | None, end: datetime, *, customer_id: int | None = None,

@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from crm.models import StateClock
 from kit.bulkwrite import fill_empty_table, insert_frame, merge_staged, stage_frame
-from kit.columnar import as_float, read_for_keys, read_frame
+from kit.columnar import as_float, few, read_columns, read_for_keys, read_frame
 from kit.context import Context
 from kit.timezones import utc_midnight
 
@@ -105,14 +105,6 @@ def loaded(rows: pl.DataFrame) -> pl.DataFrame:
 _ORDER_ROWS = {"customer_id": pl.Int64, "ordered_at": UTC_TYPE, "net": pl.Float64, "discounted": pl.Boolean,
                "new_product": pl.Boolean, "discount": pl.Float64, "cost_of_goods": pl.Float64}
 _EVENT_ROWS = {"customer_id": pl.Int64, "occurred_at": UTC_TYPE, "type": pl.String}
-
-
-FEW_KEYS = 2000  # below this many keys a read is a plain fetch: PostgreSQL's COPY costs ~7 ms to set up
-
-
-def few(keys: int) -> bool:
-    """Whether a read keyed by this many rows is small enough for a plain fetch."""
-    return keys <= FEW_KEYS
 
 
 def _engine(rows: int) -> str:
@@ -590,9 +582,7 @@ def state_frame(session: Session, *, customer_id: int | None = None, reader: Any
     one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
     params = {"customer_id": customer_id} if customer_id is not None else {}
     query = f"SELECT {columns} FROM customer_state s {one}"
-    if reader is not None and customer_id is None:
-        return reader.read(query, params, STATE_SCHEMA)
-    return read_frame(session, query, params, STATE_SCHEMA, small=customer_id is not None)
+    return read_columns(session, reader, query, params, STATE_SCHEMA, one_customer=customer_id is not None)
 
 
 def _current_for(session: Session, now: datetime) -> bool:
@@ -622,13 +612,10 @@ def money_frame(session: Session, now: datetime, *, customer_id: int | None = No
         "net_spend", "discount", "cost_known_value", "cost_of_goods")), "d.orders"])
     today_query = (f"SELECT {today_columns} FROM customer_day d WHERE d.day = :today AND d.orders > 0 "
                    + one.replace("s.", "d."))
-    today_params = params | {"today": now.date()}
-    if reader is not None and customer_id is None:
-        year, today = reader.read(query, params, schema), reader.read(today_query, today_params, schema)
-    else:
-        small = customer_id is not None
-        year = read_frame(session, query, params, schema, small=small)
-        today = read_frame(session, today_query, today_params, schema, small=small)
+    one_customer = customer_id is not None
+    year = read_columns(session, reader, query, params, schema, one_customer=one_customer)
+    today = read_columns(session, reader, today_query, params | {"today": now.date()}, schema,
+                         one_customer=one_customer)
     return (pl.concat([year, today]).group_by("customer_id").agg(pl.col(c).sum() for c in schema if c != "customer_id")
             .select(list(_MONEY_SCHEMA)).cast(_MONEY_SCHEMA).sort("customer_id"))
 
@@ -644,9 +631,8 @@ def shop_cost_totals(session: Session, now: datetime) -> tuple[float | None, flo
     today = read_frame(session, f"SELECT SUM({as_float(session, 'd.cost_of_goods')}), "
                        f"SUM({as_float(session, 'd.cost_known_value')}) FROM customer_day d WHERE d.day = :today",
                        {"today": now.date()}, {"cost": pl.Float64, "value": pl.Float64}, small=True)
-    both = pl.concat([year, today]).sum()
-    cost, value = both["cost"][0], both["value"][0]
-    return (cost or None), (value or None)
+    both = pl.concat([year, today]).fill_null(0.0).sum()
+    return both["cost"][0], both["value"][0]  # no known cost at all: value 0, and the ratio says None
 
 
 def customers_as_of(session: Session, customer_ids: pl.Series, as_of: datetime,

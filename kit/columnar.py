@@ -70,10 +70,14 @@ def _inline_pg(query: str, params: dict[str, Any]) -> str:
 
 def _pg_copy_csv(session: Session, query: str, params: dict[str, Any]) -> bytes:
     """Run COPY (query) TO STDOUT as CSV on the session's own connection (sees its transaction)."""
-    raw = session.connection().connection.driver_connection
-    inlined = _inline_pg(query, params)
+    with session.connection().connection.driver_connection.cursor() as cursor:
+        return _copy_out(cursor, _inline_pg(query, params))
+
+
+def _copy_out(cursor: Any, inlined: str) -> bytes:
+    """COPY an inlined query's rows out as CSV through a psycopg cursor."""
     buffer = io.BytesIO()
-    with raw.cursor() as cursor, cursor.copy(f"COPY ({inlined}) TO STDOUT (FORMAT csv)") as copy:
+    with cursor.copy(f"COPY ({inlined}) TO STDOUT (FORMAT csv)") as copy:
         for block in copy:
             buffer.write(block)
     return buffer.getvalue()
@@ -183,6 +187,14 @@ def _csv_frame(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return frame.with_columns(pl.col(n) == "t" for n, t in schema.items() if t == pl.Boolean)
 
 
+FEW_KEYS = 2000  # below this many keys a read is a plain fetch: PostgreSQL's COPY costs ~7 ms to set up
+
+
+def few(keys: int) -> bool:
+    """Whether a read keyed by this many rows is small enough for a plain fetch."""
+    return keys <= FEW_KEYS
+
+
 # One COPY keeps one server process busy: two at once use both of this machine's cores (three or four were slower).
 PARALLEL_READS = 2
 PARALLEL_MIN_KEYS = 20_000  # below this, one connection: setting up the others costs more than they save
@@ -206,7 +218,7 @@ def read_for_keys(session: Session, query: str, keys: pl.Series, params: dict[st
     if not parallel:
         stage_frame(session, "stage_read_keys", pl.DataFrame({"key": keys}), {"key": "int"})
         return read_frame(session, query.format(keys="stage_read_keys"), params, schema, same_connection=True,
-                          small=len(keys) <= 2000)
+                          small=few(len(keys)))
     from concurrent.futures import ThreadPoolExecutor
 
     inlined = _inline_pg(query.format(keys="crm_read_keys"), params)
@@ -229,11 +241,7 @@ def _copy_share(session: Session, inlined: str, keys: pl.Series) -> bytes:
         with cursor.copy("COPY crm_read_keys (key) FROM STDIN") as copy:
             copy.write(pl.DataFrame({"key": keys}).write_csv(include_header=False))
         cursor.execute("ANALYZE crm_read_keys")
-        buffer = io.BytesIO()
-        with cursor.copy(f"COPY ({inlined}) TO STDOUT (FORMAT csv)") as copy:
-            for block in copy:
-                buffer.write(block)
-        return buffer.getvalue()
+        return _copy_out(cursor, inlined)
 
 
 def driver_rows(session: Session, query: str, params: dict[str, Any]) -> list[tuple]:
@@ -276,6 +284,14 @@ def columnar_reader(session: Session) -> Iterator[ColumnarReader]:
     opener = _duckdb_attached if session.get_bind().dialect.name == "postgresql" else _sqlite_reader
     with opener(session) as connection:
         yield ColumnarReader(session, connection)
+
+
+def read_columns(session: Session, reader: ColumnarReader | None, query: str, params: dict[str, Any],
+                 schema: dict[str, pl.DataType], *, one_customer: bool) -> pl.DataFrame:
+    """Through the caller's open reader when given; a single customer's rows on the session's connection."""
+    if reader is not None and not one_customer:
+        return reader.read(query, params, schema)
+    return read_frame(session, query, params, schema, small=one_customer)  # small reads use the session's own
 
 
 def read_frame(session: Session, query: str, params: dict[str, Any], schema: dict[str, pl.DataType], *,

@@ -264,6 +264,22 @@ def test_planning_money_from_the_state_equals_the_raw_orders(shop, ctx):
     assert shop_cost_ratio(session, now) == pytest.approx(ratio)  # the raw orders again, same window
 
 
+def test_a_shop_whose_goods_cost_nothing_has_a_cost_ratio_of_zero_either_way(shop, ctx):
+    from crm.service import shop_cost_ratio
+
+    session = shop
+    today = START + timedelta(days=10)
+    writes.write_items(session, ctx, "orders", {"external_id": "O1", "customer_id": "C1", "amount_paid": 40,
+                                                 "ordered_at": (today - timedelta(days=2)).isoformat(),
+                                                 "cost_of_goods": 0}, cause="api")
+    now = today + timedelta(hours=5)
+    state.advance(session, ctx, today)
+    assert shop_cost_ratio(session, now) == 0.0  # from the state
+    state.advance(session, ctx, today + timedelta(days=1))
+    assert shop_cost_ratio(session, now) == 0.0  # from the raw orders
+    assert shop_cost_ratio(session, now + timedelta(days=400)) is None  # no order with a known cost in that year
+
+
 def test_first_orders_come_from_the_state_and_skip_cancelled_orders(shop, ctx):
     from crm.service import first_orders_frame
 
