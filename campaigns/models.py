@@ -186,3 +186,88 @@ class GuardRailVersion(SQLModel, table=True):
     settings: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     created_by: str = Field(sa_column=Column(String(120), nullable=False))
+
+
+def journey_sender(journey_id: int) -> int:
+    """The outbox's campaign_id of a journey's messages: the journey id negated (campaign ids are positive), so caps,
+    the exactly-once key, attribution and dispatch treat a journey's sends exactly like a campaign's."""
+    return -journey_id
+
+
+class Journey(SQLModel, table=True):
+    """A journey as it stands now: its status and the newest version of its definition."""
+
+    __tablename__ = "journey"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(120), nullable=False, unique=True))
+    status: str = Field(sa_column=Column(String(12), nullable=False, index=True))
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    priority: int = Field(sa_column=Column(Integer, nullable=False))
+    spec: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_by: str = Field(sa_column=Column(String(120), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    updated_by: str = Field(sa_column=Column(String(120), nullable=False))
+
+
+class JourneyVersion(SQLModel, table=True):
+    """Every saved definition of a journey, never overwritten: enrollments run on the version they entered."""
+
+    __tablename__ = "journey_version"
+    __table_args__ = (UniqueConstraint("journey_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    journey_id: int = Field(foreign_key="journey.id")
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    status: str = Field(sa_column=Column(String(12), nullable=False))
+    spec: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_by: str = Field(sa_column=Column(String(120), nullable=False))
+
+
+class JourneyEnrollment(SQLModel, table=True):
+    """One customer's way through one journey version: where they are, when they wake, what happened so far.
+
+    `entry_key` names what let them in (an event, an order, a date) so the same entry never enrolls twice; `seq`
+    counts the steps taken, and each step taken is a `journey_step` row keyed (enrollment, seq): exactly once."""
+
+    __tablename__ = "journey_enrollment"
+    __table_args__ = (UniqueConstraint("journey_id", "customer_id", "entry_key", name="uq_journey_entry"),
+                      Index("ix_journey_enrollment_due", "status", "wake_at"),
+                      Index("ix_journey_enrollment_customer", "customer_id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    journey_id: int = Field(nullable=False)
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    customer_id: int = Field(nullable=False)
+    # pending (entry not yet confirmed), active, holdout, converted, completed, exited, cancelled
+    status: str = Field(sa_column=Column(String(12), nullable=False))
+    step_id: str | None = Field(default=None, sa_column=Column(String(40)))
+    seq: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    wake_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    entry_key: str = Field(sa_column=Column(String(80), nullable=False))
+    entered_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    ended_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    end_reason: str | None = Field(default=None, sa_column=Column(String(40)))
+    context: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class JourneyStep(SQLModel, table=True):
+    """One step an enrollment took: what it was, how it came out and why (a message sent, a rail's refusal)."""
+
+    __tablename__ = "journey_step"
+    __table_args__ = (UniqueConstraint("enrollment_id", "seq", name="uq_journey_step"),
+                      Index("ix_journey_step_journey", "journey_id", "step_id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: int = Field(nullable=False)
+    journey_id: int = Field(nullable=False)
+    seq: int = Field(sa_column=Column(Integer, nullable=False))
+    step_id: str = Field(sa_column=Column(String(40), nullable=False))
+    kind: str = Field(sa_column=Column(String(12), nullable=False))
+    outcome: str = Field(sa_column=Column(String(24), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(String(40)))
+    message_id: int | None = Field(default=None, sa_column=Column(Integer))
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -20,7 +20,7 @@ from churn.model import ChurnModel
 from churn.models import ChurnModelVersion, ChurnPrediction, ChurnScore
 from churn.reasons import drivers_frame, sentences
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
-from crm import audit
+from crm import activity, audit
 from crm import state as crm_state
 from crm.profiles import ProfileRequest
 from crm.service import (
@@ -37,6 +37,7 @@ from kit.columnar import (
     ColumnarReader,
     SharedFrames,
     columnar_reader,
+    customer_clause,
     driver_json,
     driver_rows,
     driver_time,
@@ -269,7 +270,10 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
                            how="left")
     timings["predict_and_reasons_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
-    _write_scores(session, changed, gone, stored, as_of, row.id, now)
+    # Newly flagged customers are news to whoever reacts within minutes (a journey's staged recall).
+    activity.record(session, changed.filter("became_at_risk").select(
+        "customer_id", kind=pl.lit("at_risk"), name=pl.lit("at_risk"), occurred_at=pl.lit(now)), now)
+    _write_scores(session, changed.drop("became_at_risk"), gone, stored, as_of, row.id, now)
     kept = keep_predictions(session, ctx, scores.select("customer_id", "probability"), as_of, row.id)
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
@@ -296,6 +300,7 @@ def _changed_scores(session: Session, scores: pl.DataFrame,
     changed = (scores.join(previous, on="customer_id", how="left")
                .filter(pl.col("_p").is_null() | (pl.col("_model") != model_id) | (pl.col("_at_risk") != pl.col("at_risk"))
                        | ((pl.col("probability") - pl.col("_p")).abs() >= SCORE_STEP))
+               .with_columns(became_at_risk=pl.col("at_risk") & ~pl.col("_at_risk").fill_null(False))
                .drop("_p", "_at_risk", "_model"))
     return changed, previous.join(scores, on="customer_id", how="anti").select("customer_id"), len(previous)
 
@@ -421,10 +426,9 @@ def at_risk_condition(session: Session, value: str, customer_id: Any) -> Any:
 SCORE_READ_SCHEMA = {"customer_id": pl.Int64, "probability": pl.Float64, "at_risk": pl.Boolean}
 
 
-def scores_frame(session: Session, *, customer_id: int | None = None,
+def scores_frame(session: Session, *, customer_id: int | None = None, customer_ids: list[int] | None = None,
                  reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Each scored customer's churn probability and flag from the latest scoring."""
-    one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
+    """Each scored customer's churn probability and flag from the latest scoring (all, one, or a few by id)."""
+    one, params, small = customer_clause("s.customer_id", customer_id, customer_ids)
     query = f"SELECT s.customer_id, s.probability, s.at_risk FROM churn_score s {one}"
-    params = {"customer_id": customer_id} if customer_id is not None else {}
-    return read_columns(session, reader, query, params, SCORE_READ_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, SCORE_READ_SCHEMA, one_customer=small)

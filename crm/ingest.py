@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, select
 
-from crm import audit, state
+from crm import activity, audit, state
 from crm.models import ImportJob
 from crm.validation import ERROR_SCHEMA, ROW, SPECS, validate
 from kit.bulkwrite import (
@@ -380,6 +380,7 @@ def load_orders(session: Session, ctx: Context, frame: pl.DataFrame, present: se
         compare=["customer_id", "ordered_at", "amount_paid", *optional], params={"now": ctx.clock.now()},
         insert_extra={"created_at": ":now", "updated_at": ":now"}, update_extra={"updated_at": ":now"},
         insert_order="customer_id")
+    activity.record_staged(session, "order", "stage_orders", ctx.clock.now())
     touched = pl.concat([before, state.touched_days(frame, "customer_id", "ordered_at")])
     return _result(len(frame), *written, errors, touched)
 
@@ -432,6 +433,7 @@ def load_events(session: Session, ctx: Context, frame: pl.DataFrame, present: se
     written = merge_staged(session, table="event", stage="stage_events", key=["external_id"], columns=list(types),
                      compare=["customer_id", "occurred_at", "type", "properties"] if ctx_updates_events(present)
                      else [], params={}, insert_order="customer_id")
+    activity.record_staged(session, "event", "stage_events", ctx.clock.now())
     touched = pl.concat([before, state.touched_days(frame, "customer_id", "occurred_at")])
     return _result(len(frame), *written, errors, touched)
 
@@ -481,9 +483,22 @@ def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present:
         update_extra={**ciphertexts, "updated_at": ":now"})
     _apply_consent(session, ctx, frame)
     # Every customer has a state row from the moment it exists (a new one's is empty).
-    ids = read_frame(session, "SELECT c.id FROM customer c JOIN stage_customers s ON s.external_id = c.external_id",
-                     {}, {"customer_id": pl.Int64}, same_connection=True)
-    touched = ids.with_columns(pl.lit(None, pl.Date).alias("day"))
+    now = ctx.clock.now()
+    ids = read_frame(session, "SELECT c.id, CASE WHEN c.created_at = :now THEN 1 ELSE 0 END FROM customer c "
+                     "JOIN stage_customers s ON s.external_id = c.external_id", {"now": now},
+                     {"customer_id": pl.Int64, "created": pl.Int8}, same_connection=True)
+    # A customer created by this write has signed up (when they say so, or now): journeys may greet them.
+    signed_up = frame.select("external_id", *(["signed_up_at"] if "signed_up_at" in frame.columns else []))
+    created = ids.filter(pl.col("created") == 1)
+    if not created.is_empty() and activity.interests(session).get("signup"):
+        keys = read_frame(session, "SELECT c.id, c.external_id FROM customer c JOIN stage_customers s "
+                          "ON s.external_id = c.external_id", {}, {"customer_id": pl.Int64, "external_id": pl.String},
+                          same_connection=True)
+        joined = created.join(keys, on="customer_id").join(signed_up, on="external_id", how="left")
+        moment = pl.col("signed_up_at").fill_null(now) if "signed_up_at" in joined.columns else pl.lit(now)
+        activity.record(session, joined.select("customer_id", kind=pl.lit("signup"),
+                                               occurred_at=moment.cast(pl.Datetime("us", "UTC"))), now)
+    touched = ids.select("customer_id").with_columns(pl.lit(None, pl.Date).alias("day"))
     return _result(len(frame), *written, pl.DataFrame(schema=ERROR_SCHEMA), touched)
 
 

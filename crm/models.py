@@ -404,3 +404,28 @@ class ShopWebhookReceipt(SQLModel, table=True):
     webhook_id: str = Field(sa_column=Column(String(128), primary_key=True))
     topic: str = Field(sa_column=Column(String(64), nullable=False))
     received_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class CustomerActivity(SQLModel, table=True):
+    """Something a customer just did or became (an event, an order, a refund, a signup, a tier, tag or risk move),
+    kept until a consumer that reacts to it (journeys) claims it; only kinds someone listens to are recorded."""
+
+    __tablename__ = "customer_activity"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(nullable=False)
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    name: str | None = Field(default=None, sa_column=Column(String(64)))  # event type, tier, layer or tag
+    ref_id: int | None = Field(default=None, sa_column=Column(BigInteger))  # the event, order or refund row
+    properties: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    occurred_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    recorded_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class ActivityInterest(SQLModel, table=True):
+    """A kind of activity (and name, '*' for any) some consumer reacts to: the write path records only these."""
+
+    __tablename__ = "activity_interest"
+
+    kind: str = Field(sa_column=Column(String(16), primary_key=True))
+    name: str = Field(sa_column=Column(String(64), primary_key=True))

@@ -19,7 +19,15 @@ from crm.state import money_frame as state_money_frame
 from crm.validation import normalise_email, normalise_phone
 from kit.channels import CHANNELS
 from kit.clock import ensure_utc
-from kit.columnar import ColumnarReader, as_float, driver_rows, driver_time, read_columns, read_frame
+from kit.columnar import (
+    ColumnarReader,
+    as_float,
+    customer_clause,
+    driver_rows,
+    driver_time,
+    read_columns,
+    read_frame,
+)
 from kit.context import Context
 from kit.db import is_postgres
 from kit.errors import InvalidInput, NotFound
@@ -239,14 +247,14 @@ MONEY_SCHEMA = {"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Flo
                 "cost_known_value": pl.Float64, "cost": pl.Float64}
 
 
-def contactability_frame(session: Session, *, customer_id: int | None = None,
+def contactability_frame(session: Session, *, customer_id: int | None = None, customer_ids: list[int] | None = None,
                          reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Per customer: ids, zone, locale, birthday and which contact data exist (never the data itself)."""
-    one = "WHERE c.id = :customer_id" if customer_id is not None else ""
+    """Per customer (all, one, or a few named by id): ids, zone, locale, birthday and which contact data exist
+    (never the data itself)."""
+    one, params, small = customer_clause("c.id", customer_id, customer_ids)
     query = ("SELECT c.id, c.external_id, c.time_zone, c.locale, c.birthday, c.email_hash IS NOT NULL, "
              f"c.phone_hash IS NOT NULL, c.push_tokens_hash IS NOT NULL FROM customer c {one}")
-    params = {"customer_id": customer_id} if customer_id is not None else {}
-    return read_columns(session, reader, query, params, CONTACT_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, CONTACT_SCHEMA, one_customer=small)
 
 
 def customer_time_zones(session: Session) -> list[str]:
@@ -254,13 +262,12 @@ def customer_time_zones(session: Session) -> list[str]:
     return sorted(z for z in session.exec(select(Customer.time_zone).distinct()).all() if z)
 
 
-def consent_frame(session: Session, *, customer_id: int | None = None,
+def consent_frame(session: Session, *, customer_id: int | None = None, customer_ids: list[int] | None = None,
                   reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Current consent rows (customer, channel, status)."""
-    one = "WHERE c.customer_id = :customer_id" if customer_id is not None else ""
-    params = {"customer_id": customer_id} if customer_id is not None else {}
+    """Current consent rows (customer, channel, status) of all customers, one, or a few named by id."""
+    one, params, small = customer_clause("c.customer_id", customer_id, customer_ids)
     return read_columns(session, reader, f"SELECT c.customer_id, c.channel, c.status FROM consent c {one}", params,
-                 CONSENT_SCHEMA, one_customer=customer_id is not None)
+                        CONSENT_SCHEMA, one_customer=small)
 
 
 def money_window(now: datetime) -> tuple[datetime, datetime]:
@@ -270,32 +277,32 @@ def money_window(now: datetime) -> tuple[datetime, datetime]:
 
 
 def order_money_frame(session: Session, start: datetime, end: datetime, *, customer_id: int | None = None,
-                      reader: ColumnarReader | None = None) -> pl.DataFrame:
+                      customer_ids: list[int] | None = None, reader: ColumnarReader | None = None) -> pl.DataFrame:
     """Per customer over [start, end) from the raw orders: spend, discount, order count, and list value and cost
     where cost is known (cancelled orders left out, refunds taken off)."""
-    one = "AND o.customer_id = :customer_id" if customer_id is not None else ""
+    one, keyed, small = customer_clause("o.customer_id", customer_id, customer_ids, keyword="AND")
     paid, discount, cost = (as_float(session, f"o.{c}") for c in ("amount_paid - o.refunded_amount", "discount",
                                                                    "cost_of_goods"))
     query = (f"SELECT o.customer_id, SUM({paid}), SUM({discount}), COUNT(*), "
              f"SUM(CASE WHEN o.cost_of_goods IS NOT NULL THEN {paid} + {discount} END), SUM({cost}) "
              f"FROM orders o WHERE o.ordered_at >= :start AND o.ordered_at < :end AND o.status <> 'cancelled' {one} "
              "GROUP BY o.customer_id")
-    params = {"start": start, "end": end} | ({"customer_id": customer_id} if customer_id is not None else {})
-    return read_columns(session, reader, query, params, MONEY_SCHEMA, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, {"start": start, "end": end} | keyed, MONEY_SCHEMA, one_customer=small)
 
 
 def money_frame(session: Session, now: datetime, *, customer_id: int | None = None,
-                reader: ColumnarReader | None = None) -> tuple[pl.DataFrame, str]:
+                customer_ids: list[int] | None = None, reader: ColumnarReader | None = None) -> tuple[pl.DataFrame, str]:
     """Planning's money per customer over `money_window(now)`, and where it came from.
 
     From the customer state (its trailing-year columns plus today's buckets) when its clock stands at now's UTC
     midnight, as after the night's segmentation; otherwise from the raw orders (the same numbers, read slower).
     """
-    frame = state_money_frame(session, now, customer_id=customer_id, reader=reader)
+    frame = state_money_frame(session, now, customer_id=customer_id, customer_ids=customer_ids, reader=reader)
     if frame is not None:
         return frame, "state"
     start, end = money_window(now)
-    return order_money_frame(session, start, end, customer_id=customer_id, reader=reader), "history"
+    return order_money_frame(session, start, end, customer_id=customer_id, customer_ids=customer_ids,
+                             reader=reader), "history"
 
 
 FIRST_ORDER_SCHEMA = {"customer_id": pl.Int64, "first_order_at": pl.Datetime("us", "UTC")}

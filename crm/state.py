@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from crm.models import StateClock
 from kit.bulkwrite import fill_empty_table, insert_frame, merge_staged, stage_frame
-from kit.columnar import as_float, few, read_columns, read_for_keys, read_frame
+from kit.columnar import as_float, customer_clause, few, read_columns, read_for_keys, read_frame
 from kit.context import Context
 from kit.timezones import utc_midnight
 
@@ -596,15 +596,14 @@ _MONEY_SCHEMA = {"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Fl
 
 
 def money_frame(session: Session, now: datetime, *, customer_id: int | None = None,
-                reader: Any = None) -> pl.DataFrame | None:
+                customer_ids: list[int] | None = None, reader: Any = None) -> pl.DataFrame | None:
     """Per customer with orders in the trailing year or today: spend, discount, orders, and list value and cost
     where cost is known (crm.service.money_window); None when the clock is not at now's UTC midnight."""
     if not _current_for(session, now):
         return None
     money = [f"churn_spend_{MONEY_DAYS}d", *MONEY_TYPES]
     columns = ", ".join(["s.customer_id", *(as_float(session, f"s.{c}") for c in money), f"s.churn_orders_{MONEY_DAYS}d"])
-    one = "AND s.customer_id = :customer_id" if customer_id is not None else ""
-    params = {"customer_id": customer_id} if customer_id is not None else {}
+    one, params, one_customer = customer_clause("s.customer_id", customer_id, customer_ids, keyword="AND")
     schema = {"customer_id": pl.Int64, "spend": pl.Float64, "discount": pl.Float64, "cost_known_value": pl.Float64,
               "cost": pl.Float64, "orders": pl.Int64}
     query = f"SELECT {columns} FROM customer_state s WHERE s.churn_orders_{MONEY_DAYS}d > 0 {one}"
@@ -612,7 +611,6 @@ def money_frame(session: Session, now: datetime, *, customer_id: int | None = No
         "net_spend", "discount", "cost_known_value", "cost_of_goods")), "d.orders"])
     today_query = (f"SELECT {today_columns} FROM customer_day d WHERE d.day = :today AND d.orders > 0 "
                    + one.replace("s.", "d."))
-    one_customer = customer_id is not None
     year = read_columns(session, reader, query, params, schema, one_customer=one_customer)
     today = read_columns(session, reader, today_query, params | {"today": now.date()}, schema,
                          one_customer=one_customer)

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 from sqlmodel import Session, select
 
-from crm import audit, ingest, state
+from crm import activity, audit, ingest, state
 from crm.models import Order, OrderRefund
 from crm.validation import ROW, SPECS, validate
 from kit.clock import ensure_utc
@@ -203,6 +203,9 @@ def refund_order(session: Session, ctx: Context, order_external_id: str, body: d
     session.flush()
     audit.record(session, actor=actor, action="order.refund", entity="order", entity_id=order.id,
                  at=order.updated_at, after={"refund_id": refund_id, "amount": float(amount), "status": order.status})
+    activity.record(session, pl.DataFrame({"customer_id": [order.customer_id], "kind": ["refund"],
+                                           "name": [order.status], "ref_id": [order.id],
+                                           "occurred_at": [ensure_utc(refunded_at)]}), order.updated_at)
     _refresh_order(session, ctx, order, cause)
     return _refund_answer(order, refund, replayed=False)
 

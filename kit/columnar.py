@@ -8,7 +8,7 @@ import io
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -284,6 +284,18 @@ def columnar_reader(session: Session) -> Iterator[ColumnarReader]:
     opener = _duckdb_attached if session.get_bind().dialect.name == "postgresql" else _sqlite_reader
     with opener(session) as connection:
         yield ColumnarReader(session, connection)
+
+
+def customer_clause(column: str, customer_id: int | None = None, customer_ids: Sequence[int] | None = None, *,
+                    keyword: str = "WHERE") -> tuple[str, dict[str, Any], bool]:
+    """SQL keeping `column` to one customer or to a few named by id (integers, inlined), its params, and whether
+    the read is small (so it goes on the session's own connection)."""
+    if customer_ids is not None:
+        listed = ", ".join(str(int(i)) for i in customer_ids) or "NULL"
+        return f"{keyword} {column} IN ({listed})", {}, True
+    if customer_id is not None:
+        return f"{keyword} {column} = :customer_id", {"customer_id": customer_id}, True
+    return "", {}, False
 
 
 def read_columns(session: Session, reader: ColumnarReader | None, query: str, params: dict[str, Any],

@@ -21,7 +21,7 @@ from kit.bulkwrite import fill_empty_table, stage_frame
 from kit.columnar import read_frame
 from kit.context import Context
 from segmentation.metrics import MetricParams, metrics_from_state
-from segmentation.service import TRANSITION_TYPES, current_rule_set, write_tag_changes
+from segmentation.service import TRANSITION_TYPES, current_rule_set, record_entries, write_tag_changes
 from segmentation.tags import evaluate_tags
 
 REALTIME_RUN = 0
@@ -75,6 +75,7 @@ def refresh_changed_tags(session: Session, ctx: Context, *, limit: int = 5000) -
                        pl.lit(None, pl.String).alias("to_value"), pl.lit(tags_version).alias("version"), "why"),
     ]).with_columns(run_id=pl.lit(REALTIME_RUN), at=pl.lit(now))
     fill_empty_table(session, "segment_transition", moves, TRANSITION_TYPES)
+    record_entries(session, moves, now)
     write_tag_changes(session, added, removed, now, tags_version)
     crm_state.mark_processed(session, changes["id"].to_list(), now)
     return {"changes": len(changes), "customers": len(customers), "tags_added": len(added),

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlmodel import Session, select
 
-from crm import audit
+from crm import activity, audit
 from crm import state as crm_state
 from crm.profiles import ProfileRequest
 from crm.service import (
@@ -24,6 +24,7 @@ from kit.columnar import (
     ColumnarReader,
     SharedFrames,
     columnar_reader,
+    customer_clause,
     driver_json,
     driver_rows,
     driver_time,
@@ -286,6 +287,7 @@ def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = No
                        pl.lit(None, pl.String).alias("to_value"), pl.lit(tags_version).alias("version"), "why"),
     ], how="diagonal_relaxed").with_columns(run_id=pl.lit(run.id), at=pl.lit(as_of))
     _write_changes(session, changed_state, previous, moves, added, removed, as_of, tags_version)
+    record_entries(session, moves, ctx.clock.now())
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
     run.population = _write_value_steps(session, metrics, run.id, bool(inputs["state"]["last_event_at"]
@@ -406,6 +408,12 @@ def _write_changes(session: Session, changed_state: pl.DataFrame, previous: pl.D
                      params={})
     fill_empty_table(session, "segment_transition", moves, TRANSITION_TYPES)
     write_tag_changes(session, added, removed, as_of, tags_version)
+
+
+def record_entries(session: Session, moves: pl.DataFrame, now: datetime) -> int:
+    """Entries into a tier, layer or tag as activity (journeys may start on them)."""
+    return activity.record(session, moves.filter(pl.col("to_value").is_not_null()).select(
+        "customer_id", kind=pl.col("dimension"), name=pl.col("to_value"), occurred_at=pl.col("at")), now)
 
 
 def write_tag_changes(session: Session, added: pl.DataFrame, removed: pl.DataFrame, at: datetime,
@@ -562,23 +570,18 @@ SEGMENT_READ_SCHEMA = {"customer_id": pl.Int64, "tier": pl.String, "layer": pl.S
 def segments_frame(session: Session, *, customer_id: int | None = None, customer_ids: list[int] | None = None,
                    reader: ColumnarReader | None = None) -> pl.DataFrame:
     """Current tier, layer and R/F/M scores per customer (all, one, or a few named by id)."""
-    one = "WHERE s.customer_id = :customer_id" if customer_id is not None else ""
-    if customer_ids is not None:  # integers only, so inlining them is safe
-        one = f"WHERE s.customer_id IN ({', '.join(str(int(i)) for i in customer_ids) or 'NULL'})"
+    one, params, small = customer_clause("s.customer_id", customer_id, customer_ids)
     query = f"SELECT s.customer_id, s.tier, s.layer, s.r_score, s.f_score, s.m_score FROM customer_segment s {one}"
-    params = {"customer_id": customer_id} if customer_id is not None else {}
-    return read_columns(session, reader, query, params, SEGMENT_READ_SCHEMA,
-                        one_customer=customer_id is not None or customer_ids is not None)
+    return read_columns(session, reader, query, params, SEGMENT_READ_SCHEMA, one_customer=small)
 
 
-def tags_frame(session: Session, *, customer_id: int | None = None,
+def tags_frame(session: Session, *, customer_id: int | None = None, customer_ids: list[int] | None = None,
                reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Tags customers carry now (customer_id, tag)."""
-    one = "WHERE t.customer_id = :customer_id" if customer_id is not None else ""
-    schema = {"customer_id": pl.Int64, "tag": pl.String}
-    params = {"customer_id": customer_id} if customer_id is not None else {}
+    """Tags customers carry now (customer_id, tag): all customers', one's, or a few named by id."""
+    one, params, small = customer_clause("t.customer_id", customer_id, customer_ids)
     query = f"SELECT t.customer_id, t.tag FROM customer_tag t {one}"
-    return read_columns(session, reader, query, params, schema, one_customer=customer_id is not None)
+    return read_columns(session, reader, query, params, {"customer_id": pl.Int64, "tag": pl.String},
+                        one_customer=small)
 
 
 def entered_between(session: Session, dimension: str, value: str, start: datetime, end: datetime, *,

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from campaigns.authoring import rendering
 from campaigns.authoring.fairness import OfferReach, violations
 from campaigns.authoring.guard_rail_settings import GuardRailSettings, current_settings
-from campaigns.authoring.spec import STATUSES, CampaignSpec
+from campaigns.authoring.spec import STATUSES, Audience, CampaignSpec
 from campaigns.authoring.templates import (
     content_problems,
     find_template,
@@ -63,22 +63,34 @@ def _check_kind(spec: CampaignSpec, may_define_transactional: bool) -> None:
         raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors)
 
 
-def _check_semantics(session: Session, ctx: Context, spec: CampaignSpec) -> None:
-    """Names the spec refers to exist: tiers, layers, tags, and a renderable template per channel that passes the
-    content rules of the campaign's kind."""
-    errors = []
+def segment_names(session: Session) -> dict[str, set[str]]:
+    """The tiers, layers and tags the current rule sets define."""
     _, tiers = current_rule_set(session, "tier")
     _, layers = current_rule_set(session, "layer")
     _, tags = current_rule_set(session, "tags")
-    known = {"tiers": {r.name for r in tiers.rules} | {tiers.fallback},
-             "layers": {r.name for r in layers.rules} | {layers.fallback},
-             "tags": {t.name for t in tags.tags}}
+    return {"tiers": {r.name for r in tiers.rules} | {tiers.fallback},
+            "layers": {r.name for r in layers.rules} | {layers.fallback}, "tags": {t.name for t in tags.tags}}
+
+
+def audience_errors(audience: Audience, known: dict[str, set[str]], prefix: str,
+                    extra_tags: set[str] = frozenset()) -> list[dict[str, str]]:
+    """An error per tier, layer or tag the audience names that no rule set defines (`extra_tags`: others known)."""
+    errors = []
     for field, kind in (("tiers", "tiers"), ("exclude_tiers", "tiers"), ("layers", "layers"),
                         ("exclude_layers", "layers"), ("tags", "tags"), ("exclude_tags", "tags")):
-        for index, value in enumerate(getattr(spec.audience, field)):
-            if value not in known[kind]:
-                errors.append({"field": f"audience.{field}.{index}",
-                               "reason": f"unknown {kind[:-1]} '{value}' (known: {', '.join(sorted(known[kind]))})"})
+        names = known[kind] | (set(extra_tags) if kind == "tags" else set())
+        for index, value in enumerate(getattr(audience, field)):
+            if value not in names:
+                errors.append({"field": f"{prefix}{field}.{index}",
+                               "reason": f"unknown {kind[:-1]} '{value}' (known: {', '.join(sorted(names))})"})
+    return errors
+
+
+def _check_semantics(session: Session, ctx: Context, spec: CampaignSpec) -> None:
+    """Names the spec refers to exist: tiers, layers, tags, and a renderable template per channel that passes the
+    content rules of the campaign's kind."""
+    known = segment_names(session)
+    errors = audience_errors(spec.audience, known, "audience.")
     schedule = spec.schedule
     if schedule.trigger == "entered_tier" and schedule.value not in known["tiers"]:
         errors.append({"field": "schedule.value", "reason": f"unknown tier '{schedule.value}'"})
@@ -88,18 +100,19 @@ def _check_semantics(session: Session, ctx: Context, spec: CampaignSpec) -> None
     arms = [("", spec)] + ([(f"experiment.variants.{i}.", spec.for_variant(v))
                             for i, v in enumerate(spec.experiment.variants)] if spec.experiment else [])
     for prefix, arm in arms:
-        errors += _template_errors(session, ctx, arm, prefix, rails)
+        errors += template_errors(session, ctx, arm, prefix, rails)
     if errors:
         raise InvalidInput(f"invalid campaign: {', '.join(e['field'] for e in errors)}", errors=errors)
 
 
-def _template_errors(session: Session, ctx: Context, spec: CampaignSpec, prefix: str,
-                     rails: GuardRailSettings) -> list[dict[str, str]]:
-    """A renderable template per channel step of the spec (an A/B arm's steps named under its variant)."""
+def template_errors(session: Session, ctx: Context, spec: CampaignSpec, prefix: str,
+                    rails: GuardRailSettings, locale: str | None = None) -> list[dict[str, str]]:
+    """A renderable template per channel step of the spec (an A/B arm's steps named under its variant), in the
+    shop's default locale or the one given."""
     errors = []
     for index, step in enumerate(spec.channels):
         field = f"{prefix}channels.{index}.template"
-        source = find_template(session, ctx, step.template, step.channel, ctx.settings.default_locale)
+        source = find_template(session, ctx, step.template, step.channel, locale or ctx.settings.default_locale)
         if source is None:
             errors.append({"field": field, "reason": f"no {step.channel} template named '{step.template}'"})
             continue
@@ -120,8 +133,8 @@ def _template_errors(session: Session, ctx: Context, spec: CampaignSpec, prefix:
     return errors
 
 
-def _reaches(name: str, spec: CampaignSpec) -> list[OfferReach]:
-    """Whom the campaign's offers reach: its own and each A/B arm's."""
+def offer_reaches(name: str, spec: CampaignSpec) -> list[OfferReach]:
+    """Whom the campaign's offers reach: its own and each A/B arm's (a journey's send steps pass as campaigns)."""
     arms = [spec] + ([spec.for_variant(v) for v in spec.experiment.variants] if spec.experiment else [])
     newcomers = "first_order_only" in spec.audience.tags or spec.schedule.trigger == "days_after_first_order"
     return [OfferReach(campaign=name, tiers=tuple(spec.audience.tiers), new_customers=newcomers,
@@ -134,8 +147,8 @@ def fairness_check(session: Session, ctx: Context, campaign: Campaign, spec: Cam
     """Violations this campaign adds to those of the other active campaigns (what is already there is not its doing:
     e.g. a newcomer offer accepted with `warn` must not block every later change to a loyal-tier campaign)."""
     others = session.exec(select(Campaign).where(Campaign.status == "active", Campaign.id != campaign.id)).all()
-    reaches = [r for o in others for r in _reaches(o.name, CampaignSpec.model_validate(o.spec))]
-    mine = _reaches(campaign.name, spec)
+    reaches = [r for o in others for r in offer_reaches(o.name, CampaignSpec.model_validate(o.spec))]
+    mine = offer_reaches(campaign.name, spec)
     if not mine:
         return []
     loyal = tuple(ctx.settings.loyal_tiers)

@@ -45,7 +45,7 @@ from campaigns.delivery.channels.base import (
     Sender,
     SendResult,
 )
-from campaigns.models import CallTask, Campaign, Message
+from campaigns.models import CallTask, Campaign, Journey, Message
 from campaigns.planning.caps import COUNTED_STATUSES, LEDGER_SCHEMA, check_at_send
 from campaigns.planning.guardrails import guard_rails
 from campaigns.planning.quiet_hours import defer_out_of_quiet_hours
@@ -119,8 +119,12 @@ def recover_orphans(session: Session, now: datetime) -> int:
 def claim(session: Session, now: datetime, worker: str, lease: timedelta, limit: int) -> list[dict[str, Any]]:
     """Take up to `limit` due planned messages for this worker (skipping rows other workers hold)."""
     live = select(Campaign.__table__.c.id).where(Campaign.__table__.c.status == "active")
-    # A paused or archived campaign's messages wait (paused) or lapse (archived): never sent behind its back.
-    picked = select(M.c.id).where(M.c.status == "planned", M.c.send_at <= now, M.c.campaign_id.in_(live)).order_by(
+    # A journey's messages carry its id negated (campaigns.models.journey_sender).
+    live_journeys = select(-Journey.__table__.c.id).where(Journey.__table__.c.status == "active")
+    # A paused or archived campaign's (or journey's) messages wait (paused) or lapse (archived): never sent behind
+    # its back.
+    picked = select(M.c.id).where(M.c.status == "planned", M.c.send_at <= now,
+                                  M.c.campaign_id.in_(live) | M.c.campaign_id.in_(live_journeys)).order_by(
         M.c.priority.desc(), M.c.send_at, M.c.id).limit(limit)
     if is_postgres(session):
         picked = picked.with_for_update(skip_locked=True)
@@ -266,8 +270,9 @@ class Renderer:
 
     def _campaign_name(self, campaign_id: int) -> str:
         if campaign_id not in self._campaigns:
+            table = "campaign" if campaign_id > 0 else "journey"
             self._campaigns[campaign_id] = self.session.connection().execute(
-                text("SELECT name FROM campaign WHERE id = :id"), {"id": campaign_id}).scalar_one()
+                text(f"SELECT name FROM {table} WHERE id = :id"), {"id": abs(campaign_id)}).scalar_one()
         return self._campaigns[campaign_id]
 
     def contacts(self, customer_ids: list[int]) -> dict[int, dict[str, Any]]:

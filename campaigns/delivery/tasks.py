@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from campaigns.delivery.webhooks import advance
-from campaigns.models import CallTask, Campaign, Message
+from campaigns.models import CallTask, Campaign, Journey, Message
 from crm import audit
 from crm.models import Channel, ConsentStatus
 from crm.service import contact_of, get_customer, record_consent
@@ -31,7 +31,8 @@ def _task(session: Session, task_id: int) -> CallTask:
 def describe_task(session: Session, ctx: Context, task: CallTask, *, reveal: bool) -> dict[str, Any]:
     """A task as an agent sees it: the phone number in full only to the agent who claimed it."""
     customer = get_customer(session, task.customer_id)
-    campaign = session.get(Campaign, task.campaign_id)
+    campaign = session.get(Campaign, task.campaign_id) if task.campaign_id > 0 else \
+        session.get(Journey, -task.campaign_id)  # a journey's call step (campaigns.models.journey_sender)
     contact = contact_of(ctx, customer, masked=not reveal) if customer else {}
     return {"id": task.id, "status": task.status, "campaign": campaign.name if campaign else None,
             "customer": customer.external_id if customer else None, "locale": customer.locale if customer else None,

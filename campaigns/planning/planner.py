@@ -286,6 +286,23 @@ def plan_occurrence(spec: CampaignSpec, campaign_id: int, occurrence: str, day: 
                 preempted=sorted(preempted))
 
 
+def plan_sends(spec: CampaignSpec, sender_id: int, occurrence: str, due: pl.DataFrame, inputs: PlanInputs,
+               rails: GuardRails, now: datetime) -> Plan:
+    """One message step for customers already chosen (a journey's due enrollments: `due` holds customer_id,
+    send_at and coupon_key, e.g. the enrollment id, which makes each coupon code unique): no audience, holdout or
+    schedule, but the same consent, contact, ceilings, quiet hours and caps as a campaign's occurrence."""
+    counts: dict[str, int] = {reason: 0 for reason in (*EXCLUSION_REASONS, *ADJUSTMENT_REASONS)}
+    members = (due.select("customer_id", "send_at", "coupon_key")
+               .join(inputs.customers, on="customer_id", how="inner")
+               .join(inputs.segments, on="customer_id", how="left"))
+    rows, recipients, _ = _plan_treated(spec, members, inputs, rails, sender_id, occurrence, ledger_frame(inputs.ledger),
+                                        counts, now, preempted := set())
+    counts["recipients"] = recipients.select("customer_id").n_unique() if not recipients.is_empty() else 0
+    counts["messages"] = recipients.height
+    return Plan(rows=rows.with_columns(variant=pl.lit(None, dtype=pl.String)), counts=counts,
+                audience_size=members.height, preempted=sorted(preempted))
+
+
 def ledger_frame(ledger: pl.DataFrame) -> pl.DataFrame:
     """The ledger's cap columns (a ledger without message ids or preemptible flags holds firm slots only)."""
     missing = {"message_id": pl.lit(None, dtype=pl.Int64), "preemptible": pl.lit(False)}
@@ -403,8 +420,9 @@ def _apply_offer(spec: CampaignSpec, treated: pl.DataFrame, inputs: PlanInputs, 
     terms = OfferTerms(amount_off=offer.amount_off, percent_off=offer.percent_off, min_spend=offer.min_spend,
                        free_shipping=offer.free_shipping, max_discount=offer.max_discount)
     decided = apply_ceilings(_money(treated.select("customer_id", "tier", "send_at"), inputs), terms, rails.discounts)
-    decided = decided.with_columns(
-        coupon_code=coupon_codes(offer.coupon_prefix, campaign_id, occurrence, decided["customer_id"]))
+    keys = decided["customer_id"] if "coupon_key" not in treated.columns else decided.select("customer_id").join(
+        treated.select("customer_id", "coupon_key"), on="customer_id", how="left")["coupon_key"]
+    decided = decided.with_columns(coupon_code=coupon_codes(offer.coupon_prefix, abs(campaign_id), occurrence, keys))
     decided = decided.with_columns(coupon_code=pl.when(pl.col("offer_decision") == WITHHELD).then(None)
                                    .otherwise(pl.col("coupon_code")))
     offer_rows = decided.select("customer_id", "offer_decision", "offer_reasons", "offer_amount_off",

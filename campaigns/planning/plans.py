@@ -42,7 +42,7 @@ from crm.service import (
 )
 from kit.bulkwrite import insert_frame
 from kit.clock import ensure_utc
-from kit.columnar import SharedFrames, columnar_reader, read_frame
+from kit.columnar import SharedFrames, columnar_reader, customer_clause, read_frame
 from kit.context import Context
 from kit.db import refresh_statistics
 from kit.errors import Conflict, DomainError, InvalidInput
@@ -71,11 +71,13 @@ def shop_today(ctx: Context) -> date:
     return local_date_of(ctx.clock.now(), ctx.settings.default_time_zone)
 
 
-def read_ledger(session: Session, now: datetime, horizon_days: int, customer_id: int | None) -> pl.DataFrame:
+def read_ledger(session: Session, now: datetime, horizon_days: int, customer_id: int | None,
+                customer_ids: list[int] | None = None) -> pl.DataFrame:
     """Live marketing messages within `horizon_days` of now (they count against caps and cooldowns), and every
-    offer still open whenever it was sent (it counts against the discount budget)."""
+    offer still open whenever it was sent (it counts against the discount budget); all customers', one's or a
+    few's."""
     statuses = ", ".join(f"'{s}'" for s in COUNTED_STATUSES)
-    one = "AND m.customer_id = :customer_id" if customer_id is not None else ""
+    one, keyed, small = customer_clause("m.customer_id", customer_id, customer_ids, keyword="AND")
     is_open = "m.valid_until > :now AND m.redeemed_order_id IS NULL"
     # Both branches have an index (status, send_at; valid_until): the read grows with the caps' windows and the
     # offers still open, never with the months of messages behind them.
@@ -86,11 +88,11 @@ def read_ledger(session: Session, now: datetime, horizon_days: int, customer_id:
              f"FROM message m WHERE m.status IN ({statuses}) AND m.transactional = :no "
              f"AND ((m.send_at >= :start AND m.send_at < :end) OR ({is_open} AND m.discount_value > 0)) {one}")
     params = {"now": now, "no": False, "start": now - timedelta(days=horizon_days),
-              "end": now + timedelta(days=horizon_days)} | ({"customer_id": customer_id} if customer_id else {})
+              "end": now + timedelta(days=horizon_days)} | keyed
     schema = LEDGER_SCHEMA | {"campaign_id": pl.Int64, "open_offer": pl.Float64, "open_code": pl.String}
     # On the session's own connection, never the columnar fast path (which reads committed data only): the
     # campaigns of one day are planned in one transaction, and each must count what the previous ones planned.
-    ledger = read_frame(session, query, params, schema, same_connection=True, small=customer_id is not None)
+    ledger = read_frame(session, query, params, schema, same_connection=True, small=small)
     # A coupon stops being an open offer once an order used it: from then on the order's discount is what counts.
     # Asked of crm as one set lookup (a correlated EXISTS per message let PostgreSQL scan all orders per row).
     open_codes = ledger["open_code"].drop_nulls().unique().to_list()
@@ -100,9 +102,10 @@ def read_ledger(session: Session, now: datetime, horizon_days: int, customer_id:
 
 
 def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, rails: GuardRails, *,
-                customer_id: int | None = None,
+                customer_id: int | None = None, customer_ids: list[int] | None = None,
                 shared: SharedFrames | None = None) -> tuple[PlanInputs, dict[str, float]]:
-    """Everything planning reads, through one columnar reader; with customer_id only that customer's rows.
+    """Everything planning reads, through one columnar reader; with customer_id (or customer_ids: a journey's
+    batch) only those customers' rows.
 
     `shared` carries the frames planning does not change (customers, segments, tags, scores, consent, money,
     first orders) from one campaign of a day to the next; the ledger is always read again.
@@ -111,10 +114,12 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, r
     horizon = max([c.window_days for c in rails.caps] + [spec.cooldown_days or 0, 1]) + spec.defer_days
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    few_customers = customer_id is not None or customer_ids is not None
     with columnar_reader(session) as reader:
-        use = None if customer_id is not None else reader
-        one = {"customer_id": customer_id} if customer_id is not None else {}
-        frames = shared if shared is not None and customer_id is None else SharedFrames()
+        use = None if few_customers else reader
+        one: dict[str, Any] = {"customer_id": customer_id} if customer_id is not None else (
+            {"customer_ids": customer_ids} if customer_ids is not None else {})
+        frames = shared if shared is not None and not few_customers else SharedFrames()
 
         def once(name: str, read: Callable[[], pl.DataFrame]) -> pl.DataFrame:
             return frames.whole(f"plan:{name}", read)  # prefixed: other steps cache other `customers` frames
@@ -126,7 +131,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, r
             pl.DataFrame(schema={"customer_id": pl.Int64, "tag": pl.String})
         scores = once("scores", lambda: scores_frame(session, reader=use, **one))
         consent = once("consent", lambda: consent_frame(session, reader=use, **one))
-        ledger = read_ledger(session, now, horizon, customer_id)
+        ledger = read_ledger(session, now, horizon, customer_id, customer_ids)
         money = once("money", lambda: money_frame(session, now, reader=use, **one)[0]) \
             if spec.makes_offers else pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64,
                                                     "discount": pl.Float64, "orders": pl.Int64,
@@ -136,8 +141,7 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, r
             if needs_first else pl.DataFrame(schema={"customer_id": pl.Int64,
                                                      "first_order_at": pl.Datetime("us", "UTC")})
         # One customer's money says nothing about the shop's margins: ask for the shop-wide ratio separately.
-        shop_ratio = shop_cost_ratio(session, now) \
-            if spec.makes_offers and customer_id is not None else None
+        shop_ratio = shop_cost_ratio(session, now) if spec.makes_offers and few_customers else None
     timings["read_s"] = round(time.perf_counter() - started, 3)
     entered = None
     if spec.schedule.trigger in ("entered_tier", "entered_tag"):
@@ -171,7 +175,8 @@ def resolve_day(ctx: Context, spec: CampaignSpec, day: date | None) -> date:
     return found
 
 
-def _offer_json(rows: pl.DataFrame) -> pl.Expr:
+def offer_json(rows: pl.DataFrame) -> pl.Expr:
+    """The outbox's offer column from a plan's per-customer offer columns (null where no offer)."""
     if "offer_decision" not in rows.columns:
         return pl.lit(None, dtype=pl.String)
     return pl.when(pl.col("offer_decision").is_not_null()).then(pl.struct(
@@ -232,7 +237,7 @@ def _write(session: Session, campaign: Campaign, spec: CampaignSpec, key: str, d
         channel="channel", status="status", reason="reason", priority=pl.lit(spec.priority, dtype=pl.Int64),
         transactional=pl.lit(spec.transactional), send_at="send_at",
         expires_at=pl.lit(utc_midnight(day) + timedelta(days=spec.defer_days + 2)), template="template",
-        locale="locale", variant="variant", offer=_offer_json(rows),
+        locale="locale", variant="variant", offer=offer_json(rows),
         discount_value=pl.col("discount_value").fill_null(0.0),
         coupon_code="coupon_code", valid_until="valid_until", attempts=pl.lit(0, dtype=pl.Int64),
         created_at=pl.lit(now), updated_at=pl.lit(now))

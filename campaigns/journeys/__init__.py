@@ -1,0 +1,1 @@
+"""Journeys: event-triggered, multi-step automation under the campaigns' guard rails and outbox."""
