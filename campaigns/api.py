@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query
 from campaigns import service
 from campaigns.authoring import guard_rail_settings
 from campaigns.delivery import outbox
+from campaigns.journeys import api as journeys_api
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
@@ -163,6 +164,7 @@ def get_guard_rail_versions(session: SessionDep, _: Principal = Depends(require(
 def install(app: FastAPI) -> None:
     """Wire campaigns into the app: routes and the contact-history and discount-budget profile sections."""
     app.include_router(router)
+    journeys_api.install(app)
     app.state.profiles.register("contact_history", service.contact_history_section)
     app.state.profiles.register("discount_budget", service.discount_budget_section)
     app.state.exports.register("campaigns", service.campaign_export)

@@ -21,6 +21,8 @@ campaigns_app = typer.Typer(help="Campaigns: default plans, dry-runs, planning."
 app.add_typer(campaigns_app, name="campaigns")
 dispatch_app = typer.Typer(help="Dispatch: send due outbox messages through the channels.", no_args_is_help=True)
 app.add_typer(dispatch_app, name="dispatch")
+journeys_app = typer.Typer(help="Journeys: event-triggered multi-step automation.", no_args_is_help=True)
+app.add_typer(journeys_app, name="journeys")
 
 
 @campaigns_app.command("install-defaults")
@@ -198,3 +200,76 @@ def print_campaign_reports(rows: list[dict]) -> None:
         console.print(note)
     console.print("* significant at 95%; † an arm has fewer than 10 conversions or non-conversions (rough "
                   "interval); uplift = conversion within the attribution window, treated − holdout")
+
+
+@journeys_app.command("list")
+def journeys_list() -> None:
+    """Journeys, highest priority first, with their enrollments by status."""
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        for journey in campaigns.list_journeys(session):
+            counts = campaigns.journey_funnel(session, ctx, journey.id)["enrollments"]
+            shown = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "no enrollments"
+            console.print(f"{journey.id}\t{journey.status}\tpriority {journey.priority}\t{journey.name}\t{shown}")
+
+
+@journeys_app.command("install-defaults")
+def journeys_install_defaults(
+        draft: Annotated[bool, typer.Option("--draft", help="leave them in draft instead of activating")] = False,
+) -> None:
+    """Create the default journeys (abandoned cart, onboarding, post-purchase, staged recall, win-back)."""
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        for row in campaigns.install_default_journeys(session, ctx, "cli", activate=not draft):
+            console.print(f"journey {row['id']}: {row['name']} ({row['status']}, "
+                          f"{'created' if row['created'] else 'exists'})")
+
+
+@journeys_app.command("simulate")
+def journeys_simulate(
+        journey_id: Annotated[int, typer.Argument(help="the journey's id")],
+        customer: Annotated[str, typer.Option(help="the customer's external id")],
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The timeline a customer would take through the journey from now (nothing is written)."""
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        customer_id = campaigns.customer_id_of(session, customer)
+        result = campaigns.simulate_journey(session, ctx, journey_id, customer_id)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    if not result["enters"]:
+        console.print(f"{customer} would not enter: {result['reason']}")
+        return
+    for step in result["timeline"]:
+        console.print(f"{step['at']:%Y-%m-%d %H:%M} UTC  {step['step']:<20} {step['kind']:<7} {step['outcome']}"
+                      + (f" ({step['reason']})" if step["reason"] else ""))
+    console.print(f"ends: {result['status']} ({result['end_reason'] or 'still in the journey'})")
+
+
+@journeys_app.command("run")
+def journeys_run(
+        once: Annotated[bool, typer.Option("--once", help="work until nothing is due, then exit")] = False,
+        now: Annotated[str | None, typer.Option(help="ISO instant to run as of (replays, tests)")] = None,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The journey worker: entries from fresh activity and dates, due steps under the guard rails; several may run
+    (PostgreSQL); SIGTERM finishes the pass in hand."""
+    import signal
+    import threading
+
+    from kit.clock import FixedClock
+
+    ctx = cli_context()
+    if now is not None:
+        ctx.clock = FixedClock(parse_instant(now))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if not once:
+        print("journey worker running (SIGTERM finishes the pass in hand)", file=sys.stderr, flush=True)
+    totals = campaigns.serve_journeys(ctx, once=once, stop=stop)
+    if as_json:
+        print(json.dumps(totals))
+    else:
+        console.print("journeys: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))

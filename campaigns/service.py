@@ -30,6 +30,12 @@ from campaigns.authoring.templates import (
 from campaigns.delivery.outbox import list_messages, messages_json
 from campaigns.delivery.tasks import OUTCOMES as CALL_OUTCOMES
 from campaigns.delivery.tasks import claim_task, list_tasks, record_outcome
+from campaigns.journeys.definitions import install_defaults as install_default_journeys
+from campaigns.journeys.definitions import list_journeys
+from campaigns.journeys.reports import funnel as journey_funnel
+from campaigns.journeys.reports import simulate as simulate_journey
+from campaigns.journeys.runtime import run_once as run_journeys_once
+from campaigns.journeys.runtime import serve as serve_journeys
 from campaigns.measurement.reports import campaign_reports
 from campaigns.planning.explain import dry_run, eligibility
 from campaigns.planning.plans import (
@@ -48,6 +54,8 @@ from campaigns.profile import (
 )
 
 __all__ = [
+    "install_default_journeys", "journey_funnel", "list_journeys", "run_journeys_once", "serve_journeys",
+    "simulate_journey", "customer_id_of",
     "CALL_OUTCOMES", "CampaignSpec", "campaign_reports", "claim_task", "list_tasks", "record_outcome", "campaign_erasure", "campaign_export", "campaign_versions", "contact_history_section", "create_campaign",
     "describe", "discount_budget_section", "dry_run", "eligibility", "find_template", "get_campaign",
     "get_template", "install_defaults", "latest_planned_send", "list_campaigns", "list_messages",
@@ -55,3 +63,10 @@ __all__ = [
     "plan_campaign", "plan_due", "preview_template", "save_template", "set_status", "shop_today",
     "unsubscribe_url", "update_campaign",
 ]
+
+
+def customer_id_of(session, external_id: str) -> int:
+    """A customer's row id by external id (NotFound otherwise)."""
+    from crm.service import customer_by_external_id
+
+    return customer_by_external_id(session, external_id).id

@@ -326,3 +326,35 @@ def install_defaults(session: Session, ctx: Context, actor: str, *, activate: bo
             journey = set_status(session, ctx, journey.id, "active", actor)
         out.append({"id": journey.id, "name": journey.name, "status": journey.status, "created": True})
     return out
+
+
+def describe_json(journey: Journey) -> dict[str, Any]:
+    """`describe` with its timestamps as ISO strings (for a hand-built response)."""
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in describe(journey).items()}
+
+
+def move_enrollments(session: Session, ctx: Context, journey_id: int, from_version: int, step_map: dict[str, str],
+                     actor: str) -> dict[str, Any]:
+    """Move live enrollments on `from_version` to the current version; each one's step must be mapped to a step of
+    the current definition (a step not in the map keeps its customers on their version)."""
+    journey = get_journey(session, journey_id)
+    spec = JourneySpec.model_validate(journey.spec)
+    known = spec.by_id()
+    bad = [{"field": f"step_map.{old}", "reason": f"no step '{new}' in version {journey.version}"}
+           for old, new in step_map.items() if new not in known]
+    if bad:
+        raise InvalidInput("the step map names steps the current version lacks", errors=bad)
+    from sqlalchemy import text
+
+    moved = 0
+    for old, new in step_map.items():
+        result = session.connection().execute(text(
+            "UPDATE journey_enrollment SET version = :to, step_id = :new, updated_at = :now WHERE journey_id = :id "
+            "AND version = :from AND step_id = :old AND status = 'active'"),
+            {"to": journey.version, "new": new, "now": ctx.clock.now(), "id": journey_id, "from": from_version,
+             "old": old})
+        moved += result.rowcount or 0
+    audit.record(session, actor=actor, action="journey.move", entity="journey", entity_id=journey_id,
+                 at=ctx.clock.now(), after={"from_version": from_version, "to_version": journey.version,
+                                            "step_map": step_map, "moved": moved})
+    return {"journey_id": journey_id, "from_version": from_version, "to_version": journey.version, "moved": moved}

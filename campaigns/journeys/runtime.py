@@ -278,7 +278,7 @@ def _signups_on(session: Session, day: date) -> pl.DataFrame:
 # ---------------------------------------------------------------- advancing due enrollments
 
 
-def _claim_due(session: Session, now: datetime, limit: int) -> list[dict[str, Any]]:
+def _claim_due(session: Session, now: datetime, limit: int, only: list[int] | None = None) -> list[dict[str, Any]]:
     """Lock up to `limit` due enrollments of active journeys (rows another worker holds are skipped)."""
     from sqlalchemy import select as sa_select
 
@@ -290,6 +290,8 @@ def _claim_due(session: Session, now: datetime, limit: int) -> list[dict[str, An
              .where(e.c.status.in_(LIVE), e.c.wake_at <= now,
                     e.c.journey_id.in_(sa_select(j.c.id).where(j.c.status == "active")))
              .order_by(e.c.wake_at, e.c.id).limit(limit))
+    if only is not None:
+        query = query.where(e.c.id.in_(only))
     if is_postgres(session):
         query = query.with_for_update(skip_locked=True, of=e)
     return [dict(r._mapping) for r in session.connection().execute(query)]
@@ -368,11 +370,12 @@ def _context(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def advance_due(session: Session, ctx: Context, *, limit: int = 2000, rails: GuardRails | None = None,
-                journeys: ActiveJourneys | None = None) -> dict[str, Any]:
-    """Advance up to `limit` due enrollments: confirm entries, take steps, plan sends under the rails, write it all."""
+                journeys: ActiveJourneys | None = None, only: list[int] | None = None) -> dict[str, Any]:
+    """Advance up to `limit` due enrollments (or only those named): confirm entries, take steps, plan sends under
+    the rails, write it all."""
     now = ctx.clock.now()
     started = time.perf_counter()
-    claimed = _claim_due(session, now, limit)
+    claimed = _claim_due(session, now, limit, only)
     if not claimed:
         return {"advanced": 0, "steps": 0, "messages": 0}
     journeys = journeys or ActiveJourneys(session)
@@ -529,3 +532,28 @@ def run_once(session: Session, ctx: Context, *, activity_limit: int = 5000, due_
     entered = enter_from_activity(session, ctx, limit=activity_limit, journeys=journeys)
     entered["dates"] = enter_on_dates(session, ctx, journeys=journeys) if dates else 0
     return {"entry": entered, "advance": advance_due(session, ctx, limit=due_limit, journeys=journeys)}
+
+
+def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0,
+          dates_every: timedelta = timedelta(hours=1)) -> dict[str, int]:
+    """The journey worker: passes (each its own transaction) until idle (once) or until `stop` is set; date
+    triggers are looked at on the first pass and then every `dates_every`."""
+    from kit.db import session_scope
+
+    totals: dict[str, int] = {"passes": 0, "enrolled": 0, "advanced": 0, "messages": 0}
+    last_dates: datetime | None = None
+    while not stop.is_set():
+        dates = last_dates is None or ctx.clock.now() - last_dates >= dates_every
+        with session_scope(ctx.engine) as session:
+            result = run_once(session, ctx, dates=dates)
+        last_dates = ctx.clock.now() if dates else last_dates
+        totals["passes"] += 1
+        totals["enrolled"] += result["entry"]["enrolled"] + result["entry"]["dates"]
+        totals["advanced"] += result["advance"]["advanced"]
+        totals["messages"] += result["advance"]["messages"]
+        idle = result["entry"]["activity"] == 0 and result["advance"]["advanced"] == 0
+        if idle and once:
+            break
+        if idle:
+            stop.wait(poll_seconds)
+    return totals

@@ -93,3 +93,10 @@ def test_a_graph_with_an_unreachable_step_or_a_loop_without_a_wait_is_refused(se
         definitions.create_journey(session, ctx, body, "test")
     reasons = {e["field"]: e["reason"] for e in refused.value.errors}
     assert "cannot be reached" in reasons["steps.2"] and "loop without a wait" in reasons["steps.0"]
+
+
+def test_the_default_journeys_install_validated_and_active_once(session, ctx, people):
+    first = definitions.install_defaults(session, ctx, "test")
+    assert [r["status"] for r in first] == ["active"] * 5 and all(r["created"] for r in first)
+    again = definitions.install_defaults(session, ctx, "test")
+    assert not any(r["created"] for r in again)

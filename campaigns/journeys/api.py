@@ -1,0 +1,111 @@
+"""HTTP for journeys (under /v1): definitions, status, simulation, a customer's enrollments, the per-step funnel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI
+from fastapi.responses import JSONResponse
+
+from campaigns.journeys import definitions, reports
+from campaigns.journeys.spec import JourneySpec
+from crm.api import ContextDep, SessionDep
+from crm.auth import Principal, require
+from crm.models import Role
+from crm.service import customer_by_external_id
+
+router = APIRouter(prefix="/v1", tags=["journeys"])
+EDITORS = (Role.admin, Role.marketer)
+READERS = (Role.admin, Role.marketer, Role.scheduler)
+JourneyBody = Annotated[dict[str, Any], Body(description="a journey definition", openapi_examples={
+    "abandoned cart": {"value": {
+        "name": "Abandoned cart", "entry": {"trigger": {"kind": "event", "event": "cart_add",
+                                                        "unless": {"kind": "order", "within_minutes": 60}}},
+        "steps": [{"id": "push_1h", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}]}]}}})]
+
+
+@router.post("/journeys", status_code=201)
+def post_journey(body: JourneyBody, session: SessionDep, ctx: ContextDep,
+                 principal: Principal = Depends(require(*EDITORS))) -> JSONResponse:
+    """Create a journey in draft (validated: errors name the step and field; audited)."""
+    journey = definitions.create_journey(session, ctx, body, principal.actor)
+    return JSONResponse(definitions.describe_json(journey), status_code=201,
+                        headers={"Location": f"/v1/journeys/{journey.id}"})
+
+
+@router.get("/journeys")
+def get_journeys(session: SessionDep, status: str | None = None,
+                 _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+    """Journeys, highest priority first; `status` filters."""
+    return [definitions.describe(j) for j in definitions.list_journeys(session, status)]
+
+
+@router.get("/journeys/schema")
+def get_journey_schema(_: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """The JSON schema of a journey definition."""
+    return JourneySpec.model_json_schema(by_alias=True)
+
+
+@router.get("/journeys/{journey_id}")
+def get_journey(journey_id: int, session: SessionDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """One journey as it stands."""
+    return definitions.describe(definitions.get_journey(session, journey_id))
+
+
+@router.put("/journeys/{journey_id}")
+def put_journey(journey_id: int, body: JourneyBody, session: SessionDep, ctx: ContextDep,
+                principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Replace the definition: a new version (customers in flight finish on theirs unless moved)."""
+    return definitions.describe(definitions.update_journey(session, ctx, journey_id, body, principal.actor))
+
+
+@router.post("/journeys/{journey_id}/status")
+def post_status(journey_id: int, session: SessionDep, ctx: ContextDep,
+                status: Annotated[str, Body(embed=True, description="draft, active, paused or archived")],
+                principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Activate (through the fairness gate), pause (no entries, no sends), resume or archive."""
+    return definitions.describe(definitions.set_status(session, ctx, journey_id, status, principal.actor))
+
+
+@router.post("/journeys/{journey_id}/move")
+def post_move(journey_id: int, session: SessionDep, ctx: ContextDep,
+              from_version: Annotated[int, Body(embed=True)],
+              step_map: Annotated[dict[str, str], Body(embed=True, description="old step id -> new step id")],
+              principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Move customers in flight on an older version to the current one, step by step as mapped."""
+    return definitions.move_enrollments(session, ctx, journey_id, from_version, step_map, principal.actor)
+
+
+@router.get("/journeys/{journey_id}/versions")
+def get_versions(journey_id: int, session: SessionDep,
+                 _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+    """Every saved definition of the journey."""
+    return [v.model_dump() for v in definitions.journey_versions(session, journey_id)]
+
+
+@router.post("/journeys/{journey_id}/simulate")
+def post_simulate(journey_id: int, session: SessionDep, ctx: ContextDep,
+                  customer: Annotated[str, Body(embed=True, description="the customer's external id")],
+                  _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """The timeline one customer would take from now, with the guard rails' decisions; nothing is written."""
+    return reports.simulate(session, ctx, journey_id, customer_by_external_id(session, customer).id)
+
+
+@router.get("/journeys/{journey_id}/funnel")
+def get_funnel(journey_id: int, session: SessionDep, ctx: ContextDep,
+               _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """Per step: taken, sent, not sent by reason, waiting now; converted and exited; uplift against the holdout."""
+    return reports.funnel(session, ctx, journey_id)
+
+
+@router.get("/customers/{external_id}/journeys")
+def get_customer_journeys(external_id: str, session: SessionDep,
+                          _: Principal = Depends(require(Role.admin, Role.marketer, Role.support))) -> list[dict]:
+    """The customer's enrollments: where they are, the steps taken and the next wake-up."""
+    return reports.enrollments_of(session, customer_by_external_id(session, external_id).id)
+
+
+def install(app: FastAPI) -> None:
+    """Wire journeys into the app: routes and the profile section."""
+    app.include_router(router)
+    app.state.profiles.register("journeys", reports.journeys_section)
