@@ -344,16 +344,23 @@ def move_enrollments(session: Session, ctx: Context, journey_id: int, from_versi
            for old, new in step_map.items() if new not in known]
     if bad:
         raise InvalidInput("the step map names steps the current version lacks", errors=bad)
-    from sqlalchemy import text
+    from campaigns.models import JourneyEnrollment
 
-    moved = 0
-    for old, new in step_map.items():
-        result = session.connection().execute(text(
-            "UPDATE journey_enrollment SET version = :to, step_id = :new, updated_at = :now WHERE journey_id = :id "
-            "AND version = :from AND step_id = :old AND status = 'active'"),
-            {"to": journey.version, "new": new, "now": ctx.clock.now(), "id": journey_id, "from": from_version,
-             "old": old})
-        moved += result.rowcount or 0
+    now, moved = ctx.clock.now(), 0
+    in_flight = session.exec(select(JourneyEnrollment).where(
+        JourneyEnrollment.journey_id == journey_id, JourneyEnrollment.version == from_version,
+        JourneyEnrollment.status == "active", JourneyEnrollment.step_id.in_(list(step_map)))).all()
+    for enrollment in in_flight:
+        context = dict(enrollment.context)
+        wait = context.get("wait")
+        if wait and wait.get("step") == enrollment.step_id:
+            # The time already waited counts: the new step's wait is measured from when this one began.
+            context["wait"] = {**wait, "step": step_map[enrollment.step_id], "until": None}
+        enrollment.step_id, enrollment.version = step_map[enrollment.step_id], journey.version
+        enrollment.context, enrollment.wake_at, enrollment.updated_at = context, now, now
+        session.add(enrollment)
+        moved += 1
+    session.flush()
     audit.record(session, actor=actor, action="journey.move", entity="journey", entity_id=journey_id,
                  at=ctx.clock.now(), after={"from_version": from_version, "to_version": journey.version,
                                             "step_map": step_map, "moved": moved})

@@ -132,16 +132,18 @@ def _go(position: Position, target: str | None, now: datetime) -> None:
         position.step_id = target
 
 
-def _start_wait(step: Any, position: Position, facts: Facts, now: datetime) -> None:
-    """Enter a wait: when to wake (a duration counts from the last message's send time when it went out later)."""
+def _start_wait(step: Any, position: Position, facts: Facts, now: datetime, *, since: datetime | None = None) -> None:
+    """Enter a wait: when to wake (a duration counts from the last message's send time when it went out later;
+    `since`: a wait already begun on an older version's step, moved here)."""
     base = max(now, datetime.fromisoformat(position.context["clock"])) if position.context.get("clock") else now
+    base = since or base
     if step.duration is not None:
         wake = base + step.duration.delta
     elif step.until_local_time is not None:
         wake = next_local_time(base, step.until_local_time, facts.time_zone)
     else:
-        wake = now + step.timeout.delta
-    position.context["wait"] = {"step": step.id, "since": now.isoformat(), "until": wake.isoformat(),
+        wake = (since or now) + step.timeout.delta
+    position.context["wait"] = {"step": step.id, "since": (since or now).isoformat(), "until": wake.isoformat(),
                                 "until_event": step.until_event is not None}
     position.wake_at = wake
 
@@ -173,9 +175,12 @@ def advance(spec: JourneySpec, position: Position, facts: Facts, now: datetime) 
             position.send = step
             return position
         if step.type == "wait":
-            if position.context.get("wait", {}).get("step") != step.id:
-                _start_wait(step, position, facts, now)
-                return position
+            wait = position.context.get("wait", {})
+            if wait.get("step") != step.id or wait.get("until") is None:
+                moved = datetime.fromisoformat(wait["since"]) if wait.get("step") == step.id else None
+                _start_wait(step, position, facts, now, since=moved)
+                if position.wake_at > now:
+                    return position
             outcome = _waited(step, position, facts, now)
             if outcome is None:
                 return position
@@ -194,6 +199,9 @@ def advance(spec: JourneySpec, position: Position, facts: Facts, now: datetime) 
         elif step.type == "update":
             position.updates.append({"add_tags": step.add_tags, "remove_tags": step.remove_tags,
                                      "set_attributes": step.set_attributes})
+            # Later steps of this wake see the update (a branch on the tag just set).
+            facts.tags = (facts.tags | set(step.add_tags)) - set(step.remove_tags)
+            facts.attributes = {**facts.attributes, **step.set_attributes}
             position.take(step, "updated")
             _go(position, step.next, now)
         else:  # exit
@@ -229,7 +237,8 @@ def confirm_entry(spec: JourneySpec, position: Position, facts: Facts, now: date
     if in_global_control:
         position.end("holdout", "global_control", now)
         return position
-    if draw(position.journey_id, position.customer_id, f"holdout:{position.enrollment_id}") < spec.holdout_share:
+    # Per (journey, customer): a customer who enters again stays in the same arm.
+    if draw(position.journey_id, position.customer_id, "holdout") < spec.holdout_share:
         position.end("holdout", "holdout", now)
         return position
     position.status, position.step_id = "active", spec.first_step

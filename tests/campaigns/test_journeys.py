@@ -8,7 +8,9 @@ import pytest
 from sqlmodel import select
 
 from campaigns.journeys import definitions, runtime
+from campaigns.journeys.engine import draw
 from campaigns.models import JourneyEnrollment, JourneyStep, Message, journey_sender
+from campaigns.planning.planner import GuardRails
 from crm import writes
 from kit.errors import InvalidInput
 
@@ -100,3 +102,201 @@ def test_the_default_journeys_install_validated_and_active_once(session, ctx, pe
     assert [r["status"] for r in first] == ["active"] * 5 and all(r["created"] for r in first)
     again = definitions.install_defaults(session, ctx, "test")
     assert not any(r["created"] for r in again)
+
+
+def send_steps(*steps):
+    """A journey entered on cart_add (no wait to confirm), no holdout, with these steps."""
+    return cart_journey(entry={"trigger": {"kind": "event", "event": "cart_add"}}, steps=list(steps))
+
+
+def journey_messages(session, journey_id):
+    return session.exec(select(Message).where(Message.campaign_id == journey_sender(journey_id))
+                        .order_by(Message.id)).all()
+
+
+def only_enrollment(session, journey_id):
+    (enrollment,) = enrollments(session, journey_id)
+    session.refresh(enrollment)
+    return enrollment
+
+
+def test_a_capped_channel_takes_the_not_sent_branch_with_the_reason(session, ctx, people, clock):
+    now = clock.now()
+    for days in (3, 10):  # P1 had two marketing SMS in the last 30 days: the SMS cap (2/30d) is full
+        session.add(Message(campaign_id=999, occurrence=f"old-{days}", customer_id=people["P1"], channel="sms",
+                            status="sent", priority=50, transactional=False, send_at=now - timedelta(days=days),
+                            template="x", locale="zh-CN", created_at=now, updated_at=now))
+    session.flush()
+    journey = activate(session, ctx, send_steps(
+        {"id": "sms", "type": "send", "channels": [{"channel": "sms", "template": "cart_reminder"}],
+         "next": "done", "not_sent": "push"},
+        {"id": "push", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}], "next": "done"},
+        {"id": "done", "type": "exit"}))
+    cart_add(session, ctx, "P1", "ev-cap")
+    runtime.run_once(session, ctx)
+    steps = session.exec(select(JourneyStep).where(JourneyStep.journey_id == journey.id)
+                         .order_by(JourneyStep.seq)).all()
+    assert [(s.step_id, s.outcome, s.reason) for s in steps] == [
+        ("sms", "not_sent", "capped"), ("push", "sent", None), ("done", "exited", None)]
+    assert [(m.channel, m.status, m.reason) for m in journey_messages(session, journey.id)] == [
+        ("sms", "skipped", "capped"), ("push", "planned", None)]
+    assert only_enrollment(session, journey.id).status == "exited"
+
+
+def test_quiet_hours_defer_the_message_and_the_wait_after_it_counts_from_its_send(session, ctx, people, clock):
+    # 08:00 UTC is 03:00 in New York, inside quiet hours (21:00-09:00) for SMS: deferred to 09:00 local.
+    journey = activate(session, ctx, send_steps(
+        {"id": "sms", "type": "send", "channels": [{"channel": "sms", "template": "cart_reminder"}], "next": "wait"},
+        {"id": "wait", "type": "wait", "duration": {"hours": 2}, "next": "done"},
+        {"id": "done", "type": "exit"}))
+    cart_add(session, ctx, "P2", "ev-night")
+    runtime.run_once(session, ctx)
+    (message,) = journey_messages(session, journey.id)
+    assert message.reason == "deferred_quiet_hours" and message.send_at.isoformat() == "2026-11-01T14:00:00+00:00"
+    enrollment = only_enrollment(session, journey.id)
+    assert enrollment.step_id == "wait" and enrollment.wake_at.isoformat() == "2026-11-01T16:00:00+00:00"
+
+
+def test_a_wait_until_a_local_time_follows_the_customers_zone_across_the_dst_change(session, ctx, people, clock):
+    # New York left DST at 06:00 UTC on 1 November 2026: 10:00 local is 15:00 UTC that day (14:00 the day before).
+    journey = activate(session, ctx, send_steps(
+        {"id": "morning", "type": "wait", "until_local_time": "10:00", "next": "push"},
+        {"id": "push", "type": "send", "channels": [{"channel": "sms", "template": "cart_reminder"}]}))
+    clock.advance(timedelta(hours=-7))  # 01:00 UTC: 21:00 EDT on 31 October
+    cart_add(session, ctx, "P2", "ev-dst")
+    runtime.run_once(session, ctx)
+    assert only_enrollment(session, journey.id).wake_at.isoformat() == "2026-11-01T15:00:00+00:00"
+    clock.advance(timedelta(hours=13, minutes=59))
+    runtime.run_once(session, ctx)
+    assert journey_messages(session, journey.id) == []
+    clock.advance(timedelta(minutes=1))
+    runtime.run_once(session, ctx)
+    assert [m.send_at.isoformat() for m in journey_messages(session, journey.id)] == ["2026-11-01T15:00:00+00:00"]
+
+
+def test_an_order_ends_the_enrollment_as_converted_wherever_it_is(session, ctx, people, clock):
+    journey = activate(session, ctx, cart_journey(entry={"trigger": {"kind": "event", "event": "cart_add"}}))
+    cart_add(session, ctx, "P1", "ev-goal")
+    runtime.run_once(session, ctx)
+    assert only_enrollment(session, journey.id).step_id == "wait_day"
+    clock.advance(timedelta(hours=2))
+    writes.write_items(session, ctx, "orders", [{"external_id": "o-goal", "customer_id": "P1",
+                                                 "ordered_at": clock.now().isoformat(), "amount_paid": "300"}],
+                       cause="api")
+    assert runtime.run_once(session, ctx)["entry"]["converted"] == 1
+    clock.advance(timedelta(days=2))
+    runtime.run_once(session, ctx)
+    enrollment = only_enrollment(session, journey.id)
+    assert (enrollment.status, enrollment.end_reason) == ("converted", "goal")
+    assert [m.channel for m in journey_messages(session, journey.id)] == ["push"]  # never the 24 h SMS
+
+
+@pytest.mark.parametrize(("rule", "expected"), [({"rule": "once"}, 1), ({"rule": "every", "days": 2}, 2),
+                                                ({"rule": "unlimited"}, 3)])
+def test_reentry_rules(session, ctx, people, clock, rule, expected):
+    body = send_steps({"id": "push", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}]})
+    journey = activate(session, ctx, body | {"entry": body["entry"] | {"reentry": rule}})
+    for day in range(3):
+        cart_add(session, ctx, "P1", f"ev-re-{day}")
+        cart_add(session, ctx, "P1", f"ev-re-{day}-again")  # in flight or the same pass: never twice at once
+        runtime.run_once(session, ctx)
+        clock.advance(timedelta(days=1, hours=1))
+    assert len(enrollments(session, journey.id)) == expected
+
+
+def test_the_holdout_and_the_global_control_enter_but_get_nothing(session, ctx, people):
+    journey = activate(session, ctx, cart_journey(holdout_share=0.5,
+                                                  entry={"trigger": {"kind": "event", "event": "cart_add"}}))
+    customers = ["P1", "P2", "P3", "L1", "N1"]
+    for name in customers:
+        cart_add(session, ctx, name, f"ev-h-{name}")
+    runtime.run_once(session, ctx)
+    rows = enrollments(session, journey.id)
+    held = {r.customer_id for r in rows if r.status == "holdout"}
+    assert held == {people[c] for c in customers if draw(journey.id, people[c], "holdout") < 0.5}
+    assert all(r.end_reason == "holdout" for r in rows if r.status == "holdout")
+    assert {m.customer_id for m in journey_messages(session, journey.id)} == {people["P1"], people["P3"]} - held
+    everyone = activate(session, ctx, cart_journey(name="No holdout", holdout_share=0.0,
+                                                   entry={"trigger": {"kind": "event", "event": "cart_add"}}))
+    cart_add(session, ctx, "P1", "ev-control")
+    runtime.enter_from_activity(session, ctx)
+    runtime.advance_due(session, ctx, rails=GuardRails(global_control_share=1.0))
+    (controlled,) = enrollments(session, everyone.id)
+    assert (controlled.status, controlled.end_reason) == ("holdout", "global_control")
+    assert journey_messages(session, everyone.id) == []
+
+
+def test_pausing_stops_entries_and_sends_and_resuming_goes_on(session, ctx, people, clock):
+    journey = activate(session, ctx, cart_journey(entry={"trigger": {"kind": "event", "event": "cart_add"}}))
+    cart_add(session, ctx, "P1", "ev-pause")
+    runtime.run_once(session, ctx)
+    definitions.set_status(session, ctx, journey.id, "paused", "test")
+    cart_add(session, ctx, "P3", "ev-paused")  # nobody listens while paused: no entry
+    clock.advance(timedelta(days=1))
+    result = runtime.run_once(session, ctx)
+    assert result["advance"]["advanced"] == 0 and len(enrollments(session, journey.id)) == 1
+    definitions.set_status(session, ctx, journey.id, "active", "test")
+    runtime.run_once(session, ctx)
+    assert [m.channel for m in journey_messages(session, journey.id)] == ["push", "sms"]
+
+
+def test_editing_makes_a_version_in_flight_customers_finish_on_theirs_unless_moved(session, ctx, people, clock):
+    journey = activate(session, ctx, cart_journey(entry={"trigger": {"kind": "event", "event": "cart_add"}}))
+    cart_add(session, ctx, "P1", "ev-v1")
+    runtime.run_once(session, ctx)
+    edited = cart_journey(entry={"trigger": {"kind": "event", "event": "cart_add"}}, steps=[
+        {"id": "push_now", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}],
+         "next": "wait_short"},
+        {"id": "wait_short", "type": "wait", "duration": {"hours": 1}, "next": "email"},
+        {"id": "email", "type": "send", "channels": [{"channel": "email", "template": "cross_sell"}]}])
+    journey = definitions.update_journey(session, ctx, journey.id, edited, "test")
+    assert journey.version == 3 and only_enrollment(session, journey.id).version == 2
+    moved = definitions.move_enrollments(session, ctx, journey.id, 2, {"wait_day": "wait_short"}, "test")
+    assert moved["moved"] == 1 and only_enrollment(session, journey.id).version == 3
+    clock.advance(timedelta(hours=1))
+    runtime.run_once(session, ctx)
+    assert [m.channel for m in journey_messages(session, journey.id)] == ["push", "email"]
+
+
+def test_split_update_branch_and_a_wait_for_an_event(session, ctx, people, clock):
+    journey = activate(session, ctx, send_steps(
+        {"id": "arm", "type": "split", "arms": [{"name": "a", "next": "tag"}, {"name": "b", "next": "tag"}]},
+        {"id": "tag", "type": "update", "add_tags": ["cart_journey"], "set_attributes": {"nudged": True},
+         "next": "tagged"},
+        {"id": "tagged", "type": "branch", "condition": "has_tag", "value": "cart_journey", "then": "login",
+         "else": "done"},
+        {"id": "login", "type": "wait", "until_event": "login", "timeout": {"days": 2}, "on_event": "push",
+         "next": "done"},
+        {"id": "push", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}], "next": "done"},
+        {"id": "done", "type": "exit"}))
+    cart_add(session, ctx, "P1", "ev-split")
+    runtime.run_once(session, ctx)
+    enrollment = only_enrollment(session, journey.id)
+    assert enrollment.step_id == "login" and enrollment.context["arms"]["arm"] in ("a", "b")
+    from crm.models import Customer
+    from segmentation.models import CustomerTag
+
+    assert session.get(CustomerTag, (people["P1"], "cart_journey")) is not None
+    assert session.get(Customer, people["P1"]).attributes["nudged"] is True
+    clock.advance(timedelta(hours=3))
+    writes.write_items(session, ctx, "events", [{"customer_id": "P1", "type": "login", "unique_id": "login-1",
+                                                 "occurred_at": clock.now().isoformat()}], cause="api",
+                       first_wins=True)
+    assert runtime.run_once(session, ctx)["entry"]["woken"] == 1
+    steps = session.exec(select(JourneyStep).where(JourneyStep.enrollment_id == enrollment.id)
+                         .order_by(JourneyStep.seq)).all()
+    assert [(s.step_id, s.outcome) for s in steps][2:] == [("tagged", "then"), ("login", "event"), ("push", "sent"),
+                                                           ("done", "exited")]
+
+
+def test_birthdays_enter_once_a_year_and_event_filters_pick_their_events(session, ctx, people, clock):
+    birthday = activate(session, ctx, cart_journey(name="Birthday", entry={"trigger": {"kind": "birthday"}}))
+    clock.advance(timedelta(days=2))  # 3 November: P1's birthday (1990-11-03)
+    assert runtime.enter_on_dates(session, ctx) == 1 and runtime.enter_on_dates(session, ctx) == 0
+    assert [e.customer_id for e in enrollments(session, birthday.id)] == [people["P1"]]
+    big = activate(session, ctx, cart_journey(name="Big carts", entry={"trigger": {
+        "kind": "event", "event": "cart_add", "where": [{"property": "value", "op": "gte", "value": 500}]}}))
+    cart_add(session, ctx, "P1", "ev-small", value=120)
+    cart_add(session, ctx, "P3", "ev-big", value=900)
+    runtime.run_once(session, ctx)
+    assert [e.customer_id for e in enrollments(session, big.id)] == [people["P3"]]
