@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from campaigns.journeys import definitions, runtime
+from campaigns.journeys import definitions, reports, runtime
 from campaigns.journeys.engine import draw
 from campaigns.models import JourneyEnrollment, JourneyStep, Message, journey_sender
 from campaigns.planning.planner import GuardRails
@@ -300,3 +300,59 @@ def test_birthdays_enter_once_a_year_and_event_filters_pick_their_events(session
     cart_add(session, ctx, "P3", "ev-big", value=900)
     runtime.run_once(session, ctx)
     assert [e.customer_id for e in enrollments(session, big.id)] == [people["P3"]]
+
+
+# ---------------------------------------------------------------- the API
+
+
+def test_journey_api_validates_names_the_step_and_simulates_without_writing(client, auth_header, people, session):
+    from crm.models import Role
+
+    marketer, support = auth_header(Role.marketer), auth_header(Role.support)
+    bad = cart_journey(steps=[{"id": "push_now", "type": "send",
+                               "channels": [{"channel": "push", "template": "no_such_template"}]}])
+    refused = client.post("/v1/journeys", json=bad, headers=marketer)
+    assert refused.status_code == 422 and refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["errors"][0]["field"] == "steps.0.channels.0.template"
+    shape = client.post("/v1/journeys", json=cart_journey(steps=[{"id": "w", "type": "wait"}]), headers=marketer)
+    assert shape.status_code == 422 and shape.json()["errors"][0]["field"].startswith("steps.0")
+    created = client.post("/v1/journeys", json=cart_journey(), headers=marketer)
+    assert created.status_code == 201 and created.headers["location"] == f"/v1/journeys/{created.json()['id']}"
+    journey_id = created.json()["id"]
+    assert client.post("/v1/journeys", json=cart_journey(), headers=marketer).status_code == 409
+    assert client.post("/v1/journeys", json=cart_journey(), headers=support).status_code == 403
+    simulated = client.post(f"/v1/journeys/{journey_id}/simulate", json={"customer": "P1"}, headers=marketer)
+    assert simulated.status_code == 200, simulated.text
+    timeline = simulated.json()["timeline"]
+    assert [(s["step"], s["outcome"]) for s in timeline] == [("push_now", "sent"), ("wait_day", "waited"),
+                                                             ("sms_coupon", "sent")]
+    assert timeline[2]["at"] > timeline[0]["at"]  # the simulated clock moved through the wait
+    assert [m["channel"] for m in simulated.json()["messages"]] == ["push", "sms"]
+    assert session.exec(select(JourneyEnrollment)).all() == [] and session.exec(select(Message)).all() == []
+    active = client.post(f"/v1/journeys/{journey_id}/status", json={"status": "active"}, headers=marketer)
+    assert active.status_code == 200 and active.json()["status"] == "active"
+    changed = client.put(f"/v1/journeys/{journey_id}", json=cart_journey(priority=80), headers=marketer)
+    assert changed.status_code == 200 and changed.json()["version"] == 3
+    versions = client.get(f"/v1/journeys/{journey_id}/versions", headers=marketer).json()
+    assert [(v["version"], v["status"]) for v in versions] == [(1, "draft"), (2, "active"), (3, "active")]
+    funnel = client.get(f"/v1/journeys/{journey_id}/funnel", headers=marketer).json()
+    assert [s["id"] for s in funnel["steps"]] == ["push_now", "wait_day", "sms_coupon"]
+    assert client.get("/v1/journeys/999999", headers=marketer).status_code == 404
+    assert client.get("/v1/customers/P1/journeys", headers=support).json() == []
+
+
+def test_the_funnel_counts_steps_reasons_and_uplift_against_the_holdout(session, ctx, people, clock):
+    journey = activate(session, ctx, cart_journey(holdout_share=0.5, conversion_days=7,
+                                                  entry={"trigger": {"kind": "event", "event": "cart_add"}}))
+    for name in ("P1", "P2", "P3", "L1", "N1"):
+        cart_add(session, ctx, name, f"ev-f-{name}")
+    runtime.run_once(session, ctx)
+    funnel = reports.funnel(session, ctx, journey.id)
+    treated = [e for e in enrollments(session, journey.id) if e.status != "holdout"]
+    push = funnel["steps"][0]
+    assert push["taken"] == len(treated) and push["sent"] + sum(push["not_sent"].values()) == len(treated)
+    assert funnel["steps"][1]["waiting_now"] == len([e for e in treated if e.step_id == "wait_day"])
+    assert funnel["uplift"]["treated_n"] == 0  # no entrant's window has closed yet
+    clock.advance(timedelta(days=8))
+    funnel = reports.funnel(session, ctx, journey.id)
+    assert funnel["uplift"]["treated_n"] + funnel["uplift"]["control_n"] == 5

@@ -86,6 +86,17 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/reports/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
     ("GET", "/reports/{name}"): {Role.admin, Role.marketer},
     ("POST", "/campaigns/{campaign_id}/experiment/promote"): {Role.admin, Role.marketer},
+    ("POST", "/v1/journeys"): {Role.admin, Role.marketer},
+    ("GET", "/v1/journeys"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/journeys/schema"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/journeys/{journey_id}"): {Role.admin, Role.marketer, Role.scheduler},
+    ("PUT", "/v1/journeys/{journey_id}"): {Role.admin, Role.marketer},
+    ("POST", "/v1/journeys/{journey_id}/status"): {Role.admin, Role.marketer},
+    ("POST", "/v1/journeys/{journey_id}/move"): {Role.admin, Role.marketer},
+    ("GET", "/v1/journeys/{journey_id}/versions"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/v1/journeys/{journey_id}/simulate"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/journeys/{journey_id}/funnel"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/customers/{external_id}/journeys"): STAFF,
     ("GET", "/console/login"): CONSOLE_PUBLIC,
     ("POST", "/console/login"): CONSOLE_PUBLIC,
     ("GET", "/console/static/plotly.min.js"): CONSOLE_PUBLIC,
@@ -110,7 +121,7 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
 }
 SAMPLE_PARAMS = {"external_id": "NOBODY", "order_id": "NO-ORDER", "kind": "customers", "job_id": "999999", "key_id": "999999",
                  "name": "tier", "model_id": "999999",
-                 "campaign_id": "999999", "template_id": "999999", "message_id": "999999", "task_id": "999999",
+                 "campaign_id": "999999", "journey_id": "999999", "template_id": "999999", "message_id": "999999", "task_id": "999999",
                  "token": "1.forged", "file": "swagger-ui.css"}
 
 
