@@ -252,6 +252,7 @@ def journeys_simulate(
 def journeys_run(
         once: Annotated[bool, typer.Option("--once", help="work until nothing is due, then exit")] = False,
         now: Annotated[str | None, typer.Option(help="ISO instant to run as of (replays, tests)")] = None,
+        batch: Annotated[int, typer.Option(min=1, max=20000, help="enrollments advanced per pass (transaction)")] = 2000,
         as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The journey worker: entries from fresh activity and dates, due steps under the guard rails; several may run
@@ -268,7 +269,7 @@ def journeys_run(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if not once:
         print("journey worker running (SIGTERM finishes the pass in hand)", file=sys.stderr, flush=True)
-    totals = campaigns.serve_journeys(ctx, once=once, stop=stop)
+    totals = campaigns.serve_journeys(ctx, once=once, stop=stop, batch=batch)
     if as_json:
         print(json.dumps(totals))
     else:

@@ -534,7 +534,7 @@ def run_once(session: Session, ctx: Context, *, activity_limit: int = 5000, due_
     return {"entry": entered, "advance": advance_due(session, ctx, limit=due_limit, journeys=journeys)}
 
 
-def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0,
+def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0, batch: int = 2000,
           dates_every: timedelta = timedelta(hours=1)) -> dict[str, int]:
     """The journey worker: passes (each its own transaction) until idle (once) or until `stop` is set; date
     triggers are looked at on the first pass and then every `dates_every`."""
@@ -545,7 +545,7 @@ def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0,
     while not stop.is_set():
         dates = last_dates is None or ctx.clock.now() - last_dates >= dates_every
         with session_scope(ctx.engine) as session:
-            result = run_once(session, ctx, dates=dates)
+            result = run_once(session, ctx, dates=dates, due_limit=batch, activity_limit=max(batch, 100))
         last_dates = ctx.clock.now() if dates else last_dates
         totals["passes"] += 1
         totals["enrolled"] += result["entry"]["enrolled"] + result["entry"]["dates"]
