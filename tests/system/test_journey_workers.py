@@ -1,6 +1,7 @@
-"""Journey workers on PostgreSQL: several at once on the same due set, and workers SIGKILLed mid-pass and restarted.
-Afterwards every enrollment took each step exactly once, every send step has exactly one outbox row, and no
-frequency cap is broken. (Both suites run these on a scratch PostgreSQL database: SQLite has one writer.)"""
+"""Journey workers on PostgreSQL: several at once on the same due set, and journey workers and dispatchers
+SIGKILLed mid-pass and restarted. Afterwards every enrollment took each step exactly once, every send step has
+exactly one outbox row, every message reached the provider once, and no frequency cap is broken. (Both suites run
+these on a scratch PostgreSQL database: SQLite has one writer.)"""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from kit.db import make_engine, session_scope
 from kit.migrations import upgrade_to_head
 from kit.settings import Settings
 from tests.conftest import TEST_SECRET, cli_env
+from tests.support.dispatch_support import fake_env, fake_settings
 from tests.support.factories import CUSTOMER_HEADER, csv_text, run
 
 NOW = datetime(2026, 11, 3, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai: outside quiet hours
@@ -79,7 +81,7 @@ def _check_exactly_once(ctx: Context, customers: int = CUSTOMERS) -> None:
         messages = query("SELECT occurrence, customer_id, status FROM message WHERE campaign_id < 0")
         per_step = Counter(m[0] for m in messages)
         assert len(per_step) == customers * 3 and set(per_step.values()) == {1}
-        sms = Counter(m[1] for m in messages if m[2] == "planned")
+        sms = Counter(m[1] for m in messages if m[2] in ("planned", "sending", "sent"))
         assert set(sms.values()) == {2}  # the cap, across the journey's steps
         assert query("SELECT COUNT(*) FROM customer_tag WHERE tag = 'nudged'")[0][0] == customers
 
@@ -110,26 +112,46 @@ def test_four_workers_on_the_same_due_set_take_each_step_once(postgres_url, tmp_
     _check_exactly_once(ctx)
 
 
-def test_journey_workers_killed_at_random_moments_lose_and_repeat_nothing(postgres_url, tmp_path):
+def test_journey_workers_and_dispatchers_killed_at_random_moments_lose_and_repeat_nothing(
+        postgres_url, tmp_path, fake_server, providers):
     url, _, _ = postgres_url
+    settings = fake_settings(tmp_path, fake_server, url)
     ctx = _shop(url, tmp_path, KILLED_CUSTOMERS)
-    env = cli_env(url, tmp_path) | {"CRM_GLOBAL_CONTROL_SHARE": "0"}
-    argv = [sys.executable, "-m", "wiring.cli", "journeys", "run", "--now", NOW.isoformat(), "--batch", "15"]
+    env = cli_env(url, tmp_path) | fake_env(settings) | {
+        "CRM_GLOBAL_CONTROL_SHARE": "0", "CRM_DISPATCH_BATCH_SIZE": "12", "CRM_PROVIDER_RATE_PER_SECOND":
+            '{"twilio": 300}'}
+    journeys = [sys.executable, "-m", "wiring.cli", "journeys", "run", "--now", NOW.isoformat(), "--batch", "15"]
     rng = random.Random(7)
-    kills = 0
-    for _ in range(6):
-        worker = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kills: Counter = Counter()
+    for restart in range(1, 8):
+        # Each dispatcher restart runs later, so the leases of the one killed before have run out.
+        dispatch = [sys.executable, "-m", "wiring.cli", "dispatch", "run", "--now",
+                    (NOW + timedelta(minutes=5 * restart)).isoformat()]
+        workers = {"journeys": subprocess.Popen(journeys, env=env, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL),
+                   "dispatch": subprocess.Popen(dispatch, env=env, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)}
         time.sleep(rng.uniform(0.8, 2.5))
-        if worker.poll() is None:
-            os.kill(worker.pid, signal.SIGKILL)
-            kills += 1
-        worker.wait(timeout=30)
+        for name, worker in workers.items():
+            if worker.poll() is None:
+                os.kill(worker.pid, signal.SIGKILL)
+                kills[name] += 1
+            worker.wait(timeout=30)
     with session_scope(ctx.engine) as session:  # the kills came while there was work in hand
         left = session.connection().execute(text(
             "SELECT (SELECT COUNT(*) FROM journey_enrollment WHERE status IN ('pending', 'active')) "
             "+ (SELECT COUNT(*) FROM customer_activity)")).scalar_one()
-    assert left > 0
-    finished = subprocess.run([*argv, "--once"], env=env, capture_output=True, text=True, timeout=300)
+    assert left > 0 and kills["journeys"] >= 3 and kills["dispatch"] >= 3, (left, kills)
+    finished = subprocess.run([*journeys, "--once"], env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    assert kills >= 3
+    drained = subprocess.run([sys.executable, "-m", "wiring.cli", "dispatch", "run", "--once", "--now",
+                              (NOW + timedelta(hours=3)).isoformat()], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert drained.returncode == 0, drained.stderr
     _check_exactly_once(ctx, KILLED_CUSTOMERS)
+    accepted = Counter(m["message_id"] for m in providers.accepted("twilio"))
+    assert accepted and max(accepted.values()) == 1, "a journey message was sent twice"
+    with session_scope(ctx.engine) as session:
+        rows = session.connection().execute(text(
+            "SELECT id, status FROM message WHERE campaign_id < 0 AND status <> 'skipped'")).all()
+    assert {str(r[0]) for r in rows} == set(accepted) and {r[1] for r in rows} == {"sent"}, Counter(r[1] for r in rows)
