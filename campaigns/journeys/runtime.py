@@ -30,7 +30,7 @@ from campaigns.planning.planner import (
     in_global_control,
     plan_sends,
 )
-from campaigns.planning.plans import MESSAGE_TYPES, load_inputs, offer_json
+from campaigns.planning.plans import MESSAGE_TYPES, load_inputs, offer_json, preempt
 from crm import activity
 from crm.service import contactability_frame
 from kit.bulkwrite import insert_frame, stage_frame
@@ -433,6 +433,7 @@ def _plan_group_sends(session: Session, ctx: Context, rails: GuardRails,
         rows = plan.rows.with_columns(occurrence=pl.col("customer_id").replace_strict(
             occurrences, return_dtype=pl.String))
         written += _write_messages(session, campaign, journey_id, rows, now)
+        preempt(session, journey_sender(journey_id), plan.preempted, now)  # lower priorities' slots it took
         outcome = _outcomes(rows, inputs, campaign)
         for _, position in members:
             sent, reason, send_at = outcome.get(position.customer_id, (False, "no_contact", None))

@@ -245,11 +245,16 @@ def _write(session: Session, campaign: Campaign, spec: CampaignSpec, key: str, d
     # planner can have written rows for it; the unique outbox key still guards against any duplicate.
     insert_frame(session, "message", frame, MESSAGE_TYPES)
     refresh_statistics(session, ("message",), frame.height)  # the send-time checks read the outbox by customer
-    _preempt(session, campaign, plan.preempted, now)
+    preempt(session, campaign.id, plan.preempted, now)
     return frame.height
 
 
-def _preempt(session: Session, campaign: Campaign, message_ids: list[int], now: datetime) -> int:
+def _preempted_by(sender_id: int) -> str:
+    """The reason a preempted message records: which campaign (or journey: a negative sender) took its slot."""
+    return (f"preempted_by_campaign_{sender_id}" if sender_id > 0 else f"preempted_by_journey_{-sender_id}")[:40]
+
+
+def preempt(session: Session, sender_id: int, message_ids: list[int], now: datetime) -> int:
     """Give lower-priority planned messages' slots to this campaign: they become `preempted` and are never sent.
 
     Only messages still planned and never attempted change; one a dispatcher claimed meanwhile goes on, and the
@@ -258,7 +263,7 @@ def _preempt(session: Session, campaign: Campaign, message_ids: list[int], now: 
     for start in range(0, len(message_ids), 10_000):  # SQLite binds at most 32,766 values per statement
         result = session.exec(update(Message).where(  # type: ignore[call-overload]
             Message.id.in_(message_ids[start:start + 10_000]), Message.status == "planned",
-            Message.attempts == 0).values(status="preempted", reason=f"preempted_by_campaign_{campaign.id}"[:40],
+            Message.attempts == 0).values(status="preempted", reason=_preempted_by(sender_id),
                                           updated_at=now))
         changed += result.rowcount or 0
     return changed
