@@ -465,6 +465,10 @@ def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present:
              "membership_level": "text", "attributes": "json"}
     types |= {c: t for c, t in plain.items() if c in frame.columns}
     stage_frame(session, "stage_customers", frame.with_columns(**contact), types)
+    # Who exists already, asked only when a journey greets new customers (the signup activity).
+    known = read_frame(session, "SELECT c.external_id FROM customer c JOIN stage_customers s "
+                       "ON s.external_id = c.external_id", {}, {"external_id": pl.String},
+                       same_connection=True)["external_id"] if activity.interests(session).get("signup") else None
     settings = ctx.settings
     defaults = {"time_zone": f"'{settings.default_time_zone}'", "locale": f"'{settings.default_locale}'",
                 "attributes": "'{}'"}
@@ -483,21 +487,17 @@ def load_customers(session: Session, ctx: Context, frame: pl.DataFrame, present:
         update_extra={**ciphertexts, "updated_at": ":now"})
     _apply_consent(session, ctx, frame)
     # Every customer has a state row from the moment it exists (a new one's is empty).
-    now = ctx.clock.now()
-    ids = read_frame(session, "SELECT c.id, CASE WHEN c.created_at = :now THEN 1 ELSE 0 END FROM customer c "
-                     "JOIN stage_customers s ON s.external_id = c.external_id", {"now": now},
-                     {"customer_id": pl.Int64, "created": pl.Int8}, same_connection=True)
-    # A customer created by this write has signed up (when they say so, or now): journeys may greet them.
-    signed_up = frame.select("external_id", *(["signed_up_at"] if "signed_up_at" in frame.columns else []))
-    created = ids.filter(pl.col("created") == 1)
-    if not created.is_empty() and activity.interests(session).get("signup"):
-        keys = read_frame(session, "SELECT c.id, c.external_id FROM customer c JOIN stage_customers s "
-                          "ON s.external_id = c.external_id", {}, {"customer_id": pl.Int64, "external_id": pl.String},
-                          same_connection=True)
-        joined = created.join(keys, on="customer_id").join(signed_up, on="external_id", how="left")
-        moment = pl.col("signed_up_at").fill_null(now) if "signed_up_at" in joined.columns else pl.lit(now)
-        activity.record(session, joined.select("customer_id", kind=pl.lit("signup"),
-                                               occurred_at=moment.cast(pl.Datetime("us", "UTC"))), now)
+    ids = read_frame(session, "SELECT c.id, c.external_id FROM customer c "
+                     "JOIN stage_customers s ON s.external_id = c.external_id", {},
+                     {"customer_id": pl.Int64, "external_id": pl.String}, same_connection=True)
+    if known is not None:  # a customer this write created has signed up (when they say so, or now)
+        now = ctx.clock.now()
+        created = ids.filter(~pl.col("external_id").is_in(known.to_list())).join(
+            frame.select("external_id", *(["signed_up_at"] if "signed_up_at" in frame.columns else [])),
+            on="external_id", how="left")
+        moment = pl.col("signed_up_at").fill_null(now) if "signed_up_at" in created.columns else pl.lit(now)
+        activity.record(session, created.select("customer_id", kind=pl.lit("signup"),
+                                                occurred_at=moment.cast(pl.Datetime("us", "UTC"))), now)
     touched = ids.select("customer_id").with_columns(pl.lit(None, pl.Date).alias("day"))
     return _result(len(frame), *written, pl.DataFrame(schema=ERROR_SCHEMA), touched)
 

@@ -4,9 +4,10 @@ plans, run the daily pipeline, then simulate the week after with a known uplift 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
@@ -55,12 +56,16 @@ def demo(
     console.rule("[bold]Campaigns")
     for row in install_defaults(ctx):
         print_installed(row)
+    for row in install_default_journeys(ctx):
+        console.print(f"journey {row['id']}: {row['name']} ({row['status']}, {'created' if row['created'] else 'exists'})")
     console.rule("[bold]Daily pipeline")
     console.print("segment → score churn → plan today's campaigns → dispatch to the console sender (the clock jumps "
                   "to each customer's local send time; first lines per channel shown) → attribute")
     outcome = run_job_in_foreground(ctx, "pipeline", None, False, {"dispatch": "replay", "console_show": 2})
     print_pipeline_summary(ctx, outcome)
     _print_next_occurrences(ctx)
+    console.rule("[bold]Journeys")
+    _journeys(ctx)
     console.rule("[bold]Measurement: the week after")
     _simulate_week_after(ctx, out, seed, baseline, true_uplift)
     console.print("next: `crm keys create --role admin --name me`, `crm serve`, then http://127.0.0.1:8000/console/ "
@@ -111,6 +116,107 @@ def _simulate_week_after(ctx: Context, out: Path, seed: int, baseline: float, tr
         more = expected / true_uplift if true_uplift else 0.0
         console.print(f"  {row['campaign']}: true uplift {expected:+.2%} ({true_uplift:.1%} per message × {more:.2f} "
                       f"more messages per treated than per holdout member); the 95% interval {verdict} it")
+
+
+def install_default_journeys(ctx: Context) -> list[dict]:
+    """Create (and activate) the default journeys that do not exist yet."""
+    from campaigns import service as campaigns
+
+    with session_scope(ctx.engine) as session:
+        return campaigns.install_default_journeys(session, ctx, "demo")
+
+
+def _journeys(ctx: Context) -> None:
+    """The journey worker after the night (new at-risk flags enrolled customers in the staged recall), a cart
+    abandoned and answered within the hour on a simulated clock, an order and a signup entering their journeys, a
+    win-back simulated; then every journey's enrollments."""
+    from dataclasses import replace
+
+    from sqlalchemy import text
+
+    from campaigns import service as campaigns
+    from crm import writes
+    from kit.clock import FixedClock
+
+    with session_scope(ctx.engine) as session:
+        campaigns.run_journeys_once(session, ctx, activity_limit=200_000, due_limit=200_000, dates=True)
+    with session_scope(ctx.engine) as session:
+        found = session.connection().execute(text(
+            "SELECT c.external_id FROM customer c JOIN consent k ON k.customer_id = c.id AND k.channel = 'push' "
+            "AND k.status = 'opted_in' WHERE c.push_tokens_hash IS NOT NULL AND c.time_zone = :zone "
+            "AND NOT EXISTS (SELECT 1 FROM journey_enrollment e WHERE e.customer_id = c.id) ORDER BY c.id LIMIT 1"),
+            {"zone": ctx.settings.default_time_zone}).first()
+    if found is None:
+        console.print("  no customer with push consent to abandon a cart")
+        return
+    # 11:00 local today: the reminder an hour later is outside quiet hours.
+    local = ctx.clock.now().astimezone(ZoneInfo(ctx.settings.default_time_zone)).replace(hour=11, minute=0, second=0,
+                                                                                         microsecond=0)
+    clock = FixedClock(local.astimezone(UTC))
+    simulated = replace(ctx, clock=clock)
+    with session_scope(ctx.engine) as session:
+        writes.write_items(session, simulated, "events", [{"customer_id": found[0], "type": "cart_add",
+                                                           "unique_id": f"demo-cart-{local:%Y%m%d}",
+                                                           "occurred_at": clock.now().isoformat(),
+                                                           "properties": {"sku": "SKU-DEMO", "value": 320}}],
+                           cause="api", first_wins=True)
+    console.print(f"  {local:%H:%M} {found[0]} adds an item to the cart and leaves (simulated clock)")
+    for minutes in (30, 31):
+        clock.advance(timedelta(minutes=minutes))
+        with session_scope(ctx.engine) as session:
+            campaigns.run_journeys_once(session, simulated)
+            rows = session.connection().execute(text(
+                "SELECT m.channel, m.status, m.send_at FROM message m JOIN customer c ON c.id = m.customer_id "
+                "WHERE c.external_id = :customer AND m.campaign_id < 0 AND m.template = 'cart_reminder'"),
+                {"customer": found[0]}).all()
+        at = clock.now().astimezone(local.tzinfo)
+        console.print(f"  {at:%H:%M} journey worker: " + ("; ".join(f"{r[0]} reminder {r[1]}" for r in rows)
+                                                          or "no order yet, the hour is not over: waiting"))
+    clock.advance(timedelta(hours=2))
+    with session_scope(ctx.engine) as session:
+        writes.write_items(session, simulated, "orders", [{"external_id": f"demo-order-{local:%Y%m%d}",
+                                                           "customer_id": found[0], "amount_paid": "320",
+                                                           "ordered_at": clock.now().isoformat()}], cause="api")
+        writes.write_items(session, simulated, "customers", [{"external_id": f"demo-new-{local:%Y%m%d}",
+                                                              "email": "new.customer@example.com",
+                                                              "consent": {"email": "opted_in"}}], cause="api")
+    with session_scope(ctx.engine) as session:
+        campaigns.run_journeys_once(session, simulated)
+        moves = session.connection().execute(text(
+            "SELECT j.name, e.status, e.step_id, c.external_id FROM journey_enrollment e JOIN journey j ON "
+            "j.id = e.journey_id JOIN customer c ON c.id = e.customer_id WHERE c.external_id IN (:a, :b) "
+            "ORDER BY e.id"), {"a": found[0], "b": f"demo-new-{local:%Y%m%d}"}).all()
+    console.print(f"  {clock.now().astimezone(local.tzinfo):%H:%M} {found[0]} orders; a new customer signs up:")
+    for name, status, step, who in moves:
+        console.print(f"    {who} · {name}: {status}" + (f" (next: {step})" if step else ""))
+    _simulate_win_back(ctx)
+    with session_scope(ctx.engine) as session:
+        for journey in campaigns.list_journeys(session, "active"):
+            funnel = campaigns.journey_funnel(session, ctx, journey.id)
+            sent = sum(step["sent"] for step in funnel["steps"])
+            states = ", ".join(f"{k} {v:,}" for k, v in sorted(funnel["enrollments"].items())) or "nobody yet"
+            console.print(f"  {journey.name}: {states}; {sent:,} messages planned")
+
+
+def _simulate_win_back(ctx: Context) -> None:
+    """The win-back journey's timeline for one lost customer, simulated (nothing written)."""
+    from sqlalchemy import text
+
+    from campaigns import service as campaigns
+
+    with session_scope(ctx.engine) as session:
+        journey = next((j for j in campaigns.list_journeys(session, "active") if j.name == "Win-back"), None)
+        lost = session.connection().execute(text(
+            "SELECT s.customer_id, c.external_id FROM customer_segment s JOIN customer c ON c.id = s.customer_id "
+            "JOIN consent k ON k.customer_id = c.id AND k.channel = 'email' AND k.status = 'opted_in' "
+            "WHERE s.tier = 'lost' AND c.email_hash IS NOT NULL ORDER BY s.customer_id LIMIT 1")).first()
+        if journey is None or lost is None:
+            return
+        result = campaigns.simulate_journey(session, ctx, journey.id, lost[0])
+    console.print(f"  Win-back simulated for {lost[1]} (lost tier; nothing written):")
+    for step in result["timeline"]:
+        console.print(f"    {step['at']:%Y-%m-%d %H:%M} UTC {step['step']}: {step['outcome']}"
+                      + (f" ({step['reason']})" if step["reason"] else ""))
 
 
 def _print_next_occurrences(ctx: Context) -> None:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, select
 
 from campaigns.authoring import rendering
-from campaigns.authoring.fairness import OfferReach, violations
+from campaigns.authoring.fairness import OfferReach, added_violations
 from campaigns.authoring.guard_rail_settings import GuardRailSettings, current_settings
 from campaigns.authoring.spec import STATUSES, Audience, CampaignSpec
 from campaigns.authoring.templates import (
@@ -151,9 +151,7 @@ def fairness_check(session: Session, ctx: Context, campaign: Campaign, spec: Cam
     mine = offer_reaches(campaign.name, spec)
     if not mine:
         return []
-    loyal = tuple(ctx.settings.loyal_tiers)
-    existing = violations(reaches, loyal)
-    return [v for v in violations([*reaches, *mine], loyal) if v not in existing]
+    return added_violations(reaches, mine, tuple(ctx.settings.loyal_tiers))
 
 
 def _snapshot(session: Session, campaign: Campaign, actor: str, at: datetime) -> None:

@@ -58,3 +58,13 @@ def violations(offers: list[OfferReach], loyal_tiers: tuple[str, ...],
                 found.append({"tier": tier, "basket": price, "loyal_price": round(best_loyal, 2),
                               "new_customer_price": round(best_new[0], 2), "new_customer_campaign": best_new[1]})
     return found
+
+
+def added_violations(others: list[OfferReach], mine: list[OfferReach], loyal_tiers: tuple[str, ...]) -> list[dict]:
+    """The violations `mine` adds to those of `others`, both read at the same price points (the reference prices and
+    every offer's minimum spend): a price point only `mine` brings must not pin on it what `others` did already,
+    and a loyal tier offered something by `mine` is no worse off than before."""
+    points = tuple(sorted({*REFERENCE_PRICES, *(o.min_spend for o in [*others, *mine] if o.min_spend > 0)}))
+    # Keyed by (tier, basket): an offer that lowers a loyal price still above the newcomers' adds nothing.
+    existing = {(v["tier"], v["basket"]) for v in violations(others, loyal_tiers, points)}
+    return [v for v in violations([*others, *mine], loyal_tiers, points) if (v["tier"], v["basket"]) not in existing]

@@ -15,7 +15,7 @@ from campaigns.authoring.campaigns import (
     segment_names,
     template_errors,
 )
-from campaigns.authoring.fairness import violations
+from campaigns.authoring.fairness import added_violations
 from campaigns.authoring.guard_rail_settings import current_settings
 from campaigns.authoring.spec import STATUSES, CampaignSpec, ChannelStep, Schedule
 from campaigns.journeys.spec import ACTIVITY_OF_TRIGGER, JourneySpec, successors
@@ -162,9 +162,7 @@ def fairness_problems(session: Session, ctx: Context, spec: JourneySpec, journey
     mine = reaches_of(spec.name, spec)
     if not mine:
         return []
-    loyal = tuple(ctx.settings.loyal_tiers)
-    existing = violations(others, loyal)
-    return [v for v in violations([*others, *mine], loyal) if v not in existing]
+    return added_violations(others, mine, tuple(ctx.settings.loyal_tiers))
 
 
 def _check(session: Session, ctx: Context, spec: JourneySpec) -> None:

@@ -91,14 +91,19 @@ def next_local_time(now: datetime, wall: Any, zone: str) -> datetime:
     return local_to_utc(day + timedelta(days=3), minute, zone)
 
 
+def _ordered_since(position: Position, facts: Facts) -> bool:
+    """An order after the entry (the order that let a customer into a post-purchase journey is not its goal)."""
+    return facts.last_order_at is not None and facts.last_order_at > position.entered_at
+
+
 def _goal_reached(spec: JourneySpec, position: Position, facts: Facts) -> bool:
-    return spec.goal.kind != "none" and facts.last_order_at is not None and facts.last_order_at >= position.entered_at
+    return spec.goal.kind != "none" and _ordered_since(position, facts)
 
 
 def _condition(step: Any, position: Position, facts: Facts) -> bool:
     kind, value = step.condition, step.value
     if kind == "ordered_since_entry":
-        return facts.last_order_at is not None and facts.last_order_at >= position.entered_at
+        return _ordered_since(position, facts)
     if kind in ("opened_last", "clicked_last"):
         column = "opened_at" if kind == "opened_last" else "clicked_at"
         return bool(facts.last_message and facts.last_message.get(column))

@@ -154,7 +154,7 @@ def _convert_on_orders(session: Session, claimed: pl.DataFrame, journeys: Active
         result = session.connection().execute(text(
             "UPDATE journey_enrollment SET status = 'converted', end_reason = 'goal', ended_at = :now, "
             "wake_at = NULL, step_id = NULL, updated_at = :now WHERE customer_id = :customer AND status = 'active' "
-            f"AND entered_at <= :ordered AND journey_id IN ({_in_clause(goals)})"),
+            f"AND entered_at < :ordered AND journey_id IN ({_in_clause(goals)})"),
             {"now": now, "customer": customer_id, "ordered": ordered_at})
         changed += result.rowcount or 0
     return changed

@@ -356,3 +356,26 @@ def test_the_funnel_counts_steps_reasons_and_uplift_against_the_holdout(session,
     clock.advance(timedelta(days=8))
     funnel = reports.funnel(session, ctx, journey.id)
     assert funnel["uplift"]["treated_n"] + funnel["uplift"]["control_n"] == 5
+
+
+def test_a_signup_starts_onboarding_and_an_order_starts_post_purchase_without_ending_it(session, ctx, people, clock):
+    installed = {r["name"]: r["id"] for r in definitions.install_defaults(session, ctx, "test")}
+    writes.write_items(session, ctx, "customers", [{"external_id": "NEW1", "email": "new1@example.com",
+                                                    "consent": {"email": "opted_in"}}], cause="api")
+    writes.write_items(session, ctx, "orders", [{"external_id": "o-pp", "customer_id": "P1",
+                                                 "ordered_at": clock.now().isoformat(), "amount_paid": "300"}],
+                       cause="api")
+    runtime.run_once(session, ctx)
+    (welcome,) = enrollments(session, installed["7-day onboarding"])
+    assert (welcome.status, welcome.step_id) == ("active", "wait_3d")
+    assert [m.channel for m in journey_messages(session, installed["7-day onboarding"])] == ["email"]
+    (repeat,) = enrollments(session, installed["Post-purchase repeat"])
+    assert (repeat.status, repeat.step_id) == ("active", "wait_delivery")  # its own order is not its goal
+    clock.advance(timedelta(days=1))
+    writes.write_items(session, ctx, "orders", [{"external_id": "o-pp2", "customer_id": "P1",
+                                                 "ordered_at": clock.now().isoformat(), "amount_paid": "300"}],
+                       cause="api")
+    runtime.run_once(session, ctx)
+    first, second = enrollments(session, installed["Post-purchase repeat"])
+    session.refresh(first)
+    assert (first.status, second.status) == ("converted", "active")  # the next order: converted, and in again
