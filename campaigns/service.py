@@ -32,6 +32,7 @@ from campaigns.delivery.tasks import OUTCOMES as CALL_OUTCOMES
 from campaigns.delivery.tasks import claim_task, list_tasks, record_outcome
 from campaigns.journeys.definitions import install_defaults as install_default_journeys
 from campaigns.journeys.definitions import list_journeys
+from campaigns.journeys.reports import enrollments_of as customer_journeys
 from campaigns.journeys.reports import funnel as journey_funnel
 from campaigns.journeys.reports import simulate as simulate_journey
 from campaigns.journeys.runtime import run_once as run_journeys_once
@@ -54,7 +55,7 @@ from campaigns.profile import (
 )
 
 __all__ = [
-    "install_default_journeys", "journey_funnel", "list_journeys", "run_journeys_once", "serve_journeys",
+    "customer_journeys", "install_default_journeys", "journey_funnel", "list_journeys", "run_journeys_once", "serve_journeys",
     "simulate_journey", "customer_id_of",
     "CALL_OUTCOMES", "CampaignSpec", "campaign_reports", "claim_task", "list_tasks", "record_outcome", "campaign_erasure", "campaign_export", "campaign_versions", "contact_history_section", "create_campaign",
     "describe", "discount_budget_section", "dry_run", "eligibility", "find_template", "get_campaign",

@@ -26,6 +26,7 @@ from kit.columnar import (
     driver_rows,
     driver_time,
     read_columns,
+    read_for_keys,
     read_frame,
 )
 from kit.context import Context
@@ -473,3 +474,95 @@ def first_order_times_frame(session: Session) -> pl.DataFrame:
     """Each buyer's first order time, over all history."""
     return read_frame(session, "SELECT o.customer_id, MIN(o.ordered_at) FROM orders o GROUP BY o.customer_id", {},
                       {"customer_id": pl.Int64, "first_at": pl.Datetime("us", "UTC")})
+
+
+# ---------------------------------------------------------------- what journeys ask about a few customers
+
+
+_AT = pl.Datetime("us", "UTC")
+
+
+def first_order_ids(session: Session, order_ids: list[int]) -> set[int]:
+    """Which of these orders are their customer's first (cancelled orders do not count)."""
+    if not order_ids:
+        return set()
+    rows = session.connection().execute(_in_ids(
+        "SELECT o.id FROM orders o WHERE o.id IN :ids AND o.status <> 'cancelled' AND NOT EXISTS ("
+        "SELECT 1 FROM orders p WHERE p.customer_id = o.customer_id AND p.status <> 'cancelled' "
+        "AND (p.ordered_at < o.ordered_at OR (p.ordered_at = o.ordered_at AND p.id < o.id)))"),
+        {"ids": order_ids}).all()
+    return {r[0] for r in rows}
+
+
+def latest_orders_since(session: Session, customer_ids: list[int], since: datetime) -> pl.DataFrame:
+    """Per customer: the latest order (not cancelled) at or after `since` (customer_id, at)."""
+    clause, params, _ = customer_clause("o.customer_id", customer_ids=customer_ids, keyword="AND")
+    return read_frame(session, "SELECT o.customer_id, MAX(o.ordered_at) FROM orders o WHERE o.ordered_at >= :since "
+                      f"AND o.status <> 'cancelled' {clause} GROUP BY o.customer_id", params | {"since": since},
+                      {"customer_id": pl.Int64, "at": _AT}, same_connection=True, small=True)
+
+
+def latest_events_since(session: Session, customer_ids: list[int], types: list[str],
+                        since: datetime) -> pl.DataFrame:
+    """Per customer and event type (of `types`): the latest event at or after `since` (customer_id, type, at)."""
+    clause, params, _ = customer_clause("e.customer_id", customer_ids=customer_ids, keyword="AND")
+    binds = {f"type_{i}": name for i, name in enumerate(types)}
+    return read_frame(session, "SELECT e.customer_id, e.type, MAX(e.occurred_at) FROM event e WHERE "
+                      f"e.occurred_at >= :since AND e.type IN ({', '.join(':' + k for k in binds) or 'NULL'}) "
+                      f"{clause} GROUP BY e.customer_id, e.type", params | binds | {"since": since},
+                      {"customer_id": pl.Int64, "type": pl.String, "at": _AT}, same_connection=True, small=True)
+
+
+def attributes_of(session: Session, customer_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Each customer's free-form attributes."""
+    rows = session.connection().execute(_in_ids("SELECT id, attributes FROM customer WHERE id IN :ids"),
+                                        {"ids": customer_ids}).all() if customer_ids else []
+    return {r[0]: r[1] if isinstance(r[1], dict) else json.loads(r[1] or "{}") for r in rows}
+
+
+def set_attributes(session: Session, customer_id: int, values: dict[str, Any], now: datetime) -> None:
+    """Merge values into a customer's attributes (a journey's update step)."""
+    customer = session.get(Customer, customer_id)
+    if customer is not None:
+        customer.attributes = {**(customer.attributes or {}), **values}
+        customer.updated_at = now
+        session.add(customer)
+
+
+def birthdays_on(session: Session, day) -> pl.DataFrame:
+    """Customers whose birthday falls on the day (29 February birthdays on the 28th in common years)."""
+    people = read_frame(session, "SELECT c.id, c.birthday FROM customer c WHERE c.birthday IS NOT NULL", {},
+                        {"customer_id": pl.Int64, "birthday": pl.Date}, same_connection=True)
+    month, dom = pl.col("birthday").dt.month(), pl.col("birthday").dt.day()
+    leap = day.year % 4 == 0 and (day.year % 100 != 0 or day.year % 400 == 0)
+    on_day = (month == day.month) & (dom == day.day)
+    if not leap and (day.month, day.day) == (2, 28):
+        on_day = on_day | ((month == 2) & (dom == 29))
+    return people.filter(on_day).select("customer_id")
+
+
+def signed_up_on(session: Session, day) -> pl.DataFrame:
+    """Customers who signed up on the UTC day."""
+    start = utc_midnight(day)
+    return read_frame(session, "SELECT c.id FROM customer c WHERE c.signed_up_at >= :start AND c.signed_up_at < :end",
+                      {"start": start, "end": start + timedelta(days=1)}, {"customer_id": pl.Int64},
+                      same_connection=True)
+
+
+def order_times_frame(session: Session, customer_ids: pl.Series, since: datetime) -> pl.DataFrame:
+    """Every order (not cancelled) of these customers at or after `since` (customer_id, ordered_at)."""
+    return read_for_keys(session, "SELECT o.customer_id, o.ordered_at FROM orders o JOIN {keys} k ON "
+                         "k.key = o.customer_id WHERE o.ordered_at >= :since AND o.status <> 'cancelled'",
+                         customer_ids, {"since": since}, {"customer_id": pl.Int64, "ordered_at": _AT})
+
+
+def reachable_customers(session: Session, channel: str, *, zone: str | None = None, limit: int = 20) -> list[int]:
+    """Customers with contact data and an opt-in for the channel (optionally in one zone), lowest ids first."""
+    spec = CHANNELS.get(channel)
+    column = "push_tokens_hash" if spec.contact_field == "push" else f"{spec.contact_field}_hash"
+    zone_clause = "AND c.time_zone = :zone" if zone else ""
+    rows = session.connection().execute(text(
+        f"SELECT c.id FROM customer c JOIN consent k ON k.customer_id = c.id AND k.channel = :consent "
+        f"AND k.status = 'opted_in' WHERE c.{column} IS NOT NULL {zone_clause} ORDER BY c.id "
+        "LIMIT :limit"), {"consent": spec.consent, "zone": zone, "limit": limit}).all()
+    return [r[0] for r in rows]

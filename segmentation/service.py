@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -594,3 +595,15 @@ def entered_between(session: Session, dimension: str, value: str, start: datetim
     params = {"dimension": dimension, "value": value, "start": start, "end": end} | (
         {"customer_id": customer_id} if customer_id is not None else {})
     return read_frame(session, query, params, {"customer_id": pl.Int64}, same_connection=True)
+
+
+def set_journey_tags(session: Session, customer_id: int, add: list[str], remove: list[str], at: datetime,
+                     why: dict[str, Any]) -> None:
+    """Tags a journey sets or clears (names the tag rules do not compute, so the nightly run leaves them be)."""
+    for tag in add:
+        session.connection().execute(text(
+            "INSERT INTO customer_tag (customer_id, tag, since, why, version) VALUES (:c, :t, :at, :why, 0) "
+            "ON CONFLICT DO NOTHING"), {"c": customer_id, "t": tag, "at": at, "why": json.dumps(why)})
+    for tag in remove:
+        session.connection().execute(text("DELETE FROM customer_tag WHERE customer_id = :c AND tag = :t"),
+                                     {"c": customer_id, "t": tag})

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
+import polars as pl
 import typer
 from rich.table import Table
 
@@ -132,21 +133,18 @@ def _journeys(ctx: Context) -> None:
     win-back simulated; then every journey's enrollments."""
     from dataclasses import replace
 
-    from sqlalchemy import text
-
     from campaigns import service as campaigns
     from crm import writes
+    from crm.service import external_ids_of, reachable_customers
     from kit.clock import FixedClock
 
     with session_scope(ctx.engine) as session:
         campaigns.run_journeys_once(session, ctx, activity_limit=200_000, due_limit=200_000, dates=True)
     with session_scope(ctx.engine) as session:
-        found = session.connection().execute(text(
-            "SELECT c.external_id FROM customer c JOIN consent k ON k.customer_id = c.id AND k.channel = 'push' "
-            "AND k.status = 'opted_in' WHERE c.push_tokens_hash IS NOT NULL AND c.time_zone = :zone "
-            "AND NOT EXISTS (SELECT 1 FROM journey_enrollment e WHERE e.customer_id = c.id) ORDER BY c.id LIMIT 1"),
-            {"zone": ctx.settings.default_time_zone}).first()
-    if found is None:
+        candidates = reachable_customers(session, "push", zone=ctx.settings.default_time_zone, limit=200)
+        free = next((c for c in candidates if not campaigns.customer_journeys(session, c)), None)
+        who = external_ids_of(session, [free]).get(free) if free is not None else None
+    if who is None:
         console.print("  no customer with push consent to abandon a cart")
         return
     # 11:00 local today: the reminder an hour later is outside quiet hours.
@@ -155,40 +153,38 @@ def _journeys(ctx: Context) -> None:
     clock = FixedClock(local.astimezone(UTC))
     simulated = replace(ctx, clock=clock)
     with session_scope(ctx.engine) as session:
-        writes.write_items(session, simulated, "events", [{"customer_id": found[0], "type": "cart_add",
+        writes.write_items(session, simulated, "events", [{"customer_id": who, "type": "cart_add",
                                                            "unique_id": f"demo-cart-{local:%Y%m%d}",
                                                            "occurred_at": clock.now().isoformat(),
                                                            "properties": {"sku": "SKU-DEMO", "value": 320}}],
                            cause="api", first_wins=True)
-    console.print(f"  {local:%H:%M} {found[0]} adds an item to the cart and leaves (simulated clock)")
+    console.print(f"  {local:%H:%M} {who} adds an item to the cart and leaves (simulated clock)")
     for minutes in (30, 31):
         clock.advance(timedelta(minutes=minutes))
         with session_scope(ctx.engine) as session:
             campaigns.run_journeys_once(session, simulated)
-            rows = session.connection().execute(text(
-                "SELECT m.channel, m.status, m.send_at FROM message m JOIN customer c ON c.id = m.customer_id "
-                "WHERE c.external_id = :customer AND m.campaign_id < 0 AND m.template = 'cart_reminder'"),
-                {"customer": found[0]}).all()
+            taken = [s for e in campaigns.customer_journeys(session, free) for s in e["steps"]]
         at = clock.now().astimezone(local.tzinfo)
-        console.print(f"  {at:%H:%M} journey worker: " + ("; ".join(f"{r[0]} reminder {r[1]}" for r in rows)
+        console.print(f"  {at:%H:%M} journey worker: " + ("; ".join(f"{s['step']} {s['outcome']}" for s in taken)
                                                           or "no order yet, the hour is not over: waiting"))
     clock.advance(timedelta(hours=2))
+    newcomer = f"demo-new-{local:%Y%m%d}"
     with session_scope(ctx.engine) as session:
         writes.write_items(session, simulated, "orders", [{"external_id": f"demo-order-{local:%Y%m%d}",
-                                                           "customer_id": found[0], "amount_paid": "320",
+                                                           "customer_id": who, "amount_paid": "320",
                                                            "ordered_at": clock.now().isoformat()}], cause="api")
-        writes.write_items(session, simulated, "customers", [{"external_id": f"demo-new-{local:%Y%m%d}",
+        writes.write_items(session, simulated, "customers", [{"external_id": newcomer,
                                                               "email": "new.customer@example.com",
                                                               "consent": {"email": "opted_in"}}], cause="api")
     with session_scope(ctx.engine) as session:
         campaigns.run_journeys_once(session, simulated)
-        moves = session.connection().execute(text(
-            "SELECT j.name, e.status, e.step_id, c.external_id FROM journey_enrollment e JOIN journey j ON "
-            "j.id = e.journey_id JOIN customer c ON c.id = e.customer_id WHERE c.external_id IN (:a, :b) "
-            "ORDER BY e.id"), {"a": found[0], "b": f"demo-new-{local:%Y%m%d}"}).all()
-    console.print(f"  {clock.now().astimezone(local.tzinfo):%H:%M} {found[0]} orders; a new customer signs up:")
-    for name, status, step, who in moves:
-        console.print(f"    {who} · {name}: {status}" + (f" (next: {step})" if step else ""))
+        newcomer_id = campaigns.customer_id_of(session, newcomer)
+        moves = [(name, e) for name, c in ((who, free), (newcomer, newcomer_id))
+                 for e in campaigns.customer_journeys(session, c)]
+    console.print(f"  {clock.now().astimezone(local.tzinfo):%H:%M} {who} orders; a new customer signs up:")
+    for name, enrollment in reversed(moves):
+        console.print(f"    {name} · {enrollment['journey']}: {enrollment['status']}"
+                      + (f" (next: {enrollment['step']})" if enrollment["step"] else ""))
     _simulate_win_back(ctx)
     with session_scope(ctx.engine) as session:
         for journey in campaigns.list_journeys(session, "active"):
@@ -200,20 +196,20 @@ def _journeys(ctx: Context) -> None:
 
 def _simulate_win_back(ctx: Context) -> None:
     """The win-back journey's timeline for one lost customer, simulated (nothing written)."""
-    from sqlalchemy import text
-
     from campaigns import service as campaigns
+    from crm.service import external_ids_of, reachable_customers
+    from segmentation.service import segments_frame
 
     with session_scope(ctx.engine) as session:
         journey = next((j for j in campaigns.list_journeys(session, "active") if j.name == "Win-back"), None)
-        lost = session.connection().execute(text(
-            "SELECT s.customer_id, c.external_id FROM customer_segment s JOIN customer c ON c.id = s.customer_id "
-            "JOIN consent k ON k.customer_id = c.id AND k.channel = 'email' AND k.status = 'opted_in' "
-            "WHERE s.tier = 'lost' AND c.email_hash IS NOT NULL ORDER BY s.customer_id LIMIT 1")).first()
-        if journey is None or lost is None:
+        reachable = reachable_customers(session, "email", limit=500)
+        lost = segments_frame(session, customer_ids=reachable).filter(pl.col("tier") == "lost")["customer_id"]
+        if journey is None or lost.is_empty():
             return
-        result = campaigns.simulate_journey(session, ctx, journey.id, lost[0])
-    console.print(f"  Win-back simulated for {lost[1]} (lost tier; nothing written):")
+        customer_id = int(lost.min())
+        result = campaigns.simulate_journey(session, ctx, journey.id, customer_id)
+        name = external_ids_of(session, [customer_id])[customer_id]
+    console.print(f"  Win-back simulated for {name} (lost tier; nothing written):")
     for step in result["timeline"]:
         console.print(f"    {step['at']:%Y-%m-%d %H:%M} UTC {step['step']}: {step['outcome']}"
                       + (f" ({step['reason']})" if step["reason"] else ""))

@@ -16,6 +16,7 @@ from campaigns.journeys.spec import JourneySpec
 from campaigns.measurement.stats import rate_difference
 from campaigns.models import JourneyEnrollment, JourneyStep, Message, journey_sender
 from crm.profiles import ProfileRequest
+from crm.service import order_times_frame
 from kit.clock import FixedClock, ensure_utc
 from kit.columnar import read_frame
 from kit.context import Context
@@ -84,14 +85,11 @@ def _uplift(session: Session, ctx: Context, journey_id: int, spec: JourneySpec) 
                            "end_reason": pl.String}, same_connection=True)
     if entrants.is_empty():
         return rate_difference(0, 0, 0, 0).as_dict() | {"window_days": spec.conversion_days}
-    orders = read_frame(session, "SELECT o.customer_id, o.ordered_at FROM orders o JOIN journey_enrollment e "
-                        "ON e.customer_id = o.customer_id AND e.journey_id = :journey WHERE o.status <> 'cancelled' "
-                        "AND o.ordered_at >= e.entered_at", {"journey": journey_id},
-                        {"customer_id": pl.Int64, "ordered_at": UTC_TYPE}, same_connection=True)
+    orders = order_times_frame(session, entrants["customer_id"].unique(), entrants["entered_at"].min())
     window = timedelta(days=spec.conversion_days)
     converted = entrants.join(orders, on="customer_id", how="left").group_by("customer_id", "entered_at", "status",
                                                                            "end_reason").agg(
-        hit=((pl.col("ordered_at") >= pl.col("entered_at")) & (pl.col("ordered_at") < pl.col("entered_at") + window))
+        hit=((pl.col("ordered_at") > pl.col("entered_at")) & (pl.col("ordered_at") < pl.col("entered_at") + window))
         .fill_null(False).any())
     held = converted.filter((pl.col("status") == "holdout") & (pl.col("end_reason") == "holdout"))
     treated = converted.filter(pl.col("status") != "holdout")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -32,7 +32,16 @@ from campaigns.planning.planner import (
 )
 from campaigns.planning.plans import MESSAGE_TYPES, load_inputs, offer_json, preempt
 from crm import activity
-from crm.service import contactability_frame
+from crm.service import (
+    attributes_of,
+    birthdays_on,
+    contactability_frame,
+    first_order_ids,
+    latest_events_since,
+    latest_orders_since,
+    set_attributes,
+    signed_up_on,
+)
 from kit.bulkwrite import insert_frame, stage_frame
 from kit.channels import CHANNELS
 from kit.clock import ensure_utc
@@ -40,8 +49,8 @@ from kit.columnar import read_frame
 from kit.context import Context
 from kit.db import is_postgres
 from kit.locks import lock_for_transaction
-from kit.timezones import local_date_of, utc_midnight
-from segmentation.service import segments_frame, tags_frame
+from kit.timezones import local_date_of
+from segmentation.service import segments_frame, set_journey_tags, tags_frame
 
 LIVE = ("pending", "active")
 ENDED = ("holdout", "converted", "completed", "exited", "cancelled")
@@ -85,18 +94,6 @@ def _entry_key(row: dict[str, Any]) -> str:
     return f"{kind}:{row['name'] or ''}:{row['ref_id'] or ''}:{ensure_utc(row['occurred_at']).isoformat()}"[:80]
 
 
-def _first_orders(session: Session, order_ids: list[int]) -> set[int]:
-    """Which of these orders are their customer's first (cancelled orders do not count)."""
-    if not order_ids:
-        return set()
-    listed = ", ".join(str(int(i)) for i in order_ids)
-    rows = session.connection().execute(text(
-        f"SELECT o.id FROM orders o WHERE o.id IN ({listed}) AND o.status <> 'cancelled' AND NOT EXISTS ("
-        "SELECT 1 FROM orders p WHERE p.customer_id = o.customer_id AND p.status <> 'cancelled' "
-        "AND (p.ordered_at < o.ordered_at OR (p.ordered_at = o.ordered_at AND p.id < o.id)))")).all()
-    return {r[0] for r in rows}
-
-
 def _matches(spec: JourneySpec, row: dict[str, Any], firsts: set[int]) -> bool:
     trigger = spec.entry.trigger
     kind = trigger.kind
@@ -123,7 +120,7 @@ def enter_from_activity(session: Session, ctx: Context, *, limit: int = 5000,
     now = ctx.clock.now()
     journeys = journeys or ActiveJourneys(session)
     rows = claimed.to_dicts()
-    firsts = _first_orders(session, [r["ref_id"] for r in rows if r["kind"] == "order"])
+    firsts = first_order_ids(session, [r["ref_id"] for r in rows if r["kind"] == "order"])
     converted = _convert_on_orders(session, claimed, journeys, now)
     woken = _wake_waiting(session, claimed, now)
     enrolled = 0
@@ -249,30 +246,13 @@ def enter_on_dates(session: Session, ctx: Context, *, journeys: ActiveJourneys |
         trigger = spec.entry.trigger
         if trigger.kind not in DATE_TRIGGERS:
             continue
-        found = _birthdays(session, today) if trigger.kind == "birthday" else _signups_on(session, today - timedelta(
-            days=trigger.days or 0))
+        found = birthdays_on(session, today) if trigger.kind == "birthday" else signed_up_on(
+            session, today - timedelta(days=trigger.days or 0))
         key = f"birthday:{today.year}" if trigger.kind == "birthday" else f"signup+{trigger.days}"
         if not found.is_empty():
             enrolled += enroll(session, ctx, journey_id, journey.version, spec, found.select(
                 "customer_id", entry_key=pl.lit(key), entered_at=pl.lit(ctx.clock.now())))
     return enrolled
-
-
-def _birthdays(session: Session, today: date) -> pl.DataFrame:
-    people = read_frame(session, "SELECT c.id, c.birthday FROM customer c WHERE c.birthday IS NOT NULL", {},
-                        {"customer_id": pl.Int64, "birthday": pl.Date}, same_connection=True)
-    month, day = pl.col("birthday").dt.month(), pl.col("birthday").dt.day()
-    leap = today.year % 4 == 0 and (today.year % 100 != 0 or today.year % 400 == 0)
-    on_day = (month == today.month) & (day == today.day)
-    if not leap and (today.month, today.day) == (2, 28):
-        on_day = on_day | ((month == 2) & (day == 29))  # 29 February birthdays on the 28th in common years
-    return people.filter(on_day)
-
-
-def _signups_on(session: Session, day: date) -> pl.DataFrame:
-    return read_frame(session, "SELECT c.id FROM customer c WHERE c.signed_up_at >= :start AND c.signed_up_at < :end",
-                      {"start": utc_midnight(day), "end": utc_midnight(day) + timedelta(days=1)},
-                      {"customer_id": pl.Int64}, same_connection=True)
 
 
 # ---------------------------------------------------------------- advancing due enrollments
@@ -300,27 +280,17 @@ def _claim_due(session: Session, now: datetime, limit: int, only: list[int] | No
 def _facts(session: Session, claimed: list[dict[str, Any]], journeys: ActiveJourneys) -> dict[int, Facts]:
     """What the engine may ask about the batch's customers, read in a few set-based queries."""
     customers = sorted({r["customer_id"] for r in claimed})
-    listed = _in_clause(customers)
     since = min(ensure_utc(r["entered_at"]) for r in claimed)
     facts = {c: Facts() for c in customers}
     people = contactability_frame(session, customer_ids=customers)
     for customer_id, zone in people.select("customer_id", "time_zone").iter_rows():
         facts[customer_id].time_zone = zone
-    orders = read_frame(session, f"SELECT o.customer_id, MAX(o.ordered_at) FROM orders o WHERE o.customer_id IN "
-                        f"({listed}) AND o.ordered_at >= :since AND o.status <> 'cancelled' GROUP BY o.customer_id",
-                        {"since": since}, {"customer_id": pl.Int64, "at": UTC_TYPE}, same_connection=True, small=True)
-    for customer_id, at in orders.iter_rows():
+    for customer_id, at in latest_orders_since(session, customers, since).iter_rows():
         facts[customer_id].last_order_at = at
         facts[customer_id].events["order"] = at
     wanted = sorted({name for r in claimed for name in _events_asked(journeys.spec(r["journey_id"], r["version"]))})
     if wanted:
-        binds = {f"t{i}": name for i, name in enumerate(wanted)}
-        events = read_frame(session, "SELECT e.customer_id, e.type, MAX(e.occurred_at) FROM event e WHERE "
-                            f"e.customer_id IN ({listed}) AND e.occurred_at >= :since AND e.type IN "
-                            f"({', '.join(':' + k for k in binds)}) GROUP BY e.customer_id, e.type",
-                            {"since": since} | binds, {"customer_id": pl.Int64, "type": pl.String, "at": UTC_TYPE},
-                            same_connection=True, small=True)
-        for customer_id, kind, at in events.iter_rows():
+        for customer_id, kind, at in latest_events_since(session, customers, wanted, since).iter_rows():
             facts[customer_id].events[kind] = at
     if any(_asks_segments(journeys.spec(r["journey_id"], r["version"])) for r in claimed):
         from churn.service import scores_frame
@@ -332,9 +302,8 @@ def _facts(session: Session, claimed: list[dict[str, Any]], journeys: ActiveJour
             facts[customer_id].tags = frozenset(tags)
         for customer_id, probability, at_risk in scores_frame(session, customer_ids=customers).iter_rows():
             facts[customer_id].probability, facts[customer_id].at_risk = probability, bool(at_risk)
-        for customer_id, attributes in session.connection().execute(text(
-                f"SELECT id, attributes FROM customer WHERE id IN ({listed})")).all():
-            facts[customer_id].attributes = attributes if isinstance(attributes, dict) else json.loads(attributes or "{}")
+        for customer_id, attributes in attributes_of(session, customers).items():
+            facts[customer_id].attributes = attributes
     _last_messages(session, claimed, facts)
     return facts
 
@@ -505,24 +474,13 @@ def _write_positions(session: Session, positions: list[Position], now: datetime)
 
 
 def _apply_updates(session: Session, positions: list[Position], now: datetime) -> None:
-    """Journey tags (kept apart from the computed ones by name) and customer attributes."""
+    """Journey tags (through segmentation) and customer attributes (through crm)."""
     for position in positions:
         for update in position.updates:
-            for tag in update["add_tags"]:
-                session.connection().execute(text(
-                    "INSERT INTO customer_tag (customer_id, tag, since, why, version) VALUES (:c, :t, :now, :why, 0) "
-                    "ON CONFLICT DO NOTHING"), {"c": position.customer_id, "t": tag, "now": now,
-                                                "why": json.dumps({"journey": position.journey_id})})
-            for tag in update["remove_tags"]:
-                session.connection().execute(text("DELETE FROM customer_tag WHERE customer_id = :c AND tag = :t"),
-                                             {"c": position.customer_id, "t": tag})
+            set_journey_tags(session, position.customer_id, update["add_tags"], update["remove_tags"], now,
+                             {"journey": position.journey_id})
             if update["set_attributes"]:
-                from crm.models import Customer
-
-                customer = session.get(Customer, position.customer_id)
-                customer.attributes = {**(customer.attributes or {}), **update["set_attributes"]}
-                customer.updated_at = now
-                session.add(customer)
+                set_attributes(session, position.customer_id, update["set_attributes"], now)
     session.flush()
 
 
