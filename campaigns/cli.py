@@ -29,9 +29,12 @@ app.add_typer(journeys_app, name="journeys")
 def campaigns_install_defaults(
         draft: Annotated[bool, typer.Option("--draft", help="leave them in draft instead of activating")] = False,
 ) -> None:
-    """Create the default touch plans (VIP call, potential coupon, lost win-back, at-risk, birthday, first order)."""
-    for row in install_defaults(cli_context(), activate=not draft):
+    """Create the default touch plans (VIP call, potential coupon, lost win-back, at-risk, birthday, first order) and
+    the default journeys (abandoned cart, onboarding, post-purchase, staged recall, win-back)."""
+    ctx = cli_context()
+    for row in install_defaults(ctx, activate=not draft):
         print_installed(row)
+    _install_journeys(ctx, draft)
 
 
 def install_defaults(ctx: Context, activate: bool = True) -> list[dict]:
@@ -218,7 +221,10 @@ def journeys_install_defaults(
         draft: Annotated[bool, typer.Option("--draft", help="leave them in draft instead of activating")] = False,
 ) -> None:
     """Create the default journeys (abandoned cart, onboarding, post-purchase, staged recall, win-back)."""
-    ctx = cli_context()
+    _install_journeys(cli_context(), draft)
+
+
+def _install_journeys(ctx: Context, draft: bool) -> None:
     with session_scope(ctx.engine) as session:
         for row in campaigns.install_default_journeys(session, ctx, "cli", activate=not draft):
             console.print(f"journey {row['id']}: {row['name']} ({row['status']}, "

@@ -566,3 +566,16 @@ def reachable_customers(session: Session, channel: str, *, zone: str | None = No
         f"AND k.status = 'opted_in' WHERE c.{column} IS NOT NULL {zone_clause} ORDER BY c.id "
         "LIMIT :limit"), {"consent": spec.consent, "zone": zone, "limit": limit}).all()
     return [r[0] for r in rows]
+
+
+def purchase_gaps(session: Session, customer_ids: list[int]) -> dict[int, float]:
+    """Each repeat buyer's mean days between orders, from the state's lifetime columns (first to last order over
+    the orders between); customers with fewer than two orders are absent."""
+    clause, params, _ = customer_clause("s.customer_id", customer_ids=customer_ids, keyword="AND")
+    frame = read_frame(session, "SELECT s.customer_id, s.lifetime_orders, s.lifetime_first_order_at, "
+                       f"s.lifetime_last_order_at FROM customer_state s WHERE s.lifetime_orders >= 2 {clause}", params,
+                       {"customer_id": pl.Int64, "orders": pl.Int64, "first": _AT, "last": _AT},
+                       same_connection=True, small=True)
+    gaps = frame.select("customer_id", gap=(pl.col("last") - pl.col("first")).dt.total_seconds() / 86_400
+                        / (pl.col("orders") - 1))
+    return dict(gaps.iter_rows())

@@ -58,7 +58,8 @@ def demo(
     for row in install_defaults(ctx):
         print_installed(row)
     for row in install_default_journeys(ctx):
-        console.print(f"journey {row['id']}: {row['name']} ({row['status']}, {'created' if row['created'] else 'exists'})")
+        console.print(f"journey {row['id']}: {row['name']} ({row['status']}, "
+                      f"{'created' if row['created'] else 'exists'})")
     console.rule("[bold]Daily pipeline")
     console.print("segment → score churn → plan today's campaigns → dispatch to the console sender (the clock jumps "
                   "to each customer's local send time; first lines per channel shown) → attribute")

@@ -41,8 +41,8 @@ DEFAULT_JOURNEYS: list[dict[str, Any]] = [
      ]},
     {"name": "Post-purchase repeat",
      "description": "After an order: a review request 3 days later, a cross-sell a week later, and a repeat "
-                    "incentive when the customer's own purchase gap comes round (30 days by default). Ends at the "
-                    "next order.",
+                    "incentive when the customer's own purchase gap (mean days between their orders, 10 to 90; 30 "
+                    "for a first order) has passed since it. Ends at the next order.",
      "entry": {"trigger": {"kind": "order"}, "reentry": {"rule": "unlimited"}},
      "goal": ORDER_GOAL, "priority": 40,
      "steps": [
@@ -52,7 +52,8 @@ DEFAULT_JOURNEYS: list[dict[str, Any]] = [
          {"id": "wait_week", "type": "wait", "duration": {"days": 4}, "next": "cross_sell"},
          {"id": "cross_sell", "type": "send", "channels": [{"channel": "email", "template": "cross_sell"}],
           "next": "wait_gap"},
-         {"id": "wait_gap", "type": "wait", "duration": {"days": 23}, "next": "repeat_incentive"},
+         {"id": "wait_gap", "type": "wait", "purchase_gap": {"fallback_days": 30, "min_days": 10, "max_days": 90},
+          "next": "repeat_incentive"},
          {"id": "repeat_incentive", "type": "send", "channels": [{"channel": "push", "template": "at_risk_care"},
                                                                  {"channel": "email", "template": "at_risk_care"}],
           "offer": {"percent_off": 5, "valid_days": 14, "coupon_prefix": "AGAIN", "send_without_offer": True}},

@@ -32,6 +32,7 @@ class Facts:
     at_risk: bool = False
     attributes: dict[str, Any] = field(default_factory=dict)
     last_message: dict[str, Any] | None = None  # opened_at, clicked_at of the journey's last message to them
+    purchase_gap_days: float | None = None  # mean days between their orders (repeat buyers only)
 
 
 @dataclass
@@ -146,6 +147,10 @@ def _start_wait(step: Any, position: Position, facts: Facts, now: datetime, *, s
         wake = base + step.duration.delta
     elif step.until_local_time is not None:
         wake = next_local_time(base, step.until_local_time, facts.time_zone)
+    elif step.purchase_gap is not None:
+        rule = step.purchase_gap
+        days = facts.purchase_gap_days if facts.purchase_gap_days is not None else rule.fallback_days
+        wake = (since or position.entered_at) + timedelta(days=min(max(days, rule.min_days), rule.max_days))
     else:
         wake = (since or now) + step.timeout.delta
     position.context["wait"] = {"step": step.id, "since": (since or now).isoformat(), "until": wake.isoformat(),

@@ -13,13 +13,14 @@ from sqlmodel import Session, select
 from campaigns.journeys import runtime
 from campaigns.journeys.definitions import get_journey
 from campaigns.journeys.spec import JourneySpec
-from campaigns.measurement.stats import rate_difference
+from campaigns.measurement.stats import rate_difference, sample_size_per_arm
 from campaigns.models import JourneyEnrollment, JourneyStep, Message, journey_sender
 from crm.profiles import ProfileRequest
 from crm.service import order_times_frame
 from kit.clock import FixedClock, ensure_utc
 from kit.columnar import read_frame
 from kit.context import Context
+from kit.db import is_postgres
 
 UTC_TYPE = pl.Datetime("us", "UTC")
 
@@ -70,13 +71,41 @@ def funnel(session: Session, ctx: Context, journey_id: int) -> dict[str, Any]:
                          "not_sent": {str(r): int(n) for r, n in skipped.iter_rows()}})
     statuses = dict(session.connection().execute(text(
         "SELECT status, COUNT(*) FROM journey_enrollment WHERE journey_id = :journey GROUP BY status"), params).all())
+    converted = _conversions(session, ctx, journey_id, spec)
     return {"journey_id": journey_id, "name": journey.name, "version": journey.version,
             "enrollments": {k: int(v) for k, v in statuses.items()}, "steps": per_step,
-            "uplift": _uplift(session, ctx, journey_id, spec)}
+            "uplift": _uplift(converted, spec), "splits": _splits(session, journey_id, spec, converted)}
 
 
-def _uplift(session: Session, ctx: Context, journey_id: int, spec: JourneySpec) -> dict[str, Any]:
-    """Conversion of treated entrants against the journey's holdout, counted only once the window has closed."""
+def _splits(session: Session, journey_id: int, spec: JourneySpec, converted: pl.DataFrame) -> list[dict[str, Any]]:
+    """Each split's arms: members, conversion against the first arm, the sample each arm needs, and the verdict."""
+    out = []
+    for step in (s for s in spec.steps if s.type == "split"):
+        arm_of = ("e.context -> 'arms' ->> :step" if is_postgres(session)
+                  else "json_extract(e.context, '$.arms.' || :step)")
+        arms = read_frame(session, f"SELECT e.customer_id, e.entered_at, {arm_of} FROM journey_enrollment e "
+                          "WHERE e.journey_id = :journey", {"journey": journey_id, "step": step.id},
+                          {"customer_id": pl.Int64, "entered_at": UTC_TYPE, "arm": pl.String}, same_connection=True)
+        members = converted.join(arms.drop_nulls("arm"), on=["customer_id", "entered_at"], how="inner")
+        needed = sample_size_per_arm(step.baseline_conversion, step.tolerated_error)
+        counts = {a.name: (int(members.filter(pl.col("arm") == a.name)["hit"].sum()),
+                           members.filter(pl.col("arm") == a.name).height) for a in step.arms}
+        first = step.arms[0].name
+        comparisons = {name: rate_difference(hits, n, *counts[first]).as_dict()
+                       for name, (hits, n) in counts.items() if name != first}
+        enough = all(n >= needed for _, n in counts.values())
+        winners = [name for name, c in comparisons.items() if c["significant"] and c["difference"] > 0]
+        losers = all(c["significant"] and c["difference"] < 0 for c in comparisons.values())
+        verdict = ("collecting" if not enough else winners[0] if len(winners) == 1 else
+                   first if losers and comparisons else "no difference")
+        out.append({"step": step.id, "needed_per_arm": needed, "verdict": verdict,
+                    "arms": {name: {"members": n, "conversions": hits} for name, (hits, n) in counts.items()},
+                    "against_first_arm": comparisons})
+    return out
+
+
+def _conversions(session: Session, ctx: Context, journey_id: int, spec: JourneySpec) -> pl.DataFrame:
+    """Entrants whose conversion window has closed, and whether they ordered within it (after the entry)."""
     cutoff = ctx.clock.now() - timedelta(days=spec.conversion_days)
     entrants = read_frame(session, "SELECT e.customer_id, e.entered_at, e.status, e.end_reason FROM journey_enrollment e "
                           "WHERE e.journey_id = :journey AND e.entered_at <= :cutoff AND e.status <> 'cancelled' "
@@ -84,13 +113,17 @@ def _uplift(session: Session, ctx: Context, journey_id: int, spec: JourneySpec) 
                           {"customer_id": pl.Int64, "entered_at": UTC_TYPE, "status": pl.String,
                            "end_reason": pl.String}, same_connection=True)
     if entrants.is_empty():
-        return rate_difference(0, 0, 0, 0).as_dict() | {"window_days": spec.conversion_days}
+        return entrants.with_columns(hit=pl.lit(False))
     orders = order_times_frame(session, entrants["customer_id"].unique(), entrants["entered_at"].min())
     window = timedelta(days=spec.conversion_days)
-    converted = entrants.join(orders, on="customer_id", how="left").group_by("customer_id", "entered_at", "status",
-                                                                           "end_reason").agg(
+    return entrants.join(orders, on="customer_id", how="left").group_by(
+        "customer_id", "entered_at", "status", "end_reason").agg(
         hit=((pl.col("ordered_at") > pl.col("entered_at")) & (pl.col("ordered_at") < pl.col("entered_at") + window))
         .fill_null(False).any())
+
+
+def _uplift(converted: pl.DataFrame, spec: JourneySpec) -> dict[str, Any]:
+    """Conversion of treated entrants against the journey's holdout, counted only once the window has closed."""
     held = converted.filter((pl.col("status") == "holdout") & (pl.col("end_reason") == "holdout"))
     treated = converted.filter(pl.col("status") != "holdout")
     result = rate_difference(int(treated["hit"].sum()), treated.height, int(held["hit"].sum()), held.height)

@@ -39,6 +39,7 @@ from crm.service import (
     first_order_ids,
     latest_events_since,
     latest_orders_since,
+    purchase_gaps,
     set_attributes,
     signed_up_on,
 )
@@ -304,8 +305,17 @@ def _facts(session: Session, claimed: list[dict[str, Any]], journeys: ActiveJour
             facts[customer_id].probability, facts[customer_id].at_risk = probability, bool(at_risk)
         for customer_id, attributes in attributes_of(session, customers).items():
             facts[customer_id].attributes = attributes
+    if _asks_gap(claimed, journeys):
+        for customer_id, gap in purchase_gaps(session, customers).items():
+            facts[customer_id].purchase_gap_days = gap
     _last_messages(session, claimed, facts)
     return facts
+
+
+def _asks_gap(claimed: list[dict[str, Any]], journeys: ActiveJourneys) -> bool:
+    versions = {(r["journey_id"], r["version"]) for r in claimed}
+    return any(step.type == "wait" and step.purchase_gap is not None
+               for key in versions for step in journeys.spec(*key).steps)
 
 
 def _events_asked(spec: JourneySpec) -> set[str]:

@@ -141,9 +141,19 @@ class Duration(_Strict):
         return self
 
 
-class _Step(_Strict):
-    id: StepId
-    label: str = Field(default="", max_length=120)
+class PurchaseGap(_Strict):
+    """A wait as long as the customer's own purchase gap (mean days between their orders), bounded; customers with
+    a single order wait `fallback_days`."""
+
+    fallback_days: int = Field(default=30, ge=1, le=365)
+    min_days: int = Field(default=7, ge=1, le=365)
+    max_days: int = Field(default=90, ge=1, le=730)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PurchaseGap:
+        if self.min_days > self.max_days:
+            raise ValueError("min_days must not exceed max_days")
+        return self
 
 
 class SendStep(_Strict):
@@ -184,15 +194,18 @@ class WaitStep(_Strict):
     until_local_time: dt.time | None = Field(default=None, description="the next such wall-clock time for the customer")
     until_event: str | None = Field(default=None, max_length=64,
                                     description="an event type, or 'order': wake when it happens")
+    purchase_gap: PurchaseGap | None = Field(default=None, description="the customer's own mean days between orders, "
+                                                                       "counted from the entry")
     timeout: Duration | None = Field(default=None, description="until_event: how long to wait at most")
     next: StepId | None = None
     on_event: StepId | None = Field(default=None, description="until_event: the step when it happened")
 
     @model_validator(mode="after")
     def _one_kind(self) -> WaitStep:
-        kinds = [k for k in ("duration", "until_local_time", "until_event") if getattr(self, k) is not None]
+        kinds = [k for k in ("duration", "until_local_time", "until_event", "purchase_gap")
+                 if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("a wait needs exactly one of duration, until_local_time, until_event")
+            raise ValueError("a wait needs exactly one of duration, until_local_time, until_event, purchase_gap")
         if self.until_event is not None and (self.timeout is None or self.on_event is None):
             raise ValueError("until_event needs 'timeout' and 'on_event'")
         return self

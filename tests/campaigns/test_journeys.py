@@ -379,3 +379,40 @@ def test_a_signup_starts_onboarding_and_an_order_starts_post_purchase_without_en
     first, second = enrollments(session, installed["Post-purchase repeat"])
     session.refresh(first)
     assert (first.status, second.status) == ("converted", "active")  # the next order: converted, and in again
+
+
+def test_a_wait_for_the_customers_own_purchase_gap(session, ctx, people, clock):
+    journey = activate(session, ctx, cart_journey(entry={"trigger": {"kind": "order"}}, goal={"kind": "none"}, steps=[
+        {"id": "gap", "type": "wait", "purchase_gap": {"fallback_days": 30, "min_days": 7, "max_days": 90},
+         "next": "push"},
+        {"id": "push", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}]}]))
+    # P1 bought on 1 October at 10:00; an order now makes one gap of 30 days 22 hours. P3 has no earlier order.
+    for order, who in (("o-gap-1", "P1"), ("o-gap-3", "P3")):
+        writes.write_items(session, ctx, "orders", [{"external_id": order, "customer_id": who, "amount_paid": "90",
+                                                     "ordered_at": clock.now().isoformat()}], cause="api")
+    runtime.run_once(session, ctx)
+    wakes = {e.customer_id: e.wake_at - e.entered_at for e in enrollments(session, journey.id)}
+    assert wakes[people["P1"]] == timedelta(days=30, hours=22)
+    assert wakes[people["P3"]] == timedelta(days=30)
+
+
+def test_a_split_reports_its_arms_and_waits_for_its_sample_before_a_verdict(session, ctx, people, clock):
+    journey = activate(session, ctx, send_steps(
+        {"id": "ab", "type": "split", "arms": [{"name": "push", "next": "push"}, {"name": "none", "next": "done"}],
+         "baseline_conversion": 0.5, "tolerated_error": 0.45},
+        {"id": "push", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}], "next": "done"},
+        {"id": "done", "type": "exit"}) | {"conversion_days": 2})
+    for name in ("P1", "P2", "P3", "L1", "N1"):
+        cart_add(session, ctx, name, f"ev-ab-{name}")
+    runtime.run_once(session, ctx)
+    clock.advance(timedelta(days=1))
+    writes.write_items(session, ctx, "orders", [{"external_id": "o-ab", "customer_id": "P1", "amount_paid": "90",
+                                                 "ordered_at": clock.now().isoformat()}], cause="api")
+    clock.advance(timedelta(days=2))
+    (split,) = reports.funnel(session, ctx, journey.id)["splits"]
+    arms = {e.customer_id: e.context["arms"]["ab"] for e in enrollments(session, journey.id)}
+    assert split["needed_per_arm"] == 5  # 1.96² · 0.25 / 0.45² = 4.7, rounded up
+    assert {k: v["members"] for k, v in split["arms"].items()} == {
+        arm: sum(1 for a in arms.values() if a == arm) for arm in ("push", "none")}
+    assert split["arms"][arms[people["P1"]]]["conversions"] == 1
+    assert split["verdict"] == "collecting"  # neither arm has its 5 members
