@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import case, update
 from sqlmodel import select
 
 from campaigns.models import (
     CallTask,
     Conversion,
+    JourneyEnrollment,
+    JourneyStep,
     Message,
 )
 from campaigns.planning.discounts import budget_left
@@ -50,14 +52,20 @@ def discount_budget_section(request: ProfileRequest) -> dict[str, Any] | None:
 
 
 def campaign_export(request: ProfileRequest) -> dict[str, Any] | None:
-    """Every message, conversion and call task of a customer, for a data export."""
+    """Every message, conversion, call task and journey enrollment (with its steps) of a customer, for an export."""
     session, customer_id = request.session, request.customer_id
     messages = session.exec(select(Message).where(Message.customer_id == customer_id).order_by(Message.send_at)).all()
     conversions = session.exec(select(Conversion).where(Conversion.customer_id == customer_id)).all()
     calls = session.exec(select(CallTask).where(CallTask.customer_id == customer_id)).all()
+    enrollments = session.exec(select(JourneyEnrollment).where(JourneyEnrollment.customer_id == customer_id)
+                               .order_by(JourneyEnrollment.id)).all()
+    steps = session.exec(select(JourneyStep).where(JourneyStep.enrollment_id.in_([e.id for e in enrollments]))
+                         .order_by(JourneyStep.enrollment_id, JourneyStep.seq)).all() if enrollments else []
     return {"messages": [m.model_dump(exclude={"customer_id", "worker", "lease_until"}) for m in messages],
             "conversions": [c.model_dump(exclude={"customer_id", "id"}) for c in conversions],
-            "call_tasks": [t.model_dump(exclude={"customer_id"}) for t in calls]}
+            "call_tasks": [t.model_dump(exclude={"customer_id"}) for t in calls],
+            "journey_enrollments": [e.model_dump(exclude={"customer_id"}) for e in enrollments],
+            "journey_steps": [t.model_dump(exclude={"id"}) for t in steps]}
 
 
 ERASED_TEXT = "(erased)"
@@ -76,4 +84,12 @@ def campaign_erasure(request: ProfileRequest) -> dict[str, Any] | None:
     # A call script is the phone template rendered for this customer (their external id, say).
     calls = session.exec(update(CallTask).where(  # type: ignore[call-overload]
         CallTask.customer_id == customer_id).values(script=ERASED_TEXT, notes=None)).rowcount
-    return {"planned_messages_cancelled": cancelled, "call_tasks_cleared": calls, "provider_errors_cleared": errors}
+    # Journeys: nothing more is sent, and the entry's event properties (which a shop may fill with anything) go.
+    journeys = session.exec(update(JourneyEnrollment).where(  # type: ignore[call-overload]
+        JourneyEnrollment.customer_id == customer_id).values(
+        status=case((JourneyEnrollment.status.in_(("pending", "active")), "exited"), else_=JourneyEnrollment.status),
+        end_reason=case((JourneyEnrollment.status.in_(("pending", "active")), "customer_erased"),
+                        else_=JourneyEnrollment.end_reason),
+        step_id=None, wake_at=None, context={}, updated_at=now)).rowcount
+    return {"planned_messages_cancelled": cancelled, "call_tasks_cleared": calls, "provider_errors_cleared": errors,
+            "journey_enrollments_ended": journeys}

@@ -14,7 +14,7 @@ from campaigns.journeys import runtime
 from campaigns.journeys.definitions import get_journey
 from campaigns.journeys.spec import JourneySpec
 from campaigns.measurement.stats import rate_difference, sample_size_per_arm
-from campaigns.models import JourneyEnrollment, JourneyStep, Message, journey_sender
+from campaigns.models import Journey, JourneyEnrollment, JourneyStep, Message, journey_sender
 from crm.profiles import ProfileRequest
 from crm.service import order_times_frame
 from kit.clock import FixedClock, ensure_utc
@@ -29,12 +29,14 @@ def enrollments_of(session: Session, customer_id: int) -> list[dict[str, Any]]:
     """A customer's enrollments, newest first, with the steps taken and what comes next."""
     rows = session.exec(select(JourneyEnrollment).where(JourneyEnrollment.customer_id == customer_id)
                         .order_by(JourneyEnrollment.id.desc()).limit(50)).all()
+    names = dict(session.exec(select(Journey.id, Journey.name).where(
+        Journey.id.in_(sorted({r.journey_id for r in rows})))).all()) if rows else {}
     out = []
     for row in rows:
         steps = session.exec(select(JourneyStep).where(JourneyStep.enrollment_id == row.id)
                              .order_by(JourneyStep.seq)).all()
-        journey = get_journey(session, row.journey_id)
-        out.append({"id": row.id, "journey_id": row.journey_id, "journey": journey.name, "version": row.version,
+        out.append({"id": row.id, "journey_id": row.journey_id, "journey": names.get(row.journey_id),
+                    "version": row.version,
                     "status": row.status, "step": row.step_id, "next_wake_at": row.wake_at,
                     "entered_at": row.entered_at, "ended_at": row.ended_at, "end_reason": row.end_reason,
                     "steps": [{"seq": s.seq, "step": s.step_id, "kind": s.kind, "outcome": s.outcome,

@@ -75,7 +75,7 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     from sqlalchemy import text
     from sqlmodel import select
 
-    from campaigns.models import CallTask, Campaign, Message
+    from campaigns.models import CallTask, Campaign, JourneyEnrollment, Message
     from crm.models import AuditLog, Customer
     from tests.support.factories import ORDER_HEADER, csv_text, customers, run
 
@@ -107,6 +107,10 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     call = CallTask(message_id=planned.id, customer_id=c1.id, campaign_id=campaign.id, status="done",
                     script="致电 VIP 客户 C1：邀请参加新品预售会", notes="she said call her at home", created_at=now)
     session.add(call)
+    # A journey that entered on an event whose properties quote the customer's address.
+    session.add(JourneyEnrollment(journey_id=1, version=1, customer_id=c1.id, status="active", step_id="wait",
+                                  seq=1, wake_at=now, entry_key="event:1", entered_at=now, updated_at=now,
+                                  context={"entry": {"note": "write to user1@example.com"}}))
     session.flush()
 
     assert client.get("/customers/C1/export", headers=auth_header(Role.support)).status_code == 403
@@ -116,6 +120,7 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     assert [e["type"] for e in exported["events"]] == ["view"]
     assert {"segmentation", "churn", "campaigns"} <= set(exported)
     assert exported["campaigns"]["call_tasks"][0]["notes"] == "she said call her at home"
+    assert exported["campaigns"]["journey_enrollments"][0]["context"]["entry"]["note"] == "write to user1@example.com"
 
     wrong = client.post("/customers/C1/erase", json={"confirm": "C2"}, headers=auth_header(Role.admin))
     assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "confirm"
@@ -125,7 +130,7 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     summary = erased.json()
     assert summary["events_deleted"] == 1 and summary["orders_kept_anonymised"] == 1
     assert summary["campaigns"] == {"planned_messages_cancelled": 1, "call_tasks_cleared": 1,
-                                    "provider_errors_cleared": 1}
+                                    "provider_errors_cleared": 1, "journey_enrollments_ended": 1}
     # No stored text anywhere still names the customer: every table, every column, read back whole.
     import re
 
