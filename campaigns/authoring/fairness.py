@@ -62,9 +62,14 @@ def violations(offers: list[OfferReach], loyal_tiers: tuple[str, ...],
 
 def added_violations(others: list[OfferReach], mine: list[OfferReach], loyal_tiers: tuple[str, ...]) -> list[dict]:
     """The violations `mine` adds to those of `others`, both read at the same price points (the reference prices and
-    every offer's minimum spend): a price point only `mine` brings must not pin on it what `others` did already,
-    and a loyal tier offered something by `mine` is no worse off than before."""
+    every offer's minimum spend): a price point only `mine` brings must not pin on it what `others` did already, and
+    a loyal tier offered something by `mine` is no worse off than before; a gap `mine` widens is its doing."""
     points = tuple(sorted({*REFERENCE_PRICES, *(o.min_spend for o in [*others, *mine] if o.min_spend > 0)}))
-    # Keyed by (tier, basket): an offer that lowers a loyal price still above the newcomers' adds nothing.
-    existing = {(v["tier"], v["basket"]) for v in violations(others, loyal_tiers, points)}
-    return [v for v in violations([*others, *mine], loyal_tiers, points) if (v["tier"], v["basket"]) not in existing]
+    # Keyed by (tier, basket), and counted only where the gap grew: an offer that lowers a loyal price still above
+    # the newcomers' adds nothing; a deeper newcomer offer where loyal customers already paid more does.
+    def gap(v: dict) -> float:
+        return v["loyal_price"] - v["new_customer_price"]
+
+    existing = {(v["tier"], v["basket"]): gap(v) for v in violations(others, loyal_tiers, points)}
+    return [v for v in violations([*others, *mine], loyal_tiers, points)
+            if gap(v) > existing.get((v["tier"], v["basket"]), 0.0) + 1e-9]

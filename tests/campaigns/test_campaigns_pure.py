@@ -418,3 +418,20 @@ def test_rounding_a_percent_coupons_cap_to_whole_units_is_not_a_reduction():
     capped = apply_ceilings(frame, OfferTerms(percent_off=10, max_discount=5), DiscountRules())
     assert capped["offer_max_discount"].to_list() == [5, 5]
     assert capped["offer_decision"].to_list() == ["as_requested"] * 2  # the campaign's own cap
+
+
+def test_the_fairness_gate_blames_an_offer_only_for_gaps_it_opens_or_widens():
+    from campaigns.authoring.fairness import OfferReach, added_violations
+
+    newcomers = OfferReach(campaign="first repeat", tiers=(), new_customers=True, amount_off=50, percent_off=None,
+                           min_spend=0.0)
+    loyal = OfferReach(campaign="care", tiers=("VIP",), new_customers=False, amount_off=None, percent_off=10,
+                       min_spend=250.0)
+    deeper = OfferReach(campaign="deep", tiers=(), new_customers=True, amount_off=80, percent_off=None,
+                        min_spend=100.0)
+    # A loyal tier's offer, at a price point of its own, narrows an existing gap: nothing is its doing.
+    assert added_violations([newcomers], [loyal], ("VIP",)) == []
+    # A deeper newcomers' offer widens the gap where the loyal tier already paid more: that is its doing.
+    widened = added_violations([newcomers, loyal], [deeper], ("VIP",))
+    assert widened and {v["new_customer_campaign"] for v in widened} == {"deep"}
+    assert all(v["basket"] >= 100 for v in widened)

@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from sqlmodel import select
 
+from campaigns.authoring.campaigns import create_campaign, set_status, update_campaign
 from campaigns.measurement.conversions import attribute_conversions
 from campaigns.measurement.reports import customers_reached
 from crm.auth import create_key
@@ -45,10 +46,22 @@ def browser():
         launched.close()
 
 
+DEEP_NEWCOMER = {"name": "Newcomers 80 off", "audience": {"tags": ["first_order_only"]},
+                 "channels": [{"channel": "email", "template": "first_repeat"}],
+                 "offer": {"amount_off": 80, "min_spend": 100, "valid_days": 14, "coupon_prefix": "DEEP"},
+                 "schedule": {"kind": "daily", "local_hour": 10}, "fairness": "refuse"}
+
+
 @pytest.fixture
 def served(scratch_url, tmp_path):
     """A generated shop after one daily pipeline, served on a free loopback port; yields (base URL, keys)."""
     ctx = generated_shop(scratch_url, tmp_path, customers=300)
+    with session_scope(ctx.engine) as session:
+        # Activated while it only warned, paused, then made strict: resuming it will be refused.
+        deep = create_campaign(session, ctx, DEEP_NEWCOMER | {"fairness": "warn"}, "test")
+        set_status(session, ctx, deep.id, "active", "test")
+        set_status(session, ctx, deep.id, "paused", "test")
+        update_campaign(session, ctx, deep.id, DEEP_NEWCOMER, "test")
     pipeline = job_registry(ctx.settings).get("pipeline")
     outcome = run_job(ctx, pipeline, pipeline.schedule.latest(ctx.clock.now()), trigger="cli",
                       options={"dispatch": "replay"})
@@ -157,12 +170,10 @@ def test_marketer_runs_a_dry_run_and_sees_the_chart_drawn(browser, served):
     assert page.locator("#exclusions-chart .bars .point").count() >= 2  # one bar per exclusion reason
     assert int(page.inner_text("#dry-audience")) > 0
     _shot(page, "07-campaign-dry-run")
-    # Pause, then resume the loyal tiers' at-risk plan: resuming passes the fairness gate again, which refuses its
-    # offer while the newcomers' 50-off plan is active — the page says why instead of resuming.
+    # Resume a deeper newcomers' offer: the fairness gate refuses it, since loyal tiers would pay more than new
+    # customers for the same basket — the page says why instead of resuming.
     page.goto(f"{base}/console/campaigns?lang=en")
-    page.click("text=At-risk care (VIP, potential)")
-    page.click("#toggle-status")
-    page.wait_for_selector("#campaign-status:has-text('paused')")
+    page.click(f"text={DEEP_NEWCOMER['name']}")
     page.click("#toggle-status")
     assert "new customers" in page.inner_text("#page-error")
     page.goto(f"{base}/console/campaigns")
