@@ -152,13 +152,16 @@ class Bench:
             return journey.id
 
     def reachable(self, part: int) -> list[tuple[int, str]]:
-        """A third of the customers with a push token and push consent (each phase its own): (id, external id)."""
+        """Customers with a push token and push consent, each phase its own share (the burst 100k, the stream
+        40k, the memory run the rest; proportionally fewer on a smaller shop): (id, external id)."""
         if not hasattr(self, "_reachable"):
             self._reachable = [tuple(r) for r in self.sql(
                 "SELECT c.id, c.external_id FROM customer c JOIN consent k ON k.customer_id = c.id "
                 "AND k.channel = 'push' AND k.status = 'opted_in' WHERE c.push_tokens_hash IS NOT NULL ORDER BY c.id")]
-        third = len(self._reachable) // 3
-        return self._reachable[part * third:(part + 1) * third]
+        total = len(self._reachable)
+        burst, stream = min(100_000, total * 4 // 10), min(40_000, total * 2 // 10)
+        edges = [0, burst, burst + stream, total]
+        return self._reachable[edges[part]:edges[part + 1]]
 
     def enroll(self, journey_id: int, customers: list[int], step: str, wake: list[datetime],
                context: list[str]) -> None:
@@ -240,9 +243,10 @@ def stream(bench: Bench, journey_id: int, workers: int, batch: int, rate: float,
         "SELECT EXTRACT(EPOCH FROM s.at - (j.context->>'bench_due')::timestamptz) FROM journey_enrollment j "
         "JOIN journey_step s ON s.enrollment_id = j.id AND s.step_id = 'wait_1h' WHERE j.journey_id = :j "
         "AND j.entry_key LIKE 'bench:%'", j=journey_id)]
+    control = bench.sql("SELECT COUNT(*) FROM journey_enrollment WHERE end_reason = 'global_control'")[0][0]
     return {"producer": produced, "workers": workers, "batch": batch,
             "event_to_outbox_s": _percentiles([float(v) for v in latencies]),
-            "events_without_outbox_row": produced["events"] - len(latencies),
+            "events_without_outbox_row": produced["events"] - len(latencies), "global_control_entrants": control,
             "waits_due": len(waiting), "wait_fired_late_s": _percentiles([float(v) for v in delays])}
 
 
@@ -277,7 +281,7 @@ def main() -> None:
     """Run the phases and write bench/results/journeys.json."""
     options = parser("postgres")
     options.add_argument("--workers", type=int, default=1)
-    options.add_argument("--batch", type=int, default=2000)
+    options.add_argument("--batch", type=int, default=10_000)
     options.add_argument("--rate", type=float, default=500.0)
     options.add_argument("--seconds", type=float, default=60.0)
     options.add_argument("--memory-minutes", type=float, default=30.0)

@@ -258,7 +258,7 @@ def journeys_simulate(
 def journeys_run(
         once: Annotated[bool, typer.Option("--once", help="work until nothing is due, then exit")] = False,
         now: Annotated[str | None, typer.Option(help="ISO instant to run as of (replays, tests)")] = None,
-        batch: Annotated[int, typer.Option(min=1, max=20000, help="enrollments advanced per pass (transaction)")] = 2000,
+        batch: Annotated[int, typer.Option(min=1, max=50_000, help="enrollments advanced per pass (transaction)")] = 10_000,
         as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The journey worker: entries from fresh activity and dates, due steps under the guard rails; several may run

@@ -353,13 +353,22 @@ def advance_due(session: Session, ctx: Context, *, limit: int = 2000, rails: Gua
     """Advance up to `limit` due enrollments (or only those named): confirm entries, take steps, plan sends under
     the rails, write it all."""
     now = ctx.clock.now()
-    started = time.perf_counter()
+    started = tick = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal tick
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - tick, 3)
+        tick = time.perf_counter()
+
     claimed = _claim_due(session, now, limit, only)
     if not claimed:
         return {"advanced": 0, "steps": 0, "messages": 0}
     journeys = journeys or ActiveJourneys(session)
     rails = rails or guard_rails(session, ctx)
+    lap("claim_s")
     facts = _facts(session, claimed, journeys)
+    lap("facts_s")
     control = dict(zip([r["customer_id"] for r in claimed], in_global_control(
         rails.global_control_share, rails.global_control_salt,
         pl.Series([r["customer_id"] for r in claimed], dtype=pl.Int64)).to_list(), strict=True)) \
@@ -374,21 +383,26 @@ def advance_due(session: Session, ctx: Context, *, limit: int = 2000, rails: Gua
             confirm_entry(spec, position, facts[position.customer_id], now,
                           in_global_control=control.get(position.customer_id, False))
         positions.append((row, spec, advance(spec, position, facts[position.customer_id], now)))
+    lap("step_s")
     messages = 0
     for _ in range(10):  # send, then the steps after it, until every enrollment waits or ends
         waiting = [(row, spec, p) for row, spec, p in positions if p.send is not None]
         if not waiting:
             break
-        messages += _plan_group_sends(session, ctx, rails, waiting, now)
+        messages += _plan_group_sends(session, ctx, rails, waiting, now, timings)
+        tick = time.perf_counter()
         for _row, spec, position in waiting:
             advance(spec, position, facts[position.customer_id], now)
+        lap("step_s")
     steps = _write_positions(session, [p for _, _, p in positions], now)
+    lap("write_positions_s")
     return {"advanced": len(positions), "steps": steps, "messages": messages,
-            "seconds": round(time.perf_counter() - started, 3)}
+            "seconds": round(time.perf_counter() - started, 3), "timings": timings}
 
 
 def _plan_group_sends(session: Session, ctx: Context, rails: GuardRails,
-                      waiting: list[tuple[dict[str, Any], JourneySpec, Position]], now: datetime) -> int:
+                      waiting: list[tuple[dict[str, Any], JourneySpec, Position]], now: datetime,
+                      timings: dict[str, float]) -> int:
     """Plan every waiting send, one group per (journey version, step), through the planner and into the outbox."""
     # Planning reads the ledger and writes to it: one planner at a time, as for campaigns (caps and budgets hold
     # across campaigns and journeys).
@@ -401,8 +415,11 @@ def _plan_group_sends(session: Session, ctx: Context, rails: GuardRails,
         spec = members[0][0]
         campaign = step_campaign(spec, spec.step(step_id))
         ids = sorted({p.customer_id for _, p in members})
+        tick = time.perf_counter()
         inputs, _ = load_inputs(session, ctx, campaign, local_date_of(now, ctx.settings.default_time_zone), rails,
                                 customer_ids=ids)
+        timings["plan_read_s"] = round(timings.get("plan_read_s", 0.0) + time.perf_counter() - tick, 3)
+        tick = time.perf_counter()
         occurrences = {p.customer_id: f"e{p.enrollment_id}.{p.seq + 1}" for _, p in members}
         due = pl.DataFrame({"customer_id": [p.customer_id for _, p in members],
                             "send_at": [now] * len(members),
@@ -411,8 +428,11 @@ def _plan_group_sends(session: Session, ctx: Context, rails: GuardRails,
         plan = plan_sends(campaign, journey_sender(journey_id), f"j{journey_id}.{step_id}", due, inputs, rails, now)
         rows = plan.rows.with_columns(occurrence=pl.col("customer_id").replace_strict(
             occurrences, return_dtype=pl.String))
+        timings["plan_s"] = round(timings.get("plan_s", 0.0) + time.perf_counter() - tick, 3)
+        tick = time.perf_counter()
         written += _write_messages(session, campaign, journey_id, rows, now)
         preempt(session, journey_sender(journey_id), plan.preempted, now)  # lower priorities' slots it took
+        timings["write_messages_s"] = round(timings.get("write_messages_s", 0.0) + time.perf_counter() - tick, 3)
         outcome = _outcomes(rows, inputs, campaign)
         for _, position in members:
             sent, reason, send_at = outcome.get(position.customer_id, (False, "no_contact", None))
@@ -503,7 +523,7 @@ def run_once(session: Session, ctx: Context, *, activity_limit: int = 5000, due_
     return {"entry": entered, "advance": advance_due(session, ctx, limit=due_limit, journeys=journeys)}
 
 
-def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0, batch: int = 2000,
+def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0, batch: int = 10_000,
           dates_every: timedelta = timedelta(hours=1)) -> dict[str, int]:
     """The journey worker: passes (each its own transaction) until idle (once) or until `stop` is set; date
     triggers are looked at on the first pass and then every `dates_every`."""
