@@ -264,9 +264,14 @@ def customer_time_zones(session: Session) -> list[str]:
 
 
 def consent_frame(session: Session, *, customer_id: int | None = None, customer_ids: list[int] | None = None,
-                  reader: ColumnarReader | None = None) -> pl.DataFrame:
-    """Current consent rows (customer, channel, status) of all customers, one, or a few named by id."""
+                  channels: list[str] | None = None, reader: ColumnarReader | None = None) -> pl.DataFrame:
+    """Current consent rows (customer, channel, status) of all customers, one, or a few named by id (of the given
+    consent channels only, when named)."""
     one, params, small = customer_clause("c.customer_id", customer_id, customer_ids)
+    if channels is not None:
+        binds = {f"channel_{i}": name for i, name in enumerate(channels)}
+        one += (" AND " if one else "WHERE ") + f"c.channel IN ({', '.join(':' + k for k in binds) or 'NULL'})"
+        params = params | binds
     return read_columns(session, reader, f"SELECT c.customer_id, c.channel, c.status FROM consent c {one}", params,
                         CONSENT_SCHEMA, one_customer=small)
 

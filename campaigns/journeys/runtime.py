@@ -275,7 +275,8 @@ def _claim_due(session: Session, now: datetime, limit: int, only: list[int] | No
         query = query.where(e.c.id.in_(only))
     if is_postgres(session):
         query = query.with_for_update(skip_locked=True, of=e)
-    return [dict(r._mapping) for r in session.connection().execute(query)]
+    names = ("id", "journey_id", "version", "customer_id", "status", "step_id", "seq", "entered_at", "context")
+    return [dict(zip(names, r, strict=True)) for r in session.connection().execute(query)]
 
 
 def _facts(session: Session, claimed: list[dict[str, Any]], journeys: ActiveJourneys) -> dict[int, Facts]:

@@ -41,6 +41,7 @@ from crm.service import (
     used_coupon_codes,
 )
 from kit.bulkwrite import insert_frame
+from kit.channels import CHANNELS
 from kit.clock import ensure_utc
 from kit.columnar import SharedFrames, columnar_reader, customer_clause, read_frame
 from kit.context import Context
@@ -130,7 +131,10 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, r
             if (spec.audience.tags or spec.audience.exclude_tags) else \
             pl.DataFrame(schema={"customer_id": pl.Int64, "tag": pl.String})
         scores = once("scores", lambda: scores_frame(session, reader=use, **one))
-        consent = once("consent", lambda: consent_frame(session, reader=use, **one))
+        # A journey's batch asks only for its step's channels; a campaign's day shares one read of them all.
+        wanted = sorted({CHANNELS.get(step.channel).consent for step in spec.channels}) \
+            if customer_ids is not None else None
+        consent = once("consent", lambda: consent_frame(session, reader=use, channels=wanted, **one))
         ledger = read_ledger(session, now, horizon, customer_id, customer_ids)
         money = once("money", lambda: money_frame(session, now, reader=use, **one)[0]) \
             if spec.makes_offers else pl.DataFrame(schema={"customer_id": pl.Int64, "spend": pl.Float64,
