@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from campaigns import service as campaigns
-from kit.cli import CliError, cli_context, console, optional_day, parse_instant
+from kit.cli import CliError, cli_context, console, optional_day, worker_context
 from kit.context import Context
 from kit.db import session_scope
 
@@ -112,19 +112,11 @@ def campaigns_plan(campaign_id: int,
 
 def _dispatch_worker(share: float, once: bool, max_batches: int | None, now: str | None) -> dict:
     """One dispatcher process (also the target of --workers' child processes)."""
-    import signal
-    import threading
-
     from campaigns.delivery.channels import build_senders
     from campaigns.delivery.dispatch import serve as serve_dispatch
-    from kit.clock import FixedClock
 
-    ctx = cli_context()
-    if now is not None:
-        ctx.clock = FixedClock(parse_instant(now))
-    stop = threading.Event()
     # SIGTERM finishes the batch in hand and exits: its claimed messages are sent and recorded, none stranded.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ctx, stop = worker_context(now)
     if not once:
         from campaigns.delivery.dispatch import worker_name
 
@@ -263,16 +255,7 @@ def journeys_run(
 ) -> None:
     """The journey worker: entries from fresh activity and dates, due steps under the guard rails; several may run
     (PostgreSQL); SIGTERM finishes the pass in hand."""
-    import signal
-    import threading
-
-    from kit.clock import FixedClock
-
-    ctx = cli_context()
-    if now is not None:
-        ctx.clock = FixedClock(parse_instant(now))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ctx, stop = worker_context(now)
     if not once:
         print("journey worker running (SIGTERM finishes the pass in hand)", file=sys.stderr, flush=True)
     totals = campaigns.serve_journeys(ctx, once=once, stop=stop, batch=batch)

@@ -4,6 +4,7 @@ entry point that turns user errors into one line on stderr."""
 from __future__ import annotations
 
 import sys
+import threading
 from datetime import UTC, date, datetime
 
 import typer
@@ -90,3 +91,18 @@ def run_cli(app: typer.Typer) -> None:
             _fail(f"error: {failure.format_message()}", failure.exit_code)
         first_line = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
         _fail(f"error: {type(failure).__name__}: {first_line}")
+
+
+def worker_context(now: str | None) -> tuple[Context, threading.Event]:
+    """A long-running worker's context (its clock fixed when `--now` is given) and the event SIGTERM sets, so the
+    worker finishes the work in hand and exits."""
+    import signal
+
+    from kit.clock import FixedClock
+
+    ctx = cli_context()
+    if now is not None:
+        ctx.clock = FixedClock(parse_instant(now))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return ctx, stop

@@ -245,19 +245,27 @@ def _save(session: Session, ctx: Context, campaign: Campaign, spec: CampaignSpec
     return campaign
 
 
+def status_moves(current: str, wanted: str, kind: str) -> bool:
+    """Whether a campaign's (or journey's) status changes (False: it is already there); an unknown status or a move
+    the lifecycle forbids is refused, naming the field."""
+    if wanted not in STATUSES:
+        raise InvalidInput.field("status", f"must be one of {', '.join(STATUSES)}")
+    if wanted == current:
+        return False
+    if wanted not in STATUS_MOVES[current]:
+        raise Conflict(f"a {current} {kind} cannot become {wanted}",
+                       errors=[{"field": "status", "reason": f"allowed: {sorted(STATUS_MOVES[current])}"}])
+    return True
+
+
 def set_status(session: Session, ctx: Context, campaign_id: int, status: str, actor: str, *,
                may_define_transactional: bool = True) -> tuple[Campaign, list[dict]]:
     """Move a campaign draft → active ⇄ paused → archived; activation passes the fairness gate (a transactional
     campaign's status is an admin's to change)."""
     campaign = get_campaign(session, campaign_id)
     _admin_keeps_transactional(campaign, may_define_transactional)
-    if status not in STATUSES:
-        raise InvalidInput.field("status", f"must be one of {', '.join(STATUSES)}")
-    if status == campaign.status:
+    if not status_moves(campaign.status, status, "campaign"):
         return campaign, []
-    if status not in STATUS_MOVES[campaign.status]:
-        raise Conflict(f"a {campaign.status} campaign cannot become {status}",
-                       errors=[{"field": "status", "reason": f"allowed: {sorted(STATUS_MOVES[campaign.status])}"}])
     spec = CampaignSpec.model_validate(campaign.spec)
     warnings = _fairness_gate(session, ctx, campaign, spec) if status == "active" else []
     return _save(session, ctx, campaign, spec, status, actor, f"campaign.{status}"), warnings
