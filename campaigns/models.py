@@ -267,7 +267,7 @@ class JourneyStep(SQLModel, table=True):
     seq: int = Field(sa_column=Column(Integer, nullable=False))
     step_id: str = Field(sa_column=Column(String(40), nullable=False))
     kind: str = Field(sa_column=Column(String(12), nullable=False))
-    outcome: str = Field(sa_column=Column(String(24), nullable=False))
+    outcome: str = Field(sa_column=Column(String(48), nullable=False))
     reason: str | None = Field(default=None, sa_column=Column(String(40)))
     message_id: int | None = Field(default=None, sa_column=Column(Integer))
     at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

@@ -83,7 +83,7 @@ def upgrade() -> None:
         sa.Column('seq', sa.Integer(), nullable=False),
         sa.Column('step_id', sa.String(40), nullable=False),
         sa.Column('kind', sa.String(12), nullable=False),
-        sa.Column('outcome', sa.String(24), nullable=False),
+        sa.Column('outcome', sa.String(48), nullable=False),
         sa.Column('reason', sa.String(40), nullable=True),
         sa.Column('message_id', sa.Integer(), nullable=True),
         sa.Column('at', UTCDateTime(), nullable=False),

@@ -274,6 +274,15 @@ def set_status(session: Session, ctx: Context, journey_id: int, status: str, act
     if status == "active":
         _check(session, ctx, spec)  # the templates or tag rules may have changed since it was saved
         _fairness_gate(session, ctx, spec, journey.id)
+    if status == "archived":  # nobody is left waiting in a journey that will never run again
+        from sqlalchemy import update
+
+        from campaigns.models import JourneyEnrollment
+
+        now = ctx.clock.now()
+        session.exec(update(JourneyEnrollment).where(  # type: ignore[call-overload]
+            JourneyEnrollment.journey_id == journey.id, JourneyEnrollment.status.in_(("pending", "active"))).values(
+            status="exited", end_reason="journey_archived", step_id=None, wake_at=None, ended_at=now, updated_at=now))
     return _save(session, ctx, journey, spec, status, actor, f"journey.{status}")
 
 

@@ -238,6 +238,11 @@ def test_pausing_stops_entries_and_sends_and_resuming_goes_on(session, ctx, peop
     definitions.set_status(session, ctx, journey.id, "active", "test")
     runtime.run_once(session, ctx)
     assert [m.channel for m in journey_messages(session, journey.id)] == ["push", "sms"]
+    cart_add(session, ctx, "P1", "ev-archive")
+    runtime.run_once(session, ctx)
+    definitions.set_status(session, ctx, journey.id, "archived", "test")  # nobody stays in it
+    assert {(e.status, e.end_reason) for e in enrollments(session, journey.id)} == {
+        ("completed", "journey_end"), ("exited", "journey_archived")}
 
 
 def test_editing_makes_a_version_in_flight_customers_finish_on_theirs_unless_moved(session, ctx, people, clock):
