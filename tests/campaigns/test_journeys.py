@@ -421,3 +421,36 @@ def test_a_split_reports_its_arms_and_waits_for_its_sample_before_a_verdict(sess
         arm: sum(1 for a in arms.values() if a == arm) for arm in ("push", "none")}
     assert split["arms"][arms[people["P1"]]]["conversions"] == 1
     assert split["verdict"] == "collecting"  # neither arm has its 5 members
+
+
+def test_refunds_tier_entries_and_new_risk_flags_enter_their_journeys(session, ctx, people, clock):
+    import polars as pl
+
+    from segmentation.service import record_entries
+
+    def one_step(name, trigger):
+        return activate(session, ctx, send_steps({"id": "push", "type": "send",
+                                                  "channels": [{"channel": "push", "template": "cart_reminder"}]})
+                        | {"name": name, "entry": {"trigger": trigger}})
+
+    refunds = one_step("Refunds", {"kind": "refund"})
+    lost = one_step("Lost", {"kind": "entered_tier", "value": "lost"})
+    risky = one_step("Risky", {"kind": "at_risk"})
+    writes.write_items(session, ctx, "orders", [{"external_id": "o-refund", "customer_id": "P1", "amount_paid": "90",
+                                                 "ordered_at": clock.now().isoformat()}], cause="api")
+    writes.refund_order(session, ctx, "o-refund", {"refund_id": "r-1", "amount": "30"}, actor="test")
+    moves = pl.DataFrame({"customer_id": [people["L1"], people["P3"]], "dimension": ["tier", "tier"],
+                          "to_value": ["lost", "potential"], "at": [clock.now(), clock.now()]},
+                         schema_overrides={"at": pl.Datetime("us", "UTC")})
+    assert record_entries(session, moves, clock.now()) == 1  # only the lost tier is listened to
+    from crm import activity
+
+    activity.record(session, pl.DataFrame({"customer_id": [people["P3"]], "kind": ["at_risk"], "name": ["at_risk"],
+                                           "occurred_at": [clock.now()]}), clock.now())
+    runtime.run_once(session, ctx)
+    assert [e.customer_id for e in enrollments(session, refunds.id)] == [people["P1"]]
+    assert [e.customer_id for e in enrollments(session, lost.id)] == [people["L1"]]
+    assert [e.customer_id for e in enrollments(session, risky.id)] == [people["P3"]]
+    stale = pl.DataFrame({"customer_id": [people["N1"]], "kind": ["at_risk"], "name": ["at_risk"],
+                          "occurred_at": [clock.now() - timedelta(days=3)]})
+    assert activity.record(session, stale, clock.now()) == 0  # history, not news: it triggers nothing
