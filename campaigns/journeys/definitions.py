@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from campaigns.authoring.campaigns import (
@@ -19,7 +20,7 @@ from campaigns.authoring.fairness import added_violations
 from campaigns.authoring.guard_rail_settings import current_settings
 from campaigns.authoring.spec import CampaignSpec, ChannelStep, Schedule
 from campaigns.journeys.spec import ACTIVITY_OF_TRIGGER, JourneySpec, successors
-from campaigns.models import Campaign, Journey, JourneyVersion
+from campaigns.models import Campaign, Journey, JourneyEnrollment, JourneyVersion
 from crm import activity, audit
 from kit.context import Context
 from kit.errors import Conflict, InvalidInput, NotFound
@@ -275,10 +276,6 @@ def set_status(session: Session, ctx: Context, journey_id: int, status: str, act
         _check(session, ctx, spec)  # the templates or tag rules may have changed since it was saved
         _fairness_gate(session, ctx, spec, journey.id)
     if status == "archived":  # nobody is left waiting in a journey that will never run again
-        from sqlalchemy import update
-
-        from campaigns.models import JourneyEnrollment
-
         now = ctx.clock.now()
         session.exec(update(JourneyEnrollment).where(  # type: ignore[call-overload]
             JourneyEnrollment.journey_id == journey.id, JourneyEnrollment.status.in_(("pending", "active"))).values(
@@ -346,8 +343,6 @@ def move_enrollments(session: Session, ctx: Context, journey_id: int, from_versi
            for old, new in step_map.items() if new not in known]
     if bad:
         raise InvalidInput("the step map names steps the current version lacks", errors=bad)
-    from campaigns.models import JourneyEnrollment
-
     now, moved = ctx.clock.now(), 0
     in_flight = session.exec(select(JourneyEnrollment).where(
         JourneyEnrollment.journey_id == journey_id, JourneyEnrollment.version == from_version,

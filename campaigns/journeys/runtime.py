@@ -14,13 +14,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
+from sqlalchemy import select as sa_select
 from sqlalchemy import text
 from sqlmodel import Session
 
+from campaigns.authoring.spec import CampaignSpec, ChannelStep, Schedule
 from campaigns.journeys.definitions import list_journeys, step_campaign, version_spec
 from campaigns.journeys.engine import Facts, Position, advance, after_send, confirm_entry
 from campaigns.journeys.spec import DATE_TRIGGERS, JourneySpec
-from campaigns.models import journey_sender
+from campaigns.models import Journey, JourneyEnrollment, journey_sender
 from campaigns.planning.guardrails import guard_rails
 from campaigns.planning.planner import (
     GuardRails,
@@ -31,6 +33,7 @@ from campaigns.planning.planner import (
     plan_sends,
 )
 from campaigns.planning.plans import MESSAGE_TYPES, load_inputs, offer_json, preempt
+from churn.service import scores_frame
 from crm import activity
 from crm.service import (
     attributes_of,
@@ -48,7 +51,7 @@ from kit.channels import CHANNELS
 from kit.clock import ensure_utc
 from kit.columnar import read_frame
 from kit.context import Context
-from kit.db import is_postgres
+from kit.db import is_postgres, session_scope
 from kit.locks import lock_for_transaction
 from kit.timezones import local_date_of
 from segmentation.service import segments_frame, set_journey_tags, tags_frame
@@ -173,8 +176,6 @@ def _wake_waiting(session: Session, claimed: pl.DataFrame, now: datetime) -> int
 
 def _plan_inputs_for_audience(session: Session, customer_ids: list[int]) -> PlanInputs:
     empty = pl.DataFrame(schema={"customer_id": pl.Int64})
-    from churn.service import scores_frame
-
     return PlanInputs(customers=contactability_frame(session, customer_ids=customer_ids),
                       segments=segments_frame(session, customer_ids=customer_ids),
                       tags=tags_frame(session, customer_ids=customer_ids),
@@ -232,8 +233,6 @@ def enroll(session: Session, ctx: Context, journey_id: int, version: int, spec: 
 
 def step_campaign_for_audience(spec: JourneySpec):
     """The journey's audience as a campaign spec the planner's audience filter reads."""
-    from campaigns.authoring.spec import CampaignSpec, ChannelStep, Schedule
-
     return CampaignSpec(name=spec.name, channels=[ChannelStep(channel="email", template="audience")],
                         schedule=Schedule(kind="daily"), audience=spec.entry.audience, holdout_share=0)
 
@@ -261,10 +260,6 @@ def enter_on_dates(session: Session, ctx: Context, *, journeys: ActiveJourneys |
 
 def _claim_due(session: Session, now: datetime, limit: int, only: list[int] | None = None) -> list[dict[str, Any]]:
     """Lock up to `limit` due enrollments of active journeys (rows another worker holds are skipped)."""
-    from sqlalchemy import select as sa_select
-
-    from campaigns.models import Journey, JourneyEnrollment
-
     e, j = JourneyEnrollment.__table__, Journey.__table__
     query = (sa_select(e.c.id, e.c.journey_id, e.c.version, e.c.customer_id, e.c.status, e.c.step_id, e.c.seq,
                        e.c.entered_at, e.c.context)
@@ -295,8 +290,6 @@ def _facts(session: Session, claimed: list[dict[str, Any]], journeys: ActiveJour
         for customer_id, kind, at in latest_events_since(session, customers, wanted, since).iter_rows():
             facts[customer_id].events[kind] = at
     if any(_asks_segments(journeys.spec(r["journey_id"], r["version"])) for r in claimed):
-        from churn.service import scores_frame
-
         for customer_id, tier, layer, *_ in segments_frame(session, customer_ids=customers).iter_rows():
             facts[customer_id].tier, facts[customer_id].layer = tier, layer
         for customer_id, tags in tags_frame(session, customer_ids=customers).group_by("customer_id").agg(
@@ -528,8 +521,6 @@ def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0, bat
           dates_every: timedelta = timedelta(hours=1)) -> dict[str, int]:
     """The journey worker: passes (each its own transaction) until idle (once) or until `stop` is set; date
     triggers are looked at on the first pass and then every `dates_every`."""
-    from kit.db import session_scope
-
     totals: dict[str, int] = {"passes": 0, "enrolled": 0, "advanced": 0, "messages": 0}
     last_dates: datetime | None = None
     while not stop.is_set():
