@@ -144,8 +144,7 @@ def _semantic_errors(session: Session, ctx: Context, spec: JourneySpec) -> list[
         campaign = step_campaign(spec, step)
         for locale in dict.fromkeys((ctx.settings.default_locale, *LOCALES)):
             for problem in template_errors(session, ctx, campaign, "", rails, locale):
-                field = problem["field"].replace("channels.", "channels." if step.type == "send" else "")
-                field = "template" if step.type == "call" else field
+                field = problem["field"] if step.type == "send" else "template"  # a call step has one template
                 errors.append({"field": f"steps.{index}.{field}", "reason": f"{locale}: {problem['reason']}"})
     return list({(e["field"], e["reason"]): e for e in errors}.values())
 

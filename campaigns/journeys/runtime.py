@@ -164,13 +164,11 @@ def _convert_on_orders(session: Session, claimed: pl.DataFrame, journeys: Active
 def _wake_waiting(session: Session, claimed: pl.DataFrame, now: datetime) -> int:
     """Enrollments waiting for an event (or an order) wake now when their customer has one; the engine decides."""
     customers = claimed["customer_id"].unique().to_list()
+    waits_for_event = ("(context -> 'wait' ->> 'until_event') = 'true'" if is_postgres(session)
+                       else "json_extract(context, '$.wait.until_event') = 1")
     result = session.connection().execute(text(
         "UPDATE journey_enrollment SET wake_at = :now WHERE status = 'active' AND wake_at > :now "
-        f"AND customer_id IN ({_in_clause(customers)}) AND step_id IS NOT NULL "
-        "AND context LIKE '%\"until_event\": true%'" if not is_postgres(session) else
-        "UPDATE journey_enrollment SET wake_at = :now WHERE status = 'active' AND wake_at > :now "
-        f"AND customer_id IN ({_in_clause(customers)}) AND (context -> 'wait' ->> 'until_event') = 'true'"),
-        {"now": now})
+        f"AND customer_id IN ({_in_clause(customers)}) AND {waits_for_event}"), {"now": now})
     return result.rowcount or 0
 
 
