@@ -62,9 +62,16 @@ def generate(
     seed: Annotated[int, typer.Option()] = 42,
     end: Annotated[str | None, typer.Option(help="last day of history, YYYY-MM-DD (default: today, UTC)")] = None,
     bad_rows: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of deliberately bad rows")] = 0.0,
+    variant: Annotated[str, typer.Option(help="standard, or hard: drifting rates, strong seasons, promotions "
+                                              "that pull orders forward, customers back after long gaps")
+                       ] = "standard",
 ) -> None:
     """Write realistic customers, orders, order items and events as CSV (deterministic per seed and end)."""
-    config = GeneratorConfig(customers=customers, seed=seed, end=parse_day(end), bad_rows=bad_rows)
+    try:
+        config = GeneratorConfig.variant(variant, customers=customers, seed=seed, end=parse_day(end),
+                                         bad_rows=bad_rows)
+    except ValueError as problem:
+        raise CliError(str(problem)) from problem
     started = time.perf_counter()
     counts = write_dataset(config, out)
     elapsed = time.perf_counter() - started

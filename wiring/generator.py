@@ -56,6 +56,26 @@ class GeneratorConfig:
     purchase_rate_mean_per_year: float = 9.4
     dropout_shape: float = 0.9
     mean_lifetime_days: float = 900.0
+    # The "hard" variant's knobs (all off by default, so the default shop's draws never change):
+    rate_drift_sd: float = 0.0  # each customer's purchase rate drifts by exp(N(0, sd) per year of tenure)
+    season_strength: float = 1.0  # scales the seasonal peaks and dips
+    pull_forward_share: float = 0.0  # share of orders in the 10 days after a promotion moved onto it
+    dormant_share: float = 0.0  # customers who stop for 150–500 days and then come back
+    # Heterogeneous response to messages (for uplift): see `true_uplift`.
+    uplift_coupon_price_sensitive: float = 0.12
+    uplift_call_vip: float = 0.08
+    uplift_sleeping_dog_share: float = 0.08
+    uplift_sleeping_dog: float = -0.06
+
+    @classmethod
+    def variant(cls, name: str, **overrides) -> GeneratorConfig:
+        """A preset: "standard" (the default shop) or "hard" (transaction logs as real shops have them)."""
+        presets = {"standard": {},
+                   "hard": {"rate_drift_sd": 0.6, "season_strength": 1.8, "pull_forward_share": 0.35,
+                            "dormant_share": 0.2, "purchase_rate_shape": 0.7, "dropout_shape": 0.6}}
+        if name not in presets:
+            raise ValueError(f"unknown generator variant {name!r} (standard, hard)")
+        return cls(**(presets[name] | overrides))
 
 
 @dataclass
@@ -78,14 +98,14 @@ class ShopData:
         return counts
 
 
-def _season(times_us: np.ndarray) -> np.ndarray:
+def _season(times_us: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """Relative shopping intensity by calendar day: Double 11, 618 and year-end peaks, a Spring Festival dip."""
     doy = (times_us / DAY_US) % 365.2425  # day of the year, near enough for a yearly cycle
     factor = np.ones_like(doy)
-    factor += 1.6 * np.exp(-0.5 * ((doy - 314) / 4.0) ** 2)   # 11 Nov
-    factor += 0.8 * np.exp(-0.5 * ((doy - 168) / 3.0) ** 2)   # 18 Jun
-    factor += 0.4 * np.exp(-0.5 * ((doy - 355) / 6.0) ** 2)   # December
-    factor -= 0.4 * np.exp(-0.5 * ((doy - 35) / 6.0) ** 2)    # Spring Festival (approx.)
+    factor += strength * 1.6 * np.exp(-0.5 * ((doy - 314) / 4.0) ** 2)   # 11 Nov
+    factor += strength * 0.8 * np.exp(-0.5 * ((doy - 168) / 3.0) ** 2)   # 18 Jun
+    factor += strength * 0.4 * np.exp(-0.5 * ((doy - 355) / 6.0) ** 2)   # December
+    factor -= min(strength * 0.4, 0.8) * np.exp(-0.5 * ((doy - 35) / 6.0) ** 2)    # Spring Festival (approx.)
     return factor
 
 
@@ -129,11 +149,18 @@ def generate(config: GeneratorConfig) -> ShopData:
     # --- orders: a Poisson process while alive, thinned by seasonality ---
     active_days = np.maximum(alive_until - signup, 0) / DAY_US
     # Draw at the peak intensity, then keep each candidate with probability season / peak.
-    candidates = rng.poisson(purchase_rate * active_days * SEASON_PEAK / SEASON_MEAN)
+    hard = config.season_strength != 1.0 or config.rate_drift_sd != 0.0 or config.dormant_share != 0.0
+    oversample = _hard_oversample(config) if hard else 1.0  # exactly 1.0 by default: the same draws as ever
+    candidates = rng.poisson(purchase_rate * active_days * SEASON_PEAK / SEASON_MEAN * oversample)
     owner = np.repeat(np.arange(n), candidates)
     times = signup[owner] + (rng.random(len(owner)) * (alive_until[owner] - signup[owner])).astype(np.int64)
-    keep = rng.random(len(times)) < _season(times) / SEASON_PEAK
+    if not hard:
+        keep = rng.random(len(times)) < _season(times) / SEASON_PEAK
+    else:
+        keep = _hard_thinning(rng, config, owner, times, signup, n, oversample)
     owner, times = owner[keep], times[keep]
+    if config.pull_forward_share > 0:
+        times = _pull_forward(rng, times, config.pull_forward_share)
     first_owner = np.flatnonzero(buys_at_signup & (signup < end_us))
     owner = np.concatenate([first_owner, owner])
     times = np.concatenate([signup[first_owner] + rng.integers(0, 3_600_000_000, len(first_owner)), times])
@@ -237,6 +264,73 @@ def generate(config: GeneratorConfig) -> ShopData:
     if config.bad_rows > 0:
         _inject_bad_rows(rng, data, config.bad_rows)
     return data
+
+
+DRIFT_CAP = 2.0
+PULL_FORWARD_DAYS = 10
+
+
+def _hard_season_mean(config: GeneratorConfig) -> tuple[float, float]:
+    """(peak, mean) of the hard variant's seasonal factor over a year."""
+    year = _season(np.arange(0, 365 * DAY_US, DAY_US), config.season_strength)
+    return float(year.max()), float(year.mean())
+
+
+def _hard_oversample(config: GeneratorConfig) -> float:
+    """How many more candidates the hard variant draws, so its strongest peak × drift cap stays a probability."""
+    peak, mean = _hard_season_mean(config)
+    return max(peak / mean * DRIFT_CAP / (SEASON_PEAK / SEASON_MEAN), 1.0)
+
+
+def _hard_thinning(rng: np.random.Generator, config: GeneratorConfig, owner: np.ndarray, times: np.ndarray,
+                   signup: np.ndarray, n: int, oversample: float) -> np.ndarray:
+    """Which candidate orders happen under stronger seasons, drifting rates and dormant spells (the hard variant).
+
+    Candidates were drawn at `oversample` × the default peak intensity; each is kept with the hard intensity (the
+    season, scaled to mean 1, times the customer's drift, capped at `DRIFT_CAP`) over that."""
+    _, mean = _hard_season_mean(config)
+    drift = rng.normal(0.0, config.rate_drift_sd, n)
+    years = (times - signup[owner]) / (365.0 * DAY_US)
+    multiplier = np.clip(np.exp(drift[owner] * years), 0.05, DRIFT_CAP)
+    intensity = _season(times, config.season_strength) / mean * multiplier
+    chance = np.minimum(intensity / (SEASON_PEAK / SEASON_MEAN * oversample), 1.0)
+    dormant = rng.random(n) < config.dormant_share
+    sleep_start = signup + (rng.random(n) * 400 * DAY_US).astype(np.int64)
+    sleep_end = sleep_start + rng.integers(150, 500, n) * DAY_US
+    asleep = dormant[owner] & (times >= sleep_start[owner]) & (times < sleep_end[owner])
+    return (rng.random(len(times)) < chance) & ~asleep
+
+
+def _pull_forward(rng: np.random.Generator, times: np.ndarray, share: float) -> np.ndarray:
+    """Move a share of the orders placed in the `PULL_FORWARD_DAYS` after a promotion day onto that day (stocking
+    up on the deal instead of buying later)."""
+    days = times // DAY_US
+    day_range = np.arange(days.min() - 31, days.max() + 1)
+    promo_days = day_range[_promo_day(day_range * DAY_US)]
+    previous = np.searchsorted(promo_days, days, side="right") - 1
+    last_promo = np.where(previous >= 0, promo_days[np.clip(previous, 0, None)], -10**9)
+    within = (days - last_promo >= 1) & (days - last_promo <= PULL_FORWARD_DAYS)
+    moved = within & (rng.random(len(times)) < share)
+    offset = times % DAY_US
+    return np.where(moved, last_promo * DAY_US + offset, times)
+
+
+def true_uplift(config: GeneratorConfig, customers: pl.DataFrame, *, offer: bool, channel: str) -> np.ndarray:
+    """Each customer's true change in purchase probability from one message (the generator's ground truth).
+
+    Price-sensitive customers (many discounted orders) respond to coupons; VIPs (the top fifth by spend) to calls;
+    a fixed share of customers (a hash of their id) is put off by any message ("sleeping dogs")."""
+    discount_share = customers["discount_share"].fill_null(0.0).to_numpy()
+    spend = customers["spend"].fill_null(0.0).to_numpy()
+    vip = spend >= np.quantile(spend, 0.8) if len(spend) else spend.astype(bool)
+    codes = customers["external_id"].hash(seed=config.seed).to_numpy()
+    sleeping_dog = (codes % 10_000) / 10_000 < config.uplift_sleeping_dog_share
+    effect = np.full(len(customers), 0.01)
+    if offer:
+        effect = effect + config.uplift_coupon_price_sensitive * np.clip(discount_share * 2 - 0.4, 0, 1)
+    if channel == "phone":
+        effect = effect + np.where(vip, config.uplift_call_vip, 0.0)
+    return np.where(sleeping_dog, config.uplift_sleeping_dog, effect)
 
 
 def _ids(prefix: str, count: int, width: int) -> pl.Series:
