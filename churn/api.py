@@ -43,11 +43,15 @@ def post_rollback(session: SessionDep, ctx: ContextDep,
 @router.get("/at-risk")
 def get_at_risk(session: SessionDep, tier: str | None = None, after: int | None = Query(default=None, ge=0),
                 limit: int = Query(default=100, ge=1, le=1000),
+                locale: str | None = Query(default=None, pattern="^(zh-CN|en-US)$",
+                                           description="language of the reasons (default: each customer's)"),
                 _: Principal = Depends(require(Role.admin, Role.marketer, Role.support, Role.scheduler))
                 ) -> dict[str, Any]:
-    """Flagged customers with probability and reasons; `tier` filters, `after` is the paging cursor."""
-    items = service.at_risk_customers(session, tier=tier, after=after, limit=limit)
-    return {"items": items, "next": items[-1]["customer_id"] if len(items) == limit else None}
+    """Flagged customers with probability, risk level, value and reasons; `tier` filters, `after` is the paging
+    cursor; the first page also counts the flagged customers per reason topic (`top_reasons`)."""
+    items = service.at_risk_customers(session, tier=tier, after=after, limit=limit, locale=locale)
+    page = {"items": items, "next": items[-1]["customer_id"] if len(items) == limit else None}
+    return page | ({"top_reasons": service.top_reasons(session, locale)} if after is None else {})
 
 
 def install(app: FastAPI) -> None:
@@ -58,3 +62,10 @@ def install(app: FastAPI) -> None:
     app.state.customer_filters.register(CustomerFilter(
         name="at_risk", description="flagged by the current churn model (true/false)",
         build=service.at_risk_condition, max_length=5))
+    for name, description, build in (
+            ("risk_level", "churn risk level: low, medium or high (comma-separated)", service.risk_level_condition),
+            ("predicted_clv_min", "predicted 12-month value net of refunds at least this", service.clv_min_condition),
+            ("next_order_within_days", "expected next order due within this many days",
+             service.next_order_condition)):
+        app.state.customer_filters.register(CustomerFilter(name=name, description=description, build=build,
+                                                           max_length=20))

@@ -29,18 +29,42 @@ def print_churn_model(row) -> None:
     for name, cells in baselines.items():
         table.add_row(f"baseline: {name}", *(f"{cells[k]:.4f}" for k in ("roc_auc", "pr_auc", "brier")))
     console.print(table)
-    console.print(f"threshold {metrics['threshold']:.3f}: precision {metrics['precision']:.1%}, recall "
-                  f"{metrics['recall']:.1%}, F1 {metrics['f1']:.3f}, top-decile lift {metrics['lift_top_decile']:.2f}; "
-                  f"{row.status}: {row.decision}")
+    flag = metrics.get("flag")
+    if flag:
+        print_flag(flag)
+    population = metrics.get("population")
+    if population:
+        console.print(f"population {population['rule']}: {population['size']:,} customers; left out: "
+                      + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in population["left_out"].items()))
+    console.print(f"shipped score: {metrics.get('shipped', 'model')}; top-decile lift "
+                  f"{metrics['lift_top_decile']:.2f}; {row.status}: {row.decision}")
 
 
-def train_churn(ctx: Context, as_of: str | None):
+def print_flag(flag: dict) -> None:
+    """The at-risk flag in one line: policy, base rate, flagged, precision, recall and lift."""
+    if not flag.get("flagged"):
+        console.print(f"flag ({flag['policy']}, {flag['aim']}): nobody flagged — {flag['note']}")
+        return
+    console.print(f"flag ({flag['policy']}, {flag['aim']}{'' if flag['met'] else ', not met'}): "
+                  f"{flag['flagged']:,} flagged ({flag['flagged_share']:.1%}), base rate {flag['base_rate']:.1%}, "
+                  f"precision {flag['precision']:.1%}, recall {flag['recall']:.1%}, lift {flag['lift']:.2f}")
+
+
+def train_churn(ctx: Context, as_of: str | None, population: str | None = None, lookback: int | None = None):
     """Train a candidate model with a progress spinner; returns its (detached) row."""
+    from dataclasses import replace
+
     moment = day_start(as_of, "--as-of")
+    config = churn.training_config(ctx.settings)
+    try:
+        config = replace(config, features=replace(config.features, population=population or config.features.population,
+                                                  lookback_days=lookback or config.features.lookback_days))
+    except ValueError as problem:
+        raise CliError(str(problem)) from problem
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as bar, session_scope(ctx.engine) as session:
         task = bar.add_task("reading orders and events", total=None)
-        row = churn.train_model(session, ctx, as_of=moment, actor="cli",
+        row = churn.train_model(session, ctx, as_of=moment, actor="cli", config=config,
                                 progress=lambda text: bar.update(task, description=text))
         session.expunge(row)
     return row
@@ -53,9 +77,12 @@ def _score_churn(ctx: Context) -> dict:
 
 @app.command("train")
 def churn_train(as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD: labels end here (default today)")] = None,
+                population: Annotated[str | None, typer.Option(help="active or all (default: the settings')")] = None,
+                lookback: Annotated[int | None, typer.Option(min=1, max=730, help="look-back days (default: the "
+                                                                                 "settings')")] = None,
                 as_json: Annotated[bool, typer.Option("--json", help="print the model row as JSON")] = False) -> None:
     """Train a candidate on rolling snapshots; promote it when it beats the current model on the same window."""
-    row = train_churn(cli_context(), as_of)
+    row = train_churn(cli_context(), as_of, population, lookback)
     if as_json:
         print(json.dumps(row.model_dump(), default=str))
     else:
@@ -63,10 +90,18 @@ def churn_train(as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD: labe
 
 
 @app.command("score")
-def churn_score(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def churn_score(as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False) -> None:
     """Score every active customer with the current model; flag the at-risk ones with reasons."""
     summary = _score_churn(cli_context())
-    print(json.dumps(summary, default=str)) if as_json else console.print(summary)
+    if as_json:
+        print(json.dumps(summary, default=str))
+        return
+    levels = summary["risk_levels"]
+    console.print(f"model {summary['model_id']} as of {summary['as_of'][:10]}: {summary['scored']:,} scored "
+                  f"(features from the {summary['features_from']}), {summary['at_risk']:,} at risk "
+                  f"({summary['policy']} policy, threshold {summary['threshold']:.3f}); risk levels "
+                  f"high {levels['high']:,} / medium {levels['medium']:,} / low {levels['low']:,}; "
+                  f"{summary['rows_written']:,} rows rewritten")
 
 
 @app.command("evaluate")
@@ -77,10 +112,22 @@ def churn_evaluate(
     customer_col: Annotated[str, typer.Option()] = "customer_id",
     time_col: Annotated[str, typer.Option()] = "ordered_at",
     amount_col: Annotated[str, typer.Option(help="empty: no amounts")] = "amount",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    population: Annotated[str, typer.Option(help="active (an order in the look-back) or all (an order in the "
+                                                 "two-year history)")] = "active",
+    lookback: Annotated[int, typer.Option(min=1, max=730, help="look-back days of the active population")] = 365,
+    policy: Annotated[str, typer.Option(help="flag policy: precision, capacity or value")] = "precision",
+    target_precision: Annotated[float, typer.Option(min=0.01, max=1.0, help="precision policy's target")] = 0.75,
+    capacity: Annotated[int, typer.Option(min=1, help="capacity policy: customers the team can treat")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Train and test the whole method on a plain transactions CSV (no database needed)."""
     from churn.evaluation import TransactionsError, evaluate_transactions, read_transactions
+    from churn.policy import FlagPolicy
+
+    if population not in ("active", "all"):
+        raise CliError(f"--population must be active or all, not {population!r}")
+    if policy not in ("precision", "capacity", "value"):
+        raise CliError(f"--policy must be precision, capacity or value, not {policy!r}")
 
     if not transactions.is_file():
         raise CliError(f"no such file: {transactions}")
@@ -88,8 +135,24 @@ def churn_evaluate(
     try:
         orders, skipped = read_transactions(transactions, customer_col=customer_col, time_col=time_col,
                                             amount_col=amount_col or None)
-        result = evaluate_transactions(orders, datetime(day.year, day.month, day.day, tzinfo=UTC), horizon)
+        result = evaluate_transactions(
+            orders, datetime(day.year, day.month, day.day, tzinfo=UTC), horizon, population=population,
+            lookback_days=lookback, policy=FlagPolicy(kind=policy, target_precision=target_precision,
+                                                      daily_capacity=capacity))
     except TransactionsError as problem:
         raise CliError(str(problem)) from problem
     result["rows_skipped"] = skipped
-    print(json.dumps(result)) if as_json else console.print(result)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("", "ROC AUC", "PR AUC", "Brier", title=f"churn on {transactions.name} after {cutoff} "
+                  f"({result['n_customers']:,} customers, churn rate {result['churn_rate']:.1%})")
+    table.add_row(f"shipped ({result['shipped']})", *(f"{result[k]:.4f}" for k in ("roc_auc", "pr_auc", "brier")))
+    for name, cells in result["baselines"].items():
+        table.add_row(f"baseline: {name}", *(f"{cells[k]:.4f}" for k in ("roc_auc", "pr_auc", "brier")))
+    console.print(table)
+    print_flag(result["flag"])
+    chosen = result["population"]
+    console.print(f"population {chosen['rule']}: {chosen['size']:,} customers; left out: "
+                  + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in chosen["left_out"].items())
+                  + f"; {skipped:,} unusable rows skipped")

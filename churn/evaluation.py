@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from churn.features import FeatureConfig
+from churn.policy import FlagPolicy
 from churn.training import TrainingConfig, evaluate_at, train_churn
 
 
@@ -40,20 +41,26 @@ def read_transactions(path: Path, *, customer_col: str, time_col: str, amount_co
 
 
 def evaluate_transactions(orders: pl.DataFrame, cutoff: datetime, horizon_days: int = 90,
-                          step_days: int = 30, snapshots: int = 6) -> dict[str, Any]:
+                          step_days: int = 30, snapshots: int = 6, *, population: str = "active",
+                          lookback_days: int = 365, policy: FlagPolicy | None = None) -> dict[str, Any]:
     """Train on snapshots labelled on or before the cut-off, test on the cut-off labelled by (cutoff, cutoff + H]."""
     cutoff = cutoff.astimezone(UTC)
     if orders["ordered_at"].max() <= cutoff:
         raise TransactionsError("no transactions after the cut-off: nothing to test against")
-    config = TrainingConfig(features=FeatureConfig(horizon_days=horizon_days), step_days=step_days,
-                            snapshots=snapshots)
     try:
+        config = TrainingConfig(features=FeatureConfig(horizon_days=horizon_days, population=population,
+                                                       lookback_days=lookback_days),
+                                step_days=step_days, snapshots=snapshots, policy=policy or FlagPolicy())
         result = train_churn(orders.filter(pl.col("ordered_at") <= cutoff), cutoff, config)  # nothing after it
     except ValueError as problem:
         raise TransactionsError(str(problem)) from problem
     test = evaluate_at(result, orders, cutoff, config)
     keys = ("customers", "churn_rate", "roc_auc", "pr_auc", "brier", "precision", "recall", "threshold")
     out = {("n_customers" if k == "customers" else k): test[k] for k in keys}
-    out["baselines"] = {name: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"]} for name, m in test["baselines"].items()}
-    out["validation"] = {k: result.metrics[k] for k in ("roc_auc", "pr_auc", "precision", "recall")}
+    out["population"] = test["population"]
+    out["shipped"] = result.shipped.chosen
+    out["flag"] = test["flag"] | {"policy": config.policy.kind, "aim": result.flag.aim, "met": result.flag.met,
+                                  "note": result.flag.note}
+    out["baselines"] = {name: {k: m[k] for k in ("roc_auc", "pr_auc", "brier")} for name, m in test["baselines"].items()}
+    out["validation"] = {k: result.metrics[k] for k in ("roc_auc", "pr_auc", "brier", "precision", "recall")}
     return out

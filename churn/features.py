@@ -26,6 +26,8 @@ class FeatureConfig:
     """Tunables of the feature builder and the label (defaults from DOMAIN §4)."""
 
     horizon_days: int = 90
+    # "active": customers with an order in the look-back window; "all": with an order within the history depth.
+    population: str = "active"
     lookback_days: int = 365
     # Features see at most this much history before the cut-off, so that every training snapshot and
     # the daily scoring see the same depth (else tenure and totals would drift between them).
@@ -38,6 +40,23 @@ class FeatureConfig:
     event_types: tuple[str, ...] = ("login", "view", "cart_add", "cart_abandon")
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.population not in ("active", "all"):
+            raise ValueError(f"population must be active or all, not {self.population!r}")
+        if self.lookback_days < 1:
+            raise ValueError("lookback must be at least 1 day")
+
+    @property
+    def effective_lookback_days(self) -> int:
+        """How far back an order makes a customer part of the population."""
+        return self.history_days if self.population == "all" else self.lookback_days
+
+    def describe(self) -> str:
+        """The population rule in words."""
+        if self.population == "all":
+            return f"all: every customer with an order in the {self.history_days} days before the cut-off"
+        return f"active: customers with an order in the {self.lookback_days} days before the cut-off"
+
 
 def _days_before(cutoff: datetime, column: str) -> pl.Expr:
     """Days (fractional) from a timestamp column to the cut-off."""
@@ -46,9 +65,21 @@ def _days_before(cutoff: datetime, column: str) -> pl.Expr:
 
 def population(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig) -> pl.DataFrame:
     """Customers with at least one order in the look-back window before the cut-off."""
-    start = cutoff - timedelta(days=config.lookback_days)
+    start = cutoff - timedelta(days=config.effective_lookback_days)
     return (orders.filter((pl.col("ordered_at") >= start) & (pl.col("ordered_at") < cutoff))
             .select("customer_id").unique().sort("customer_id"))
+
+
+def population_summary(orders: pl.DataFrame, cutoff: datetime, config: FeatureConfig,
+                       known_customers: int | None = None) -> dict:
+    """The population's rule and size, and who was left out and why (`known_customers`: every customer on record,
+    buyers or not, when known)."""
+    before = orders.filter(pl.col("ordered_at") < cutoff).group_by("customer_id").agg(pl.col("ordered_at").max())
+    inside = int((before["ordered_at"] >= cutoff - timedelta(days=config.effective_lookback_days)).sum())
+    left_out = {"last_order_before_lookback": before.height - inside}
+    if known_customers is not None:
+        left_out["no_order_before_cutoff"] = max(known_customers - before.height, 0)
+    return {"population": config.population, "rule": config.describe(), "size": inside, "left_out": left_out}
 
 
 def labels(orders: pl.DataFrame, customers: pl.DataFrame, cutoff: datetime, horizon_days: int) -> pl.DataFrame:
@@ -213,7 +244,8 @@ def state_covers(config: FeatureConfig, features: list[str]) -> bool:
 
     return (config.windows == CHURN_ORDER_WINDOWS and config.event_windows == CHURN_EVENT_WINDOWS
             and set(config.event_types) <= set(CHURN_EVENT_TYPES) and config.history_days == CHURN_HISTORY_DAYS
-            and config.lookback_days in CHURN_ORDER_WINDOWS and "category_breadth" not in features)
+            and (config.population == "all" or config.lookback_days in CHURN_ORDER_WINDOWS)
+            and "category_breadth" not in features)
 
 
 def features_from_state(state: pl.DataFrame, cutoff: datetime, config: FeatureConfig = FeatureConfig(), *,
@@ -222,7 +254,9 @@ def features_from_state(state: pl.DataFrame, cutoff: datetime, config: FeatureCo
     given), from the customer state's rows computed as of `cutoff` instead of the raw history."""
     from segmentation.metrics import MetricParams, metrics_from_state
 
-    state = state.filter(pl.col(f"churn_orders_{config.lookback_days}d") > 0)
+    in_population = (pl.col("churn_orders") if config.population == "all"
+                     else pl.col(f"churn_orders_{config.lookback_days}d"))
+    state = state.filter(in_population > 0)
     orders = pl.col("churn_orders")
     days = partial(_days_before, cutoff)
     base = state.lazy().select(

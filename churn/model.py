@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -55,16 +54,15 @@ class ChurnModel:
         """Per-row, per-feature contributions to the log-odds (last column: the bias)."""
         return self.booster_.predict(self._matrix(features), num_iteration=self.best_iteration_, pred_contrib=True)
 
-    def save(self, path: Path) -> None:
-        """Write the booster and its metadata to one text file."""
+    def to_text(self) -> str:
+        """The booster and its metadata as one text (what the registry stores)."""
         meta = {"feature_names": self.feature_names_, "best_iteration": self.best_iteration_, "params": self.params}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(meta) + "\n" + self.booster_.model_to_string())
+        return json.dumps(meta) + "\n" + self.booster_.model_to_string()
 
     @classmethod
-    def load(cls, path: Path) -> ChurnModel:
-        """Read a model written by `save`."""
-        meta_line, booster_text = path.read_text().split("\n", 1)
+    def from_text(cls, content: str) -> ChurnModel:
+        """Read a model written by `to_text`."""
+        meta_line, booster_text = content.split("\n", 1)
         meta = json.loads(meta_line)
         model = cls(meta["params"])
         model.feature_names_ = meta["feature_names"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Float, Index, Integer, String
+from sqlalchemy import Column, Float, ForeignKey, Index, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
 from kit.types import JSONType, UTCDateTime
@@ -20,7 +20,7 @@ class ChurnModelVersion(SQLModel, table=True):
     status: str = Field(sa_column=Column(String(16), nullable=False, index=True))  # candidate|current|retired|rejected
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     promoted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
-    artifact: str = Field(sa_column=Column(String(500), nullable=False))
+    artifact: str = Field(sa_column=Column(String(500), nullable=False))  # "db": in churn_model_artifact
     params: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
     features: list[str] = Field(sa_column=Column(JSONType, nullable=False))
     training: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
@@ -28,6 +28,16 @@ class ChurnModelVersion(SQLModel, table=True):
     threshold: float = Field(sa_column=Column(Float, nullable=False))
     metrics: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
     decision: str | None = Field(default=None, sa_column=Column(String(500)))
+
+
+class ChurnModelArtifact(SQLModel, table=True):
+    """A model's booster and metadata as text, in the database so any host can score (not on one host's disk)."""
+
+    __tablename__ = "churn_model_artifact"
+
+    model_id: int = Field(sa_column=Column(Integer, ForeignKey("churn_model.id", ondelete="CASCADE"),
+                                           primary_key=True))
+    content: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class ChurnScore(SQLModel, table=True):
@@ -44,6 +54,12 @@ class ChurnScore(SQLModel, table=True):
     # {"drivers": [{"feature", "value", "contribution"}], "gap_mean"}: rendered as sentences when read.
     reasons: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     trend: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))  # {"points": [{at, p}]}
+    risk_level: str | None = Field(default=None, sa_column=Column(String(8), index=True))  # low|medium|high
+    p_alive: float | None = Field(default=None, sa_column=Column(Float))
+    expected_orders_90d: float | None = Field(default=None, sa_column=Column(Float))
+    expected_orders_365d: float | None = Field(default=None, sa_column=Column(Float))
+    predicted_clv_12m: float | None = Field(default=None, sa_column=Column(Float, index=True))
+    expected_next_order_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
 
 
 class ChurnPrediction(SQLModel, table=True):

@@ -15,10 +15,13 @@ from sqlalchemy import delete, text
 from sqlmodel import Session, func, select
 
 from churn.bgnbd import BetaGeometricNBD
-from churn.features import SegmentRules, features_from_state, state_covers
+from churn.calibration import ShippedScore, halves, score_inputs
+from churn.features import FeatureConfig, SegmentRules, features_from_state, state_covers
 from churn.model import ChurnModel
-from churn.models import ChurnModelVersion, ChurnPrediction, ChurnScore
-from churn.reasons import drivers_frame, sentences
+from churn.models import ChurnModelArtifact, ChurnModelVersion, ChurnPrediction, ChurnScore
+from churn.policy import FlagPolicy, capacity_threshold, risk_levels
+from churn.predictive import PREDICTED_COLUMNS, predictive_fields
+from churn.reasons import drivers_frame, reader_locale, sentences, topic, topic_label
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
 from crm import activity, audit
 from crm import state as crm_state
@@ -28,6 +31,7 @@ from crm.service import (
     customers_frame,
     events_frame,
     external_ids_of,
+    get_customer,
     order_flags_frame,
     orders_frame,
     read_columns,
@@ -56,7 +60,9 @@ def _invalid(message: str, field: str) -> InvalidInput:
 
 
 SCORE_TYPES = {"customer_id": "int", "model_id": "int", "scored_at": "timestamp", "probability": "float",
-               "at_risk": "bool", "reasons": "json", "trend": "json"}
+               "at_risk": "bool", "reasons": "json", "trend": "json", "risk_level": "text", "p_alive": "float",
+               "expected_orders_90d": "float", "expected_orders_365d": "float", "predicted_clv_12m": "float",
+               "expected_next_order_at": "timestamp"}
 
 
 def read_history(session: Session, as_of: datetime, since: datetime | None, event_since: datetime, *,
@@ -100,39 +106,59 @@ def current_model(session: Session) -> ChurnModelVersion | None:
     return session.exec(select(ChurnModelVersion).where(ChurnModelVersion.status == "current")).first()
 
 
-def _load(row: ChurnModelVersion) -> tuple[ChurnModel, BetaGeometricNBD]:
-    from pathlib import Path
-
-    if not Path(row.artifact).is_file():
-        raise _invalid(f"the artifact of churn model {row.id} is missing ({row.artifact}): promote another model "
+def _load(session: Session, row: ChurnModelVersion) -> tuple[ChurnModel, BetaGeometricNBD]:
+    stored = session.get(ChurnModelArtifact, row.id)
+    if stored is None:
+        raise _invalid(f"the booster of churn model {row.id} is missing from the registry: promote another model "
                        "or train again", "model")
-    model = ChurnModel.load(Path(row.artifact))
+    model = ChurnModel.from_text(stored.content)
     bgnbd = BetaGeometricNBD()
     bgnbd.r_, bgnbd.alpha_, bgnbd.a_, bgnbd.b_ = (row.training["bgnbd"][k] for k in ("r", "alpha", "a", "b"))
     return model, bgnbd
 
 
-def _auc_on(row: ChurnModelVersion, result: TrainingResult, horizon_days: int) -> float | None:
-    """The stored model's ROC AUC on the candidate's validation window (same rows, its own BG/NBD).
+def shipped_probability(row: ChurnModelVersion, model: ChurnModel, frame: pl.DataFrame) -> np.ndarray:
+    """The registered score of a model version on a feature frame with the BG/NBD columns: calibrated P(churn)."""
+    if not len(frame):
+        return np.array([])
+    return ShippedScore.from_dict(row.training.get("shipped")).probability(
+        score_inputs(model.predict_proba(frame), frame))
 
-    Without its artifact file it cannot be re-scored: its own recorded ROC AUC stands in (a different window,
+
+def _auc_on(session: Session, row: ChurnModelVersion, result: TrainingResult, horizon_days: int) -> float | None:
+    """The stored model's ROC AUC on the candidate's check rows (same customers, its own BG/NBD and score).
+
+    Without its booster it cannot be re-scored: its own recorded ROC AUC stands in (a different window,
     so the candidate must beat the number the incumbent was promoted with).
     """
     try:
-        model, bgnbd = _load(row)
+        model, bgnbd = _load(session, row)
     except InvalidInput:
         return row.metrics.get("roc_auc")
-    frame = add_bgnbd(result.validation.drop("bgnbd_p_alive", "bgnbd_expected"), bgnbd, horizon_days)
+    check = result.validation.filter(~pl.Series(halves(result.validation["customer_id"].to_numpy())))
+    frame = add_bgnbd(check.drop("bgnbd_p_alive", "bgnbd_expected"), bgnbd, horizon_days)
     if any(name not in frame.columns for name in model.feature_names_):
         return None  # trained on features this data no longer has: it cannot be compared, so it cannot win
     target = frame["churned"].to_numpy()
-    return score_metrics(target, model.predict_proba(frame), row.threshold)["roc_auc"]
+    return score_metrics(target, shipped_probability(row, model, frame), row.threshold)["roc_auc"]
+
+
+def training_config(settings) -> TrainingConfig:
+    """The training configuration the shop's settings give: population, look-back and the flag policy."""
+    policy = FlagPolicy(kind=settings.churn_flag_policy, target_precision=settings.churn_target_precision,
+                        min_lift_points=settings.churn_min_lift_points, daily_capacity=settings.churn_daily_capacity,
+                        saved_margin=settings.churn_saved_margin, response_rate=settings.churn_response_rate,
+                        offer_cost=settings.churn_offer_cost, message_cost=settings.churn_message_cost)
+    return TrainingConfig(features=FeatureConfig(population=settings.churn_population,
+                                                 lookback_days=settings.churn_lookback_days), policy=policy)
 
 
 def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None,
-                config: TrainingConfig = TrainingConfig(), floor: float = AUC_FLOOR,
+                config: TrainingConfig | None = None, floor: float = AUC_FLOOR,
                 tolerance: float = PROMOTION_TOLERANCE, progress=None, actor: str = "scheduler") -> ChurnModelVersion:
-    """Train a candidate, store it as a version and promote it when it is at least as good as the current one."""
+    """Train a candidate, store it as a version and promote it when it is at least as good as the current one
+    (`config`: default from the settings)."""
+    config = config or training_config(ctx.settings)
     now = ctx.clock.now()
     as_of = as_of or default_as_of(now)
     started = time.perf_counter()
@@ -154,18 +180,16 @@ def train_model(session: Session, ctx: Context, *, as_of: datetime | None = None
         raise _invalid(str(problem), "as_of") from problem
     result.training["timings"] = {"read_s": read_s} | result.training["timings"]
     result.training["rule_set_versions"] = versions
-    row = ChurnModelVersion(status="candidate", created_at=now, artifact="", params=config.params or {},
+    row = ChurnModelVersion(status="candidate", created_at=now, artifact="db", params=config.params or {},
                             features=result.model.feature_names_, training=result.training,
                             fingerprint=_fingerprint(data["orders"], data["events"]), threshold=result.threshold,
                             metrics=result.metrics | {"baselines": result.baselines})
     session.add(row)
     session.flush()
-    path = ctx.settings.data_dir / "models" / f"churn-{row.id}.txt"
-    result.model.save(path)
-    row.artifact = str(path)
+    session.add(ChurnModelArtifact(model_id=row.id, content=result.model.to_text()))
     auc = result.metrics["roc_auc"] or 0.0
     incumbent = current_model(session)
-    incumbent_auc = _auc_on(incumbent, result, config.features.horizon_days) if incumbent else None
+    incumbent_auc = _auc_on(session, incumbent, result, config.features.horizon_days) if incumbent else None
     row.metrics = row.metrics | {"incumbent_roc_auc_same_window": incumbent_auc}
     if auc < floor:
         row.status, row.decision = "rejected", f"ROC AUC {auc:.3f} below the floor {floor:.2f}"
@@ -249,17 +273,30 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
         # segment step just moved it there); otherwise the features come from the raw history, as in training.
         state_ready = (clock is not None and clock.as_of == as_of
                        and crm_state.windows_of(clock).window_days == rule_sets[0].window_days)
-    model, bgnbd = _load(row)
-    config = TrainingConfig(rule_sets=rule_sets)
+        model, bgnbd = _load(lookup, row)
+    # The population the model was trained on (older models: the active customers of the last 365 days).
+    config = TrainingConfig(rule_sets=rule_sets, features=FeatureConfig(
+        population=row.training.get("population", "active"), lookback_days=row.training.get("lookback_days", 365)))
     timings, tick = {}, time.perf_counter()
     frame, source = _scoring_features(session, as_of, config, model.feature_names_, state_ready, shared)
     frame = add_bgnbd(frame, bgnbd, row.training["horizon_days"])
     timings["read_and_features_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
-    probability = model.predict_proba(frame) if len(frame) else np.array([])
-    at_risk = probability >= row.threshold
-    scores = frame.select("customer_id").with_columns(pl.Series("probability", probability),
-                                                      pl.Series("at_risk", at_risk))
+    probability = shipped_probability(row, model, frame)
+    threshold = scoring_threshold(row, probability)
+    base_rate = row.metrics.get("flag", {}).get("base_rate", row.metrics.get("churn_rate", 0.5))
+    scores = frame.select("customer_id").with_columns(
+        pl.Series("probability", probability), pl.Series("at_risk", probability >= threshold),
+        pl.Series("risk_level", risk_levels(probability, threshold, base_rate), dtype=pl.String))
+    if len(frame):
+        predictive = row.training.get("predictive") or None
+        scores = scores.join(predictive_fields(frame, bgnbd, row.training.get("gamma_gamma"), as_of, predictive),
+                             on="customer_id")
+    else:
+        scores = scores.with_columns(*[pl.lit(None, dtype=pl.Float64).alias(c) for c in PREDICTED_COLUMNS[:-1]],
+                                     pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias(PREDICTED_COLUMNS[-1]))
+    at_risk = scores["at_risk"].to_numpy()
+    timings["predict_s"] = round(time.perf_counter() - tick, 3)
     changed, gone, stored = _changed_scores(session, scores, row.id)
     # Reasons only for the flagged scores being rewritten: an unchanged score keeps the reasons it was written with.
     flagged = frame.join(changed.filter("at_risk").select("customer_id"), on="customer_id", how="semi")
@@ -268,7 +305,7 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
                if len(flagged) else pl.Series("reasons", [], dtype=pl.String))
     changed = changed.join(flagged.select("customer_id").with_columns(reasons.alias("reasons")), on="customer_id",
                            how="left")
-    timings["predict_and_reasons_s"] = round(time.perf_counter() - tick, 3)
+    timings["reasons_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
     # Newly flagged customers are news to whoever reacts within minutes (a journey's staged recall).
     activity.record(session, changed.filter("became_at_risk").select(
@@ -278,7 +315,9 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
                "predictions_kept": kept, "rows_written": len(changed), "rows_removed": len(gone),
-               "threshold": row.threshold, "timings": timings, "features_from": source,
+               "threshold": round(threshold, 4), "policy": row.training.get("policy", {}).get("kind", "precision"),
+               "risk_levels": {level: int((scores["risk_level"] == level).sum()) for level in ("low", "medium", "high")},
+               "timings": timings, "features_from": source,
                "mean_probability": round(float(probability.mean()), 4) if len(frame) else None}
     audit.record(session, actor=actor, action="churn.score", entity="churn_model", entity_id=row.id, at=now,
                  before=None, after=summary)
@@ -287,21 +326,36 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
 
 
 SCORE_STEP = 0.01  # a score is rewritten (and its trend gains a point) when it moves by a percentage point or more
+VALUE_STEP = 0.01  # ... or its predicted value by 1%, or its due date, risk level or flag changes
+
+
+def scoring_threshold(row: ChurnModelVersion, probability: np.ndarray) -> float:
+    """The at-risk threshold today: the model's, except under the capacity policy — the k riskiest of today."""
+    policy = FlagPolicy.from_dict(row.training.get("policy"))
+    if policy.kind != "capacity" or not len(probability):
+        return row.threshold
+    return capacity_threshold(probability, policy.daily_capacity)
 
 
 def _changed_scores(session: Session, scores: pl.DataFrame,
                     model_id: int) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     """(scores to rewrite with their previous trend, customers no longer scored, how many rows are stored): new
     customers, a flag or model change, or a move of `SCORE_STEP` or more."""
-    previous = read_frame(session, "SELECT s.customer_id, s.probability, s.at_risk, s.model_id, s.trend "
-                          "FROM churn_score s", {},
-                          {"customer_id": pl.Int64, "_p": pl.Float64, "_at_risk": pl.Boolean, "_model": pl.Int64,
-                           "trend": pl.String})
+    previous = read_frame(session, "SELECT s.customer_id, s.probability, s.at_risk, s.model_id, s.trend, "
+                          "s.risk_level, s.p_alive, s.predicted_clv_12m, s.expected_next_order_at FROM churn_score s",
+                          {}, {"customer_id": pl.Int64, "_p": pl.Float64, "_at_risk": pl.Boolean, "_model": pl.Int64,
+                               "trend": pl.String, "_level": pl.String, "_alive": pl.Float64, "_clv": pl.Float64,
+                               "_due": pl.Datetime("us", "UTC")})
+    moved = ((pl.col("probability") - pl.col("_p")).abs() >= SCORE_STEP) | (pl.col("_level") != pl.col("risk_level"))
+    moved |= (pl.col("p_alive") - pl.col("_alive")).abs().fill_null(1.0) >= SCORE_STEP
+    moved |= ((pl.col("predicted_clv_12m") - pl.col("_clv")).abs()
+              >= VALUE_STEP * pl.max_horizontal(pl.col("_clv").abs(), pl.lit(1.0))).fill_null(True)
+    moved |= pl.col("expected_next_order_at").ne_missing(pl.col("_due"))
     changed = (scores.join(previous, on="customer_id", how="left")
                .filter(pl.col("_p").is_null() | (pl.col("_model") != model_id) | (pl.col("_at_risk") != pl.col("at_risk"))
-                       | ((pl.col("probability") - pl.col("_p")).abs() >= SCORE_STEP))
+                       | moved.fill_null(True))
                .with_columns(became_at_risk=pl.col("at_risk") & ~pl.col("_at_risk").fill_null(False))
-               .drop("_p", "_at_risk", "_model"))
+               .drop("_p", "_at_risk", "_model", "_level", "_alive", "_clv", "_due"))
     return changed, previous.join(scores, on="customer_id", how="anti").select("customer_id"), len(previous)
 
 
@@ -373,34 +427,64 @@ def prune_predictions(session: Session, ctx: Context) -> int:
 
 
 def at_risk_customers(session: Session, *, tier: str | None = None, after: int | None = None,
-                      limit: int = 100) -> list[dict[str, Any]]:
-    """Flagged customers, riskiest first within id order for stable paging (cursor = customer row id)."""
+                      limit: int = 100, locale: str | None = None) -> list[dict[str, Any]]:
+    """Flagged customers in id order for stable paging (cursor = customer row id), reasons in `locale` (else each
+    customer's own)."""
     query = select(ChurnScore).where(ChurnScore.at_risk)
     if tier is not None:
         query = query.where(customer_ids_where(session, ChurnScore.customer_id, tier=tier))
     if after is not None:
         query = query.where(ChurnScore.customer_id > after)
     scores = session.exec(query.order_by(ChurnScore.customer_id).limit(limit)).all()
-    external = external_ids_of(session, [s.customer_id for s in scores])
-    rows = [(score, external.get(score.customer_id)) for score in scores]
-    return [{"customer_id": score.customer_id, "external_id": external_id, "probability": round(score.probability, 4),
-             "reasons": sentences(score.reasons), "drivers": (score.reasons or {}).get("drivers", []),
+    ids = [s.customer_id for s in scores]
+    external = external_ids_of(session, ids)
+    locales = {} if locale else {c: get_customer(session, c).locale for c in ids}
+    return [{"customer_id": score.customer_id, "external_id": external.get(score.customer_id),
+             "probability": round(score.probability, 4), "risk_level": score.risk_level,
+             "reasons": sentences(score.reasons, reader_locale(locale or locales.get(score.customer_id))),
+             "drivers": (score.reasons or {}).get("drivers", []), "predicted_clv_12m": score.predicted_clv_12m,
              "model_id": score.model_id, "scored_at": score.scored_at}
-            for score, external_id in rows]
+            for score in scores]
+
+
+def top_reasons(session: Session, locale: str | None = None, limit: int = 5) -> list[dict[str, Any]]:
+    """What drives the flags: flagged customers per reason topic (any of their drivers), most common first."""
+    frame = read_frame(session, "SELECT s.reasons FROM churn_score s WHERE s.at_risk", {}, {"reasons": pl.String})
+    flagged = frame.height
+    if not flagged:
+        return []
+    drivers = pl.Struct({"drivers": pl.List(pl.Struct({"feature": pl.String}))})
+    features = (frame.with_row_index("row").with_columns(pl.col("reasons").str.json_decode(drivers)
+                                                         .struct.field("drivers").alias("d"))
+                .explode("d").drop_nulls("d").select("row", pl.col("d").struct.field("feature")))
+    topics = (features.with_columns(pl.col("feature").map_elements(topic, return_dtype=pl.String).alias("topic"))
+              .unique(["row", "topic"]).group_by("topic").len().sort(["len", "topic"], descending=[True, False]))
+    return [{"topic": name, "label": topic_label(name, reader_locale(locale)), "customers": count,
+             "share": round(count / flagged, 4)} for name, count in topics.head(limit).iter_rows()]
 
 
 def churn_section(request: ProfileRequest) -> dict[str, Any] | None:
-    """The customer profile's churn section: probability, flag, reasons, model version and trend."""
-    found = driver_rows(request.session, "SELECT probability, at_risk, reasons, model_id, scored_at, trend "
-                                         "FROM churn_score WHERE customer_id = :customer_id",
+    """The customer profile's churn section: probability, flag and risk level, reasons in the reader's (else the
+    customer's) language, the predictive fields, model version and trend."""
+    found = driver_rows(request.session, "SELECT s.probability, s.at_risk, s.reasons, s.model_id, s.scored_at, "
+                                         "s.trend, s.risk_level, s.p_alive, s.expected_orders_90d, "
+                                         "s.expected_orders_365d, s.predicted_clv_12m, s.expected_next_order_at "
+                                         "FROM churn_score s WHERE s.customer_id = :customer_id",
                         {"customer_id": request.customer_id})
     if not found:
         return None
-    probability, at_risk, reasons, model_id, scored_at, trend = found[0]
+    probability, at_risk, reasons, model_id, scored_at, trend, level, p_alive, orders_90, orders_365, clv, due = found[0]
     reasons = driver_json(reasons)
-    return {"probability": round(probability, 4), "at_risk": bool(at_risk), "reasons": sentences(reasons),
+    customer = get_customer(request.session, request.customer_id) if request.reader_locale is None else None
+    language = reader_locale(request.reader_locale or (customer.locale if customer else None))
+    due = driver_time(due)
+    return {"probability": round(probability, 4), "at_risk": bool(at_risk), "risk_level": level,
+            "reasons": sentences(reasons, language), "reasons_locale": language,
             "drivers": (reasons or {}).get("drivers", []), "model_id": model_id, "scored_at": driver_time(scored_at),
-            "trend": (driver_json(trend) or {}).get("points", [])}
+            "trend": (driver_json(trend) or {}).get("points", []),
+            "predicted": {"p_alive": p_alive, "expected_orders_90d": orders_90, "expected_orders_365d": orders_365,
+                          "predicted_clv_12m": clv,
+                          "expected_next_order_on": due.date().isoformat() if due else None}}
 
 
 def churn_export(request: ProfileRequest) -> dict[str, Any] | None:
@@ -423,12 +507,57 @@ def at_risk_condition(session: Session, value: str, customer_id: Any) -> Any:
     return flagged if wanted == "true" else ~flagged
 
 
-SCORE_READ_SCHEMA = {"customer_id": pl.Int64, "probability": pl.Float64, "at_risk": pl.Boolean}
+def risk_level_condition(session: Session, value: str, customer_id: Any) -> Any:
+    """`GET /customers?risk_level=high,medium`: the customer's churn risk level is one of these."""
+    from sqlalchemy import exists
+
+    levels = [part.strip().lower() for part in value.split(",") if part.strip()]
+    if not levels or any(level not in RISK_LEVELS for level in levels):
+        raise _invalid("risk_level must be low, medium or high (comma-separated for several)", "risk_level")
+    return exists().where(ChurnScore.customer_id == customer_id, ChurnScore.risk_level.in_(levels))
+
+
+def _number(value: str, field: str, minimum: float = 0.0) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number >= minimum:  # also false for NaN
+        raise _invalid(f"{field} must be a number ≥ {minimum:g}", field)
+    return number
+
+
+def clv_min_condition(session: Session, value: str, customer_id: Any) -> Any:
+    """`GET /customers?predicted_clv_min=500`: predicted 12-month value at least this."""
+    from sqlalchemy import exists
+
+    floor = _number(value, "predicted_clv_min")
+    return exists().where(ChurnScore.customer_id == customer_id, ChurnScore.predicted_clv_12m >= floor)
+
+
+def next_order_condition(session: Session, value: str, customer_id: Any) -> Any:
+    """`GET /customers?next_order_within_days=7`: expected to be due within N days of the latest scoring."""
+    from sqlalchemy import exists
+
+    days = _number(value, "next_order_within_days")
+    scored = session.exec(select(func.max(ChurnScore.scored_at))).one()
+    if scored is None:
+        return exists().where(ChurnScore.customer_id == customer_id, ChurnScore.customer_id.is_(None))
+    start = scored.replace(hour=0, minute=0, second=0, microsecond=0)
+    return exists().where(ChurnScore.customer_id == customer_id, ChurnScore.expected_next_order_at >= start,
+                          ChurnScore.expected_next_order_at < start + timedelta(days=days + 1))
+
+
+RISK_LEVELS = ("low", "medium", "high")
+SCORE_READ_SCHEMA = {"customer_id": pl.Int64, "probability": pl.Float64, "at_risk": pl.Boolean,
+                     "risk_level": pl.String, "p_alive": pl.Float64, "predicted_clv_12m": pl.Float64,
+                     "expected_next_order_at": pl.Datetime("us", "UTC")}
 
 
 def scores_frame(session: Session, *, customer_id: int | None = None, customer_ids: list[int] | None = None,
                  reader: ColumnarReader | None = None) -> pl.DataFrame:
     """Each scored customer's churn probability and flag from the latest scoring (all, one, or a few by id)."""
     one, params, small = customer_clause("s.customer_id", customer_id, customer_ids)
-    query = f"SELECT s.customer_id, s.probability, s.at_risk FROM churn_score s {one}"
+    query = ("SELECT s.customer_id, s.probability, s.at_risk, s.risk_level, s.p_alive, s.predicted_clv_12m, "
+             f"s.expected_next_order_at FROM churn_score s {one}")
     return read_columns(session, reader, query, params, SCORE_READ_SCHEMA, one_customer=small)

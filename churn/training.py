@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from churn.bgnbd import BetaGeometricNBD
+from churn.calibration import ShippedScore, fit_shipped, halves, score_inputs
 from churn.features import (
     WEEK_DAYS,
     FeatureConfig,
@@ -22,8 +23,11 @@ from churn.features import (
     feature_names,
     labels,
     population,
+    population_summary,
 )
 from churn.model import ChurnModel
+from churn.policy import FlagDecision, FlagPolicy, capacity_threshold, choose_flag, flag_metrics
+from churn.predictive import fit_correction, fit_spend, realised_after, season_factor
 
 Progress = Callable[[str], None]
 
@@ -48,8 +52,7 @@ class TrainingConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     step_days: int = 30
     snapshots: int = 6
-    target_precision: float = 0.75
-    top_k_share: float | None = None  # flag this share of customers instead of aiming at a precision
+    policy: FlagPolicy = field(default_factory=FlagPolicy)
     max_training_rows: int = 400_000
     bgnbd_fit_rows: int = 100_000
     seed: int = 7
@@ -67,11 +70,17 @@ class TrainingResult:
 
     model: ChurnModel
     bgnbd: BetaGeometricNBD
-    threshold: float
+    shipped: ShippedScore
+    flag: FlagDecision
     metrics: dict[str, Any]
     baselines: dict[str, dict[str, float]]
     training: dict[str, Any]
     validation: pl.DataFrame  # features, label and score of the validation window
+
+    @property
+    def threshold(self) -> float:
+        """The at-risk threshold the flag policy chose."""
+        return self.flag.threshold
 
 
 def training_cutoffs(as_of: datetime, config: TrainingConfig) -> tuple[datetime, list[datetime]]:
@@ -108,23 +117,6 @@ def fit_bgnbd(frame: pl.DataFrame, config: TrainingConfig) -> BetaGeometricNBD:
     """Fit the BG/NBD on (a sample of) one snapshot's population."""
     sample = frame.sample(min(len(frame), config.bgnbd_fit_rows), seed=config.seed)
     return BetaGeometricNBD().fit(*(sample[c].to_numpy() for c in ("bgnbd_x", "bgnbd_t_x", "bgnbd_T")))
-
-
-def choose_threshold(target: np.ndarray, score: np.ndarray, config: TrainingConfig) -> tuple[float, bool]:
-    """(threshold, whether the aim was met): the lowest score whose flagged set reaches the target precision."""
-    if config.top_k_share is not None:
-        return float(np.quantile(score, 1 - config.top_k_share)), True
-    order = np.argsort(-score, kind="stable")
-    hits = np.cumsum(target[order])
-    precision = hits / np.arange(1, len(order) + 1)
-    # Only cut between distinct scores, and ignore the noisy first few flags.
-    distinct = np.r_[score[order][1:] != score[order][:-1], True]
-    minimum = min(50, len(order))
-    ok = np.nonzero(distinct & (precision >= config.target_precision) & (np.arange(len(order)) >= minimum - 1))[0]
-    if len(ok) == 0:
-        best = int(np.argmax(np.where(distinct, precision, -1)))
-        return float(score[order][best]), False
-    return float(score[order][ok[-1]]), True
 
 
 def score_metrics(target: np.ndarray, probability: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -215,17 +207,36 @@ def train_churn(orders: pl.DataFrame, as_of: datetime, config: TrainingConfig = 
     model = ChurnModel(config.params).fit(train.select(names), train["churned"].to_numpy(),
                                           valid.select(names), valid["churned"].to_numpy())
     clock.lap("fit_s")
-    probability = model.predict_proba(valid)
     target = valid["churned"].to_numpy()
-    threshold, met = choose_threshold(target, probability, config)
-    metrics = score_metrics(target, probability, threshold) | {"target_precision_met": met}
+    inputs = score_inputs(model.predict_proba(valid), valid)
+    calibration_half = halves(valid["customer_id"].to_numpy())
+    shipped = fit_shipped(inputs[calibration_half], target[calibration_half])
+    probability = shipped.probability(inputs)
+    flag = choose_flag(target[calibration_half], probability[calibration_half], config.policy,
+                       population=len(target))
+    check = ~calibration_half
+    spend = fit_spend(valid)
+    correction = fit_correction(valid, bgnbd, spend, validation_cutoff,
+                                realised_after(orders, validation_cutoff, config.features.horizon_days),
+                                calibration_half, season_factor(orders, validation_cutoff, as_of,
+                                                                config.features.horizon_days))
+    metrics = (score_metrics(target[check], probability[check], flag.threshold)
+               | {"flag": flag_metrics(target[check], probability[check], flag.threshold)
+                  | {"policy": config.policy.kind, "aim": flag.aim, "met": flag.met, "note": flag.note},
+                  "shipped": shipped.chosen, "measured_on": "check half of the validation window",
+                  "population": population_summary(orders, validation_cutoff, config.features,
+                                                   None if customers is None else customers.height)})
     training = {"as_of": as_of.isoformat(), "validation_cutoff": validation_cutoff.isoformat(),
                 "training_cutoffs": [c.isoformat() for c in cutoffs], "horizon_days": config.features.horizon_days,
                 "training_rows": len(train), "training_rows_available": rows_available,
-                "best_iteration": model.best_iteration_, "bgnbd": bgnbd.params_, "timings": clock.laps}
-    return TrainingResult(model=model, bgnbd=bgnbd, threshold=threshold, metrics=metrics,
-                          baselines=baseline_metrics(train, valid), training=training,
-                          validation=valid.with_columns(pl.Series("probability", probability)))
+                "best_iteration": model.best_iteration_, "bgnbd": bgnbd.params_, "timings": clock.laps,
+                "policy": config.policy.as_dict(), "shipped": shipped.as_dict(), "gamma_gamma": spend,
+                "predictive": correction,
+                "population": config.features.population, "lookback_days": config.features.lookback_days}
+    return TrainingResult(model=model, bgnbd=bgnbd, shipped=shipped, flag=flag, metrics=metrics,
+                          baselines=baseline_metrics(valid.filter(pl.Series(calibration_half)),
+                                                     valid.filter(pl.Series(check))),
+                          training=training, validation=valid.with_columns(pl.Series("probability", probability)))
 
 
 def evaluate_at(result: TrainingResult, orders: pl.DataFrame, cutoff: datetime, config: TrainingConfig, *,
@@ -233,7 +244,13 @@ def evaluate_at(result: TrainingResult, orders: pl.DataFrame, cutoff: datetime, 
     """Metrics of a trained model and the baselines on the snapshot at `cutoff`, labelled by what came after."""
     test = add_bgnbd(snapshot(orders, cutoff, config, events=events, customers=customers), result.bgnbd,
                      config.features.horizon_days)
-    probability = result.model.predict_proba(test)
-    metrics = score_metrics(test["churned"].to_numpy(), probability, result.threshold)
+    probability = result.shipped.probability(score_inputs(result.model.predict_proba(test), test))
+    target = test["churned"].to_numpy()
+    # A capacity is a number of customers a day: at any date it flags that day's k riskiest.
+    threshold = (capacity_threshold(probability, config.policy.daily_capacity)
+                 if config.policy.kind == "capacity" else result.threshold)
+    metrics = score_metrics(target, probability, threshold)
     train_like = result.validation  # the baselines' calibration is fitted on data before the test window
-    return metrics | {"baselines": baseline_metrics(train_like, test)}
+    return metrics | {"flag": flag_metrics(target, probability, threshold),
+                      "baselines": baseline_metrics(train_like, test),
+                      "population": population_summary(orders, cutoff, config.features)}

@@ -120,6 +120,19 @@ class Settings(BaseSettings):
     churn_quality_every_days: int = Field(default=7, ge=1, le=90)
     churn_quality_sample_share: float = Field(default=0.2, gt=0, le=1)
     churn_quality_retention_days: int = Field(default=730, ge=90)
+    # Who the churn model scores: "active" (an order in the look-back days) or "all" (an order in the two-year
+    # history), and how the at-risk flag is chosen: precision (target, never below base rate + min lift points),
+    # capacity (the k riskiest a day) or value (saved margin × P(churn) × response ≥ offer + message cost).
+    churn_population: str = Field(default="active", pattern="^(active|all)$")
+    churn_lookback_days: int = Field(default=365, ge=30, le=730)
+    churn_flag_policy: str = Field(default="precision", pattern="^(precision|capacity|value)$")
+    churn_target_precision: float = Field(default=0.75, gt=0, le=1)
+    churn_min_lift_points: float = Field(default=0.10, ge=0, le=0.5)
+    churn_daily_capacity: int = Field(default=1000, ge=1)
+    churn_saved_margin: float = Field(default=120.0, gt=0)
+    churn_response_rate: float = Field(default=0.15, gt=0, le=1)
+    churn_offer_cost: float = Field(default=10.0, ge=0)
+    churn_message_cost: float = Field(default=0.5, ge=0)
     # Failed API-key attempts per client address (API and console sign-in) before 429, and the window counted.
     auth_failure_limit: int = Field(default=10, ge=1)
     auth_failure_window_seconds: int = Field(default=300, ge=1)

@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from churn import service
 from churn.features import FeatureConfig, features_from_state
-from churn.models import ChurnModelVersion, ChurnScore
+from churn.models import ChurnModelArtifact, ChurnModelVersion, ChurnScore
 from churn.training import TrainingConfig, snapshot
 from crm import state as crm_state
 from crm.models import AuditLog, Customer, Role
@@ -44,7 +44,8 @@ def shop(session, ctx, shop_files):
 
 def test_training_registers_a_model_that_beats_the_baselines(session, ctx, shop):
     row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
-    assert row.status == "current" and row.artifact.endswith(f"churn-{row.id}.txt")
+    assert row.status == "current" and row.artifact == "db"
+    assert session.get(ChurnModelArtifact, row.id).content.startswith("{")  # the booster is in the registry
     assert {"tier_rank", "layer_rank", "bgnbd_p_alive", "login_30d", "discount_share"} <= set(row.features)
     assert row.training["rule_set_versions"] == {"tier": 1, "layer": 1, "tags": 1}
     assert "tag_price_sensitive" in row.features
@@ -67,11 +68,11 @@ def test_a_worse_candidate_is_never_promoted_and_rollback_restores(session, ctx,
     assert second.status == "current" and session.get(ChurnModelVersion, first.id).status == "retired"
     assert service.rollback(session, ctx, "test").id == first.id
     assert service.current_model(session).id == first.id
-    # An incumbent whose artifact file is gone is judged by its recorded ROC AUC; scoring with it is a clear error.
-    from pathlib import Path
-    Path(first.artifact).unlink()
+    # An incumbent whose booster is gone is judged by its recorded ROC AUC; scoring with it is a clear error.
+    session.delete(session.get(ChurnModelArtifact, first.id))
+    session.flush()
     from kit.errors import InvalidInput
-    with pytest.raises(InvalidInput, match="artifact of churn model"):
+    with pytest.raises(InvalidInput, match="booster of churn model"):
         service.score_customers(session, ctx, as_of=AS_OF)
     third = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
     assert third.metrics["incumbent_roc_auc_same_window"] == first.metrics["roc_auc"]
@@ -90,7 +91,14 @@ def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, sh
                for s in flagged)
     calm = session.exec(select(ChurnScore).where(ChurnScore.at_risk.is_(False))).first()
     assert calm.reasons is None
-    first = {s.customer_id: (s.probability, s.at_risk) for s in session.exec(select(ChurnScore)).all()}
+    assert all(s.risk_level == "high" for s in flagged) and calm.risk_level in ("low", "medium")
+    assert summary["risk_levels"]["high"] == summary["at_risk"] and summary["risk_levels"]["low"] > 0
+    every = session.exec(select(ChurnScore)).all()
+    assert all(s.p_alive is not None and s.predicted_clv_12m >= 0 and s.expected_orders_365d >= s.expected_orders_90d
+               for s in every)
+    first = {s.customer_id: (s.probability, s.at_risk) for s in every}
+    predicted = {s.customer_id: (s.risk_level, s.p_alive, s.predicted_clv_12m, s.expected_next_order_at)
+                 for s in every}
     rerun = service.score_customers(session, ctx, as_of=AS_OF)  # the same day again: nothing moved, nothing written
     assert rerun["rows_written"] == 0 and rerun["scored"] == summary["scored"]
     again = session.get(ChurnScore, flagged[0].customer_id)
@@ -101,10 +109,14 @@ def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, sh
     assert len(rows) == later["scored"] and later["rows_removed"] == len(first.keys() - rows.keys())
     rewritten = [r for r in rows.values() if r.trend["points"][-1]["at"] == "2026-11-08"]
     assert len(rewritten) == later["rows_written"]
-    for r in rewritten:  # each rewrite is news: a new customer, a flag change or a move of a point or more
-        if r.customer_id in first:
+    for r in rewritten:  # each rewrite is news: a new customer, a flag or level change, a move of a point or more,
+        if r.customer_id in first:  # a P(alive) move of a point, a value move of 1% or a new due date
             before, was_at_risk = first[r.customer_id]
-            assert abs(r.probability - before) >= service.SCORE_STEP or r.at_risk != was_at_risk
+            level, alive, clv, due = predicted[r.customer_id]
+            assert (abs(r.probability - before) >= service.SCORE_STEP or r.at_risk != was_at_risk
+                    or r.risk_level != level or abs(r.p_alive - alive) >= service.SCORE_STEP
+                    or abs(r.predicted_clv_12m - clv) >= service.VALUE_STEP * max(abs(clv), 1.0)
+                    or r.expected_next_order_at != due)
             assert [p["at"] for p in r.trend["points"]] == ["2026-11-01", "2026-11-08"]
     for r in rows.values():  # the others keep the score, flag and single point they were written with
         if r.trend["points"][-1]["at"] == "2026-11-01":
@@ -182,6 +194,15 @@ def test_evaluate_cli_on_a_plain_transactions_csv(tmp_path, shop_files):
                            "threshold", "baselines"}
     assert result["rows_skipped"] == 1 and result["n_customers"] > 500
     assert result["roc_auc"] > result["baselines"]["recency"]["roc_auc"]
+    flag = result["flag"]  # a flag with lift, not everyone
+    assert 0 < flag["flagged"] < result["n_customers"] and flag["lift"] > 1.2 and flag["base_rate"] > 0
+    assert result["population"]["size"] == result["n_customers"] and result["population"]["left_out"]
+    human = subprocess.run([sys.executable, "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(path),
+                            "--cutoff", "2026-08-01", "--customer-col", "user", "--time-col", "day",
+                            "--amount-col", "total", "--population", "all", "--policy", "capacity",
+                            "--capacity", "200"], capture_output=True, text=True, check=True)
+    assert "baseline: bgnbd" in human.stdout and "200 flagged" in human.stdout and "lift" in human.stdout
+    assert "population all:" in human.stdout and "left out" in human.stdout and "{" not in human.stdout
     bad = subprocess.run([sys.executable, "-m", "wiring.cli", "churn", "evaluate", "--transactions", str(path),
                           "--cutoff", "2026-08-01", "--json"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "customer_id" in bad.stderr

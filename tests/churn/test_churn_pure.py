@@ -12,7 +12,8 @@ from polars.testing import assert_frame_equal
 
 from churn.bgnbd import BetaGeometricNBD, simulate
 from churn.features import FeatureConfig, build_features, labels
-from churn.training import TrainingConfig, choose_threshold, train_churn, training_cutoffs
+from churn.policy import FlagPolicy, choose_flag
+from churn.training import TrainingConfig, train_churn, training_cutoffs
 from segmentation.defaults import LAYER, TAGS, TIER
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -115,10 +116,10 @@ def test_threshold_reaches_the_target_precision_with_the_most_recall():
     rng = np.random.default_rng(0)
     target = rng.integers(0, 2, 5000)
     score = target * 0.3 + rng.random(5000)
-    threshold, met = choose_threshold(target, score, TrainingConfig(target_precision=0.75))
-    flagged = score >= threshold
-    assert met and target[flagged].mean() >= 0.75
-    looser = score >= np.max(score[score < threshold])
+    decision = choose_flag(target, score, FlagPolicy(target_precision=0.75))
+    flagged = score >= decision.threshold
+    assert decision.met and target[flagged].mean() >= 0.75
+    looser = score >= np.max(score[score < decision.threshold])
     assert target[looser].mean() < 0.75
 
 
@@ -141,10 +142,11 @@ def test_model_trains_saves_and_loads(tmp_path):
     orders = _orders(rows)
     result = train_churn(orders, CUTOFF, TrainingConfig(snapshots=3))
     assert result.metrics["roc_auc"] > 0.6
-    result.model.save(tmp_path / "m.txt")
+    from churn.calibration import score_inputs
     from churn.model import ChurnModel
-    again = ChurnModel.load(tmp_path / "m.txt")
-    assert np.allclose(again.predict_proba(result.validation), result.validation["probability"].to_numpy())
+    again = ChurnModel.from_text(result.model.to_text())
+    rebuilt = result.shipped.probability(score_inputs(again.predict_proba(result.validation), result.validation))
+    assert np.allclose(rebuilt, result.validation["probability"].to_numpy())
 
 
 def test_reasons_read_as_sentences_and_only_for_features_that_raised_the_risk():
@@ -153,16 +155,20 @@ def test_reasons_read_as_sentences_and_only_for_features_that_raised_the_risk():
     from churn.reasons import drivers_frame, sentence, sentences
 
     row = {"recency_days": 97.2, "gap_mean": 30.0, "recency_over_gap": 3.2, "spend_90d": 0.0, "login_30d": 0}
-    assert sentence("recency_days", row) == "no order for 97 days; usually orders every 30"
-    assert sentence("days_since_event", {"days_since_event": 90.0}) == "no visit or app activity in the last 90 days"
-    assert sentence("days_since_event", {"days_since_event": 12.4}) == "no visit or app activity for 12 days"
+    assert sentence("recency_days", row, "en-US") == "no order for 97 days; usually orders every 30 days"
+    assert sentence("recency_days", row, "zh-CN") == "已 97 天未下单，平时约每 30 天一单"
+    assert sentence("days_since_event", {"days_since_event": 90.0}, "en-US") == \
+        "no visit or app activity in the last 90 days"
+    assert sentence("days_since_event", {"days_since_event": 12.4}, "en-GB") == "no visit or app activity for 12 days"
     names = ["recency_days", "recency_over_gap", "spend_90d", "login_30d", "gap_mean"]
     contributions = np.array([[0.9, 0.8, -0.2, 0.1, 0.0, 0.0], [-0.5, -0.1, -0.3, -0.2, 0.0, 0.0]])
     matrix = np.array([[row[n] for n in names]] * 2, dtype=float)
     stored = [json.loads(text) for text in drivers_frame(contributions, names, matrix)]
     assert [d["feature"] for d in stored[0]["drivers"]] == ["recency_days", "recency_over_gap", "login_30d"]
     # recency and recency-over-gap say the same thing once; negative contributions never become reasons
-    assert sentences(stored[0]) == ["no order for 97 days; usually orders every 30", "0 login events in the last 30 days"]
+    assert sentences(stored[0], "en-US") == ["no order for 97 days; usually orders every 30 days",
+                                             "only 0 logins in the last 30 days"]
+    assert sentences(stored[0], "zh-CN") == ["已 97 天未下单，平时约每 30 天一单", "近 30 天登录只有 0 次"]
     assert stored[1]["drivers"] == [] and sentences(stored[1]) == []
 
 
