@@ -248,7 +248,7 @@ def profile(request: Request, external_id: str, session: SessionDep, ctx: Contex
             user: ConsoleUser = Depends(allow(*STAFF))) -> HTMLResponse:
     """One screen for support: contact data (masked by role), tier and its history, tags with why, churn risk with
     reasons and trend, consent per channel, contact history and the discount budget."""
-    data = _call(profile_of, request.app, session, ctx, external_id, user.principal)
+    data = _call(profile_of, request.app, session, ctx, external_id, user.principal, _language(request))
     t = translator(_language(request))
     churn = data.sections.get("churn") or {}
     trend_chart = charts.trend(churn["trend"], t("trend")) if churn.get("trend") else None

@@ -149,14 +149,18 @@ async def get_profile(external_id: str, request: Request, session: SessionDep, c
                       principal: Principal = Depends(require(*STAFF))) -> ProfileRead:
     """The profile support agents open: customer, consent and every registered section."""
     # A hot read: async with the work in one thread trip (a sync route takes a second trip to check its response).
-    return await run_in_threadpool(profile_of, request.app, session, ctx, external_id, principal)
+    language = (request.headers.get("accept-language") or "").split(",")[0].split(";")[0].strip() or None
+    return await run_in_threadpool(profile_of, request.app, session, ctx, external_id, principal, language)
 
 
-def profile_of(app: Any, session: Session, ctx: Context, external_id: str, principal: Principal) -> ProfileRead:
-    """A customer's profile as this principal may see it (contact data masked by role), for the API and console."""
+def profile_of(app: Any, session: Session, ctx: Context, external_id: str, principal: Principal,
+               reader_locale: str | None = None) -> ProfileRead:
+    """A customer's profile as this principal may see it (contact data masked by role), for the API and console;
+    generated text (churn reasons) in the reader's language when given, else the customer's."""
     customer = service.customer_by_external_id(session, external_id)
     sections = app.state.profiles.build(
-        ProfileRequest(session=session, ctx=ctx, customer_id=customer.id, viewer_role=principal.role.value))
+        ProfileRequest(session=session, ctx=ctx, customer_id=customer.id, viewer_role=principal.role.value,
+                       reader_locale=reader_locale))
     return ProfileRead(customer=customer_read(ctx, customer, principal),
                        consent=service.consent_of(session, customer.id), sections=sections)
 

@@ -20,6 +20,7 @@ class ProfileRequest:
     ctx: Context
     customer_id: int
     viewer_role: str
+    reader_locale: str | None = None  # the reader's language, when known (else sections use the customer's)
 
 
 SectionBuilder = Callable[[ProfileRequest], dict[str, Any] | None]

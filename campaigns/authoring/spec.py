@@ -44,6 +44,13 @@ class Audience(_Strict):
     exclude_tags: list[str] = []
     churn_risk_above: float | None = Field(default=None, ge=0, le=1)
     at_risk: bool | None = None
+    risk_levels: list[Literal["low", "medium", "high"]] = Field(default=[], description="churn risk levels")
+    predicted_clv_min: float | None = Field(default=None, ge=0, description="predicted 12-month value at least")
+    predicted_clv_max: float | None = Field(default=None, ge=0)
+    p_alive_min: float | None = Field(default=None, ge=0, le=1, description="probability still a customer")
+    next_order_within_days: int | None = Field(
+        default=None, ge=0, le=365, description="expected next order due within N days of the plan day (e.g. a "
+                                                "replenishment reminder)")
     r_score: ScoreRange | None = None
     f_score: ScoreRange | None = None
     m_score: ScoreRange | None = None

@@ -293,7 +293,8 @@ def _facts(session: Session, claimed: list[dict[str, Any]], journeys: ActiveJour
         for customer_id, tags in tags_frame(session, customer_ids=customers).group_by("customer_id").agg(
                 pl.col("tag")).iter_rows():
             facts[customer_id].tags = frozenset(tags)
-        for customer_id, probability, at_risk in scores_frame(session, customer_ids=customers).iter_rows():
+        scores = scores_frame(session, customer_ids=customers).select("customer_id", "probability", "at_risk")
+        for customer_id, probability, at_risk in scores.iter_rows():
             facts[customer_id].probability, facts[customer_id].at_risk = probability, bool(at_risk)
         for customer_id, attributes in attributes_of(session, customers).items():
             facts[customer_id].attributes = attributes

@@ -3,7 +3,7 @@ costs) and one customer's eligibility with each audience condition."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import polars as pl
@@ -99,7 +99,7 @@ def eligibility(session: Session, ctx: Context, campaign_id: int, external_id: s
     customer = customer_by_external_id(session, external_id)
     day = resolve_day(ctx, spec, day)
     plan, inputs, _ = compute_plan(session, ctx, campaign, day, customer_id=customer.id)
-    facts = _audience_facts(spec, inputs)
+    facts = _audience_facts(spec, inputs, day)
     rows = plan.rows.filter(pl.col("customer_id") == customer.id)
     reasons = [r for r in EXCLUSION_REASONS if plan.counts.get(r)]
     decisions = [{"channel": r["channel"], "status": r["status"], "reason": r["reason"], "send_at": r["send_at"],
@@ -114,7 +114,7 @@ def eligibility(session: Session, ctx: Context, campaign_id: int, external_id: s
             "consent": {c: s for _, c, s in consent.iter_rows()}}
 
 
-def _audience_facts(spec: CampaignSpec, inputs: PlanInputs) -> list[dict[str, Any]]:
+def _audience_facts(spec: CampaignSpec, inputs: PlanInputs, day: date) -> list[dict[str, Any]]:
     """Each audience condition with the customer's value and whether it holds (one customer)."""
     seg = inputs.segments.row(0, named=True) if inputs.segments.height else {}
     score = inputs.scores.row(0, named=True) if inputs.scores.height else {}
@@ -137,6 +137,20 @@ def _audience_facts(spec: CampaignSpec, inputs: PlanInputs) -> list[dict[str, An
     if rules.churn_risk_above is not None:
         p = score.get("probability")
         add(f"churn risk > {rules.churn_risk_above}", p, p is not None and p > rules.churn_risk_above)
+    if rules.risk_levels:
+        add(f"risk level in {rules.risk_levels}", score.get("risk_level"), score.get("risk_level") in rules.risk_levels)
+    clv = score.get("predicted_clv_12m")
+    if rules.predicted_clv_min is not None:
+        add(f"predicted value ≥ {rules.predicted_clv_min:g}", clv, clv is not None and clv >= rules.predicted_clv_min)
+    if rules.predicted_clv_max is not None:
+        add(f"predicted value ≤ {rules.predicted_clv_max:g}", clv, clv is not None and clv <= rules.predicted_clv_max)
+    if rules.p_alive_min is not None:
+        alive = score.get("p_alive")
+        add(f"P(alive) ≥ {rules.p_alive_min:g}", alive, alive is not None and alive >= rules.p_alive_min)
+    if rules.next_order_within_days is not None:
+        due = score.get("expected_next_order_at")
+        add(f"next order due within {rules.next_order_within_days} days", due and due.date().isoformat(),
+            due is not None and day <= due.date() <= day + timedelta(days=rules.next_order_within_days))
     if rules.at_risk is not None or spec.schedule.trigger == "at_risk":
         wanted = True if rules.at_risk is None else rules.at_risk
         add(f"at risk = {wanted}", score.get("at_risk"), bool(score.get("at_risk")) == wanted)

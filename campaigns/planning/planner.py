@@ -130,6 +130,17 @@ def audience(spec: CampaignSpec, inputs: PlanInputs, day: date) -> pl.DataFrame:
         conditions.append(pl.col("probability") > rules.churn_risk_above)
     if rules.at_risk is not None:
         conditions.append(pl.col("at_risk").fill_null(False) == rules.at_risk)
+    if rules.risk_levels:
+        conditions.append(pl.col("risk_level").is_in(rules.risk_levels))
+    if rules.predicted_clv_min is not None:
+        conditions.append(pl.col("predicted_clv_12m") >= rules.predicted_clv_min)
+    if rules.predicted_clv_max is not None:
+        conditions.append(pl.col("predicted_clv_12m") <= rules.predicted_clv_max)
+    if rules.p_alive_min is not None:
+        conditions.append(pl.col("p_alive") >= rules.p_alive_min)
+    if rules.next_order_within_days is not None:
+        due = pl.col("expected_next_order_at").dt.date()
+        conditions.append(due.is_between(pl.lit(day), pl.lit(day + timedelta(days=rules.next_order_within_days))))
     for column, bounds in (("r_score", rules.r_score), ("f_score", rules.f_score), ("m_score", rules.m_score)):
         if bounds is not None:
             conditions.append(_range(column, bounds))
