@@ -23,6 +23,8 @@ dispatch_app = typer.Typer(help="Dispatch: send due outbox messages through the 
 app.add_typer(dispatch_app, name="dispatch")
 journeys_app = typer.Typer(help="Journeys: event-triggered multi-step automation.", no_args_is_help=True)
 app.add_typer(journeys_app, name="journeys")
+uplift_app = typer.Typer(help="Uplift: who a message changes, learnt from past holdouts.", no_args_is_help=True)
+app.add_typer(uplift_app, name="uplift")
 
 
 @campaigns_app.command("install-defaults")
@@ -263,3 +265,54 @@ def journeys_run(
         print(json.dumps(totals))
     else:
         console.print("journeys: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
+
+
+@uplift_app.command("train")
+def uplift_train(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Fit the uplift models (one per campaign kind, channel and offer, and one over all) from past arms."""
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        rows = campaigns.train_uplift(session, ctx, "cli")
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    if not rows:
+        console.print("no measured arms yet: a campaign or journey needs a holdout and a closed window")
+    for row in rows:
+        if not row["fitted"]:
+            console.print(f"{row['segment']}: not fitted ({row['members']:,} members; {row['reason']})")
+            continue
+        ranks = row["rankings"]
+        console.print(f"{row['segment']}: model {row['model_id']} on {row['members']:,} members; held out "
+                      f"{row['held_out']:,}: Qini {ranks['uplift']['qini']:.4f} (random {ranks['random']['qini']:.4f}), "
+                      f"top {row['target_share']:.0%} by uplift {_per_thousand(ranks['uplift']['measured'])} vs "
+                      f"random {_per_thousand(ranks['random']['measured'])} incremental conversions per 1,000")
+
+
+def _per_thousand(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
+@uplift_app.command("score")
+def uplift_score(on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD (default today)")] = None) -> None:
+    """Refresh every customer's predicted uplift under each current model."""
+    from kit.timezones import utc_midnight
+
+    ctx = cli_context()
+    day = optional_day(on) or ctx.clock.now().date()
+    with session_scope(ctx.engine) as session:
+        summary = campaigns.score_uplift(session, ctx, utc_midnight(day))
+    console.print(f"{summary['scored']:,} uplift scores over {len(summary['segments'])} segment(s)"
+                  + (f": {', '.join(summary['segments'])}" if summary["segments"] else " (no model yet)"))
+
+
+@uplift_app.command("models")
+def uplift_models_list() -> None:
+    """The current uplift model of every segment."""
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        rows = campaigns.uplift_models(session)
+    for row in rows:
+        ranks = row["metrics"]["rankings"]
+        console.print(f"{row['id']}\t{row['segment']}\t{row['members']:,} members\tQini {ranks['uplift']['qini']:.4f}"
+                      f"\ttrained {row['trained_at'][:10]}")

@@ -1,5 +1,5 @@
 """The scheduled work of the whole service, composed here at the top layer: the daily retention pipeline
-(segment → score churn → plan due campaigns → dispatch → attribute conversions) and the clean-up job."""
+(segment → score churn → refresh uplift → plan due campaigns → dispatch → attribute conversions) and the clean-up job."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from campaigns.delivery.channels import build_senders
 from campaigns.delivery.dispatch import replay_until
 from campaigns.delivery.dispatch import serve as serve_dispatch
 from campaigns.measurement.conversions import attribute_conversions
+from campaigns.measurement.uplift_store import current_uplift_models, score_uplift
 from campaigns.models import Message, WebhookReceipt
 from campaigns.planning.planner import EXCLUSION_REASONS
 from campaigns.planning.plans import latest_planned_send, plan_ahead, plan_due
+from campaigns.service import train_uplift
 from churn.jobs import SCORE
 from churn.service import prune_predictions
 from crm.jobs import CLEAN_CORE
@@ -25,6 +27,7 @@ from kit.db import session_scope
 from kit.jobs import JobDefinition, Step, StepRun
 from kit.schedules import JobSchedule, parse_local_time
 from kit.settings import Settings
+from kit.timezones import utc_midnight
 from segmentation.jobs import SEGMENT
 
 
@@ -74,6 +77,18 @@ def attribute_step(session: Session, ctx: Context, run: StepRun) -> dict[str, An
     return attribute_conversions(session, ctx)
 
 
+def uplift_step(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
+    """Refit the uplift models once a week (from the past arms whose windows have closed), then refresh every
+    customer's predicted uplift per segment; nothing to do until some campaign or journey kept a holdout."""
+    as_of = utc_midnight(run.occurrence.day)
+    fitted = None
+    newest = max((m.trained_at for m in current_uplift_models(session)), default=None)
+    if newest is None or ctx.clock.now() - newest >= timedelta(days=UPLIFT_REFIT_DAYS):
+        fitted = [{k: r.get(k) for k in ("segment", "fitted", "members", "reason", "model_id")}
+                  for r in train_uplift(session, ctx)]
+    return score_uplift(session, ctx, as_of, shared=run.shared) | ({"fitted": fitted} if fitted is not None else {})
+
+
 def clean_campaign_data(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
     """Expire planned messages past their expiry; forget webhook receipts and kept churn predictions past their
     retention."""
@@ -90,10 +105,14 @@ def clean_campaign_data(session: Session, ctx: Context, run: StepRun) -> dict[st
 PIPELINE_STEPS = (
     SEGMENT,
     SCORE,
+    Step("uplift", uplift_step, "predicted uplift of every customer per campaign kind, channel and offer"),
     Step("plan", plan_step, "plan due campaigns into the outbox under the guard rails"),
     Step("dispatch", dispatch_step, "send due messages through the channels"),
     Step("attribute", attribute_step, "attribute orders to the messages they followed"),
 )
+
+
+UPLIFT_REFIT_DAYS = 7
 
 
 def jobs(settings: Settings) -> list[JobDefinition]:
@@ -102,7 +121,7 @@ def jobs(settings: Settings) -> list[JobDefinition]:
     hour, minute = parse_local_time(settings.pipeline_local_time, "pipeline_local_time")
     clean_hour, clean_minute = parse_local_time(settings.cleanup_local_time, "cleanup_local_time")
     return [
-        JobDefinition("pipeline", "daily retention pipeline: segment, score, plan, dispatch, attribute",
+        JobDefinition("pipeline", "daily retention pipeline: segment, score, uplift, plan, dispatch, attribute",
                       JobSchedule("daily", zone, hour, minute), PIPELINE_STEPS, catch_up=settings.scheduler_catch_up),
         JobDefinition("cleanup", "expire old data per the retention settings",
                       JobSchedule("daily", zone, clean_hour, clean_minute),

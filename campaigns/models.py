@@ -271,3 +271,29 @@ class JourneyStep(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(String(40)))
     message_id: int | None = Field(default=None, sa_column=Column(Integer))
     at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class UpliftModelVersion(SQLModel, table=True):
+    """A per-customer uplift model fitted on past arms of one segment (kind:channel:offer), with its boosters."""
+
+    __tablename__ = "uplift_model"
+
+    id: int | None = Field(default=None, primary_key=True)
+    segment: str = Field(sa_column=Column(String(60), nullable=False, index=True))
+    status: str = Field(sa_column=Column(String(12), nullable=False))  # current, retired
+    trained_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    members: int = Field(sa_column=Column(Integer, nullable=False))
+    metrics: dict[str, Any] = Field(sa_column=Column(JSONType, nullable=False))
+    content: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class UpliftScore(SQLModel, table=True):
+    """Each customer's predicted uplift per segment, refreshed nightly by the current model of the segment."""
+
+    __tablename__ = "uplift_score"
+
+    customer_id: int = Field(sa_column=Column(Integer, primary_key=True))
+    segment: str = Field(sa_column=Column(String(60), primary_key=True))
+    uplift: float = Field(sa_column=Column(Float, nullable=False))
+    model_id: int = Field(sa_column=Column(Integer, nullable=False))
+    scored_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))

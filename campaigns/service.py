@@ -6,6 +6,8 @@ meant for use from outside campaigns, so a caller never reaches into a sub-packa
 
 from __future__ import annotations
 
+import polars as pl
+
 from campaigns.authoring.campaigns import (
     campaign_versions,
     create_campaign,
@@ -35,9 +37,16 @@ from campaigns.journeys.definitions import list_journeys
 from campaigns.journeys.reports import enrollments_of as customer_journeys
 from campaigns.journeys.reports import funnel as journey_funnel
 from campaigns.journeys.reports import simulate as simulate_journey
+from campaigns.journeys.reports import uplift_members as journey_members
 from campaigns.journeys.runtime import run_once as run_journeys_once
 from campaigns.journeys.runtime import serve as serve_journeys
 from campaigns.measurement.reports import campaign_reports
+from campaigns.measurement.uplift_store import (
+    campaign_members,
+    current_uplift_models,
+    fit_uplift_models,
+    score_uplift,
+)
 from campaigns.planning.explain import dry_run, eligibility
 from campaigns.planning.plans import (
     latest_planned_send,
@@ -62,7 +71,7 @@ __all__ = [
     "get_template", "install_defaults", "latest_planned_send", "list_campaigns", "list_messages",
     "list_templates", "message_context", "messages_json", "next_occurrence", "parse_spec", "plan_ahead",
     "plan_campaign", "plan_due", "preview_template", "save_template", "set_status", "shop_today",
-    "unsubscribe_url", "update_campaign",
+    "unsubscribe_url", "update_campaign", "campaign_members_for_uplift", "score_uplift", "train_uplift", "uplift_models",
 ]
 
 
@@ -71,3 +80,20 @@ def customer_id_of(session, external_id: str) -> int:
     from crm.service import customer_by_external_id
 
     return customer_by_external_id(session, external_id).id
+
+
+def campaign_members_for_uplift(session, ctx) -> pl.DataFrame:
+    """Campaigns' measured arm members (treated vs holdout, converted, segment) that uplift models learn from."""
+    return campaign_members(session, ctx)
+
+
+def train_uplift(session, ctx, actor: str = "scheduler") -> list[dict]:
+    """Fit the uplift models from every campaign's and journey's past arms (treated vs holdout)."""
+    members = pl.concat([campaign_members(session, ctx), journey_members(session, ctx)])
+    return fit_uplift_models(session, ctx, members, actor)
+
+
+def uplift_models(session) -> list[dict]:
+    """The current uplift model of every segment, with how it measured on held-out members."""
+    return [{"id": m.id, "segment": m.segment, "trained_at": m.trained_at.isoformat(), "members": m.members,
+             "metrics": m.metrics} for m in current_uplift_models(session)]

@@ -16,7 +16,7 @@ from sqlmodel import Session, func, select
 
 from churn.bgnbd import BetaGeometricNBD
 from churn.calibration import ShippedScore, halves, score_inputs
-from churn.features import FeatureConfig, SegmentRules, features_from_state, state_covers
+from churn.features import FeatureConfig, SegmentRules, build_features, features_from_state, state_covers
 from churn.model import ChurnModel
 from churn.models import ChurnModelArtifact, ChurnModelVersion, ChurnPrediction, ChurnScore
 from churn.policy import FlagPolicy, capacity_threshold, risk_levels
@@ -401,6 +401,28 @@ def _scoring_features(session: Session, as_of: datetime, config: TrainingConfig,
                         categories="category_breadth" in features, shared=shared)
     return snapshot(data["orders"], as_of, config, events=data["events"], customers=data["customers"],
                     categories=data["categories"], labelled=False), "history"
+
+
+def order_features_at(session: Session, cutoffs: list[datetime], *,
+                      shared: SharedFrames | None = None) -> dict[datetime, pl.DataFrame]:
+    """Order and discount features of every customer who ordered before each cut-off (what uplift models see), from
+    the customer state for a cut-off it is as of, else from one read of the raw history."""
+    config = FeatureConfig(population="all")
+    out: dict[datetime, pl.DataFrame] = {}
+    state_clock = crm_state.clock(session)
+    shared = shared or SharedFrames()
+    from_history = [c for c in cutoffs if state_clock is None or state_clock.as_of != c]
+    if len(from_history) < len(cutoffs):
+        with columnar_reader(session) as reader:
+            state = shared.whole("state", lambda: crm_state.state_frame(session, reader=reader))
+        for cutoff in set(cutoffs) - set(from_history):
+            out[cutoff] = features_from_state(state, cutoff, config)
+    if from_history:
+        data = read_history(session, max(from_history), min(from_history) - timedelta(days=config.history_days + 1),
+                            max(from_history), shared=shared)
+        for cutoff in from_history:
+            out[cutoff] = build_features(data["orders"], cutoff, config)
+    return out
 
 
 def keep_predictions(session: Session, ctx: Context, scores: pl.DataFrame, as_of: datetime, model_id: int) -> int:

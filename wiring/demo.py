@@ -61,7 +61,7 @@ def demo(
         console.print(f"journey {row['id']}: {row['name']} ({row['status']}, "
                       f"{'created' if row['created'] else 'exists'})")
     console.rule("[bold]Daily pipeline")
-    console.print("segment → score churn → plan today's campaigns → dispatch to the console sender (the clock jumps "
+    console.print("segment → score churn → refresh uplift → plan today's campaigns → dispatch to the console sender (the clock jumps "
                   "to each customer's local send time; first lines per channel shown) → attribute")
     outcome = run_job_in_foreground(ctx, "pipeline", None, False, {"dispatch": "replay", "console_show": 2})
     print_pipeline_summary(ctx, outcome)

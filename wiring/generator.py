@@ -64,7 +64,7 @@ class GeneratorConfig:
     # Heterogeneous response to messages (for uplift): see `true_uplift`.
     uplift_coupon_price_sensitive: float = 0.12
     uplift_call_vip: float = 0.08
-    uplift_sleeping_dog_share: float = 0.08
+    uplift_sleeping_dog_share: float = 0.2  # the most frequent buyers' share considered (full-price ones react)
     uplift_sleeping_dog: float = -0.06
 
     @classmethod
@@ -316,15 +316,19 @@ def _pull_forward(rng: np.random.Generator, times: np.ndarray, share: float) -> 
 
 
 def true_uplift(config: GeneratorConfig, customers: pl.DataFrame, *, offer: bool, channel: str) -> np.ndarray:
-    """Each customer's true change in purchase probability from one message (the generator's ground truth).
+    """Each customer's true change in purchase probability from one message (the generator's ground truth),
+    from what they did before it (columns discount_share, spend, orders).
 
     Price-sensitive customers (many discounted orders) respond to coupons; VIPs (the top fifth by spend) to calls;
-    a fixed share of customers (a hash of their id) is put off by any message ("sleeping dogs")."""
+    frequent full-price buyers (the top fifth by orders, almost never discounted) are put off by any message
+    ("sleeping dogs": they would have bought, a promotion makes them wait or leave)."""
     discount_share = customers["discount_share"].fill_null(0.0).to_numpy()
     spend = customers["spend"].fill_null(0.0).to_numpy()
+    orders = customers["orders"].fill_null(0).to_numpy()
     vip = spend >= np.quantile(spend, 0.8) if len(spend) else spend.astype(bool)
-    codes = customers["external_id"].hash(seed=config.seed).to_numpy()
-    sleeping_dog = (codes % 10_000) / 10_000 < config.uplift_sleeping_dog_share
+    frequent = orders >= max(np.quantile(orders, 1 - config.uplift_sleeping_dog_share), 2) if len(orders) \
+        else orders.astype(bool)
+    sleeping_dog = frequent & (discount_share < 0.1)
     effect = np.full(len(customers), 0.01)
     if offer:
         effect = effect + config.uplift_coupon_price_sensitive * np.clip(discount_share * 2 - 0.4, 0, 1)
@@ -423,11 +427,11 @@ def write_dataset(config: GeneratorConfig, out: Path) -> dict[str, int]:
     return counts
 
 
-def simulate_responses(members: pl.DataFrame, *, baseline: float, true_uplift: float, window_days: int,
+def simulate_responses(members: pl.DataFrame, *, baseline: float, true_uplift: float | np.ndarray, window_days: int,
                        seed: int, basket_mean: float = 180.0) -> pl.DataFrame:
     """Orders of the days after a campaign, with a known effect: each member (customer_id, external_id, the
     earliest and latest real or would-be send times `send_at` / `last_send_at`, and `messaged`, how many campaigns
-    sent them a message) buys once with probability baseline + true_uplift × messaged (capped at 1).
+    sent them a message) buys once with probability baseline + true_uplift × messaged (clipped to [0, 1]).
 
     The order falls where every one of the member's campaign windows is open (after the last send, before the
     first window closes), so it counts for each campaign alike. Campaign arms are drawn independently, so each
@@ -436,7 +440,8 @@ def simulate_responses(members: pl.DataFrame, *, baseline: float, true_uplift: f
     """
     rng = np.random.default_rng(seed)
     n = members.height
-    chance = np.minimum(baseline + true_uplift * members["messaged"].to_numpy().astype(float), 1.0)
+    # A per-member effect (an array, e.g. from `true_uplift`) may be negative: messages that put customers off.
+    chance = np.clip(baseline + np.asarray(true_uplift) * members["messaged"].to_numpy().astype(float), 0.0, 1.0)
     buys = rng.random(n) < chance
     first = members["send_at"].dt.epoch("us").to_numpy()
     last = members["last_send_at"].dt.epoch("us").to_numpy() if "last_send_at" in members.columns else first

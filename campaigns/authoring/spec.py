@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,11 +51,36 @@ class Audience(_Strict):
     next_order_within_days: int | None = Field(
         default=None, ge=0, le=365, description="expected next order due within N days of the plan day (e.g. a "
                                                 "replenishment reminder)")
+    uplift_min: float | None = Field(
+        default=None, ge=-1, le=1, description="only customers the message is predicted to change: predicted uplift "
+                                               "(change in conversion probability, e.g. 0.01 = +1 point) at least")
+    exclude_sleeping_dogs: bool = Field(default=False, description="leave out customers a message is predicted to "
+                                                                   "put off (predicted uplift below zero)")
     r_score: ScoreRange | None = None
     f_score: ScoreRange | None = None
     m_score: ScoreRange | None = None
     customers: list[str] = Field(default=[], max_length=100_000, description="explicit external ids")
     exclude_customers: list[str] = Field(default=[], max_length=100_000)
+
+
+    @property
+    def uses_uplift(self) -> bool:
+        """Whether the audience reads predicted uplift."""
+        return self.uplift_min is not None or self.exclude_sleeping_dogs
+
+
+ANY_SEGMENT = "any"  # the uplift model over every past arm, used where a segment has no model of its own
+
+
+def uplift_segment(kind: str, channel: str, offer: bool) -> str:
+    """An uplift model's segment: what was sent (campaign or journey), on which channel, with or without an offer."""
+    return f"{kind}:{channel}:{'coupon' if offer else 'none'}"
+
+
+def campaign_segment(spec: CampaignSpec | dict[str, Any]) -> str:
+    """A campaign's uplift segment, from its first channel and whether it offers a discount."""
+    parsed = spec if isinstance(spec, CampaignSpec) else CampaignSpec.model_validate(spec)
+    return uplift_segment("campaign", parsed.channels[0].channel, parsed.makes_offers)
 
 
 class ChannelStep(_Strict):

@@ -181,3 +181,20 @@ def simulate(session: Session, ctx: Context, journey_id: int, customer_id: int, 
                               "template": m.template, "discount_value": m.discount_value} for m in messages]}
     finally:
         savepoint.rollback()
+
+
+def uplift_members(session: Session, ctx: Context, *, days: int = 180) -> pl.DataFrame:
+    """Treated and holdout entrants of every journey entered in the last `days` whose conversion window has
+    closed, with whether they converted and the journey's uplift segment (what uplift models learn from)."""
+    since = ctx.clock.now() - timedelta(days=days)
+    frames = []
+    for journey in session.exec(select(Journey)):
+        spec = JourneySpec.model_validate(journey.spec)
+        entrants = _conversions(session, ctx, journey.id, spec).filter(pl.col("entered_at") >= since)
+        held = (pl.col("status") == "holdout") & (pl.col("end_reason") == "holdout")
+        frames.append(entrants.filter(held | (pl.col("status") != "holdout")).select(
+            "customer_id", send_at="entered_at", treated=~held, converted="hit",
+            segment=pl.lit(spec.uplift_segment)))
+    schema = {"customer_id": pl.Int64, "send_at": UTC_TYPE, "treated": pl.Boolean, "converted": pl.Boolean,
+              "segment": pl.String}
+    return pl.concat([f.cast(schema) for f in frames]) if frames else pl.DataFrame(schema=schema)

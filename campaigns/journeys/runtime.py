@@ -32,7 +32,7 @@ from campaigns.planning.planner import (
     in_global_control,
     plan_sends,
 )
-from campaigns.planning.plans import MESSAGE_TYPES, load_inputs, offer_json, preempt
+from campaigns.planning.plans import MESSAGE_TYPES, load_inputs, offer_json, preempt, uplift_frame
 from churn.service import scores_frame
 from crm import activity
 from crm.service import (
@@ -172,13 +172,15 @@ def _wake_waiting(session: Session, claimed: pl.DataFrame, now: datetime) -> int
     return result.rowcount or 0
 
 
-def _plan_inputs_for_audience(session: Session, customer_ids: list[int]) -> PlanInputs:
+def _plan_inputs_for_audience(session: Session, customer_ids: list[int], spec: JourneySpec) -> PlanInputs:
     empty = pl.DataFrame(schema={"customer_id": pl.Int64})
+    uplift = uplift_frame(session, spec.uplift_segment, customer_ids=customer_ids) \
+        if spec.entry.audience.uses_uplift else None
     return PlanInputs(customers=contactability_frame(session, customer_ids=customer_ids),
                       segments=segments_frame(session, customer_ids=customer_ids),
                       tags=tags_frame(session, customer_ids=customer_ids),
                       scores=scores_frame(session, customer_ids=customer_ids), consent=empty, ledger=empty,
-                      money=empty, first_orders=empty)
+                      money=empty, first_orders=empty, uplift=uplift)
 
 
 def _reentry_allowed(session: Session, journey_id: int, spec: JourneySpec, frame: pl.DataFrame) -> pl.DataFrame:
@@ -205,7 +207,7 @@ def enroll(session: Session, ctx: Context, journey_id: int, version: int, spec: 
     rule; an entry key seen before for the customer enrolls nothing (the same event claimed twice)."""
     now = ctx.clock.now()
     members = audience(step_campaign_for_audience(spec), _plan_inputs_for_audience(
-        session, entries["customer_id"].unique().to_list()), local_date_of(now, ctx.settings.default_time_zone))
+        session, entries["customer_id"].unique().to_list(), spec), local_date_of(now, ctx.settings.default_time_zone))
     entries = entries.join(members.select("customer_id"), on="customer_id", how="semi")
     if entries.is_empty():
         return 0

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from campaigns.authoring.spec import Audience, ChannelStep, Offer
+from campaigns.authoring.spec import Audience, ChannelStep, Offer, uplift_segment
 
 StepId = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,40}$")]
 TriggerKind = Literal["event", "signup", "first_order", "order", "refund", "entered_tier", "entered_layer",
@@ -324,6 +324,13 @@ class JourneySpec(_Strict):
     def by_id(self) -> dict[str, Any]:
         """Steps by id."""
         return {s.id: s for s in self.steps}
+
+    @property
+    def uplift_segment(self) -> str:
+        """The journey's uplift segment: its first message's channel, and whether any step offers a discount."""
+        touches = [s for s in self.steps if s.type in ("send", "call")]
+        channel = (touches[0].channels[0].channel if touches[0].type == "send" else "phone") if touches else "none"
+        return uplift_segment("journey", channel, any(s.offer is not None for s in touches))
 
 
 def successors(step: Any) -> list[tuple[str, str | None]]:

@@ -151,6 +151,13 @@ def _audience_facts(spec: CampaignSpec, inputs: PlanInputs, day: date) -> list[d
         due = score.get("expected_next_order_at")
         add(f"next order due within {rules.next_order_within_days} days", due and due.date().isoformat(),
             due is not None and day <= due.date() <= day + timedelta(days=rules.next_order_within_days))
+    if rules.uses_uplift:
+        found = inputs.uplift.row(0, named=True) if inputs.uplift is not None and inputs.uplift.height else {}
+        lift = found.get("uplift")
+        if rules.uplift_min is not None:
+            add(f"predicted uplift ≥ {rules.uplift_min:g}", lift, lift is not None and lift >= rules.uplift_min)
+        if rules.exclude_sleeping_dogs:
+            add("not put off by messages (predicted uplift ≥ 0)", lift, lift is None or lift >= 0)
     if rules.at_risk is not None or spec.schedule.trigger == "at_risk":
         wanted = True if rules.at_risk is None else rules.at_risk
         add(f"at risk = {wanted}", score.get("at_risk"), bool(score.get("at_risk")) == wanted)

@@ -51,6 +51,7 @@ class PlanInputs:
     money: pl.DataFrame
     first_orders: pl.DataFrame
     entered: pl.DataFrame | None = None
+    uplift: pl.DataFrame | None = None  # customer_id, uplift: predicted for the campaign's segment (when asked)
     shop_cost_ratio: float | None = None  # given when `money` holds one customer only (explanations)
 
 
@@ -138,6 +139,14 @@ def audience(spec: CampaignSpec, inputs: PlanInputs, day: date) -> pl.DataFrame:
         conditions.append(pl.col("predicted_clv_12m") <= rules.predicted_clv_max)
     if rules.p_alive_min is not None:
         conditions.append(pl.col("p_alive") >= rules.p_alive_min)
+    if rules.uses_uplift:
+        frame = frame.join(inputs.uplift if inputs.uplift is not None else
+                           pl.DataFrame(schema={"customer_id": pl.Int64, "uplift": pl.Float64}),
+                           on="customer_id", how="left")
+        if rules.uplift_min is not None:  # no prediction: no evidence the message changes anything
+            conditions.append(pl.col("uplift").fill_null(float("-inf")) >= rules.uplift_min)
+        if rules.exclude_sleeping_dogs:  # no prediction: no evidence they are put off either
+            conditions.append(pl.col("uplift").fill_null(0.0) >= 0)
     if rules.next_order_within_days is not None:
         due = pl.col("expected_next_order_at").dt.date()
         conditions.append(due.is_between(pl.lit(day), pl.lit(day + timedelta(days=rules.next_order_within_days))))

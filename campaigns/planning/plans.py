@@ -15,11 +15,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, func, select
 
 from campaigns.authoring.campaigns import get_campaign, list_campaigns
-from campaigns.authoring.spec import CampaignSpec
+from campaigns.authoring.spec import ANY_SEGMENT, CampaignSpec, campaign_segment
 from campaigns.models import (
     Campaign,
     CampaignOccurrence,
     Message,
+    UpliftScore,
 )
 from campaigns.planning.caps import COUNTED_STATUSES, LEDGER_SCHEMA
 from campaigns.planning.guardrails import guard_rails
@@ -152,9 +153,31 @@ def load_inputs(session: Session, ctx: Context, spec: CampaignSpec, day: date, r
         dimension = "tier" if spec.schedule.trigger == "entered_tier" else "tag"
         entered = entered_between(session, dimension, spec.schedule.value or "", utc_midnight(day),
                                   utc_midnight(day) + timedelta(days=1), customer_id=customer_id)
+    uplift = uplift_frame(session, campaign_segment(spec), customer_id=customer_id, customer_ids=customer_ids) \
+        if spec.audience.uses_uplift else None
     return PlanInputs(customers=customers, segments=segments, tags=tags, scores=scores, consent=consent,
                       ledger=ledger, money=money, first_orders=first_orders, entered=entered,
-                      shop_cost_ratio=shop_ratio), timings
+                      shop_cost_ratio=shop_ratio, uplift=uplift), timings
+
+
+def uplift_segment_in_use(session: Session, segment: str) -> str | None:
+    """The segment whose predicted uplift planning reads: the campaign's own when it has scores, else `any`'s."""
+    for candidate in (segment, ANY_SEGMENT):
+        if session.exec(select(UpliftScore.customer_id).where(UpliftScore.segment == candidate).limit(1)).first():
+            return candidate
+    return None
+
+
+def uplift_frame(session: Session, segment: str, *, customer_id: int | None = None,
+                 customer_ids: list[int] | None = None) -> pl.DataFrame:
+    """customer_id, uplift: the predicted uplift of the segment in use (empty when no model has scored yet)."""
+    schema = {"customer_id": pl.Int64, "uplift": pl.Float64}
+    used = uplift_segment_in_use(session, segment)
+    if used is None:
+        return pl.DataFrame(schema=schema)
+    only, params, small = customer_clause("s.customer_id", customer_id, customer_ids, keyword="AND")
+    return read_frame(session, f"SELECT s.customer_id, s.uplift FROM uplift_score s WHERE s.segment = :segment {only}",
+                      params | {"segment": used}, schema, small=small)
 
 
 def compute_plan(session: Session, ctx: Context, campaign: Campaign, day: date, *, customer_id: int | None = None,

@@ -133,7 +133,7 @@ def test_jobs_api_lists_runs_and_starts_a_manual_run(scratch_url, tmp_path):
     assert {"pipeline", "retrain", "tags", "cleanup", "probe"} <= set(listed)
     assert listed["pipeline"]["schedule"] == "daily at 02:00 Asia/Shanghai"
     assert listed["pipeline"]["next_run_at"].startswith("2026-11-02T18:00")  # 02:00 on the 3rd in Shanghai
-    assert listed["pipeline"]["steps"] == ["segment", "score", "plan", "dispatch", "attribute"]
+    assert listed["pipeline"]["steps"] == ["segment", "score", "uplift", "plan", "dispatch", "attribute"]
     assert call("POST", "/jobs/probe/run", Role.marketer).status_code == 403
 
     started = call("POST", "/jobs/probe/run", Role.scheduler)

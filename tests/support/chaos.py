@@ -37,7 +37,7 @@ from tests.conftest import cli_env, pg_admin
 from tests.support.dispatch_support import fake_env, fake_settings
 
 CRM = [sys.executable, "-m", "wiring.cli"]
-PIPELINE_STEPS = ("segment", "score", "plan", "dispatch", "attribute")
+PIPELINE_STEPS = ("segment", "score", "uplift", "plan", "dispatch", "attribute")
 IMPORT_BATCH = 300  # orders per client upload
 CLIENT_CUSTOMERS = 10  # the client's orders go to these customers, left out of the plan comparison
 

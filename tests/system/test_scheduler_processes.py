@@ -122,7 +122,7 @@ def test_a_leader_killed_mid_pipeline_is_replaced_and_the_pipeline_resumes_where
         [(attempts,)] = query("SELECT attempts FROM job_run WHERE job = 'pipeline'")
         assert attempts == 2
         steps = dict(query("SELECT step, status FROM job_step"))
-        assert steps == {s: "succeeded" for s in ("segment", "score", "plan", "dispatch", "attribute")}
+        assert steps == {s: "succeeded" for s in ("segment", "score", "uplift", "plan", "dispatch", "attribute")}
         assert query("SELECT finished_at FROM job_step WHERE step = 'segment'") == segment_done_at  # not rerun
         assert query("SELECT count(*) FROM segment_run") == [(1,)]
         assert query("SELECT count(*) FROM message")[0][0] > 0

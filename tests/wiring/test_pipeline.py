@@ -59,7 +59,7 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     outcome = run_job(ctx, pipeline, occurrence, trigger="schedule", options={"dispatch": "replay"})
     assert outcome.status == "succeeded", outcome.error
     steps = {s["step"]: s for s in outcome.steps}
-    assert list(steps) == ["segment", "score", "plan", "dispatch", "attribute"]
+    assert list(steps) == ["segment", "score", "uplift", "plan", "dispatch", "attribute"]
     assert all(s["status"] == "succeeded" for s in outcome.steps)
     assert steps["segment"]["counts"]["customers"] == scalar(ctx, "SELECT count(*) FROM customer")
     assert steps["score"]["counts"]["first_model"]["model_id"] == steps["score"]["counts"]["model_id"]
