@@ -38,6 +38,21 @@ def get_campaigns(session: SessionDep, status: str | None = None,
     return [service.describe(c) for c in service.list_campaigns(session, status)]
 
 
+@router.get("/uplift/models")
+def get_uplift_models(session: SessionDep, _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+    """The current uplift model of every segment (kind:channel:offer, and `any`) with its held-out measurement:
+    Qini and incremental conversions per 1,000 messages when targeting by uplift vs at random."""
+    return service.uplift_models(session)
+
+
+@router.post("/uplift/models")
+def post_uplift_models(session: SessionDep, ctx: ContextDep,
+                       principal: Principal = Depends(require(*PLANNERS))) -> list[dict[str, Any]]:
+    """Fit the uplift models now from the measured arms (treated vs holdout) of past campaigns and journeys;
+    segments with too few members in an arm are reported, not fitted."""
+    return service.train_uplift(session, ctx, principal.actor)
+
+
 @router.get("/campaigns/{campaign_id}")
 def get_campaign(campaign_id: int, session: SessionDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """One campaign as it stands."""

@@ -67,15 +67,26 @@ def simulate_arms(features: pl.DataFrame, truth: np.ndarray, lab: LabConfig) -> 
                          "true_uplift": truth})
 
 
-def run_lab(config: GeneratorConfig, lab: LabConfig) -> dict[str, Any]:
-    """Fit the uplift model on the simulated campaign's arms and compare rankings on the held-out members."""
-    timings: dict[str, float] = {}
+@dataclass(frozen=True)
+class LabShop:
+    """A generated shop's customers at the send: their features, churn risk, true uplift and simulated arms."""
+
+    features: pl.DataFrame
+    risk: np.ndarray
+    truth: np.ndarray
+    arms: pl.DataFrame
+    timings: dict[str, float]
+
+
+def prepare_lab(config: GeneratorConfig, lab: LabConfig) -> LabShop:
+    """Generate the shop, train the churn model as of the send, and simulate the campaign's arms."""
     started = time.perf_counter()
     orders, ids = shop_orders(config)
     before = orders.filter(pl.col("ordered_at") < lab.send_at)
+    timings = {"generate_s": round(time.perf_counter() - started, 2)}
     churn_config = TrainingConfig(snapshots=3, step_days=30, features=FeatureConfig(population="all"))
     churn = train_churn(before, lab.send_at, churn_config)
-    timings["churn_train_s"] = round(time.perf_counter() - started, 2)
+    timings["churn_train_s"] = round(time.perf_counter() - started - timings["generate_s"], 2)
     frame = add_bgnbd(snapshot(before, lab.send_at, churn_config, labelled=False), churn.bgnbd,
                       churn_config.features.horizon_days)
     risk = churn.shipped.probability(score_inputs(churn.model.predict_proba(frame), frame))
@@ -83,23 +94,28 @@ def run_lab(config: GeneratorConfig, lab: LabConfig) -> dict[str, Any]:
         "external_id", discount_share=pl.col("discount_share"), spend=pl.col("spend_total"),
         orders=pl.col("orders_total"))
     truth = true_uplift(config, profile, offer=lab.offer, channel=lab.channel)
-    arms = simulate_arms(frame, truth, lab)
-    features = uplift_features(frame)
+    return LabShop(uplift_features(frame), risk, truth, simulate_arms(frame, truth, lab), timings)
+
+
+def run_lab(config: GeneratorConfig, lab: LabConfig, shop: LabShop | None = None) -> dict[str, Any]:
+    """Fit the uplift model on the simulated campaign's arms and compare rankings on the held-out members."""
+    shop = shop or prepare_lab(config, lab)
+    arms, features, truth = shop.arms, shop.features, shop.truth
     keep_out = held_out(arms["customer_id"].to_numpy())
     fit = ~keep_out
     treated, converted = arms["treated"].to_numpy(), arms["converted"].to_numpy()
     clock = time.perf_counter()
     model = fit_t_learner(features.filter(pl.Series(fit)), treated[fit], converted[fit],
                           arms["customer_id"].to_numpy()[fit])
-    timings["uplift_fit_s"] = round(time.perf_counter() - clock, 2)
+    timings = shop.timings | {"uplift_fit_s": round(time.perf_counter() - clock, 2)}
     test = features.filter(pl.Series(keep_out))
     predicted = model.uplift(test)
-    rankings = {"uplift": predicted, "risk": risk[keep_out],
+    rankings = {"uplift": predicted, "risk": shop.risk[keep_out],
                 "random": np.random.default_rng(lab.seed + 1).random(int(keep_out.sum()))}
     compared = compare_targeting(rankings, treated[keep_out], converted[keep_out], lab.target_share,
                                  truth[keep_out])
     sleeping = truth[keep_out] < 0
-    return {"customers": frame.height, "members_fitted": int(fit.sum()), "members_held_out": int(keep_out.sum()),
+    return {"customers": features.height, "members_fitted": int(fit.sum()), "members_held_out": int(keep_out.sum()),
             "channel": lab.channel, "offer": lab.offer, "target_share": lab.target_share,
             "true_mean_uplift_per_1000": round(float(truth.mean()) * 1000, 2),
             "sleeping_dog_share": round(float((truth < 0).mean()), 4),
@@ -107,4 +123,3 @@ def run_lab(config: GeneratorConfig, lab: LabConfig) -> dict[str, Any]:
             "others_called_sleeping": round(float((predicted[~sleeping] < 0).mean()), 4),
             "rankings": compared, "qini_curve": qini_curve(predicted, treated[keep_out], converted[keep_out], 10),
             "timings": timings}
-

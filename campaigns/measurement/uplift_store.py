@@ -56,8 +56,8 @@ def campaign_members(session: Session, ctx: Context, *, days: int = ARMS_PERIOD_
         return pl.DataFrame(schema=MEMBER_SCHEMA)
     orders = orders_frame(session, arms["send_at"].min(), now, costs=False)
     measured = outcomes(arms, orders, window, now)
-    segments = pl.DataFrame({"campaign_id": [c.id for c in session.exec(select(Campaign))],
-                             "segment": [campaign_segment(c.spec) for c in session.exec(select(Campaign))]},
+    known = session.exec(select(Campaign)).all()
+    segments = pl.DataFrame({"campaign_id": [c.id for c in known], "segment": [campaign_segment(c.spec) for c in known]},
                             schema={"campaign_id": pl.Int64, "segment": pl.String})
     return (measured.join(segments, on="campaign_id")
             .select("customer_id", "send_at", treated=pl.col("arm") == "treated", converted="converted",
@@ -88,12 +88,17 @@ def fit_uplift_models(session: Session, ctx: Context, members: pl.DataFrame, act
     features_s = round(time.perf_counter() - started, 2)
     out = []
     groups = [(s, data.filter(pl.col("segment") == s)) for s in sorted(data["segment"].unique().to_list())]
-    segments = [*groups, (ANY_SEGMENT, data)] if len(groups) != 1 else [*groups, (ANY_SEGMENT, groups[0][1])]
-    for segment, part in segments:
+    for segment, part in [*groups, (ANY_SEGMENT, data)]:
         treated = part["treated"].to_numpy()
         if treated.sum() < MIN_ARM_MEMBERS or (~treated).sum() < MIN_ARM_MEMBERS:
             out.append({"segment": segment, "fitted": False, "members": part.height,
                         "reason": f"fewer than {MIN_ARM_MEMBERS} members in an arm"})
+            continue
+        if segment == ANY_SEGMENT and len(groups) == 1 and out[0]["fitted"]:
+            # One segment so far: the model over every arm is that same model, stored again rather than refitted.
+            source = session.get(UpliftModelVersion, out[0]["model_id"])
+            out.append(_store(session, ctx, segment, part.height, source.metrics, source.content, actor)
+                       | {k: v for k, v in out[0].items() if k not in ("segment", "model_id")})
             continue
         out.append(_fit_one(session, ctx, segment, part, actor) | {"features_s": features_s})
     return out
@@ -116,18 +121,24 @@ def _fit_one(session: Session, ctx: Context, segment: str, part: pl.DataFrame, a
     metrics = {"held_out": int(keep_out.sum()), "target_share": TARGET_SHARE, "rankings": measured,
                "treated_rate": model.meta["treated_rate"], "holdout_rate": model.meta["holdout_rate"],
                "fit_s": fit_s}
+    return _store(session, ctx, segment, part.height, metrics, model.to_text(), actor) | metrics
+
+
+def _store(session: Session, ctx: Context, segment: str, members: int, metrics: dict[str, Any], content: str,
+           actor: str) -> dict[str, Any]:
+    """Make a fitted model the segment's current one (the previous one retired; audited)."""
     now = ctx.clock.now()
     for old in session.exec(select(UpliftModelVersion).where(UpliftModelVersion.segment == segment,
                                                              UpliftModelVersion.status == "current")):
         old.status = "retired"
         session.add(old)
-    row = UpliftModelVersion(segment=segment, status="current", trained_at=now, members=part.height,
-                             metrics=metrics, content=model.to_text())
+    row = UpliftModelVersion(segment=segment, status="current", trained_at=now, members=members,
+                             metrics=metrics, content=content)
     session.add(row)
     session.flush()
     audit.record(session, actor=actor, action="uplift.train", entity="uplift_model", entity_id=row.id, at=now,
-                 after={"segment": segment, "members": part.height})
-    return {"segment": segment, "fitted": True, "model_id": row.id, "members": part.height} | metrics
+                 after={"segment": segment, "members": members})
+    return {"segment": segment, "fitted": True, "model_id": row.id, "members": members}
 
 
 def current_uplift_models(session: Session) -> list[UpliftModelVersion]:

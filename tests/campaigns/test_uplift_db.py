@@ -21,7 +21,7 @@ from crm.models import AuditLog, Customer
 from kit.clock import FixedClock
 from kit.timezones import utc_midnight
 from tests.conftest import cli_env
-from tests.support.factories import run
+from tests.support.factories import import_shop, run
 from wiring.generator import GeneratorConfig, simulate_responses, true_uplift, write_dataset
 
 SEND_DAY = date(2026, 10, 6)  # a Tuesday
@@ -46,9 +46,7 @@ def _coupon(name: str, **overrides) -> dict:
 def measured(session, ctx, shop_files):
     """The shop, one coupon campaign planned on SEND_DAY with half held out, the orders its arms placed after it
     (the generator's own orders plus a known per-customer effect on the treated), and the window closed."""
-    for kind in ("customers", "orders", "order_items", "events"):
-        job = run(session, ctx, kind, (shop_files / f"{kind}.csv").read_bytes())
-        assert job.rows_failed == 0, job.errors[:3]
+    import_shop(session, ctx, shop_files)
     ctx.clock = FixedClock(datetime(2026, 10, 1, 8, tzinfo=UTC))
     campaign = campaigns.create_campaign(session, ctx, _coupon("Past coupon"), "test")
     campaigns.set_status(session, ctx, campaign.id, "active", "test")
@@ -153,3 +151,14 @@ def test_uplift_evaluate_cli_compares_targeting_in_one_run():
     human = subprocess.run([sys.executable, "-m", "wiring.cli", "uplift", "evaluate", "--customers", "4000"],
                            capture_output=True, text=True, check=True)
     assert "by uplift" in human.stdout and "at random" in human.stdout and "{" not in human.stdout
+
+
+def test_api_fits_and_lists_uplift_models(client, auth_header, session, ctx, measured):
+    from crm.models import Role
+
+    fitted = client.post("/uplift/models", headers=auth_header(Role.admin))
+    assert fitted.status_code == 200 and {r["segment"] for r in fitted.json()} == {"campaign:sms:coupon", "any"}
+    listed = client.get("/uplift/models", headers=auth_header(Role.marketer)).json()
+    assert [m["segment"] for m in listed] == ["any", "campaign:sms:coupon"]
+    assert all(m["metrics"]["rankings"]["uplift"]["targeted"] > 0 and "content" not in m for m in listed)
+    assert client.post("/uplift/models", headers=auth_header(Role.marketer)).status_code == 403

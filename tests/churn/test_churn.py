@@ -19,7 +19,7 @@ from crm import state as crm_state
 from crm.models import AuditLog, Customer, Role
 from crm.service import customers_frame
 from crm.state import StateWindows
-from tests.support.factories import run
+from tests.support.factories import import_shop
 from wiring.generator import GeneratorConfig, write_dataset
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
@@ -36,9 +36,7 @@ def shop_files(tmp_path_factory):
 
 @pytest.fixture
 def shop(session, ctx, shop_files):
-    for kind in ("customers", "orders", "order_items", "events"):
-        job = run(session, ctx, kind, (shop_files / f"{kind}.csv").read_bytes())
-        assert job.rows_failed == 0, job.errors[:3]
+    import_shop(session, ctx, shop_files)
     return shop_files
 
 

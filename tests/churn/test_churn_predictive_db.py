@@ -15,7 +15,7 @@ from churn.models import ChurnScore
 from churn.policy import FlagPolicy
 from churn.training import TrainingConfig
 from crm.models import Customer, Role
-from tests.support.factories import run
+from tests.support.factories import import_shop
 from wiring.generator import GeneratorConfig, write_dataset
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
@@ -33,9 +33,7 @@ def shop_files(tmp_path_factory):
 @pytest.fixture
 def scored(session, ctx, shop_files):
     """The shop imported, a model trained and every customer scored."""
-    for kind in ("customers", "orders", "order_items", "events"):
-        job = run(session, ctx, kind, (shop_files / f"{kind}.csv").read_bytes())
-        assert job.rows_failed == 0, job.errors[:3]
+    import_shop(session, ctx, shop_files)
     service.train_model(session, ctx, as_of=AS_OF, config=FAST)
     service.score_customers(session, ctx, as_of=AS_OF)
     return session.exec(select(ChurnScore, Customer.external_id)

@@ -29,6 +29,13 @@ def run(session: Session, ctx: Context, kind: str, data: bytes, fmt: str = "csv"
                              **options)
 
 
+def import_shop(session: Session, ctx: Context, folder) -> None:
+    """Import a generated shop's four files (customers, orders, items, events); every row must load."""
+    for kind in ("customers", "orders", "order_items", "events"):
+        job = run(session, ctx, kind, (folder / f"{kind}.csv").read_bytes())
+        assert job.rows_failed == 0, job.errors[:3]
+
+
 CUSTOMER_HEADER = ("external_id", "email", "phone", "time_zone", "locale", "birthday", "signed_up_at",
                    "sms_consent", "email_consent")
 

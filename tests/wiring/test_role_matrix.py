@@ -52,6 +52,8 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/churn/models/{model_id}/promote"): {Role.admin},
     ("POST", "/churn/models/rollback"): {Role.admin},
     ("GET", "/churn/at-risk"): {Role.admin, Role.marketer, Role.support, Role.scheduler},
+    ("GET", "/uplift/models"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/uplift/models"): {Role.admin, Role.scheduler},
     ("POST", "/campaigns"): {Role.admin, Role.marketer},
     ("GET", "/campaigns"): {Role.admin, Role.marketer, Role.scheduler},
     ("GET", "/campaigns/{campaign_id}"): {Role.admin, Role.marketer, Role.scheduler},
