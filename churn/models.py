@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, Column, Float, ForeignKey, Index, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
 from kit.types import JSONType, UTCDateTime
@@ -73,3 +73,4 @@ class ChurnPrediction(SQLModel, table=True):
     customer_id: int = Field(nullable=False)
     model_id: int = Field(sa_column=Column(Integer, nullable=False))
     probability: float = Field(sa_column=Column(Float, nullable=False))
+    at_risk: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))  # flagged in that run

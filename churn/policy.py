@@ -108,7 +108,11 @@ def choose_flag(target: np.ndarray, probability: np.ndarray, policy: FlagPolicy,
 
 def flag_metrics(target: np.ndarray, probability: np.ndarray, threshold: float) -> dict[str, Any]:
     """Base rate, flagged count and share, precision, recall and lift at the flag."""
-    flagged = probability >= threshold
+    return flagged_metrics(target, probability >= threshold)
+
+
+def flagged_metrics(target: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
+    """Base rate, flagged count and share, precision, recall and lift of a given flag."""
     base_rate = float(target.mean()) if len(target) else 0.0
     hits = float(np.sum(flagged & (target == 1)))
     precision = hits / max(float(flagged.sum()), 1.0)

@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 from churn.bgnbd import BetaGeometricNBD
 from churn.gammagamma import GammaGamma
 from churn.models import ChurnModelVersion
+from churn.policy import flagged_metrics
 from crm.service import orders_frame
 from kit.columnar import read_frame
 from kit.context import Context
@@ -86,11 +87,13 @@ def clv_report(session: Session, ctx: Context) -> dict[str, Any]:
 
 def churn_quality_report(session: Session, ctx: Context) -> dict[str, Any]:
     """Each kept scoring run: mean predicted churn against the share that then churned (no order within the
-    model's horizon), AUC, Brier score and calibration by decile; runs whose horizon has not passed are pending."""
+    model's horizon), AUC, Brier score, calibration by decile, and the flag's precision, recall and lift against
+    that base rate; runs whose horizon has not passed are pending."""
     now = ctx.clock.now()
-    kept = read_frame(session, "SELECT p.scored_on, p.customer_id, p.model_id, p.probability FROM churn_prediction p",
-                      {}, {"scored_on": UTC_TYPE, "customer_id": pl.Int64, "model_id": pl.Int64,
-                           "probability": pl.Float64})
+    kept = read_frame(session, "SELECT p.scored_on, p.customer_id, p.model_id, p.probability, p.at_risk "
+                      "FROM churn_prediction p", {},
+                      {"scored_on": UTC_TYPE, "customer_id": pl.Int64, "model_id": pl.Int64,
+                       "probability": pl.Float64, "at_risk": pl.Boolean})
     horizons = {m.id: int(m.training.get("horizon_days", 90)) for m in session.exec(select(ChurnModelVersion))}
     runs = []
     if kept.is_empty():
@@ -109,8 +112,13 @@ def churn_quality_report(session: Session, ctx: Context) -> dict[str, Any]:
             "customer_id").unique().with_columns(bought=pl.lit(True))
         labelled = run.join(bought, on="customer_id", how="left").with_columns(
             churned=pl.col("bought").is_null())
+        flag = {}
+        if labelled["at_risk"].is_not_null().all():  # runs kept before the flag was recorded have none
+            measured = flagged_metrics(labelled["churned"].to_numpy(), labelled["at_risk"].to_numpy())
+            flag = {"flagged": measured["flagged"], "flag_precision": measured["precision"],
+                    "flag_recall": measured["recall"], "flag_lift": measured["lift"]}
         runs.append(entry | {"status": "measured"} | quality(labelled["probability"].to_numpy(),
-                                                            labelled["churned"].to_numpy()))
+                                                            labelled["churned"].to_numpy()) | flag)
     runs.sort(key=lambda r: r["scored_on"])
     return {"as_of": now, "runs": runs}
 

@@ -54,7 +54,8 @@ from segmentation.service import current_rule_set, customer_ids_where, default_a
 AUC_FLOOR = 0.70
 PROMOTION_TOLERANCE = 0.005
 TREND_POINTS = 8
-PREDICTION_TYPES = {"scored_on": "timestamp", "customer_id": "int", "model_id": "int", "probability": "float"}
+PREDICTION_TYPES = {"scored_on": "timestamp", "customer_id": "int", "model_id": "int", "probability": "float",
+                    "at_risk": "bool"}
 def _invalid(message: str, field: str) -> InvalidInput:
     return InvalidInput(message, errors=[{"field": field, "reason": message}])
 
@@ -311,7 +312,7 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     activity.record(session, changed.filter("became_at_risk").select(
         "customer_id", kind=pl.lit("at_risk"), name=pl.lit("at_risk"), occurred_at=pl.lit(now)), now)
     _write_scores(session, changed.drop("became_at_risk"), gone, stored, as_of, row.id, now)
-    kept = keep_predictions(session, ctx, scores.select("customer_id", "probability"), as_of, row.id)
+    kept = keep_predictions(session, ctx, scores.select("customer_id", "probability", "at_risk"), as_of, row.id)
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
                "predictions_kept": kept, "rows_written": len(changed), "rows_removed": len(gone),
@@ -436,8 +437,7 @@ def keep_predictions(session: Session, ctx: Context, scores: pl.DataFrame, as_of
     draw = ((scores["customer_id"].cast(pl.UInt64) * 2654435761) % (2**32)).cast(pl.Float64) / 2**32
     sample = scores.filter(draw < settings.churn_quality_sample_share).with_columns(
         scored_on=pl.lit(as_of, dtype=pl.Datetime("us", "UTC")), model_id=pl.lit(model_id, dtype=pl.Int64))
-    insert_frame(session, "churn_prediction", sample.select("scored_on", "customer_id", "model_id", "probability"),
-                 PREDICTION_TYPES)
+    insert_frame(session, "churn_prediction", sample, PREDICTION_TYPES)
     return sample.height
 
 

@@ -1,4 +1,5 @@
-"""churn models stored in the database; predictive fields and the risk level on each score
+"""churn models stored in the database; predictive fields and the risk level on each score; kept predictions
+remember whether the customer was flagged
 
 Revision ID: 0017
 Revises: 0016
@@ -40,6 +41,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column('expected_orders_365d', sa.Float(), nullable=True))
         batch.add_column(sa.Column('predicted_clv_12m', sa.Float(), nullable=True))
         batch.add_column(sa.Column('expected_next_order_at', UTCDateTime(), nullable=True))
+    with op.batch_alter_table('churn_prediction') as batch:
+        batch.add_column(sa.Column('at_risk', sa.Boolean(), nullable=True))
     op.create_index('ix_churn_score_risk_level', 'churn_score', ['risk_level'])
     op.create_index('ix_churn_score_predicted_clv_12m', 'churn_score', ['predicted_clv_12m'])
     op.create_index('ix_churn_score_expected_next_order_at', 'churn_score', ['expected_next_order_at'])
@@ -52,4 +55,6 @@ def downgrade() -> None:
         for name in ('expected_next_order_at', 'predicted_clv_12m', 'expected_orders_365d', 'expected_orders_90d',
                      'p_alive', 'risk_level'):
             batch.drop_column(name)
+    with op.batch_alter_table('churn_prediction') as batch:
+        batch.drop_column('at_risk')
     op.drop_table('churn_model_artifact')

@@ -68,6 +68,7 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     kept = steps["score"]["counts"]["predictions_kept"]
     assert 0.1 < kept / steps["score"]["counts"]["scored"] < 0.3
     assert kept == scalar(ctx, "SELECT count(*) FROM churn_prediction")
+    assert scalar(ctx, "SELECT count(*) FROM churn_prediction WHERE at_risk IS NULL") == 0  # each with its flag
 
     # Which campaigns fire on Sunday the 15th: the monthly win-back and the triggered ones, not the VIP call (5th)
     # nor the Tuesday coupon.
@@ -117,7 +118,7 @@ def test_the_daily_pipeline_runs_every_step_sends_at_local_times_and_a_rerun_cha
     # The same occurrence again: every step is skipped, nothing is planned or sent twice.
     messages = scalar(ctx, "SELECT count(*) FROM message")
     again = run_job(ctx, pipeline, occurrence, trigger="manual")
-    assert [s["status"] for s in again.steps] == ["skipped"] * 5 and again.status == "succeeded"
+    assert [s["status"] for s in again.steps] == ["skipped"] * 6 and again.status == "succeeded"
     forced = run_job(ctx, pipeline, occurrence, trigger="manual", force=True)
     assert forced.status == "succeeded"
     assert all(c["already_planned"] for c in {s["step"]: s for s in forced.steps}["plan"]["counts"]["campaigns"])
@@ -167,7 +168,7 @@ def test_a_scheduler_behind_its_customers_zones_plans_tomorrows_campaigns_in_tim
     assert (occurrence.key, occurrence.fire_at) == ("2026-11-14", now)
     outcome = run_job(ctx, pipeline, occurrence, trigger="schedule")
     assert outcome.status == "succeeded", outcome.error
-    planned = {(c["campaign"], c["occurrence"]) for c in outcome.steps[2]["counts"]["campaigns"]}
+    planned = {(c["campaign"], c["occurrence"]) for c in {s["step"]: s for s in outcome.steps}["plan"]["counts"]["campaigns"]}
     assert ("Lost win-back", "2026-11-15") in planned
     assert not {name for name, _ in planned} & {"VIP presale call", "Potential coupon"}  # the 5th, Tuesdays
     sends = local_sends(ctx, "Lost win-back")

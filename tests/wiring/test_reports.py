@@ -272,7 +272,8 @@ def test_retention_clv_global_control_and_churn_quality_reports(session, ctx, sh
     # Churn quality: a kept run 120 days ago (horizon 90) is measured against what happened; a recent one waits.
     long_ago = ctx.clock.now() - timedelta(days=120)
     for n, cid in enumerate(ids):
-        session.add(ChurnPrediction(scored_on=long_ago, customer_id=cid, model_id=999, probability=0.1 + n / 100))
+        session.add(ChurnPrediction(scored_on=long_ago, customer_id=cid, model_id=999, probability=0.1 + n / 100,
+                                    at_risk=n >= COUNT - 3))
         session.add(ChurnPrediction(scored_on=ctx.clock.now() - timedelta(days=3), customer_id=cid, model_id=999,
                                     probability=0.5))
     session.flush()
@@ -281,6 +282,8 @@ def test_retention_clv_global_control_and_churn_quality_reports(session, ctx, sh
     # Everyone ordered on 1 October, within 90 days (the horizon) of the old run: nobody churned.
     assert quality[0]["observed_churn"] == 0.0 and quality[0]["auc"] is None
     assert quality[0]["mean_predicted"] == pytest.approx(sum(0.1 + n / 100 for n in range(COUNT)) / COUNT, abs=1e-4)
+    # The run's flag against what happened: 3 flagged, none of whom churned.
+    assert (quality[0]["flagged"], quality[0]["flag_precision"], quality[0]["flag_recall"]) == (3, 0.0, 0.0)
     exported = client.get("/reports/churn-quality?format=csv", headers=marketer).text
     assert exported.splitlines()[0].startswith("scored_on,") and len(exported.splitlines()) == 3
 
