@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,8 @@ import polars as pl
 
 from churn.features import FeatureConfig
 from churn.policy import FlagPolicy
-from churn.training import TrainingConfig, evaluate_at, train_churn
+from churn.predictive import decile_calibration, predictive_fields
+from churn.training import TrainingConfig, add_bgnbd, evaluate_at, snapshot, train_churn
 
 
 class TransactionsError(ValueError):
@@ -64,3 +65,30 @@ def evaluate_transactions(orders: pl.DataFrame, cutoff: datetime, horizon_days: 
     out["baselines"] = {name: {k: m[k] for k in ("roc_auc", "pr_auc", "brier")} for name, m in test["baselines"].items()}
     out["validation"] = {k: result.metrics[k] for k in ("roc_auc", "pr_auc", "brier", "precision", "recall")}
     return out
+
+
+def predictive_calibration(orders: pl.DataFrame, as_of: datetime, days: int = 90,
+                           config: TrainingConfig | None = None) -> dict[str, Any]:
+    """Out of time: the predictive fields of a model trained on orders before `as_of`, against what each customer
+    then did in the next `days` — purchase days and spend, per decile of the prediction and in total."""
+    config = config or TrainingConfig(snapshots=3)
+    result = train_churn(orders.filter(pl.col("ordered_at") < as_of), as_of, config)
+    frame = add_bgnbd(snapshot(orders, as_of, config, labelled=False), result.bgnbd, config.features.horizon_days)
+    fields = predictive_fields(frame, result.bgnbd, result.training["gamma_gamma"], as_of,
+                               result.training["predictive"])
+    after = orders.filter((pl.col("ordered_at") >= as_of) & (pl.col("ordered_at") < as_of + timedelta(days=days)))
+    realised = after.group_by("customer_id").agg(pl.col("ordered_at").dt.date().n_unique().alias("days"),
+                                                 pl.col("amount_paid").sum().alias("spend"))
+    joined = fields.join(realised, on="customer_id", how="left").fill_null(0)
+    # The 12-month value spread over the year as the expected orders are; the spend factor maps it to amounts paid.
+    value = (joined["predicted_clv_12m"] * joined["expected_orders_90d"] / joined["expected_orders_365d"].clip(1e-9)
+             ).to_numpy() * result.training["predictive"]["spend_factor"]
+    predicted_orders = joined["expected_orders_90d"].to_numpy()
+    return {"customers": joined.height,
+            "orders": decile_calibration(predicted_orders, joined["days"].to_numpy().astype(float)),
+            "spend": decile_calibration(value, joined["spend"].to_numpy()),
+            "total_orders": {"predicted": round(float(predicted_orders.sum()), 1),
+                             "realised": int(joined["days"].sum())},
+            "total_spend": {"predicted": round(float(value.sum()), 2), "realised": round(float(joined["spend"].sum()), 2)},
+            "next_order_dated_share": round(fields["expected_next_order_at"].is_not_null().mean(), 4),
+            "p_alive_in_range": bool(fields["p_alive"].is_between(0, 1).all())}

@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import numpy as np
 import polars as pl
 import pytest
 
-from churn.evaluation import evaluate_transactions
+from churn.evaluation import evaluate_transactions, predictive_calibration
 from churn.features import FeatureConfig, population_summary
 from churn.policy import NEVER, FlagPolicy, choose_flag, flag_metrics, risk_levels, value_threshold
-from churn.predictive import decile_calibration, predictive_fields
 from churn.reasons import sentence, topic, topic_label
-from churn.training import TrainingConfig, add_bgnbd, snapshot, train_churn
+from churn.training import TrainingConfig, train_churn
 from wiring.generator import GeneratorConfig, generate
 
 END = date(2026, 11, 1)
@@ -123,31 +122,18 @@ def test_hard_variant_has_returners_pulled_forward_orders_and_stronger_seasons()
 def test_predictive_fields_match_what_customers_then_did_decile_by_decile(variant, hard_log):
     """Out of time: trained on data before 2026-08-03 only, predictions for the 90 days after it."""
     log = hard_log if variant == "hard" else _transactions("standard", 20_000, 4)
-    as_of = datetime(2026, 8, 3, tzinfo=UTC)
-    config = TrainingConfig(snapshots=3)
-    result = train_churn(log.filter(pl.col("ordered_at") < as_of), as_of, config)
-    frame = add_bgnbd(snapshot(log, as_of, config, labelled=False), result.bgnbd, 90)
-    fields = predictive_fields(frame, result.bgnbd, result.training["gamma_gamma"], as_of,
-                               result.training["predictive"])
-    after = log.filter((pl.col("ordered_at") >= as_of) & (pl.col("ordered_at") < as_of + timedelta(days=90)))
-    realised = after.group_by("customer_id").agg(pl.col("ordered_at").dt.date().n_unique().alias("days"),
-                                                 pl.col("amount_paid").sum().alias("spend"))
-    joined = fields.join(realised, on="customer_id", how="left").fill_null(0)
-    orders = decile_calibration(joined["expected_orders_90d"].to_numpy(), joined["days"].to_numpy().astype(float))
+    checked = predictive_calibration(log, datetime(2026, 8, 3, tzinfo=UTC))
     # Stated tolerance: each decile's mean within 25% of what was realised (+0.1 order for the quiet deciles),
     # and the whole population within 15%.
-    for row in orders:
-        assert abs(row["predicted"] - row["realised"]) <= 0.25 * row["realised"] + 0.1, orders
-    total_predicted, total_realised = joined["expected_orders_90d"].sum(), joined["days"].sum()
-    assert abs(total_predicted - total_realised) <= 0.15 * total_realised
-    value_90 = (joined["predicted_clv_12m"] * joined["expected_orders_90d"]
-                / joined["expected_orders_365d"].clip(1e-9)).to_numpy() * result.training["predictive"]["spend_factor"]
-    spend = decile_calibration(value_90, joined["spend"].to_numpy())
-    for row in spend[3:]:  # the top seven deciles hold nearly all the money: within 30%
-        assert abs(row["predicted"] - row["realised"]) <= 0.30 * row["realised"], spend
-    assert abs(value_90.sum() - joined["spend"].sum()) <= 0.2 * joined["spend"].sum()
-    due = fields["expected_next_order_at"].drop_nulls()
-    assert due.len() > 0.5 * fields.height and fields["p_alive"].is_between(0, 1).all()
+    for row in checked["orders"]:
+        assert abs(row["predicted"] - row["realised"]) <= 0.25 * row["realised"] + 0.1, checked["orders"]
+    total = checked["total_orders"]
+    assert abs(total["predicted"] - total["realised"]) <= 0.15 * total["realised"]
+    for row in checked["spend"][3:]:  # the top seven deciles hold nearly all the money: within 30%
+        assert abs(row["predicted"] - row["realised"]) <= 0.30 * row["realised"], checked["spend"]
+    money = checked["total_spend"]
+    assert abs(money["predicted"] - money["realised"]) <= 0.2 * money["realised"]
+    assert checked["next_order_dated_share"] > 0.5 and checked["p_alive_in_range"]
 
 
 FEATURES = ["recency_days", "recency_over_gap", "tenure_days", "orders_total", "spend_total", "order_value_mean",
