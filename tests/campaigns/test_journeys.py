@@ -454,3 +454,24 @@ def test_refunds_tier_entries_and_new_risk_flags_enter_their_journeys(session, c
     stale = pl.DataFrame({"customer_id": [people["N1"]], "kind": ["at_risk"], "name": ["at_risk"],
                           "occurred_at": [clock.now() - timedelta(days=3)]})
     assert activity.record(session, stale, clock.now()) == 0  # history, not news: it triggers nothing
+
+
+def test_a_journey_audience_keeps_only_customers_the_message_changes(session, ctx, people, clock):
+    from campaigns.models import UpliftScore
+
+    body = send_steps({"id": "push", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}]})
+    body["entry"]["audience"] = {"uplift_min": 0.02}
+    changed = activate(session, ctx, body | {"name": "Changed only"})
+    dogs = activate(session, ctx, body | {"name": "No sleeping dogs",
+                                          "entry": body["entry"] | {"audience": {"exclude_sleeping_dogs": True}}})
+    assert definitions.get_journey(session, changed.id).spec["entry"]["audience"]["uplift_min"] == 0.02
+    # The journey's own segment (push, no offer) has scores for P1 and P2; P3 has none.
+    for customer, uplift in (("P1", 0.05), ("P2", -0.03)):
+        session.add(UpliftScore(customer_id=people[customer], segment="journey:push:none", uplift=uplift,
+                                model_id=1, scored_at=clock.now()))
+    session.flush()
+    for n, customer in enumerate(("P1", "P2", "P3")):
+        cart_add(session, ctx, customer, f"ev-u{n}")
+    runtime.run_once(session, ctx)
+    assert [e.customer_id for e in enrollments(session, changed.id)] == [people["P1"]]  # no prediction: not in
+    assert sorted(e.customer_id for e in enrollments(session, dogs.id)) == sorted([people["P1"], people["P3"]])
