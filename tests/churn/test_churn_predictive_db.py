@@ -147,3 +147,24 @@ def test_another_host_scores_with_the_model_from_the_registry(session, ctx, scor
     after = {s.customer_id: s.probability for s in session.exec(select(ChurnScore))}
     assert after == pytest.approx(before, abs=1e-9)
     assert not any((tmp_path / "standby").glob("**/*.txt"))
+
+
+def test_population_all_scores_everyone_who_ordered_and_says_who_was_left_out(session, ctx, scored):
+    from churn.features import FeatureConfig
+
+    active = len(scored)
+    wide = replace(FAST, features=FeatureConfig(population="all"))
+    row = service.train_model(session, ctx, as_of=AS_OF, config=wide, floor=0.0)
+    assert row.training["population"] == "all" and row.metrics["population"]["population"] == "all"
+    assert "left_out" in row.metrics["population"]
+    summary = service.score_customers(session, ctx, as_of=AS_OF)
+    from crm.service import orders_frame
+
+    history = orders_frame(session, AS_OF - timedelta(days=730), AS_OF, costs=False)
+    assert summary["scored"] == history["customer_id"].n_unique() > active  # the lapsed customers are scored too
+    assert len(session.exec(select(ChurnScore)).all()) == summary["scored"]
+    narrow = replace(FAST, features=FeatureConfig(lookback_days=90))
+    with pytest.raises(ValueError, match="population"):
+        FeatureConfig(population="some")
+    row = service.train_model(session, ctx, as_of=AS_OF, config=narrow, floor=0.0)
+    assert row.metrics["population"]["left_out"]["last_order_before_lookback"] > 0

@@ -132,11 +132,14 @@ def test_support_looks_up_a_customer_and_sees_the_profile_with_masked_contact_da
     assert "***@" in email, email  # masked for support
     assert page.inner_text("#tier") and page.locator("#tier-history li").count() >= 1
     assert page.locator("#churn-reasons li").count() >= 1  # an at-risk customer: the reasons are shown
+    assert page.inner_text("#risk-level") == "高" and page.inner_text("#predicted-clv")  # predictive fields too
     page.wait_for_selector("#trend-chart[data-drawn='true']", timeout=15_000)
     _shot(page, "02-profile-support-zh")
     page.click("#lang-en")
     page.wait_for_load_state()
     assert "Customer profile" in page.inner_text("h1")
+    assert page.inner_text("#risk-level") == "high" and page.locator("#churn-reasons li").count() >= 1
+    assert page.inner_text("#churn-reasons li >> nth=0").isascii()  # the reasons follow the reader's language
     _shot(page, "03-profile-support-en")
     phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     phone.context.add_cookies(page.context.cookies())
