@@ -130,7 +130,12 @@ TRAIN = PRELUDE + """
 from churn.service import train_model
 with session_scope(ctx.engine) as session:
     row = train_model(session, ctx, as_of=datetime.fromisoformat(sys.argv[2]).replace(tzinfo=UTC))
-print(json.dumps({"seconds": round(time.perf_counter() - started, 2), "model_id": row.id, "peak_mb": peak()}))
+print(json.dumps({"seconds": round(time.perf_counter() - started, 2), "model_id": row.id, "peak_mb": peak(),
+                  "timings": row.training.get("timings"), "shipped": row.metrics.get("shipped"),
+                  "roc_auc": row.metrics.get("roc_auc"), "brier": row.metrics.get("brier"),
+                  "flag": row.metrics.get("flag"), "population": row.metrics.get("population"),
+                  "baselines": {k: {m: v.get(m) for m in ("roc_auc", "brier")}
+                                for k, v in row.metrics.get("baselines", {}).items()}}, default=str))
 """
 SCORE = PRELUDE + """
 from churn.service import score_customers
