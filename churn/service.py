@@ -299,23 +299,29 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     at_risk = scores["at_risk"].to_numpy()
     timings["predict_s"] = round(time.perf_counter() - tick, 3)
     changed, gone, stored = _changed_scores(session, scores, row.id)
-    # Reasons only for the flagged scores being rewritten: an unchanged score keeps the reasons it was written with.
-    flagged = frame.join(changed.filter("at_risk").select("customer_id"), on="customer_id", how="semi")
+    timings["compare_s"] = round(time.perf_counter() - tick - timings["predict_s"], 3)
+    tick = time.perf_counter()
+    # Reasons only for the flagged scores whose risk moved: a row rewritten for its predicted value alone keeps
+    # the reasons it was written with (same model, same flag, P(churn) within a point).
+    kept_reasons = _stored_reasons(session, changed.filter(pl.col("at_risk") & ~pl.col("risk_moved")))
+    flagged = frame.join(changed.filter(pl.col("at_risk") & pl.col("risk_moved")).select("customer_id"),
+                         on="customer_id", how="semi")
     names = model.feature_names_
     reasons = (drivers_frame(model.contributions(flagged), names, flagged.select(names).to_numpy().astype(np.float64))
                if len(flagged) else pl.Series("reasons", [], dtype=pl.String))
-    changed = changed.join(flagged.select("customer_id").with_columns(reasons.alias("reasons")), on="customer_id",
-                           how="left")
+    changed = changed.join(pl.concat([flagged.select("customer_id").with_columns(reasons.alias("reasons")),
+                                      kept_reasons]), on="customer_id", how="left")
     timings["reasons_s"] = round(time.perf_counter() - tick, 3)
     tick = time.perf_counter()
     # Newly flagged customers are news to whoever reacts within minutes (a journey's staged recall).
     activity.record(session, changed.filter("became_at_risk").select(
         "customer_id", kind=pl.lit("at_risk"), name=pl.lit("at_risk"), occurred_at=pl.lit(now)), now)
-    _write_scores(session, changed.drop("became_at_risk"), gone, stored, as_of, row.id, now)
+    _write_scores(session, changed.drop("became_at_risk", "risk_moved"), gone, stored, as_of, row.id, now)
     kept = keep_predictions(session, ctx, scores.select("customer_id", "probability", "at_risk"), as_of, row.id)
     timings["write_s"] = round(time.perf_counter() - tick, 3)
     summary = {"model_id": row.id, "as_of": as_of.isoformat(), "scored": len(frame), "at_risk": int(at_risk.sum()),
                "predictions_kept": kept, "rows_written": len(changed), "rows_removed": len(gone),
+               "rows_written_for_value_only": int((~changed["risk_moved"]).sum()),
                "threshold": round(threshold, 4), "policy": row.training.get("policy", {}).get("kind", "precision"),
                "risk_levels": {level: int((scores["risk_level"] == level).sum()) for level in ("low", "medium", "high")},
                "timings": timings, "features_from": source,
@@ -327,7 +333,8 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
 
 
 SCORE_STEP = 0.01  # a score is rewritten (and its trend gains a point) when it moves by a percentage point or more
-VALUE_STEP = 0.01  # ... or its predicted value by 1%, or its due date, risk level or flag changes
+ALIVE_STEP = 0.02  # ... or P(alive) by two points (it drifts a little every day a customer does not buy)
+VALUE_STEP = 0.05  # ... or the predicted 12-month value by 5%, or its due date, risk level or flag changes
 
 
 def scoring_threshold(row: ChurnModelVersion, probability: np.ndarray) -> float:
@@ -347,17 +354,30 @@ def _changed_scores(session: Session, scores: pl.DataFrame,
                           {}, {"customer_id": pl.Int64, "_p": pl.Float64, "_at_risk": pl.Boolean, "_model": pl.Int64,
                                "trend": pl.String, "_level": pl.String, "_alive": pl.Float64, "_clv": pl.Float64,
                                "_due": pl.Datetime("us", "UTC")})
-    moved = ((pl.col("probability") - pl.col("_p")).abs() >= SCORE_STEP) | (pl.col("_level") != pl.col("risk_level"))
-    moved |= (pl.col("p_alive") - pl.col("_alive")).abs().fill_null(1.0) >= SCORE_STEP
-    moved |= ((pl.col("predicted_clv_12m") - pl.col("_clv")).abs()
-              >= VALUE_STEP * pl.max_horizontal(pl.col("_clv").abs(), pl.lit(1.0))).fill_null(True)
-    moved |= pl.col("expected_next_order_at").ne_missing(pl.col("_due"))
+    # Why a row is rewritten: the risk moved (its reasons are computed again) or only a predicted value did.
+    risk_moved = (pl.col("_p").is_null() | (pl.col("_model") != model_id) | (pl.col("_at_risk") != pl.col("at_risk"))
+                  | ((pl.col("probability") - pl.col("_p")).abs() >= SCORE_STEP)
+                  | (pl.col("_level") != pl.col("risk_level"))).fill_null(True)
+    value_moved = ((pl.col("p_alive") - pl.col("_alive")).abs().fill_null(1.0) >= ALIVE_STEP) | (
+        (pl.col("predicted_clv_12m") - pl.col("_clv")).abs()
+        >= VALUE_STEP * pl.max_horizontal(pl.col("_clv").abs(), pl.lit(1.0))).fill_null(True) | (
+        pl.col("expected_next_order_at").ne_missing(pl.col("_due")))
     changed = (scores.join(previous, on="customer_id", how="left")
-               .filter(pl.col("_p").is_null() | (pl.col("_model") != model_id) | (pl.col("_at_risk") != pl.col("at_risk"))
-                       | moved.fill_null(True))
+               .with_columns(risk_moved=risk_moved)
+               .filter(pl.col("risk_moved") | value_moved)
                .with_columns(became_at_risk=pl.col("at_risk") & ~pl.col("_at_risk").fill_null(False))
                .drop("_p", "_at_risk", "_model", "_level", "_alive", "_clv", "_due"))
     return changed, previous.join(scores, on="customer_id", how="anti").select("customer_id"), len(previous)
+
+
+def _stored_reasons(session: Session, rows: pl.DataFrame) -> pl.DataFrame:
+    """customer_id, reasons: the stored reasons of these customers (one staged join, not a read of every row)."""
+    schema = {"customer_id": pl.Int64, "reasons": pl.String}
+    if rows.is_empty():
+        return pl.DataFrame(schema=schema)
+    stage_frame(session, "stage_churn_keep_reasons", rows.select("customer_id"), {"customer_id": "int"})
+    return read_frame(session, "SELECT s.customer_id, s.reasons FROM churn_score s JOIN stage_churn_keep_reasons k "
+                      "ON k.customer_id = s.customer_id", {}, schema, same_connection=True)
 
 
 def _write_scores(session: Session, changed: pl.DataFrame, gone: pl.DataFrame, stored: int, as_of: datetime,

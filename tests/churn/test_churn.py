@@ -97,6 +97,7 @@ def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, sh
     first = {s.customer_id: (s.probability, s.at_risk) for s in every}
     predicted = {s.customer_id: (s.risk_level, s.p_alive, s.predicted_clv_12m, s.expected_next_order_at)
                  for s in every}
+    before_reasons = {s.customer_id: s.reasons for s in every}
     rerun = service.score_customers(session, ctx, as_of=AS_OF)  # the same day again: nothing moved, nothing written
     assert rerun["rows_written"] == 0 and rerun["scored"] == summary["scored"]
     again = session.get(ChurnScore, flagged[0].customer_id)
@@ -108,14 +109,19 @@ def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, sh
     rewritten = [r for r in rows.values() if r.trend["points"][-1]["at"] == "2026-11-08"]
     assert len(rewritten) == later["rows_written"]
     for r in rewritten:  # each rewrite is news: a new customer, a flag or level change, a move of a point or more,
-        if r.customer_id in first:  # a P(alive) move of a point, a value move of 1% or a new due date
+        if r.customer_id in first:  # a P(alive) move of two points, a value move of 5% or a new due date
             before, was_at_risk = first[r.customer_id]
             level, alive, clv, due = predicted[r.customer_id]
             assert (abs(r.probability - before) >= service.SCORE_STEP or r.at_risk != was_at_risk
-                    or r.risk_level != level or abs(r.p_alive - alive) >= service.SCORE_STEP
+                    or r.risk_level != level or abs(r.p_alive - alive) >= service.ALIVE_STEP
                     or abs(r.predicted_clv_12m - clv) >= service.VALUE_STEP * max(abs(clv), 1.0)
                     or r.expected_next_order_at != due)
             assert [p["at"] for p in r.trend["points"]] == ["2026-11-01", "2026-11-08"]
+    # A flagged row rewritten for its predicted value alone keeps the reasons it had; moved risks get new ones.
+    assert later["rows_written_for_value_only"] > 0
+    kept = [r for r in rewritten if r.customer_id in first and r.at_risk and first[r.customer_id][1]
+            and abs(r.probability - first[r.customer_id][0]) < service.SCORE_STEP]
+    assert kept and all(r.reasons == before_reasons[r.customer_id] for r in kept)
     for r in rows.values():  # the others keep the score, flag and single point they were written with
         if r.trend["points"][-1]["at"] == "2026-11-01":
             assert (r.probability, r.at_risk) == first[r.customer_id] and len(r.trend["points"]) == 1
