@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ import polars as pl
 
 from churn.features import FeatureConfig
 from churn.policy import FlagPolicy
-from churn.predictive import decile_calibration, predictive_fields
+from churn.predictive import decile_calibration, predictive_fields, realised_after, value_90d
 from churn.training import TrainingConfig, add_bgnbd, evaluate_at, snapshot, train_churn
 
 
@@ -76,13 +76,10 @@ def predictive_calibration(orders: pl.DataFrame, as_of: datetime, days: int = 90
     frame = add_bgnbd(snapshot(orders, as_of, config, labelled=False), result.bgnbd, config.features.horizon_days)
     fields = predictive_fields(frame, result.bgnbd, result.training["gamma_gamma"], as_of,
                                result.training["predictive"])
-    after = orders.filter((pl.col("ordered_at") >= as_of) & (pl.col("ordered_at") < as_of + timedelta(days=days)))
-    realised = after.group_by("customer_id").agg(pl.col("ordered_at").dt.date().n_unique().alias("days"),
-                                                 pl.col("amount_paid").sum().alias("spend"))
+    # Purchase days and spend in (as_of, as_of + days], the label's window.
+    realised = realised_after(orders, as_of, days).rename({"realised_orders": "days", "realised_spend": "spend"})
     joined = fields.join(realised, on="customer_id", how="left").fill_null(0)
-    # The 12-month value spread over the year as the expected orders are; the spend factor maps it to amounts paid.
-    value = (joined["predicted_clv_12m"] * joined["expected_orders_90d"] / joined["expected_orders_365d"].clip(1e-9)
-             ).to_numpy() * result.training["predictive"]["spend_factor"]
+    value = value_90d(joined) * result.training["predictive"]["spend_factor"]
     predicted_orders = joined["expected_orders_90d"].to_numpy()
     return {"customers": joined.height,
             "orders": decile_calibration(predicted_orders, joined["days"].to_numpy().astype(float)),

@@ -65,6 +65,14 @@ def capacity_threshold(probability: np.ndarray, capacity: int) -> float:
     return NEVER if k <= 0 else float(np.partition(probability, n - k)[n - k])
 
 
+def day_threshold(policy: FlagPolicy, chosen: float, probability: np.ndarray) -> float:
+    """The threshold on one day's scores: the one chosen at training, except under the capacity policy — a number
+    of customers a day, so that day's k riskiest."""
+    if policy.kind != "capacity" or not len(probability):
+        return chosen
+    return capacity_threshold(probability, policy.daily_capacity)
+
+
 def choose_flag(target: np.ndarray, probability: np.ndarray, policy: FlagPolicy,
                 population: int | None = None) -> FlagDecision:
     """Choose the threshold on a labelled window's calibrated probabilities.

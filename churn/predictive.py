@@ -119,7 +119,7 @@ def fit_correction(frame: pl.DataFrame, bgnbd: BetaGeometricNBD, spend: dict[str
                                                                  fit["realised_orders"].to_numpy().astype(float))
     correction = {"orders_x": [float(v) for v in iso.X_thresholds_], "orders_y": [float(v) for v in iso.y_thresholds_]}
     fitted = predictive_fields(frame.filter(pl.Series(calibration_half)), bgnbd, spend, cutoff, correction)
-    value_90 = _value_90(fitted)
+    value_90 = value_90d(fitted)
     correction["spend_factor"] = float(fit["realised_spend"].sum() / max(float(value_90.sum()), 1e-9))
     # The check half is judged on the window it was calibrated for; the season factor applies to what comes next.
     checked = predictive_fields(frame.filter(pl.Series(~calibration_half)), bgnbd, spend, cutoff, correction)
@@ -127,12 +127,12 @@ def fit_correction(frame: pl.DataFrame, bgnbd: BetaGeometricNBD, spend: dict[str
     correction["check"] = {
         "orders_90d": decile_calibration(checked["expected_orders_90d"].to_numpy(),
                                          check["realised_orders"].to_numpy().astype(float)),
-        "spend_90d": decile_calibration(_value_90(checked) * correction["spend_factor"],
+        "spend_90d": decile_calibration(value_90d(checked) * correction["spend_factor"],
                                         check["realised_spend"].to_numpy().astype(float))}
     return correction
 
 
-def _value_90(fields: pl.DataFrame) -> np.ndarray:
+def value_90d(fields: pl.DataFrame) -> np.ndarray:
     """Expected spend over 90 days: the 12-month value in proportion to the orders expected in 90 days."""
     orders_365 = fields["expected_orders_365d"].to_numpy()
     return fields["predicted_clv_12m"].to_numpy() * fields["expected_orders_90d"].to_numpy() / np.maximum(orders_365,

@@ -30,14 +30,16 @@ def reader_locale(locale: str | None) -> str:
     return "en-US" if locale and not locale.lower().startswith("zh") else "zh-CN"
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _num(value: Any, digits: int = 0) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return f"{value:,.{digits}f}"
+    return None if _missing(value) else f"{value:,.{digits}f}"
 
 
 def _pct(value: Any) -> str | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.0f}%"
+    return None if _missing(value) else f"{100 * value:.0f}%"
 
 
 def sentence(feature: str, row: Any, locale: str = "zh-CN") -> str:

@@ -19,7 +19,7 @@ from churn.calibration import ShippedScore, halves, score_inputs
 from churn.features import FeatureConfig, SegmentRules, build_features, features_from_state, state_covers
 from churn.model import ChurnModel
 from churn.models import ChurnModelArtifact, ChurnModelVersion, ChurnPrediction, ChurnScore
-from churn.policy import FlagPolicy, capacity_threshold, risk_levels
+from churn.policy import FlagPolicy, day_threshold, risk_levels
 from churn.predictive import PREDICTED_COLUMNS, predictive_fields
 from churn.reasons import drivers_frame, reader_locale, sentences, topic, topic_label
 from churn.training import TrainingConfig, TrainingResult, add_bgnbd, score_metrics, snapshot, train_churn
@@ -32,6 +32,7 @@ from crm.service import (
     events_frame,
     external_ids_of,
     get_customer,
+    locales_of,
     order_flags_frame,
     orders_frame,
     read_columns,
@@ -338,11 +339,8 @@ VALUE_STEP = 0.05  # ... or the predicted 12-month value by 5%, or its due date,
 
 
 def scoring_threshold(row: ChurnModelVersion, probability: np.ndarray) -> float:
-    """The at-risk threshold today: the model's, except under the capacity policy — the k riskiest of today."""
-    policy = FlagPolicy.from_dict(row.training.get("policy"))
-    if policy.kind != "capacity" or not len(probability):
-        return row.threshold
-    return capacity_threshold(probability, policy.daily_capacity)
+    """The at-risk threshold today under the model's flag policy (see `day_threshold`)."""
+    return day_threshold(FlagPolicy.from_dict(row.training.get("policy")), row.threshold, probability)
 
 
 def _changed_scores(session: Session, scores: pl.DataFrame,
@@ -480,7 +478,7 @@ def at_risk_customers(session: Session, *, tier: str | None = None, after: int |
     scores = session.exec(query.order_by(ChurnScore.customer_id).limit(limit)).all()
     ids = [s.customer_id for s in scores]
     external = external_ids_of(session, ids)
-    locales = {} if locale else {c: get_customer(session, c).locale for c in ids}
+    locales = {} if locale else locales_of(session, ids)
     return [{"customer_id": score.customer_id, "external_id": external.get(score.customer_id),
              "probability": round(score.probability, 4), "risk_level": score.risk_level,
              "reasons": sentences(score.reasons, reader_locale(locale or locales.get(score.customer_id))),

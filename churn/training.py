@@ -26,7 +26,7 @@ from churn.features import (
     population_summary,
 )
 from churn.model import ChurnModel
-from churn.policy import FlagDecision, FlagPolicy, capacity_threshold, choose_flag, flag_metrics
+from churn.policy import FlagDecision, FlagPolicy, choose_flag, day_threshold, flag_metrics
 from churn.predictive import fit_correction, fit_spend, realised_after, season_factor
 
 Progress = Callable[[str], None]
@@ -246,9 +246,7 @@ def evaluate_at(result: TrainingResult, orders: pl.DataFrame, cutoff: datetime, 
                      config.features.horizon_days)
     probability = result.shipped.probability(score_inputs(result.model.predict_proba(test), test))
     target = test["churned"].to_numpy()
-    # A capacity is a number of customers a day: at any date it flags that day's k riskiest.
-    threshold = (capacity_threshold(probability, config.policy.daily_capacity)
-                 if config.policy.kind == "capacity" else result.threshold)
+    threshold = day_threshold(config.policy, result.threshold, probability)
     metrics = score_metrics(target, probability, threshold)
     train_like = result.validation  # the baselines' calibration is fitted on data before the test window
     return metrics | {"flag": flag_metrics(target, probability, threshold),

@@ -419,6 +419,14 @@ def contacts_of(session: Session, ctx: Context, customer_ids: list[int]) -> dict
     return out
 
 
+def locales_of(session: Session, customer_ids: list[int]) -> dict[int, str | None]:
+    """Each of a few customers' locale."""
+    if not customer_ids:
+        return {}
+    query = _in_ids("SELECT id, locale FROM customer WHERE id IN :ids")
+    return dict(session.connection().execute(query, {"ids": customer_ids}).all())
+
+
 def external_ids_of(session: Session, customer_ids: list[int]) -> dict[int, str]:
     """The shop's id of each of a few customers."""
     if not customer_ids:

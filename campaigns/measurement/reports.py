@@ -42,7 +42,8 @@ def period(ctx: Context, since: datetime | None, until: datetime | None) -> tupl
     return since, until
 
 
-def _rows(session: Session, since: datetime, until: datetime, campaign_id: int | None) -> pl.DataFrame:
+def message_rows(session: Session, since: datetime, until: datetime, campaign_id: int | None = None) -> pl.DataFrame:
+    """Outbox rows with send_at in [since, until) (of one campaign when given), in the arms' ROW_SCHEMA."""
     one = "AND m.campaign_id = :campaign_id" if campaign_id is not None else ""
     query = (f"SELECT m.campaign_id, m.occurrence, m.customer_id, m.channel, m.status, m.reason, m.variant, "
              f"m.send_at, m.sent_at, m.delivered_at, m.opened_at, m.clicked_at FROM message m "
@@ -72,7 +73,7 @@ def campaign_reports(session: Session, ctx: Context, *, since: datetime | None =
     since, until = period(ctx, since, until)
     now = ctx.clock.now()
     window = timedelta(days=ctx.settings.attribution_window_days)
-    rows = _rows(session, since, until, campaign_id)
+    rows = message_rows(session, since, until, campaign_id)
     arms = member_arms(rows)
     orders = orders_frame(session, since, min(until + window, now), costs=False)
     measured = outcomes(arms, orders, window, now)
@@ -129,7 +130,7 @@ def _campaign_report(campaign: Campaign, arms: pl.DataFrame, measured: pl.DataFr
 def customers_reached(session: Session, since: datetime, until: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
     """For simulating responses: per customer in any campaign of the period, the earliest and latest (would-be)
     send times and how many campaigns sent them a message (`messaged`); and each campaign's members with their arm."""
-    rows = _rows(session, since, until, None)
+    rows = message_rows(session, since, until)
     sent = rows.group_by("campaign_id", "customer_id").agg(sent=pl.col("sent_at").is_not_null().any())
     arms = member_arms(rows).join(sent, on=["campaign_id", "customer_id"], how="left")
     reached = (arms.group_by("customer_id")

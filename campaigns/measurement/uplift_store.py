@@ -17,7 +17,8 @@ from sqlalchemy import delete
 from sqlmodel import Session, select
 
 from campaigns.authoring.spec import ANY_SEGMENT, campaign_segment
-from campaigns.measurement.arms import ROW_SCHEMA, member_arms, outcomes
+from campaigns.measurement.arms import member_arms, outcomes
+from campaigns.measurement.reports import message_rows
 from campaigns.measurement.uplift import (
     MIN_ARM_MEMBERS,
     UpliftModel,
@@ -31,7 +32,7 @@ from churn.service import order_features_at
 from crm import audit
 from crm.service import orders_frame
 from kit.bulkwrite import insert_frame
-from kit.columnar import SharedFrames, read_frame
+from kit.columnar import SharedFrames
 from kit.context import Context
 from kit.timezones import utc_midnight
 
@@ -47,10 +48,7 @@ def campaign_members(session: Session, ctx: Context, *, days: int = ARMS_PERIOD_
     whether they ordered within it and their campaign's segment (the shop-wide control group is left out)."""
     now = ctx.clock.now()
     window = timedelta(days=ctx.settings.attribution_window_days)
-    rows = read_frame(session, "SELECT m.campaign_id, m.occurrence, m.customer_id, m.channel, m.status, m.reason, "
-                      "m.variant, m.send_at, m.sent_at, m.delivered_at, m.opened_at, m.clicked_at FROM message m "
-                      "WHERE m.send_at >= :since AND m.send_at < :until",
-                      {"since": now - timedelta(days=days), "until": now - window}, ROW_SCHEMA)
+    rows = message_rows(session, now - timedelta(days=days), now - window)
     arms = member_arms(rows).filter(pl.col("arm") != "global_control")
     if arms.is_empty():
         return pl.DataFrame(schema=MEMBER_SCHEMA)
