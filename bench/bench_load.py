@@ -48,11 +48,11 @@ def targets(data: Path, count: int, seed: int) -> list[dict]:
     for external_id, email, phone in rows:
         kind = rng.random()
         if kind < PROFILE_SHARE or (email is None and phone is None):
-            paths.append({"path": f"/customers/{quote(external_id)}/profile", "json": None})
+            paths.append({"path": f"/v1/customers/{quote(external_id)}/profile", "json": None})
         elif email is not None and (phone is None or kind < PROFILE_SHARE + (1 - PROFILE_SHARE) / 2):
-            paths.append({"path": "/customers/search", "json": {"email": email}})
+            paths.append({"path": "/v1/customers/search", "json": {"email": email}})
         else:
-            paths.append({"path": "/customers/search", "json": {"phone": phone}})
+            paths.append({"path": "/v1/customers/search", "json": {"phone": phone}})
     return paths
 
 
@@ -151,13 +151,13 @@ def cpu_seconds(select) -> float:
 
 
 def wait_healthy(base_url: str, timeout: float) -> bool:
-    """The server answers /health."""
+    """The server answers /v1/health/live."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}/v1/health/live", timeout=2).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass

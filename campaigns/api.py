@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 
 from campaigns import service
 from campaigns.authoring import guard_rail_settings
@@ -15,6 +15,9 @@ from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
 from crm.service import customer_by_external_id
+from kit import http
+from kit.channels import CHANNELS
+from kit.errors import InvalidInput
 
 router = APIRouter(tags=["campaigns"])
 EDITORS = (Role.admin, Role.marketer)
@@ -24,11 +27,14 @@ CampaignBody = Annotated[dict[str, Any], Body(description="a campaign specificat
 
 
 @router.post("/campaigns", status_code=201)
-def post_campaign(body: CampaignBody, session: SessionDep, ctx: ContextDep,
+def post_campaign(body: CampaignBody, response: Response, session: SessionDep, ctx: ContextDep,
                   principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Create a campaign in draft (validated: errors name the field; audited)."""
-    return service.describe(service.create_campaign(session, ctx, body, principal.actor,
-                                                    may_define_transactional=principal.role == Role.admin))
+    campaign = service.create_campaign(session, ctx, body, principal.actor,
+                                       may_define_transactional=principal.role == Role.admin)
+    http.created(response, f"/v1/campaigns/{campaign.id}")
+    http.tag(response, campaign.version)
+    return service.describe(campaign)
 
 
 @router.get("/campaigns")
@@ -54,15 +60,20 @@ def post_uplift_models(session: SessionDep, ctx: ContextDep,
 
 
 @router.get("/campaigns/{campaign_id}")
-def get_campaign(campaign_id: int, session: SessionDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
-    """One campaign as it stands."""
-    return service.describe(service.get_campaign(session, campaign_id))
+def get_campaign(campaign_id: int, response: Response, session: SessionDep,
+                 _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """One campaign as it stands (its ETag is its version: send it back in If-Match on PUT)."""
+    campaign = service.get_campaign(session, campaign_id)
+    http.tag(response, campaign.version)
+    return service.describe(campaign)
 
 
 @router.put("/campaigns/{campaign_id}")
-def put_campaign(campaign_id: int, body: CampaignBody, session: SessionDep, ctx: ContextDep,
-                 principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
-    """Replace a campaign's specification (a new version; audited; active ones pass the fairness gate)."""
+def put_campaign(campaign_id: int, body: CampaignBody, request: Request, response: Response, session: SessionDep,
+                 ctx: ContextDep, principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Replace a campaign's specification (a new version; audited; active ones pass the fairness gate); a stale
+    If-Match is a 412."""
+    http.require_current(request, service.get_campaign(session, campaign_id).version)
     campaign, warnings = service.update_campaign(session, ctx, campaign_id, body, principal.actor,
                                                  may_define_transactional=principal.role == Role.admin)
     return service.describe(campaign) | {"fairness_warnings": warnings}
@@ -116,7 +127,7 @@ def get_templates(session: SessionDep, _: Principal = Depends(require(*EDITORS))
 
 
 @router.post("/templates", status_code=201)
-def post_template(session: SessionDep, ctx: ContextDep,
+def post_template(response: Response, session: SessionDep, ctx: ContextDep,
                   body: Annotated[dict[str, Any], Body(description="{name, channel, locale, kind: marketing|"
                                                                    "transactional, parts: {part: text}}")],
                   principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
@@ -124,6 +135,7 @@ def post_template(session: SessionDep, ctx: ContextDep,
     content rules of its kind (opt-out text, advertising-law phrases, no marketing in transactional notices)."""
     row, checked = service.save_template(session, ctx, body, principal.actor,
                                          may_define_transactional=principal.role == Role.admin)
+    http.created(response, f"/v1/templates/{row.id}")
     return row.model_dump() | {"sample": checked}
 
 
@@ -142,31 +154,40 @@ def post_preview(template_id: int, session: SessionDep, ctx: ContextDep,
 
 
 @router.get("/messages")
-def get_messages(session: SessionDep, status: str | None = None, campaign_id: int | None = None,
-                 customer: str | None = Query(default=None, max_length=128), after: int | None = Query(None, ge=0),
+def get_messages(session: SessionDep, status: Annotated[str | None, Query(max_length=24)] = None,
+                 campaign_id: int | None = None,
+                 customer: str | None = Query(default=None, max_length=128, description="the shop's customer id"),
+                 channel: Annotated[str | None, Query(max_length=24)] = None, cursor: Annotated[str | None, Query(max_length=40)] = None,
                  limit: int = Query(default=100, ge=1, le=1000),
                  _: Principal = Depends(require(*READERS, Role.support))) -> dict[str, Any]:
-    """The outbox and ledger, filtered by status, campaign or customer; `after` is the id cursor."""
+    """The outbox and ledger, filtered by status, campaign, customer or channel; pages by `cursor` (the previous
+    page's `next_cursor`)."""
+    if channel is not None and channel not in CHANNELS:
+        raise InvalidInput.field("channel", f"one of {', '.join(CHANNELS.names())}")
     customer_id = customer_by_external_id(session, customer).id if customer is not None else None
     rows = outbox.list_messages(session, status=status, campaign_id=campaign_id, customer_id=customer_id,
-                                after=after, limit=limit)
-    return {"items": outbox.messages_json(rows), "next": rows[-1].id if len(rows) == limit else None}
+                                channel=channel, after=http.read_cursor(cursor), limit=limit)
+    return {"items": outbox.messages_json(session, rows),
+            "next_cursor": http.make_cursor(rows[-1].id) if len(rows) == limit else None}
 
 
 @router.get("/guard-rails")
-def get_guard_rails(session: SessionDep, ctx: ContextDep,
+def get_guard_rails(response: Response, session: SessionDep, ctx: ContextDep,
                     _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The guard rails in force: caps, quiet hours, discount ceilings, SMS keywords, opt-out texts, ad phrases."""
     version, settings = guard_rail_settings.current_settings(session, ctx)
+    http.tag(response, version)
     return {"version": version, "settings": settings.model_dump(mode="json")}
 
 
 @router.put("/guard-rails")
-def put_guard_rails(session: SessionDep, ctx: ContextDep,
+def put_guard_rails(request: Request, response: Response, session: SessionDep, ctx: ContextDep,
                     body: Annotated[dict[str, Any], Body(description="the whole guard-rail document (see GET)")],
                     principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
-    """Replace the guard rails (a new version, audited; errors name the field)."""
+    """Replace the guard rails (a new version, audited; errors name the field); a stale If-Match is a 412."""
+    http.require_current(request, guard_rail_settings.current_settings(session, ctx)[0])
     version, settings = guard_rail_settings.update_settings(session, ctx, body, principal.actor)
+    http.tag(response, version)
     return {"version": version, "settings": settings.model_dump(mode="json")}
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
@@ -29,10 +29,12 @@ from crm.schemas import (
     KeyCreate,
     KeyCreated,
     KeyRead,
+    Liveness,
     OrderRead,
     ProfileRead,
 )
 from crm.validation import SPECS
+from kit import http
 from kit.context import Context, ContextDep
 from kit.db import SessionDep
 from kit.errors import InvalidInput
@@ -55,9 +57,17 @@ def customer_read(ctx: Context, customer: Customer, principal: Principal) -> Cus
         attributes=customer.attributes, created_at=customer.created_at, updated_at=customer.updated_at)
 
 
-@router.get("/health", response_model=Health, tags=["ops"])
-def health(request: Request, session: SessionDep) -> Health:
-    """Database reachable, migrations at head, and the scheduler's leader and heartbeat (no key needed)."""
+@router.get("/health/live", response_model=Liveness, tags=["ops"])
+async def live() -> Liveness:
+    """The process is up and serving (no database call: a restart would not cure a database outage)."""
+    return Liveness(status="ok")
+
+
+@router.get("/health/ready", response_model=Health, tags=["ops"],
+            responses={503: {"model": Health, "description": "not ready: the body says which check failed"}})
+def ready(request: Request, response: Response, session: SessionDep) -> Health:
+    """Ready for traffic: database reachable, migrations at head, a scheduler leader that beat within the takeover
+    bound. 503 with the same body when any fails (load balancers and orchestrators read the status)."""
     ctx: Context = request.app.state.ctx
     head = head_revision()
     try:
@@ -66,10 +76,12 @@ def health(request: Request, session: SessionDep) -> Health:
         reachable = True
     except Exception:  # noqa: BLE001 - any failure to reach the database is what this endpoint reports
         reachable, revision = False, None
-    ok = reachable and revision == head
-    scheduler = None
-    if ok:
-        scheduler = scheduler_health(session, ctx)
+    at_head = reachable and revision == head
+    scheduler = scheduler_health(session, ctx) if at_head else None
+    leader = bool(scheduler and scheduler["running"])
+    ok = at_head and (leader or not ctx.settings.ready_requires_leader)
+    if not ok:
+        response.status_code = 503
     return Health(status="ok" if ok else "degraded", database=reachable, migrations_at_head=revision == head,
                   revision=revision, head=head, scheduler=scheduler)
 
@@ -106,6 +118,9 @@ async def search_customers(search: CustomerSearch, request: Request, session: Se
     return await run_in_threadpool(customer_page, request, session, ctx, principal, cursor=search.cursor,
                                    limit=search.limit, email=search.email, phone=search.phone, locale=None,
                                    time_zone=None, membership_level=None, extra_filters=False)
+
+
+list_customers.accepts_registered_filters = True  # type: ignore[attr-defined]  # checked in customer_page
 
 
 def customer_page(request: Request, session: Session, ctx: Context, principal: Principal, *, cursor: int | None,
@@ -210,7 +225,7 @@ def post_consent(external_id: str, update: ConsentUpdate, session: SessionDep, c
 
 
 @router.post("/imports/{kind}", response_model=ImportJobRead, status_code=201, tags=["imports"])
-async def post_import(kind: str, request: Request, session: SessionDep, ctx: ContextDep,
+async def post_import(kind: str, request: Request, response: Response, session: SessionDep, ctx: ContextDep,
                       principal: Principal = Depends(require(*IMPORTERS))) -> ImportJobRead:
     """Import customers, orders, order_items or events from a CSV or NDJSON body (streamed to disk first)."""
     if kind not in SPECS:
@@ -231,6 +246,7 @@ async def post_import(kind: str, request: Request, session: SessionDep, ctx: Con
             ingest.run_import, session, ctx, kind=kind, chunks=iter(lambda: spool.read(4 << 20), b""), fmt=fmt,
             source=f"api:{request.headers.get('x-filename', 'upload')}"[:300], actor=principal.actor),
             limiter=request.app.state.import_threads)
+    http.created(response, f"/v1/imports/{job.id}")
     return ImportJobRead(**job.model_dump())
 
 
@@ -248,10 +264,11 @@ def get_keys(session: SessionDep, _: Principal = Depends(require(*ADMIN))) -> li
 
 
 @router.post("/keys", response_model=KeyCreated, status_code=201, tags=["keys"])
-def post_key(body: KeyCreate, session: SessionDep, ctx: ContextDep,
+def post_key(body: KeyCreate, response: Response, session: SessionDep, ctx: ContextDep,
              principal: Principal = Depends(require(*ADMIN))) -> KeyCreated:
     """Create a key; the response carries the key itself, shown only this once."""
     issued = auth.create_key(session, ctx, name=body.name, role=body.role, actor=principal.actor)
+    http.created(response, f"/v1/keys/{issued.record.id}")
     return KeyCreated(**issued.record.model_dump(), key=issued.secret)
 
 

@@ -125,7 +125,9 @@ def authenticate_request(request: Request, session: Session, ctx: Context, prese
 
 def current_principal(request: Request, session: SessionDep, ctx: ContextDep) -> Principal:
     """FastAPI dependency: the caller behind the bearer key."""
-    return authenticate_request(request, session, ctx, _bearer(request))
+    principal = authenticate_request(request, session, ctx, _bearer(request))
+    request.state.principal = principal  # the access log names the acting key and role
+    return principal
 
 
 def require(*roles: Role):

@@ -26,7 +26,7 @@ from kit.context import Context, ContextDep
 from kit.db import SessionDep
 from kit.errors import Conflict, InvalidInput
 
-router = APIRouter(prefix="/v1", tags=["ingestion"])
+router = APIRouter(tags=["ingestion"])
 WRITERS = (Role.ingest, Role.admin)
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=64)]
 

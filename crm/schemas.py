@@ -168,6 +168,12 @@ class SchedulerHealth(BaseModel):
     standbys: list[str]
 
 
+class Liveness(BaseModel):
+    """The process answers."""
+
+    status: Literal["ok"]
+
+
 class Health(BaseModel):
     """Liveness and readiness of the service."""
 

@@ -59,6 +59,13 @@ class InvalidInput(DomainError):
         return cls(f"{field}: {reason}", errors=[{"field": field, "reason": reason}])
 
 
+class PreconditionFailed(DomainError):
+    """An If-Match header named a version that is no longer current."""
+
+    status = 412
+    title = "Precondition Failed"
+
+
 class Forbidden(DomainError):
     """The caller's role may not do this."""
 

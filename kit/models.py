@@ -67,3 +67,17 @@ APSCHEDULER_JOBS = Table(
     Column("next_run_time", Float(25), index=True),
     Column("job_state", LargeBinary, nullable=False),
 )
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """A POST made with an Idempotency-Key: in flight (no status yet) or its stored answer, replayed to a repeat."""
+
+    __tablename__ = "idempotency_record"
+
+    identity: str = Field(sa_column=Column(String(64), primary_key=True))  # hash of caller, path and key
+    request_hash: str | None = Field(default=None, sa_column=Column(String(64)))
+    status: int | None = None
+    headers: list[Any] | None = Field(default=None, sa_column=Column(JSONType))
+    body: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     scheduler_catch_up: str = Field(default="latest", pattern="^(latest|all)$")
     scheduler_takeover_seconds: float = Field(default=30.0, gt=0)
     scheduler_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # /v1/health/ready wants a scheduler leader that beat within the takeover bound (no leader: no nightly jobs,
+    # no sends); false keeps an API whose only problem is the scheduler in its load balancer's rotation.
+    ready_requires_leader: bool = True
+    idempotency_hours: float = Field(default=24.0, gt=0, le=24 * 30)  # how long a POST's answer is replayed
     scheduler_jobs: list[str] = Field(default_factory=list)  # which jobs `crm scheduler` runs; empty: all
     # A firing later than this (the process was busy or paused) is skipped by APScheduler; the job's next firing,
     # or a new leader's start, still catches the occurrence up from the recorded runs.

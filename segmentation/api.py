@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 
 from crm.api import ContextDep, SessionDep
 from crm.auth import ADMIN, Principal, require
 from crm.models import Role
 from crm.profiles import CustomerFilter
+from kit import http
 from kit.errors import InvalidInput
 from segmentation import service
 
@@ -20,20 +21,26 @@ READERS = (Role.admin, Role.marketer, Role.scheduler)
 
 
 @router.get("/rule-sets/{name}")
-def get_rule_set(name: str, session: SessionDep, _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+def get_rule_set(name: str, response: Response, session: SessionDep,
+                 _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """The rule set in force (tier, layer or tags), its version and the metrics rules may use."""
     version, rule_set = service.current_rule_set(session, name)
+    http.tag(response, version)
     return {"name": name, "version": version, "body": rule_set.model_dump(mode="json", by_alias=True,
                                                                          exclude_none=True),
             "metrics": {m: {"kind": k, "description": d} for m, (k, d) in service.METRICS.items()}}
 
 
 @router.put("/rule-sets/{name}")
-def put_rule_set(name: str, session: SessionDep, ctx: ContextDep, body: Annotated[dict[str, Any], Body()],
+def put_rule_set(name: str, request: Request, response: Response, session: SessionDep, ctx: ContextDep,
+                 body: Annotated[dict[str, Any], Body()],
                  principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
-    """Replace a rule set: validated (unknown metric, empty range, unreachable rule → 422), versioned, audited."""
-    service.current_rule_set(session, name)  # 404 for an unknown name before validating the body
+    """Replace a rule set: validated (unknown metric, empty range, unreachable rule → 422), versioned, audited; a
+    stale If-Match is a 412."""
+    current, _ = service.current_rule_set(session, name)  # 404 for an unknown name before validating the body
+    http.require_current(request, current)
     version, parsed = service.put_rule_set(session, ctx, name, body, principal.actor)
+    http.tag(response, version)
     return {"name": name, "version": version, "body": parsed.model_dump(mode="json", by_alias=True,
                                                                         exclude_none=True)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -21,6 +21,7 @@ from kit.columnar import SAME_CONNECTION_FLAG
 from kit.context import Context
 from kit.crypto import ContactCipher
 from kit.db import get_session, make_engine
+from kit.idempotency import session_store
 from kit.migrations import upgrade_to_head
 from kit.settings import Settings
 from wiring.app import create_app
@@ -118,6 +119,8 @@ def app(ctx, session):
             request.commit()
 
     application.dependency_overrides[get_session] = _session
+    # Idempotency records join the test's transaction too (a second connection would wait on its write lock).
+    application.state.idempotency = session_store(session, ctx.clock, timedelta(hours=ctx.settings.idempotency_hours))
     return application
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -13,10 +13,11 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.routing import BaseRoute
 
 from campaigns import api as campaigns_api
 from campaigns.delivery import api as delivery_api
@@ -28,13 +29,14 @@ from crm import profiles as crm_profiles
 from crm.auth import Principal, require
 from crm.models import Role
 from crm.profiles import CustomerFilterRegistry, ProfileRegistry
+from kit import idempotency
 from kit.context import Context, build_context
 from kit.errors import install_handlers
 from kit.jobs import JobRegistry
 from kit.settings import Settings, get_settings
 from kit.throttle import FailureThrottle
 from segmentation import api as segmentation_api
-from wiring import jobs_api, reports_api
+from wiring import __version__, contract, jobs_api, reports_api
 
 
 def job_registry(settings: Settings) -> JobRegistry:
@@ -50,7 +52,7 @@ class ConcurrencyLimit:
     """Plain ASGI: at most `limit` requests of this process in progress, the others queued in arrival order (a
     request in progress holds a database connection; the pool has one for each).
 
-    Uploads (POST /imports/...) pass by: they wait on the client's body and run for minutes, and must not take the
+    Uploads (POST /v1/imports/...) pass by: they wait on the client's body and run for minutes, and must not take the
     places of short reads.
     """
 
@@ -59,7 +61,7 @@ class ConcurrencyLimit:
         self.slots: asyncio.Semaphore | None = None  # made on the first request, inside the server's event loop
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"].startswith("/imports/")):
+        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"].startswith("/v1/imports/")):
             await self.inner(scope, receive, send)
             return
         if self.slots is None:
@@ -68,38 +70,43 @@ class ConcurrencyLimit:
             await self.inner(scope, receive, send)
 
 
+class Measure:
+    """Counts and times every HTTP request by route template (plain ASGI: Starlette's BaseHTTPMiddleware costs
+    about a millisecond per request in task and stream plumbing)."""
+
+    def __init__(self, inner, requests: Counter, latency: Histogram, templates: Callable[[], dict[int, str]]) -> None:
+        self.inner, self.requests, self.latency = inner, requests, latency
+        self.templates, self.known = templates, None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [500]
+
+        async def send_and_note(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.inner(scope, receive, send_and_note)
+        finally:
+            if self.known is None:  # every route is registered by the first request
+                self.known = self.templates()
+            template = self.known.get(id(scope.get("route")), "unmatched")
+            self.requests.labels(scope["method"], template, str(status[0])).inc()
+            self.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+
+
 def _install_metrics(app: FastAPI) -> None:
+    """The /metrics route and the HTTP measures the Measure middleware records."""
     registry = CollectorRegistry()
-    requests = Counter("crm_http_requests_total", "HTTP requests", ["method", "route", "status"],
-                       registry=registry)
-    latency = Histogram("crm_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry)
-
-    class Measure:
-        """Counts and times every HTTP request by route template (plain ASGI: Starlette's BaseHTTPMiddleware
-        costs about a millisecond per request in task and stream plumbing)."""
-
-        def __init__(self, inner) -> None:
-            self.inner = inner
-
-        async def __call__(self, scope, receive, send) -> None:
-            if scope["type"] != "http":
-                await self.inner(scope, receive, send)
-                return
-            started, status = time.perf_counter(), [500]
-
-            async def send_and_note(message) -> None:
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            try:
-                await self.inner(scope, receive, send_and_note)
-            finally:
-                template = getattr(scope.get("route"), "path", "unmatched")
-                requests.labels(scope["method"], template, str(status[0])).inc()
-                latency.labels(scope["method"], template).observe(time.perf_counter() - started)
-
-    app.add_middleware(Measure)
+    app.state.http_measures = {
+        "requests": Counter("crm_http_requests_total", "HTTP requests", ["method", "route", "status"],
+                            registry=registry),
+        "latency": Histogram("crm_http_request_seconds", "HTTP request latency", ["method", "route"],
+                             registry=registry)}
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics(_: Principal = Depends(require(Role.admin, Role.scheduler))) -> Response:
@@ -118,10 +125,31 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+API_PREFIX = "/v1"
+UNVERSIONED = ("/console", "/docs")  # the console's pages and the API's docs are for people, not integrators
+
+
+def _version_routes(app: FastAPI) -> None:
+    """Put every API route under /v1 (routers declare their paths without it): a breaking change gets /v2 beside
+    /v1, and integrators move when they choose."""
+    keep, versioned = [], APIRouter()
+    for route in app.router.routes:
+        path = getattr(route, "path", None)
+        if path is None:  # an included router
+            path = route.original_router.prefix if hasattr(route, "original_router") else ""
+        if isinstance(route, BaseRoute) and not path.startswith(UNVERSIONED) and path != app.openapi_url:
+            versioned.routes.append(route)
+        else:
+            keep.append(route)
+    app.router.routes = keep
+    app.include_router(versioned, prefix=API_PREFIX, dependencies=[Depends(contract.refuse_unknown_query)])
+
+
 def create_app(ctx: Context | None = None) -> FastAPI:
     """Build the app around a Context (the default one reads CRM_* settings)."""
     ctx = ctx or build_context(get_settings())
-    app = FastAPI(title="CRM retention service", version="0.1.0", lifespan=_lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="CRM retention service", version=__version__, lifespan=_lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=f"{API_PREFIX}/openapi.json",
                   description="Segmentation, churn risk and guarded retention campaigns for e-commerce shops.")
     _install_local_docs(app)
     app.state.ctx = ctx
@@ -148,9 +176,15 @@ def create_app(ctx: Context | None = None) -> FastAPI:
     measurement_api.install(app)
     console_pages.install(app)
     jobs_api.install(app, job_registry(ctx.settings))
+    _install_metrics(app)
+    _version_routes(app)
+    app.state.idempotency = idempotency.engine_store(ctx.engine, ctx.clock,
+                                                     timedelta(hours=ctx.settings.idempotency_hours))
+    app.add_middleware(idempotency.Idempotency, store=lambda: app.state.idempotency, prefix=f"{API_PREFIX}/")
     app.add_middleware(ConcurrencyLimit, limit=ctx.settings.api_concurrency)
-    _install_metrics(app)  # outermost: its latency includes the wait for a place
+    app.add_middleware(Measure, **app.state.http_measures, templates=lambda: contract.route_templates(app))  # outermost: its latency includes the wait for a place
     _document_customer_filters(app)
+    contract.document(app)
     return app
 
 
@@ -167,7 +201,7 @@ def _install_local_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} — API",
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} — API",
                                    swagger_js_url="/docs/static/swagger-ui-bundle.js",
                                    swagger_css_url="/docs/static/swagger-ui.css",
                                    swagger_favicon_url="data:,", oauth2_redirect_url="/docs/oauth2-redirect")
@@ -190,7 +224,7 @@ def _document_customer_filters(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            operation = schema["paths"]["/customers"]["get"]
+            operation = schema["paths"][f"{API_PREFIX}/customers"]["get"]
             operation.setdefault("parameters", []).extend(
                 {"name": f.name, "in": "query", "required": False, "description": f.description,
                  "schema": {"type": "string", "maxLength": f.max_length}}

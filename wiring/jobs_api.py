@@ -64,7 +64,7 @@ def run_now(name: str, request: Request, session: SessionDep, ctx: ContextDep, b
                  at=ctx.clock.now(), after={"occurrence": chosen.key, "force": force})
     background.add_task(_run_in_background, ctx, job, chosen, force)
     return {"job": job.name, "occurrence": chosen.key, "force": force, "status": "accepted",
-            "runs": f"/jobs/runs?job={job.name}"}
+            "runs": f"/v1/jobs/runs?job={job.name}"}
 
 
 def install(app: FastAPI, registry: jobs.JobRegistry) -> None:

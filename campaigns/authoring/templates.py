@@ -53,7 +53,7 @@ def find_template(session: Session, ctx: Context, name: str, channel: str, local
 
 def unsubscribe_url(ctx: Context, customer_id: int | str) -> str:
     """The customer's signed one-click email unsubscribe link."""
-    return f"{ctx.settings.public_base_url}/unsubscribe/{ctx.cipher.sign_link('unsubscribe', str(customer_id))}"
+    return f"{ctx.settings.public_base_url}/v1/unsubscribe/{ctx.cipher.sign_link('unsubscribe', str(customer_id))}"
 
 
 def shop_sample_context(ctx: Context, locale: str, with_offer: bool = True) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def task_outcome(task_id: int, session: SessionDep, ctx: ContextDep,
 def retry_message(message_id: int, session: SessionDep, ctx: ContextDep,
                   principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
     """Send a dead, failed or unknown message again (admin; audited)."""
-    return outbox.messages_json([tasks.retry_message(session, ctx, message_id, principal.actor)])[0]
+    return outbox.messages_json(session, [tasks.retry_message(session, ctx, message_id, principal.actor)])[0]
 
 
 @router.get("/messages/counts", tags=["campaigns"])

@@ -8,14 +8,18 @@ from typing import Any
 from sqlmodel import Session, select
 
 from campaigns.models import Message
+from crm.service import external_ids_of
 
 
 def list_messages(session: Session, *, status: str | None = None, campaign_id: int | None = None,
-                  customer_id: int | None = None, after: int | None = None, limit: int = 100) -> list[Message]:
-    """Outbox rows in id order, filtered by status, campaign or customer; `after` is the id cursor."""
+                  customer_id: int | None = None, channel: str | None = None, after: int | None = None,
+                  limit: int = 100) -> list[Message]:
+    """Outbox rows in id order, filtered by status, campaign, customer or channel; `after` is the id cursor."""
     query = select(Message).order_by(Message.id).limit(limit)
     if status is not None:
         query = query.where(Message.status == status)
+    if channel is not None:
+        query = query.where(Message.channel == channel)
     if campaign_id is not None:
         query = query.where(Message.campaign_id == campaign_id)
     if customer_id is not None:
@@ -25,6 +29,9 @@ def list_messages(session: Session, *, status: str | None = None, campaign_id: i
     return list(session.exec(query))
 
 
-def messages_json(rows: list[Message]) -> list[dict[str, Any]]:
-    """Outbox rows for the API."""
-    return [m.model_dump() | {"offer": m.offer if not isinstance(m.offer, str) else json.loads(m.offer)} for m in rows]
+def messages_json(session: Session, rows: list[Message]) -> list[dict[str, Any]]:
+    """Outbox rows for the API: the customer by the shop's id (internal row ids never leave the service)."""
+    external = external_ids_of(session, sorted({m.customer_id for m in rows}))
+    return [{k: v for k, v in m.model_dump().items() if k != "customer_id"}
+            | {"customer": external.get(m.customer_id),
+               "offer": m.offer if not isinstance(m.offer, str) else json.loads(m.offer)} for m in rows]

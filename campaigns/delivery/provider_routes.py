@@ -4,10 +4,10 @@ callbacks and inbound SMS, SendGrid's event webhook; every request's signature i
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -31,12 +31,14 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 @twilio_routes.post("/webhooks/twilio/status", tags=["webhooks"])
-async def twilio_status(request: Request, session: SessionDep, ctx: ContextDep) -> dict[str, Any]:
+async def twilio_status(request: Request, session: SessionDep, ctx: ContextDep,
+                        message_id: Annotated[str | None, Query(max_length=40, description="ours, set on the "
+                                                                "callback URL when the message was sent")] = None
+                        ) -> dict[str, Any]:
     """Twilio's message status callback (X-Twilio-Signature checked; a repeat changes nothing)."""
     params = await _form(request)
     webhooks.verify_twilio(ctx, _public_url(request, ctx), params, request.headers.get("X-Twilio-Signature"))
-    return await run_in_threadpool(webhooks.twilio_status, session, ctx, params,
-                                   request.query_params.get("message_id"))
+    return await run_in_threadpool(webhooks.twilio_status, session, ctx, params, message_id)
 
 
 @twilio_routes.post("/webhooks/twilio/inbound", tags=["webhooks"], response_class=Response)

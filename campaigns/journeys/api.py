@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI
+from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from campaigns.journeys import definitions, reports
@@ -13,8 +13,9 @@ from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
 from crm.service import customer_by_external_id
+from kit import http
 
-router = APIRouter(prefix="/v1", tags=["journeys"])
+router = APIRouter(tags=["journeys"])
 EDITORS = (Role.admin, Role.marketer)
 READERS = (Role.admin, Role.marketer, Role.scheduler)
 JourneyBody = Annotated[dict[str, Any], Body(description="a journey definition", openapi_examples={
@@ -47,16 +48,23 @@ def get_journey_schema(_: Principal = Depends(require(*READERS))) -> dict[str, A
 
 
 @router.get("/journeys/{journey_id}")
-def get_journey(journey_id: int, session: SessionDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
-    """One journey as it stands."""
-    return definitions.describe(definitions.get_journey(session, journey_id))
+def get_journey(journey_id: int, response: Response, session: SessionDep,
+                _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """One journey as it stands (its ETag is its version: send it back in If-Match on PUT)."""
+    journey = definitions.get_journey(session, journey_id)
+    http.tag(response, journey.version)
+    return definitions.describe(journey)
 
 
 @router.put("/journeys/{journey_id}")
-def put_journey(journey_id: int, body: JourneyBody, session: SessionDep, ctx: ContextDep,
-                principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
-    """Replace the definition: a new version (customers in flight finish on theirs unless moved)."""
-    return definitions.describe(definitions.update_journey(session, ctx, journey_id, body, principal.actor))
+def put_journey(journey_id: int, body: JourneyBody, request: Request, response: Response, session: SessionDep,
+                ctx: ContextDep, principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
+    """Replace the definition: a new version (customers in flight finish on theirs unless moved); a stale If-Match
+    is a 412."""
+    http.require_current(request, definitions.get_journey(session, journey_id).version)
+    journey = definitions.update_journey(session, ctx, journey_id, body, principal.actor)
+    http.tag(response, journey.version)
+    return definitions.describe(journey)
 
 
 @router.post("/journeys/{journey_id}/status")

@@ -34,27 +34,27 @@ def _active(session, ctx, body) -> Campaign:
 
 def test_campaign_api_validates_versions_and_audits(client, auth_header, people):
     marketer = auth_header(Role.marketer)
-    bad = client.post("/campaigns", json=_potential(audience={"tiers": ["VIPP"]}), headers=marketer)
+    bad = client.post("/v1/campaigns", json=_potential(audience={"tiers": ["VIPP"]}), headers=marketer)
     assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
     assert bad.json()["errors"][0]["field"] == "audience.tiers.0"
-    missing = client.post("/campaigns", json=_potential(channels=[{"channel": "sms", "template": "nope"}]),
+    missing = client.post("/v1/campaigns", json=_potential(channels=[{"channel": "sms", "template": "nope"}]),
                           headers=marketer)
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "channels.0.template"
-    shape = client.post("/campaigns", json=_potential(schedule={"kind": "weekly"}), headers=marketer)
+    shape = client.post("/v1/campaigns", json=_potential(schedule={"kind": "weekly"}), headers=marketer)
     assert shape.status_code == 422 and shape.json()["errors"][0]["field"] == "schedule"
-    created = client.post("/campaigns", json=_potential(), headers=marketer)
+    created = client.post("/v1/campaigns", json=_potential(), headers=marketer)
     assert created.status_code == 201 and created.json()["status"] == "draft"
     campaign_id = created.json()["id"]
-    assert client.post("/campaigns", json=_potential(), headers=marketer).status_code == 409
-    changed = client.put(f"/campaigns/{campaign_id}", json=_potential(priority=70), headers=marketer)
+    assert client.post("/v1/campaigns", json=_potential(), headers=marketer).status_code == 409
+    changed = client.put(f"/v1/campaigns/{campaign_id}", json=_potential(priority=70), headers=marketer)
     assert changed.status_code == 200 and changed.json()["version"] == 2 and changed.json()["priority"] == 70
-    active = client.post(f"/campaigns/{campaign_id}/status", json={"status": "active"}, headers=marketer)
+    active = client.post(f"/v1/campaigns/{campaign_id}/status", json={"status": "active"}, headers=marketer)
     assert active.status_code == 200 and active.json()["status"] == "active"
-    backwards = client.post(f"/campaigns/{campaign_id}/status", json={"status": "draft"}, headers=marketer)
+    backwards = client.post(f"/v1/campaigns/{campaign_id}/status", json={"status": "draft"}, headers=marketer)
     assert backwards.status_code == 409
-    versions = client.get(f"/campaigns/{campaign_id}/versions", headers=marketer).json()
+    versions = client.get(f"/v1/campaigns/{campaign_id}/versions", headers=marketer).json()
     assert [(v["version"], v["status"]) for v in versions] == [(1, "draft"), (2, "draft"), (3, "active")]
-    assert client.get("/campaigns/999999", headers=marketer).status_code == 404
+    assert client.get("/v1/campaigns/999999", headers=marketer).status_code == 404
 
 
 def test_changes_are_audited(session, ctx, people):
@@ -68,30 +68,30 @@ def test_changes_are_audited(session, ctx, people):
 
 def test_templates_are_rendered_before_saving_and_sandboxed(client, auth_header, people):
     marketer = auth_header(Role.marketer)
-    escape = client.post("/templates", headers=marketer, json={
+    escape = client.post("/v1/templates", headers=marketer, json={
         "name": "evil", "channel": "sms", "locale": "en-US",
         "parts": {"body": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}})
     assert escape.status_code == 422 and escape.json()["errors"][0]["field"] == "parts.body"
-    undefined = client.post("/templates", headers=marketer, json={
+    undefined = client.post("/v1/templates", headers=marketer, json={
         "name": "typo", "channel": "sms", "locale": "en-US", "parts": {"body": "Hi {{ customer.nick }}"}})
     assert undefined.status_code == 422
-    no_link = client.post("/templates", headers=marketer, json={
+    no_link = client.post("/v1/templates", headers=marketer, json={
         "name": "mail", "channel": "email", "locale": "en-US",
         "parts": {"subject": "Hi", "text": "Hello", "html": "<a href='{{ unsubscribe_url }}'>stop</a>"}})
     assert no_link.status_code == 422 and no_link.json()["errors"][0]["field"] == "parts.text"
-    good = client.post("/templates", headers=marketer, json={
+    good = client.post("/v1/templates", headers=marketer, json={
         "name": "hello", "channel": "sms", "locale": "zh-CN",
         "parts": {"body": "【{{ shop.name }}】{{ customer.external_id }}，{{ offer.description }}，回复TD退订"}})
     assert good.status_code == 201, good.text
     assert good.json()["sample"]["encoding"] == "UCS-2" and good.json()["sample"]["segments"] == 1
-    again = client.post("/templates", headers=marketer, json={
+    again = client.post("/v1/templates", headers=marketer, json={
         "name": "hello", "channel": "sms", "locale": "zh-CN", "parts": {"body": "{{ customer.external_id }} 你好，回复TD退订"}})
     assert again.json()["version"] == 2
-    preview = client.post(f"/templates/{again.json()['id']}/preview", params={"customer": "P1"}, headers=marketer)
+    preview = client.post(f"/v1/templates/{again.json()['id']}/preview", params={"customer": "P1"}, headers=marketer)
     assert preview.status_code == 200 and preview.json()["rendered"]["body"] == "P1 你好，回复TD退订"
-    assert client.post(f"/templates/{again.json()['id']}/preview", params={"customer": "NOBODY"},
+    assert client.post(f"/v1/templates/{again.json()['id']}/preview", params={"customer": "NOBODY"},
                        headers=marketer).status_code == 404
-    listed = client.get("/templates", headers=marketer).json()
+    listed = client.get("/v1/templates", headers=marketer).json()
     assert {"hello", "potential_coupon", "lost_winback"} <= {t["name"] for t in listed}
 
 
@@ -167,20 +167,20 @@ def test_fairness_refuses_newcomers_getting_a_better_price(session, ctx, client,
                 "channels": [{"channel": "email", "template": "first_repeat"}],
                 "offer": {"amount_off": 50}, "schedule": {"kind": "triggered", "trigger": "days_after_first_order",
                                                           "days": 14}}
-    created = client.post("/campaigns", json=newcomer, headers=auth_header(Role.marketer)).json()
-    refused = client.post(f"/campaigns/{created['id']}/status", json={"status": "active"},
+    created = client.post("/v1/campaigns", json=newcomer, headers=auth_header(Role.marketer)).json()
+    refused = client.post(f"/v1/campaigns/{created['id']}/status", json={"status": "active"},
                           headers=auth_header(Role.marketer))
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "offer"
     reasons = [e["reason"] for e in refused.json()["errors"]]
     assert "potential pays 100.0 for a basket of 100.0, new customers 50.0 (First repeat)" in reasons
-    warned = client.put(f"/campaigns/{created['id']}", json=newcomer | {"fairness": "warn"},
+    warned = client.put(f"/v1/campaigns/{created['id']}", json=newcomer | {"fairness": "warn"},
                         headers=auth_header(Role.marketer))
     assert warned.status_code == 200
-    active = client.post(f"/campaigns/{created['id']}/status", json={"status": "active"},
+    active = client.post(f"/v1/campaigns/{created['id']}/status", json={"status": "active"},
                          headers=auth_header(Role.marketer))
     assert active.status_code == 200 and active.json()["fairness_warnings"]
     # The accepted newcomer offer is not the loyal campaign's doing: changing that campaign is not refused.
-    changed = client.put(f"/campaigns/{loyal.id}", json=_potential(priority=65), headers=auth_header(Role.marketer))
+    changed = client.put(f"/v1/campaigns/{loyal.id}", json=_potential(priority=65), headers=auth_header(Role.marketer))
     assert changed.status_code == 200 and changed.json()["fairness_warnings"] == []
 
 
@@ -205,32 +205,32 @@ def test_triggered_first_order_and_quiet_hours(session, ctx, people):
 def test_eligibility_explains_one_customer(client, auth_header, session, ctx, people):
     campaign = _active(session, ctx, _potential(channels=[{"channel": "sms", "template": "potential_coupon"}]))
     support = auth_header(Role.support)
-    p3 = client.get(f"/campaigns/{campaign.id}/eligibility/P3", params={"date": TUESDAY.isoformat()},
+    p3 = client.get(f"/v1/campaigns/{campaign.id}/eligibility/P3", params={"date": TUESDAY.isoformat()},
                     headers=support).json()
     assert p3["in_audience"] and not p3["would_receive"] and p3["reasons"] == ["no_consent"]
     assert p3["consent"]["sms"] == "opted_out"
-    p1 = client.get(f"/campaigns/{campaign.id}/eligibility/P1", params={"date": TUESDAY.isoformat()},
+    p1 = client.get(f"/v1/campaigns/{campaign.id}/eligibility/P1", params={"date": TUESDAY.isoformat()},
                     headers=support).json()
     assert p1["would_receive"] and p1["decisions"][0]["offer"]["code"].startswith("CRM")
-    lost = client.get(f"/campaigns/{campaign.id}/eligibility/L1", headers=support).json()
+    lost = client.get(f"/v1/campaigns/{campaign.id}/eligibility/L1", headers=support).json()
     assert not lost["in_audience"] and lost["audience_checks"][0]["holds"] is False
-    assert client.get(f"/campaigns/{campaign.id}/eligibility/NOBODY", headers=support).status_code == 404
+    assert client.get(f"/v1/campaigns/{campaign.id}/eligibility/NOBODY", headers=support).status_code == 404
 
 
 def test_dry_run_api_and_profile_sections(client, auth_header, session, ctx, people):
     campaign = _active(session, ctx, _potential())
     marketer = auth_header(Role.marketer)
-    dry = client.post(f"/campaigns/{campaign.id}/dry-run", params={"date": TUESDAY.isoformat()}, headers=marketer)
+    dry = client.post(f"/v1/campaigns/{campaign.id}/dry-run", params={"date": TUESDAY.isoformat()}, headers=marketer)
     assert dry.status_code == 200
     body = dry.json()
     assert body["audience"] == 3 and body["per_channel"]["sms"] == 2 and body["per_channel"]["push"] == 2
     assert body["samples"] and "满300减50" in body["samples"][0]["rendered"]["body"]
     assert body["estimated_cost"]["messages"] > 0 and body["estimated_cost"]["discount_if_all_redeemed"] > 0
-    wrong_day = client.post(f"/campaigns/{campaign.id}/plan", params={"date": "2026-11-04"},
+    wrong_day = client.post(f"/v1/campaigns/{campaign.id}/plan", params={"date": "2026-11-04"},
                             headers=auth_header(Role.admin))
     assert wrong_day.status_code == 422 and wrong_day.json()["errors"][0]["field"] == "date"
-    client.post(f"/campaigns/{campaign.id}/plan", params={"date": TUESDAY.isoformat()}, headers=auth_header(Role.admin))
-    profile = client.get("/customers/P2/profile", headers=auth_header(Role.support)).json()
+    client.post(f"/v1/campaigns/{campaign.id}/plan", params={"date": TUESDAY.isoformat()}, headers=auth_header(Role.admin))
+    profile = client.get("/v1/customers/P2/profile", headers=auth_header(Role.support)).json()
     history = profile["sections"]["contact_history"]["messages"]
     assert history and history[0]["campaign"] == "Potential coupon" and history[0]["status"] == "planned"
     planned = session.exec(select(Message).where(Message.customer_id == people["P2"])).one()
@@ -240,8 +240,18 @@ def test_dry_run_api_and_profile_sections(client, auth_header, session, ctx, peo
     assert budget["spend"] == 1000 and budget["discount_granted"] == 140 and budget["budget"] == 150
     assert budget["open_offers"] == 47 and budget["left"] == 0  # 150 - 140 - 47 < 0
     assert budget["read_from"] == "state"  # the state clock stands at today's midnight: no raw orders read
-    listed = client.get("/messages", params={"customer": "P2"}, headers=marketer).json()
+    listed = client.get("/v1/messages", params={"customer": "P2"}, headers=marketer).json()
     assert {m["channel"] for m in listed["items"]} == {"sms"}
+    assert {m["customer"] for m in listed["items"]} == {"P2"} and "customer_id" not in listed["items"][0]
+    everyone = client.get("/v1/messages", headers=marketer).json()["items"]
+    pushes = client.get("/v1/messages", params={"channel": "push"}, headers=marketer).json()["items"]
+    assert pushes and [m["id"] for m in pushes] == [m["id"] for m in everyone if m["channel"] == "push"]
+    assert client.get("/v1/messages", params={"channel": "fax"}, headers=marketer).status_code == 422
+    first = client.get("/v1/messages", params={"limit": 1}, headers=marketer).json()
+    following = client.get("/v1/messages", params={"limit": 1, "cursor": first["next_cursor"]}, headers=marketer)
+    assert following.status_code == 200 and following.json()["items"][0]["id"] > first["items"][0]["id"]
+    forged = client.get("/v1/messages", params={"cursor": "12"}, headers=marketer)
+    assert forged.status_code == 422 and forged.json()["errors"][0]["field"] == "cursor"
 
 
 def test_install_defaults_is_idempotent(session, ctx, people):

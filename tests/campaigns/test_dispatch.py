@@ -46,12 +46,12 @@ def test_each_channel_goes_through_its_provider_once(shop, providers):
     assert {rows[i]["status"] for i in (sms, email, push, phone)} == {"sent"}
     twilio, sendgrid, fcm = providers.accepted("twilio"), providers.accepted("sendgrid"), providers.accepted("fcm")
     assert [m["message_id"] for m in twilio] == [str(sms)] and twilio[0]["to"] == "+8613800100001"
-    assert twilio[0]["status_callback"].endswith(f"/webhooks/twilio/status?message_id={sms}")
+    assert twilio[0]["status_callback"].endswith(f"/v1/webhooks/twilio/status?message_id={sms}")
     assert rows[sms]["provider_id"] == twilio[0]["sid"] and rows[sms]["provider"] == "twilio"
     assert [m["message_id"] for m in sendgrid] == [str(email)] and sendgrid[0]["to"] == "user2@example.com"
-    assert "/unsubscribe/" in sendgrid[0]["headers"]["List-Unsubscribe"]
+    assert "/v1/unsubscribe/" in sendgrid[0]["headers"]["List-Unsubscribe"]
     assert sendgrid[0]["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert "/unsubscribe/" in sendgrid[0]["body"]  # the text part carries the link too
+    assert "/v1/unsubscribe/" in sendgrid[0]["body"]  # the text part carries the link too
     assert [m["message_id"] for m in fcm] == [str(push)] and fcm[0]["to"] == "token-3-a"
     assert providers.requests()["token"] == 1  # the OAuth token was fetched once and reused
     with shop.ctx.engine.connect() as connection:

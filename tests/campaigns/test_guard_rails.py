@@ -34,26 +34,26 @@ def _notice_campaign(**overrides) -> dict:
 
 def test_only_an_admin_defines_a_transactional_notice_and_it_never_carries_an_offer(client, auth_header, people):
     marketer, admin = auth_header(Role.marketer), auth_header(Role.admin)
-    assert client.post("/templates", json=NOTICE, headers=marketer).status_code == 403
-    assert client.post("/templates", json=NOTICE, headers=admin).status_code == 201
+    assert client.post("/v1/templates", json=NOTICE, headers=marketer).status_code == 403
+    assert client.post("/v1/templates", json=NOTICE, headers=admin).status_code == 201
     selling = NOTICE | {"name": "sneaky", "parts": {"body": "您的订单已发货！限时优惠券 {{ offer.code }}"}}
-    refused = client.post("/templates", json=selling, headers=admin)
+    refused = client.post("/v1/templates", json=selling, headers=admin)
     assert refused.status_code == 422
     reasons = " ".join(e["reason"] for e in refused.json()["errors"])
     assert "carries no offer" in reasons and "'限时'" in reasons
     # A marketer may not mark a campaign transactional (the defect: it skipped consent, caps and quiet hours).
     body = _notice_campaign()
-    denied = client.post("/campaigns", json=body, headers=marketer)
+    denied = client.post("/v1/campaigns", json=body, headers=marketer)
     assert denied.status_code == 403 and denied.json()["errors"][0]["field"] == "transactional"
-    with_offer = client.post("/campaigns", json=body | {"offer": {"percent_off": 10}}, headers=admin)
+    with_offer = client.post("/v1/campaigns", json=body | {"offer": {"percent_off": 10}}, headers=admin)
     assert with_offer.status_code == 422 and with_offer.json()["errors"][0]["field"] == "offer"
     marketing_template = body | {"channels": [{"channel": "sms", "template": "potential_coupon"}]}
-    assert client.post("/campaigns", json=marketing_template, headers=admin).status_code == 422
-    created = client.post("/campaigns", json=body, headers=admin)
+    assert client.post("/v1/campaigns", json=marketing_template, headers=admin).status_code == 422
+    created = client.post("/v1/campaigns", json=body, headers=admin)
     assert created.status_code == 201
     campaign_id = created.json()["id"]
-    assert client.put(f"/campaigns/{campaign_id}", json=body | {"priority": 5}, headers=marketer).status_code == 403
-    assert client.post(f"/campaigns/{campaign_id}/status", json={"status": "active"},
+    assert client.put(f"/v1/campaigns/{campaign_id}", json=body | {"priority": 5}, headers=marketer).status_code == 403
+    assert client.post(f"/v1/campaigns/{campaign_id}/status", json={"status": "active"},
                        headers=marketer).status_code == 403
 
 
@@ -147,20 +147,20 @@ def test_a_redeemed_coupon_records_the_discount_granted_and_stops_counting_as_op
 def test_guard_rails_are_read_by_marketers_changed_by_admins_validated_and_audited(client, session, ctx,
                                                                                   auth_header, people):
     marketer, admin = auth_header(Role.marketer), auth_header(Role.admin)
-    current = client.get("/guard-rails", headers=marketer)
+    current = client.get("/v1/guard-rails", headers=marketer)
     assert current.status_code == 200 and current.json()["version"] == 0
     body = current.json()["settings"]
     assert body["caps"]["sms"] == {"limit": 2, "window_days": 30} and body["discounts"]["budget_share"] == 0.15
-    assert client.put("/guard-rails", json=body, headers=marketer).status_code == 403
-    wrong = client.put("/guard-rails", json=body | {"caps": {"sms": {"limit": -1, "window_days": 30}}},
+    assert client.put("/v1/guard-rails", json=body, headers=marketer).status_code == 403
+    wrong = client.put("/v1/guard-rails", json=body | {"caps": {"sms": {"limit": -1, "window_days": 30}}},
                        headers=admin)
     assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "caps.sms.limit"
-    nan = client.put("/guard-rails", content=b'{"discounts": {"budget_share": NaN}}', headers=admin | {
+    nan = client.put("/v1/guard-rails", content=b'{"discounts": {"budget_share": NaN}}', headers=admin | {
         "Content-Type": "application/json"})
     assert nan.status_code == 422
     clash = body | {"sms_keywords": body["sms_keywords"] | {"start": ["TD"]}}
-    assert client.put("/guard-rails", json=clash, headers=admin).status_code == 422
-    changed = client.put("/guard-rails", json=body | {"caps": body["caps"] | {"sms": {"limit": 1,
+    assert client.put("/v1/guard-rails", json=clash, headers=admin).status_code == 422
+    changed = client.put("/v1/guard-rails", json=body | {"caps": body["caps"] | {"sms": {"limit": 1,
                                                                                         "window_days": 30}}},
                          headers=admin)
     assert changed.status_code == 200 and changed.json()["version"] == 1
@@ -174,7 +174,7 @@ def test_guard_rails_are_read_by_marketers_changed_by_admins_validated_and_audit
     service.plan_campaign(session, ctx, first.id, TUESDAY)
     result = service.plan_campaign(session, ctx, second.id, TUESDAY)
     assert result["counts"]["channel_sms"] == 0 and result["counts"]["lower_priority"] == 2
-    assert [v["version"] for v in client.get("/guard-rails/versions", headers=marketer).json()] == [1]
+    assert [v["version"] for v in client.get("/v1/guard-rails/versions", headers=marketer).json()] == [1]
 
 
 def test_version_zero_is_seeded_from_the_environment(session, ctx):
@@ -226,34 +226,34 @@ def test_a_sent_message_is_never_preempted(session, ctx, people):
 def test_marketing_sms_need_their_opt_out_text_and_ad_copy_no_absolute_claims(client, auth_header, people):
     marketer = auth_header(Role.marketer)
     bare = {"name": "promo", "channel": "sms", "locale": "zh-CN", "parts": {"body": "【{{ shop.name }}】新品上市"}}
-    refused = client.post("/templates", json=bare, headers=marketer)
+    refused = client.post("/v1/templates", json=bare, headers=marketer)
     assert refused.status_code == 422 and "opt-out" in refused.json()["errors"][0]["reason"]
-    assert client.post("/templates", json=bare | {"parts": {"body": "【{{ shop.name }}】新品上市，回复TD退订"}},
+    assert client.post("/v1/templates", json=bare | {"parts": {"body": "【{{ shop.name }}】新品上市，回复TD退订"}},
                        headers=marketer).status_code == 201
-    claims = client.post("/templates", json=bare | {"parts": {"body": "最低价！全网第一！回复TD退订"}},
+    claims = client.post("/v1/templates", json=bare | {"parts": {"body": "最低价！全网第一！回复TD退订"}},
                          headers=marketer)
     assert claims.status_code == 422
     named = {e["reason"].split("'")[1] for e in claims.json()["errors"]}
     assert {"最低价", "全网第一"} <= named
-    fine = client.post("/templates", json=bare | {"parts": {"body": "最近上新：最新到货，回复TD退订"}},
+    fine = client.post("/v1/templates", json=bare | {"parts": {"body": "最近上新：最新到货，回复TD退订"}},
                        headers=marketer)
     assert fine.status_code == 201, fine.text  # phrases, not every word with 最
     email = {"name": "mail", "channel": "email", "locale": "en-US", "parts": {
         "subject": "The best ever sale", "text": "Hi {{ unsubscribe_url }}", "html": "<p>{{ unsubscribe_url }}</p>"}}
-    refused_email = client.post("/templates", json=email, headers=marketer)
+    refused_email = client.post("/v1/templates", json=email, headers=marketer)
     assert refused_email.status_code == 422 and refused_email.json()["errors"][0]["field"] == "parts.subject"
 
 
 def test_preview_checks_the_rules_in_force_now(client, session, ctx, auth_header, people):
     marketer, admin = auth_header(Role.marketer), auth_header(Role.admin)
-    saved = client.post("/templates", json={"name": "promo", "channel": "sms", "locale": "zh-CN",
+    saved = client.post("/v1/templates", json={"name": "promo", "channel": "sms", "locale": "zh-CN",
                                             "parts": {"body": "【{{ shop.name }}】爆款返场，回复TD退订"}},
                         headers=marketer).json()
-    assert client.post(f"/templates/{saved['id']}/preview?customer=P1", headers=marketer).status_code == 200
-    rails = client.get("/guard-rails", headers=admin).json()["settings"]
+    assert client.post(f"/v1/templates/{saved['id']}/preview?customer=P1", headers=marketer).status_code == 200
+    rails = client.get("/v1/guard-rails", headers=admin).json()["settings"]
     rails["forbidden_ad_phrases"].append("爆款")
-    assert client.put("/guard-rails", json=rails, headers=admin).status_code == 200
-    preview = client.post(f"/templates/{saved['id']}/preview?customer=P1", headers=marketer)
+    assert client.put("/v1/guard-rails", json=rails, headers=admin).status_code == 200
+    preview = client.post(f"/v1/templates/{saved['id']}/preview?customer=P1", headers=marketer)
     assert preview.status_code == 422 and "'爆款'" in preview.json()["errors"][0]["reason"]
 
 

@@ -156,9 +156,9 @@ def test_uplift_evaluate_cli_compares_targeting_in_one_run():
 def test_api_fits_and_lists_uplift_models(client, auth_header, session, ctx, measured):
     from crm.models import Role
 
-    fitted = client.post("/uplift/models", headers=auth_header(Role.admin))
+    fitted = client.post("/v1/uplift/models", headers=auth_header(Role.admin))
     assert fitted.status_code == 200 and {r["segment"] for r in fitted.json()} == {"campaign:sms:coupon", "any"}
-    listed = client.get("/uplift/models", headers=auth_header(Role.marketer)).json()
+    listed = client.get("/v1/uplift/models", headers=auth_header(Role.marketer)).json()
     assert [m["segment"] for m in listed] == ["any", "campaign:sms:coupon"]
     assert all(m["metrics"]["rankings"]["uplift"]["targeted"] > 0 and "content" not in m for m in listed)
-    assert client.post("/uplift/models", headers=auth_header(Role.marketer)).status_code == 403
+    assert client.post("/v1/uplift/models", headers=auth_header(Role.marketer)).status_code == 403

@@ -66,14 +66,14 @@ def _sendgrid(client, ctx, key, events, *, age=0, tamper=False):
     timestamp = str(int(ctx.clock.now().timestamp()) - age)
     signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
     sent = body.replace("delivered", "bounce") if tamper else body
-    return client.post("/webhooks/sendgrid/events", content=sent, headers={
+    return client.post("/v1/webhooks/sendgrid/events", content=sent, headers={
         "X-Twilio-Email-Event-Webhook-Signature": signature, "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
         "Content-Type": "application/json"})
 
 
 def test_twilio_status_callbacks_move_forward_once(client, session, ctx, shop):
     message = _message(session, ctx, shop, "C1")
-    path = f"/webhooks/twilio/status?message_id={message.id}"
+    path = f"/v1/webhooks/twilio/status?message_id={message.id}"
     delivered = {"MessageSid": "SM1", "MessageStatus": "delivered", "AccountSid": "AC1"}
     assert _twilio(client, path, delivered).status_code == 200
     session.refresh(message)
@@ -88,7 +88,7 @@ def test_twilio_status_callbacks_move_forward_once(client, session, ctx, shop):
 def test_twilio_undelivered_21610_opts_out(client, session, ctx, shop):
     message = _message(session, ctx, shop, "C2", provider_id="SM2")
     params = {"MessageSid": "SM2", "MessageStatus": "undelivered", "ErrorCode": "21610"}
-    assert _twilio(client, "/webhooks/twilio/status", params).status_code == 200
+    assert _twilio(client, "/v1/webhooks/twilio/status", params).status_code == 200
     session.refresh(message)
     assert message.status == "failed" and message.reason == "twilio_undelivered_21610"
     assert consent_of(session, message.customer_id)["sms"]["status"] == "opted_out"
@@ -97,13 +97,13 @@ def test_twilio_undelivered_21610_opts_out(client, session, ctx, shop):
 def test_forged_twilio_requests_are_refused_and_logged(client, session, ctx, shop, caplog):
     message = _message(session, ctx, shop, "C1")
     params = {"MessageSid": "SM1", "MessageStatus": "delivered"}
-    forged = _twilio(client, "/webhooks/twilio/status", params, token="not-the-token")
+    forged = _twilio(client, "/v1/webhooks/twilio/status", params, token="not-the-token")
     assert forged.status_code == 403 and forged.headers["content-type"] == "application/problem+json"
-    unsigned = client.post("/webhooks/twilio/status", data=params)
+    unsigned = client.post("/v1/webhooks/twilio/status", data=params)
     assert unsigned.status_code == 403
     # Signed for one URL, replayed against another.
-    signature = RequestValidator(TOKEN).compute_signature(f"{BASE}/webhooks/twilio/inbound", params)
-    moved = client.post("/webhooks/twilio/status", data=params, headers={"X-Twilio-Signature": signature})
+    signature = RequestValidator(TOKEN).compute_signature(f"{BASE}/v1/webhooks/twilio/inbound", params)
+    moved = client.post("/v1/webhooks/twilio/status", data=params, headers={"X-Twilio-Signature": signature})
     assert moved.status_code == 403
     session.refresh(message)
     assert message.status == "sent"
@@ -113,7 +113,7 @@ def test_forged_twilio_requests_are_refused_and_logged(client, session, ctx, sho
 @pytest.mark.parametrize("word", ["STOP", "stop", "Unsubscribe", "STOPALL", "CANCEL", "END", "QUIT", "退订", "TD",
                                   "ＴＤ", "td。", "T", "n", "取消订阅", "退订短信", "取消", "【退订】", "STOP!!", "ｓｔｏｐ"])
 def test_inbound_stop_words_opt_out_at_once(client, session, ctx, shop, word):
-    reply = _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": f"SMin-{word}", "From": "+8613800100001",
+    reply = _twilio(client, "/v1/webhooks/twilio/inbound", {"MessageSid": f"SMin-{word}", "From": "+8613800100001",
                                                            "Body": f" {word} "})
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("application/xml")
     assert "<Response>" in reply.text
@@ -126,16 +126,16 @@ def test_inbound_stop_words_opt_out_at_once(client, session, ctx, shop, word):
 
 def test_inbound_start_opts_back_in_and_help_answers(client, session, ctx, shop):
     number = {"From": "+8613800100002"}
-    _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "a", "Body": "STOP"})
-    again = _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "b", "Body": "START"})
+    _twilio(client, "/v1/webhooks/twilio/inbound", number | {"MessageSid": "a", "Body": "STOP"})
+    again = _twilio(client, "/v1/webhooks/twilio/inbound", number | {"MessageSid": "b", "Body": "START"})
     customer = customer_by_external_id(session, "C2")
     assert consent_of(session, customer.id)["sms"]["status"] == "opted_in"
     assert "<Message>" in again.text
-    helped = _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "c", "Body": "help"})
+    helped = _twilio(client, "/v1/webhooks/twilio/inbound", number | {"MessageSid": "c", "Body": "help"})
     assert "TD" in helped.text or "STOP" in helped.text  # the answer says how to opt out
-    chinese = _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "c2", "Body": " 帮助？"})
+    chinese = _twilio(client, "/v1/webhooks/twilio/inbound", number | {"MessageSid": "c2", "Body": " 帮助？"})
     assert "<Message>" in chinese.text and "TD" in chinese.text
-    chatter = _twilio(client, "/webhooks/twilio/inbound", number | {"MessageSid": "d", "Body": "thanks, see you"})
+    chatter = _twilio(client, "/v1/webhooks/twilio/inbound", number | {"MessageSid": "d", "Body": "thanks, see you"})
     assert "<Message>" not in chatter.text
     assert consent_of(session, customer.id)["sms"]["status"] == "opted_in"
 
@@ -145,12 +145,12 @@ def test_a_stop_from_a_shared_number_opts_out_every_holder(client, session, ctx,
     factories.run(session, ctx, "customers", factories.csv_text(
         ("external_id", "phone", "sms_consent", "consent_at"), [("C9", "+8613800100001", "opted_in", "2024-01-01")]))
     holders = [customer_by_external_id(session, e).id for e in ("C1", "C9")]
-    reply = _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": "shared-1", "From": "+8613800100001",
+    reply = _twilio(client, "/v1/webhooks/twilio/inbound", {"MessageSid": "shared-1", "From": "+8613800100001",
                                                            "Body": "退订"})
     assert "<Message>" in reply.text
     assert [consent_of(session, h)["sms"]["status"] for h in holders] == ["opted_out", "opted_out"]
     assert consent_of(session, customer_by_external_id(session, "C2").id)["sms"]["status"] == "opted_in"
-    _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": "shared-2", "From": "+8613800100001", "Body": "订阅"})
+    _twilio(client, "/v1/webhooks/twilio/inbound", {"MessageSid": "shared-2", "From": "+8613800100001", "Body": "订阅"})
     assert [consent_of(session, h)["sms"]["status"] for h in holders] == ["opted_in", "opted_in"]
 
 
@@ -160,13 +160,13 @@ def test_reply_keywords_come_from_the_guard_rails(client, session, ctx, shop, au
     version, rails = guardrails.current_settings(session, ctx)
     body = rails.model_dump(mode="json")
     body["sms_keywords"]["stop"].append("别发了")
-    assert client.put("/guard-rails", json=body, headers=auth_header(Role.admin)).status_code == 200
-    _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": "kw-1", "From": "+8613800100003", "Body": " 别发了！"})
+    assert client.put("/v1/guard-rails", json=body, headers=auth_header(Role.admin)).status_code == 200
+    _twilio(client, "/v1/webhooks/twilio/inbound", {"MessageSid": "kw-1", "From": "+8613800100003", "Body": " 别发了！"})
     assert consent_of(session, customer_by_external_id(session, "C3").id)["sms"]["status"] == "opted_out"
 
 
 def test_a_future_dated_consent_import_never_overrides_a_stop(client, session, ctx, shop):
-    _twilio(client, "/webhooks/twilio/inbound", {"MessageSid": "f-1", "From": "+8613800100001", "Body": "STOP"})
+    _twilio(client, "/v1/webhooks/twilio/inbound", {"MessageSid": "f-1", "From": "+8613800100001", "Body": "STOP"})
     job = factories.run(session, ctx, "customers", factories.csv_text(
         ("external_id", "sms_consent", "consent_at"), [("C1", "opted_in", "2099-01-01"), ("C2", "opted_in",
                                                                                          "2026-10-01")]))
@@ -263,43 +263,43 @@ def test_call_tasks_claim_reveal_and_outcome(client, session, ctx, shop, auth_he
                          script="Invite to the presale", created_at=ctx.clock.now()))
     session.flush()
     support = auth_header(Role.support)
-    listed = client.get("/tasks?status=open", headers=support).json()
+    listed = client.get("/v1/tasks?status=open", headers=support).json()
     assert len(listed) == 1 and "****" in listed[0]["phone"]  # masked until claimed
     task_id = listed[0]["id"]
-    assert client.post(f"/tasks/{task_id}/outcome", json={"outcome": "reached"}, headers=support).status_code == 403
-    claimed = client.post(f"/tasks/{task_id}/claim", headers=support).json()
+    assert client.post(f"/v1/tasks/{task_id}/outcome", json={"outcome": "reached"}, headers=support).status_code == 403
+    claimed = client.post(f"/v1/tasks/{task_id}/claim", headers=support).json()
     assert claimed["phone"] == "+8613800100001" and claimed["status"] == "claimed"
-    taken = client.post(f"/tasks/{task_id}/claim", headers=auth_header(Role.admin))
+    taken = client.post(f"/v1/tasks/{task_id}/claim", headers=auth_header(Role.admin))
     assert taken.status_code == 409
-    bad = client.post(f"/tasks/{task_id}/outcome", json={"outcome": "maybe"}, headers=support)
+    bad = client.post(f"/v1/tasks/{task_id}/outcome", json={"outcome": "maybe"}, headers=support)
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "outcome"
-    done = client.post(f"/tasks/{task_id}/outcome", json={"outcome": "declined", "notes": "no calls"},
+    done = client.post(f"/v1/tasks/{task_id}/outcome", json={"outcome": "declined", "notes": "no calls"},
                        headers=support)
     assert done.status_code == 200 and done.json()["status"] == "done"
     session.refresh(message)
     assert message.status == "delivered"  # the call's outcome is the delivery
     assert consent_of(session, message.customer_id)["phone"]["source"] == "call_declined"
     assert session.exec(select(AuditLog).where(AuditLog.action == "task.claim")).first() is not None
-    assert client.get("/tasks?status=nonsense", headers=support).status_code == 422
+    assert client.get("/v1/tasks?status=nonsense", headers=support).status_code == 422
 
 
 def test_admin_retries_a_dead_message(client, session, ctx, shop, auth_header):
     message = _message(session, ctx, shop, "C1", status="dead")
-    assert client.post(f"/messages/{message.id}/retry", headers=auth_header(Role.marketer)).status_code == 403
-    retried = client.post(f"/messages/{message.id}/retry", headers=auth_header(Role.admin))
+    assert client.post(f"/v1/messages/{message.id}/retry", headers=auth_header(Role.marketer)).status_code == 403
+    retried = client.post(f"/v1/messages/{message.id}/retry", headers=auth_header(Role.admin))
     assert retried.status_code == 200 and retried.json()["status"] == "planned"
-    again = client.post(f"/messages/{message.id}/retry", headers=auth_header(Role.admin))
+    again = client.post(f"/v1/messages/{message.id}/retry", headers=auth_header(Role.admin))
     assert again.status_code == 409
-    dead = client.get("/messages?status=dead", headers=auth_header(Role.admin)).json()["items"]
+    dead = client.get("/v1/messages?status=dead", headers=auth_header(Role.admin)).json()["items"]
     assert message.id not in [m["id"] for m in dead]
-    counts = client.get("/messages/counts", headers=auth_header(Role.support)).json()
+    counts = client.get("/v1/messages/counts", headers=auth_header(Role.support)).json()
     assert counts["sms"]["planned"] == 1
 
 
 def _sendgrid_raw(client, ctx, key, body: str):
     timestamp = str(int(ctx.clock.now().timestamp()))
     signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
-    return client.post("/webhooks/sendgrid/events", content=body, headers={
+    return client.post("/v1/webhooks/sendgrid/events", content=body, headers={
         "X-Twilio-Email-Event-Webhook-Signature": signature, "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
         "Content-Type": "application/json"})
 
@@ -333,12 +333,12 @@ def test_a_status_callback_recovers_a_message_whose_answer_was_lost(client, sess
     """A worker killed after Twilio took the message: the callback (our id in its signed URL) records it sent."""
     message = _message(session, ctx, shop, "C1", provider_id=None, status="unknown")
     params = {"MessageSid": "SMlost", "MessageStatus": "sent", "AccountSid": "AC1"}
-    assert _twilio(client, f"/webhooks/twilio/status?message_id={message.id}", params).status_code == 200
+    assert _twilio(client, f"/v1/webhooks/twilio/status?message_id={message.id}", params).status_code == 200
     session.refresh(message)
     assert (message.status, message.provider_id, message.reason) == ("sent", "SMlost", "callback_recovered")
     # A callback naming a message we did record is matched by Twilio's sid, as before.
     other = _message(session, ctx, shop, "C2", provider_id="SMknown")
-    assert _twilio(client, f"/webhooks/twilio/status?message_id={message.id}", {
+    assert _twilio(client, f"/v1/webhooks/twilio/status?message_id={message.id}", {
         "MessageSid": "SMknown", "MessageStatus": "delivered", "AccountSid": "AC1"}).status_code == 200
     session.refresh(other)
     session.refresh(message)
@@ -346,8 +346,8 @@ def test_a_status_callback_recovers_a_message_whose_answer_was_lost(client, sess
 
 
 def test_non_ascii_tokens_are_invalid_not_an_error(client, session, ctx, shop):
-    assert client.get("/unsubscribe/é.x").status_code == 404
-    assert client.post("/unsubscribe/é.x").status_code == 404
+    assert client.get("/v1/unsubscribe/é.x").status_code == 404
+    assert client.post("/v1/unsubscribe/é.x").status_code == 404
     from console.session import user_of
 
     assert user_of(session, ctx, "é.x") is None

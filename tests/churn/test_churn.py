@@ -130,38 +130,38 @@ def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, sh
 def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, session, ctx, shop):
     row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
     service.score_customers(session, ctx, as_of=AS_OF)
-    models = client.get("/churn/models", headers=auth_header(Role.marketer)).json()
+    models = client.get("/v1/churn/models", headers=auth_header(Role.marketer)).json()
     assert models[0]["id"] == row.id and "artifact" not in models[0] and models[0]["metrics"]["roc_auc"] > 0.7
-    page = client.get("/churn/at-risk?limit=5", headers=auth_header(Role.support)).json()
+    page = client.get("/v1/churn/at-risk?limit=5", headers=auth_header(Role.support)).json()
     assert len(page["items"]) == 5 and page["next"] == page["items"][-1]["customer_id"]
-    following = client.get(f"/churn/at-risk?limit=5&after={page['next']}", headers=auth_header(Role.support)).json()
+    following = client.get(f"/v1/churn/at-risk?limit=5&after={page['next']}", headers=auth_header(Role.support)).json()
     assert following["items"][0]["customer_id"] > page["next"]
     external = page["items"][0]["external_id"]
-    section = client.get(f"/customers/{external}/profile", headers=auth_header(Role.support)).json()["sections"]["churn"]
+    section = client.get(f"/v1/customers/{external}/profile", headers=auth_header(Role.support)).json()["sections"]["churn"]
     assert section["at_risk"] is True and section["reasons"] and section["model_id"] == row.id
     stored = session.exec(select(ChurnScore).join(Customer, Customer.id == ChurnScore.customer_id)
                           .where(Customer.external_id == external)).one()
     assert section["probability"] == round(stored.probability, 4) and section["drivers"] == stored.reasons["drivers"]
     assert datetime.fromisoformat(section["scored_at"]) == stored.scored_at  # aware UTC on both backends
-    listed = client.get("/customers?at_risk=true&limit=3", headers=auth_header(Role.marketer))
+    listed = client.get("/v1/customers?at_risk=true&limit=3", headers=auth_header(Role.marketer))
     assert listed.status_code == 200 and len(listed.json()["items"]) == 3
     flagged_ids = {s.customer_id for s in session.exec(select(ChurnScore).where(ChurnScore.at_risk))}
     listed_ids = {session.exec(select(Customer.id).where(Customer.external_id == c["external_id"])).one()
                   for c in listed.json()["items"]}
     assert listed_ids <= flagged_ids
-    wrong = client.get("/customers?at_risk=maybe", headers=auth_header(Role.marketer))
+    wrong = client.get("/v1/customers?at_risk=maybe", headers=auth_header(Role.marketer))
     assert wrong.status_code == 422 and "at_risk" in wrong.text
     from segmentation.service import run_segmentation
     run_segmentation(session, ctx, AS_OF)
-    lost = client.get("/churn/at-risk?tier=lost&limit=1000", headers=auth_header(Role.marketer)).json()["items"]
-    everyone = client.get("/churn/at-risk?limit=1000", headers=auth_header(Role.marketer)).json()["items"]
+    lost = client.get("/v1/churn/at-risk?tier=lost&limit=1000", headers=auth_header(Role.marketer)).json()["items"]
+    everyone = client.get("/v1/churn/at-risk?limit=1000", headers=auth_header(Role.marketer)).json()["items"]
     from segmentation.models import CustomerSegment
     tiers = {c.customer_id: c.tier for c in session.exec(select(CustomerSegment))}
     assert lost and all(tiers[row["customer_id"]] == "lost" for row in lost)
     assert len(lost) < len(everyone)
-    missing = client.post("/churn/models/999999/promote", headers=auth_header(Role.admin))
+    missing = client.post("/v1/churn/models/999999/promote", headers=auth_header(Role.admin))
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
-    nothing_before = client.post("/churn/models/rollback", headers=auth_header(Role.admin))
+    nothing_before = client.post("/v1/churn/models/rollback", headers=auth_header(Role.admin))
     assert nothing_before.status_code == 422
 
 

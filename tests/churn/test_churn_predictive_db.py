@@ -43,8 +43,8 @@ def scored(session, ctx, shop_files):
 def test_profile_shows_the_predictive_fields_and_reasons_in_the_readers_language(client, auth_header, scored):
     score, external = next((s, e) for s, e in scored if s.at_risk and s.expected_next_order_at is not None)
     support = auth_header(Role.support)
-    english = client.get(f"/customers/{external}/profile", headers=support | {"Accept-Language": "en-US,en;q=0.8"})
-    chinese = client.get(f"/customers/{external}/profile", headers=support | {"Accept-Language": "zh-CN"})
+    english = client.get(f"/v1/customers/{external}/profile", headers=support | {"Accept-Language": "en-US,en;q=0.8"})
+    chinese = client.get(f"/v1/customers/{external}/profile", headers=support | {"Accept-Language": "zh-CN"})
     section, section_zh = english.json()["sections"]["churn"], chinese.json()["sections"]["churn"]
     assert section["reasons_locale"] == "en-US" and section_zh["reasons_locale"] == "zh-CN"
     assert section["reasons"] and all(r.isascii() for r in section["reasons"])
@@ -65,7 +65,7 @@ def test_customer_filters_by_risk_level_value_and_next_order(client, auth_header
     def listed(**params):
         out, cursor = set(), None
         while True:
-            page = client.get("/customers", params=params | {"limit": 500} | ({"cursor": cursor} if cursor else {}),
+            page = client.get("/v1/customers", params=params | {"limit": 500} | ({"cursor": cursor} if cursor else {}),
                               headers=marketer)
             assert page.status_code == 200, page.text
             out |= {c["external_id"] for c in page.json()["items"]}
@@ -82,14 +82,14 @@ def test_customer_filters_by_risk_level_value_and_next_order(client, auth_header
            and latest.date() <= s.expected_next_order_at.date() <= latest.date() + timedelta(days=30)}
     assert due and listed(next_order_within_days=30) == due
     for name, value in (("risk_level", "severe"), ("predicted_clv_min", "lots"), ("next_order_within_days", "-3")):
-        wrong = client.get("/customers", params={name: value}, headers=marketer)
+        wrong = client.get("/v1/customers", params={name: value}, headers=marketer)
         assert wrong.status_code == 422 and wrong.headers["content-type"].startswith("application/problem+json")
         assert name in wrong.text
 
 
 def test_at_risk_list_aggregates_reasons_and_speaks_the_asked_language(client, auth_header, scored):
     marketer = auth_header(Role.marketer)
-    page = client.get("/churn/at-risk", params={"limit": 20, "locale": "en-US"}, headers=marketer).json()
+    page = client.get("/v1/churn/at-risk", params={"limit": 20, "locale": "en-US"}, headers=marketer).json()
     flagged = sum(1 for s, _ in scored if s.at_risk)
     assert page["items"] and all(item["risk_level"] == "high" for item in page["items"])
     assert all(item["predicted_clv_12m"] >= 0 and all(r.isascii() for r in item["reasons"]) for item in page["items"])
@@ -98,12 +98,12 @@ def test_at_risk_list_aggregates_reasons_and_speaks_the_asked_language(client, a
                           for t in topics)
     assert [t["customers"] for t in topics] == sorted((t["customers"] for t in topics), reverse=True)
     assert all(t["label"].isascii() for t in topics)
-    chinese = client.get("/churn/at-risk", params={"limit": 20, "locale": "zh-CN"}, headers=marketer).json()
+    chinese = client.get("/v1/churn/at-risk", params={"limit": 20, "locale": "zh-CN"}, headers=marketer).json()
     assert [t["topic"] for t in chinese["top_reasons"]] == [t["topic"] for t in topics]
     assert all(not t["label"].isascii() for t in chinese["top_reasons"])
-    assert "top_reasons" not in client.get("/churn/at-risk", params={"after": page["next"] or 0},
+    assert "top_reasons" not in client.get("/v1/churn/at-risk", params={"after": page["next"] or 0},
                                            headers=marketer).json()
-    assert client.get("/churn/at-risk", params={"locale": "fr-FR"}, headers=marketer).status_code == 422
+    assert client.get("/v1/churn/at-risk", params={"locale": "fr-FR"}, headers=marketer).status_code == 422
 
 
 def test_campaign_audiences_target_predicted_value_and_the_next_order(session, ctx, scored):

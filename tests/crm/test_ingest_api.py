@@ -51,7 +51,7 @@ def test_a_bad_item_is_reported_by_index_and_field_and_the_good_ones_are_kept(cl
 def test_ingest_keys_write_but_read_nothing(app, client, auth_header):
     _customer(client, auth_header)
     paths = app.openapi()["paths"]
-    public = {"/health", "/metrics", "/unsubscribe/{token}"}  # no key needed at all
+    public = {"/v1/health/ready", "/v1/metrics", "/v1/unsubscribe/{token}"}  # no key needed at all
     readable = [path for path, operations in paths.items() if "get" in operations and path not in public]
     assert len(readable) > 20
     for path in readable:
@@ -89,13 +89,13 @@ def test_orders_with_items_then_a_partial_refund_count_net(client, auth_header, 
     state = session.get(CustomerState, stored.customer_id)
     session.refresh(state)
     assert float(state.lifetime_spend) == 70.0 and state.lifetime_orders == 1
-    profile = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()
+    profile = client.get("/v1/customers/C1/profile", headers=auth_header(Role.support)).json()
     assert profile["sections"]["orders"]["total_spend"] == 70.0 and profile["sections"]["orders"]["orders"] == 1
     cancelled = _post(client, auth_header, "/v1/orders", order | {"status": "cancelled"})
     assert cancelled.json()["updated"] == 1
     session.refresh(state)
     assert state.lifetime_orders == 0 and float(state.lifetime_spend) == 0.0
-    assert client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["orders"]["orders"] == 0
+    assert client.get("/v1/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["orders"]["orders"] == 0
 
 
 def test_customer_names_are_encrypted_and_found_by_their_keyed_hash(client, auth_header, session, ctx):
@@ -104,9 +104,9 @@ def test_customer_names_are_encrypted_and_found_by_their_keyed_hash(client, auth
     assert customer.name_ciphertext and b"Ana" not in customer.name_ciphertext
     assert customer.name_hash == ctx.cipher.blind_index("ana li")
     assert ctx.cipher.decrypt(customer.name_ciphertext) == "Ana  LI"
-    shown = client.get("/customers/C1", headers=auth_header(Role.support)).json()["contact"]
+    shown = client.get("/v1/customers/C1", headers=auth_header(Role.support)).json()["contact"]
     assert shown["name"] == "A** L*" and "Ana" not in str(shown)
-    assert client.get("/customers/C1", headers=auth_header(Role.admin)).json()["contact"]["name"] == "Ana  LI"
+    assert client.get("/v1/customers/C1", headers=auth_header(Role.admin)).json()["contact"]["name"] == "Ana  LI"
 
 
 def test_a_body_that_is_not_a_batch_is_a_problem_naming_the_body(client, auth_header):

@@ -129,41 +129,46 @@ def test_jobs_api_lists_runs_and_starts_a_manual_run(scratch_url, tmp_path):
     def call(method: str, url: str, role: Role):
         return client.request(method, url, headers={"Authorization": f"Bearer {keys[role]}"})
 
-    listed = {j["name"]: j for j in call("GET", "/jobs", Role.marketer).json()}
+    listed = {j["name"]: j for j in call("GET", "/v1/jobs", Role.marketer).json()}
     assert {"pipeline", "retrain", "tags", "cleanup", "probe"} <= set(listed)
     assert listed["pipeline"]["schedule"] == "daily at 02:00 Asia/Shanghai"
     assert listed["pipeline"]["next_run_at"].startswith("2026-11-02T18:00")  # 02:00 on the 3rd in Shanghai
     assert listed["pipeline"]["steps"] == ["segment", "score", "uplift", "plan", "dispatch", "attribute"]
-    assert call("POST", "/jobs/probe/run", Role.marketer).status_code == 403
+    assert call("POST", "/v1/jobs/probe/run", Role.marketer).status_code == 403
 
-    started = call("POST", "/jobs/probe/run", Role.scheduler)
+    started = call("POST", "/v1/jobs/probe/run", Role.scheduler)
     assert started.status_code == 202 and started.json()["occurrence"] == "2026-11-02"
-    runs = call("GET", "/jobs/runs?job=probe", Role.admin).json()
+    runs = call("GET", "/v1/jobs/runs?job=probe", Role.admin).json()
     assert [(r["occurrence"], r["status"], r["trigger"]) for r in runs] == [("2026-11-02", "succeeded", "manual")]
     assert [s["step"] for s in runs[0]["steps"]] == ["first", "second"]
-    assert call("GET", "/jobs", Role.admin).json()[0]["last_run"]["status"] == "succeeded"
+    assert call("GET", "/v1/jobs", Role.admin).json()[0]["last_run"]["status"] == "succeeded"
 
-    bad = call("POST", "/jobs/probe/run?occurrence=yesterday", Role.admin)
+    bad = call("POST", "/v1/jobs/probe/run?occurrence=yesterday", Role.admin)
     assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
     assert "occurrence" in bad.text
-    future = call("POST", "/jobs/probe/run?occurrence=2026-12-01", Role.admin)
+    future = call("POST", "/v1/jobs/probe/run?occurrence=2026-12-01", Role.admin)
     assert future.status_code == 422 and "future" in future.text
-    assert call("POST", "/jobs/nothing/run", Role.admin).status_code == 404
+    assert call("POST", "/v1/jobs/nothing/run", Role.admin).status_code == 404
     with try_lock(ctx.engine, ctx.settings.data_dir, "job:probe"):
-        busy = call("POST", "/jobs/probe/run", Role.admin)
+        busy = call("POST", "/v1/jobs/probe/run", Role.admin)
     assert busy.status_code == 409 and "running already" in busy.text
 
 
-def test_health_reports_the_scheduler_leader_and_heartbeat(client, session, ctx):
-    assert client.get("/health").json()["scheduler"] == {
+def test_readiness_needs_a_live_scheduler_leader_and_reports_it(client, session, ctx):
+    without_leader = client.get("/v1/health/ready")
+    assert without_leader.status_code == 503 and without_leader.json()["status"] == "degraded"
+    assert without_leader.json()["scheduler"] == {
         "running": False, "leader": None, "leader_since": None, "heartbeat_at": None, "standbys": []}
+    assert client.get("/v1/health/live").json() == {"status": "ok"}  # the process itself is fine
     now = ctx.clock.now()
     session.add(SchedulerInstance(instance="host:1", role="leader", started_at=now, beat_at=now, leader_since=now))
     session.add(SchedulerInstance(instance="host:2", role="standby", started_at=now, beat_at=now))
     session.add(SchedulerInstance(instance="host:3", role="leader", started_at=now - timedelta(hours=1),
                                   beat_at=now - timedelta(minutes=5)))  # a dead leader's stale heartbeat
     session.flush()
-    scheduler = client.get("/health").json()["scheduler"]
+    ready = client.get("/v1/health/ready")
+    scheduler = ready.json()["scheduler"]
+    assert ready.status_code == 200 and ready.json()["status"] == "ok"
     assert scheduler["running"] and scheduler["leader"] == "host:1" and scheduler["standbys"] == ["host:2"]
 
 

@@ -113,7 +113,7 @@ def test_orders_after_as_of_are_ignored(session, ctx):
 def test_profile_section_explains_the_tier(client, auth_header, session, ctx):
     _shop(session, ctx)
     run_segmentation(session, ctx, AS_OF)
-    profile = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()
+    profile = client.get("/v1/customers/C1/profile", headers=auth_header(Role.support)).json()
     segment = profile["sections"]["segment"]
     assert segment["tier"] == "VIP" and segment["tier_matched_a_rule"] is True
     assert segment["recency_days"] == 5 and segment["frequency"] == 4 and segment["monetary"] == 2400
@@ -127,13 +127,13 @@ def test_profile_section_explains_the_tier(client, auth_header, session, ctx):
     assert datetime.fromisoformat(segment["history"][0]["entered"]) == state.first_seen_at
     tagged = {}
     for external in ("C1", "C2", "C3", "C4", "C5"):
-        shown = client.get(f"/customers/{external}/profile", headers=auth_header(Role.support)).json()
+        shown = client.get(f"/v1/customers/{external}/profile", headers=auth_header(Role.support)).json()
         tagged |= {(external, t["tag"]): (datetime.fromisoformat(t["since"]), t["why"], t["rule_version"])
                    for t in shown["sections"]["segment"]["tags"]}
     stored = session.exec(select(Customer.external_id, CustomerTag).join(
         CustomerTag, CustomerTag.customer_id == Customer.id)).all()
     assert stored and tagged == {(external, t.tag): (t.since, t.why, t.version) for external, t in stored}
-    never = client.get("/customers/C5/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
+    never = client.get("/v1/customers/C5/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
     assert never["tier"] == "lost" and never["tier_matched_a_rule"] is False
     assert "fallback" in never["why"]["note"]
 
@@ -166,7 +166,7 @@ def test_the_profile_explains_from_the_customer_state_placed_among_the_runs_buye
     tier_before = session.get(CustomerSegment, c1).tier
     # A late-arriving order inside the window: visible in the profile as soon as it is written.
     _orders(session, ctx, [("LATE", "C1", 40, 100, 0)])
-    segment = client.get("/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
+    segment = client.get("/v1/customers/C1/profile", headers=auth_header(Role.support)).json()["sections"]["segment"]
     assert (segment["frequency"], segment["monetary"]) == (5, 2500) and segment["tier"] == tier_before
     again = run_segmentation(session, ctx, AS_OF)  # a new run's steps replace the older run's
     assert {s.run_id for s in session.exec(select(SegmentValueStep))} == {again.id}
@@ -177,26 +177,26 @@ def test_customer_list_filters(client, auth_header, session, ctx):
     run_segmentation(session, ctx, AS_OF)
     headers = auth_header(Role.marketer)
     ids = lambda url: [c["external_id"] for c in client.get(url, headers=headers).json()["items"]]  # noqa: E731
-    assert ids("/customers?tier=lost") == ["C4", "C5"]
-    assert ids("/customers?tier=VIP&rfm=555") == ["C1"]
-    assert ids("/customers?tag=price_sensitive") == ["C2"]
-    assert ids("/customers?layer=nonexistent") == []
-    unknown = client.get("/customers?colour=blue", headers=headers)
+    assert ids("/v1/customers?tier=lost") == ["C4", "C5"]
+    assert ids("/v1/customers?tier=VIP&rfm=555") == ["C1"]
+    assert ids("/v1/customers?tag=price_sensitive") == ["C2"]
+    assert ids("/v1/customers?layer=nonexistent") == []
+    unknown = client.get("/v1/customers?colour=blue", headers=headers)
     assert unknown.status_code == 422 and unknown.headers["content-type"] == "application/problem+json"
     assert unknown.json()["errors"][0]["field"] == "colour"
-    spec = client.get("/openapi.json").json()["paths"]["/customers"]["get"]["parameters"]
+    spec = client.get("/v1/openapi.json").json()["paths"]["/v1/customers"]["get"]["parameters"]
     assert {"tier", "layer", "tag", "rfm"} <= {p["name"] for p in spec}
 
 
 def test_rule_sets_are_validated_versioned_and_audited(client, auth_header, session, ctx):
     headers = auth_header(Role.marketer)
-    current = client.get("/segmentation/rule-sets/tier", headers=headers).json()
+    current = client.get("/v1/segmentation/rule-sets/tier", headers=headers).json()
     assert current["version"] == 1 and current["body"]["rules"][0]["name"] == "VIP"
     body = current["body"]
     body["rules"][0]["when"]["monetary"] = {"min": 3000}
-    saved = client.put("/segmentation/rule-sets/tier", headers=headers, json=body)
+    saved = client.put("/v1/segmentation/rule-sets/tier", headers=headers, json=body)
     assert saved.status_code == 200 and saved.json()["version"] == 2
-    assert client.get("/segmentation/rule-sets/tier", headers=headers).json()["body"]["rules"][0]["when"][
+    assert client.get("/v1/segmentation/rule-sets/tier", headers=headers).json()["body"]["rules"][0]["when"][
         "monetary"] == {"min": 3000.0}
     audit = session.exec(select(AuditLog).where(AuditLog.action == "segmentation.rule_set.put")).one()
     assert audit.before["version"] == 1 and audit.after["version"] == 2
@@ -206,24 +206,24 @@ def test_rule_sets_are_validated_versioned_and_audited(client, auth_header, sess
     empty = {"rules": [{"name": "a", "when": {"frequency": {"min": 3, "max": 1}}}]}
     for bad, field in ((unknown_metric, "rules[0].when.shoe_size"), (unreachable, "rules[1].when"),
                        (empty, "rules.0.when.frequency")):
-        response = client.put("/segmentation/rule-sets/tier", headers=headers, json=bad)
+        response = client.put("/v1/segmentation/rule-sets/tier", headers=headers, json=bad)
         assert response.status_code == 422, response.text
         assert response.json()["errors"][0]["field"] == field
-    tags = client.get("/segmentation/rule-sets/tags", headers=headers).json()["body"]
+    tags = client.get("/v1/segmentation/rule-sets/tags", headers=headers).json()["body"]
     tags["tags"][0]["add"]["nonsense"] = {"min": 1}
-    response = client.put("/segmentation/rule-sets/tags", headers=headers, json=tags)
+    response = client.put("/v1/segmentation/rule-sets/tags", headers=headers, json=tags)
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "tags[0].add.nonsense"
-    assert client.get("/segmentation/rule-sets/other", headers=headers).status_code == 404
+    assert client.get("/v1/segmentation/rule-sets/other", headers=headers).status_code == 404
 
 
 def test_new_rules_apply_with_their_version(client, auth_header, session, ctx):
     _shop(session, ctx)
     headers = auth_header(Role.admin)
-    body = client.get("/segmentation/rule-sets/tier", headers=headers).json()["body"]
+    body = client.get("/v1/segmentation/rule-sets/tier", headers=headers).json()["body"]
     body["confirm_runs"] = 1
     body["rules"][0]["when"]["monetary"] = {"min": 3000}
-    client.put("/segmentation/rule-sets/tier", headers=headers, json=body)
-    assert client.post("/segmentation/runs?as_of=2026-06-01", headers=headers).status_code == 200
+    client.put("/v1/segmentation/rule-sets/tier", headers=headers, json=body)
+    assert client.post("/v1/segmentation/runs?as_of=2026-06-01", headers=headers).status_code == 200
     c1 = session.exec(select(CustomerSegment).join(Customer, Customer.id == CustomerSegment.customer_id)
                       .where(Customer.external_id == "C1")).one()
     assert c1.tier == "potential" and c1.tier_version == 2
@@ -231,17 +231,17 @@ def test_new_rules_apply_with_their_version(client, auth_header, session, ctx):
 
 def test_summary_and_history(client, auth_header, session, ctx):
     headers = auth_header(Role.marketer)
-    assert client.get("/segmentation/summary", headers=headers).status_code == 404
+    assert client.get("/v1/segmentation/summary", headers=headers).status_code == 404
     _shop(session, ctx)
     for day in range(3):
         run_segmentation(session, ctx, AS_OF + timedelta(days=day))
-    summary = client.get("/segmentation/summary", headers=headers).json()
+    summary = client.get("/v1/segmentation/summary", headers=headers).json()
     assert summary["as_of"].startswith("2026-06-03") and summary["customers"] == 5
     assert summary["distribution"]["layer"].keys() == {"core", "churned", "churn_warning", "potential"}
-    history = client.get("/segmentation/history?from=2026-06-02&to=2026-06-04", headers=headers).json()
+    history = client.get("/v1/segmentation/history?from=2026-06-02&to=2026-06-04", headers=headers).json()
     assert [h["as_of"][:10] for h in history] == ["2026-06-02", "2026-06-03"]
     assert sum(history[0]["tier"].values()) == 5
-    assert client.get("/segmentation/history?from=2026-06-04&to=2026-06-01", headers=headers).status_code == 422
+    assert client.get("/v1/segmentation/history?from=2026-06-04&to=2026-06-01", headers=headers).status_code == 422
 
 
 def test_the_profile_reads_the_same_metrics_as_the_batch_run(session, ctx):

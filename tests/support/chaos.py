@@ -154,12 +154,12 @@ class Client(threading.Thread):
                 try:
                     if pending and (self.stop_event.is_set() or self.rng.random() < 0.3):
                         batch = pending[0]
-                        answer = http.post("/imports/orders", content=self.batch_csv(batch),
+                        answer = http.post("/v1/imports/orders", content=self.batch_csv(batch),
                                            headers={"Content-Type": "text/csv", "X-Filename": f"chaos-{batch}.csv"})
                         if answer.status_code == 201:
                             self.accepted[batch] = answer.json()["id"]
                     else:
-                        answer = http.get(f"/customers/{self.rng.choice(self.customers)}/profile")
+                        answer = http.get(f"/v1/customers/{self.rng.choice(self.customers)}/profile")
                     self.outcomes[f"http_{answer.status_code}"] += 1
                 except httpx.TransportError:  # the API is down (killed, restarting): try again shortly
                     self.outcomes["connection_error"] += 1
@@ -264,9 +264,9 @@ class Harness:
             return [tuple(r) for r in connection.execute(text(sql), params)]
 
     def api_ready(self) -> bool:
-        """The API answers /health."""
+        """The API process answers /v1/health/live."""
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1.0).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{self.port}/v1/health/live", timeout=1.0).status_code == 200
         except httpx.TransportError:
             return False
 

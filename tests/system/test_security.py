@@ -32,20 +32,20 @@ def test_wrong_keys_are_throttled_per_address_and_prefix_and_a_valid_key_always_
     limit = ctx.settings.auth_failure_limit
     guess = {"Authorization": "Bearer crm_0bad_guess"}
     for _ in range(limit):
-        assert client.get("/customers", headers=guess).status_code == 401
-    refused = client.get("/customers", headers=guess)
+        assert client.get("/v1/customers", headers=guess).status_code == 401
+    refused = client.get("/v1/customers", headers=guess)
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
     assert "too many failed" in refused.json()["detail"]
     # Others' failures (the same address: a proxy, an office) never lock a valid key out.
-    assert client.get("/customers", headers=auth_header(Role.admin)).status_code == 200
+    assert client.get("/v1/customers", headers=auth_header(Role.admin)).status_code == 200
     # Another prefix has a bucket of its own, until the address as a whole reaches five times the limit.
-    assert client.get("/customers", headers={"Authorization": "Bearer crm_0ther_guess"}).status_code == 401
+    assert client.get("/v1/customers", headers={"Authorization": "Bearer crm_0ther_guess"}).status_code == 401
     for index in range(4 * limit):
-        client.get("/customers", headers={"Authorization": f"Bearer crm_r{index}_guess"})
-    assert client.get("/customers", headers={"Authorization": "Bearer crm_new1_guess"}).status_code == 429
-    assert client.get("/customers").status_code == 401  # no key at all is not a guess, and is not throttled
+        client.get("/v1/customers", headers={"Authorization": f"Bearer crm_r{index}_guess"})
+    assert client.get("/v1/customers", headers={"Authorization": "Bearer crm_new1_guess"}).status_code == 429
+    assert client.get("/v1/customers").status_code == 401  # no key at all is not a guess, and is not throttled
     ctx.clock.advance(timedelta(seconds=ctx.settings.auth_failure_window_seconds + 1))
-    assert client.get("/customers", headers=guess).status_code == 401
+    assert client.get("/v1/customers", headers=guess).status_code == 401
 
 
 def test_console_sign_in_shares_the_throttle(client, ctx, keys):
@@ -61,13 +61,13 @@ def test_console_sign_in_shares_the_throttle(client, ctx, keys):
 def test_cors_is_closed_by_default_and_open_only_to_listed_origins(ctx, session):
     preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "GET",
                  "Access-Control-Request-Headers": "Authorization"}
-    closed = TestClient(create_app(ctx)).options("/customers", headers=preflight)
+    closed = TestClient(create_app(ctx)).options("/v1/customers", headers=preflight)
     assert "access-control-allow-origin" not in closed.headers
     ctx.settings.cors_origins = ["https://shop.example"]
     opened = TestClient(create_app(ctx))
-    allowed = opened.options("/customers", headers=preflight)
+    allowed = opened.options("/v1/customers", headers=preflight)
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://shop.example"
-    other = opened.options("/customers", headers=preflight | {"Origin": "https://evil.example"})
+    other = opened.options("/v1/customers", headers=preflight | {"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -113,8 +113,8 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
                                   context={"entry": {"note": "write to user1@example.com"}}))
     session.flush()
 
-    assert client.get("/customers/C1/export", headers=auth_header(Role.support)).status_code == 403
-    exported = client.get("/customers/C1/export", headers=auth_header(Role.admin)).json()
+    assert client.get("/v1/customers/C1/export", headers=auth_header(Role.support)).status_code == 403
+    exported = client.get("/v1/customers/C1/export", headers=auth_header(Role.admin)).json()
     assert exported["customer"]["email"] == "user1@example.com" and exported["customer"]["phone"] == "+8613800100001"
     assert [o["external_id"] for o in exported["orders"]] == ["O1"] and exported["orders"][0]["items"][0]["sku"] == "SKU-9"
     assert [e["type"] for e in exported["events"]] == ["view"]
@@ -122,10 +122,10 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     assert exported["campaigns"]["call_tasks"][0]["notes"] == "she said call her at home"
     assert exported["campaigns"]["journey_enrollments"][0]["context"]["entry"]["note"] == "write to user1@example.com"
 
-    wrong = client.post("/customers/C1/erase", json={"confirm": "C2"}, headers=auth_header(Role.admin))
+    wrong = client.post("/v1/customers/C1/erase", json={"confirm": "C2"}, headers=auth_header(Role.admin))
     assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "confirm"
-    assert client.post("/customers/C1/erase", json={"confirm": "C1"}, headers=auth_header(Role.marketer)).status_code == 403
-    erased = client.post("/customers/C1/erase", json={"confirm": "C1"}, headers=auth_header(Role.admin))
+    assert client.post("/v1/customers/C1/erase", json={"confirm": "C1"}, headers=auth_header(Role.marketer)).status_code == 403
+    erased = client.post("/v1/customers/C1/erase", json={"confirm": "C1"}, headers=auth_header(Role.admin))
     assert erased.status_code == 200, erased.text
     summary = erased.json()
     assert summary["events_deleted"] == 1 and summary["orders_kept_anonymised"] == 1
@@ -155,10 +155,10 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     session.expire_all()
     assert session.get(Message, planned.id).status == "cancelled" and session.get(CallTask, call.id).notes is None
     assert session.get(Customer, c1.id).attributes == {}
-    assert client.get("/customers/C1", headers=auth_header(Role.admin)).status_code == 404
-    found = client.post("/customers/search", json={"email": "user1@example.com"}, headers=auth_header(Role.admin)).json()
+    assert client.get("/v1/customers/C1", headers=auth_header(Role.admin)).status_code == 404
+    found = client.post("/v1/customers/search", json={"email": "user1@example.com"}, headers=auth_header(Role.admin)).json()
     assert found["items"] == []
-    profile = client.get(f"/customers/{row[0]}/profile", headers=auth_header(Role.admin)).json()
+    profile = client.get(f"/v1/customers/{row[0]}/profile", headers=auth_header(Role.admin)).json()
     assert len(profile["consent"]) == 4 and {s["status"] for s in profile["consent"].values()} == {"opted_out"}
     assert profile["customer"]["contact"] == {"email": None, "phone": None, "push_tokens": [], "name": None,
                                                   "masked": False}
@@ -168,7 +168,7 @@ def test_a_customer_is_exported_whole_and_erased_on_request_with_orders_kept(cli
     trail = " ".join(str(a.before) + str(a.after) + str(a.entity_id) for a in session.exec(select(AuditLog)))
     assert "user1@example.com" not in trail and "+8613800100001" not in trail and "'C1'" not in trail
     # The other customer is untouched.
-    assert client.get("/customers/C2", headers=auth_header(Role.admin)).json()["contact"]["email"] == \
+    assert client.get("/v1/customers/C2", headers=auth_header(Role.admin)).json()["contact"]["email"] == \
         "user2@example.com"
 
 
@@ -200,8 +200,8 @@ def test_secrets_and_contact_data_never_reach_the_logs(scratch_url, tmp_path, fa
     with session_scope(shop.ctx.engine) as session:
         key = create_key(session, shop.ctx, name="log-probe", role=Role.admin, actor="test").secret
     api = TestClient(create_app(shop.ctx))
-    assert api.get("/customers/C1", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-    assert api.get("/customers/C1", headers={"Authorization": "Bearer crm_0000_not-a-key"}).status_code == 401
+    assert api.get("/v1/customers/C1", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert api.get("/v1/customers/C1", headers={"Authorization": "Bearer crm_0000_not-a-key"}).status_code == 401
     logged = caplog.text + "".join(str(r.args) for r in caplog.records)
     assert len(caplog.records) > 0  # the SDKs and the app did log
     settings = shop.ctx.settings
@@ -238,7 +238,7 @@ def served(scratch_url, tmp_path):
     try:
         for _ in range(300):
             try:
-                httpx.get(f"{base}/health", timeout=1)
+                httpx.get(f"{base}/v1/health/live", timeout=1)
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -257,16 +257,16 @@ def test_the_served_apis_access_log_carries_no_contact_data(served):
 
     base, key, log_path = served
     headers = {"Authorization": f"Bearer {key}"}
-    refused = httpx.get(f"{base}/customers", params={"email": "user1@example.com"}, headers=headers)
+    refused = httpx.get(f"{base}/v1/customers", params={"email": "user1@example.com"}, headers=headers)
     assert refused.status_code == 422 and "user1@example.com" not in refused.text
     assert refused.json()["errors"][0]["field"] == "email"
-    assert httpx.get(f"{base}/customers", params={"phone": "+8613800100001"}, headers=headers).status_code == 422
-    found = httpx.post(f"{base}/customers/search", json={"phone": "+8613800100001"}, headers=headers)
+    assert httpx.get(f"{base}/v1/customers", params={"phone": "+8613800100001"}, headers=headers).status_code == 422
+    found = httpx.post(f"{base}/v1/customers/search", json={"phone": "+8613800100001"}, headers=headers)
     assert found.status_code == 200 and [c["external_id"] for c in found.json()["items"]] == ["C1"]
-    by_email = httpx.post(f"{base}/customers/search", json={"email": "user2@example.com"}, headers=headers)
+    by_email = httpx.post(f"{base}/v1/customers/search", json={"email": "user2@example.com"}, headers=headers)
     assert [c["external_id"] for c in by_email.json()["items"]] == ["C2"]
     httpx.get(f"{base}/console/customers", params={"q": "user2@example.com"})
-    httpx.get(f"{base}/customers/C1", params={"note": "13800100002"}, headers=headers)
+    httpx.get(f"{base}/v1/customers/C1", params={"note": "13800100002"}, headers=headers)
     time.sleep(0.3)  # the access log is written after each response
     logged = log_path.read_text(errors="replace")
     assert '"POST /customers/search HTTP/1.1" 200' in logged and '"GET /customers?… HTTP/1.1" 422' in logged
@@ -280,9 +280,9 @@ def test_the_served_api_ignores_forwarded_for_unless_told_which_proxy_to_trust(s
     import httpx
 
     base, key, _ = served
-    answers = [httpx.get(f"{base}/customers", headers={"Authorization": "Bearer crm_0bad_guess",
+    answers = [httpx.get(f"{base}/v1/customers", headers={"Authorization": "Bearer crm_0bad_guess",
                                                         "X-Forwarded-For": f"203.0.113.{n}"}).status_code
                for n in range(ctx.settings.auth_failure_limit + 2)]
     assert answers[:ctx.settings.auth_failure_limit] == [401] * ctx.settings.auth_failure_limit
     assert answers[-1] == 429
-    assert httpx.get(f"{base}/customers", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert httpx.get(f"{base}/v1/customers", headers={"Authorization": f"Bearer {key}"}).status_code == 200

@@ -25,10 +25,10 @@ def test_customer_uploads_with_different_columns_follow_each_other_on_one_connec
     """The staging table lived on the pooled connection with the first file's columns: the second upload (a
     phone column more) failed with 'no column named phone_ciphertext' until a restart."""
     admin = auth_header(Role.admin) | {"Content-Type": "text/csv"}
-    first = client.post("/imports/customers", content="external_id,email\nU1,u1@example.com\n", headers=admin)
-    second = client.post("/imports/customers", content="external_id,email,phone\nU2,u2@example.com,13800000002\n",
+    first = client.post("/v1/imports/customers", content="external_id,email\nU1,u1@example.com\n", headers=admin)
+    second = client.post("/v1/imports/customers", content="external_id,email,phone\nU2,u2@example.com,13800000002\n",
                          headers=admin)
-    third = client.post("/imports/customers", content="external_id\nU3\n", headers=admin)
+    third = client.post("/v1/imports/customers", content="external_id\nU3\n", headers=admin)
     assert [r.status_code for r in (first, second, third)] == [201, 201, 201]
     assert [r.json()["status"] for r in (first, second, third)] == ["completed"] * 3
     assert [r.json()["rows_inserted"] for r in (first, second, third)] == [1, 1, 1]
@@ -52,7 +52,7 @@ def test_customer_uploads_with_different_columns_follow_each_other_on_one_connec
     "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(30) }}",
 ])
 def test_templates_that_would_exhaust_the_service_are_refused_at_save(client, auth_header, body):
-    answer = client.post("/templates", json={"name": "heavy", "channel": "sms", "locale": "en-US",
+    answer = client.post("/v1/templates", json={"name": "heavy", "channel": "sms", "locale": "en-US",
                                              "parts": {"body": body + " Reply STOP to opt out"}},
                          headers=auth_header(Role.marketer))
     assert answer.status_code == 422, body
@@ -74,31 +74,31 @@ def test_a_costly_branch_the_sample_never_takes_fails_its_message_not_the_dispat
 
 def test_a_template_part_or_a_rule_set_too_big_is_refused(client, auth_header):
     marketer = auth_header(Role.marketer)
-    huge = client.post("/templates", json={"name": "big", "channel": "sms", "locale": "en-US",
+    huge = client.post("/v1/templates", json={"name": "big", "channel": "sms", "locale": "en-US",
                                            "parts": {"body": "x" * (rendering.MAX_SOURCE_CHARS + 1)}}, headers=marketer)
     assert huge.status_code == 422 and huge.json()["errors"][0]["field"] == "parts.body"
     rules = [{"name": f"t{i}", "when": {"recency_days": {"max": i}}} for i in range(20_000)]
-    answer = client.put("/segmentation/rule-sets/tier", json={"rules": rules, "fallback": "t0"}, headers=marketer)
+    answer = client.put("/v1/segmentation/rule-sets/tier", json={"rules": rules, "fallback": "t0"}, headers=marketer)
     assert answer.status_code == 422  # at most 100 rules; 20,000 took ~6 minutes to validate and stalled runs
 
 
 def test_non_finite_numbers_are_refused_in_every_numeric_setting(client, auth_header):
     marketer = auth_header(Role.marketer) | {"Content-Type": "application/json"}
     body = b'{"rules": [{"name": "VIP", "when": {"recency_days": {"max": NaN}}}], "fallback": "VIP"}'
-    answer = client.put("/segmentation/rule-sets/tier", content=body, headers=marketer)
+    answer = client.put("/v1/segmentation/rule-sets/tier", content=body, headers=marketer)
     assert answer.status_code == 422  # SQLite stored it (as null: the VIP recency bound silently gone)
     infinite = body.replace(b"NaN", b"Infinity")
-    assert client.put("/segmentation/rule-sets/tier", content=infinite, headers=marketer).status_code == 422
+    assert client.put("/v1/segmentation/rule-sets/tier", content=infinite, headers=marketer).status_code == 422
     campaign = {"name": "n", "channels": [{"channel": "sms", "template": "birthday_greeting"}],
                 "schedule": {"kind": "daily"}, "holdout_share": float("nan")}
-    assert client.post("/campaigns", content=json.dumps(campaign).encode(), headers=marketer).status_code == 422
+    assert client.post("/v1/campaigns", content=json.dumps(campaign).encode(), headers=marketer).status_code == 422
 
 
 # ---------------------------------------------------------------- import memory, CPU and bad rows
 
 
 def _upload(client, auth_header, kind: str, body: bytes, content_type: str = "text/csv"):
-    return client.post(f"/imports/{kind}", content=body, headers=auth_header(Role.admin) | {
+    return client.post(f"/v1/imports/{kind}", content=body, headers=auth_header(Role.admin) | {
         "Content-Type": content_type})
 
 
@@ -179,7 +179,7 @@ def test_every_imported_customer_can_be_addressed(client, session, ctx, auth_hea
     customers(session, ctx, 1)
     job = run(session, ctx, "customers", csv_text(CUSTOMER_HEADER[:1], [("A/B-42",)]))
     assert job.rows_failed == 1 and "URL path" in job.errors[0]["reason"]
-    assert client.get("/customers/C1/export", headers=auth_header(Role.admin)).status_code == 200
+    assert client.get("/v1/customers/C1/export", headers=auth_header(Role.admin)).status_code == 200
 
 
 def test_csv_reports_neutralise_cells_a_spreadsheet_would_run(client, session, ctx, auth_header):
@@ -201,7 +201,7 @@ def test_csv_reports_neutralise_cells_a_spreadsheet_would_run(client, session, c
                         channel="sms", status="sent", priority=50, transactional=False, send_at=at, sent_at=at,
                         template="birthday_greeting", locale="zh-CN", created_at=at, updated_at=at))
     session.flush()
-    exported = client.get("/reports/campaigns?format=csv", headers=auth_header(Role.marketer))
+    exported = client.get("/v1/reports/campaigns?format=csv", headers=auth_header(Role.marketer))
     assert exported.status_code == 200
     names = [row["campaign"] for row in csv.DictReader(io.StringIO(exported.text))]
     assert names == ["'" + evil]

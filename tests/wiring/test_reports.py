@@ -136,7 +136,7 @@ def test_campaign_report_uplift_attribution_and_a_customer_in_two_campaigns(sess
         _order(session, ctx, f"h{n}", external[cid], SEND_AT + timedelta(days=6, hours=23), 150.0)
     ctx.clock.advance(timedelta(days=14))
     attribute_conversions(session, ctx)
-    report = client.get(f"/reports/campaigns/{first.id}", headers=auth_header(Role.marketer)).json()
+    report = client.get(f"/v1/reports/campaigns/{first.id}", headers=auth_header(Role.marketer)).json()
     lift = report["uplift"]
     assert report["members"] == {"treated": len(treated), "holdout": len(held), "global_control": 0}
     expected = rate_difference(12, len(treated), 2, len(held))
@@ -170,7 +170,7 @@ def test_campaign_report_uplift_attribution_and_a_customer_in_two_campaigns(sess
     cost = again[first.id]["message_cost"] + again[first.id]["discount_cost"]
     assert again[first.id]["roi"] == pytest.approx(round((12 * 200.0 - cost) / cost, 4), abs=1e-4)
     # CSV: one row per campaign, nested fields as dotted columns.
-    exported = client.get("/reports/campaigns?format=csv", headers=auth_header(Role.marketer))
+    exported = client.get("/v1/reports/campaigns?format=csv", headers=auth_header(Role.marketer))
     assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(exported.text)))
     assert {int(r["campaign_id"]) for r in table} == {first.id, second.id}
@@ -197,12 +197,12 @@ def test_an_ab_test_declares_no_winner_early_and_promotes_the_significant_one(se
     assert len(arm_b) >= 11 and len(arms) - len(arm_b) >= 11
     for n, cid in enumerate(arm_b):
         _order(session, ctx, f"b{n}", external[cid], SEND_AT + timedelta(days=1), 80.0)
-    promote = f"/campaigns/{campaign.id}/experiment/promote"
+    promote = f"/v1/campaigns/{campaign.id}/experiment/promote"
     # Windows still open: nothing measured, so no winner yet — promotion refused.
     early = client.post(promote, json={"variant": "B"}, headers=auth_header(Role.marketer))
     assert early.status_code == 409 and "no winner" in early.json()["detail"]
     ctx.clock.advance(timedelta(days=10))
-    verdict = client.get(f"/reports/campaigns/{campaign.id}", headers=auth_header(Role.marketer)).json()["experiment"]
+    verdict = client.get(f"/v1/reports/campaigns/{campaign.id}", headers=auth_header(Role.marketer)).json()["experiment"]
     assert verdict["status"] == "winner" and verdict["winner"] == "B" and verdict["required_per_arm"] == 11
     assert client.post(promote, json={"variant": "A"}, headers=auth_header(Role.marketer)).status_code == 409
     assert client.post(promote, json={"variant": "Z"}, headers=auth_header(Role.marketer)).status_code == 422
@@ -220,21 +220,21 @@ def test_an_experiment_that_changes_two_things_is_refused_naming_the_field(clien
             "schedule": {"kind": "daily"},
             "experiment": {"variants": [{"name": "A", "template": "at_risk_care"},
                                         {"name": "B", "channels": [{"channel": "push", "template": "x"}]}]}}
-    response = client.post("/campaigns", json=body, headers=auth_header(Role.marketer))
+    response = client.post("/v1/campaigns", json=body, headers=auth_header(Role.marketer))
     assert response.status_code == 422
     assert "one variable at a time" in response.text and "experiment" in response.text
     body["experiment"] = {"variants": [{"name": "A"}, {"name": "B", "template": "no_such_template"}]}
-    response = client.post("/campaigns", json=body, headers=auth_header(Role.marketer))
+    response = client.post("/v1/campaigns", json=body, headers=auth_header(Role.marketer))
     assert response.status_code == 422 and "experiment.variants.1.channels.0.template" in response.text
 
 
 def test_the_sample_size_endpoint(client, auth_header):
-    response = client.get("/reports/sample-size?baseline=0.05&error=0.01", headers=auth_header(Role.marketer))
+    response = client.get("/v1/reports/sample-size?baseline=0.05&error=0.01", headers=auth_header(Role.marketer))
     assert response.json()["per_arm"] == 1825
-    bad = client.get("/reports/sample-size?baseline=1.5&error=0.01", headers=auth_header(Role.marketer))
+    bad = client.get("/v1/reports/sample-size?baseline=1.5&error=0.01", headers=auth_header(Role.marketer))
     assert bad.status_code == 422 and "baseline" in bad.text
-    assert client.get("/reports/nope", headers=auth_header(Role.marketer)).status_code == 422
-    assert client.get("/reports/retention?format=xml", headers=auth_header(Role.marketer)).status_code == 422
+    assert client.get("/v1/reports/nope", headers=auth_header(Role.marketer)).status_code == 422
+    assert client.get("/v1/reports/retention?format=xml", headers=auth_header(Role.marketer)).status_code == 422
 
 
 def test_retention_clv_global_control_and_churn_quality_reports(session, ctx, shop, client, auth_header):
@@ -248,21 +248,21 @@ def test_retention_clv_global_control_and_churn_quality_reports(session, ctx, sh
             orders.append((f"r{n}-{k}", external[cid], f"2026-10-{10 + 5 * k:02d}T10:00:00Z", str(50 + 10 * k), "0",
                            "", ""))
     marketer = auth_header(Role.marketer)
-    too_few = client.get("/reports/clv", headers=marketer).json()  # only first orders so far: nothing to fit
+    too_few = client.get("/v1/reports/clv", headers=marketer).json()  # only first orders so far: nothing to fit
     assert too_few["models"] is None and too_few["predicted_mean"] is None and "at least 10" in too_few["note"]
     assert run(session, ctx, "orders", csv_text(ORDER_HEADER, orders)).rows_failed == 0
-    retention = client.get("/reports/retention", headers=marketer).json()
+    retention = client.get("/v1/reports/retention", headers=marketer).json()
     october = next(c for c in retention["cohorts"] if c["cohort"] == "2026-10")
     assert october["customers"] == COUNT
     # First orders on 1 October 10:00: the 30-day windows closed before TEST_NOW (1 November 08:00), the 90-day
     # ones are still open. Three in four customers bought again on 10 October.
     assert october["retention_30d"] == pytest.approx(45 / COUNT) and october["retention_90d"] is None
-    clv = client.get("/reports/clv", headers=marketer).json()
+    clv = client.get("/v1/reports/clv", headers=marketer).json()
     assert clv["customers"] == COUNT and clv["tiers"][0]["tier"] == "potential"
     total = sum(100 + sum(50 + 10 * k for k in range(n % 4)) for n in range(COUNT))
     assert clv["tiers"][0]["historical_total"] == pytest.approx(total)
     assert clv["predicted_mean"] > 0 and set(clv["models"]) == {"bgnbd", "gamma_gamma", "converged"}
-    control = client.get("/reports/global-control?since=2026-10-05T00:00:00Z", headers=marketer).json()
+    control = client.get("/v1/reports/global-control?since=2026-10-05T00:00:00Z", headers=marketer).json()
     frame = pl.Series(ids, dtype=pl.Int64)
     members = set(frame.filter(in_global_control(0.25, ctx.settings.global_control_salt, frame)).to_list())
     assert control["control"] == len(members) and control["marketed"] == COUNT - len(members)
@@ -277,14 +277,14 @@ def test_retention_clv_global_control_and_churn_quality_reports(session, ctx, sh
         session.add(ChurnPrediction(scored_on=ctx.clock.now() - timedelta(days=3), customer_id=cid, model_id=999,
                                     probability=0.5))
     session.flush()
-    quality = client.get("/reports/churn-quality", headers=marketer).json()["runs"]
+    quality = client.get("/v1/reports/churn-quality", headers=marketer).json()["runs"]
     assert [r["status"] for r in quality] == ["measured", "pending"]
     # Everyone ordered on 1 October, within 90 days (the horizon) of the old run: nobody churned.
     assert quality[0]["observed_churn"] == 0.0 and quality[0]["auc"] is None
     assert quality[0]["mean_predicted"] == pytest.approx(sum(0.1 + n / 100 for n in range(COUNT)) / COUNT, abs=1e-4)
     # The run's flag against what happened: 3 flagged, none of whom churned.
     assert (quality[0]["flagged"], quality[0]["flag_precision"], quality[0]["flag_recall"]) == (3, 0.0, 0.0)
-    exported = client.get("/reports/churn-quality?format=csv", headers=marketer).text
+    exported = client.get("/v1/reports/churn-quality?format=csv", headers=marketer).text
     assert exported.splitlines()[0].startswith("scored_on,") and len(exported.splitlines()) == 3
 
 
@@ -309,11 +309,11 @@ def test_fairness_winback_and_tier_history_reports(session, ctx, shop, client, a
     assert run(session, ctx, "order_items", csv_text(("order_external_id", "line_no", "sku", "qty", "unit_price"),
                                                      items)).rows_failed == 0
     marketer = auth_header(Role.marketer)
-    fair = client.get("/reports/fairness?since=2026-09-01T00:00:00Z", headers=marketer).json()
+    fair = client.get("/v1/reports/fairness?since=2026-09-01T00:00:00Z", headers=marketer).json()
     assert fair["flagged"] == 0  # different months: not the same period
     session.exec(update(Order).where(Order.external_id.like("n%")).values(  # type: ignore[call-overload]
         ordered_at=datetime(2026, 10, 21, 10, tzinfo=UTC)))
-    fair = client.get("/reports/fairness?since=2026-09-01T00:00:00Z", headers=marketer).json()
+    fair = client.get("/v1/reports/fairness?since=2026-09-01T00:00:00Z", headers=marketer).json()
     assert fair["flagged"] == 1
     row = fair["rows"][0]
     assert (row["sku"], row["group"], row["month"], row["mean_price"], row["new_price"]) == \
@@ -330,10 +330,10 @@ def test_fairness_winback_and_tier_history_reports(session, ctx, shop, client, a
                                       to_value="potential", at=now, version=1))
     session.flush()
     ctx.clock.advance(timedelta(hours=1))
-    winback = client.get("/reports/winback", headers=marketer).json()
+    winback = client.get("/v1/reports/winback", headers=marketer).json()
     november = next(m for m in winback["months"] if m["month"] == "2026-11")
     assert (november["tier_size"], november["won_back"], november["winback_rate"]) == (20, 5, 0.25)
-    tiers = client.get("/reports/tiers?format=csv", headers=marketer).text.splitlines()
+    tiers = client.get("/v1/reports/tiers?format=csv", headers=marketer).text.splitlines()
     assert tiers[0].startswith("as_of,customers,tier.lost,tier.potential") and len(tiers) == 2
 
 

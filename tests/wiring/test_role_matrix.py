@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Route
 
 from crm.models import Role
 from tests.console.test_console import post_login
 
 PUBLIC = "public"
+PROBE = "probe"  # no key: answers 200 when ready and 503 when not (these tests run no scheduler), never 401
 SIGNED = "signed"  # no key: the provider's signature is the credential; unsigned requests get 403
 LINK = "link"  # no key: a signed link is the credential; a bad one gets a 4xx page
 CONSOLE_PUBLIC = "console-public"  # the console's sign-in and static files: no session needed
@@ -18,76 +19,77 @@ ALL_ROLES = set(Role)
 ADMIN = {Role.admin}
 STAFF = {Role.admin, Role.marketer, Role.support}
 EXPECTED: dict[tuple[str, str], set[Role] | str] = {
-    ("GET", "/health"): PUBLIC,
-    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/v1/health/live"): PUBLIC,
+    ("GET", "/v1/health/ready"): PROBE,
+    ("GET", "/v1/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/docs/static/{file}"): PUBLIC,
-    ("GET", "/metrics"): {Role.admin, Role.scheduler},
+    ("GET", "/v1/metrics"): {Role.admin, Role.scheduler},
     ("POST", "/v1/events"): {Role.admin, Role.ingest},
     ("POST", "/v1/customers"): {Role.admin, Role.ingest},
     ("POST", "/v1/orders"): {Role.admin, Role.ingest},
     ("POST", "/v1/orders/{order_id}/refunds"): {Role.admin, Role.ingest},
-    ("GET", "/customers"): STAFF,
-    ("POST", "/customers/search"): STAFF,
-    ("GET", "/customers/{external_id}"): STAFF,
-    ("GET", "/customers/{external_id}/profile"): STAFF,
-    ("GET", "/customers/{external_id}/orders"): STAFF,
-    ("GET", "/customers/{external_id}/consents"): STAFF,
-    ("POST", "/customers/{external_id}/consents"): STAFF,
-    ("GET", "/customers/{external_id}/export"): ADMIN,
-    ("POST", "/customers/{external_id}/erase"): ADMIN,
-    ("POST", "/imports/{kind}"): {Role.admin, Role.scheduler},
-    ("GET", "/imports/{job_id}"): {Role.admin, Role.scheduler, Role.marketer},
-    ("GET", "/keys"): ADMIN,
-    ("POST", "/keys"): ADMIN,
-    ("DELETE", "/keys/{key_id}"): ADMIN,
-    ("GET", "/audit"): ADMIN,
-    ("GET", "/segmentation/rule-sets/{name}"): {Role.admin, Role.marketer},
-    ("PUT", "/segmentation/rule-sets/{name}"): {Role.admin, Role.marketer},
-    ("POST", "/segmentation/runs"): {Role.admin, Role.scheduler},
-    ("GET", "/segmentation/summary"): {Role.admin, Role.marketer, Role.scheduler},
-    ("GET", "/segmentation/history"): {Role.admin, Role.marketer, Role.scheduler},
-    ("GET", "/churn/models"): {Role.admin, Role.marketer, Role.scheduler},
-    ("POST", "/churn/models/{model_id}/promote"): {Role.admin},
-    ("POST", "/churn/models/rollback"): {Role.admin},
-    ("GET", "/churn/at-risk"): {Role.admin, Role.marketer, Role.support, Role.scheduler},
-    ("GET", "/uplift/models"): {Role.admin, Role.marketer, Role.scheduler},
-    ("POST", "/uplift/models"): {Role.admin, Role.scheduler},
-    ("POST", "/campaigns"): {Role.admin, Role.marketer},
-    ("GET", "/campaigns"): {Role.admin, Role.marketer, Role.scheduler},
-    ("GET", "/campaigns/{campaign_id}"): {Role.admin, Role.marketer, Role.scheduler},
-    ("PUT", "/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
-    ("POST", "/campaigns/{campaign_id}/status"): {Role.admin, Role.marketer},
-    ("GET", "/campaigns/{campaign_id}/versions"): {Role.admin, Role.marketer, Role.scheduler},
-    ("POST", "/campaigns/{campaign_id}/dry-run"): {Role.admin, Role.marketer, Role.scheduler},
-    ("POST", "/campaigns/{campaign_id}/plan"): {Role.admin, Role.scheduler},
-    ("GET", "/campaigns/{campaign_id}/eligibility/{external_id}"): {Role.admin, Role.marketer, Role.support},
-    ("GET", "/guard-rails"): {Role.admin, Role.marketer, Role.scheduler},
-    ("PUT", "/guard-rails"): {Role.admin},
-    ("GET", "/guard-rails/versions"): {Role.admin, Role.marketer, Role.scheduler},
-    ("GET", "/templates"): {Role.admin, Role.marketer},
-    ("POST", "/templates"): {Role.admin, Role.marketer},
-    ("GET", "/templates/{template_id}"): {Role.admin, Role.marketer},
-    ("POST", "/templates/{template_id}/preview"): {Role.admin, Role.marketer},
-    ("GET", "/messages"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
-    ("GET", "/messages/counts"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
-    ("POST", "/messages/{message_id}/retry"): ADMIN,
-    ("GET", "/tasks"): {Role.admin, Role.support},
-    ("POST", "/tasks/{task_id}/claim"): {Role.admin, Role.support},
-    ("POST", "/tasks/{task_id}/outcome"): {Role.admin, Role.support},
-    ("POST", "/webhooks/twilio/status"): SIGNED,
-    ("POST", "/webhooks/twilio/inbound"): SIGNED,
-    ("POST", "/webhooks/sendgrid/events"): SIGNED,
+    ("GET", "/v1/customers"): STAFF,
+    ("POST", "/v1/customers/search"): STAFF,
+    ("GET", "/v1/customers/{external_id}"): STAFF,
+    ("GET", "/v1/customers/{external_id}/profile"): STAFF,
+    ("GET", "/v1/customers/{external_id}/orders"): STAFF,
+    ("GET", "/v1/customers/{external_id}/consents"): STAFF,
+    ("POST", "/v1/customers/{external_id}/consents"): STAFF,
+    ("GET", "/v1/customers/{external_id}/export"): ADMIN,
+    ("POST", "/v1/customers/{external_id}/erase"): ADMIN,
+    ("POST", "/v1/imports/{kind}"): {Role.admin, Role.scheduler},
+    ("GET", "/v1/imports/{job_id}"): {Role.admin, Role.scheduler, Role.marketer},
+    ("GET", "/v1/keys"): ADMIN,
+    ("POST", "/v1/keys"): ADMIN,
+    ("DELETE", "/v1/keys/{key_id}"): ADMIN,
+    ("GET", "/v1/audit"): ADMIN,
+    ("GET", "/v1/segmentation/rule-sets/{name}"): {Role.admin, Role.marketer},
+    ("PUT", "/v1/segmentation/rule-sets/{name}"): {Role.admin, Role.marketer},
+    ("POST", "/v1/segmentation/runs"): {Role.admin, Role.scheduler},
+    ("GET", "/v1/segmentation/summary"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/segmentation/history"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/churn/models"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/v1/churn/models/{model_id}/promote"): {Role.admin},
+    ("POST", "/v1/churn/models/rollback"): {Role.admin},
+    ("GET", "/v1/churn/at-risk"): {Role.admin, Role.marketer, Role.support, Role.scheduler},
+    ("GET", "/v1/uplift/models"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/v1/uplift/models"): {Role.admin, Role.scheduler},
+    ("POST", "/v1/campaigns"): {Role.admin, Role.marketer},
+    ("GET", "/v1/campaigns"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/campaigns/{campaign_id}"): {Role.admin, Role.marketer, Role.scheduler},
+    ("PUT", "/v1/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
+    ("POST", "/v1/campaigns/{campaign_id}/status"): {Role.admin, Role.marketer},
+    ("GET", "/v1/campaigns/{campaign_id}/versions"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/v1/campaigns/{campaign_id}/dry-run"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/v1/campaigns/{campaign_id}/plan"): {Role.admin, Role.scheduler},
+    ("GET", "/v1/campaigns/{campaign_id}/eligibility/{external_id}"): {Role.admin, Role.marketer, Role.support},
+    ("GET", "/v1/guard-rails"): {Role.admin, Role.marketer, Role.scheduler},
+    ("PUT", "/v1/guard-rails"): {Role.admin},
+    ("GET", "/v1/guard-rails/versions"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/templates"): {Role.admin, Role.marketer},
+    ("POST", "/v1/templates"): {Role.admin, Role.marketer},
+    ("GET", "/v1/templates/{template_id}"): {Role.admin, Role.marketer},
+    ("POST", "/v1/templates/{template_id}/preview"): {Role.admin, Role.marketer},
+    ("GET", "/v1/messages"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
+    ("GET", "/v1/messages/counts"): {Role.admin, Role.marketer, Role.scheduler, Role.support},
+    ("POST", "/v1/messages/{message_id}/retry"): ADMIN,
+    ("GET", "/v1/tasks"): {Role.admin, Role.support},
+    ("POST", "/v1/tasks/{task_id}/claim"): {Role.admin, Role.support},
+    ("POST", "/v1/tasks/{task_id}/outcome"): {Role.admin, Role.support},
+    ("POST", "/v1/webhooks/twilio/status"): SIGNED,
+    ("POST", "/v1/webhooks/twilio/inbound"): SIGNED,
+    ("POST", "/v1/webhooks/sendgrid/events"): SIGNED,
     ("POST", "/v1/webhooks/shopify"): SIGNED,
-    ("GET", "/jobs"): {Role.admin, Role.marketer, Role.scheduler},
-    ("GET", "/jobs/runs"): {Role.admin, Role.marketer, Role.scheduler},
-    ("POST", "/jobs/{name}/run"): {Role.admin, Role.scheduler},
-    ("GET", "/reports"): {Role.admin, Role.marketer},
-    ("GET", "/reports/sample-size"): {Role.admin, Role.marketer},
-    ("GET", "/reports/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
-    ("GET", "/reports/{name}"): {Role.admin, Role.marketer},
-    ("POST", "/campaigns/{campaign_id}/experiment/promote"): {Role.admin, Role.marketer},
+    ("GET", "/v1/jobs"): {Role.admin, Role.marketer, Role.scheduler},
+    ("GET", "/v1/jobs/runs"): {Role.admin, Role.marketer, Role.scheduler},
+    ("POST", "/v1/jobs/{name}/run"): {Role.admin, Role.scheduler},
+    ("GET", "/v1/reports"): {Role.admin, Role.marketer},
+    ("GET", "/v1/reports/sample-size"): {Role.admin, Role.marketer},
+    ("GET", "/v1/reports/campaigns/{campaign_id}"): {Role.admin, Role.marketer},
+    ("GET", "/v1/reports/{name}"): {Role.admin, Role.marketer},
+    ("POST", "/v1/campaigns/{campaign_id}/experiment/promote"): {Role.admin, Role.marketer},
     ("POST", "/v1/journeys"): {Role.admin, Role.marketer},
     ("GET", "/v1/journeys"): {Role.admin, Role.marketer, Role.scheduler},
     ("GET", "/v1/journeys/schema"): {Role.admin, Role.marketer, Role.scheduler},
@@ -118,8 +120,8 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/console/reports"): {Role.admin, Role.marketer},
     ("GET", "/console/churn"): {Role.admin, Role.marketer},
     ("GET", "/console/jobs"): {Role.admin, Role.marketer, Role.scheduler},
-    ("GET", "/unsubscribe/{token}"): LINK,
-    ("POST", "/unsubscribe/{token}"): LINK,
+    ("GET", "/v1/unsubscribe/{token}"): LINK,
+    ("POST", "/v1/unsubscribe/{token}"): LINK,
 }
 SAMPLE_PARAMS = {"external_id": "NOBODY", "order_id": "NO-ORDER", "kind": "customers", "job_id": "999999", "key_id": "999999",
                  "name": "tier", "model_id": "999999",
@@ -128,12 +130,11 @@ SAMPLE_PARAMS = {"external_id": "NOBODY", "order_id": "NO-ORDER", "kind": "custo
 
 
 def _walk(routes) -> list[tuple[str, str]]:
+    """(method, served path) of every route, prefixes of the routers that include it applied."""
     found = []
-    for route in routes:
-        if isinstance(route, APIRoute | Route):
-            found += [(m, route.path) for m in sorted((route.methods or set()) - {"HEAD", "OPTIONS"})]
-        elif hasattr(route, "original_router"):  # FastAPI keeps included routers as lazy branches
-            found += _walk(route.original_router.routes)
+    for context in iter_route_contexts(routes):
+        if isinstance(context.original_route, APIRoute | Route):
+            found += [(m, context.path_format) for m in sorted((context.methods or set()) - {"HEAD", "OPTIONS"})]
     return found
 
 
@@ -162,6 +163,9 @@ def test_roles_pass_exactly_where_expected(app, client, auth_header, keys):
         anonymous = client.request(method, url, content=b"x\n")
         if expected == PUBLIC:
             assert anonymous.status_code < 400, (method, path, anonymous.status_code)
+            continue
+        if expected == PROBE:
+            assert anonymous.status_code in (200, 503), (method, path, anonymous.status_code)
             continue
         if expected == SIGNED:
             assert anonymous.status_code == 403, (method, path, anonymous.status_code)

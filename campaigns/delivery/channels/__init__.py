@@ -44,7 +44,7 @@ def _twilio(settings: Settings, channel: ChannelSpec, console_show: int | None) 
     return TwilioSmsSender(
         account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
         messaging_service_sid=settings.twilio_messaging_service_sid, from_number=settings.twilio_from,
-        base_url=settings.twilio_base_url, status_callback=f"{settings.public_base_url.rstrip('/')}/webhooks/twilio/status",
+        base_url=settings.twilio_base_url, status_callback=f"{settings.public_base_url.rstrip('/')}/v1/webhooks/twilio/status",
         timeout=settings.provider_timeout_seconds, clock_skew=timedelta(seconds=settings.provider_clock_skew_seconds))
 
 
