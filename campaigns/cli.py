@@ -15,6 +15,7 @@ from campaigns import service as campaigns
 from kit.cli import CliError, cli_context, console, optional_day, worker_context
 from kit.context import Context
 from kit.db import session_scope
+from kit.logs import configure_logging
 
 app = typer.Typer(no_args_is_help=True)
 campaigns_app = typer.Typer(help="Campaigns: default plans, dry-runs, planning.", no_args_is_help=True)
@@ -137,6 +138,7 @@ def dispatch_run(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send due messages: claim, check caps/consent/quiet hours again, send, record; SIGTERM stops cleanly."""
+    configure_logging("dispatcher")
     ctx = cli_context()
     if workers > 1 and ctx.engine.dialect.name != "postgresql":
         raise CliError("SQLite has a single writer: run one dispatcher (use PostgreSQL for --workers)")
@@ -257,6 +259,7 @@ def journeys_run(
 ) -> None:
     """The journey worker: entries from fresh activity and dates, due steps under the guard rails; several may run
     (PostgreSQL); SIGTERM finishes the pass in hand."""
+    configure_logging("journeys")
     ctx, stop = worker_context(now)
     if not once:
         print("journey worker running (SIGTERM finishes the pass in hand)", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@ entry point that turns user errors into one line on stderr."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from datetime import UTC, date, datetime
@@ -74,7 +75,7 @@ def _fail(message: str, code: int = 1) -> None:
 def run_cli(app: typer.Typer) -> None:
     """Run a Typer app: user errors become one line on stderr and a non-zero exit, never a traceback."""
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="crm")
     except (CliError, MissingSecretKey) as failure:
         _fail(f"error: {failure}")
     except DomainError as failure:
@@ -87,6 +88,12 @@ def run_cli(app: typer.Typer) -> None:
 
         if isinstance(failure, click.exceptions.Exit):
             sys.exit(failure.exit_code)
+        # A usage error (Click's, or the copy of Click Typer vendors): Click's own form, the usage line and exit 2.
+        if getattr(failure, "exit_code", None) == 2 and callable(getattr(failure, "show", None)):
+            failure.show()
+            sys.exit(failure.exit_code)
+        if os.environ.get("CRM_DEBUG") == "1":  # `crm --debug …`: the whole story for a bug report
+            raise
         if isinstance(failure, click.exceptions.ClickException):
             _fail(f"error: {failure.format_message()}", failure.exit_code)
         first_line = str(failure).strip().splitlines()[0] if str(failure).strip() else ""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -70,9 +73,14 @@ class ConcurrencyLimit:
             await self.inner(scope, receive, send)
 
 
+access_log = logging.getLogger("crm.access")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
 class Measure:
-    """Counts and times every HTTP request by route template (plain ASGI: Starlette's BaseHTTPMiddleware costs
-    about a millisecond per request in task and stream plumbing)."""
+    """Counts, times and logs every HTTP request by route template, with a request id (the client's X-Request-ID
+    when it is a plain token, else a new one) echoed in the response. Plain ASGI: Starlette's BaseHTTPMiddleware
+    costs about a millisecond per request in task and stream plumbing."""
 
     def __init__(self, inner, requests: Counter, latency: Histogram, templates: Callable[[], dict[int, str]]) -> None:
         self.inner, self.requests, self.latency = inner, requests, latency
@@ -83,10 +91,13 @@ class Measure:
             await self.inner(scope, receive, send)
             return
         started, status = time.perf_counter(), [500]
+        offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = offered if REQUEST_ID.match(offered) else uuid.uuid4().hex
 
         async def send_and_note(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -95,8 +106,14 @@ class Measure:
             if self.known is None:  # every route is registered by the first request
                 self.known = self.templates()
             template = self.known.get(id(scope.get("route")), "unmatched")
+            elapsed = time.perf_counter() - started
             self.requests.labels(scope["method"], template, str(status[0])).inc()
-            self.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+            self.latency.labels(scope["method"], template).observe(elapsed)
+            principal = scope.get("state", {}).get("principal")
+            access_log.info("%s %s %s", scope["method"], template, status[0], extra={
+                "request_id": request_id, "method": scope["method"], "route": template, "status": status[0],
+                "latency_ms": round(elapsed * 1000, 2), "key_id": getattr(principal, "key_id", None),
+                "role": getattr(getattr(principal, "role", None), "value", None)})
 
 
 def _install_metrics(app: FastAPI) -> None:

@@ -4,6 +4,7 @@ the cross-package ones (migrate, generate, scheduler, pipeline, jobs, report, se
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,9 +19,10 @@ from churn import cli as churn_cli
 from crm import cli as crm_cli
 from kit.cli import CliError, cli_context, console, parse_day, parse_instant, run_cli
 from kit.db import session_scope
-from kit.logs import uvicorn_log_config
+from kit.logs import configure_logging, uvicorn_log_config
 from kit.migrations import upgrade_to_head
 from segmentation import cli as segmentation_cli
+from wiring import __version__
 from wiring.demo import demo
 from wiring.generator import GeneratorConfig, write_dataset
 from wiring.pipeline import print_pipeline_summary, print_steps, run_job_in_foreground
@@ -37,6 +39,24 @@ app.add_typer(pipeline_app, name="pipeline")
 jobs_app = typer.Typer(help="Scheduled jobs: list, runs, run one now.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.command()(demo)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        console.print(f"crm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="print the version and exit")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an unexpected error "
+                                                        "(also CRM_DEBUG=1)")] = False,
+) -> None:
+    """CRM and customer-retention automation."""
+    if debug:
+        os.environ["CRM_DEBUG"] = "1"
 
 
 @app.command()
@@ -82,7 +102,6 @@ def generate(
 def scheduler() -> None:
     """Run the scheduler: the leader runs the jobs, others stand by to take over; SIGTERM finishes the running
     job and exits."""
-    import logging
     import signal
     import threading
 
@@ -90,7 +109,7 @@ def scheduler() -> None:
     from wiring.app import job_registry
 
     ctx = cli_context()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("scheduler")
     registry = job_registry(ctx.settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -208,7 +227,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     # The access log drops query strings: a lookup's parameters (contact data, say) never reach a log line.
     proxies = ctx.settings.forwarded_allow_ips
     uvicorn.run("wiring.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_config=uvicorn_log_config(), proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+                log_config=uvicorn_log_config(), access_log=False, proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
 
 
 @campaigns_cli.uplift_app.command("evaluate")

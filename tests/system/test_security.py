@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -269,7 +270,14 @@ def test_the_served_apis_access_log_carries_no_contact_data(served):
     httpx.get(f"{base}/v1/customers/C1", params={"note": "13800100002"}, headers=headers)
     time.sleep(0.3)  # the access log is written after each response
     logged = log_path.read_text(errors="replace")
-    assert '"POST /customers/search HTTP/1.1" 200' in logged and '"GET /customers?… HTTP/1.1" 422' in logged
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    assert len(lines) == len(logged.strip().splitlines()), "every line of the server's output is a JSON object"
+    access = [line for line in lines if line["logger"] == "crm.access"]
+    search = [a for a in access if a["route"] == "/v1/customers/search"]
+    assert search and search[0]["status"] == 200 and search[0]["role"] == "admin" and search[0]["key_id"]
+    assert search[0]["process"] == "api" and len(search[0]["request_id"]) == 32 and search[0]["latency_ms"] >= 0
+    assert {(a["route"], a["status"]) for a in access} >= {("/v1/customers", 422), ("/v1/customers/{external_id}",
+                                                                                     422)}
     for secret in ("user1@example.com", "user2@example.com", "user1%40example.com", "user2%40example.com",
                    "+8613800100001", "8613800100001", "13800100002", key):
         assert secret not in logged, f"{secret!r} appeared in the server's output"

@@ -83,3 +83,24 @@ def test_missing_secret_key_is_a_clear_error(scratch_url, tmp_path):
     del env["CRM_SECRET_KEY"]
     result = _crm(["keys", "list"], env)
     assert result.returncode == 1 and "CRM_SECRET_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_version_and_usage_errors_in_clicks_own_form(scratch_url, tmp_path):
+    from wiring import __version__
+
+    env = cli_env(scratch_url, tmp_path)
+    version = _crm(["--version"], env)
+    assert version.returncode == 0 and version.stdout.strip() == f"crm {__version__}"
+    for args, usage in ((["keys", "create"], "Usage: crm keys create"), (["nosuch"], "Usage: crm [OPTIONS]")):
+        result = _crm(args, env)
+        assert result.returncode == 2, (args, result.returncode)
+        assert usage in result.stderr and "--help" in result.stderr and "Traceback" not in result.stderr, args
+
+
+def test_debug_shows_the_traceback_an_unexpected_error_otherwise_hides(tmp_path):
+    env = cli_env("postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path)  # nothing listens on port 1
+    quiet = _crm(["migrate"], env)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and len(quiet.stderr.strip().splitlines()) == 1
+    loud = _crm(["--debug", "migrate"], env)
+    assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
+    assert "Traceback (most recent call last)" in _crm(["migrate"], env | {"CRM_DEBUG": "1"}).stderr
