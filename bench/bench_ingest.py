@@ -144,7 +144,7 @@ def main() -> None:
         with session_scope(engine) as session:
             revoke_key(session, ctx, key_id=key_id, actor="bench")
             session.execute(text("DELETE FROM event WHERE external_id LIKE 'ing-%' OR external_id LIKE 'lag-%'"))
-            session.execute(text("DELETE FROM idempotent_request"))
+            session.execute(text("DELETE FROM idempotency_record"))
         with session_scope(engine) as session:  # the deleted events leave the state as a rebuild says
             state.rebuild(session, ctx, uncommitted=False)
     batches, singles = results.get("batches_of_500", {}), results.get("single_events", {})

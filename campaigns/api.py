@@ -18,6 +18,7 @@ from crm.service import customer_by_external_id
 from kit import http
 from kit.channels import CHANNELS
 from kit.errors import InvalidInput
+from kit.http import PageDep
 
 router = APIRouter(tags=["campaigns"])
 EDITORS = (Role.admin, Role.marketer)
@@ -38,17 +39,19 @@ def post_campaign(body: CampaignBody, response: Response, session: SessionDep, c
 
 
 @router.get("/campaigns")
-def get_campaigns(session: SessionDep, status: str | None = None,
-                  _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+def get_campaigns(session: SessionDep, page: PageDep, status: Annotated[str | None, Query(
+                      pattern="^(draft|active|paused|archived)$", description="only campaigns in this status")] = None,
+                  _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Campaigns, highest priority first; `status` filters."""
-    return [service.describe(c) for c in service.list_campaigns(session, status)]
+    return page.slice(lambda n: [service.describe(c) for c in service.list_campaigns(session, status)])
 
 
 @router.get("/uplift/models")
-def get_uplift_models(session: SessionDep, _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+def get_uplift_models(session: SessionDep, page: PageDep,
+                      _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The current uplift model of every segment (kind:channel:offer, and `any`) with its held-out measurement:
     Qini and incremental conversions per 1,000 messages when targeting by uplift vs at random."""
-    return service.uplift_models(session)
+    return page.slice(lambda n: service.uplift_models(session))
 
 
 @router.post("/uplift/models")
@@ -90,10 +93,10 @@ def post_status(campaign_id: int, session: SessionDep, ctx: ContextDep,
 
 
 @router.get("/campaigns/{campaign_id}/versions")
-def get_versions(campaign_id: int, session: SessionDep,
-                 _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
-    """Every saved state of the campaign."""
-    return [v.model_dump() for v in service.campaign_versions(session, campaign_id)]
+def get_versions(campaign_id: int, session: SessionDep, page: PageDep,
+                 _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """Every saved state of the campaign, oldest first."""
+    return page.slice(lambda n: [v.model_dump() for v in service.campaign_versions(session, campaign_id)])
 
 
 @router.post("/campaigns/{campaign_id}/dry-run")
@@ -121,9 +124,10 @@ def get_eligibility(campaign_id: int, external_id: str, session: SessionDep, ctx
 
 
 @router.get("/templates")
-def get_templates(session: SessionDep, _: Principal = Depends(require(*EDITORS))) -> list[dict[str, Any]]:
+def get_templates(session: SessionDep, page: PageDep,
+                  _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Stored templates (newest versions) and the file templates shipped with the service."""
-    return service.list_templates(session)
+    return page.slice(lambda n: service.list_templates(session))
 
 
 @router.post("/templates", status_code=201)
@@ -192,9 +196,10 @@ def put_guard_rails(request: Request, response: Response, session: SessionDep, c
 
 
 @router.get("/guard-rails/versions")
-def get_guard_rail_versions(session: SessionDep, _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+def get_guard_rail_versions(session: SessionDep, page: PageDep,
+                            _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Every stored version of the guard rails, oldest first (version 0, the environment's, is not stored)."""
-    return [v.model_dump() for v in guard_rail_settings.versions(session)]
+    return page.slice(lambda n: [v.model_dump() for v in guard_rail_settings.versions(session)])
 
 
 def install(app: FastAPI) -> None:

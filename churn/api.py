@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 
@@ -11,6 +11,7 @@ from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
 from crm.profiles import CustomerFilter
+from kit.http import PageDep
 
 router = APIRouter(prefix="/churn", tags=["churn"])
 READERS = (Role.admin, Role.marketer, Role.scheduler)
@@ -21,9 +22,9 @@ def _model(row: service.ChurnModelVersion) -> dict[str, Any]:
 
 
 @router.get("/models")
-def get_models(session: SessionDep, _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+def get_models(session: SessionDep, page: PageDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Every trained model with its metrics, baselines, training window and promotion decision."""
-    return [_model(row) for row in service.list_models(session)]
+    return page.slice(lambda n: [_model(row) for row in service.list_models(session)])
 
 
 @router.post("/models/{model_id}/promote")
@@ -41,17 +42,19 @@ def post_rollback(session: SessionDep, ctx: ContextDep,
 
 
 @router.get("/at-risk")
-def get_at_risk(session: SessionDep, tier: str | None = None, after: int | None = Query(default=None, ge=0),
-                limit: int = Query(default=100, ge=1, le=1000),
+def get_at_risk(session: SessionDep, page: PageDep,
+                tier: Annotated[str | None, Query(max_length=32, description="only this tier")] = None,
                 locale: str | None = Query(default=None, pattern="^(zh-CN|en-US)$",
                                            description="language of the reasons (default: each customer's)"),
                 _: Principal = Depends(require(Role.admin, Role.marketer, Role.support, Role.scheduler))
                 ) -> dict[str, Any]:
-    """Flagged customers with probability, risk level, value and reasons; `tier` filters, `after` is the paging
-    cursor; the first page also counts the flagged customers per reason topic (`top_reasons`)."""
-    items = service.at_risk_customers(session, tier=tier, after=after, limit=limit, locale=locale)
-    page = {"items": items, "next": items[-1]["customer_id"] if len(items) == limit else None}
-    return page | ({"top_reasons": service.top_reasons(session, locale)} if after is None else {})
+    """Flagged customers with probability, risk level, value and reasons; `tier` filters; the first page also
+    counts the flagged customers per reason topic (`top_reasons`)."""
+    after = page.after()
+    rows = service.at_risk_customers(session, tier=tier, after=after, limit=page.limit, locale=locale)
+    answer = {"items": [{k: v for k, v in row.items() if k != "customer_id"} for row in rows],
+              "next_cursor": page.next_after(rows, lambda row: row["customer_id"])}
+    return answer | ({"top_reasons": service.top_reasons(session, locale)} if after is None else {})
 
 
 def install(app: FastAPI) -> None:

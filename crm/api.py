@@ -38,6 +38,7 @@ from kit import http
 from kit.context import Context, ContextDep
 from kit.db import SessionDep
 from kit.errors import InvalidInput
+from kit.http import Page, PageDep
 from kit.jobs import scheduler_health
 from kit.migrations import current_revision, head_revision
 
@@ -93,8 +94,8 @@ CONTACT_PARAMS = {"email", "phone", "q", "name"}  # never in a URL: POST /custom
 @router.get("/customers", response_model=CustomerPage, tags=["customers"])
 async def list_customers(
     request: Request, session: SessionDep, ctx: ContextDep, principal: Principal = Depends(require(*STAFF)),
-    cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=40, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="at most this many items")] = 100,
     locale: Annotated[str | None, Query(max_length=16)] = None,
     time_zone: Annotated[str | None, Query(max_length=64)] = None,
     membership_level: Annotated[str | None, Query(max_length=32)] = None,
@@ -123,7 +124,7 @@ async def search_customers(search: CustomerSearch, request: Request, session: Se
 list_customers.accepts_registered_filters = True  # type: ignore[attr-defined]  # checked in customer_page
 
 
-def customer_page(request: Request, session: Session, ctx: Context, principal: Principal, *, cursor: int | None,
+def customer_page(request: Request, session: Session, ctx: Context, principal: Principal, *, cursor: str | None,
                   limit: int, email: str | None, phone: str | None, locale: str | None, time_zone: str | None,
                   membership_level: str | None, extra_filters: bool = True) -> CustomerPage:
     """One page of GET /customers or POST /customers/search (the filters checked, the rows masked)."""
@@ -145,11 +146,11 @@ def customer_page(request: Request, session: Session, ctx: Context, principal: P
             raise InvalidInput(f"bad value for '{name}'", errors=[
                 {"field": name, "reason": f"1 to {extra.max_length} characters"}])
         conditions.append(extra.build(session, value, Customer.id))
-    rows = service.find_customers(session, ctx, after_id=cursor, limit=limit, email=email, phone=phone,
+    rows = service.find_customers(session, ctx, after_id=http.read_cursor(cursor), limit=limit, email=email, phone=phone,
                                   locale=locale, time_zone=time_zone, membership_level=membership_level,
                                   conditions=conditions)
     items = [customer_read(ctx, c, principal) for c in rows]
-    return CustomerPage(items=items, next_cursor=rows[-1].id if len(rows) == limit else None)
+    return CustomerPage(items=items, next_cursor=http.make_cursor(rows[-1].id) if len(rows) == limit else None)
 
 
 @router.get("/customers/{external_id}", response_model=CustomerRead, tags=["customers"])
@@ -195,33 +196,36 @@ def erase_customer(external_id: str, request: Request, session: SessionDep, ctx:
     return privacy.erase_customer(session, ctx, request.app.state.erasers, external_id, confirm, principal.actor)
 
 
-@router.get("/customers/{external_id}/orders", response_model=list[OrderRead], tags=["customers"])
-def customer_orders(external_id: str, session: SessionDep, _: Principal = Depends(require(*STAFF)),
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[OrderRead]:
-    """A customer's most recent orders."""
+@router.get("/customers/{external_id}/orders", response_model=Page[OrderRead], tags=["customers"])
+def customer_orders(external_id: str, session: SessionDep, page: PageDep,
+                    _: Principal = Depends(require(*STAFF))) -> dict[str, Any]:
+    """A customer's orders, newest first."""
     customer = service.customer_by_external_id(session, external_id)
-    orders = service.recent_orders(session, customer.id, limit)
-    return [OrderRead(external_id=o.external_id, ordered_at=o.ordered_at, amount_paid=float(o.amount_paid),
-                      discount=float(o.discount), coupon_code=o.coupon_code) for o in orders]
+    return page.slice(lambda n: [
+        OrderRead(external_id=o.external_id, ordered_at=o.ordered_at, amount_paid=float(o.amount_paid),
+                  discount=float(o.discount), coupon_code=o.coupon_code)
+        for o in service.recent_orders(session, customer.id, n)])
 
 
-@router.get("/customers/{external_id}/consents", response_model=list[ConsentChangeRead], tags=["customers"])
-def get_consent_history(external_id: str, session: SessionDep,
-                        _: Principal = Depends(require(*STAFF))) -> list[ConsentChangeRead]:
+@router.get("/customers/{external_id}/consents", response_model=Page[ConsentChangeRead], tags=["customers"])
+def get_consent_history(external_id: str, session: SessionDep, page: PageDep,
+                        _: Principal = Depends(require(*STAFF))) -> dict[str, Any]:
     """The customer's consent history, oldest first."""
     customer = service.customer_by_external_id(session, external_id)
-    return [ConsentChangeRead(**c.model_dump()) for c in service.consent_history(session, customer.id)]
+    return page.slice(lambda n: [ConsentChangeRead(**c.model_dump())
+                                 for c in service.consent_history(session, customer.id)])
 
 
-@router.post("/customers/{external_id}/consents", response_model=list[ConsentChangeRead], tags=["customers"])
+@router.post("/customers/{external_id}/consents", response_model=Page[ConsentChangeRead], tags=["customers"])
 def post_consent(external_id: str, update: ConsentUpdate, session: SessionDep, ctx: ContextDep,
-                 principal: Principal = Depends(require(*STAFF))) -> list[ConsentChangeRead]:
-    """Record a consent statement (e.g. an opt-out taken by phone); returns the history."""
+                 principal: Principal = Depends(require(*STAFF))) -> dict[str, Any]:
+    """Record a consent statement (e.g. an opt-out taken by phone); returns the whole history."""
     customer = service.customer_by_external_id(session, external_id)
     service.record_consent(session, ctx, customer_id=customer.id, channel=update.channel, status=update.status,
                            source=update.source, actor=principal.actor, at=update.at)
     session.flush()
-    return [ConsentChangeRead(**c.model_dump()) for c in service.consent_history(session, customer.id)]
+    return {"items": [ConsentChangeRead(**c.model_dump()) for c in service.consent_history(session, customer.id)],
+            "next_cursor": None}
 
 
 @router.post("/imports/{kind}", response_model=ImportJobRead, status_code=201, tags=["imports"])
@@ -257,10 +261,10 @@ def get_import(job_id: int, session: SessionDep, ctx: ContextDep,
     return ImportJobRead(**ingest.get_job(session, job_id, ctx).model_dump())
 
 
-@router.get("/keys", response_model=list[KeyRead], tags=["keys"])
-def get_keys(session: SessionDep, _: Principal = Depends(require(*ADMIN))) -> list[KeyRead]:
+@router.get("/keys", response_model=Page[KeyRead], tags=["keys"])
+def get_keys(session: SessionDep, page: PageDep, _: Principal = Depends(require(*ADMIN))) -> dict[str, Any]:
     """Every API key's metadata."""
-    return [KeyRead(**k.model_dump()) for k in auth.list_keys(session)]
+    return page.slice(lambda n: [KeyRead(**k.model_dump()) for k in auth.list_keys(session)])
 
 
 @router.post("/keys", response_model=KeyCreated, status_code=201, tags=["keys"])
@@ -279,15 +283,15 @@ def delete_key(key_id: int, session: SessionDep, ctx: ContextDep,
     return KeyRead(**auth.revoke_key(session, ctx, key_id=key_id, actor=principal.actor).model_dump())
 
 
-@router.get("/audit", response_model=list[AuditRead], tags=["audit"])
-def get_audit(session: SessionDep, _: Principal = Depends(require(*ADMIN)),
-              entity: Annotated[str | None, Query(max_length=64)] = None,
+@router.get("/audit", response_model=Page[AuditRead], tags=["audit"])
+def get_audit(session: SessionDep, page: PageDep, _: Principal = Depends(require(*ADMIN)),
+              entity: Annotated[str | None, Query(max_length=64, description="e.g. campaign, api_key")] = None,
               entity_id: Annotated[str | None, Query(max_length=128)] = None,
-              since: datetime | None = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditRead]:
+              since: Annotated[datetime | None, Query(description="entries at or after this instant")] = None,
+              ) -> dict[str, Any]:
     """The audit trail, newest first."""
-    return [AuditRead(**a.model_dump()) for a in audit.entries(session, entity=entity, entity_id=entity_id,
-                                                              since=since, limit=limit)]
+    return page.slice(lambda n: [AuditRead(**a.model_dump()) for a in audit.entries(
+        session, entity=entity, entity_id=entity_id, since=since, limit=n)])
 
 
 

@@ -11,10 +11,11 @@ from sqlmodel import Session
 
 from crm import state
 from crm.ingest import mark_interrupted_imports
-from crm.models import CustomerChange, Event, IdempotentRequest
+from crm.models import CustomerChange, Event
 from kit.columnar import read_frame
 from kit.context import Context
 from kit.jobs import Step, StepRun, prune_runs
+from kit.models import IdempotencyRecord
 
 
 def clean_core_data(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
@@ -30,15 +31,14 @@ def clean_core_data(session: Session, ctx: Context, run: StepRun) -> dict[str, A
     state.refresh(session, ctx, state.touched_days(touched, "customer_id", "occurred_at").unique(), cause="retention")
     runs = prune_runs(session, now - timedelta(days=ctx.settings.job_run_retention_days))
     interrupted = mark_interrupted_imports(session, ctx)
-    keys = session.exec(delete(IdempotentRequest).where(  # type: ignore[call-overload]
-        IdempotentRequest.created_at < now - timedelta(hours=IDEMPOTENCY_HOURS))).rowcount
+    keys = session.exec(delete(IdempotencyRecord).where(  # type: ignore[call-overload]
+        IdempotencyRecord.expires_at < now)).rowcount
     changes = session.exec(delete(CustomerChange).where(  # type: ignore[call-overload]
         CustomerChange.processed_at < now - timedelta(days=CHANGE_RETENTION_DAYS))).rowcount
     return {"events_deleted": events, "job_runs_deleted": runs, "imports_marked_interrupted": interrupted,
             "idempotency_keys_deleted": keys, "state_changes_deleted": changes}
 
 
-IDEMPOTENCY_HOURS = 24  # how long an Idempotency-Key replays its answer (crm.ingest_api)
 CHANGE_RETENTION_DAYS = 7  # processed state-change events kept for inspection
 
 

@@ -381,20 +381,6 @@ class CustomerChange(SQLModel, table=True):
     processed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, index=True))
 
 
-class IdempotentRequest(SQLModel, table=True):
-    """An ingestion POST answered under an Idempotency-Key: the body's digest and the stored answer (24 h)."""
-
-    __tablename__ = "idempotent_request"
-
-    key: str = Field(sa_column=Column(String(64), primary_key=True))
-    key_id: int = Field(sa_column=Column(Integer, primary_key=True))
-    route: str = Field(sa_column=Column(String(100), nullable=False))
-    body_digest: str = Field(sa_column=Column(String(64), nullable=False))
-    status_code: int
-    response: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
-    created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
-
-
 class ShopWebhookReceipt(SQLModel, table=True):
     """A shop webhook already processed (Shopify's X-Shopify-Webhook-Id): a redelivery is acknowledged, not redone."""
 

@@ -41,7 +41,7 @@ class CustomerPage(BaseModel):
     """One page of customers; pass next_cursor back as ?cursor= for the next."""
 
     items: list[CustomerRead]
-    next_cursor: int | None
+    next_cursor: str | None
 
 
 class CustomerSearch(BaseModel):
@@ -51,7 +51,7 @@ class CustomerSearch(BaseModel):
 
     email: str | None = Field(default=None, max_length=320)
     phone: str | None = Field(default=None, max_length=40)
-    cursor: int | None = Field(default=None, ge=0)
+    cursor: str | None = Field(default=None, max_length=40, description="next_cursor of the previous page")
     limit: int = Field(default=100, ge=1, le=500)
 
 

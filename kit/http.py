@@ -1,30 +1,81 @@
-"""HTTP conventions the routes share: versions as ETags, If-Match on updates, Location on creation."""
+"""HTTP conventions the routes share: one paging style (limit + opaque cursor -> next_cursor), versions as ETags,
+If-Match on updates, Location on creation."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Request, Response
+from fastapi import Depends, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from kit.errors import InvalidInput, PreconditionFailed
 
-
-def make_cursor(last_id: int) -> str:
-    """An opaque cursor for the page after the row `last_id` (clients pass it back; they do not compute it)."""
-    return base64.urlsafe_b64encode(f"i{last_id}".encode()).decode().rstrip("=")
+T = TypeVar("T")
 
 
-def read_cursor(cursor: str | None, field: str = "cursor") -> int | None:
-    """The row id a cursor continues after; a 422 naming the field when it is not one of ours."""
+CURSOR_KINDS = {"after": "i", "offset": "o"}  # keyset (after a row id) or position in a short ordered list
+
+
+def make_cursor(position: int, kind: str = "after") -> str:
+    """An opaque cursor (clients pass it back unchanged; they do not compute it)."""
+    return base64.urlsafe_b64encode(f"{CURSOR_KINDS[kind]}{position}".encode()).decode().rstrip("=")
+
+
+def read_cursor(cursor: str | None, kind: str = "after", field: str = "cursor") -> int | None:
+    """The position a cursor continues from; a 422 naming the field when it is not one of ours."""
     if cursor is None:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text.startswith("i") and text[1:].isdigit() and len(text) < 20:
+        if text[:1] == CURSOR_KINDS[kind] and text[1:].isdigit() and len(text) < 20:
             return int(text[1:])
     except (ValueError, UnicodeDecodeError):
         pass
     raise InvalidInput.field(field, "not a cursor this API gave out (pass next_cursor back unchanged)")
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """A list request's paging: at most `limit` items, continuing from `cursor`."""
+
+    limit: int
+    cursor: str | None
+
+    def after(self) -> int | None:
+        """The row id a keyset cursor continues after."""
+        return read_cursor(self.cursor, "after")
+
+    def next_after(self, rows: list, key: Callable[[Any], int]) -> str | None:
+        """The keyset cursor after a full page (None when the page is short: it was the last)."""
+        return make_cursor(key(rows[-1]), "after") if len(rows) == self.limit else None
+
+    def slice(self, fetch: Callable[[int], list]) -> dict[str, Any]:
+        """A page of a short ordered list: `fetch(n)` gives its first n items (or all of them)."""
+        start = read_cursor(self.cursor, "offset") or 0
+        rows = fetch(start + self.limit + 1)
+        more = len(rows) > start + self.limit
+        return {"items": rows[start:start + self.limit],
+                "next_cursor": make_cursor(start + self.limit, "offset") if more else None}
+
+
+def page_query(limit: Annotated[int, Query(ge=1, le=500, description="at most this many items")] = 100,
+               cursor: Annotated[str | None, Query(max_length=40, description="next_cursor of the previous page")]
+               = None) -> PageQuery:
+    """FastAPI dependency: the `limit` and `cursor` every list takes."""
+    return PageQuery(limit, cursor)
+
+
+PageDep = Annotated[PageQuery, Depends(page_query)]
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; `next_cursor` is null on the last."""
+
+    items: list[T]
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page")
 
 
 def etag(version: int | str) -> str:

@@ -105,7 +105,7 @@ class Idempotency:
                                                                 "use a new key for a new request", "Idempotency-Key"))
         else:
             replayed = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored["headers"]]
-            await _answer(send, stored["status"], [*replayed, (b"idempotent-replayed", b"true")], stored["body"])
+            await _answer(send, stored["status"], [*replayed, (b"idempotency-replayed", b"true")], stored["body"])
 
     async def _first(self, scope, receive, send, store: IdempotencyStore, identity: str) -> None:
         digest, finished = hashlib.sha256(), [False]

@@ -13,6 +13,7 @@ from crm.models import Role
 from crm.profiles import CustomerFilter
 from kit import http
 from kit.errors import InvalidInput
+from kit.http import PageDep
 from segmentation import service
 
 router = APIRouter(prefix="/segmentation", tags=["segmentation"])
@@ -61,14 +62,15 @@ def get_summary(session: SessionDep, _: Principal = Depends(require(*READERS))) 
 
 
 @router.get("/history")
-def get_history(session: SessionDep, _: Principal = Depends(require(*READERS)),
-                start: Annotated[date | None, Query(alias="from")] = None,
-                end: Annotated[date | None, Query(alias="to")] = None) -> list[dict[str, Any]]:
+def get_history(session: SessionDep, page: PageDep, _: Principal = Depends(require(*READERS)),
+                start: Annotated[date | None, Query(alias="from", description="first as-of day")] = None,
+                end: Annotated[date | None, Query(alias="to", description="day after the last")] = None
+                ) -> dict[str, Any]:
     """Distribution over time: one entry per run with from <= as-of < to."""
     if start and end and end <= start:
         raise InvalidInput("'to' must be after 'from'", errors=[{"field": "to", "reason": "must be after 'from'"}])
     bound = [datetime(d.year, d.month, d.day, tzinfo=UTC) if d else None for d in (start, end)]
-    return service.history(session, *bound)
+    return page.slice(lambda n: service.history(session, *bound))
 
 
 def install(app: FastAPI) -> None:

@@ -12,6 +12,7 @@ from crm.models import Role
 from kit import jobs
 from kit.context import Context, ContextDep
 from kit.db import SessionDep
+from kit.http import PageDep
 from kit.locks import try_lock
 from kit.schedules import Occurrence
 
@@ -25,19 +26,19 @@ def _registry(request: Request) -> jobs.JobRegistry:
 
 
 @router.get("/jobs")
-def list_jobs(request: Request, session: SessionDep, ctx: ContextDep,
-              _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+def list_jobs(request: Request, session: SessionDep, ctx: ContextDep, page: PageDep,
+              _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Every scheduled job: its schedule, next run time and newest run."""
-    return jobs.overview(session, ctx, _registry(request))
+    return page.slice(lambda n: jobs.overview(session, ctx, _registry(request)))
 
 
 @router.get("/jobs/runs")
-def list_runs(session: SessionDep, _: Principal = Depends(require(*READERS)),
-              job: Annotated[str | None, Query(max_length=64)] = None,
-              status: Annotated[str | None, Query(pattern="^(running|succeeded|failed)$")] = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
+def list_runs(session: SessionDep, page: PageDep, _: Principal = Depends(require(*READERS)),
+              job: Annotated[str | None, Query(max_length=64, description="only this job's runs")] = None,
+              status: Annotated[str | None, Query(pattern="^(running|succeeded|failed)$",
+                                                  description="only runs that ended so")] = None) -> dict[str, Any]:
     """Recorded runs, newest first, each with its steps' status, time and counts."""
-    return jobs.list_runs(session, job=job, status=status, limit=limit)
+    return page.slice(lambda n: jobs.list_runs(session, job=job, status=status, limit=n))
 
 
 def _run_in_background(ctx: Context, job: jobs.JobDefinition, occurrence: Occurrence, force: bool) -> None:

@@ -12,6 +12,7 @@ from campaigns import service
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
+from kit.http import PageDep
 from wiring import report_catalog
 
 router = APIRouter(tags=["reports"])
@@ -30,9 +31,10 @@ def _respond(name: str, report: dict[str, Any], format: str) -> Any:
 
 
 @router.get("/reports")
-def get_reports(_: Principal = Depends(require(*READERS))) -> list[dict[str, str]]:
+def get_reports(page: PageDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The reports there are."""
-    return [{"name": r.name, "description": r.description} for r in report_catalog.REPORTS.values()]
+    return page.slice(lambda n: [{"name": r.name, "description": r.description}
+                                 for r in report_catalog.REPORTS.values()])
 
 
 @router.get("/reports/sample-size")

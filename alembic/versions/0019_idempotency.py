@@ -1,4 +1,4 @@
-"""answers stored for POSTs made with an Idempotency-Key
+"""answers stored for every POST made with an Idempotency-Key (the ingestion API's own table goes)
 
 Revision ID: 0019
 Revises: 0018
@@ -30,8 +30,21 @@ def upgrade() -> None:
         sa.Column('expires_at', UTCDateTime(), nullable=False),
     )
     op.create_index('ix_idempotency_record_expires_at', 'idempotency_record', ['expires_at'])
+    op.drop_index('ix_idempotent_request_created_at', table_name='idempotent_request')
+    op.drop_table('idempotent_request')
 
 
 def downgrade() -> None:
+    op.create_table(
+        'idempotent_request',
+        sa.Column('key', sa.String(64), primary_key=True),
+        sa.Column('key_id', sa.Integer(), primary_key=True),
+        sa.Column('route', sa.String(100), nullable=False),
+        sa.Column('body_digest', sa.String(64), nullable=False),
+        sa.Column('status_code', sa.Integer(), nullable=False),
+        sa.Column('response', JSONType, nullable=False),
+        sa.Column('created_at', UTCDateTime(), nullable=False),
+    )
+    op.create_index('ix_idempotent_request_created_at', 'idempotent_request', ['created_at'])
     op.drop_index('ix_idempotency_record_expires_at', table_name='idempotency_record')
     op.drop_table('idempotency_record')

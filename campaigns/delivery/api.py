@@ -13,6 +13,7 @@ from campaigns.delivery.channels import PROVIDERS
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
+from kit.http import PageDep
 
 router = APIRouter()
 AGENTS = (Role.admin, Role.support)
@@ -49,11 +50,12 @@ def unsubscribe(token: str, session: SessionDep, ctx: ContextDep) -> HTMLRespons
 
 
 @router.get("/tasks", tags=["tasks"])
-def get_tasks(session: SessionDep, ctx: ContextDep, status: str | None = Query(None, pattern="^(open|claimed|done)$"),
-              limit: int = Query(100, ge=1, le=1000),
-              principal: Principal = Depends(require(*AGENTS))) -> list[dict[str, Any]]:
+def get_tasks(session: SessionDep, ctx: ContextDep, page: PageDep,
+              status: str | None = Query(None, pattern="^(open|claimed|done)$", description="only tasks in it"),
+              principal: Principal = Depends(require(*AGENTS))) -> dict[str, Any]:
     """VIP call tasks, oldest first (the number is shown in full only to the agent holding the task)."""
-    return tasks.list_tasks(session, ctx, principal.actor, status, limit)
+    rows = tasks.list_tasks(session, ctx, principal.actor, status, page.limit, after=page.after())
+    return {"items": rows, "next_cursor": page.next_after(rows, lambda task: task["id"])}
 
 
 @router.post("/tasks/{task_id}/claim", tags=["tasks"])

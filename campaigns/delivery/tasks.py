@@ -41,9 +41,12 @@ def describe_task(session: Session, ctx: Context, task: CallTask, *, reveal: boo
             "outcome": task.outcome, "notes": task.notes, "done_at": task.done_at, "created_at": task.created_at}
 
 
-def list_tasks(session: Session, ctx: Context, actor: str, status: str | None, limit: int) -> list[dict[str, Any]]:
-    """Tasks, oldest first, optionally by status."""
+def list_tasks(session: Session, ctx: Context, actor: str, status: str | None, limit: int,
+               after: int | None = None) -> list[dict[str, Any]]:
+    """Tasks, oldest first, optionally by status; `after` is the id to continue after."""
     query = select(CallTask).order_by(CallTask.id).limit(limit)
+    if after is not None:
+        query = query.where(CallTask.id > after)
     if status is not None:
         query = query.where(CallTask.status == status)
     return [describe_task(session, ctx, t, reveal=t.claimed_by == actor and t.status == "claimed")

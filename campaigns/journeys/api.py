@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from campaigns.journeys import definitions, reports
@@ -14,6 +14,7 @@ from crm.auth import Principal, require
 from crm.models import Role
 from crm.service import customer_by_external_id
 from kit import http
+from kit.http import PageDep
 
 router = APIRouter(tags=["journeys"])
 EDITORS = (Role.admin, Role.marketer)
@@ -35,10 +36,11 @@ def post_journey(body: JourneyBody, session: SessionDep, ctx: ContextDep,
 
 
 @router.get("/journeys")
-def get_journeys(session: SessionDep, status: str | None = None,
-                 _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
+def get_journeys(session: SessionDep, page: PageDep, status: Annotated[str | None, Query(
+                     pattern="^(draft|active|paused|archived)$", description="only journeys in this status")] = None,
+                 _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Journeys, highest priority first; `status` filters."""
-    return [definitions.describe(j) for j in definitions.list_journeys(session, status)]
+    return page.slice(lambda n: [definitions.describe(j) for j in definitions.list_journeys(session, status)])
 
 
 @router.get("/journeys/schema")
@@ -85,10 +87,10 @@ def post_move(journey_id: int, session: SessionDep, ctx: ContextDep,
 
 
 @router.get("/journeys/{journey_id}/versions")
-def get_versions(journey_id: int, session: SessionDep,
-                 _: Principal = Depends(require(*READERS))) -> list[dict[str, Any]]:
-    """Every saved definition of the journey."""
-    return [v.model_dump() for v in definitions.journey_versions(session, journey_id)]
+def get_versions(journey_id: int, session: SessionDep, page: PageDep,
+                 _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
+    """Every saved definition of the journey, oldest first."""
+    return page.slice(lambda n: [v.model_dump() for v in definitions.journey_versions(session, journey_id)])
 
 
 @router.post("/journeys/{journey_id}/simulate")
@@ -107,10 +109,12 @@ def get_funnel(journey_id: int, session: SessionDep, ctx: ContextDep,
 
 
 @router.get("/customers/{external_id}/journeys")
-def get_customer_journeys(external_id: str, session: SessionDep,
-                          _: Principal = Depends(require(Role.admin, Role.marketer, Role.support))) -> list[dict]:
+def get_customer_journeys(external_id: str, session: SessionDep, page: PageDep,
+                          _: Principal = Depends(require(Role.admin, Role.marketer, Role.support))
+                          ) -> dict[str, Any]:
     """The customer's enrollments: where they are, the steps taken and the next wake-up."""
-    return reports.enrollments_of(session, customer_by_external_id(session, external_id).id)
+    customer_id = customer_by_external_id(session, external_id).id
+    return page.slice(lambda n: reports.enrollments_of(session, customer_id))
 
 
 def install(app: FastAPI) -> None:

@@ -52,7 +52,7 @@ def test_campaign_api_validates_versions_and_audits(client, auth_header, people)
     assert active.status_code == 200 and active.json()["status"] == "active"
     backwards = client.post(f"/v1/campaigns/{campaign_id}/status", json={"status": "draft"}, headers=marketer)
     assert backwards.status_code == 409
-    versions = client.get(f"/v1/campaigns/{campaign_id}/versions", headers=marketer).json()
+    versions = client.get(f"/v1/campaigns/{campaign_id}/versions", headers=marketer).json()["items"]
     assert [(v["version"], v["status"]) for v in versions] == [(1, "draft"), (2, "draft"), (3, "active")]
     assert client.get("/v1/campaigns/999999", headers=marketer).status_code == 404
 
@@ -91,7 +91,7 @@ def test_templates_are_rendered_before_saving_and_sandboxed(client, auth_header,
     assert preview.status_code == 200 and preview.json()["rendered"]["body"] == "P1 你好，回复TD退订"
     assert client.post(f"/v1/templates/{again.json()['id']}/preview", params={"customer": "NOBODY"},
                        headers=marketer).status_code == 404
-    listed = client.get("/v1/templates", headers=marketer).json()
+    listed = client.get("/v1/templates", headers=marketer).json()["items"]
     assert {"hello", "potential_coupon", "lost_winback"} <= {t["name"] for t in listed}
 
 

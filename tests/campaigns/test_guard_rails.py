@@ -174,7 +174,7 @@ def test_guard_rails_are_read_by_marketers_changed_by_admins_validated_and_audit
     service.plan_campaign(session, ctx, first.id, TUESDAY)
     result = service.plan_campaign(session, ctx, second.id, TUESDAY)
     assert result["counts"]["channel_sms"] == 0 and result["counts"]["lower_priority"] == 2
-    assert [v["version"] for v in client.get("/v1/guard-rails/versions", headers=marketer).json()] == [1]
+    assert [v["version"] for v in client.get("/v1/guard-rails/versions", headers=marketer).json()["items"]] == [1]
 
 
 def test_version_zero_is_seeded_from_the_environment(session, ctx):

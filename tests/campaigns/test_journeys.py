@@ -338,12 +338,12 @@ def test_journey_api_validates_names_the_step_and_simulates_without_writing(clie
     assert active.status_code == 200 and active.json()["status"] == "active"
     changed = client.put(f"/v1/journeys/{journey_id}", json=cart_journey(priority=80), headers=marketer)
     assert changed.status_code == 200 and changed.json()["version"] == 3
-    versions = client.get(f"/v1/journeys/{journey_id}/versions", headers=marketer).json()
+    versions = client.get(f"/v1/journeys/{journey_id}/versions", headers=marketer).json()["items"]
     assert [(v["version"], v["status"]) for v in versions] == [(1, "draft"), (2, "active"), (3, "active")]
     funnel = client.get(f"/v1/journeys/{journey_id}/funnel", headers=marketer).json()
     assert [s["id"] for s in funnel["steps"]] == ["push_now", "wait_day", "sms_coupon"]
     assert client.get("/v1/journeys/999999", headers=marketer).status_code == 404
-    assert client.get("/v1/customers/P1/journeys", headers=support).json() == []
+    assert client.get("/v1/customers/P1/journeys", headers=support).json()["items"] == []
 
 
 def test_the_funnel_counts_steps_reasons_and_uplift_against_the_holdout(session, ctx, people, clock):

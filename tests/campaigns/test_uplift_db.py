@@ -158,7 +158,7 @@ def test_api_fits_and_lists_uplift_models(client, auth_header, session, ctx, mea
 
     fitted = client.post("/v1/uplift/models", headers=auth_header(Role.admin))
     assert fitted.status_code == 200 and {r["segment"] for r in fitted.json()} == {"campaign:sms:coupon", "any"}
-    listed = client.get("/v1/uplift/models", headers=auth_header(Role.marketer)).json()
+    listed = client.get("/v1/uplift/models", headers=auth_header(Role.marketer)).json()["items"]
     assert [m["segment"] for m in listed] == ["any", "campaign:sms:coupon"]
     assert all(m["metrics"]["rankings"]["uplift"]["targeted"] > 0 and "content" not in m for m in listed)
     assert client.post("/v1/uplift/models", headers=auth_header(Role.marketer)).status_code == 403

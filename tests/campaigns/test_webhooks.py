@@ -263,7 +263,7 @@ def test_call_tasks_claim_reveal_and_outcome(client, session, ctx, shop, auth_he
                          script="Invite to the presale", created_at=ctx.clock.now()))
     session.flush()
     support = auth_header(Role.support)
-    listed = client.get("/v1/tasks?status=open", headers=support).json()
+    listed = client.get("/v1/tasks?status=open", headers=support).json()["items"]
     assert len(listed) == 1 and "****" in listed[0]["phone"]  # masked until claimed
     task_id = listed[0]["id"]
     assert client.post(f"/v1/tasks/{task_id}/outcome", json={"outcome": "reached"}, headers=support).status_code == 403

@@ -130,12 +130,14 @@ def test_scoring_flags_customers_with_reasons_and_keeps_a_trend(session, ctx, sh
 def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, session, ctx, shop):
     row = service.train_model(session, ctx, as_of=AS_OF, config=FAST)
     service.score_customers(session, ctx, as_of=AS_OF)
-    models = client.get("/v1/churn/models", headers=auth_header(Role.marketer)).json()
+    models = client.get("/v1/churn/models", headers=auth_header(Role.marketer)).json()["items"]
     assert models[0]["id"] == row.id and "artifact" not in models[0] and models[0]["metrics"]["roc_auc"] > 0.7
     page = client.get("/v1/churn/at-risk?limit=5", headers=auth_header(Role.support)).json()
-    assert len(page["items"]) == 5 and page["next"] == page["items"][-1]["customer_id"]
-    following = client.get(f"/v1/churn/at-risk?limit=5&after={page['next']}", headers=auth_header(Role.support)).json()
-    assert following["items"][0]["customer_id"] > page["next"]
+    assert len(page["items"]) == 5 and page["next_cursor"] and "customer_id" not in page["items"][0]
+    following = client.get("/v1/churn/at-risk", params={"limit": 5, "cursor": page["next_cursor"]},
+                           headers=auth_header(Role.support)).json()
+    seen = [i["external_id"] for i in page["items"]]
+    assert following["items"] and not {i["external_id"] for i in following["items"]} & set(seen)
     external = page["items"][0]["external_id"]
     section = client.get(f"/v1/customers/{external}/profile", headers=auth_header(Role.support)).json()["sections"]["churn"]
     assert section["at_risk"] is True and section["reasons"] and section["model_id"] == row.id
@@ -153,11 +155,12 @@ def test_api_lists_models_at_risk_and_the_profile_section(client, auth_header, s
     assert wrong.status_code == 422 and "at_risk" in wrong.text
     from segmentation.service import run_segmentation
     run_segmentation(session, ctx, AS_OF)
-    lost = client.get("/v1/churn/at-risk?tier=lost&limit=1000", headers=auth_header(Role.marketer)).json()["items"]
-    everyone = client.get("/v1/churn/at-risk?limit=1000", headers=auth_header(Role.marketer)).json()["items"]
+    lost = client.get("/v1/churn/at-risk?tier=lost&limit=500", headers=auth_header(Role.marketer)).json()["items"]
+    everyone = client.get("/v1/churn/at-risk?limit=500", headers=auth_header(Role.marketer)).json()["items"]
     from segmentation.models import CustomerSegment
-    tiers = {c.customer_id: c.tier for c in session.exec(select(CustomerSegment))}
-    assert lost and all(tiers[row["customer_id"]] == "lost" for row in lost)
+    tiers = {external: segment.tier for segment, external in session.exec(
+        select(CustomerSegment, Customer.external_id).where(Customer.id == CustomerSegment.customer_id))}
+    assert lost and all(tiers[row["external_id"]] == "lost" for row in lost)
     assert len(lost) < len(everyone)
     missing = client.post("/v1/churn/models/999999/promote", headers=auth_header(Role.admin))
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")

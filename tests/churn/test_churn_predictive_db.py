@@ -15,6 +15,7 @@ from churn.models import ChurnScore
 from churn.policy import FlagPolicy
 from churn.training import TrainingConfig
 from crm.models import Customer, Role
+from kit.http import make_cursor
 from tests.support.factories import import_shop
 from wiring.generator import GeneratorConfig, write_dataset
 
@@ -101,7 +102,7 @@ def test_at_risk_list_aggregates_reasons_and_speaks_the_asked_language(client, a
     chinese = client.get("/v1/churn/at-risk", params={"limit": 20, "locale": "zh-CN"}, headers=marketer).json()
     assert [t["topic"] for t in chinese["top_reasons"]] == [t["topic"] for t in topics]
     assert all(not t["label"].isascii() for t in chinese["top_reasons"])
-    assert "top_reasons" not in client.get("/v1/churn/at-risk", params={"after": page["next"] or 0},
+    assert "top_reasons" not in client.get("/v1/churn/at-risk", params={"cursor": page["next_cursor"] or make_cursor(0)},
                                            headers=marketer).json()
     assert client.get("/v1/churn/at-risk", params={"locale": "fr-FR"}, headers=marketer).status_code == 422
 

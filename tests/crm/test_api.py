@@ -73,9 +73,9 @@ def test_consent_statements_are_history_and_audited(client, session, ctx, auth_h
                                                            "source": "phone-call"},
                            headers=auth_header(Role.support))
     assert response.status_code == 200
-    assert [(c["channel"], c["status"]) for c in response.json()] == [
+    assert [(c["channel"], c["status"]) for c in response.json()["items"]] == [
         ("sms", "opted_in"), ("email", "opted_out"), ("sms", "opted_out")]
-    audit = client.get("/v1/audit", params={"entity": "customer"}, headers=auth_header(Role.admin)).json()
+    audit = client.get("/v1/audit", params={"entity": "customer"}, headers=auth_header(Role.admin)).json()["items"]
     assert audit[0]["action"] == "consent.change" and audit[0]["actor"].endswith("test-support")
     assert audit[0]["before"] == {"status": "opted_in"}
 
@@ -127,13 +127,13 @@ def test_admin_creates_and_revokes_keys(client, auth_header):
     assert created.status_code == 201
     secret, key_id = created.json()["key"], created.json()["id"]
     assert client.get("/v1/customers", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
-    listed = client.get("/v1/keys", headers=auth_header(Role.admin)).json()
+    listed = client.get("/v1/keys", headers=auth_header(Role.admin)).json()["items"]
     assert all("key" not in k and "key_hash" not in k for k in listed)
     assert client.delete(f"/v1/keys/{key_id}", headers=auth_header(Role.admin)).status_code == 200
     revoked = client.get("/v1/customers", headers={"Authorization": f"Bearer {secret}"})
     assert revoked.status_code == 401 and revoked.headers["content-type"] == PROBLEM
     actions = [a["action"] for a in client.get("/v1/audit", params={"entity": "api_key"},
-                                               headers=auth_header(Role.admin)).json()]
+                                               headers=auth_header(Role.admin)).json()["items"]]
     assert actions[:2] == ["api_key.revoke", "api_key.create"]
     bad_role = client.post("/v1/keys", json={"name": "x", "role": "root"}, headers=auth_header(Role.admin))
     assert bad_role.status_code == 422 and bad_role.json()["errors"][0]["field"] == "role"
@@ -292,7 +292,7 @@ def test_a_consent_statement_dated_in_the_future_is_refused(client, session, ctx
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "at"
     past = client.post("/v1/customers/C1/consents", json={"channel": "sms", "status": "opted_out",
                                                         "at": "2026-10-01T00:00:00"}, headers=auth_header(Role.support))
-    assert past.status_code == 200 and past.json()[-1]["status"] == "opted_out"
+    assert past.status_code == 200 and past.json()["items"][-1]["status"] == "opted_out"
 
 
 def test_the_api_docs_work_offline(client):

@@ -51,7 +51,7 @@ def test_a_bad_item_is_reported_by_index_and_field_and_the_good_ones_are_kept(cl
 def test_ingest_keys_write_but_read_nothing(app, client, auth_header):
     _customer(client, auth_header)
     paths = app.openapi()["paths"]
-    public = {"/v1/health/ready", "/v1/metrics", "/v1/unsubscribe/{token}"}  # no key needed at all
+    public = {"/v1/health/live", "/v1/health/ready", "/v1/metrics", "/v1/unsubscribe/{token}"}  # no key needed
     readable = [path for path, operations in paths.items() if "get" in operations and path not in public]
     assert len(readable) > 20
     for path in readable:

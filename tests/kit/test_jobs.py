@@ -129,7 +129,7 @@ def test_jobs_api_lists_runs_and_starts_a_manual_run(scratch_url, tmp_path):
     def call(method: str, url: str, role: Role):
         return client.request(method, url, headers={"Authorization": f"Bearer {keys[role]}"})
 
-    listed = {j["name"]: j for j in call("GET", "/v1/jobs", Role.marketer).json()}
+    listed = {j["name"]: j for j in call("GET", "/v1/jobs", Role.marketer).json()["items"]}
     assert {"pipeline", "retrain", "tags", "cleanup", "probe"} <= set(listed)
     assert listed["pipeline"]["schedule"] == "daily at 02:00 Asia/Shanghai"
     assert listed["pipeline"]["next_run_at"].startswith("2026-11-02T18:00")  # 02:00 on the 3rd in Shanghai
@@ -138,10 +138,10 @@ def test_jobs_api_lists_runs_and_starts_a_manual_run(scratch_url, tmp_path):
 
     started = call("POST", "/v1/jobs/probe/run", Role.scheduler)
     assert started.status_code == 202 and started.json()["occurrence"] == "2026-11-02"
-    runs = call("GET", "/v1/jobs/runs?job=probe", Role.admin).json()
+    runs = call("GET", "/v1/jobs/runs?job=probe", Role.admin).json()["items"]
     assert [(r["occurrence"], r["status"], r["trigger"]) for r in runs] == [("2026-11-02", "succeeded", "manual")]
     assert [s["step"] for s in runs[0]["steps"]] == ["first", "second"]
-    assert call("GET", "/v1/jobs", Role.admin).json()[0]["last_run"]["status"] == "succeeded"
+    assert call("GET", "/v1/jobs", Role.admin).json()["items"][0]["last_run"]["status"] == "succeeded"
 
     bad = call("POST", "/v1/jobs/probe/run?occurrence=yesterday", Role.admin)
     assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")

@@ -238,7 +238,7 @@ def test_summary_and_history(client, auth_header, session, ctx):
     summary = client.get("/v1/segmentation/summary", headers=headers).json()
     assert summary["as_of"].startswith("2026-06-03") and summary["customers"] == 5
     assert summary["distribution"]["layer"].keys() == {"core", "churned", "churn_warning", "potential"}
-    history = client.get("/v1/segmentation/history?from=2026-06-02&to=2026-06-04", headers=headers).json()
+    history = client.get("/v1/segmentation/history?from=2026-06-02&to=2026-06-04", headers=headers).json()["items"]
     assert [h["as_of"][:10] for h in history] == ["2026-06-02", "2026-06-03"]
     assert sum(history[0]["tier"].values()) == 5
     assert client.get("/v1/segmentation/history?from=2026-06-04&to=2026-06-01", headers=headers).status_code == 422

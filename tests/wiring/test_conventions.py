@@ -9,7 +9,7 @@ import re
 from crm.models import Role
 from kit.errors import PROBLEM_JSON
 from tests.wiring.test_role_matrix import SAMPLE_PARAMS, _walk
-from wiring.contract import api_routes, error_statuses, roles_of
+from wiring.contract import api_routes, declared_query_names, error_statuses, roles_of
 
 PEOPLE_PAGES = ("/console", "/docs")  # pages for people, not the versioned contract
 
@@ -93,9 +93,9 @@ def test_idempotency_key_replays_the_answer_and_refuses_another_body(client, aut
     first = client.post("/v1/keys", json={"name": "idem", "role": "support"}, headers=once)
     again = client.post("/v1/keys", json={"name": "idem", "role": "support"}, headers=once)
     assert first.status_code == again.status_code == 201
-    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json() and again.headers["idempotency-replayed"] == "true"
     assert again.headers["location"] == first.headers["location"]
-    assert [k["name"] for k in client.get("/v1/keys", headers=admin).json()].count("idem") == 1  # made once
+    assert [k["name"] for k in client.get("/v1/keys", headers=admin).json()["items"]].count("idem") == 1  # made once
     other = client.post("/v1/keys", json={"name": "other", "role": "support"}, headers=once)
     assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
     fresh = client.post("/v1/keys", json={"name": "idem", "role": "support"},
@@ -108,3 +108,39 @@ def test_a_failed_post_is_not_kept_under_its_idempotency_key(client, auth_header
     assert client.post("/v1/keys", json={"name": "x", "role": "emperor"}, headers=admin).status_code == 422
     corrected = client.post("/v1/keys", json={"name": "x", "role": "support"}, headers=admin)
     assert corrected.status_code == 201  # the refused body left no answer behind to replay or clash with
+
+
+def test_every_list_pages_by_limit_and_cursor_to_next_cursor(app, client, auth_header):
+    admin = auth_header(Role.admin)
+    lists = 0
+    for route in api_routes(app):
+        if "GET" not in route.methods or "{" in route.path_format or not route.include_in_schema:
+            continue
+        answer = client.get(route.path_format, headers=admin)
+        if answer.status_code != 200 or not answer.headers["content-type"].startswith("application/json"):
+            continue
+        body = answer.json()
+        assert not isinstance(body, list), f"{route.path_format} answers a bare array: page it"
+        if isinstance(body, dict) and "items" in body:
+            assert "next_cursor" in body, route.path_format
+            assert {"limit", "cursor"} <= declared_query_names(route), route.path_format
+            assert client.get(route.path_format, params={"cursor": "bogus!"}, headers=admin).status_code == 422
+            assert client.get(route.path_format, params={"limit": 0}, headers=admin).status_code == 422
+            lists += 1
+    assert lists >= 15
+
+
+def test_pages_of_a_short_list_cover_it_once(client, auth_header):
+    admin = auth_header(Role.admin)
+    for n in range(3):
+        client.post("/v1/keys", json={"name": f"page-{n}", "role": "support"}, headers=admin)
+    everything = [k["id"] for k in client.get("/v1/keys", headers=admin).json()["items"]]
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/keys", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
+                          headers=admin).json()
+        seen += [k["id"] for k in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == everything and len(everything) >= 3 + len(Role)
