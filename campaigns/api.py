@@ -9,8 +9,29 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 
 from campaigns import service
 from campaigns.authoring import guard_rail_settings
+from campaigns.authoring.defaults import DEFAULT_CAMPAIGNS
+from campaigns.authoring.guard_rail_settings import GuardRailSettings
+from campaigns.authoring.spec import CampaignSpec
 from campaigns.delivery import outbox
 from campaigns.journeys import api as journeys_api
+from campaigns.schemas import (
+    CampaignRead,
+    CampaignWritten,
+    DryRun,
+    Eligibility,
+    GuardRailsRead,
+    GuardRailVersion,
+    MessageRead,
+    PlanResult,
+    StatusChange,
+    TemplateBody,
+    TemplateListed,
+    TemplatePreview,
+    TemplateRead,
+    TemplateSaved,
+    UpliftModelRead,
+    VersionRead,
+)
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
@@ -18,16 +39,24 @@ from crm.service import customer_by_external_id
 from kit import http
 from kit.channels import CHANNELS
 from kit.errors import InvalidInput
-from kit.http import PageDep
+from kit.http import Page, PageDep
 
 router = APIRouter(tags=["campaigns"])
 EDITORS = (Role.admin, Role.marketer)
 READERS = (Role.admin, Role.marketer, Role.scheduler)
 PLANNERS = (Role.admin, Role.scheduler)
-CampaignBody = Annotated[dict[str, Any], Body(description="a campaign specification (see CampaignSpec)")]
+# The services validate definitions with the same models the OpenAPI names (errors name the field); the routes
+# hand them the JSON as sent, so what is stored is what the marketer wrote.
+CampaignBody = Annotated[dict[str, Any], Body()]
+CAMPAIGN_BODY = http.read_body_doc(CampaignSpec, example=DEFAULT_CAMPAIGNS[2])
+GUARD_RAILS_BODY = http.read_body_doc(GuardRailSettings, description="the whole document (see GET)",
+                                      example=GuardRailSettings().model_dump(mode="json"))
+TEMPLATE_BODY = http.read_body_doc(TemplateBody)
+OccurrenceDay = Annotated[date | None, Query(alias="date", description="the occurrence's local date (default: the "
+                                                                      "next one)")]
 
 
-@router.post("/campaigns", status_code=201)
+@router.post("/campaigns", status_code=201, response_model=CampaignRead, openapi_extra=CAMPAIGN_BODY)
 def post_campaign(body: CampaignBody, response: Response, session: SessionDep, ctx: ContextDep,
                   principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Create a campaign in draft (validated: errors name the field; audited)."""
@@ -38,7 +67,7 @@ def post_campaign(body: CampaignBody, response: Response, session: SessionDep, c
     return service.describe(campaign)
 
 
-@router.get("/campaigns")
+@router.get("/campaigns", response_model=Page[CampaignRead])
 def get_campaigns(session: SessionDep, page: PageDep, status: Annotated[str | None, Query(
                       pattern="^(draft|active|paused|archived)$", description="only campaigns in this status")] = None,
                   _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
@@ -46,7 +75,7 @@ def get_campaigns(session: SessionDep, page: PageDep, status: Annotated[str | No
     return page.slice(lambda n: [service.describe(c) for c in service.list_campaigns(session, status)])
 
 
-@router.get("/uplift/models")
+@router.get("/uplift/models", response_model=Page[UpliftModelRead])
 def get_uplift_models(session: SessionDep, page: PageDep,
                       _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The current uplift model of every segment (kind:channel:offer, and `any`) with its held-out measurement:
@@ -54,15 +83,15 @@ def get_uplift_models(session: SessionDep, page: PageDep,
     return page.slice(lambda n: service.uplift_models(session))
 
 
-@router.post("/uplift/models")
+@router.post("/uplift/models", response_model=Page[UpliftModelRead])
 def post_uplift_models(session: SessionDep, ctx: ContextDep,
-                       principal: Principal = Depends(require(*PLANNERS))) -> list[dict[str, Any]]:
+                       principal: Principal = Depends(require(*PLANNERS))) -> dict[str, Any]:
     """Fit the uplift models now from the measured arms (treated vs holdout) of past campaigns and journeys;
     segments with too few members in an arm are reported, not fitted."""
-    return service.train_uplift(session, ctx, principal.actor)
+    return {"items": service.train_uplift(session, ctx, principal.actor), "next_cursor": None}
 
 
-@router.get("/campaigns/{campaign_id}")
+@router.get("/campaigns/{campaign_id}", response_model=CampaignRead)
 def get_campaign(campaign_id: int, response: Response, session: SessionDep,
                  _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """One campaign as it stands (its ETag is its version: send it back in If-Match on PUT)."""
@@ -71,7 +100,7 @@ def get_campaign(campaign_id: int, response: Response, session: SessionDep,
     return service.describe(campaign)
 
 
-@router.put("/campaigns/{campaign_id}")
+@router.put("/campaigns/{campaign_id}", response_model=CampaignWritten, openapi_extra=CAMPAIGN_BODY)
 def put_campaign(campaign_id: int, body: CampaignBody, request: Request, response: Response, session: SessionDep,
                  ctx: ContextDep, principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Replace a campaign's specification (a new version; audited; active ones pass the fairness gate); a stale
@@ -82,55 +111,52 @@ def put_campaign(campaign_id: int, body: CampaignBody, request: Request, respons
     return service.describe(campaign) | {"fairness_warnings": warnings}
 
 
-@router.post("/campaigns/{campaign_id}/status")
-def post_status(campaign_id: int, session: SessionDep, ctx: ContextDep,
-                status: Annotated[str, Body(embed=True, description="draft, active, paused or archived")],
+@router.post("/campaigns/{campaign_id}/status", response_model=CampaignWritten)
+def post_status(campaign_id: int, change: StatusChange, session: SessionDep, ctx: ContextDep,
                 principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
-    """Activate, pause, resume or archive a campaign."""
-    campaign, warnings = service.set_status(session, ctx, campaign_id, status, principal.actor,
+    """Activate (through the fairness gate), pause, resume or archive a campaign."""
+    campaign, warnings = service.set_status(session, ctx, campaign_id, change.status, principal.actor,
                                             may_define_transactional=principal.role == Role.admin)
     return service.describe(campaign) | {"fairness_warnings": warnings}
 
 
-@router.get("/campaigns/{campaign_id}/versions")
+@router.get("/campaigns/{campaign_id}/versions", response_model=Page[VersionRead])
 def get_versions(campaign_id: int, session: SessionDep, page: PageDep,
                  _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Every saved state of the campaign, oldest first."""
     return page.slice(lambda n: [v.model_dump() for v in service.campaign_versions(session, campaign_id)])
 
 
-@router.post("/campaigns/{campaign_id}/dry-run")
-def post_dry_run(campaign_id: int, session: SessionDep, ctx: ContextDep, on: Annotated[date | None, Query(
-                 alias="date", description="the occurrence's local date (default: the next one)")] = None,
+@router.post("/campaigns/{campaign_id}/dry-run", response_model=DryRun)
+def post_dry_run(campaign_id: int, session: SessionDep, ctx: ContextDep, on: OccurrenceDay = None,
                  _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Audience, recipients per channel, exclusions per reason, rendered samples and costs — nothing written."""
     return service.dry_run(session, ctx, campaign_id, on)
 
 
-@router.post("/campaigns/{campaign_id}/plan")
-def post_plan(campaign_id: int, session: SessionDep, ctx: ContextDep,
-              on: Annotated[date | None, Query(alias="date")] = None,
+@router.post("/campaigns/{campaign_id}/plan", response_model=PlanResult)
+def post_plan(campaign_id: int, session: SessionDep, ctx: ContextDep, on: OccurrenceDay = None,
               _: Principal = Depends(require(*PLANNERS))) -> dict[str, Any]:
     """Plan an occurrence into the outbox (idempotent: a second call adds nothing)."""
     return service.plan_campaign(session, ctx, campaign_id, on)
 
 
-@router.get("/campaigns/{campaign_id}/eligibility/{external_id}")
+@router.get("/campaigns/{campaign_id}/eligibility/{external_id}", response_model=Eligibility)
 def get_eligibility(campaign_id: int, external_id: str, session: SessionDep, ctx: ContextDep,
-                    on: Annotated[date | None, Query(alias="date")] = None,
+                    on: OccurrenceDay = None,
                     _: Principal = Depends(require(*EDITORS, Role.support))) -> dict[str, Any]:
     """Whether one customer would get the occurrence, and why (audience, consent, caps, quiet hours, offer)."""
     return service.eligibility(session, ctx, campaign_id, external_id, on)
 
 
-@router.get("/templates")
+@router.get("/templates", response_model=Page[TemplateListed])
 def get_templates(session: SessionDep, page: PageDep,
                   _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Stored templates (newest versions) and the file templates shipped with the service."""
     return page.slice(lambda n: service.list_templates(session))
 
 
-@router.post("/templates", status_code=201)
+@router.post("/templates", status_code=201, response_model=TemplateSaved, openapi_extra=TEMPLATE_BODY)
 def post_template(response: Response, session: SessionDep, ctx: ContextDep,
                   body: Annotated[dict[str, Any], Body(description="{name, channel, locale, kind: marketing|"
                                                                    "transactional, parts: {part: text}}")],
@@ -143,13 +169,13 @@ def post_template(response: Response, session: SessionDep, ctx: ContextDep,
     return row.model_dump() | {"sample": checked}
 
 
-@router.get("/templates/{template_id}")
+@router.get("/templates/{template_id}", response_model=TemplateRead)
 def get_template(template_id: int, session: SessionDep, _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """One stored template version."""
     return service.get_template(session, template_id).model_dump()
 
 
-@router.post("/templates/{template_id}/preview")
+@router.post("/templates/{template_id}/preview", response_model=TemplatePreview)
 def post_preview(template_id: int, session: SessionDep, ctx: ContextDep,
                  customer: Annotated[str, Query(description="the customer's external id", max_length=128)],
                  _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
@@ -157,7 +183,7 @@ def post_preview(template_id: int, session: SessionDep, ctx: ContextDep,
     return service.preview_template(session, ctx, template_id, customer)
 
 
-@router.get("/messages")
+@router.get("/messages", response_model=Page[MessageRead])
 def get_messages(session: SessionDep, status: Annotated[str | None, Query(max_length=24)] = None,
                  campaign_id: int | None = None,
                  customer: str | None = Query(default=None, max_length=128, description="the shop's customer id"),
@@ -175,7 +201,7 @@ def get_messages(session: SessionDep, status: Annotated[str | None, Query(max_le
             "next_cursor": http.make_cursor(rows[-1].id) if len(rows) == limit else None}
 
 
-@router.get("/guard-rails")
+@router.get("/guard-rails", response_model=GuardRailsRead)
 def get_guard_rails(response: Response, session: SessionDep, ctx: ContextDep,
                     _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The guard rails in force: caps, quiet hours, discount ceilings, SMS keywords, opt-out texts, ad phrases."""
@@ -184,7 +210,7 @@ def get_guard_rails(response: Response, session: SessionDep, ctx: ContextDep,
     return {"version": version, "settings": settings.model_dump(mode="json")}
 
 
-@router.put("/guard-rails")
+@router.put("/guard-rails", response_model=GuardRailsRead, openapi_extra=GUARD_RAILS_BODY)
 def put_guard_rails(request: Request, response: Response, session: SessionDep, ctx: ContextDep,
                     body: Annotated[dict[str, Any], Body(description="the whole guard-rail document (see GET)")],
                     principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
@@ -195,7 +221,7 @@ def put_guard_rails(request: Request, response: Response, session: SessionDep, c
     return {"version": version, "settings": settings.model_dump(mode="json")}
 
 
-@router.get("/guard-rails/versions")
+@router.get("/guard-rails/versions", response_model=Page[GuardRailVersion])
 def get_guard_rail_versions(session: SessionDep, page: PageDep,
                             _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Every stored version of the guard rails, oldest first (version 0, the environment's, is not stored)."""

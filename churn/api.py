@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from churn import service
+from churn.schemas import AtRiskPage, ChurnModelRead
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
 from crm.profiles import CustomerFilter
-from kit.http import PageDep
+from kit.http import Page, PageDep
 
 router = APIRouter(prefix="/churn", tags=["churn"])
 READERS = (Role.admin, Role.marketer, Role.scheduler)
@@ -21,27 +22,27 @@ def _model(row: service.ChurnModelVersion) -> dict[str, Any]:
     return row.model_dump(exclude={"artifact"})
 
 
-@router.get("/models")
+@router.get("/models", response_model=Page[ChurnModelRead])
 def get_models(session: SessionDep, page: PageDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Every trained model with its metrics, baselines, training window and promotion decision."""
     return page.slice(lambda n: [_model(row) for row in service.list_models(session)])
 
 
-@router.post("/models/{model_id}/promote")
+@router.post("/models/{model_id}/promote", response_model=ChurnModelRead)
 def post_promote(model_id: int, session: SessionDep, ctx: ContextDep,
                  principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
     """Make a stored model current (admin, audited); it must clear the ROC AUC floor."""
     return _model(service.promote(session, ctx, model_id, principal.actor))
 
 
-@router.post("/models/rollback")
+@router.post("/models/rollback", response_model=ChurnModelRead)
 def post_rollback(session: SessionDep, ctx: ContextDep,
                   principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
     """Bring back the model that was current before this one (admin, audited)."""
     return _model(service.rollback(session, ctx, principal.actor))
 
 
-@router.get("/at-risk")
+@router.get("/at-risk", response_model=AtRiskPage, response_model_exclude_unset=True)
 def get_at_risk(session: SessionDep, page: PageDep,
                 tier: Annotated[str | None, Query(max_length=32, description="only this tier")] = None,
                 locale: str | None = Query(default=None, pattern="^(zh-CN|en-US)$",

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
@@ -21,9 +21,12 @@ from crm.schemas import (
     ConsentChangeRead,
     ConsentUpdate,
     ContactRead,
+    CustomerExport,
     CustomerPage,
     CustomerRead,
     CustomerSearch,
+    EraseRequest,
+    ErasureResult,
     Health,
     ImportJobRead,
     KeyCreate,
@@ -51,7 +54,7 @@ def customer_read(ctx: Context, customer: Customer, principal: Principal) -> Cus
     """Shape a customer for the caller: only admins see contact data unmasked."""
     masked = principal.role != Role.admin
     return CustomerRead(
-        id=customer.id, external_id=customer.external_id,
+        external_id=customer.external_id,
         contact=ContactRead(**service.contact_of(ctx, customer, masked=masked), masked=masked),
         time_zone=customer.time_zone, locale=customer.locale, birthday=customer.birthday,
         signed_up_at=customer.signed_up_at, membership_level=customer.membership_level,
@@ -88,7 +91,7 @@ def ready(request: Request, response: Response, session: SessionDep) -> Health:
 
 
 CUSTOMER_LIST_PARAMS = {"cursor", "limit", "locale", "time_zone", "membership_level"}
-CONTACT_PARAMS = {"email", "phone", "q", "name"}  # never in a URL: POST /customers/search takes them
+CONTACT_PARAMS = {"email", "phone", "q", "name"}  # never in a URL: POST /v1/customers/search takes them
 
 
 @router.get("/customers", response_model=CustomerPage, tags=["customers"])
@@ -100,7 +103,7 @@ async def list_customers(
     time_zone: Annotated[str | None, Query(max_length=64)] = None,
     membership_level: Annotated[str | None, Query(max_length=32)] = None,
 ) -> CustomerPage:
-    """Customers in id order with cursor pagination (lookups by email or phone: POST /customers/search).
+    """Customers in id order with cursor pagination (lookups by email or phone: POST /v1/customers/search).
 
     Upper packages add filters (e.g. tier, layer, tag, rfm); an unknown parameter is a 422.
     """
@@ -127,7 +130,7 @@ list_customers.accepts_registered_filters = True  # type: ignore[attr-defined]  
 def customer_page(request: Request, session: Session, ctx: Context, principal: Principal, *, cursor: str | None,
                   limit: int, email: str | None, phone: str | None, locale: str | None, time_zone: str | None,
                   membership_level: str | None, extra_filters: bool = True) -> CustomerPage:
-    """One page of GET /customers or POST /customers/search (the filters checked, the rows masked)."""
+    """One page of GET /v1/customers or POST /v1/customers/search (the filters checked, the rows masked)."""
     registry = request.app.state.customer_filters
     conditions = []
     for name, value in (request.query_params.items() if extra_filters else ()):
@@ -135,7 +138,7 @@ def customer_page(request: Request, session: Session, ctx: Context, principal: P
             continue
         if name in CONTACT_PARAMS:
             raise InvalidInput(f"'{name}' is not a URL parameter", errors=[
-                {"field": name, "reason": "contact data never goes in a URL: POST /customers/search with it in "
+                {"field": name, "reason": "contact data never goes in a URL: POST /v1/customers/search with it in "
                                           "the body"}])
         extra = registry.get(name)
         if extra is None:
@@ -181,19 +184,19 @@ def profile_of(app: Any, session: Session, ctx: Context, external_id: str, princ
                        consent=service.consent_of(session, customer.id), sections=sections)
 
 
-@router.get("/customers/{external_id}/export", tags=["customers"])
+@router.get("/customers/{external_id}/export", tags=["customers"], response_model=CustomerExport)
 def export_customer(external_id: str, request: Request, session: SessionDep, ctx: ContextDep,
                     principal: Principal = Depends(require(*ADMIN))) -> dict[str, Any]:
     """Everything held about one customer, contact data in clear (a data-subject access request; audited)."""
     return privacy.export_customer(session, ctx, request.app.state.exports, external_id, principal.actor)
 
 
-@router.post("/customers/{external_id}/erase", tags=["customers"])
-def erase_customer(external_id: str, request: Request, session: SessionDep, ctx: ContextDep,
-                   confirm: Annotated[str, Body(embed=True, description="the external id again")],
+@router.post("/customers/{external_id}/erase", tags=["customers"], response_model=ErasureResult)
+def erase_customer(external_id: str, body: EraseRequest, request: Request, session: SessionDep, ctx: ContextDep,
                    principal: Principal = Depends(require(*ADMIN))) -> dict[str, Any]:
     """Erase one customer's personal data on request; orders stay, anonymised, for statistics (audited)."""
-    return privacy.erase_customer(session, ctx, request.app.state.erasers, external_id, confirm, principal.actor)
+    return privacy.erase_customer(session, ctx, request.app.state.erasers, external_id, body.confirm,
+                                  principal.actor)
 
 
 @router.get("/customers/{external_id}/orders", response_model=Page[OrderRead], tags=["customers"])
@@ -228,7 +231,17 @@ def post_consent(external_id: str, update: ConsentUpdate, session: SessionDep, c
             "next_cursor": None}
 
 
-@router.post("/imports/{kind}", response_model=ImportJobRead, status_code=201, tags=["imports"])
+IMPORT_EXAMPLES = {
+    "text/csv": "external_id,customer_external_id,ordered_at,amount_paid,discount\n"
+                "O-1001,C0000042,2026-12-01T10:00:00Z,358,40\n",
+    "application/x-ndjson": '{"external_id": "C0000042", "email": "ana.li@example.com", "time_zone": "Asia/Shanghai"}\n',
+}
+
+
+@router.post("/imports/{kind}", response_model=ImportJobRead, status_code=201, tags=["imports"],
+             openapi_extra=http.raw_body_doc(IMPORT_EXAMPLES, "the rows as CSV with a header line, or NDJSON; "
+                                             "columns per kind in docs/api.md (streamed: no size limit but "
+                                             "CRM_IMPORT_MAX_BYTES)"))
 async def post_import(kind: str, request: Request, response: Response, session: SessionDep, ctx: ContextDep,
                       principal: Principal = Depends(require(*IMPORTERS))) -> ImportJobRead:
     """Import customers, orders, order_items or events from a CSV or NDJSON body (streamed to disk first)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import Depends, Request
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from crm import audit
@@ -78,11 +79,15 @@ def list_keys(session: Session) -> list[ApiKey]:
 def authenticate(session: Session, ctx: Context, presented: str) -> Principal:
     """Resolve a presented key to its principal, or raise Unauthorized."""
     # Every request asks this: a plain driver read, not an ORM entity (that was a tenth of a loaded worker's time).
-    found = driver_rows(session, "SELECT id, name, role FROM api_key WHERE key_hash = :key_hash AND revoked_at IS NULL",
-                        {"key_hash": ctx.cipher.hash_api_key(presented)})
+    forms = ctx.cipher.api_key_hashes(presented)  # today's form first, then the keyed hashes of before
+    marks = ", ".join(f":h{i}" for i in range(len(forms)))
+    found = driver_rows(session, f"SELECT id, name, role, key_hash FROM api_key WHERE key_hash IN ({marks}) "
+                                 "AND revoked_at IS NULL", {f"h{i}": form for i, form in enumerate(forms)})
     if not found:
         raise Unauthorized("invalid or revoked API key")
-    key_id, name, role = found[0]
+    key_id, name, role, stored = found[0]
+    if stored != forms[0]:  # an old keyed hash: now that the key is in hand, store it in the form rotation keeps
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(key_hash=forms[0]))
     return Principal(key_id=key_id, name=name, role=Role(role))
 
 

@@ -47,7 +47,7 @@ def print_import_job(job) -> None:
     for error in job.errors[:5]:
         console.print(f"  row {error['row']}: {error['field'] or 'record'}: {error['reason']}")
     if job.rows_failed > 5:
-        console.print(f"  … see GET /imports/{job.id} for up to {len(job.errors)} reported errors")
+        console.print(f"  … see GET /v1/imports/{job.id} for up to {len(job.errors)} reported errors")
 
 
 @app.command("import")
@@ -63,13 +63,10 @@ def import_(
 
 
 @keys_app.command("create")
-def keys_create(role: Annotated[str, typer.Option(help="admin | marketer | support | scheduler | ingest")],
-                name: Annotated[str, typer.Option()]) -> None:
+def keys_create(role: Annotated[Role, typer.Option(help="what the key may do", case_sensitive=False)],
+                name: Annotated[str, typer.Option(help="who or what uses it, e.g. shop-sync")]) -> None:
     """Create an API key; the key is printed once, as the last line."""
-    try:
-        parsed = Role(role)
-    except ValueError as bad:
-        raise CliError(f"unknown role '{role}': use admin, marketer, support or scheduler") from bad
+    parsed = role
     ctx = cli_context()
     with session_scope(ctx.engine) as session:
         issued = auth.create_key(session, ctx, name=name, role=parsed, actor="cli")
@@ -90,12 +87,58 @@ def keys_list() -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: int) -> None:
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's id (crm keys list)")]) -> None:
     """Revoke a key."""
     ctx = cli_context()
     with session_scope(ctx.engine) as session:
         auth.revoke_key(session, ctx, key_id=key_id, actor="cli")
     console.print(f"revoked key #{key_id}")
+
+
+secrets_app = typer.Typer(help="The secret key that encrypts contact data: status, rotation.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("status")
+def secrets_status() -> None:
+    """The current key's id, the previous ones still configured, and how many customers still use an older key."""
+    from crm import key_rotation
+
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        found = key_rotation.status(session, ctx)
+    table = Table("current key id", "previous key ids", "customers still on an older key")
+    table.add_row(found["current_key_id"], ", ".join(found["previous_key_ids"]) or "none",
+                  f"{found['customers_pending']:,}")
+    console.print(table)
+
+
+@secrets_app.command("new-key")
+def secrets_new_key() -> None:
+    """Print a fresh random key for CRM_SECRET_KEY (the old one goes to CRM_SECRET_KEY_PREVIOUS until rotated)."""
+    import secrets
+
+    print(secrets.token_urlsafe(32))
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(batch: Annotated[int, typer.Option(min=10, max=50_000, help="customers per transaction")] = 1000
+                   ) -> None:
+    """Re-encrypt every customer's contact data under CRM_SECRET_KEY, in batches, while the service runs (set the
+    old key in CRM_SECRET_KEY_PREVIOUS first; drop it when this reports nothing pending)."""
+    from rich.progress import MofNCompleteColumn, TimeRemainingColumn
+
+    from crm import key_rotation
+
+    ctx = cli_context()
+    with Progress(TextColumn("rotating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("rotate", total=None)
+        found = key_rotation.rotate(ctx, batch=batch, progress=lambda done, total: bar.update(
+            task, completed=done, total=total))
+    console.print(f"key {found['key_id']}: {found['rotated']:,} customers re-encrypted, "
+                  f"{found['changed_meanwhile']:,} changed meanwhile (already current), "
+                  f"{found['customers_pending']:,} still pending")
 
 
 state_app = typer.Typer(help="The customer state (derived from orders and events).", no_args_is_help=True)

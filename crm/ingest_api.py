@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from crm import shopify, writes
 from crm.auth import Principal, require
 from crm.models import Role
+from crm.schemas import INGEST_BODIES, IngestResult, RefundIn, RefundResult, ShopWebhookResult
+from kit import http
 from kit.context import ContextDep
 from kit.db import SessionDep
 from kit.errors import InvalidInput
@@ -41,14 +43,15 @@ def _items_route(kind: str, *, first_wins: bool = False):
     return route
 
 
-router.add_api_route("/events", _items_route("events", first_wins=True), methods=["POST"], status_code=202,
-                     summary="Track events")
-router.add_api_route("/customers", _items_route("customers"), methods=["POST"], status_code=202,
-                     summary="Identify customers")
-router.add_api_route("/orders", _items_route("orders"), methods=["POST"], status_code=202, summary="Record orders")
+for _kind, _summary in (("events", "Track events"), ("customers", "Identify customers"), ("orders", "Record orders")):
+    router.add_api_route(f"/{_kind}", _items_route(_kind, first_wins=_kind == "events"), methods=["POST"],
+                         status_code=202, summary=_summary, response_model=IngestResult,
+                         openapi_extra=http.read_body_doc(INGEST_BODIES[_kind], batch=writes.MAX_BATCH,
+                                                          description="one item or a batch"))
 
 
-@router.post("/orders/{order_id}/refunds", status_code=202, summary="Refund an order (whole or partly)")
+@router.post("/orders/{order_id}/refunds", status_code=202, summary="Refund an order (whole or partly)",
+             response_model=RefundResult, openapi_extra=http.read_body_doc(RefundIn))
 def refund(order_id: str, body: JsonBody, session: SessionDep, ctx: ContextDep,
            principal: Principal = Depends(require(*WRITERS))) -> JSONResponse:
     """A refund with its own id, amount, time and refunded lines; spend everywhere counts net of it."""
@@ -58,7 +61,15 @@ def refund(order_id: str, body: JsonBody, session: SessionDep, ctx: ContextDep,
                         status_code=202)
 
 
-@router.post("/webhooks/shopify", summary="Shopify webhooks (orders, refunds, customers)")
+@router.post("/webhooks/shopify", summary="Shopify webhooks (orders, refunds, customers)",
+             response_model=ShopWebhookResult, openapi_extra=http.raw_body_doc(
+                 {"application/json": {"id": 820982911946154508, "email": "ana.li@example.com",
+                                       "created_at": "2026-12-04T11:00:00+08:00", "total_price": "358.00",
+                                       "customer": {"id": 115310627314723954}}},
+                 "the shop's payload for X-Shopify-Topic (orders/create, orders/updated, refunds/create, "
+                 "customers/create, customers/update), signed in X-Shopify-Hmac-Sha256",
+                 {"type": "object", "required": ["id"], "properties": {"id": {
+                     "type": "integer", "description": "Shopify's id of the order, refund or customer"}}}))
 async def shopify_webhook(request: Request, session: SessionDep, ctx: ContextDep,
                           topic: Annotated[str, Header(alias="X-Shopify-Topic")] = "",
                           webhook_id: Annotated[str | None, Header(alias="X-Shopify-Webhook-Id")] = None,

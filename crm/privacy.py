@@ -49,7 +49,7 @@ def export_customer(session: Session, ctx: Context, exports: ProfileRegistry, ex
                      "attributes": customer.attributes, "created_at": customer.created_at},
         "consent": consent_of(session, customer.id),
         "consent_history": _rows(consent_history(session, customer.id), {"id", "customer_id"}),
-        "orders": [o.model_dump(exclude={"customer_id"}) | {"items": by_order.get(o.id, [])} for o in orders],
+        "orders": [o.model_dump(exclude={"id", "customer_id"}) | {"items": by_order.get(o.id, [])} for o in orders],
         "events": _rows(list(session.exec(select(Event).where(Event.customer_id == customer.id)
                                           .order_by(Event.occurred_at))), {"id", "customer_id"}),
         **{name: part for name, part in exports.build(request).items() if part is not None},
@@ -95,4 +95,4 @@ def erase_customer(session: Session, ctx: Context, erasers: ProfileRegistry, ext
     audit.record(session, actor=actor, action="customer.erase", entity="customer", entity_id=customer.id, at=now,
                  after=summary)
     session.flush()
-    return summary
+    return {"customer": external_id} | {k: v for k, v in summary.items() if k != "customer_id"}

@@ -130,12 +130,12 @@ def find_customers(session: Session, ctx: Context, *, after_id: int | None = Non
         normalised = normalise_email(email)
         if normalised is None:
             raise InvalidInput("not a valid email address", errors=[{"field": "email", "reason": "invalid"}])
-        query = query.where(Customer.email_hash == ctx.cipher.blind_index(normalised))
+        query = query.where(Customer.email_hash.in_(ctx.cipher.blind_indexes(normalised)))
     if phone is not None:
         normalised = normalise_phone(phone, ctx.settings.default_phone_region)
         if normalised is None:
             raise InvalidInput("not a valid phone number", errors=[{"field": "phone", "reason": "invalid"}])
-        query = query.where(Customer.phone_hash == ctx.cipher.blind_index(normalised))
+        query = query.where(Customer.phone_hash.in_(ctx.cipher.blind_indexes(normalised)))
     for column, value in ((Customer.locale, locale), (Customer.time_zone, time_zone),
                           (Customer.membership_level, membership_level)):
         if value is not None:
@@ -371,13 +371,13 @@ def get_customer(session: Session, customer_id: int) -> Customer | None:
 
 def customers_by_phone(session: Session, ctx: Context, e164: str) -> list[Customer]:
     """Every customer holding this (normalised) phone number, in id order: a household may share one."""
-    return list(session.exec(select(Customer).where(Customer.phone_hash == ctx.cipher.blind_index(e164))
+    return list(session.exec(select(Customer).where(Customer.phone_hash.in_(ctx.cipher.blind_indexes(e164)))
                              .order_by(Customer.id)))
 
 
 def customer_ids_by_email(session: Session, ctx: Context, email: str) -> list[int]:
     """The ids of every customer holding this (normalised) email address."""
-    return list(session.exec(select(Customer.id).where(Customer.email_hash == ctx.cipher.blind_index(email))))
+    return list(session.exec(select(Customer.id).where(Customer.email_hash.in_(ctx.cipher.blind_indexes(email)))))
 
 
 def _in_ids(query: str):

@@ -34,7 +34,7 @@ def build_context(settings: Settings, *, engine: Engine | None = None, clock: Cl
         # (SQLAlchemy's default pool of 5 did that under load: a new PostgreSQL backend each time).
         engine=engine or make_engine(settings.resolved_database_url(), pool_size=settings.api_concurrency + 2,
                                      max_overflow=4),
-        cipher=ContactCipher(secret),
+        cipher=ContactCipher(secret, settings.secret_key_previous),
         clock=clock or SystemClock(),
     )
 

@@ -104,3 +104,32 @@ def tag(response: Response, version: int | str) -> None:
 def created(response: Response, location: str) -> None:
     """Say where a created resource lives (201's Location)."""
     response.headers["Location"] = location
+
+
+# Models documented for bodies a route reads itself (see `read_body_doc`); the OpenAPI document adds their schemas.
+DOCUMENTED_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def read_body_doc(model: type[BaseModel], *alternatives: type[BaseModel], batch: int | None = None,
+                  description: str = "", example: Any = None) -> dict[str, Any]:
+    """`openapi_extra` for a route that parses its JSON body itself (a batch that keeps its good items, a document
+    whose shape depends on the path): the body's schema is `model` (or one of the alternatives; with `batch`, one
+    of it or an array of up to `batch`), with its example."""
+    refs = []
+    for each in (model, *alternatives):
+        DOCUMENTED_MODELS[each.__name__] = each
+        refs.append({"$ref": f"#/components/schemas/{each.__name__}"})
+    ref = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    schema = ({"oneOf": [ref, {"type": "array", "items": ref, "minItems": 1, "maxItems": batch}]} if batch else ref)
+    examples = [example] if example is not None else \
+        (model.model_config.get("json_schema_extra") or {}).get("examples") or []
+    content: dict[str, Any] = {"schema": schema}
+    if examples:
+        content["example"] = examples[0]
+    return {"requestBody": {"required": True, "description": description, "content": {"application/json": content}}}
+
+
+def raw_body_doc(media: dict[str, str], description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`openapi_extra` for a body that is not JSON (CSV, NDJSON, a provider's form): media type -> example."""
+    return {"requestBody": {"required": True, "description": description, "content": {
+        kind: {"schema": schema or {"type": "string"}, "example": example} for kind, example in media.items()}}}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kit.channels import default_caps, quiet_hours_channels, unit_costs
 
@@ -25,6 +26,14 @@ class Settings(BaseSettings):
     database_url: str = ""
     secret_key: str = ""
     secret_key_file: Path | None = None
+    # Keys replaced by CRM_SECRET_KEY, comma-separated: they still decrypt and match until `crm secrets rotate` has
+    # moved every row to the current key (then drop them).
+    secret_key_previous: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("secret_key_previous", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
     default_time_zone: str = "Asia/Shanghai"
     default_locale: str = "zh-CN"
     default_phone_region: str = "CN"

@@ -13,15 +13,19 @@ from crm.models import Role
 from crm.profiles import CustomerFilter
 from kit import http
 from kit.errors import InvalidInput
-from kit.http import PageDep
+from kit.http import Page, PageDep
 from segmentation import service
+from segmentation.defaults import DEFAULTS
+from segmentation.rules import RuleSet
+from segmentation.schemas import HistoryEntry, RuleSetRead, SegmentationRun
+from segmentation.tags import TagSet
 
 router = APIRouter(prefix="/segmentation", tags=["segmentation"])
 EDITORS = (Role.admin, Role.marketer)
 READERS = (Role.admin, Role.marketer, Role.scheduler)
 
 
-@router.get("/rule-sets/{name}")
+@router.get("/rule-sets/{name}", response_model=RuleSetRead)
 def get_rule_set(name: str, response: Response, session: SessionDep,
                  _: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """The rule set in force (tier, layer or tags), its version and the metrics rules may use."""
@@ -32,7 +36,9 @@ def get_rule_set(name: str, response: Response, session: SessionDep,
             "metrics": {m: {"kind": k, "description": d} for m, (k, d) in service.METRICS.items()}}
 
 
-@router.put("/rule-sets/{name}")
+@router.put("/rule-sets/{name}", response_model=RuleSetRead, openapi_extra=http.read_body_doc(
+    RuleSet, TagSet, description="a RuleSet for tier and layer, a TagSet for tags (GET shows the one in force)",
+    example=DEFAULTS["tier"].model_dump(mode="json", by_alias=True, exclude_none=True)))
 def put_rule_set(name: str, request: Request, response: Response, session: SessionDep, ctx: ContextDep,
                  body: Annotated[dict[str, Any], Body()],
                  principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
@@ -46,7 +52,7 @@ def put_rule_set(name: str, request: Request, response: Response, session: Sessi
                                                                         exclude_none=True)}
 
 
-@router.post("/runs")
+@router.post("/runs", response_model=SegmentationRun)
 def post_run(session: SessionDep, ctx: ContextDep, as_of: date | None = None,
              principal: Principal = Depends(require(*ADMIN, Role.scheduler))) -> dict[str, Any]:
     """Run segmentation now (as of a date: data strictly before its midnight UTC)."""
@@ -55,13 +61,13 @@ def post_run(session: SessionDep, ctx: ContextDep, as_of: date | None = None,
     return service.summary_of(run)
 
 
-@router.get("/summary")
+@router.get("/summary", response_model=SegmentationRun)
 def get_summary(session: SessionDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Distribution per tier, layer and tag against the expected shares, and the moves of the newest run."""
     return service.summary(session)
 
 
-@router.get("/history")
+@router.get("/history", response_model=Page[HistoryEntry])
 def get_history(session: SessionDep, page: PageDep, _: Principal = Depends(require(*READERS)),
                 start: Annotated[date | None, Query(alias="from", description="first as-of day")] = None,
                 end: Annotated[date | None, Query(alias="to", description="day after the last")] = None

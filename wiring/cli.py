@@ -180,7 +180,7 @@ def report(name: Annotated[str, typer.Argument(help="campaigns, global-control, 
            as_json: Annotated[bool, typer.Option("--json", help="the whole report as JSON")] = False,
            csv_path: Annotated[Path | None, typer.Option("--csv", help="write the report's table as CSV")] = None,
            ) -> None:
-    """Print a report (the same as GET /reports/{name}): a table, the full JSON, or CSV to a file."""
+    """Print a report (the same as GET /v1/reports/{name}): a table, the full JSON, or CSV to a file."""
     from wiring.report_catalog import build, to_csv
 
     ctx = cli_context()

@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi import routing as fastapi_routing
 from fastapi.routing import APIRoute
 
+from kit import http
 from kit.errors import PROBLEM_JSON, InvalidInput
+from wiring.examples import load as load_examples
 
 BEARER = "bearer"
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -134,8 +136,13 @@ def document(app: FastAPI) -> None:
             "description": "An API key (`crm keys create`); each operation names the roles it admits."}
         schemas = components.setdefault("schemas", {})
         schemas["Problem"] = PROBLEM_SCHEMA
+        for name, model in sorted(http.DOCUMENTED_MODELS.items()):  # bodies the routes parse themselves
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+            schemas.update(body.pop("$defs", {}))
+            schemas[name] = body
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
+        examples = load_examples()
         for route in api_routes(app):
             roles = roles_of(route)
             for method in route.methods:
@@ -143,9 +150,19 @@ def document(app: FastAPI) -> None:
                 if operation is None:
                     continue
                 _document_operation(operation, route, method.lower(), roles)
+                _attach_example(operation, examples.get(f"{method} {route.path_format}"))
         return schema
 
     app.openapi = openapi
+
+
+def _attach_example(operation: dict[str, Any], example: dict[str, Any] | None) -> None:
+    """The captured answer (wiring/openapi_examples.json) as the success response's example."""
+    if example is None:
+        return
+    media = operation.get("responses", {}).get(str(example["status"]), {}).get("content", {}).get("application/json")
+    if media is not None and "example" not in media:
+        media["example"] = example["response"]
 
 
 def _document_operation(operation: dict[str, Any], route: Any, method: str,
@@ -158,8 +175,10 @@ def _document_operation(operation: dict[str, Any], route: Any, method: str,
         note = "Roles: " + ", ".join(sorted(role.value for role in roles)) + "."
     operation["description"] = f"{operation.get('description', '').rstrip()}\n\n{note}".strip()
     responses = operation.setdefault("responses", {})
+    declared = {str(status) for status in route.responses}  # a route's own error body (e.g. readiness's 503) stays
     for status in error_statuses(route, method, roles):
-        responses[status] = _problem_response(status)
+        if status not in declared:
+            responses[status] = _problem_response(status)
     parameters = operation.setdefault("parameters", [])
     if method == "post":
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,

@@ -12,9 +12,10 @@ from crm.models import Role
 from kit import jobs
 from kit.context import Context, ContextDep
 from kit.db import SessionDep
-from kit.http import PageDep
+from kit.http import Page, PageDep
 from kit.locks import try_lock
 from kit.schedules import Occurrence
+from wiring.schemas import JobAccepted, JobRead, JobRunRead
 
 router = APIRouter(tags=["jobs"])
 OPERATORS = (Role.admin, Role.scheduler)
@@ -25,14 +26,14 @@ def _registry(request: Request) -> jobs.JobRegistry:
     return request.app.state.jobs
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=Page[JobRead])
 def list_jobs(request: Request, session: SessionDep, ctx: ContextDep, page: PageDep,
               _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Every scheduled job: its schedule, next run time and newest run."""
     return page.slice(lambda n: jobs.overview(session, ctx, _registry(request)))
 
 
-@router.get("/jobs/runs")
+@router.get("/jobs/runs", response_model=Page[JobRunRead])
 def list_runs(session: SessionDep, page: PageDep, _: Principal = Depends(require(*READERS)),
               job: Annotated[str | None, Query(max_length=64, description="only this job's runs")] = None,
               status: Annotated[str | None, Query(pattern="^(running|succeeded|failed)$",
@@ -48,7 +49,7 @@ def _run_in_background(ctx: Context, job: jobs.JobDefinition, occurrence: Occurr
         jobs.log.info("manual run of %s skipped: it started elsewhere meanwhile", job.name)
 
 
-@router.post("/jobs/{name}/run", status_code=202)
+@router.post("/jobs/{name}/run", status_code=202, response_model=JobAccepted)
 def run_now(name: str, request: Request, session: SessionDep, ctx: ContextDep, background: BackgroundTasks,
             principal: Principal = Depends(require(*OPERATORS)),
             occurrence: Annotated[str | None, Query(max_length=32, description="default: today's occurrence")] = None,

@@ -12,8 +12,9 @@ from campaigns import service
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
-from kit.http import PageDep
+from kit.http import Page, PageDep
 from wiring import report_catalog
+from wiring.schemas import CampaignReport, Report, ReportListed, SampleSize
 
 router = APIRouter(tags=["reports"])
 READERS = (Role.admin, Role.marketer)
@@ -30,14 +31,14 @@ def _respond(name: str, report: dict[str, Any], format: str) -> Any:
     return report
 
 
-@router.get("/reports")
+@router.get("/reports", response_model=Page[ReportListed])
 def get_reports(page: PageDep, _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The reports there are."""
     return page.slice(lambda n: [{"name": r.name, "description": r.description}
                                  for r in report_catalog.REPORTS.values()])
 
 
-@router.get("/reports/sample-size")
+@router.get("/reports/sample-size", response_model=SampleSize)
 def get_sample_size(baseline: Annotated[float, Query(gt=0, lt=1, description="p: expected conversion rate")],
                     error: Annotated[float, Query(gt=0, lt=1, description="E: tolerated error on the rate")],
                     confidence: Annotated[float, Query(ge=0.5, lt=1)] = 0.95,
@@ -46,7 +47,7 @@ def get_sample_size(baseline: Annotated[float, Query(gt=0, lt=1, description="p:
     return report_catalog.sample_size(baseline, error, confidence)
 
 
-@router.get("/reports/campaigns/{campaign_id}")
+@router.get("/reports/campaigns/{campaign_id}", response_model=CampaignReport, responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 def get_campaign_report(campaign_id: int, session: SessionDep, ctx: ContextDep, since: Since = None,
                         until: Until = None, format: Format = "json",
                         _: Principal = Depends(require(*READERS))) -> Any:
@@ -63,10 +64,10 @@ def get_campaign_report(campaign_id: int, session: SessionDep, ctx: ContextDep, 
             "note": "no messages in the period"}
 
 
-@router.get("/reports/{name}")
+@router.get("/reports/{name}", response_model=Report, responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 def get_report(name: str, session: SessionDep, ctx: ContextDep, since: Since = None, until: Until = None,
                format: Format = "json", _: Principal = Depends(require(*READERS))) -> Any:
-    """A report by name (see GET /reports), as JSON or CSV."""
+    """A report by name (see GET /v1/reports), as JSON or CSV."""
     return _respond(name, report_catalog.build(name, session, ctx, since=since, until=until), format)
 
 

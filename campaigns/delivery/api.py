@@ -5,15 +5,16 @@ from __future__ import annotations
 import html
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse
 
 from campaigns.delivery import outbox, tasks, webhooks
 from campaigns.delivery.channels import PROVIDERS
+from campaigns.schemas import MessageCounts, MessageRead, TaskOutcome, TaskRead
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
-from kit.http import PageDep
+from kit.http import Page, PageDep
 
 router = APIRouter()
 AGENTS = (Role.admin, Role.support)
@@ -49,7 +50,7 @@ def unsubscribe(token: str, session: SessionDep, ctx: ContextDep) -> HTMLRespons
     return _page("Unsubscribed", "<p>You will get no more marketing email from us. / 您已退订营销邮件。</p>")
 
 
-@router.get("/tasks", tags=["tasks"])
+@router.get("/tasks", tags=["tasks"], response_model=Page[TaskRead])
 def get_tasks(session: SessionDep, ctx: ContextDep, page: PageDep,
               status: str | None = Query(None, pattern="^(open|claimed|done)$", description="only tasks in it"),
               principal: Principal = Depends(require(*AGENTS))) -> dict[str, Any]:
@@ -58,31 +59,30 @@ def get_tasks(session: SessionDep, ctx: ContextDep, page: PageDep,
     return {"items": rows, "next_cursor": page.next_after(rows, lambda task: task["id"])}
 
 
-@router.post("/tasks/{task_id}/claim", tags=["tasks"])
+@router.post("/tasks/{task_id}/claim", tags=["tasks"], response_model=TaskRead)
 def claim_task(task_id: int, session: SessionDep, ctx: ContextDep,
                principal: Principal = Depends(require(*AGENTS))) -> dict[str, Any]:
     """Take a call task (audited: it reveals the number)."""
     return tasks.claim_task(session, ctx, task_id, principal.actor)
 
 
-@router.post("/tasks/{task_id}/outcome", tags=["tasks"])
-def task_outcome(task_id: int, session: SessionDep, ctx: ContextDep,
-                 outcome: Annotated[str, Body(embed=True, description=", ".join(tasks.OUTCOMES))],
-                 notes: Annotated[str | None, Body(embed=True, max_length=2000)] = None,
+@router.post("/tasks/{task_id}/outcome", tags=["tasks"], response_model=TaskRead)
+def task_outcome(task_id: int, body: TaskOutcome, session: SessionDep, ctx: ContextDep,
                  principal: Principal = Depends(require(*AGENTS))) -> dict[str, Any]:
     """Record the call's outcome; it is the message's delivery (declined also opts out of calls)."""
-    return tasks.record_outcome(session, ctx, task_id, outcome, notes, principal.actor)
+    return tasks.record_outcome(session, ctx, task_id, body.outcome, body.notes, principal.actor)
 
 
-@router.post("/messages/{message_id}/retry", tags=["campaigns"])
+@router.post("/messages/{message_id}/retry", tags=["campaigns"], response_model=MessageRead)
 def retry_message(message_id: int, session: SessionDep, ctx: ContextDep,
                   principal: Principal = Depends(require(Role.admin))) -> dict[str, Any]:
     """Send a dead, failed or unknown message again (admin; audited)."""
     return outbox.messages_json(session, [tasks.retry_message(session, ctx, message_id, principal.actor)])[0]
 
 
-@router.get("/messages/counts", tags=["campaigns"])
-def message_counts(session: SessionDep, campaign_id: int | None = None,
+@router.get("/messages/counts", tags=["campaigns"], response_model=MessageCounts)
+def message_counts(session: SessionDep,
+                   campaign_id: Annotated[int | None, Query(description="only this campaign's messages")] = None,
                    _: Principal = Depends(require(Role.admin, Role.marketer, Role.scheduler, Role.support))
                    ) -> dict[str, dict[str, int]]:
     """Messages per channel and status."""

@@ -12,7 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from campaigns.delivery import webhooks
+from campaigns.schemas import TwilioStatusResult
 from crm.api import ContextDep, SessionDep
+from kit import http
 from kit.errors import InvalidInput
 
 twilio_routes = APIRouter()
@@ -30,7 +32,28 @@ async def _form(request: Request) -> dict[str, str]:
     return dict(parse_qsl((await request.body()).decode(errors="replace"), keep_blank_values=True))
 
 
-@twilio_routes.post("/webhooks/twilio/status", tags=["webhooks"])
+TWILIO_FORM = "application/x-www-form-urlencoded"
+TWILIO_STATUS_BODY = http.raw_body_doc(
+    {TWILIO_FORM: {"MessageSid": "SM1f0e8ae6ade43cb3c0ce4525424e404f", "MessageStatus": "delivered",
+                   "AccountSid": "AC00000000000000000000000000000000", "To": "+8613800138000"}},
+    "Twilio's status callback fields, signed in X-Twilio-Signature",
+    {"type": "object", "properties": {"MessageSid": {"type": "string"}, "MessageStatus": {"type": "string"},
+                                      "ErrorCode": {"type": "string"}}})
+TWILIO_INBOUND_BODY = http.raw_body_doc(
+    {TWILIO_FORM: {"MessageSid": "SM2a0e8ae6ade43cb3c0ce4525424e4050", "From": "+8613800138000", "Body": "TD"}},
+    "an inbound SMS, signed in X-Twilio-Signature",
+    {"type": "object", "properties": {"MessageSid": {"type": "string"}, "From": {"type": "string"},
+                                      "Body": {"type": "string"}}})
+SENDGRID_BODY = http.raw_body_doc(
+    {"application/json": [{"email": "ana.li@example.com", "event": "delivered", "timestamp": 1796360400,
+                           "sg_event_id": "ZGVsaXZlcmVkLTAtMjQ", "message_id": "1842"}]},
+    "SendGrid's event batch, signed (ECDSA) in X-Twilio-Email-Event-Webhook-Signature",
+    {"type": "array", "items": {"type": "object", "properties": {"event": {"type": "string"},
+                                                                 "sg_event_id": {"type": "string"}}}})
+
+
+@twilio_routes.post("/webhooks/twilio/status", tags=["webhooks"], response_model=TwilioStatusResult,
+                    openapi_extra=TWILIO_STATUS_BODY)
 async def twilio_status(request: Request, session: SessionDep, ctx: ContextDep,
                         message_id: Annotated[str | None, Query(max_length=40, description="ours, set on the "
                                                                 "callback URL when the message was sent")] = None
@@ -41,7 +64,12 @@ async def twilio_status(request: Request, session: SessionDep, ctx: ContextDep,
     return await run_in_threadpool(webhooks.twilio_status, session, ctx, params, message_id)
 
 
-@twilio_routes.post("/webhooks/twilio/inbound", tags=["webhooks"], response_class=Response)
+@twilio_routes.post("/webhooks/twilio/inbound", tags=["webhooks"], response_class=Response,
+                    openapi_extra=TWILIO_INBOUND_BODY | {"responses": {"200": {
+                        "description": "TwiML: the reply to send, if any",
+                        "content": {"application/xml": {"schema": {"type": "string"}, "example":
+                                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>"
+                                    "You are unsubscribed.</Message></Response>"}}}}})
 async def twilio_inbound(request: Request, session: SessionDep, ctx: ContextDep) -> Response:
     """Inbound SMS: STOP and synonyms (退订, TD) opt out, START/UNSTOP/YES opt in, HELP/INFO answers (TwiML)."""
     from twilio.twiml.messaging_response import MessagingResponse
@@ -55,7 +83,7 @@ async def twilio_inbound(request: Request, session: SessionDep, ctx: ContextDep)
     return Response(str(twiml), media_type="application/xml")
 
 
-@sendgrid_routes.post("/webhooks/sendgrid/events", tags=["webhooks"])
+@sendgrid_routes.post("/webhooks/sendgrid/events", tags=["webhooks"], openapi_extra=SENDGRID_BODY)
 async def sendgrid_events(request: Request, session: SessionDep, ctx: ContextDep) -> dict[str, int]:
     """SendGrid's signed event webhook (ECDSA over timestamp + body; stale batches refused)."""
     payload = await request.body()

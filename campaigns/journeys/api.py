@@ -8,34 +8,45 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from campaigns.journeys import definitions, reports
+from campaigns.journeys.defaults import DEFAULT_JOURNEYS
 from campaigns.journeys.spec import JourneySpec
+from campaigns.schemas import (
+    Enrollment,
+    Funnel,
+    JourneyRead,
+    JsonSchemaDocument,
+    MoveRequest,
+    MoveResult,
+    SimulateRequest,
+    Simulation,
+    StatusChange,
+    VersionRead,
+)
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
 from crm.service import customer_by_external_id
 from kit import http
-from kit.http import PageDep
+from kit.http import Page, PageDep
 
 router = APIRouter(tags=["journeys"])
 EDITORS = (Role.admin, Role.marketer)
 READERS = (Role.admin, Role.marketer, Role.scheduler)
-JourneyBody = Annotated[dict[str, Any], Body(description="a journey definition", openapi_examples={
-    "abandoned cart": {"value": {
-        "name": "Abandoned cart", "entry": {"trigger": {"kind": "event", "event": "cart_add",
-                                                        "unless": {"kind": "order", "within_minutes": 60}}},
-        "steps": [{"id": "push_1h", "type": "send", "channels": [{"channel": "push", "template": "cart_reminder"}]}]}}})]
+# The definitions service validates with JourneySpec, the model the OpenAPI names (errors name the step and field).
+JourneyBody = Annotated[dict[str, Any], Body()]
+JOURNEY_BODY = http.read_body_doc(JourneySpec, example=DEFAULT_JOURNEYS[0])
 
 
-@router.post("/journeys", status_code=201)
+@router.post("/journeys", status_code=201, response_model=JourneyRead, openapi_extra=JOURNEY_BODY)
 def post_journey(body: JourneyBody, session: SessionDep, ctx: ContextDep,
                  principal: Principal = Depends(require(*EDITORS))) -> JSONResponse:
     """Create a journey in draft (validated: errors name the step and field; audited)."""
     journey = definitions.create_journey(session, ctx, body, principal.actor)
     return JSONResponse(definitions.describe_json(journey), status_code=201,
-                        headers={"Location": f"/v1/journeys/{journey.id}"})
+                        headers={"Location": f"/v1/journeys/{journey.id}", "ETag": http.etag(journey.version)})
 
 
-@router.get("/journeys")
+@router.get("/journeys", response_model=Page[JourneyRead])
 def get_journeys(session: SessionDep, page: PageDep, status: Annotated[str | None, Query(
                      pattern="^(draft|active|paused|archived)$", description="only journeys in this status")] = None,
                  _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
@@ -43,13 +54,13 @@ def get_journeys(session: SessionDep, page: PageDep, status: Annotated[str | Non
     return page.slice(lambda n: [definitions.describe(j) for j in definitions.list_journeys(session, status)])
 
 
-@router.get("/journeys/schema")
+@router.get("/journeys/schema", response_model=JsonSchemaDocument)
 def get_journey_schema(_: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The JSON schema of a journey definition."""
     return JourneySpec.model_json_schema(by_alias=True)
 
 
-@router.get("/journeys/{journey_id}")
+@router.get("/journeys/{journey_id}", response_model=JourneyRead)
 def get_journey(journey_id: int, response: Response, session: SessionDep,
                 _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """One journey as it stands (its ETag is its version: send it back in If-Match on PUT)."""
@@ -58,7 +69,7 @@ def get_journey(journey_id: int, response: Response, session: SessionDep,
     return definitions.describe(journey)
 
 
-@router.put("/journeys/{journey_id}")
+@router.put("/journeys/{journey_id}", response_model=JourneyRead, openapi_extra=JOURNEY_BODY)
 def put_journey(journey_id: int, body: JourneyBody, request: Request, response: Response, session: SessionDep,
                 ctx: ContextDep, principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Replace the definition: a new version (customers in flight finish on theirs unless moved); a stale If-Match
@@ -69,46 +80,44 @@ def put_journey(journey_id: int, body: JourneyBody, request: Request, response: 
     return definitions.describe(journey)
 
 
-@router.post("/journeys/{journey_id}/status")
-def post_status(journey_id: int, session: SessionDep, ctx: ContextDep,
-                status: Annotated[str, Body(embed=True, description="draft, active, paused or archived")],
+@router.post("/journeys/{journey_id}/status", response_model=JourneyRead)
+def post_status(journey_id: int, change: StatusChange, session: SessionDep, ctx: ContextDep,
                 principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Activate (through the fairness gate), pause (no entries, no sends), resume or archive."""
-    return definitions.describe(definitions.set_status(session, ctx, journey_id, status, principal.actor))
+    return definitions.describe(definitions.set_status(session, ctx, journey_id, change.status, principal.actor))
 
 
-@router.post("/journeys/{journey_id}/move")
-def post_move(journey_id: int, session: SessionDep, ctx: ContextDep,
-              from_version: Annotated[int, Body(embed=True)],
-              step_map: Annotated[dict[str, str], Body(embed=True, description="old step id -> new step id")],
+@router.post("/journeys/{journey_id}/move", response_model=MoveResult)
+def post_move(journey_id: int, body: MoveRequest, session: SessionDep, ctx: ContextDep,
               principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Move customers in flight on an older version to the current one, step by step as mapped."""
-    return definitions.move_enrollments(session, ctx, journey_id, from_version, step_map, principal.actor)
+    return definitions.move_enrollments(session, ctx, journey_id, body.from_version, body.step_map,
+                                        principal.actor)
 
 
-@router.get("/journeys/{journey_id}/versions")
+@router.get("/journeys/{journey_id}/versions", response_model=Page[VersionRead])
 def get_versions(journey_id: int, session: SessionDep, page: PageDep,
                  _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Every saved definition of the journey, oldest first."""
     return page.slice(lambda n: [v.model_dump() for v in definitions.journey_versions(session, journey_id)])
 
 
-@router.post("/journeys/{journey_id}/simulate")
-def post_simulate(journey_id: int, session: SessionDep, ctx: ContextDep,
-                  customer: Annotated[str, Body(embed=True, description="the customer's external id")],
+@router.post("/journeys/{journey_id}/simulate", response_model=Simulation)
+def post_simulate(journey_id: int, body: SimulateRequest, session: SessionDep, ctx: ContextDep,
                   _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """The timeline one customer would take from now, with the guard rails' decisions; nothing is written."""
-    return reports.simulate(session, ctx, journey_id, customer_by_external_id(session, customer).id)
+    result = reports.simulate(session, ctx, journey_id, customer_by_external_id(session, body.customer).id)
+    return {"customer": body.customer} | {k: v for k, v in result.items() if k != "customer_id"}
 
 
-@router.get("/journeys/{journey_id}/funnel")
+@router.get("/journeys/{journey_id}/funnel", response_model=Funnel)
 def get_funnel(journey_id: int, session: SessionDep, ctx: ContextDep,
                _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Per step: taken, sent, not sent by reason, waiting now; converted and exited; uplift against the holdout."""
     return reports.funnel(session, ctx, journey_id)
 
 
-@router.get("/customers/{external_id}/journeys")
+@router.get("/customers/{external_id}/journeys", response_model=Page[Enrollment])
 def get_customer_journeys(external_id: str, session: SessionDep, page: PageDep,
                           _: Principal = Depends(require(Role.admin, Role.marketer, Role.support))
                           ) -> dict[str, Any]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Depends
 
 from campaigns.authoring import campaigns as service
 from campaigns.measurement import reports
+from campaigns.schemas import CampaignWritten, WinnerChoice
 from crm.api import ContextDep, SessionDep
 from crm.auth import Principal, require
 from crm.models import Role
@@ -16,12 +17,11 @@ router = APIRouter(tags=["reports"])
 EDITORS = (Role.admin, Role.marketer)
 
 
-@router.post("/campaigns/{campaign_id}/experiment/promote")
-def post_promote(campaign_id: int, session: SessionDep, ctx: ContextDep,
-                 variant: Annotated[str, Body(embed=True, description="the declared winner's name")],
+@router.post("/campaigns/{campaign_id}/experiment/promote", response_model=CampaignWritten)
+def post_promote(campaign_id: int, choice: WinnerChoice, session: SessionDep, ctx: ContextDep,
                  principal: Principal = Depends(require(*EDITORS))) -> dict[str, Any]:
     """Send the A/B winner to the whole audience: a new campaign version without the test (audited)."""
-    campaign, warnings = reports.promote_winner(session, ctx, campaign_id, variant, principal.actor)
+    campaign, warnings = reports.promote_winner(session, ctx, campaign_id, choice.variant, principal.actor)
     return service.describe(campaign) | {"fairness_warnings": warnings}
 
 

@@ -157,7 +157,7 @@ def test_api_fits_and_lists_uplift_models(client, auth_header, session, ctx, mea
     from crm.models import Role
 
     fitted = client.post("/v1/uplift/models", headers=auth_header(Role.admin))
-    assert fitted.status_code == 200 and {r["segment"] for r in fitted.json()} == {"campaign:sms:coupon", "any"}
+    assert fitted.status_code == 200 and {r["segment"] for r in fitted.json()["items"]} == {"campaign:sms:coupon", "any"}
     listed = client.get("/v1/uplift/models", headers=auth_header(Role.marketer)).json()["items"]
     assert [m["segment"] for m in listed] == ["any", "campaign:sms:coupon"]
     assert all(m["metrics"]["rankings"]["uplift"]["targeted"] > 0 and "content" not in m for m in listed)
