@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import Depends, Request
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from crm import audit
@@ -16,6 +18,8 @@ from kit.columnar import driver_rows
 from kit.context import Context, ContextDep
 from kit.db import SessionDep
 from kit.errors import Forbidden, NotFound, TooManyAttempts, Unauthorized
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "crm"
 
@@ -87,8 +91,17 @@ def authenticate(session: Session, ctx: Context, presented: str) -> Principal:
         raise Unauthorized("invalid or revoked API key")
     key_id, name, role, stored = found[0]
     if stored != forms[0]:  # an old keyed hash: now that the key is in hand, store it in the form rotation keeps
-        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(key_hash=forms[0]))
+        _upgrade_hash(session, key_id, forms[0])
     return Principal(key_id=key_id, name=name, role=Role(role))
+
+
+def _upgrade_hash(session: Session, key_id: int, key_hash: str) -> None:
+    """Best effort: a busy database (SQLite's one writer) must not fail the request; the next use tries again."""
+    try:
+        with session.begin_nested():
+            session.execute(update(ApiKey).where(ApiKey.id == key_id).values(key_hash=key_hash))
+    except OperationalError:
+        log.info("api key %s: hash upgrade deferred (database busy)", key_id)
 
 
 def _bearer(request: Request) -> str:

@@ -8,10 +8,12 @@ updated meanwhile was written under the current key already and is left as it is
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from crm.ingest import name_search_key
@@ -54,31 +56,46 @@ def rotate(ctx: Context, *, batch: int = 1000, progress: Callable[[int, int], No
     rotated = skipped = 0
     after = 0
     while True:
-        with session_scope(ctx.engine) as session:
-            rows = session.execute(
-                select(Customer.id, *[_ciphertext(f) for f in CONTACT_FIELDS])
-                .where(_on_other_key(ctx), Customer.id > after).order_by(Customer.id).limit(batch)).all()
-            if not rows:
-                break
-            for row in rows:
-                old = dict(zip(CONTACT_FIELDS, row[1:], strict=True))
-                values: dict[str, Any] = {}
-                for field, ciphertext in old.items():
-                    plaintext = ctx.cipher.decrypt(ciphertext)
-                    values[f"{field}_ciphertext"] = ctx.cipher.encrypt(plaintext)
-                    searchable = name_search_key(plaintext) if field == "name" else plaintext
-                    values[f"{field}_hash"] = ctx.cipher.blind_index(searchable)
-                unchanged = [_ciphertext(f).is_not_distinct_from(old[f]) for f in CONTACT_FIELDS]
-                written = session.execute(update(Customer).where(Customer.id == row[0], *unchanged).values(**values))
-                if written.rowcount:
-                    rotated += 1
-                else:
-                    skipped += 1  # written meanwhile, under the current key
-            after = rows[-1][0]
+        try:
+            batch_rotated, batch_skipped, last = _rotate_batch(ctx, after, batch)
+        except OperationalError:
+            # SQLite's one writer was busy, or committed under this batch's read: it rolled back; read it again.
+            time.sleep(0.05)
+            continue
+        if last is None:
+            break
+        rotated, skipped, after = rotated + batch_rotated, skipped + batch_skipped, last
         if progress is not None:
             progress(rotated + skipped, total)
     return {"key_id": ctx.cipher.key_id, "rotated": rotated, "changed_meanwhile": skipped,
             "customers_pending": _pending_now(ctx)}
+
+
+def _rotate_batch(ctx: Context, after: int, batch: int) -> tuple[int, int, int | None]:
+    """One transaction: up to `batch` customers after id `after` moved to the current key; (rotated, changed
+    meanwhile, last id seen or None when none was left)."""
+    rotated = skipped = 0
+    with session_scope(ctx.engine) as session:
+        rows = session.execute(
+                select(Customer.id, *[_ciphertext(f) for f in CONTACT_FIELDS])
+            .where(_on_other_key(ctx), Customer.id > after).order_by(Customer.id).limit(batch)).all()
+        if not rows:
+            return 0, 0, None
+        for row in rows:
+            old = dict(zip(CONTACT_FIELDS, row[1:], strict=True))
+            values: dict[str, Any] = {}
+            for field, ciphertext in old.items():
+                plaintext = ctx.cipher.decrypt(ciphertext)
+                values[f"{field}_ciphertext"] = ctx.cipher.encrypt(plaintext)
+                searchable = name_search_key(plaintext) if field == "name" else plaintext
+                values[f"{field}_hash"] = ctx.cipher.blind_index(searchable)
+            unchanged = [_ciphertext(f).is_not_distinct_from(old[f]) for f in CONTACT_FIELDS]
+            written = session.execute(update(Customer).where(Customer.id == row[0], *unchanged).values(**values))
+            if written.rowcount:
+                rotated += 1
+            else:
+                skipped += 1  # written meanwhile, under the current key
+        return rotated, skipped, rows[-1][0]
 
 
 def _pending_now(ctx: Context) -> int:
