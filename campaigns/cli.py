@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from campaigns import service as campaigns
+from kit import metrics
 from kit.cli import CliError, cli_context, console, optional_day, worker_context
 from kit.context import Context
 from kit.db import session_scope
@@ -140,6 +141,7 @@ def dispatch_run(
     """Send due messages: claim, check caps/consent/quiet hours again, send, record; SIGTERM stops cleanly."""
     configure_logging("dispatcher")
     ctx = cli_context()
+    metrics.configure(ctx.settings.metrics_directory())
     if workers > 1 and ctx.engine.dialect.name != "postgresql":
         raise CliError("SQLite has a single writer: run one dispatcher (use PostgreSQL for --workers)")
     if workers == 1:
@@ -261,6 +263,7 @@ def journeys_run(
     (PostgreSQL); SIGTERM finishes the pass in hand."""
     configure_logging("journeys")
     ctx, stop = worker_context(now)
+    metrics.configure(ctx.settings.metrics_directory())
     if not once:
         print("journey worker running (SIGTERM finishes the pass in hand)", file=sys.stderr, flush=True)
     totals = campaigns.serve_journeys(ctx, once=once, stop=stop, batch=batch)

@@ -29,6 +29,7 @@ from campaigns.authoring.templates import (
     save_template,
     unsubscribe_url,
 )
+from campaigns.delivery.outbox import depth as outbox_depth
 from campaigns.delivery.outbox import list_messages, messages_json
 from campaigns.delivery.tasks import OUTCOMES as CALL_OUTCOMES
 from campaigns.delivery.tasks import claim_task, list_tasks, record_outcome
@@ -38,6 +39,7 @@ from campaigns.journeys.reports import enrollments_of as customer_journeys
 from campaigns.journeys.reports import funnel as journey_funnel
 from campaigns.journeys.reports import simulate as simulate_journey
 from campaigns.journeys.reports import uplift_members as journey_members
+from campaigns.journeys.runtime import backlog as journey_backlog
 from campaigns.journeys.runtime import run_once as run_journeys_once
 from campaigns.journeys.runtime import serve as serve_journeys
 from campaigns.measurement.reports import campaign_reports
@@ -64,6 +66,7 @@ from campaigns.profile import (
 )
 
 __all__ = [
+    "outbox_depth", "journey_backlog",
     "customer_journeys", "install_default_journeys", "journey_funnel", "list_journeys", "run_journeys_once", "serve_journeys",
     "simulate_journey", "customer_id_of",
     "CALL_OUTCOMES", "CampaignSpec", "campaign_reports", "claim_task", "list_tasks", "record_outcome", "campaign_erasure", "campaign_export", "campaign_versions", "contact_history_section", "create_campaign",

@@ -7,6 +7,7 @@ POST, each honours an `Idempotency-Key` (kit.idempotency): a retry with the same
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Request
@@ -17,8 +18,8 @@ from crm import shopify, writes
 from crm.auth import Principal, require
 from crm.models import Role
 from crm.schemas import INGEST_BODIES, IngestResult, RefundIn, RefundResult, ShopWebhookResult
-from kit import http
-from kit.context import ContextDep
+from kit import http, metrics
+from kit.context import Context, ContextDep
 from kit.db import SessionDep
 from kit.errors import InvalidInput
 
@@ -29,11 +30,28 @@ WRITERS = (Role.ingest, Role.admin)
 JsonBody = Annotated[Any, Body()]
 
 
+def _measure(ctx: Context, kind: str, body: Any, answer: dict[str, Any]) -> None:
+    """Items accepted and rejected, and for events the lag from their time to their arrival."""
+    measured = metrics.business()
+    measured.ingested.labels(kind, "accepted").inc(answer["accepted"])
+    measured.ingested.labels(kind, "rejected").inc(answer["rejected"])
+    if kind != "events":
+        return
+    now = ctx.clock.now()
+    for item in body if isinstance(body, list) else [body]:
+        try:
+            at = datetime.fromisoformat(str(item["time"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        measured.ingestion_lag.observe(max((now - (at if at.tzinfo else at.replace(tzinfo=UTC))).total_seconds(), 0))
+
+
 def _items_route(kind: str, *, first_wins: bool = False):
     def route(body: JsonBody, session: SessionDep, ctx: ContextDep,
               principal: Principal = Depends(require(*WRITERS))) -> JSONResponse:
-        return JSONResponse(writes.write_items(session, ctx, kind, body, cause="api", first_wins=first_wins).as_dict(),
-                            status_code=202)
+        answer = writes.write_items(session, ctx, kind, body, cause="api", first_wins=first_wins).as_dict()
+        _measure(ctx, kind, body, answer)
+        return JSONResponse(answer, status_code=202)
 
     route.__doc__ = {
         "events": "Track one event or a batch (at most 1,000): customer_id, type, time, properties, unique_id.",

@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, text
 from sqlmodel import Session, select
 
 from crm import audit
-from crm.models import Channel, Consent, ConsentChange, ConsentStatus, Customer, Order
+from crm.models import Channel, Consent, ConsentChange, ConsentStatus, Customer, CustomerActivity, Order
 from crm.state import MONEY_DAYS, needs_rebuild, shop_cost_totals
 from crm.state import clock as state_clock
 from crm.state import money_frame as state_money_frame
@@ -592,3 +592,9 @@ def purchase_gaps(session: Session, customer_ids: list[int]) -> dict[int, float]
     gaps = frame.select("customer_id", gap=(pl.col("last") - pl.col("first")).dt.total_seconds() / 86_400
                         / (pl.col("orders") - 1))
     return dict(gaps.iter_rows())
+
+
+def oldest_unclaimed_activity_at(session: Session) -> datetime | None:
+    """When the oldest activity no consumer has claimed yet was recorded (the event-driven path's lag; by the
+    primary key, so cheap at any size)."""
+    return session.exec(select(CustomerActivity.recorded_at).order_by(CustomerActivity.id).limit(1)).first()

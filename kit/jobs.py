@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import delete, func, update
 from sqlmodel import Session, select
 
+from kit import metrics
 from kit.columnar import SharedFrames
 from kit.context import Context
 from kit.db import session_scope, writer_engine
@@ -188,9 +189,11 @@ def run_job(ctx: Context, job: JobDefinition, occurrence: Occurrence, *, trigger
                     seconds = round(time.perf_counter() - tick, 3)
                     _put_step(session, run_id, position, step.name, status="succeeded", started_at=started,
                               finished_at=ctx.clock.now(), seconds=seconds, counts=counts)
+                metrics.business().job_steps.labels(job.name, step.name, "succeeded").observe(seconds)
             except Exception as failure:  # noqa: BLE001 - recorded on the run; later steps need this one
                 error = _short(failure)
                 log.exception("job %s %s: step %s failed", job.name, occurrence.key, step.name)
+                metrics.business().job_steps.labels(job.name, step.name, "failed").observe(time.perf_counter() - tick)
                 with session_scope(writes) as session:
                     _put_step(session, run_id, position, step.name, status="failed", started_at=started,
                               finished_at=ctx.clock.now(), seconds=round(time.perf_counter() - tick, 3), error=error)

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # /v1/health/ready wants a scheduler leader that beat within the takeover bound (no leader: no nightly jobs,
     # no sends); false keeps an API whose only problem is the scheduler in its load balancer's rotation.
     ready_requires_leader: bool = True
+    # Where the API workers, scheduler, dispatcher and journey worker write their Prometheus metrics for /v1/metrics
+    # to add up (default <data dir>/metrics; every process of one deployment must share it).
+    metrics_dir: Path | None = None
     idempotency_hours: float = Field(default=24.0, gt=0, le=24 * 30)  # how long a POST's answer is replayed
     scheduler_jobs: list[str] = Field(default_factory=list)  # which jobs `crm scheduler` runs; empty: all
     # A firing later than this (the process was busy or paused) is skipped by APScheduler; the job's next firing,
@@ -168,6 +171,10 @@ class Settings(BaseSettings):
             return self.database_url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.data_dir / 'crm.sqlite3'}"
+
+    def metrics_directory(self) -> Path:
+        """The shared Prometheus multiprocess directory."""
+        return self.metrics_dir or (self.data_dir / "metrics")
 
     def key_file(self) -> Path:
         """Where a locally generated secret key is kept (git-ignored)."""

@@ -32,7 +32,7 @@ from crm import profiles as crm_profiles
 from crm.auth import Principal, require
 from crm.models import Role
 from crm.profiles import CustomerFilterRegistry, ProfileRegistry
-from kit import idempotency
+from kit import idempotency, metrics
 from kit.context import Context, build_context
 from kit.errors import install_handlers
 from kit.jobs import JobRegistry
@@ -125,10 +125,31 @@ def _install_metrics(app: FastAPI) -> None:
         "latency": Histogram("crm_http_request_seconds", "HTTP request latency", ["method", "route"],
                              registry=registry)}
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
-    def metrics(_: Principal = Depends(require(Role.admin, Role.scheduler))) -> Response:
-        """Prometheus metrics."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    gauges = metrics.DatabaseGauges(lambda: _database_gauges(app.state.ctx))
+
+    @app.get("/metrics", tags=["ops"], response_class=Response, responses={200: {"content": {
+        CONTENT_TYPE_LATEST: {"schema": {"type": "string"}, "example": "crm_sends_total{channel=\"sms\","
+                                                                         "provider=\"twilio\"} 1842.0\n"}}}})
+    def metrics_route(_: Principal = Depends(require(Role.admin, Role.scheduler))) -> Response:
+        """Prometheus metrics of every process (API workers, scheduler, dispatcher, journey worker) and the
+        database's gauges (outbox depth, journey backlog, activity lag)."""
+        served = metrics.scrape_registry([registry, metrics.business().registry], gauges)
+        return Response(generate_latest(served), media_type=CONTENT_TYPE_LATEST)
+
+
+def _database_gauges(ctx: Context) -> dict[str, Any]:
+    from sqlmodel import Session
+
+    from campaigns import service as campaigns_service
+    from crm import service as crm_service
+
+    now = ctx.clock.now()
+    with Session(ctx.engine) as session:
+        found: dict[str, Any] = {"outbox": campaigns_service.outbox_depth(session)}
+        found |= campaigns_service.journey_backlog(session, now)
+        oldest = crm_service.oldest_unclaimed_activity_at(session)
+    found["activity_lag_seconds"] = max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
+    return found
 
 
 @asynccontextmanager

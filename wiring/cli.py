@@ -17,6 +17,7 @@ from campaigns import cli as campaigns_cli
 from campaigns.cli import print_campaign_reports
 from churn import cli as churn_cli
 from crm import cli as crm_cli
+from kit import metrics
 from kit.cli import CliError, cli_context, console, parse_day, parse_instant, run_cli
 from kit.db import session_scope
 from kit.logs import configure_logging, uvicorn_log_config
@@ -110,6 +111,7 @@ def scheduler() -> None:
 
     ctx = cli_context()
     configure_logging("scheduler")
+    metrics.configure(ctx.settings.metrics_directory())
     registry = job_registry(ctx.settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -214,13 +216,17 @@ def _print_report_table(name: str, result: dict) -> None:
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def serve(host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+          workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes (metrics add up across them)")]
+          = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
     import signal
 
     import uvicorn
 
     ctx = cli_context()  # fail early with a clear message when no key is configured
+    metrics.configure(ctx.settings.metrics_directory())
     # Uvicorn drains in-flight requests on SIGTERM, then raises the signal again with the handler found at start:
     # this one turns that into a clean exit status 0 instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

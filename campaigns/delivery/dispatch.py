@@ -51,6 +51,7 @@ from campaigns.planning.guardrails import guard_rails
 from campaigns.planning.quiet_hours import defer_out_of_quiet_hours
 from crm.models import Channel, ConsentStatus
 from crm.service import consents_of, contacts_of, phone_sharers, record_consent, time_zones_of
+from kit import metrics
 from kit.channels import CHANNELS
 from kit.clock import ensure_utc
 from kit.context import Context
@@ -347,26 +348,32 @@ def record_results(session: Session, ctx: Context, results: list[tuple[dict, Out
                 last_error=None, reason=None, worker=None, lease_until=None, updated_at=now),
             [{"message_id": row["id"], "provider_name": senders[row["channel"]].provider, "pid": result.provider_id}
              for row, _, result in sent])
+    measured = metrics.business()
     for row, outgoing, _ in sent:
         if senders[row["channel"]].provider == CALL_TASKS and outgoing is not None:
             _call_task(session, row, outgoing, now)
         report.add(f"sent_{row['channel']}")
+        measured.sends.labels(row["channel"], senders[row["channel"]].provider).inc()
     for row, _, result in results:
         sender = senders[row["channel"]]
         common = {"provider": sender.provider, "worker": None, "lease_until": None, "updated_at": now}
         if result.outcome == SENT:
             continue
+        measured.send_failures.labels(row["channel"], sender.provider, result.outcome).inc()
         if result.outcome == RETRY and row["attempts"] < s.dispatch_max_attempts:
             delay = backoff_seconds(row["attempts"], s.dispatch_backoff_seconds, s.dispatch_backoff_max_seconds, rng,
                                     result.retry_after)
             _set(session, row["id"], status="planned", send_at=now + timedelta(seconds=delay),
                  last_error=(result.error or "")[:2000], reason="retry", **common)
             report.add("retry")
+            measured.retries.labels(row["channel"]).inc()
             continue
         status, reason = {RETRY: ("dead", "attempts_exhausted"), FAILED: ("failed", "provider_refused"),
                           OPTED_OUT: ("failed", "opted_out"),
                           AMBIGUOUS: ("unknown", "ambiguous")}[result.outcome]
         _set(session, row["id"], status=status, reason=reason, last_error=(result.error or "")[:2000], **common)
+        if status == "dead":
+            measured.dead_letters.labels(row["channel"]).inc()
         if result.outcome == OPTED_OUT:
             record_consent(session, ctx, customer_id=row["customer_id"], channel=Channel(row["channel"]),
                            status=ConsentStatus.opted_out, source=f"{sender.provider}:opted_out", actor="dispatcher")

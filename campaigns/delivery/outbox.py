@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from campaigns.models import Message
@@ -35,3 +36,13 @@ def messages_json(session: Session, rows: list[Message]) -> list[dict[str, Any]]
     return [{k: v for k, v in m.model_dump().items() if k != "customer_id"}
             | {"customer": external.get(m.customer_id),
                "offer": m.offer if not isinstance(m.offer, str) else json.loads(m.offer)} for m in rows]
+
+
+OPEN_STATUSES = ("planned", "sending", "unknown", "dead")  # what still needs a send, an answer or an operator
+
+
+def depth(session: Session) -> dict[tuple[str, str], int]:
+    """Messages waiting in the outbox, by (status, channel): planned, sending, unknown and dead letters."""
+    rows = session.exec(select(Message.status, Message.channel, func.count()).where(
+        Message.status.in_(OPEN_STATUSES)).group_by(Message.status, Message.channel))
+    return {(status, channel): count for status, channel, count in rows}

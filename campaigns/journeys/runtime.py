@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
+from sqlalchemy import func, text
 from sqlalchemy import select as sa_select
-from sqlalchemy import text
 from sqlmodel import Session
 
 from campaigns.authoring.spec import CampaignSpec, ChannelStep, Schedule
@@ -46,6 +46,7 @@ from crm.service import (
     set_attributes,
     signed_up_on,
 )
+from kit import metrics
 from kit.bulkwrite import insert_frame, stage_frame
 from kit.channels import CHANNELS
 from kit.clock import ensure_utc
@@ -228,7 +229,10 @@ def enroll(session: Session, ctx: Context, journey_id: int, version: int, spec: 
     result = session.connection().execute(text(
         f"INSERT INTO journey_enrollment ({columns}) SELECT {columns} FROM stage_journey_entries WHERE true "
         "ON CONFLICT (journey_id, customer_id, entry_key) DO NOTHING"))
-    return result.rowcount or 0
+    entered = result.rowcount or 0
+    if entered > 0:
+        metrics.business().enrollments.labels(spec.name).inc(entered)
+    return entered
 
 
 def step_campaign_for_audience(spec: JourneySpec):
@@ -495,6 +499,9 @@ def _write_positions(session: Session, positions: list[Position], now: datetime)
                                  "at": UTC_TYPE})
     insert_frame(session, "journey_step", steps, STEP_TYPES)
     _apply_updates(session, positions, now)
+    counted = metrics.business().journey_steps
+    for kind, outcome, taken in steps.group_by("kind", "outcome").len().rows():
+        counted.labels(kind, outcome).inc(taken)
     return steps.height
 
 
@@ -539,3 +546,12 @@ def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0, bat
         if idle:
             stop.wait(poll_seconds)
     return totals
+
+
+def backlog(session: Session, now: datetime) -> dict[str, int]:
+    """Enrollments in progress and those whose next step is due now (the worker's backlog)."""
+    e = JourneyEnrollment.__table__
+    live = session.connection().execute(sa_select(func.count()).where(e.c.status.in_(LIVE))).scalar_one()
+    due = session.connection().execute(sa_select(func.count()).where(e.c.status.in_(LIVE), e.c.wake_at <= now)
+                                       ).scalar_one()
+    return {"journey_active": live, "journey_due": due}
