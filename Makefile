@@ -4,13 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench serve clean chromium
+.PHONY: demo test lint bench serve clean chromium lock
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements-dev.lock pins (hashes checked), then the project itself. After changing the
+# dependencies in pyproject.toml: make lock.
+$(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
+
+# Re-pin every dependency (runtime for the image, runtime + dev for the venv) with their hashes.
+lock:
+	$(PYTHON) -m venv var/lock-tools && var/lock-tools/bin/pip install --quiet pip-tools
+	var/lock-tools/bin/pip-compile --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	var/lock-tools/bin/pip-compile --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.lock pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/crm demo

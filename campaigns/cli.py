@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from datetime import date
 from typing import Annotated
 
@@ -17,6 +17,8 @@ from kit.cli import CliError, cli_context, console, optional_day, worker_context
 from kit.context import Context
 from kit.db import session_scope
 from kit.logs import configure_logging
+
+log = logging.getLogger("crm.workers")
 
 app = typer.Typer(no_args_is_help=True)
 campaigns_app = typer.Typer(help="Campaigns: default plans, dry-runs, planning.", no_args_is_help=True)
@@ -70,7 +72,7 @@ def campaigns_list() -> None:
 @campaigns_app.command("dry-run")
 def campaigns_dry_run(campaign_id: int,
                       on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD local occurrence date")] = None,
-                      as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+                      as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False) -> None:
     """What the campaign's occurrence would do — writes nothing."""
     result = _dry_run(cli_context(), campaign_id, optional_day(on))
     if as_json:
@@ -102,7 +104,7 @@ def _print_dry_run(result: dict) -> None:
 @campaigns_app.command("plan")
 def campaigns_plan(campaign_id: int,
                    on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD local occurrence date")] = None,
-                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+                   as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False) -> None:
     """Plan an occurrence into the outbox (a second run adds nothing)."""
     ctx = cli_context()
     with session_scope(ctx.engine) as session:
@@ -120,11 +122,12 @@ def _dispatch_worker(share: float, once: bool, max_batches: int | None, now: str
     from campaigns.delivery.dispatch import serve as serve_dispatch
 
     # SIGTERM finishes the batch in hand and exits: its claimed messages are sent and recorded, none stranded.
+    configure_logging("dispatcher")
     ctx, stop = worker_context(now)
     if not once:
         from campaigns.delivery.dispatch import worker_name
 
-        print(f"dispatcher {worker_name()} running (SIGTERM finishes the batch in hand)", file=sys.stderr, flush=True)
+        log.info("dispatcher %s running (SIGTERM finishes the batch in hand)", worker_name())
     report = serve_dispatch(ctx, build_senders(ctx.settings), once=once, stop=stop, max_batches=max_batches,
                             share=share)
     return dict(report.counts) | {f"seconds_{k}": round(v, 3) for k, v in report.seconds.items()}
@@ -136,7 +139,7 @@ def dispatch_run(
     workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes (PostgreSQL; SQLite has one writer)")] = 1,
     max_batches: Annotated[int | None, typer.Option(min=1, help="stop after this many batches per pass")] = None,
     now: Annotated[str | None, typer.Option(help="ISO instant to dispatch as of (replays, tests)")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False,
 ) -> None:
     """Send due messages: claim, check caps/consent/quiet hours again, send, record; SIGTERM stops cleanly."""
     configure_logging("dispatcher")
@@ -160,8 +163,10 @@ def dispatch_run(
                   for k, v in sum((Counter(p) for p in parts), Counter()).items()}
     if as_json:
         print(json.dumps(counts))
-    else:
+    elif once:
         console.print("dispatched: " + (", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "nothing due"))
+    else:  # a service's output is its log
+        log.info("dispatcher stopped: %s", ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "nothing")
 
 
 def print_campaign_reports(rows: list[dict]) -> None:
@@ -233,7 +238,7 @@ def _install_journeys(ctx: Context, draft: bool) -> None:
 def journeys_simulate(
         journey_id: Annotated[int, typer.Argument(help="the journey's id")],
         customer: Annotated[str, typer.Option(help="the customer's external id")],
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False,
 ) -> None:
     """The timeline a customer would take through the journey from now (nothing is written)."""
     ctx = cli_context()
@@ -257,7 +262,7 @@ def journeys_run(
         once: Annotated[bool, typer.Option("--once", help="work until nothing is due, then exit")] = False,
         now: Annotated[str | None, typer.Option(help="ISO instant to run as of (replays, tests)")] = None,
         batch: Annotated[int, typer.Option(min=1, max=50_000, help="enrollments advanced per pass (transaction)")] = 10_000,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False,
 ) -> None:
     """The journey worker: entries from fresh activity and dates, due steps under the guard rails; several may run
     (PostgreSQL); SIGTERM finishes the pass in hand."""
@@ -265,16 +270,18 @@ def journeys_run(
     ctx, stop = worker_context(now)
     metrics.configure(ctx.settings.metrics_directory())
     if not once:
-        print("journey worker running (SIGTERM finishes the pass in hand)", file=sys.stderr, flush=True)
+        log.info("journey worker running (SIGTERM finishes the pass in hand)")
     totals = campaigns.serve_journeys(ctx, once=once, stop=stop, batch=batch)
     if as_json:
         print(json.dumps(totals))
-    else:
+    elif once:
         console.print("journeys: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
+    else:
+        log.info("journey worker stopped: %s", ", ".join(f"{k} {v:,}" for k, v in totals.items()))
 
 
 @uplift_app.command("train")
-def uplift_train(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def uplift_train(as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False) -> None:
     """Fit the uplift models (one per campaign kind, channel and offer, and one over all) from past arms."""
     ctx = cli_context()
     with session_scope(ctx.engine) as session:

@@ -12,10 +12,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from churn import service as churn
-from kit.cli import CliError, cli_context, console, day_start, parse_day
+from kit.cli import CliError, Population, choice, cli_context, console, day_start, parse_day, phases
 from kit.context import Context
 from kit.db import session_scope
 
+FlagPolicyName = choice("FlagPolicyName", ("precision", "capacity", "value"))
 app = typer.Typer(help="Churn: train, score, evaluate.", no_args_is_help=True)
 
 
@@ -71,18 +72,19 @@ def train_churn(ctx: Context, as_of: str | None, population: str | None = None, 
 
 
 def _score_churn(ctx: Context) -> dict:
-    with session_scope(ctx.engine) as session:
-        return churn.score_customers(session, ctx, actor="cli")
+    with phases("scoring", churn.SCORING_PHASES) as done, session_scope(ctx.engine) as session:
+        return churn.score_customers(session, ctx, actor="cli", progress=done)
 
 
 @app.command("train")
 def churn_train(as_of: Annotated[str | None, typer.Option(help="YYYY-MM-DD: labels end here (default today)")] = None,
-                population: Annotated[str | None, typer.Option(help="active or all (default: the settings')")] = None,
+                population: Annotated[Population | None, typer.Option(help="who is scored (default: the settings')")]
+                = None,
                 lookback: Annotated[int | None, typer.Option(min=1, max=730, help="look-back days (default: the "
                                                                                  "settings')")] = None,
                 as_json: Annotated[bool, typer.Option("--json", help="print the model row as JSON")] = False) -> None:
     """Train a candidate on rolling snapshots; promote it when it beats the current model on the same window."""
-    row = train_churn(cli_context(), as_of, population, lookback)
+    row = train_churn(cli_context(), as_of, population.value if population else None, lookback)
     if as_json:
         print(json.dumps(row.model_dump(), default=str))
     else:
@@ -108,14 +110,15 @@ def churn_score(as_json: Annotated[bool, typer.Option("--json", help="print the 
 def churn_evaluate(
     transactions: Annotated[Path, typer.Option(help="CSV, one row per order")],
     cutoff: Annotated[str, typer.Option(help="YYYY-MM-DD")],
-    horizon: Annotated[int, typer.Option(min=1, max=730)] = 90,
-    customer_col: Annotated[str, typer.Option()] = "customer_id",
-    time_col: Annotated[str, typer.Option()] = "ordered_at",
+    horizon: Annotated[int, typer.Option(min=1, max=730, help="days without an order that count as churned")] = 90,
+    customer_col: Annotated[str, typer.Option(help="the transactions file's customer column")] = "customer_id",
+    time_col: Annotated[str, typer.Option(help="the transactions file's order time column")] = "ordered_at",
     amount_col: Annotated[str, typer.Option(help="empty: no amounts")] = "amount",
-    population: Annotated[str, typer.Option(help="active (an order in the look-back) or all (an order in the "
-                                                 "two-year history)")] = "active",
+    population: Annotated[Population, typer.Option(help="active (an order in the look-back) or all (an order in the "
+                                                        "two-year history)")] = Population.active,
     lookback: Annotated[int, typer.Option(min=1, max=730, help="look-back days of the active population")] = 365,
-    policy: Annotated[str, typer.Option(help="flag policy: precision, capacity or value")] = "precision",
+    policy: Annotated[FlagPolicyName, typer.Option(help="who is flagged: precision, capacity or value")]
+    = FlagPolicyName.precision,
     target_precision: Annotated[float, typer.Option(min=0.01, max=1.0, help="precision policy's target")] = 0.75,
     capacity: Annotated[int, typer.Option(min=1, help="capacity policy: customers the team can treat")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
@@ -124,10 +127,7 @@ def churn_evaluate(
     from churn.evaluation import TransactionsError, evaluate_transactions, read_transactions
     from churn.policy import FlagPolicy
 
-    if population not in ("active", "all"):
-        raise CliError(f"--population must be active or all, not {population!r}")
-    if policy not in ("precision", "capacity", "value"):
-        raise CliError(f"--policy must be precision, capacity or value, not {policy!r}")
+    population, policy = population.value, policy.value
 
     if not transactions.is_file():
         raise CliError(f"no such file: {transactions}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,6 +51,7 @@ from kit.columnar import (
 )
 from kit.context import Context
 from kit.errors import InvalidInput, NotFound
+from kit.progress import PhaseTimings
 from segmentation.service import current_rule_set, customer_ids_where, default_as_of
 
 AUC_FLOOR = 0.70
@@ -256,10 +258,14 @@ def rollback(session: Session, ctx: Context, actor: str) -> ChurnModelVersion:
     return previous
 
 
+SCORING_PHASES = 5  # read and features, predict, compare, reasons, write: what `progress` hears
+
+
 def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = None, actor: str = "scheduler",
-                    shared: SharedFrames | None = None) -> dict[str, Any]:
+                    shared: SharedFrames | None = None, progress: Callable[[str], None] | None = None
+                    ) -> dict[str, Any]:
     """Score every active customer with the current model; write probability, flag, reasons and trend (`shared`:
-    the bulk frames an earlier step of the same job run read)."""
+    the bulk frames an earlier step of the same job run read; `progress` hears each finished phase)."""
     # A short session of its own, so this session's transaction starts after the columnar reads
     # (SQLite cannot write from a read snapshot older than a scan made on another connection).
     with Session(session.get_bind()) as lookup:
@@ -279,7 +285,7 @@ def score_customers(session: Session, ctx: Context, *, as_of: datetime | None = 
     # The population the model was trained on (older models: the active customers of the last 365 days).
     config = TrainingConfig(rule_sets=rule_sets, features=FeatureConfig(
         population=row.training.get("population", "active"), lookback_days=row.training.get("lookback_days", 365)))
-    timings, tick = {}, time.perf_counter()
+    timings, tick = PhaseTimings(progress), time.perf_counter()
     frame, source = _scoring_features(session, as_of, config, model.feature_names_, state_ready, shared)
     frame = add_bgnbd(frame, bgnbd, row.training["horizon_days"])
     timings["read_and_features_s"] = round(time.perf_counter() - tick, 3)

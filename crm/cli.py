@@ -11,7 +11,7 @@ from rich.table import Table
 
 from crm import auth, ingest, state
 from crm.models import Role
-from kit.cli import CliError, cli_context, console
+from kit.cli import CliError, DataFormat, choice, cli_context, console
 from kit.context import Context
 from kit.db import session_scope
 
@@ -21,6 +21,7 @@ app.add_typer(keys_app, name="keys")
 KIND_ALIASES = {"customers": "customers", "orders": "orders", "order-items": "order_items",
                 "order_items": "order_items", "items": "order_items", "events": "events"}
 IMPORT_ORDER = ("customers", "orders", "order_items", "events")
+ImportKind = choice("ImportKind", ("customers", "orders", "order-items", "events"))
 
 
 def import_file(ctx: Context, kind: str, path: Path, fmt: str | None, quiet: bool = False):
@@ -52,14 +53,12 @@ def print_import_job(job) -> None:
 
 @app.command("import")
 def import_(
-    kind: Annotated[str, typer.Argument(help="customers | orders | order-items | events")],
+    kind: Annotated[ImportKind, typer.Argument(help="what the file holds")],
     file: Annotated[Path, typer.Argument(help="CSV or NDJSON file")],
-    format: Annotated[str | None, typer.Option("--format", help="csv or ndjson (default: by extension)")] = None,
+    format: Annotated[DataFormat | None, typer.Option("--format", help="default: by the file's extension")] = None,
 ) -> None:
     """Import a file idempotently: good rows are kept, bad rows reported by number."""
-    if kind not in KIND_ALIASES:
-        raise CliError(f"unknown kind '{kind}': use customers, orders, order-items or events")
-    print_import_job(import_file(cli_context(), KIND_ALIASES[kind], file, format))
+    print_import_job(import_file(cli_context(), KIND_ALIASES[kind.value], file, format.value if format else None))
 
 
 @keys_app.command("create")

@@ -14,8 +14,8 @@ from crm.ingest import mark_interrupted_imports
 from crm.models import CustomerChange, Event
 from kit.columnar import read_frame
 from kit.context import Context
+from kit.idempotency import purge_expired
 from kit.jobs import Step, StepRun, prune_runs
-from kit.models import IdempotencyRecord
 
 
 def clean_core_data(session: Session, ctx: Context, run: StepRun) -> dict[str, Any]:
@@ -31,8 +31,7 @@ def clean_core_data(session: Session, ctx: Context, run: StepRun) -> dict[str, A
     state.refresh(session, ctx, state.touched_days(touched, "customer_id", "occurred_at").unique(), cause="retention")
     runs = prune_runs(session, now - timedelta(days=ctx.settings.job_run_retention_days))
     interrupted = mark_interrupted_imports(session, ctx)
-    keys = session.exec(delete(IdempotencyRecord).where(  # type: ignore[call-overload]
-        IdempotencyRecord.expires_at < now)).rowcount
+    keys = purge_expired(session, now)
     changes = session.exec(delete(CustomerChange).where(  # type: ignore[call-overload]
         CustomerChange.processed_at < now - timedelta(days=CHANGE_RETENTION_DAYS))).rowcount
     return {"events_deleted": events, "job_runs_deleted": runs, "imports_marked_interrupted": interrupted,

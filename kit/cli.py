@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from enum import StrEnum
 
 import typer
 from rich.console import Console
@@ -17,6 +20,59 @@ from kit.errors import DomainError
 from kit.settings import MissingSecretKey, get_settings, load_secret_key
 
 console = Console(soft_wrap=True)  # result lines stay whole, so scripts can grep them
+
+
+@contextmanager
+def phases(label: str, total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar over a command's phases with elapsed time and ETA; yields the callback each finished phase
+    calls (rich draws nothing when the output is not a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task(label, total=total, phase="")
+        yield lambda name: bar.update(task, advance=1, phase=name)
+
+
+def human_number(value: object, column: str = "") -> str:
+    """A cell for people: counts with thousands separators, money to the unit (two decimals when small),
+    shares and rates as percentages, other fractions to four significant digits; none as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if column.endswith(("share", "rate")) or column.startswith(("share", "rate", "retention")):
+        return f"{value:.1%}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1 or column.endswith(("total", "mean", "revenue", "cost", "clv", "spend")):
+        return f"{value:,.2f}"
+    return f"{value:.4g}"
+
+
+def seconds_text(timings: dict[str, float]) -> str:
+    """Phase timings for people: 'state 0.12 s, read 1.30 s'."""
+    return ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:,.2f} s" for k, v in timings.items()) or "none"
+
+
+def choice(name: str, values: Iterable[str]) -> type[StrEnum]:
+    """An Enum of option values, so the help lists them and Click refuses others with its usage line."""
+    return StrEnum(name, {value.replace("-", "_"): value for value in values})
+
+
+Population = choice("Population", ("active", "all"))
+GeneratorVariant = choice("GeneratorVariant", ("standard", "hard"))
+DataFormat = choice("DataFormat", ("csv", "ndjson"))
 
 
 class CliError(Exception):

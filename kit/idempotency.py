@@ -158,6 +158,11 @@ async def _answer(send, status: int, headers: list, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def purge_expired(session, now) -> int:
+    """Delete the records whose replay window has closed (the cleanup job); returns how many."""
+    return session.execute(delete(TABLE).where(TABLE.c.expires_at < now)).rowcount or 0
+
+
 def engine_store(engine, clock: Clock, ttl: timedelta) -> IdempotencyStore:
     """The store of a running service: its own committed transactions on the engine."""
     return IdempotencyStore(engine.begin, clock, ttl)

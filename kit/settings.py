@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     # /v1/health/ready wants a scheduler leader that beat within the takeover bound (no leader: no nightly jobs,
     # no sends); false keeps an API whose only problem is the scheduler in its load balancer's rotation.
     ready_requires_leader: bool = True
+    # How long each process may take to finish what it holds after SIGTERM (service managers wait this long, plus
+    # a margin, before SIGKILL): API requests in flight; the dispatcher's batch (within its lease, after which
+    # another worker may take the messages); the journey worker's pass; the scheduler's running job step (a step
+    # killed past it resumes on the next leader).
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_drain_seconds: float = Field(default=30.0, gt=0)
+    journeys_drain_seconds: float = Field(default=120.0, gt=0)
+    scheduler_drain_seconds: float = Field(default=600.0, gt=0)
     # Where the API workers, scheduler, dispatcher and journey worker write their Prometheus metrics for /v1/metrics
     # to add up (default <data dir>/metrics; every process of one deployment must share it).
     metrics_dir: Path | None = None
@@ -171,6 +179,11 @@ class Settings(BaseSettings):
             return self.database_url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.data_dir / 'crm.sqlite3'}"
+
+    def drain_seconds(self) -> dict[str, float]:
+        """Each long-running process's drain time after SIGTERM (the deployment files' stop timeouts follow)."""
+        return {"api": self.api_drain_seconds, "dispatcher": self.dispatch_lease_seconds,
+                "journeys": self.journeys_drain_seconds, "scheduler": self.scheduler_drain_seconds}
 
     def metrics_directory(self) -> Path:
         """The shared Prometheus multiprocess directory."""

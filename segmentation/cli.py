@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kit.cli import cli_context, console, day_start
+from kit.cli import cli_context, console, day_start, phases, seconds_text
 from kit.context import Context
 from kit.db import session_scope
 from segmentation import service as segmentation
@@ -17,9 +17,9 @@ app = typer.Typer(help="Segmentation: RFM tiers, layers, tags.", no_args_is_help
 
 
 def run_segmentation(ctx: Context, as_of: str | None) -> dict:
-    """Segment as of a day (or now) and return the run's summary."""
-    with session_scope(ctx.engine) as session:
-        run = segmentation.run_segmentation(session, ctx, day_start(as_of, "--as-of"))
+    """Segment as of a day (or now), with a progress bar over its phases, and return the run's summary."""
+    with phases("segmenting", segmentation.SEGMENTATION_PHASES) as done, session_scope(ctx.engine) as session:
+        run = segmentation.run_segmentation(session, ctx, day_start(as_of, "--as-of"), progress=done)
         return segmentation.summary_of(run)
 
 
@@ -37,7 +37,7 @@ def print_segment_summary(summary: dict) -> None:
     moves = summary["moves_since_previous_run"]
     console.print(f"moves this run: tier {sum(moves['tier'].values()):,}, layer {sum(moves['layer'].values()):,}, "
                   f"tags +{sum(moves['tags_added'].values()):,} -{sum(moves['tags_removed'].values()):,}; "
-                  f"state rows written {moves['state_rows_written']:,}; timings {summary['timings']}")
+                  f"state rows written {moves['state_rows_written']:,}; took {seconds_text(summary['timings'])}")
 
 
 @app.command("run")

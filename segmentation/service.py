@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -33,6 +34,7 @@ from kit.columnar import (
 )
 from kit.context import Context
 from kit.errors import InvalidInput, NotFound
+from kit.progress import PhaseTimings
 from segmentation.defaults import DEFAULTS
 from segmentation.hysteresis import STATE_SCHEMA, settle
 from segmentation.metrics import METRICS, MetricParams, metrics_from_state, rfm_cell
@@ -233,13 +235,16 @@ def bring_state_to(session: Session, ctx: Context, as_of: datetime, params: Metr
     return done
 
 
+SEGMENTATION_PHASES = 6  # state, read, metrics, rules, write, value steps: what `progress` hears
+
+
 def run_segmentation(session: Session, ctx: Context, as_of: datetime | None = None, *,
-                     shared: SharedFrames | None = None) -> SegmentRun:
+                     shared: SharedFrames | None = None, progress: Callable[[str], None] | None = None) -> SegmentRun:
     """Compute tiers, layers, RFM scores and tags as of a moment and write only what changed (`shared`: bulk
-    frames a job run keeps for its later steps)."""
+    frames a job run keeps for its later steps; `progress` hears each finished phase)."""
     started = ctx.clock.now()
     as_of = as_of or default_as_of(started)
-    timings: dict[str, float] = {}
+    timings = PhaseTimings(progress)
     tick = time.perf_counter()
     # Rule sets come through a short session of their own so that this session starts its transaction
     # only after the bulk reads: on SQLite a read snapshot older than the DuckDB scan could not write.

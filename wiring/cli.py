@@ -18,16 +18,29 @@ from campaigns.cli import print_campaign_reports
 from churn import cli as churn_cli
 from crm import cli as crm_cli
 from kit import metrics
-from kit.cli import CliError, cli_context, console, parse_day, parse_instant, run_cli
+from kit.cli import (
+    CliError,
+    GeneratorVariant,
+    choice,
+    cli_context,
+    console,
+    human_number,
+    parse_day,
+    parse_instant,
+    phases,
+    run_cli,
+)
 from kit.db import session_scope
 from kit.logs import configure_logging, uvicorn_log_config
 from kit.migrations import upgrade_to_head
+from kit.settings import get_settings
 from segmentation import cli as segmentation_cli
 from wiring import __version__
 from wiring.demo import demo
-from wiring.generator import GeneratorConfig, write_dataset
+from wiring.generator import DATASET_PHASES, GeneratorConfig, write_dataset
 from wiring.pipeline import print_pipeline_summary, print_steps, run_job_in_foreground
 
+LabChannel = choice("LabChannel", ("sms", "email", "push", "phone"))
 app = typer.Typer(help="CRM and customer-retention automation.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(crm_cli.app)  # `crm import`, `crm keys …`
@@ -79,22 +92,23 @@ def init() -> None:
 @app.command()
 def generate(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("var/generated"),
-    customers: Annotated[int, typer.Option(min=1)] = 20_000,
-    seed: Annotated[int, typer.Option()] = 42,
+    customers: Annotated[int, typer.Option(min=1, help="how many customers the shop has")] = 20_000,
+    seed: Annotated[int, typer.Option(help="random seed: the same seed makes the same shop")] = 42,
     end: Annotated[str | None, typer.Option(help="last day of history, YYYY-MM-DD (default: today, UTC)")] = None,
     bad_rows: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of deliberately bad rows")] = 0.0,
-    variant: Annotated[str, typer.Option(help="standard, or hard: drifting rates, strong seasons, promotions "
-                                              "that pull orders forward, customers back after long gaps")
-                       ] = "standard",
+    variant: Annotated[GeneratorVariant, typer.Option(help="standard, or hard: drifting rates, strong seasons, "
+                                                           "promotions that pull orders forward, customers back "
+                                                           "after long gaps")] = GeneratorVariant.standard,
 ) -> None:
     """Write realistic customers, orders, order items and events as CSV (deterministic per seed and end)."""
     try:
-        config = GeneratorConfig.variant(variant, customers=customers, seed=seed, end=parse_day(end),
+        config = GeneratorConfig.variant(variant.value, customers=customers, seed=seed, end=parse_day(end),
                                          bad_rows=bad_rows)
     except ValueError as problem:
         raise CliError(str(problem)) from problem
     started = time.perf_counter()
-    counts = write_dataset(config, out)
+    with phases("generating", DATASET_PHASES) as done:
+        counts = write_dataset(config, out, done)
     elapsed = time.perf_counter() - started
     console.print(", ".join(f"{k}: {v:,}" for k, v in counts.items()) + f" -> {out} in {elapsed:.1f}s")
 
@@ -103,6 +117,7 @@ def generate(
 def scheduler() -> None:
     """Run the scheduler: the leader runs the jobs, others stand by to take over; SIGTERM finishes the running
     job and exits."""
+    import logging
     import signal
     import threading
 
@@ -117,19 +132,20 @@ def scheduler() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     service = SchedulerService(ctx, registry, stop=stop)
+    log = logging.getLogger("crm.scheduler")
     for job in service.jobs:
-        console.print(f"{job.name}: {job.schedule.describe()} — {job.description}")
-    console.print(f"scheduler {instance_name()} starting (leader or standby; takeover within "
-                  f"{ctx.settings.scheduler_takeover_seconds:g}s)")
+        log.info("job %s: %s — %s", job.name, job.schedule.describe(), job.description, extra={"job": job.name})
+    log.info("scheduler %s starting (leader or standby; takeover within %gs)", instance_name(),
+             ctx.settings.scheduler_takeover_seconds)
     service.run()
-    console.print("scheduler stopped")
+    log.info("scheduler stopped")
 
 
 @pipeline_app.command("run")
 def pipeline_run(
     on: Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD occurrence (default today)")] = None,
     force: Annotated[bool, typer.Option("--force", help="rerun steps that already succeeded")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False,
 ) -> None:
     """Run the daily pipeline once in the foreground: segment, score, uplift, plan, dispatch, attribute."""
     ctx = cli_context()
@@ -165,7 +181,7 @@ def jobs_list() -> None:
 def jobs_run(name: str,
              occurrence: Annotated[str | None, typer.Option(help="default: the current occurrence")] = None,
              force: Annotated[bool, typer.Option("--force", help="rerun steps that already succeeded")] = False,
-             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+             as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False) -> None:
     """Run one job now, in the foreground (finished steps of the occurrence are skipped)."""
     outcome = run_job_in_foreground(cli_context(), name, occurrence, force)
     print(json.dumps(outcome.as_dict(), default=str, ensure_ascii=False)) if as_json else print_steps(outcome)
@@ -208,16 +224,19 @@ def _print_report_table(name: str, result: dict) -> None:
         console.print(f"{name}: nothing to report yet")
         return
     columns = list(dict.fromkeys(c for row in rows for c in row))
-    table = Table(*columns, title=name)
+    table = Table(title=name)
+    for column in columns:  # headers in words, never cut; numbers right-aligned
+        numeric = all(isinstance(row.get(column), int | float) for row in rows if row.get(column) is not None)
+        table.add_column(column.replace("_", " "), justify="right" if numeric else "left", overflow="fold")
     for row in rows:
-        table.add_row(*(f"{v:,.4g}" if isinstance(v, float) else str(v if v is not None else "–")
-                        for v in (row.get(c) for c in columns)))
+        table.add_row(*(human_number(row.get(c), c) for c in columns))
     console.print(table)
 
 
 @app.command()
 def serve(host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+          port: Annotated[int | None, typer.Option(min=1, max=65535, help="TCP port (default CRM_API_PORT, 8000)")]
+          = None,
           workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes (metrics add up across them)")]
           = 1) -> None:
     """Run the API (OpenAPI docs at /docs)."""
@@ -227,24 +246,76 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0:
 
     ctx = cli_context()  # fail early with a clear message when no key is configured
     metrics.configure(ctx.settings.metrics_directory())
+    port = port or ctx.settings.api_port
     # Uvicorn drains in-flight requests on SIGTERM, then raises the signal again with the handler found at start:
     # this one turns that into a clean exit status 0 instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # The access log drops query strings: a lookup's parameters (contact data, say) never reach a log line.
     proxies = ctx.settings.forwarded_allow_ips
     uvicorn.run("wiring.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_config=uvicorn_log_config(), access_log=False, proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+                log_config=uvicorn_log_config(), access_log=False, timeout_graceful_shutdown=int(
+                    ctx.settings.api_drain_seconds), proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+
+
+health_app = typer.Typer(help="Health checks for service managers (exit 0: healthy; else one line saying why).",
+                         no_args_is_help=True)
+app.add_typer(health_app, name="health")
+
+
+@health_app.command("api")
+def health_api(port: Annotated[int | None, typer.Option(min=1, max=65535, help="the local API's port (default "
+                                                                              "CRM_API_PORT)")] = None) -> None:
+    """The API on this host answers /v1/health/live (the API container's check)."""
+    import httpx
+
+    ctx_port = port or get_settings().api_port
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{ctx_port}/v1/health/live", timeout=3)
+    except httpx.HTTPError as failure:
+        raise CliError(f"the API on port {ctx_port} does not answer: {type(failure).__name__}") from None
+    if answer.status_code != 200:
+        raise CliError(f"the API on port {ctx_port} answered {answer.status_code}")
+    console.print("api: live")
+
+
+@health_app.command("database")
+def health_database() -> None:
+    """The database answers and its schema is at the code's migration head (the workers' check)."""
+    from kit.migrations import current_revision, head_revision
+
+    ctx = cli_context()
+    try:
+        with ctx.engine.connect() as connection:
+            revision = current_revision(connection)
+    except Exception as failure:  # noqa: BLE001 - any failure to reach the database is the answer
+        raise CliError(f"the database does not answer: {type(failure).__name__}") from None
+    if revision != head_revision():
+        raise CliError(f"the database is at migration {revision}, the code needs {head_revision()}: run crm migrate")
+    console.print(f"database: at {revision}")
+
+
+@health_app.command("scheduler")
+def health_scheduler() -> None:
+    """A scheduler leader beat within the takeover bound (the scheduler's check: some instance leads)."""
+    from kit.jobs import scheduler_health
+
+    ctx = cli_context()
+    with session_scope(ctx.engine) as session:
+        found = scheduler_health(session, ctx)
+    if not found["running"]:
+        raise CliError(f"no scheduler leader beat in the last {ctx.settings.scheduler_takeover_seconds:g} s")
+    console.print(f"scheduler: {found['leader']} leads; standbys: {', '.join(found['standbys']) or 'none'}")
 
 
 @campaigns_cli.uplift_app.command("evaluate")
 def uplift_evaluate(
     customers: Annotated[int, typer.Option(min=2000, help="generated customers")] = 20_000,
-    seed: Annotated[int, typer.Option()] = 3,
-    variant: Annotated[str, typer.Option(help="generator variant: standard or hard")] = "standard",
-    channel: Annotated[str, typer.Option(help="the simulated campaign's channel: sms, email, push or phone")] = "sms",
+    seed: Annotated[int, typer.Option(help="random seed of the generated shop and the split")] = 3,
+    variant: Annotated[GeneratorVariant, typer.Option(help="generator variant")] = GeneratorVariant.standard,
+    channel: Annotated[LabChannel, typer.Option(help="the simulated campaign's channel")] = LabChannel.sms,
     offer: Annotated[bool, typer.Option("--offer/--no-offer", help="whether it carries a coupon")] = True,
     share: Annotated[float, typer.Option(min=0.01, max=1.0, help="share of customers each ranking targets")] = 0.3,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of text")] = False,
 ) -> None:
     """On a generated shop with a known per-customer effect: one past campaign with a random holdout, the uplift
     model fitted on its arms, and targeting by uplift vs by churn risk vs at random on held-out members."""
@@ -252,8 +323,7 @@ def uplift_evaluate(
 
     from wiring.uplift_lab import LabConfig, run_lab
 
-    if channel not in ("sms", "email", "push", "phone"):
-        raise CliError(f"channel: {channel!r} is not one of sms, email, push, phone")
+    variant, channel = variant.value, channel.value
     try:
         config = GeneratorConfig.variant(variant, customers=customers, seed=seed, end=date(2026, 11, 1))
     except ValueError as problem:

@@ -27,9 +27,10 @@ from wiring.pipeline import print_pipeline_summary, run_job_in_foreground
 
 
 def demo(
-    customers: Annotated[int, typer.Option(min=100)] = 20_000,
-    seed: Annotated[int, typer.Option()] = 42,
-    bad_rows: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.002,
+    customers: Annotated[int, typer.Option(min=100, help="how many customers the demo shop has")] = 20_000,
+    seed: Annotated[int, typer.Option(help="random seed: the same seed makes the same shop")] = 42,
+    bad_rows: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of deliberately bad import rows, to "
+                                                                   "show how they are reported")] = 0.002,
     true_uplift: Annotated[float, typer.Option(min=0.0, max=0.5, help="simulated effect of a message on buying "
                                                                       "within the window")] = 0.03,
     baseline: Annotated[float, typer.Option(min=0.0, max=0.5, help="simulated chance of buying anyway")] = 0.05,

@@ -10,6 +10,7 @@ events precede purchases and fade before a customer churns.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -87,14 +88,16 @@ class ShopData:
     order_items: pl.DataFrame
     events: pl.DataFrame
 
-    def write(self, out: Path) -> dict[str, int]:
-        """Write CSV files the importer reads; returns row counts per file."""
+    def write(self, out: Path, progress: Callable[[str], None] | None = None) -> dict[str, int]:
+        """Write CSV files the importer reads; returns row counts per file (`progress` hears each file)."""
         out.mkdir(parents=True, exist_ok=True)
         counts = {}
         for name in ("customers", "orders", "order_items", "events"):
             frame: pl.DataFrame = getattr(self, name)
             frame.write_csv(out / f"{name}.csv", datetime_format="%Y-%m-%dT%H:%M:%SZ")
             counts[name] = len(frame)
+            if progress is not None:
+                progress(f"{name}.csv")
         return counts
 
 
@@ -418,9 +421,16 @@ def _inject_bad_rows(rng: np.random.Generator, data: ShopData, share: float) -> 
     data.events = corrupt(data.events, {"occurred_at": "yesterday-ish"})
 
 
-def write_dataset(config: GeneratorConfig, out: Path) -> dict[str, int]:
-    """Generate and write the CSV files plus a manifest; returns the row counts."""
-    counts = generate(config).write(out)
+DATASET_PHASES = 5  # generate, then the four files
+
+
+def write_dataset(config: GeneratorConfig, out: Path, progress: Callable[[str], None] | None = None
+                  ) -> dict[str, int]:
+    """Generate and write the CSV files plus a manifest; returns the row counts (`progress` hears each phase)."""
+    shop = generate(config)
+    if progress is not None:
+        progress("generated")
+    counts = shop.write(out, progress)
     manifest = {"seed": config.seed, "customers": config.customers, "end": config.end.isoformat(),
                 "bad_rows": config.bad_rows, "rows": counts, "generated_by": "crm generate"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -30,6 +30,7 @@ from typing import Any
 
 import polars as pl
 from sqlalchemy import and_, bindparam, func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from campaigns.authoring import rendering
@@ -565,14 +566,22 @@ def serve(ctx: Context, senders: dict[str, Sender], *, once: bool, stop: threadi
     total = BatchReport()
     try:
         while not stop.is_set():
-            total.merge(dispatcher.reconcile())
-            batches = 0
-            while not stop.is_set() and (max_batches is None or batches < max_batches):
-                report = dispatcher.run_batch()
-                total.merge(report)
-                batches += 1
-                if not report.counts.get("claimed"):
-                    break
+            try:
+                total.merge(dispatcher.reconcile())
+                batches = 0
+                while not stop.is_set() and (max_batches is None or batches < max_batches):
+                    report = dispatcher.run_batch()
+                    total.merge(report)
+                    batches += 1
+                    if not report.counts.get("claimed"):
+                        break
+            except OperationalError as busy:
+                # The database went away or stayed busy past the timeout: what was claimed stays leased and is
+                # reconciled on the next pass (sent or not, never twice); a one-off pass reports it.
+                if once:
+                    raise
+                log.warning("dispatch pass interrupted, retrying: %s", str(busy.orig).splitlines()[0][:200])
+                total.add("retried_passes")
             if once:
                 break
             stop.wait(ctx.settings.dispatch_poll_seconds)

@@ -9,6 +9,7 @@ at any moment leaves either all of a pass or none of it, and another worker take
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import polars as pl
 from sqlalchemy import func, text
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from campaigns.authoring.spec import CampaignSpec, ChannelStep, Schedule
@@ -56,6 +58,8 @@ from kit.db import is_postgres, session_scope
 from kit.locks import lock_for_transaction
 from kit.timezones import local_date_of
 from segmentation.service import segments_frame, set_journey_tags, tags_frame
+
+log = logging.getLogger(__name__)
 
 LIVE = ("pending", "active")
 ENDED = ("holdout", "converted", "completed", "exited", "cancelled")
@@ -533,8 +537,16 @@ def serve(ctx: Context, *, once: bool, stop: Any, poll_seconds: float = 1.0, bat
     last_dates: datetime | None = None
     while not stop.is_set():
         dates = last_dates is None or ctx.clock.now() - last_dates >= dates_every
-        with session_scope(ctx.engine) as session:
-            result = run_once(session, ctx, dates=dates, due_limit=batch, activity_limit=max(batch, 100))
+        try:
+            with session_scope(ctx.engine) as session:
+                result = run_once(session, ctx, dates=dates, due_limit=batch, activity_limit=max(batch, 100))
+        except OperationalError as busy:
+            # The database is down, or (SQLite) another process held its one writer past the busy timeout: the
+            # pass rolled back whole (nothing half done); wait and run it again rather than exit.
+            log.warning("journey pass rolled back, retrying: %s", str(busy.orig).splitlines()[0][:200])
+            totals["retried"] = totals.get("retried", 0) + 1
+            stop.wait(poll_seconds)
+            continue
         last_dates = ctx.clock.now() if dates else last_dates
         totals["passes"] += 1
         totals["enrolled"] += result["entry"]["enrolled"] + result["entry"]["dates"]

@@ -64,7 +64,6 @@ def test_user_errors_are_one_line_and_non_zero(scratch_url, tmp_path):
     _crm(["migrate"], env)
     cases = [
         ["import", "orders", str(tmp_path / "missing.csv")],
-        ["import", "widgets", str(tmp_path / "missing.csv")],
         ["generate", "--end", "yesterday", "--out", str(tmp_path / "x")],
     ]
     (tmp_path / "bad.csv").write_text("external_id,amount_paid\nO1,5\n")
@@ -91,7 +90,8 @@ def test_version_and_usage_errors_in_clicks_own_form(scratch_url, tmp_path):
     version = _crm(["--version"], env)
     assert version.returncode == 0 and version.stdout.strip() == f"crm {__version__}"
     for args, usage in ((["keys", "create"], "Usage: crm keys create"), (["nosuch"], "Usage: crm [OPTIONS]"),
-                        (["keys", "create", "--role", "root", "--name", "x"], "'root' is not one of")):
+                        (["keys", "create", "--role", "root", "--name", "x"], "'root' is not one of"),
+                        (["import", "widgets", "x.csv"], "'widgets' is not one of")):
         result = _crm(args, env)
         assert result.returncode == 2, (args, result.returncode)
         assert usage in result.stderr and "--help" in result.stderr and "Traceback" not in result.stderr, args
@@ -104,3 +104,41 @@ def test_debug_shows_the_traceback_an_unexpected_error_otherwise_hides(tmp_path)
     loud = _crm(["--debug", "migrate"], env)
     assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
     assert "Traceback (most recent call last)" in _crm(["migrate"], env | {"CRM_DEBUG": "1"}).stderr
+
+
+def test_every_option_explains_itself_and_choices_are_listed():
+    from enum import Enum
+
+    from typer.main import get_command
+
+    from crm.models import Role
+    from wiring.cli import app
+
+    missing, choices = [], {}
+
+    def walk(command, path):
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help" and not param.help:
+                missing.append(f"{path} --{param.name}")
+            annotation = param.type_descriptor.annotation
+            if isinstance(annotation, type) and issubclass(annotation, Enum):
+                choices[f"{path} {param.name}"] = [member.value for member in annotation]
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(get_command(app), "crm")
+    assert not missing, missing
+    assert choices["crm keys create role"] == [role.value for role in Role]
+    assert choices["crm import kind"] == ["customers", "orders", "order-items", "events"]
+    assert choices["crm churn evaluate policy"] == ["precision", "capacity", "value"]
+
+
+def test_report_cells_are_formatted_for_people():
+    from kit.cli import human_number
+
+    assert human_number(6458123.4, "historical_total") == "6,458,123"
+    assert human_number(492.083, "historical_mean") == "492.08"
+    assert human_number(1262, "customers") == "1,262"
+    assert human_number(0.4444, "retention_30d") == "44.4%" and human_number(0.0632, "share") == "6.3%"
+    assert human_number(0.000123, "p_value") == "0.000123" and human_number(None) == "–"
+    assert human_number(True) == "True" and human_number("VIP") == "VIP"
