@@ -164,7 +164,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 API_PREFIX = "/v1"
-UNVERSIONED = ("/console", "/docs")  # the console's pages and the API's docs are for people, not integrators
+UNVERSIONED = ("/console", "/docs", "/redoc")  # the console's pages and the API's docs are for people, not integrators
 
 
 def _version_routes(app: FastAPI) -> None:
@@ -227,15 +227,25 @@ def create_app(ctx: Context | None = None) -> FastAPI:
 
 
 SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+REDOC_FILE = "redoc.standalone.js"
 
 
 def _install_local_docs(app: FastAPI) -> None:
-    """Swagger UI served by the app itself (FastAPI's default loads it from a CDN: blank offline, and a third party
-    sees who reads the docs)."""
-    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    """Swagger UI and ReDoc served by the app itself (FastAPI's default loads them from a CDN: blank offline, and a
+    third party sees who reads the docs)."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
     from swagger_ui_bundle import swagger_ui_path
 
     root = Path(swagger_ui_path)
+    redoc = Path(str(files("fastapi_offline") / "static" / REDOC_FILE))
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc_page() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} — API",
+                              redoc_js_url=f"/docs/static/{REDOC_FILE}", redoc_favicon_url="data:,",
+                              with_google_fonts=False)
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -250,6 +260,8 @@ def _install_local_docs(app: FastAPI) -> None:
 
     @app.get("/docs/static/{file}", include_in_schema=False)
     def docs_static(file: str) -> Response:
+        if file == REDOC_FILE:
+            return FileResponse(redoc, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
         if file not in SWAGGER_FILES:
             return Response(status_code=404)
         return FileResponse(root / file, media_type=SWAGGER_FILES[file], headers={"Cache-Control": "max-age=86400"})

@@ -75,12 +75,16 @@ def build(name: str, session: Session, ctx: Context, *, since: datetime | None =
     return report.build(session, ctx, **options)
 
 
+MIN_TOLERATED_ERROR = 1e-4
+
+
 def sample_size(baseline: float, tolerated_error: float, confidence: float = 0.95) -> dict[str, Any]:
     """The seed's rule n = z²·p(1−p)/E² per arm, with its inputs."""
     if not 0 < baseline < 1:
         raise InvalidInput("baseline: must be between 0 and 1", errors=[{"field": "baseline", "reason": "not in (0, 1)"}])
-    if not 0 < tolerated_error < 1:
-        raise InvalidInput("error: must be between 0 and 1", errors=[{"field": "error", "reason": "not in (0, 1)"}])
+    if not MIN_TOLERATED_ERROR <= tolerated_error < 1:  # below it E² underflows and no test could reach the size
+        raise InvalidInput(f"error: must be in [{MIN_TOLERATED_ERROR}, 1)",
+                           errors=[{"field": "error", "reason": f"not in [{MIN_TOLERATED_ERROR}, 1)"}])
     if not 0.5 <= confidence < 1:
         raise InvalidInput("confidence: must be in [0.5, 1)",
                            errors=[{"field": "confidence", "reason": "not in [0.5, 1)"}])

@@ -40,7 +40,8 @@ def get_reports(page: PageDep, _: Principal = Depends(require(*READERS))) -> dic
 
 @router.get("/reports/sample-size", response_model=SampleSize)
 def get_sample_size(baseline: Annotated[float, Query(gt=0, lt=1, description="p: expected conversion rate")],
-                    error: Annotated[float, Query(gt=0, lt=1, description="E: tolerated error on the rate")],
+                    error: Annotated[float, Query(ge=report_catalog.MIN_TOLERATED_ERROR, lt=1,
+                                                  description="E: tolerated error on the rate")],
                     confidence: Annotated[float, Query(ge=0.5, lt=1)] = 0.95,
                     _: Principal = Depends(require(*READERS))) -> dict[str, Any]:
     """Members each A/B arm needs: n = z²·p(1−p)/E²."""

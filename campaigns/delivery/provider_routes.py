@@ -53,7 +53,7 @@ SENDGRID_BODY = http.raw_body_doc(
 
 
 @twilio_routes.post("/webhooks/twilio/status", tags=["webhooks"], response_model=TwilioStatusResult,
-                    openapi_extra=TWILIO_STATUS_BODY)
+                    response_model_exclude_unset=True, openapi_extra=TWILIO_STATUS_BODY)
 async def twilio_status(request: Request, session: SessionDep, ctx: ContextDep,
                         message_id: Annotated[str | None, Query(max_length=40, description="ours, set on the "
                                                                 "callback URL when the message was sent")] = None

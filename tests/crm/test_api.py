@@ -302,5 +302,9 @@ def test_the_api_docs_work_offline(client):
     assert "cdn." not in page.text and "https://" not in page.text.split("<body>")[0]
     script = client.get("/docs/static/swagger-ui-bundle.js")
     assert script.status_code == 200 and "SwaggerUIBundle" in script.text
-    assert client.get("/docs/static/swagger-initializer.js").status_code == 404  # only what /docs needs
-    assert client.get("/redoc").status_code == 404  # ReDoc would come from a CDN too
+    assert client.get("/docs/static/swagger-initializer.js").status_code == 404  # only what the pages need
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "/docs/static/redoc.standalone.js" in redoc.text
+    assert "https://" not in redoc.text  # neither the script nor Google's fonts from elsewhere
+    bundle = client.get("/docs/static/redoc.standalone.js")
+    assert bundle.status_code == 200 and "Redoc" in bundle.text[:200_000] and len(bundle.content) > 500_000

@@ -20,7 +20,7 @@ from crm.models import Role
 from kit.db import session_scope
 from tests.conftest import cli_env
 from tests.support.chaos import free_port
-from tests.support.dispatch_support import build_shop, fake_env, fake_settings
+from tests.support.dispatch_support import PHONES, build_shop, fake_env, fake_settings
 
 BASE = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # noon in Shanghai: no quiet hours in the way
 CRM = [sys.executable, "-m", "wiring.cli"]
@@ -68,6 +68,8 @@ def test_metrics_add_up_across_workers_and_processes(scratch_url, tmp_path, fake
         sent = subprocess.run([*CRM, "dispatch", "run", "--once", "--now", BASE.isoformat()], env=env,
                               capture_output=True, text=True, timeout=180)
         assert sent.returncode == 0, sent.stderr
+        for phone in (PHONES[i] for i in range(1, 6)):  # the dispatcher's whole output names no recipient
+            assert phone not in sent.stdout + sent.stderr and phone.lstrip("+") not in sent.stdout + sent.stderr
         after = _samples(httpx.get(f"{base}/v1/metrics", headers=headers, timeout=5).text)
         assert _value(after, "crm_sends_total", channel="sms", provider="twilio") == 5.0  # the dispatcher's count
         assert _value(after, "crm_outbox_messages", status="planned", channel="sms") == 0.0

@@ -11,7 +11,7 @@ from kit.errors import PROBLEM_JSON
 from tests.wiring.test_role_matrix import SAMPLE_PARAMS, _walk
 from wiring.contract import api_routes, declared_query_names, error_statuses, roles_of
 
-PEOPLE_PAGES = ("/console", "/docs")  # pages for people, not the versioned contract
+PEOPLE_PAGES = ("/console", "/docs", "/redoc")  # pages for people, not the versioned contract
 
 
 def test_every_api_route_is_under_v1(app):

@@ -23,6 +23,7 @@ EXPECTED: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/v1/health/ready"): PROBE,
     ("GET", "/v1/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
+    ("GET", "/redoc"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/docs/static/{file}"): PUBLIC,
     ("GET", "/v1/metrics"): {Role.admin, Role.scheduler},
