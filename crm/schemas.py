@@ -103,6 +103,22 @@ class OrderRead(BaseModel):
     coupon_code: str | None
 
 
+class RowError(BaseModel):
+    """One bad row of an import: its number (1 = the first data row), the field ('' for the row as a whole) and
+    the reason."""
+
+    row: int | None
+    field: str = ""
+    reason: str
+
+
+class FieldError(BaseModel):
+    """One field at fault in an item of a batch."""
+
+    field: str
+    reason: str
+
+
 class ImportJobRead(BaseModel):
     """An import's outcome: counts and the first errors by row number."""
 
@@ -119,7 +135,7 @@ class ImportJobRead(BaseModel):
     rows_unchanged: int
     rows_failed: int
     batches_committed: int
-    errors: list[dict[str, Any]]
+    errors: list[RowError] = Field(description="the first bad rows (up to 1,000), each with field and reason")
     message: str | None
 
 
@@ -198,7 +214,7 @@ class ItemOutcome(BaseModel):
 
     index: int = Field(description="the item's position in the batch, from 0")
     status: Literal["accepted", "rejected"]
-    errors: list[dict[str, Any]] | None = Field(default=None, description="each field at fault, with its reason")
+    errors: list[FieldError] | None = Field(default=None, description="each field at fault, with its reason")
 
 
 class IngestResult(BaseModel):
