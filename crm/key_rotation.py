@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -74,27 +74,27 @@ def rotate(ctx: Context, *, batch: int = 1000, progress: Callable[[int, int], No
 def _rotate_batch(ctx: Context, after: int, batch: int) -> tuple[int, int, int | None]:
     """One transaction: up to `batch` customers after id `after` moved to the current key; (rotated, changed
     meanwhile, last id seen or None when none was left)."""
-    rotated = skipped = 0
     with session_scope(ctx.engine) as session:
         rows = session.execute(
-                select(Customer.id, *[_ciphertext(f) for f in CONTACT_FIELDS])
+            select(Customer.id, *[_ciphertext(f) for f in CONTACT_FIELDS])
             .where(_on_other_key(ctx), Customer.id > after).order_by(Customer.id).limit(batch)).all()
         if not rows:
             return 0, 0, None
+        params = []
         for row in rows:
-            old = dict(zip(CONTACT_FIELDS, row[1:], strict=True))
-            values: dict[str, Any] = {}
-            for field, ciphertext in old.items():
+            values: dict[str, Any] = {"cid": row[0]}
+            for field, ciphertext in zip(CONTACT_FIELDS, row[1:], strict=True):
                 plaintext = ctx.cipher.decrypt(ciphertext)
-                values[f"{field}_ciphertext"] = ctx.cipher.encrypt(plaintext)
                 searchable = name_search_key(plaintext) if field == "name" else plaintext
-                values[f"{field}_hash"] = ctx.cipher.blind_index(searchable)
-            unchanged = [_ciphertext(f).is_not_distinct_from(old[f]) for f in CONTACT_FIELDS]
-            written = session.execute(update(Customer).where(Customer.id == row[0], *unchanged).values(**values))
-            if written.rowcount:
-                rotated += 1
-            else:
-                skipped += 1  # written meanwhile, under the current key
+                values |= {f"old_{field}": ciphertext, f"new_{field}_ciphertext": ctx.cipher.encrypt(plaintext),
+                           f"new_{field}_hash": ctx.cipher.blind_index(searchable)}
+            params.append(values)
+        # One statement for the batch; each row only if its contact columns are still what was read.
+        unchanged = [_ciphertext(f).is_not_distinct_from(bindparam(f"old_{f}")) for f in CONTACT_FIELDS]
+        statement = update(Customer).where(Customer.id == bindparam("cid"), *unchanged).values(
+            {f"{f}_{part}": bindparam(f"new_{f}_{part}") for f in CONTACT_FIELDS for part in ("ciphertext", "hash")})
+        written = session.connection().execute(statement, params).rowcount
+        rotated, skipped = written, len(params) - written  # the others were written meanwhile, under the current key
         return rotated, skipped, rows[-1][0]
 
 
