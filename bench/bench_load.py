@@ -6,7 +6,7 @@ Uses the PostgreSQL database bench/bench_segmentation.py loads (run it, bench_ch
 so profiles have tiers, churn scores and contact history). Starts `crm serve` with N uvicorn worker processes, then a
 load generator in a second process on loopback: an open loop that sends request i at t0 + i/rate whatever the
 server's pace (latency counts from that scheduled moment, so a slow server cannot hide its queue), half profile
-lookups (`GET /customers/{id}/profile`) and half searches (`POST /customers/search` by email or phone, exact match through
+lookups (`GET /v1/customers/{id}/profile`) and half searches (`POST /v1/customers/search` by email or phone, exact match through
 the keyed hashes), every request with a 5 s timeout and the whole run under a hard deadline. Customers, emails and
 phones are drawn from the generator's own customers.csv. Writes bench/results/load.json (one entry per
 workers and rate, so several runs draw the latency curve).

@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from crm import auth, ingest, state
@@ -32,7 +39,8 @@ def import_file(ctx: Context, kind: str, path: Path, fmt: str | None, quiet: boo
     total = path.stat().st_size
     with session_scope(ctx.engine) as session, Progress(
         TextColumn(f"[bold]{kind}[/bold]"), BarColumn(), TextColumn("{task.fields[rows]:>12,} rows"),
-        TransferSpeedColumn(), TimeElapsedColumn(), console=console, disable=quiet, transient=quiet,
+        TransferSpeedColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+        disable=quiet, transient=quiet,
     ) as progress:
         task = progress.add_task(kind, total=total, rows=0)
         job = ingest.run_import(
@@ -125,7 +133,7 @@ def secrets_rotate(batch: Annotated[int, typer.Option(min=10, max=50_000, help="
                    ) -> None:
     """Re-encrypt every customer's contact data under CRM_SECRET_KEY, in batches, while the service runs (set the
     old key in CRM_SECRET_KEY_PREVIOUS first; drop it when this reports nothing pending)."""
-    from rich.progress import MofNCompleteColumn, TimeRemainingColumn
+    from rich.progress import MofNCompleteColumn
 
     from crm import key_rotation
 
