@@ -148,6 +148,9 @@ def test_journey_workers_and_dispatchers_killed_at_random_moments_lose_and_repea
                               (NOW + timedelta(hours=3)).isoformat()], env=env, capture_output=True, text=True,
                              timeout=300)
     assert drained.returncode == 0, drained.stderr
+    output = finished.stdout + finished.stderr + drained.stdout + drained.stderr
+    for i in range(1, KILLED_CUSTOMERS + 1):  # the journey worker's and dispatcher's output names no recipient
+        assert f"user{i}@example.com" not in output and f"86138001{i:05d}" not in output
     _check_exactly_once(ctx, KILLED_CUSTOMERS)
     accepted = Counter(m["message_id"] for m in providers.accepted("twilio"))
     assert accepted and max(accepted.values()) == 1, "a journey message was sent twice"
