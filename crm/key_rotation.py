@@ -22,7 +22,6 @@ from kit.context import Context
 from kit.db import session_scope
 
 CONTACT_FIELDS = ("email", "phone", "name", "push_tokens")
-MAGIC = b"\xc1K"
 
 
 def _ciphertext(field: str):
@@ -31,7 +30,7 @@ def _ciphertext(field: str):
 
 def _on_other_key(ctx: Context):
     """SQL: a row holds a contact value not under the current key (unmarked, or marked with another key id)."""
-    current = MAGIC + bytes.fromhex(ctx.cipher.key_id)
+    current = ctx.cipher.current_mark
     return or_(*[and_(_ciphertext(f).is_not(None), func.substr(_ciphertext(f), 1, len(current)) != current)
                  for f in CONTACT_FIELDS])
 

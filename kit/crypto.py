@@ -67,6 +67,11 @@ class ContactCipher:
         return self._current.kid_hex
 
     @property
+    def current_mark(self) -> bytes:
+        """The bytes every ciphertext made under the current key starts with (what a query can match)."""
+        return _MAGIC + self._current.kid
+
+    @property
     def key_ids(self) -> list[str]:
         """The ids of every configured key, the current one first."""
         return [k.kid_hex for k in self._keys]
@@ -76,7 +81,7 @@ class ContactCipher:
         if plaintext is None:
             return None
         nonce = os.urandom(_NONCE_BYTES)
-        return _MAGIC + self._current.kid + nonce + self._current.aead.encrypt(nonce, plaintext.encode(), None)
+        return self.current_mark + nonce + self._current.aead.encrypt(nonce, plaintext.encode(), None)
 
     def decrypt(self, ciphertext: bytes | None) -> str | None:
         """Decrypt a value encrypt() produced under any configured key (or, unmarked, before keys had ids)."""
