@@ -22,12 +22,11 @@ from datetime import date
 from pathlib import Path
 
 import polars as pl
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PG_SERVER, machine, parser, save  # noqa: E402
+from bench.common import kept_postgres_database, machine, parser, save  # noqa: E402
 from crm import service  # noqa: E402
 from crm.ingest import file_chunks, run_import  # noqa: E402
 from kit.context import build_context  # noqa: E402
@@ -51,16 +50,6 @@ outcome = key_rotation.rotate(ctx, batch=batch)
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps(outcome | {"seconds": round(time.perf_counter() - started, 1), "peak_mb": round(peak / 1024)}))
 """
-
-
-def _database(customers: int) -> tuple[str, bool]:
-    name = f"crm_bench_rot_{customers}"
-    plain = PG_SERVER.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG_SERVER}/{name}", not exists
 
 
 def _lookups(url: str, keys: tuple[str, str], emails: list[str], stop: threading.Event, latencies: list[float],
@@ -106,7 +95,7 @@ def main() -> None:
     data = args.data / f"{args.customers}-{args.seed}"
     if not (data / "manifest.json").exists():
         write_dataset(GeneratorConfig(customers=args.customers, seed=args.seed, end=END), data)
-    url, load = _database(args.customers)
+    url, load = kept_postgres_database(f"crm_bench_rot_{args.customers}")
     upgrade_to_head(make_engine(url))
     if load:
         ctx = build_context(Settings(database_url=url, secret_key=KEYS[0]), engine=make_engine(url))

@@ -16,12 +16,10 @@ import time
 from datetime import date
 from pathlib import Path
 
-import psycopg
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PG_SERVER, machine, parser, run_json, save  # noqa: E402
+from bench.common import kept_postgres_database, machine, parser, run_json, save  # noqa: E402
 from crm.ingest import file_chunks, run_import  # noqa: E402
 from kit.context import build_context  # noqa: E402
 from kit.db import make_engine, session_scope  # noqa: E402
@@ -89,13 +87,7 @@ def _database(backend: str, customers: int, data_dir: Path) -> tuple[str, bool]:
     if backend == "sqlite":
         path = data_dir / f"seg-{customers}.sqlite3"
         return f"sqlite:///{path}", not path.exists()
-    name = f"crm_bench_seg_{customers}"
-    plain = PG_SERVER.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG_SERVER}/{name}", not exists
+    return kept_postgres_database(f"crm_bench_seg_{customers}")
 
 
 def main() -> None:

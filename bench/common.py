@@ -35,6 +35,18 @@ def fake_provider() -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{port}"
 
 
+def kept_postgres_database(name: str) -> tuple[str, bool]:
+    """URL of a PostgreSQL database kept between runs (created when missing), and whether it was just created."""
+    import psycopg
+
+    plain = PG_SERVER.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG_SERVER}/{name}", not exists
+
+
 def parser(backends: str) -> argparse.ArgumentParser:
     """The options every benchmark takes."""
     result = argparse.ArgumentParser()
