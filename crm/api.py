@@ -43,7 +43,7 @@ from kit.db import SessionDep
 from kit.errors import InvalidInput
 from kit.http import Page, PageDep
 from kit.jobs import scheduler_health
-from kit.migrations import current_revision, head_revision
+from kit.migrations import head_revision, probe
 
 router = APIRouter()
 IMPORTERS = (Role.admin, Role.scheduler)
@@ -74,12 +74,7 @@ def ready(request: Request, response: Response, session: SessionDep) -> Health:
     bound. 503 with the same body when any fails (load balancers and orchestrators read the status)."""
     ctx: Context = request.app.state.ctx
     head = head_revision()
-    try:
-        with ctx.engine.connect() as connection:
-            revision = current_revision(connection)  # reads alembic_version: the database answers
-        reachable = True
-    except Exception:  # noqa: BLE001 - any failure to reach the database is what this endpoint reports
-        reachable, revision = False, None
+    reachable, revision = probe(ctx.engine)
     at_head = reachable and revision == head
     scheduler = scheduler_health(session, ctx) if at_head else None
     leader = bool(scheduler and scheduler["running"])

@@ -39,3 +39,12 @@ def head_revision() -> str:
 def current_revision(connection: Connection) -> str | None:
     """The revision the database is at (None before the first migration)."""
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def probe(engine) -> tuple[bool, str | None]:
+    """Whether the database answers, and the revision it is at (readiness and `crm health database` ask this)."""
+    try:
+        with engine.connect() as connection:
+            return True, current_revision(connection)  # reads alembic_version: the database answers
+    except Exception:  # noqa: BLE001 - any failure to reach the database is what the callers report
+        return False, None

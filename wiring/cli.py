@@ -281,14 +281,12 @@ def health_api(port: Annotated[int | None, typer.Option(min=1, max=65535, help="
 @health_app.command("database")
 def health_database() -> None:
     """The database answers and its schema is at the code's migration head (the workers' check)."""
-    from kit.migrations import current_revision, head_revision
+    from kit.migrations import head_revision, probe
 
     ctx = cli_context()
-    try:
-        with ctx.engine.connect() as connection:
-            revision = current_revision(connection)
-    except Exception as failure:  # noqa: BLE001 - any failure to reach the database is the answer
-        raise CliError(f"the database does not answer: {type(failure).__name__}") from None
+    reachable, revision = probe(ctx.engine)
+    if not reachable:
+        raise CliError("the database does not answer")
     if revision != head_revision():
         raise CliError(f"the database is at migration {revision}, the code needs {head_revision()}: run crm migrate")
     console.print(f"database: at {revision}")
